@@ -1,0 +1,314 @@
+"""The Plan: where each expert lives, what runs where, what is cached; read and written as YAML/JSON."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+import numpy as np
+import yaml
+
+from moesim.errors import UserError
+from moesim.io import atomic_write_text
+from moesim.specs.hardware import Cluster
+from moesim.specs.model import MoEModel
+
+SCHEMA = "moesim-plan/v1"
+CACHE_POLICIES = ("none", "lru", "lfu", "belady", "static")
+MISS_MODES = ("fetch", "cpu", "lowbit", "pim")
+PREFETCH_MODES = ("none", "oracle", "predictor")
+EXECUTORS = ("gpu", "cpu", "pim")
+
+
+@dataclass(frozen=True)
+class CachePlan:
+    """Offloading: a per-MoE-layer expert cache in GPU memory and what happens on a miss."""
+
+    policy: str = "none"
+    capacity_experts: tuple[int, ...] = ()
+    """Cache size in experts, one per MoE layer (empty when ``policy == "none"``)."""
+    resident: tuple[tuple[int, ...], ...] = ()
+    """``static`` only: the logical experts pinned in GPU memory, per MoE layer."""
+    miss: str = "fetch"
+    prefetch: str = "none"
+    params: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Placement of expert replicas on devices, per MoE layer, plus offloading and provenance.
+
+    ``placement[l, g, s]`` is the logical expert in slot ``s`` of device ``devices[g]`` at MoE layer
+    row ``l`` (model layer ``moe_layers[l]``); ``-1`` marks an unused slot.
+    """
+
+    planner: str
+    model: str
+    devices: tuple[str, ...]
+    moe_layers: tuple[int, ...]
+    num_experts: int
+    placement: np.ndarray
+    cache: CachePlan | None = None
+    execution: np.ndarray | None = None
+    """Optional ``[layers, experts]`` codes into ``EXECUTORS``: where each expert runs (default gpu)."""
+    params: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    objective: float | None = None
+    bound: float | None = None
+    gap: float | None = None
+    solve_s: float | None = None
+    predicted: Mapping[str, float] = field(default_factory=lambda: MappingProxyType({}))
+
+    @property
+    def slots_per_device(self) -> int:
+        return int(self.placement.shape[2])
+
+    @property
+    def num_slots(self) -> int:
+        return int(self.placement.shape[1] * self.placement.shape[2])
+
+    def replica_counts(self) -> np.ndarray:
+        """``[layers, experts]`` number of replicas of each logical expert."""
+        L = self.placement.shape[0]
+        counts = np.zeros((L, self.num_experts), dtype=np.int64)
+        flat = self.placement.reshape(L, -1)
+        for layer in range(L):
+            ids = flat[layer][flat[layer] >= 0]
+            counts[layer] = np.bincount(ids, minlength=self.num_experts)
+        return counts
+
+    def device_load(self, load: np.ndarray) -> np.ndarray:
+        """``[layers, devices]`` tokens per device for ``load[layers, experts]``, replicas split evenly."""
+        load = np.asarray(load, dtype=np.float64)
+        counts = self.replica_counts()
+        per_replica = np.divide(load, counts, out=np.zeros_like(load), where=counts > 0)
+        L, G, S = self.placement.shape
+        rows = np.arange(L)[:, None, None]
+        gathered = np.where(self.placement >= 0, per_replica[rows, np.maximum(self.placement, 0)], 0.0)
+        return gathered.sum(axis=2)
+
+    def imbalance(self, load: np.ndarray) -> np.ndarray:
+        """Per layer max-device load / mean-device load (1.0 = perfect; 1.0 for an empty layer)."""
+        dev = self.device_load(load)
+        mean = dev.mean(axis=1)
+        return np.divide(dev.max(axis=1), mean, out=np.ones_like(mean), where=mean > 0)
+
+    def validate(self, model: MoEModel, cluster: Cluster | None = None, *, file: str | None = None) -> None:
+        """Raise :class:`UserError` unless the plan is valid for ``model`` (and fits ``cluster``)."""
+        L, G, _S = self.placement.shape
+        if self.num_experts != model.num_experts:
+            raise UserError(
+                f"expected {model.num_experts} experts for {model.name}, got {self.num_experts}",
+                file=file,
+                field="num_experts",
+            )
+        if tuple(self.moe_layers) != tuple(model.moe_layers) or L != model.num_moe_layers:
+            raise UserError(
+                f"expected the {model.num_moe_layers} MoE layers of {model.name}, got {len(self.moe_layers)}",
+                file=file,
+                field="moe_layers",
+            )
+        if G != len(self.devices):
+            raise UserError(f"expected {len(self.devices)} device rows, got {G}", file=file, field="placement")
+        if self.placement.min(initial=0) < -1 or self.placement.max(initial=0) >= self.num_experts:
+            raise UserError(
+                f"expert ids must lie in [-1, {self.num_experts})", file=file, field="placement"
+            )
+        counts = self.replica_counts()
+        for layer in range(L):
+            missing = np.flatnonzero(counts[layer] == 0)
+            if missing.size:
+                raise UserError(
+                    f"layer {self.moe_layers[layer]}: expert {int(missing[0])} has no replica "
+                    "(every logical expert needs at least one)",
+                    file=file,
+                    field="placement",
+                )
+            for g in range(G):
+                ids = self.placement[layer, g][self.placement[layer, g] >= 0]
+                if np.unique(ids).size != ids.size:
+                    dup = int(ids[np.argmax(np.bincount(ids))])
+                    raise UserError(
+                        f"layer {self.moe_layers[layer]}: device {self.devices[g]} holds two copies of "
+                        f"expert {dup}",
+                        file=file,
+                        field="placement",
+                    )
+        if cluster is not None:
+            self.check_memory(model, cluster, file=file)
+
+    def resident_expert_bytes(self, model: MoEModel) -> dict[str, float]:
+        """Expert weight bytes each device must hold resident (cache capacity when offloading)."""
+        L, G, _S = self.placement.shape
+        per_expert = model.expert_bytes()
+        if self.cache is not None and self.cache.policy != "none":
+            per_layer = (
+                [len(r) for r in self.cache.resident]
+                if self.cache.policy == "static"
+                else list(self.cache.capacity_experts)
+            )
+            total = sum(per_layer) * per_expert
+            return {d: total / G for d in self.devices}
+        used = (self.placement >= 0).sum(axis=(0, 2))
+        return {d: float(used[g]) * per_expert for g, d in enumerate(self.devices)}
+
+    def check_memory(self, model: MoEModel, cluster: Cluster, *, reserved_bytes: float = 0.0,
+                     file: str | None = None) -> None:
+        """Raise :class:`UserError` naming device, need and capacity when the experts do not fit."""
+        for device_id, need in self.resident_expert_bytes(model).items():
+            try:
+                capacity = cluster.device(device_id).spec.memory_bytes
+            except KeyError:
+                raise UserError(f"no device {device_id!r} in cluster {cluster.name}", file=file,
+                                field="devices") from None
+            if need + reserved_bytes > capacity:
+                raise UserError(
+                    f"device {device_id} needs {(need + reserved_bytes) / 1e9:.2f} GB for expert weights "
+                    f"but has {capacity / 1e9:.2f} GB",
+                    file=file,
+                    field="placement",
+                )
+
+    # ---- files -------------------------------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {
+            "schema": SCHEMA,
+            "planner": self.planner,
+            "model": self.model,
+            "devices": list(self.devices),
+            "num_experts": int(self.num_experts),
+            "slots_per_device": self.slots_per_device,
+            "layers": [
+                {"layer": int(layer), "slots": self.placement[i].astype(int).tolist()}
+                for i, layer in enumerate(self.moe_layers)
+            ],
+            "params": _plain(dict(self.params)),
+            "objective": self.objective,
+            "bound": self.bound,
+            "gap": self.gap,
+            "solve_s": self.solve_s,
+            "predicted": _plain(dict(self.predicted)),
+        }
+        if self.execution is not None:
+            d["execution"] = [[EXECUTORS[c] for c in row] for row in np.asarray(self.execution).tolist()]
+        if self.cache is not None:
+            d["cache"] = {
+                "policy": self.cache.policy,
+                "capacity_experts": list(self.cache.capacity_experts),
+                "resident": [list(r) for r in self.cache.resident],
+                "miss": self.cache.miss,
+                "prefetch": self.cache.prefetch,
+                "params": _plain(dict(self.cache.params)),
+            }
+        return d
+
+    def save(self, path: str | Path) -> None:
+        """Write YAML (``.yaml``/``.yml``) or JSON (anything else), atomically."""
+        path = Path(path)
+        d = self.to_dict()
+        if path.suffix in (".yaml", ".yml"):
+            text = yaml.safe_dump(d, sort_keys=False, default_flow_style=None, width=200)
+        else:
+            text = json.dumps(d, indent=1) + "\n"
+        atomic_write_text(path, text)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], *, file: str | None = None) -> Plan:
+        def need(key: str, kind: type | tuple[type, ...]) -> Any:
+            if key not in d:
+                raise UserError("missing field", file=file, field=key)
+            if not isinstance(d[key], kind):
+                raise UserError(f"expected {getattr(kind, '__name__', kind)}, got {d[key]!r}", file=file, field=key)
+            return d[key]
+
+        if not isinstance(d, Mapping):
+            raise UserError("expected a mapping at the top level", file=file)
+        if d.get("schema", SCHEMA) != SCHEMA:
+            raise UserError(f"expected schema {SCHEMA!r}, got {d.get('schema')!r}", file=file, field="schema")
+        layers = need("layers", list)
+        devices = tuple(str(x) for x in need("devices", list))
+        slots = need("slots_per_device", int)
+        rows = []
+        for i, entry in enumerate(layers):
+            if not isinstance(entry, Mapping) or "layer" not in entry or "slots" not in entry:
+                raise UserError("expected {layer: int, slots: [[int]]}", file=file, field=f"layers[{i}]")
+            arr = np.asarray(entry["slots"])
+            if arr.shape != (len(devices), slots) or not np.issubdtype(arr.dtype, np.integer):
+                raise UserError(
+                    f"expected {len(devices)} lists of {slots} integers, got shape {arr.shape}",
+                    file=file,
+                    field=f"layers[{i}].slots",
+                )
+            rows.append(arr)
+        placement = np.stack(rows).astype(np.int32) if rows else np.zeros((0, len(devices), slots), np.int32)
+        execution = None
+        if d.get("execution") is not None:
+            try:
+                execution = np.array([[EXECUTORS.index(x) for x in row] for row in d["execution"]], np.int8)
+            except (ValueError, TypeError):
+                raise UserError(f"expected rows of {'/'.join(EXECUTORS)}", file=file, field="execution") from None
+        cache = None
+        if d.get("cache") is not None:
+            c = d["cache"]
+            cache = CachePlan(
+                policy=_choice(c.get("policy", "none"), CACHE_POLICIES, file, "cache.policy"),
+                capacity_experts=tuple(int(x) for x in c.get("capacity_experts", [])),
+                resident=tuple(tuple(int(x) for x in r) for r in c.get("resident", [])),
+                miss=_choice(c.get("miss", "fetch"), MISS_MODES, file, "cache.miss"),
+                prefetch=_choice(c.get("prefetch", "none"), PREFETCH_MODES, file, "cache.prefetch"),
+                params=MappingProxyType(dict(c.get("params", {}))),
+            )
+        return cls(
+            planner=str(need("planner", str)),
+            model=str(need("model", str)),
+            devices=devices,
+            moe_layers=tuple(int(e["layer"]) for e in layers),
+            num_experts=need("num_experts", int),
+            placement=placement,
+            cache=cache,
+            execution=execution,
+            params=MappingProxyType(dict(d.get("params") or {})),
+            objective=d.get("objective"),
+            bound=d.get("bound"),
+            gap=d.get("gap"),
+            solve_s=d.get("solve_s"),
+            predicted=MappingProxyType(dict(d.get("predicted") or {})),
+        )
+
+    @classmethod
+    def load(cls, path: str | Path) -> Plan:
+        path = Path(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise UserError("no such file", file=path) from None
+        except OSError as e:
+            raise UserError(f"cannot read: {e.strerror}", file=path) from None
+        try:
+            data = yaml.safe_load(text)  # JSON is YAML too
+        except yaml.YAMLError as e:
+            raise UserError(f"not valid YAML/JSON ({str(e).splitlines()[0]})", file=path) from None
+        return cls.from_dict(data, file=str(path))
+
+
+def _choice(value: Any, allowed: tuple[str, ...], file: str | None, field_name: str) -> str:
+    if value not in allowed:
+        raise UserError(f"expected one of {', '.join(allowed)}, got {value!r}", file=file, field=field_name)
+    return str(value)
+
+
+def _plain(obj: Any) -> Any:
+    """numpy scalars and arrays to plain Python, for YAML/JSON."""
+    if isinstance(obj, dict):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, np.generic):
+        return obj.item()
+    return obj

@@ -1,0 +1,103 @@
+"""MoE model specs: the architecture numbers of a model's config.json, plus derived sizes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+# Bytes per element of each weight/activation dtype (MXFP4: 4-bit values + one 8-bit scale per 32).
+DTYPE_BYTES: dict[str, float] = {
+    "fp32": 4.0,
+    "tf32": 4.0,
+    "bf16": 2.0,
+    "fp16": 2.0,
+    "fp8": 1.0,
+    "int8": 1.0,
+    "int4": 0.5,
+    "mxfp4": 4.25 / 8,
+}
+
+
+@dataclass(frozen=True)
+class AttentionSpec:
+    """Attention shape: GQA/MHA (``kind="gqa"``) or DeepSeek's multi-head latent attention."""
+
+    kind: Literal["gqa", "mla"]
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    q_lora_rank: int | None = None
+    kv_lora_rank: int | None = None
+    qk_nope_head_dim: int | None = None
+    qk_rope_head_dim: int | None = None
+    v_head_dim: int | None = None
+    sliding_window: int | None = None
+    """Tokens attended in sliding-window layers (gpt-oss); None = full attention everywhere."""
+
+    def kv_cache_elements_per_token(self) -> int:
+        """Cached elements per token per layer (K and V for GQA; latent + rope key for MLA)."""
+        if self.kind == "mla":
+            assert self.kv_lora_rank is not None and self.qk_rope_head_dim is not None
+            return self.kv_lora_rank + self.qk_rope_head_dim
+        return 2 * self.num_kv_heads * self.head_dim
+
+
+@dataclass(frozen=True)
+class MoEModel:
+    """One MoE model. Layer indices are the model's own (0-based, as in its config)."""
+
+    name: str
+    num_layers: int
+    moe_layers: tuple[int, ...]
+    hidden_size: int
+    expert_intermediate_size: int
+    num_experts: int
+    top_k: int
+    attention: AttentionSpec
+    num_shared_experts: int = 0
+    shared_expert_intermediate_size: int = 0
+    """Width of each shared expert (0 when there are none)."""
+    dense_intermediate_size: int = 0
+    """FFN width of the dense (non-MoE) layers, 0 when every layer is MoE."""
+    gated: bool = True
+    """SwiGLU experts (gate, up, down: 3 matrices) vs plain 2-matrix FFN (Switch)."""
+    vocab_size: int = 0
+    weight_dtype: str = "bf16"
+    """dtype of the routed expert weights as served (``fp8`` for DeepSeek-V3, ``mxfp4`` for gpt-oss)."""
+    activation_dtype: str = "bf16"
+    num_expert_groups: int = 1
+    """DeepSeek-V3 group-limited routing: experts are split into this many groups."""
+    topk_groups: int = 1
+    source: str = ""
+
+    @property
+    def num_moe_layers(self) -> int:
+        return len(self.moe_layers)
+
+    @property
+    def expert_params(self) -> int:
+        """Parameters of one routed expert (biases and router ignored)."""
+        return (3 if self.gated else 2) * self.hidden_size * self.expert_intermediate_size
+
+    def expert_bytes(self, dtype: str | None = None) -> float:
+        """Bytes of one routed expert's weights in ``dtype`` (default: the model's weight dtype)."""
+        return self.expert_params * DTYPE_BYTES[dtype or self.weight_dtype]
+
+    @property
+    def expert_flops_per_token(self) -> int:
+        """FLOPs of one token through one routed expert (2 per multiply-add)."""
+        return 2 * self.expert_params
+
+    @property
+    def shared_expert_params(self) -> int:
+        return (3 if self.gated else 2) * self.hidden_size * self.shared_expert_intermediate_size
+
+    @property
+    def activation_bytes_per_token(self) -> float:
+        """Bytes of one token's hidden state, what an all-to-all moves per (token, expert)."""
+        return self.hidden_size * DTYPE_BYTES[self.activation_dtype]
+
+    def kv_cache_bytes_per_token(self) -> float:
+        """KV-cache bytes per token summed over all layers, in the activation dtype."""
+        per_layer = self.attention.kv_cache_elements_per_token() * DTYPE_BYTES[self.activation_dtype]
+        return per_layer * self.num_layers
