@@ -1,0 +1,1 @@
+"""Hardware profiles (YAML data); a package only so that they install with moesim."""

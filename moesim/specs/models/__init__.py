@@ -1,0 +1,1 @@
+"""Built-in model specs (YAML), loaded by name: ``--model deepseek-v3``."""

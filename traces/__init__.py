@@ -1,0 +1,1 @@
+"""Shipped routing traces (data); a package only so that they install with moesim."""
