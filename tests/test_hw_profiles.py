@@ -8,7 +8,10 @@ from moesim.resources import builtin_names, resolve
 from moesim.specs import load_cluster
 from moesim.specs.hardware_file import validate_file
 
-CLUSTERS = ["h100x8", "rtx4090-workstation"]
+CLUSTERS = [
+    "h100x8", "h100x8x4", "h200x8", "b200x8", "a100x8", "mi300x8", "rtx4090-workstation", "rtx3090-desktop",
+    "l4-server", "h100-duplex",
+]
 
 
 @pytest.mark.parametrize("name", builtin_names("hardware"))
