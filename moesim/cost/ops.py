@@ -1,0 +1,178 @@
+"""FLOP and byte counts of the ops of one transformer-MoE layer (2 FLOP per multiply-add).
+
+Bytes are what the op moves through device memory: weights read once per call, activations read
+and written once per kernel. Token counts may be numpy arrays (results broadcast). Dtypes: routed
+and shared experts store weights in ``model.weight_dtype`` (``fp8`` for DeepSeek-V3, ``mxfp4`` for
+gpt-oss); attention, router and dense FFN weights and all activations use ``model.activation_dtype``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from moesim.specs.model import DTYPE_BYTES, MoEModel
+
+# Kernel launches per op (reference/kernels.md §2.1: one fused_moe call = align + 2 grouped GEMMs
+# + activation + top-k sum). The others count the kernels of a plain eager implementation.
+LAUNCHES = {
+    "expert": 5,
+    "attention": 4,  # qkv projection, rope/cache write, attention core, output projection
+    "router": 2,  # gate GEMM, top-k/softmax
+    "permute_combine": 2,  # permute (scatter by expert), un-permute + weighted sum
+    "shared_expert": 3,  # gate/up GEMM, activation, down GEMM
+    "dense_ffn": 3,
+}
+
+Array = np.ndarray | float
+
+
+@dataclass(frozen=True)
+class OpCount:
+    """FLOPs, bytes and launches of one op (arrays when the inputs were arrays)."""
+
+    flops: Array
+    nbytes: Array
+    launches: Array
+    rows: Array | None = None
+    """Rows of the op's GEMMs (tokens per expert), for the ``compute_rows`` efficiency curve."""
+
+
+def _act(model: MoEModel) -> float:
+    return DTYPE_BYTES[model.activation_dtype]
+
+
+def ffn_activation_elements_per_token(model: MoEModel, width: int) -> int:
+    """Activation elements an FFN of ``width`` reads + writes per token over its kernels.
+
+    Gated: GEMM1 reads x (H) writes gate|up (2I); activation reads 2I writes I; GEMM2 reads I
+    writes H -> 2H + 6I. Plain 2-matrix FFN: H + I, I + I, I + H -> 2H + 4I.
+    """
+    h = model.hidden_size
+    return 2 * h + (6 if model.gated else 4) * width
+
+
+def padded_rows(tokens_per_expert: np.ndarray, tile_rows: int) -> np.ndarray:
+    """Rows each expert's GEMM computes after padding to the kernel's M tile."""
+    t = np.asarray(tokens_per_expert, dtype=float)
+    if tile_rows <= 1:
+        return t
+    return np.ceil(t / tile_rows) * tile_rows
+
+
+def expert_counts(
+    model: MoEModel, tokens_per_expert: np.ndarray, weight_dtype: str | None = None, tile_rows: int = 1
+) -> OpCount:
+    """Per-expert counts (same shape as ``tokens_per_expert``); experts with 0 tokens cost 0."""
+    t = np.asarray(tokens_per_expert, dtype=float)
+    active = t > 0
+    flops = 2.0 * model.expert_params * padded_rows(t, tile_rows)
+    weights = model.expert_bytes(weight_dtype) * active
+    acts = t * ffn_activation_elements_per_token(model, model.expert_intermediate_size) * _act(model)
+    return OpCount(flops=flops, nbytes=weights + acts, launches=0.0, rows=t)
+
+
+def grouped_expert_counts(
+    model: MoEModel, tokens_per_expert: np.ndarray, weight_dtype: str | None = None, tile_rows: int = 1
+) -> OpCount:
+    """One grouped-GEMM call over the last axis of ``tokens_per_expert`` (weights read once per
+    expert with tokens). Leading axes (devices) are kept."""
+    per = expert_counts(model, tokens_per_expert, weight_dtype, tile_rows)
+    t = np.asarray(tokens_per_expert, dtype=float)
+    any_tokens = t.sum(axis=-1) > 0
+    return OpCount(
+        flops=np.sum(per.flops, axis=-1),
+        nbytes=np.sum(per.nbytes, axis=-1),
+        launches=LAUNCHES["expert"] * any_tokens,
+    )
+
+
+def dense_ffn_counts(
+    model: MoEModel, tokens: Array, width: int, weight_dtype: str, count: int = 1
+) -> OpCount:
+    """``count`` dense FFNs of ``width`` applied to every token (shared experts, dense layers)."""
+    t = np.asarray(tokens, dtype=float)
+    params = (3 if model.gated else 2) * model.hidden_size * width * count
+    flops = 2.0 * params * t
+    nbytes = params * DTYPE_BYTES[weight_dtype] * (t > 0) + t * count * ffn_activation_elements_per_token(
+        model, width
+    ) * _act(model)
+    return OpCount(flops=flops, nbytes=nbytes, launches=LAUNCHES["dense_ffn"] * (t > 0))
+
+
+def router_counts(model: MoEModel, tokens: Array) -> OpCount:
+    """Gate GEMM [tokens, H] x [H, E] plus the fp32 logits it writes and top-k reads."""
+    t = np.asarray(tokens, dtype=float)
+    h, e = model.hidden_size, model.num_experts
+    flops = 2.0 * t * h * e
+    nbytes = (h * e * _act(model) + t * h * _act(model) + 2 * t * e * 4.0 + t * model.top_k * 8.0) * (t > 0)
+    return OpCount(flops=flops, nbytes=nbytes, launches=LAUNCHES["router"] * (t > 0))
+
+
+def permute_combine_counts(model: MoEModel, tokens: Array) -> OpCount:
+    """Permute: read each token once, write it top_k times (grouped by expert); combine: read the
+    top_k expert outputs and write the weighted sum. Memory-bound; the sum is 2*k*H FLOP/token."""
+    t = np.asarray(tokens, dtype=float)
+    h, k = model.hidden_size, model.top_k
+    nbytes = 2.0 * t * (h + k * h) * _act(model)
+    return OpCount(flops=2.0 * t * k * h, nbytes=nbytes, launches=LAUNCHES["permute_combine"] * (t > 0))
+
+
+def attention_weight_params(model: MoEModel) -> int:
+    """Parameters of the attention projections of one layer (GQA: q, k, v, o; MLA: the low-rank
+    q and kv projections, their up-projections and o)."""
+    a, h = model.attention, model.hidden_size
+    if a.kind == "mla":
+        assert a.kv_lora_rank is not None and a.qk_rope_head_dim is not None
+        nope = a.qk_nope_head_dim or 0
+        rope = a.qk_rope_head_dim
+        v = a.v_head_dim or a.head_dim
+        q_dim = a.num_heads * (nope + rope)
+        q = h * a.q_lora_rank + a.q_lora_rank * q_dim if a.q_lora_rank else h * q_dim
+        kv = h * (a.kv_lora_rank + rope) + a.kv_lora_rank * a.num_heads * (nope + v)
+        return q + kv + a.num_heads * v * h
+    q = h * a.num_heads * a.head_dim
+    kv = 2 * h * a.num_kv_heads * a.head_dim
+    return q + kv + a.num_heads * a.head_dim * h
+
+
+def attention_core_flops_per_key(model: MoEModel, phase: str) -> int:
+    """FLOPs of one (query token, cached key) pair: scores plus the weighted sum of values.
+
+    GQA: 2*heads*head_dim for q.k and as much for p.v. MLA decode runs in the absorbed form, over
+    the latent (scores on kv_lora + rope dims, values on kv_lora dims); MLA prefill materialises K
+    and V per head (nope + rope for scores, v_head_dim for values), as DeepSeek-V3 does.
+    """
+    a = model.attention
+    if a.kind == "mla":
+        assert a.kv_lora_rank is not None and a.qk_rope_head_dim is not None
+        if phase == "decode":
+            return 2 * a.num_heads * (2 * a.kv_lora_rank + a.qk_rope_head_dim)
+        nope = a.qk_nope_head_dim or 0
+        v = a.v_head_dim or a.head_dim
+        return 2 * a.num_heads * (nope + a.qk_rope_head_dim + v)
+    return 4 * a.num_heads * a.head_dim
+
+
+def attention_counts(model: MoEModel, tokens: Array, context_tokens: Array, phase: str) -> OpCount:
+    """Attention of ``tokens`` query tokens, each attending ``context_tokens`` keys (the mean).
+
+    Decode reads each query's cached KV (``tokens * context`` cache entries); prefill computes its
+    keys once and flash attention reads them from on-chip tiles, so it moves ``tokens`` entries.
+    """
+    if phase not in ("decode", "prefill"):
+        raise ValueError(f"phase must be 'decode' or 'prefill', got {phase!r}")
+    t = np.asarray(tokens, dtype=float)
+    ctx = np.asarray(context_tokens, dtype=float)
+    act = _act(model)
+    params = attention_weight_params(model)
+    proj_flops = 2.0 * params * t
+    core_flops = attention_core_flops_per_key(model, phase) * t * ctx
+    kv_bytes_per_entry = model.attention.kv_cache_elements_per_token() * act
+    kv_entries = t * ctx if phase == "decode" else t
+    h = model.hidden_size
+    # q/k/v/o activations written and read around the core, plus the layer input and output.
+    act_bytes = t * (2 * h + 2 * model.attention.num_heads * model.attention.head_dim) * act
+    nbytes = (params * act + act_bytes + kv_entries * kv_bytes_per_entry) * (t > 0)
+    return OpCount(flops=proj_flops + core_flops, nbytes=nbytes, launches=LAUNCHES["attention"] * (t > 0))
