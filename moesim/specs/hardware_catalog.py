@@ -151,6 +151,7 @@ class Catalog:
         parent = self.merged(section, parent_entry, _depth + 1)
         own = {k: v for k, v in f.data.items() if k != "extends"}
         base_origins = _rebased(parent, f.path)
+        own = _own_provenance(parent.data, own)
         data, origins = deep_merge(parent.data, own, base_origins, f.file(), f.path)
         # Keys the child did not set keep the parent's file; the child's own keys its file.
         return Fields(data, f.path, {**f.origins, **origins}, f.default_file)
@@ -162,6 +163,18 @@ class Catalog:
     def link_spec(self, name: object, *, where: Fields, key: str) -> LinkSpec:
         entry = self.lookup("links", name, where=where, key=key)
         return parse_link(entry.name, self.merged("links", entry))
+
+
+def _own_provenance(parent: dict[str, Any], own: dict[str, Any]) -> dict[str, Any]:
+    """Where the child gives a section a new ``source``, the parent's verified/estimated tags do not apply."""
+    out = {k: dict(v) if isinstance(v, dict) else v for k, v in own.items()}  # never edit the loaded YAML
+    sections = [(parent, out)] + [(parent.get(k), v) for k, v in out.items() if isinstance(v, dict)]
+    for base, mine in sections:  # the entry itself and each of its sections
+        if isinstance(base, dict) and "source" in mine:
+            for tag in ("verified", "estimated"):
+                if tag in base and tag not in mine:
+                    mine[tag] = None  # deep_merge deletes it
+    return out
 
 
 def _rebased(parent: Fields, new_path: str) -> dict[str, str]:

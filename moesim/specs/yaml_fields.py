@@ -170,6 +170,8 @@ class Fields:
         return self.path if key is None else join(self.path, key)
 
     def file(self, key: str | int | None = None) -> str:
+        if isinstance(key, str) and key not in self.data:
+            return self.default_file  # a missing field is missing from the file being loaded
         return origin_of(self.origins, self.field(key), self.default_file)
 
     def error(self, key: str | int | None, message: str) -> UserError:
