@@ -9,7 +9,9 @@ from hypothesis import strategies as st
 
 from moesim.cost import CostModel
 from moesim.cost.transfers import HOST_MEMCPY_BYTES_PER_S, PAGEABLE_FACTOR
-from tests.test_cost_fixtures import MIXTRAL, NDR, NVLINK4, PCIE5, make_cluster
+from moesim.specs import load_cluster
+from moesim.specs.hardware import Cluster, Device, Link
+from tests.test_cost_fixtures import H100, MIXTRAL, NDR, NVLINK4, PCIE5, make_cluster
 
 MB = 1e8
 
@@ -142,3 +144,31 @@ def test_transfer_uses_bottleneck_and_latency(two_nodes: CostModel) -> None:
     ]
     names = {name for name, _, _ in two_nodes.directed_links()}
     assert ("n0.nvswitch", "n0.gpu0") in names and ("n0.gpu0", "n0.nvswitch") in names
+
+
+def ring_cluster(n: int = 5) -> Cluster:
+    """GPUs on a ring of direct NVLinks: links carry pairs with several sources and destinations."""
+    devices = tuple(Device(f"n0.gpu{i}", 0, H100) for i in range(n))
+    links = tuple(Link(f"n0.gpu{i}", f"n0.gpu{(i + 1) % n}", NVLINK4) for i in range(n))
+    return Cluster("ring", 1, devices, (), links)
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(0, 2**31 - 1), st.sampled_from(["ring", "two-nodes", "h100x8x4"]))
+def test_link_loads_match_the_pair_hop_sum(seed: int, which: str) -> None:
+    cluster = {"ring": ring_cluster, "two-nodes": lambda: make_cluster(2, 4)}.get(
+        which, lambda: load_cluster("h100x8x4", nodes=2)
+    )()
+    cost = CostModel(cluster, MIXTRAL)
+    ids = [d.id for d in cluster.gpus]
+    g = len(ids)
+    b = np.random.default_rng(seed).exponential(1e6, size=(3, g, g))
+    r = cost.routes(ids)
+    for m in b:
+        expected = np.zeros(r.num_links)
+        for i in range(g):
+            for j in range(g):
+                for hop in r.link_of_hop[r.pair_of_hop == i * g + j]:
+                    expected[hop] += m[i, j] if i != j else 0.0
+        np.testing.assert_allclose(r.link_loads(m), expected, rtol=1e-9, atol=1e-6)
+    np.testing.assert_allclose(r.link_loads(b), [r.link_loads(m) for m in b], rtol=1e-12)

@@ -18,7 +18,8 @@ de-duplicating tokens bound for several GPUs of one node) the fabric leg carries
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 
@@ -58,6 +59,125 @@ def rail_peer(cluster: Cluster, device_id: str, node: int) -> str:
     return peers[local % len(peers)].id
 
 
+def _runs(members: set[int]) -> list[tuple[int, int]]:
+    """Contiguous runs ``[a, b)`` covering the sorted ``members``."""
+    out: list[tuple[int, int]] = []
+    for m in sorted(members):
+        if out and out[-1][1] == m:
+            out[-1] = (out[-1][0], m + 1)
+        else:
+            out.append((m, m + 1))
+    return out
+
+
+@dataclass(frozen=True)
+class LinkAggregation:
+    """Link loads from run sums of ``B`` instead of a sum over (pair, hop) entries.
+
+    In switched topologies every link direction is used by pairs with one common source (a GPU's
+    egress port, its NIC's uplink) or one common destination (the ingress side), so its load is a
+    row of ``B`` summed over a destination set (or a column over a source set). Such sets are a
+    few contiguous runs of the device order (a node's GPUs, the GPUs of the other nodes), summed by
+    one ``np.add.reduceat`` over all runs: no Python loop over pairs, no dense incidence matrix.
+    Links used by no such rectangle fall back to a ``bincount`` over their (pair, hop) entries.
+    """
+
+    row_link: np.ndarray
+    """Per run of a row-type link: the link, the fixed source, the run's [start, stop) columns."""
+    row_src: np.ndarray
+    row_start: np.ndarray
+    row_stop: np.ndarray
+    col_link: np.ndarray
+    col_dst: np.ndarray
+    col_start: np.ndarray
+    col_stop: np.ndarray
+    rest_pair: np.ndarray
+    rest_link: np.ndarray
+    num_links: int
+    g: int
+
+    @classmethod
+    def build(cls, pairs: np.ndarray, links: np.ndarray, g: int, num_links: int) -> LinkAggregation:
+        by_link: dict[int, list[int]] = {}
+        for p, ln in zip(pairs.tolist(), links.tolist(), strict=True):
+            by_link.setdefault(ln, []).append(p)
+        row: list[tuple[int, int, int, int]] = []
+        col: list[tuple[int, int, int, int]] = []
+        rest: set[int] = set()
+        for ln, plist in by_link.items():
+            srcs = {p // g for p in plist}
+            dsts = {p % g for p in plist}
+            # B's diagonal is zeroed before use, so a set may also cover the fixed end itself:
+            # take whichever variant has fewer runs (a whole node instead of a node minus one GPU).
+            if len(srcs) == 1:
+                (i,) = srcs
+                runs = min(_runs(dsts), _runs(dsts | {i}), key=len)
+                row += [(ln, i, a, b) for a, b in runs]
+            elif len(dsts) == 1:
+                (j,) = dsts
+                runs = min(_runs(srcs), _runs(srcs | {j}), key=len)
+                col += [(ln, j, a, b) for a, b in runs]
+            else:
+                rest.add(ln)
+        keep = np.array([ln in rest for ln in links.tolist()], dtype=bool)
+
+        def column(items: list[tuple[int, int, int, int]], k: int) -> np.ndarray:
+            return np.array([it[k] for it in items], dtype=np.int64)
+
+        return cls(
+            row_link=column(row, 0),
+            row_src=column(row, 1),
+            row_start=column(row, 2),
+            row_stop=column(row, 3),
+            col_link=column(col, 0),
+            col_dst=column(col, 1),
+            col_start=column(col, 2),
+            col_stop=column(col, 3),
+            rest_pair=pairs[keep] if keep.size else np.zeros(0, dtype=np.int64),
+            rest_link=links[keep] if keep.size else np.zeros(0, dtype=np.int64),
+            num_links=num_links,
+            g=g,
+        )
+
+    def loads(self, b3: np.ndarray) -> np.ndarray:
+        """[S, L] bytes per directed link for a batch ``b3`` [S, G, G] with a zero diagonal."""
+        s, g, _ = b3.shape
+        out = np.zeros((s, self.num_links))
+        offsets = (np.arange(s) * self.num_links)[:, None]
+        for links, bounds, matrix in (
+            (self.row_link, self._row_bounds, b3),
+            (self.col_link, self._col_bounds, b3.transpose(0, 2, 1)),
+        ):
+            if not len(links):
+                continue
+            # Run sums with reduceat over [start, stop) pairs of the flattened rows; a zero column
+            # at the end keeps stop = G*G a valid index. Odd outputs (stop..next start) are unused.
+            flat = np.zeros((s, g * g + 1))
+            flat[:, :-1] = matrix.reshape(s, g * g)
+            vals = np.add.reduceat(flat, bounds, axis=1)[:, ::2]
+            out += np.bincount(
+                (links[None, :] + offsets).ravel(), weights=vals.ravel(), minlength=s * self.num_links
+            ).reshape(s, self.num_links)
+        if len(self.rest_link):
+            flat = b3.reshape(s, -1)
+            out += np.bincount(
+                (self.rest_link[None, :] + offsets).ravel(),
+                weights=flat[:, self.rest_pair].ravel(),
+                minlength=s * self.num_links,
+            ).reshape(s, self.num_links)
+        return out
+
+    @cached_property
+    def _row_bounds(self) -> np.ndarray:
+        g = self.g
+        return np.stack([self.row_src * g + self.row_start, self.row_src * g + self.row_stop], 1).ravel()
+
+    @cached_property
+    def _col_bounds(self) -> np.ndarray:
+        g = self.g
+        return np.stack([self.col_dst * g + self.col_start, self.col_dst * g + self.col_stop], 1).ravel()
+
+
 @dataclass(frozen=True)
 class AllToAllRoutes:
     """Pair -> directed-link incidence for one ordered device list (built once, evaluated often)."""
@@ -77,6 +197,12 @@ class AllToAllRoutes:
     """Hierarchical: flat (src * nodes + node) index of each fabric-leg entry."""
     fabric_link_of_hop: np.ndarray | None = None
     num_nodes: int = 0
+    aggregation: LinkAggregation | None = None
+    _diag: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    latency_levels_s: np.ndarray | None = None
+    """Distinct pair latencies, descending."""
+    latency_members: np.ndarray | None = None
+    """[G*G, levels] 0/1: which pairs have each latency."""
 
     @classmethod
     def build(
@@ -114,10 +240,13 @@ class AllToAllRoutes:
                     hops = directed_hops(cluster, src, rail_peer(cluster, src, n), index)
                     f_pairs += [i * len(node_ids) + node_pos[n]] * len(hops)
                     f_links += hops
+        levels = np.unique(latency)[::-1].copy()
+        pair_arr = np.array(pairs, dtype=np.int64)
+        link_arr = np.array(links, dtype=np.int64)
         return cls(
             device_ids=tuple(device_ids),
-            pair_of_hop=np.array(pairs, dtype=np.int64),
-            link_of_hop=np.array(links, dtype=np.int64),
+            pair_of_hop=pair_arr,
+            link_of_hop=link_arr,
             pair_latency_s=latency,
             num_links=len(bw),
             hierarchical=hierarchical,
@@ -125,6 +254,10 @@ class AllToAllRoutes:
             fabric_pair_of_hop=np.array(f_pairs, dtype=np.int64) if hierarchical else None,
             fabric_link_of_hop=np.array(f_links, dtype=np.int64) if hierarchical else None,
             num_nodes=len(node_ids),
+            aggregation=LinkAggregation.build(pair_arr, link_arr, g, len(bw)),
+            _diag=np.arange(g),
+            latency_levels_s=levels,
+            latency_members=(latency[:, None] == levels[None, :]).astype(float),
         )
 
     def link_loads(self, bytes_matrix: np.ndarray, node_bytes: np.ndarray | None = None) -> np.ndarray:
@@ -135,11 +268,10 @@ class AllToAllRoutes:
         flat = b.reshape(-1, g * g)
         s = flat.shape[0]
         offsets = (np.arange(s) * self.num_links)[:, None]
-        loads = np.bincount(
-            (self.link_of_hop[None, :] + offsets).ravel(),
-            weights=flat[:, self.pair_of_hop].ravel(),
-            minlength=s * self.num_links,
-        ).reshape(s, self.num_links)
+        assert self.aggregation is not None
+        b3 = b.reshape(s, g, g).copy()
+        b3[:, self._diag, self._diag] = 0.0
+        loads = self.aggregation.loads(b3)
         if self.hierarchical:
             assert self.fabric_pair_of_hop is not None and self.fabric_link_of_hop is not None
             assert self.node_of is not None
@@ -158,7 +290,9 @@ class AllToAllRoutes:
         return loads if batched else loads[0]
 
     def latency_s(self, bytes_matrix: np.ndarray) -> np.ndarray:
-        """Longest path latency among pairs that send anything ([S] for a batch, else scalar)."""
-        b = np.asarray(bytes_matrix, dtype=float)
-        flat = b.reshape(-1, len(self.device_ids) ** 2)
-        return np.max(np.where(flat > 0, self.pair_latency_s[None, :], 0.0), axis=1)
+        """Longest path latency among pairs that send anything ([S]; one entry for a single matrix)."""
+        assert self.latency_levels_s is not None and self.latency_members is not None
+        flat = np.asarray(bytes_matrix, dtype=float).reshape(-1, len(self.device_ids) ** 2)
+        used = (flat > 0) @ self.latency_members  # [S, levels]: pairs with bytes at each latency
+        first = np.argmax(used > 0, axis=1)  # levels are descending: the first used is the longest
+        return np.where(used.any(axis=1), self.latency_levels_s[first], 0.0)
