@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -40,6 +41,18 @@ OPS = (
 )
 
 
+# Which calibration tables can answer each op (any one group, all tables of the group needed).
+TABLE_OPS: dict[str, tuple[tuple[str, ...], ...]] = {
+    "expert": (("grouped_gemm",),),
+    "router": (("gemm",),),
+    "permute_combine": (("moe_align", "combine"), ("hbm_copy",)),
+    "shared_expert": (("gemm",),),
+    "dense_ffn": (("gemm",),),
+    "transfer": (("p2p",), ("h2d",), ("d2h",)),
+    "weight_fetch": (("h2d",),),
+}
+
+
 def _out(x: np.ndarray) -> Any:
     """A Python float for 0-d results, the array otherwise."""
     return float(x) if np.ndim(x) == 0 else x
@@ -64,11 +77,20 @@ class CostModel:
         calibration: Any | None = None,
         *,
         infinite_bandwidth: bool = False,
+        calibrated_devices: Sequence[str] | None = None,
     ):
+        """``calibration``: a ``moesim.calibration.tables.Calibration`` (anything with
+        ``time_s(op, **shape)``), or a folder / built-in name to load one from. Its tables apply to
+        the GPUs whose model matches ``calibration.device``, or to ``calibrated_devices`` if given."""
+        if isinstance(calibration, (str, Path)):
+            from moesim.calibration.tables import load_calibration  # lazy: only when asked for
+
+            calibration = load_calibration(calibration)
         self.cluster = cluster
         self.model = model
         self.calibration = calibration
         self.infinite_bandwidth = infinite_bandwidth
+        self._explicit_devices = None if calibrated_devices is None else tuple(calibrated_devices)
         by_spec: dict[int, Roofline] = {}
         self._roof: dict[str, Roofline] = {}
         for d in cluster.devices:
@@ -87,6 +109,10 @@ class CostModel:
     def _calibrated_devices(self) -> frozenset[str]:
         if self.calibration is None:
             return frozenset()
+        if self._explicit_devices is not None:
+            for d in self._explicit_devices:
+                self._device(d, "gpu")
+            return frozenset(self._explicit_devices)
         gpus = self.cluster.gpus
         measured = getattr(self.calibration, "device", None)
         if not measured:
@@ -117,11 +143,10 @@ class CostModel:
         """Per op: ``"table"``, ``"roofline"``, or ``"table+roofline"`` when both were used. Ops not
         used yet report ``"roofline"``, or ``"table"`` when the calibration lists that op."""
         listed = set(getattr(self.calibration, "ops", ()) or ())
-        mapping = {
-            "expert": "grouped_gemm",
-            "transfer": "p2p",
-            "weight_fetch": "h2d",
-            "permute_combine": "hbm_copy",
+        usable = {
+            op
+            for op, tables in TABLE_OPS.items()
+            if self._table_devices and any(all(t in listed for t in group) for group in tables)
         }
         out: dict[str, str] = {}
         for op, (table, roof) in self._counts.items():
@@ -132,7 +157,7 @@ class CostModel:
             elif roof:
                 out[op] = "roofline"
             else:
-                out[op] = "table" if mapping.get(op, "gemm") in listed and self._table_devices else "roofline"
+                out[op] = "table" if op in usable else "roofline"
         return out
 
     def source_counts(self) -> dict[str, dict[str, int]]:
@@ -141,7 +166,13 @@ class CostModel:
 
     def with_infinite_bandwidth(self) -> CostModel:
         """The same cost model with every link (NVLink, PCIe, NIC, fabric) costing only its latency."""
-        return CostModel(self.cluster, self.model, self.calibration, infinite_bandwidth=True)
+        return CostModel(
+            self.cluster,
+            self.model,
+            self.calibration,
+            infinite_bandwidth=True,
+            calibrated_devices=self._explicit_devices,
+        )
 
     def roofline(self, device_id: str) -> Roofline:
         try:
@@ -379,19 +410,62 @@ class CostModel:
         return self._roof_op("attention", device_id, cnt, self.model.activation_dtype)
 
     def router_s(self, device_id: str, tokens: Any) -> Any:
-        """Gate GEMM and top-k for ``tokens`` tokens."""
-        cnt = ops.router_counts(self.model, tokens)
+        """Gate GEMM and top-k for ``tokens`` tokens (the ``gemm`` table's [tokens, H] x [H, E] when
+        calibrated)."""
+        t = np.asarray(tokens, dtype=float)
+        if device_id in self._table_devices and t.ndim == 0 and t > 0:
+            m = self.model
+            value = self._table(
+                "router",
+                "gemm",
+                device_id,
+                m=int(t),
+                n=m.num_experts,
+                k=m.hidden_size,
+                dtype=m.activation_dtype,
+            )
+            if value is not None:
+                self._note("router", "table")
+                return value
+        cnt = ops.router_counts(self.model, t)
         return self._roof_op("router", device_id, cnt, self.model.activation_dtype)
 
     def permute_combine_s(self, device_id: str, tokens: Any) -> Any:
         """Permute ``tokens`` tokens by expert before the expert GEMMs and combine after."""
         t = np.asarray(tokens, dtype=float)
         if device_id in self._table_devices and t.ndim == 0 and t > 0:
-            moved = (1 + self.model.top_k) * t * self.model.activation_bytes_per_token
+            m = self.model
+            # The Triton kernels permute by index (moe_align) and gather rows inside the GEMM, then
+            # combine; without those tables, a device copy of the permuted activations.
+            align = self._table(
+                "permute_combine",
+                "moe_align",
+                device_id,
+                tokens=int(t),
+                num_experts=m.num_experts,
+                top_k=m.top_k,
+            )
+            combine = (
+                self._table(
+                    "permute_combine",
+                    "combine",
+                    device_id,
+                    tokens=int(t),
+                    top_k=m.top_k,
+                    hidden=m.hidden_size,
+                    dtype=m.activation_dtype,
+                )
+                if align is not None
+                else None
+            )
+            if align is not None and combine is not None:
+                self._note("permute_combine", "table")
+                return align + combine
+            moved = m.top_k * t * m.activation_bytes_per_token  # the k copies of each token
             value = self._table("permute_combine", "hbm_copy", device_id, bytes=float(moved))
             if value is not None:
                 self._note("permute_combine", "table")
-                return value
+                return 2.0 * value  # permute before the experts, un-permute after
         cnt = ops.permute_combine_counts(self.model, t)
         return self._roof_op("permute_combine", device_id, cnt, self.model.activation_dtype)
 
