@@ -311,61 +311,35 @@ def validate_error(path: Path) -> str:
     return str(err.value)
 
 
+MEM = "memory: {capacity: 1 GB, bandwidth: 1 GB/s, source: s}"
+PEAK = "compute: {peak: {bf16: 1 TFLOP/s}, source: s}"
+
+
 @pytest.mark.parametrize(
     ("entry", "field", "message"),
     [
-        (
-            "{kind: gpu, source: s, memory: {capacity: 1 GB, bandwidth: 1 GB/s, source: s}, compute: {peak: {}, "
-            "source: s}}",
-            "devices.d.compute.peak",
-            "expected at least one dtype",
-        ),
-        (
-            "{kind: gpu, source: s, memory: {capacity: 1 GB, bandwidth: 1 GB/s, source: s}, compute: {peak: {bf17: "
-            "1 TFLOP/s}, source: s}}",
-            "devices.d.compute.peak.bf17",
-            "unknown dtype",
-        ),
-        (
-            "{kind: gpu, source: s, memory: {capacity: 1 GB, bandwidth: 1 GB/s}, compute: {peak: {bf16: 1 TFLOP/s}, "
-            "source: s}}",
-            "devices.d.memory.source",
-            "missing required field",
-        ),
-        (
-            "{kind: pim, source: s, memory: {capacity: 1 GB, bandwidth: 1 GB/s, source: s}, compute: {peak: {bf16: "
-            "1 TFLOP/s}, source: s}}",
-            "devices.d.memory.internal_bandwidth",
-            "missing required field",
-        ),
-        (
-            "{kind: gpu, source: s, memory: {capacity: 1 GB, bandwidth: 1 GB/s, efficiency: 1.5, source: s}, compute: "
-            "{peak: {bf16: 1 TFLOP/s}, source: s}}",
-            "devices.d.memory.efficiency",
-            "expected a fraction greater than 0",
-        ),
-        (
-            "{kind: gpu, source: s, verified: maybe, memory: {capacity: 1 GB, bandwidth: 1 GB/s, source: s}, compute: "
-            "{peak: {bf16: 1 TFLOP/s}, source: s}}",
-            "devices.d.verified",
-            "expected markers from R, I, P, D, U",
-        ),
-        (
-            "{kind: gpu, source: s, memory: {capacity: 1 GB, bandwidth: 1 GB/s, source: s}, compute: {peak: {bf16: "
-            "1 TFLOP/s}, source: s}, efficiency_curves: {compute: [['1 GB', 0.5]], source: s}}",
-            "devices.d.efficiency_curves.compute[0][0]",
-            "expected an amount of work with its unit",
-        ),
-        (
-            "{kind: gpu, source: s, memory: {capacity: 1 GB, bandwidth: 1 GB/s, source: s}, compute: {peak: {bf16: "
-            "1 TFLOP/s}, source: s}, efficiency_curves: {memory: [['2 GB', 0.5], ['1 GB', 0.6]], source: s}}",
-            "devices.d.efficiency_curves.memory[1][0]",
-            "expected sizes in increasing order",
-        ),
+        (f"kind: gpu, source: s, {MEM}, compute: {{peak: {{}}, source: s}}", "devices.d.compute.peak",
+         "expected at least one dtype"),
+        (f"kind: gpu, source: s, {MEM}, compute: {{peak: {{bf17: 1 TFLOP/s}}, source: s}}",
+         "devices.d.compute.peak.bf17", "unknown dtype"),
+        (f"kind: gpu, source: s, memory: {{capacity: 1 GB, bandwidth: 1 GB/s}}, {PEAK}",
+         "devices.d.memory.source", "missing required field"),
+        (f"kind: pim, source: s, {MEM}, {PEAK}",
+         "devices.d.memory.internal_bandwidth", "missing required field"),
+        (f"kind: gpu, source: s, memory: {{capacity: 1 GB, bandwidth: 1 GB/s, efficiency: 1.5, source: s}}, "
+         f"{PEAK}", "devices.d.memory.efficiency", "expected a fraction greater than 0"),
+        (f"kind: gpu, source: s, verified: maybe, {MEM}, {PEAK}", "devices.d.verified",
+         "expected markers from R, I, P, D, U"),
+        (f"kind: gpu, source: s, {MEM}, {PEAK}, efficiency_curves: {{compute: [['1 GB', 0.5]], source: s}}",
+         "devices.d.efficiency_curves.compute[0][0]", "expected an amount of work with its unit"),
+        (f"kind: gpu, source: s, {MEM}, {PEAK}, efficiency_curves: {{memory: [['2 GB', 0.5], ['1 GB', 0.6]], "
+         f"source: s}}", "devices.d.efficiency_curves.memory[1][0]", "expected sizes in increasing order"),
+        (f"kind: cpu, source: s, memory: {{capacity: 1 GB, bandwidth: 1 GB/s, internal_bandwidth: 2 GB/s, "
+         f"source: s}}, {PEAK}", "devices.d.memory.internal_bandwidth", "expected only on a pim device"),
     ],
 )
 def test_catalog_entry_errors(tmp_path: Path, entry: str, field: str, message: str) -> None:
-    p = write(tmp_path, "cat.yaml", f"kind: catalog\nsource: test\ndevices:\n  d: {entry}\n")
+    p = write(tmp_path, "cat.yaml", f"kind: catalog\nsource: test\ndevices:\n  d: {{{entry}}}\n")
     assert validate_error(p).startswith(f"{p}: {field}: {message}")
 
 
@@ -385,3 +359,15 @@ def test_link_entry_errors(tmp_path: Path) -> None:
 
 def test_a_catalog_is_not_a_cluster() -> None:
     assert "expected a cluster profile (kind: cluster)" in error_of("devices")
+
+
+def _doc_example(doc: str) -> str:
+    text = (Path(__file__).resolve().parents[1] / "docs" / doc).read_text(encoding="utf-8")
+    return text.split("## Example", 1)[1].split("```yaml", 1)[1].split("```", 1)[0]
+
+
+def test_the_documented_example_loads(tmp_path: Path) -> None:
+    c = load_cluster(str(write(tmp_path, "my-node.yaml", _doc_example("hardware.md"))))
+    assert c.name == "my-node" and len(c.gpus) == 2
+    assert c.gpus[0].spec.memory_bandwidth_bytes_per_s == 1.9e12
+    assert [ln.spec.kind for ln in c.path("n0.gpu0", "n0.gpu1")] == ["nvlink4-bridge"]

@@ -240,3 +240,10 @@ def test_missing_and_malformed_model_files(tmp_path: Path) -> None:
     )
     with pytest.raises(UserError, match="unknown model spec 'gpt-5'"):
         load_model("gpt-5")
+
+
+def test_the_documented_example_loads(tmp_path: Path) -> None:
+    text = (Path(__file__).resolve().parents[1] / "docs" / "models.md").read_text(encoding="utf-8")
+    example = text.split("## Example", 1)[1].split("```yaml", 1)[1].split("```", 1)[0]
+    m = load_model(str(write(tmp_path, example, "my-moe.yaml")))
+    assert m.name == "my-moe" and m.num_moe_layers == 27 and m.num_shared_experts == 2
