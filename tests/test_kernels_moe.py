@@ -24,9 +24,20 @@ _MODULES = ("runtime", "align", "grouped_gemm", "combine", "fused_moe")
 
 def _kernels():
     """The kernel modules, re-imported if something imported them before the interpreter was on."""
-    mods = {name: importlib.import_module(f"moesim.kernels.{name}") for name in _MODULES}
     if os.environ.get("TRITON_INTERPRET") != "1":
-        pytest.skip("TRITON_INTERPRET is set to something other than 1 in this environment")
+        pytest.skip("TRITON_INTERPRET is set to something other than 1 in this environment",
+                    allow_module_level=True)
+    import triton.language as tl
+
+    if type(tl.cumsum).__name__ != "InterpretedFunction":
+        # triton.language was imported before TRITON_INTERPRET=1 was set (by a module collected
+        # earlier): its own @jit helpers are compiled-mode objects and cannot run on a CPU.
+        message = ("triton was imported before this module set TRITON_INTERPRET=1; run the kernel tests "
+                   "in their own process: pytest tests/test_kernels_moe.py")
+        if torch.cuda.is_available():
+            pytest.skip(message, allow_module_level=True)
+        pytest.fail(message, pytrace=False)
+    mods = {name: importlib.import_module(f"moesim.kernels.{name}") for name in _MODULES}
     if type(mods["align"]._scatter_kernel).__name__ != "InterpretedFunction":
         mods = {name: importlib.reload(mods[name]) for name in _MODULES}
     return mods
