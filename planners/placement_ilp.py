@@ -1,0 +1,386 @@
+"""The OR-Tools placement optimiser: replica counts and placement chosen jointly, per MoE layer.
+
+Per layer, a CP-SAT model picks for every expert e one replica count c from a candidate set and,
+for every GPU g, whether g holds one of those c copies (``z[e, c, g]``). Every GPU fills exactly
+its ``S`` slots and holds at most one copy of an expert. The time of GPU g in training window w is
+
+    t[w, g] = sum_{e, c} z[e, c, g] * tau[w, e, c, node(g)]
+
+where ``tau`` is what one replica of e costs when e has c replicas: the cost model's expert time
+for ``load/c`` tokens (weights read once, plus per-token work) plus the all-to-all time of those
+tokens on the real topology (NVLink inside a node, the GPU's InfiniBand rail across nodes, both
+ways: dispatch and combine), given where the tokens originate. The objective is the worst window's
+slowest GPU (``objective="worst"``) or the mean over windows of the slowest GPU (``"mean"``).
+Linear in ``z`` because each candidate count is its own variable. See docs/planners.md.
+
+Decomposition: layers are solved one after another, each with an equal share of the remaining
+time; each is warm-started from the better of the greedy and EPLB layouts, and is skipped when
+that hint already meets the analytic lower bound. The reported bound is, per layer, the larger of
+CP-SAT's bound and the analytic one (``layer_bound``), summed over layers.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+from moesim.planners.base import (
+    PlanRequest,
+    apportion,
+    check_request,
+    duplicate_slots,
+    make_plan,
+    repair_duplicates,
+)
+from moesim.planners.eplb import rebalance_layer
+from moesim.planners.greedy import greedy_layer
+
+from moesim.plans.plan import Plan
+
+DEFAULTS: dict[str, Any] = {
+    "objective": "worst",  # worst | mean  (over windows)
+    "origin": "even",  # even | sequence | previous-layer: where a layer's tokens come from
+    "units": "auto",  # auto (cost model if available) | tokens (ignore time, balance token counts)
+    "batch_tokens": 8192,  # tokens per step the times are predicted for
+    "workers": 2,
+    "gap_limit": 1e-3,  # stop a layer when within this relative gap of its bound
+}
+
+
+# ---- cost tables ------------------------------------------------------------------------------
+
+
+def _compute_fn(req: PlanRequest, units: str):
+    """tokens array -> seconds of one expert's GEMMs on the request's first GPU (or tokens)."""
+    if units == "tokens":
+        return (lambda t: np.asarray(t, dtype=np.float64)), "tokens"
+    cost = req.cost
+    if cost is None:
+        try:
+            from moesim.cost import CostModel
+
+            cost = CostModel(req.cluster, req.model)
+        except (ImportError, TypeError):
+            cost = None
+    if cost is not None and hasattr(cost, "expert_times_s"):
+        dev = req.devices[0]
+        return (lambda t: np.asarray(cost.expert_times_s(dev, np.asarray(t, dtype=np.float64).ravel()),
+                                     dtype=np.float64).reshape(np.shape(t))), "seconds (cost model)"
+    spec = req.cluster.device(req.devices[0]).spec
+    wbytes = req.model.expert_bytes()
+    mem = spec.memory_bandwidth_bytes_per_s * spec.memory_efficiency
+    flops = spec.peak_flops(req.model.weight_dtype) * spec.compute_efficiency
+    per_tok = req.model.expert_flops_per_token
+
+    def roofline(t):
+        t = np.asarray(t, dtype=np.float64)
+        return np.where(t > 0, np.maximum(wbytes / mem, t * per_tok / flops), 0.0)
+
+    return roofline, "seconds (roofline: no moesim.cost)"
+
+
+def _comm_per_token(req: PlanRequest, origin: np.ndarray, units: str) -> np.ndarray:
+    """``[E, N]`` seconds per token a replica on node n spends receiving and returning tokens of e.
+
+    ``origin[e, n]`` is the fraction of e's tokens that start on node n; tokens from the same node
+    cross NVLink (except the 1/G_n already on the GPU), the rest the GPU's InfiniBand rail.
+    """
+    E, N = origin.shape
+    if units == "tokens":
+        return np.zeros((E, N))
+    node_of = req.node_of_device()
+    nbytes = 2.0 * req.model.activation_bytes_per_token  # dispatch + combine
+    out = np.zeros((E, N))
+    for n in range(N):
+        gpus = [req.devices[g] for g in np.flatnonzero(node_of == n)]
+        intra = req.cluster.bottleneck_bandwidth(gpus[0], gpus[1]) if len(gpus) > 1 else np.inf
+        others = [req.devices[g] for g in np.flatnonzero(node_of != n)]
+        inter = req.cluster.bottleneck_bandwidth(others[0], gpus[0]) if others else np.inf
+        same = origin[:, n]
+        out[:, n] = nbytes * (same * (1 - 1 / len(gpus)) / intra + (1 - same) / inter)
+    return out
+
+
+def replica_table(w: np.ndarray, comm: np.ndarray, compute, num_devices: int) -> np.ndarray:
+    """``tau[W, E, c-1, N]``: time of one replica of e when e has c = 1..G replicas."""
+    c = np.arange(1, num_devices + 1, dtype=np.float64)
+    tokens = w[:, :, None] / c[None, None, :]  # [W, E, C]
+    return compute(tokens)[..., None] + tokens[..., None] * comm[None, :, None, :]
+
+
+def layer_times(placement: np.ndarray, tau: np.ndarray, node_of: np.ndarray) -> np.ndarray:
+    """``[W, G]`` time of each GPU in each window for one layer's ``[G, S]`` placement."""
+    E = tau.shape[1]
+    counts = np.bincount(placement[placement >= 0], minlength=E)
+    e = np.maximum(placement, 0)
+    per = tau[:, e, np.maximum(counts[e], 1) - 1, node_of[:, None]]  # [W, G, S]
+    return np.where(placement[None] >= 0, per, 0.0).sum(axis=2)
+
+
+def layer_bound(tau: np.ndarray, num_devices: int, slots: int) -> np.ndarray:
+    """``[W]`` analytic lower bound on each window's slowest GPU, for any valid placement.
+
+    For a threshold T each expert needs at least c_e(T) replicas (the fewest whose cheapest replica
+    takes <= T); T is feasible only if those fit the G*S slots and their total work fits G*T
+    (``c * tau(load / c)`` never falls as c grows). The smallest feasible T is found by bisection
+    over the table's values.
+    """
+    best = tau.min(axis=3)  # [W, E, C] cheapest node
+    out = np.zeros(tau.shape[0])
+    for w in range(tau.shape[0]):
+        b = best[w]
+        work = b * np.arange(1, num_devices + 1)[None, :]
+        # the cheapest total work of e with at least c replicas, for each c
+        work_min = np.minimum.accumulate(work[:, ::-1], axis=1)[:, ::-1]
+        values = np.unique(b)
+
+        def ok(T: float, b=b, work_min=work_min) -> bool:
+            fits = b <= T * (1 + 1e-12)
+            if not fits.any(axis=1).all():
+                return False
+            need = fits.argmax(axis=1)
+            if (need + 1).sum() > num_devices * slots:
+                return False
+            return work_min[np.arange(b.shape[0]), need].sum() <= num_devices * T * (1 + 1e-12)
+
+        lo, hi = 0, values.size - 1
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if ok(values[mid]):
+                hi = mid
+            else:
+                lo = mid + 1
+        T = values[lo]
+        # between table values the work constraint alone may bind lower: refine to the exact T
+        prev = values[lo - 1] if lo > 0 else 0.0
+        fits = b <= prev * (1 + 1e-12)
+        if prev > 0 and fits.any(axis=1).all():
+            need = fits.argmax(axis=1)
+            if (need + 1).sum() <= num_devices * slots:
+                T = max(prev, work_min[np.arange(b.shape[0]), need].sum() / num_devices)
+                T = min(T, values[lo])
+        out[w] = T
+    return out
+
+
+# ---- one layer --------------------------------------------------------------------------------
+
+
+def _candidates(wsum: np.ndarray, hint_counts: np.ndarray, G: int, S: int) -> list[list[int]]:
+    """Replica counts the model may choose per expert: around D'Hondt's for the hot ones."""
+    jeff = apportion(wsum, G * S, max_per_item=G)
+    per_replica = (wsum / jeff).max()
+    out = []
+    for e in range(wsum.size):
+        cands = {int(hint_counts[e])}
+        if jeff[e] >= 2 or wsum[e] >= 0.5 * per_replica:
+            cands |= {int(jeff[e]) - 1, int(jeff[e]), int(jeff[e]) + 1}
+        else:
+            cands.add(1)
+        out.append(sorted(c for c in cands if 1 <= c <= G))
+    return out
+
+
+def solve_layer(tau: np.ndarray, wsum: np.ndarray, node_of: np.ndarray, slots: int, hint: np.ndarray,
+                bound: np.ndarray, *, time_limit_s: float, objective: str, workers: int, seed: int,
+                gap_limit: float) -> tuple[np.ndarray, float, float, str]:
+    """CP-SAT for one layer: (placement [G, S], objective, solver bound, status), in the units of tau."""
+    from ortools.sat.python import cp_model
+
+    W, E = tau.shape[:2]
+    G = node_of.size
+    hint_counts = np.bincount(hint[hint >= 0], minlength=E)
+    cands = _candidates(wsum, hint_counts, G, slots)
+    ref = float(max(bound.max(), 1e-30))
+    scale = 1e6 / ref
+    m = cp_model.CpModel()
+    z: dict[tuple[int, int, int], Any] = {}
+    on_gpu: list[list[list[Any]]] = [[[] for _ in range(G)] for _ in range(E)]
+    for e in range(E):
+        ys = []
+        for c in cands[e]:
+            y = m.NewConstant(1) if len(cands[e]) == 1 else m.NewBoolVar(f"y{e}_{c}")
+            ys.append(y)
+            row = []
+            for g in range(G):
+                v = m.NewBoolVar(f"z{e}_{c}_{g}")
+                z[e, c, g] = v
+                on_gpu[e][g].append(v)
+                row.append(v)
+            m.Add(sum(row) == c * y)
+        if len(ys) > 1:
+            m.AddExactlyOne(ys)
+            for g in range(G):
+                m.AddAtMostOne(on_gpu[e][g])
+    for g in range(G):
+        m.Add(sum(v for e in range(E) for v in on_gpu[e][g]) == slots)
+    T = [m.NewIntVar(0, 1 << 40, f"T{w}") for w in range(W)]
+    coef = np.rint(tau * scale).astype(np.int64)
+    loads = []
+    for w in range(W):
+        per_gpu = []
+        for g in range(G):
+            n = int(node_of[g])
+            expr = sum(int(coef[w, e, c - 1, n]) * z[e, c, g] for e in range(E) for c in cands[e])
+            m.Add(expr <= T[w])
+            per_gpu.append(expr)
+        loads.append(per_gpu)
+        m.Add(T[w] >= int(np.floor(bound[w] * scale)))
+    # GPUs of one node are interchangeable: order them by window-0 time (symmetry breaking)
+    for g in range(G - 1):
+        if node_of[g] == node_of[g + 1]:
+            m.Add(loads[0][g] >= loads[0][g + 1])
+    if objective == "mean":
+        m.Minimize(sum(T))
+    else:
+        top = m.NewIntVar(0, 1 << 40, "Tmax")
+        m.AddMaxEquality(top, T)
+        m.Minimize(top)
+    # hint: the warm start, GPUs of each node sorted by window-0 time like the symmetry breaking
+    times0 = layer_times(hint, tau, node_of)[0]
+    order = np.arange(G)
+    for n in np.unique(node_of):
+        idx = np.flatnonzero(node_of == n)
+        order[idx] = idx[np.argsort(-times0[idx], kind="stable")]
+    hint_sorted = hint[order]
+    held = [set(hint_sorted[g][hint_sorted[g] >= 0].tolist()) for g in range(G)]
+    for (e, c, g), v in z.items():
+        m.AddHint(v, int(c == hint_counts[e] and e in held[g]))
+    solver = cp_model.CpSolver()
+    solver.parameters.max_time_in_seconds = max(0.05, float(time_limit_s))
+    solver.parameters.num_workers = max(1, int(workers))
+    solver.parameters.random_seed = int(seed)
+    solver.parameters.relative_gap_limit = float(gap_limit)
+    status = solver.Solve(m)
+    if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
+        return hint, float(layer_times(hint, tau, node_of).max()), float(bound.max()), "hint"
+    out = np.full((G, slots), -1, dtype=np.int64)
+    fill = np.zeros(G, dtype=np.int64)
+    for (e, _c, g), v in z.items():
+        if solver.BooleanValue(v):
+            out[g, fill[g]] = e
+            fill[g] += 1
+    denom = W if objective == "mean" else 1
+    name = "optimal" if status == cp_model.OPTIMAL else "feasible"
+    return out, solver.ObjectiveValue() / scale / denom, solver.BestObjectiveBound() / scale / denom, name
+
+
+# ---- where tokens come from -------------------------------------------------------------------
+
+
+def _aggregate(times: np.ndarray, objective: str) -> float:
+    """``[W, G]`` -> the layer's objective: worst window's slowest GPU, or the mean over windows."""
+    slowest = times.max(axis=1)
+    return float(slowest.mean() if objective == "mean" else slowest.max())
+
+
+def _sequence_origin(req: PlanRequest, N: int) -> np.ndarray:
+    """``[L, E, N]``: sequence s lives on GPU s mod G (data-parallel attention); its tokens start there."""
+    trace = req.trace
+    ids = np.asarray(trace.expert_ids)
+    node_of = req.node_of_device()
+    home = node_of[np.asarray(trace.seq_id) % node_of.size]
+    L, E = ids.shape[1], req.model.num_experts
+    out = np.zeros((L, E, N))
+    for layer in range(L):
+        col = ids[:, layer, :]
+        ok = col >= 0
+        np.add.at(out[layer], (col[ok], np.broadcast_to(home[:, None], col.shape)[ok]), 1.0)
+    total = out.sum(axis=2, keepdims=True)
+    return np.divide(out, total, out=np.full_like(out, 1.0 / N), where=total > 0)
+
+
+def _previous_layer_origin(ids_prev: np.ndarray, ids_cur: np.ndarray, prev: np.ndarray, node_of: np.ndarray,
+                           E: int, N: int) -> np.ndarray:
+    """``[E, N]``: a token starts layer l where its layer l-1 experts ran (replicas split evenly)."""
+    counts = np.bincount(prev[prev >= 0], minlength=E)
+    share = np.zeros((E, N))  # share[a, n]: fraction of expert a's replicas on node n
+    for g in range(prev.shape[0]):
+        for a in prev[g][prev[g] >= 0]:
+            share[a, node_of[g]] += 1.0 / counts[a]
+    tok_node = np.zeros((ids_prev.shape[0], N))
+    K = ids_prev.shape[1]
+    for k in range(K):
+        a = ids_prev[:, k]
+        ok = a >= 0
+        tok_node[ok] += share[a[ok]] / K
+    out = np.zeros((E, N))
+    for k in range(ids_cur.shape[1]):
+        b = ids_cur[:, k]
+        ok = b >= 0
+        np.add.at(out, b[ok], tok_node[ok])
+    total = out.sum(axis=1, keepdims=True)
+    return np.divide(out, total, out=np.full_like(out, 1.0 / N), where=total > 0)
+
+
+# ---- the planner ------------------------------------------------------------------------------
+
+
+def plan_ilp(req: PlanRequest) -> Plan:
+    """Joint replica counts and placement by CP-SAT, layer by layer, within ``req.time_limit_s``."""
+    check_request(req)
+    opts = {**DEFAULTS, **dict(req.params)}
+    start = time.perf_counter()
+    E, G, S, K = req.model.num_experts, req.num_devices, req.slots_per_device, req.model.top_k
+    node_of = req.node_of_device()
+    N = int(node_of.max()) + 1
+    windows = req.windows()
+    L = windows.shape[1]
+    # scale each window to one step of `batch_tokens` tokens, so times are per-step times
+    per_window_tokens = windows.sum(axis=2).max(axis=1) / K
+    scale = np.divide(float(opts["batch_tokens"]), per_window_tokens, out=np.zeros_like(per_window_tokens),
+                      where=per_window_tokens > 0)
+    wstep = windows * scale[:, None, None]
+    compute, units = _compute_fn(req, str(opts["units"]))
+    origin_mode = str(opts["origin"]) if N > 1 else "even"
+    if origin_mode != "even" and req.trace is None:
+        origin_mode = "even"
+    seq_origin = _sequence_origin(req, N) if origin_mode == "sequence" else None
+    ids = np.asarray(req.trace.expert_ids) if origin_mode == "previous-layer" else None
+    total = req.total_load()
+    placement = np.zeros((L, G, S), dtype=np.int64)
+    objs, bounds, statuses = [], [], []
+    for layer in range(L):
+        if seq_origin is not None:
+            origin = seq_origin[layer]
+        elif ids is not None and layer > 0:
+            origin = _previous_layer_origin(ids[:, layer - 1], ids[:, layer], placement[layer - 1],
+                                            node_of, E, N)
+        else:
+            origin = np.full((E, N), 1.0 / N)
+        tau = replica_table(wstep[:, layer], _comm_per_token(req, origin, units), compute, G)
+        lb = layer_bound(tau, G, S)
+        hints = [greedy_layer(total[layer], G, S)]
+        raw = rebalance_layer(total[layer], G * S, 1, 1, G)
+        hints.append(repair_duplicates(raw, total[layer])[0] if duplicate_slots(raw) else raw)
+        scores = [_aggregate(layer_times(h, tau, node_of), opts["objective"]) for h in hints]
+        best = hints[int(np.argmin(scores))]
+        best_score = min(scores)
+        lb_agg = float(lb.mean() if opts["objective"] == "mean" else lb.max())
+        left = req.time_limit_s - (time.perf_counter() - start)
+        if best_score <= lb_agg * (1 + float(opts["gap_limit"])) or left <= 0:
+            placement[layer], status, solver_bound = best, "hint", lb_agg
+        else:
+            p, _, solver_bound, status = solve_layer(
+                tau, total[layer], node_of, S, best, lb, time_limit_s=left / (L - layer) * 0.9,
+                objective=str(opts["objective"]), workers=int(opts["workers"]), seed=req.seed,
+                gap_limit=float(opts["gap_limit"]))
+            score = _aggregate(layer_times(p, tau, node_of), opts["objective"])
+            placement[layer] = p if score <= best_score else best
+        objs.append(_aggregate(layer_times(placement[layer], tau, node_of), opts["objective"]))
+        bounds.append(min(objs[-1], max(lb_agg, solver_bound)))
+        statuses.append(status)
+    obj, bnd = float(np.sum(objs)), float(np.sum(bounds))
+    solve_s = time.perf_counter() - start
+    return make_plan(
+        req, "ilp", placement, objective=obj, bound=bnd, gap=(obj - bnd) / obj if obj > 0 else 0.0,
+        solve_s=solve_s,
+        params={"objective": opts["objective"], "origin": origin_mode, "units": units,
+                "batch_tokens": opts["batch_tokens"], "windows": int(windows.shape[0]),
+                "time_limit_s": req.time_limit_s, "workers": int(opts["workers"]),
+                "layers_solved": int(sum(s != "hint" for s in statuses)),
+                "layers_optimal": int(sum(s == "optimal" for s in statuses))},
+        predicted={"moe_step_s" if units.startswith("seconds") else "moe_step_tokens": obj,
+                   "moe_step_bound": bnd},
+    )
