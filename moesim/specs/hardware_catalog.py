@@ -15,6 +15,7 @@ from types import MappingProxyType
 from typing import Any
 
 from moesim.errors import UserError
+from moesim.resources import resolve
 from moesim.specs.hardware import DeviceSpec, LinkSpec
 from moesim.specs.yaml_fields import (
     Document,
@@ -100,9 +101,7 @@ class Catalog:
                 scopes.append(_catalog_fields(path))
         if builtin:
             for name in BUILTIN_CATALOGS:
-                path = resolve_reference(
-                    "hardware", name, relative_to=Path("/nonexistent"), file=str(doc.path), field="catalogs"
-                )
+                path = resolve("hardware", name)
                 if path.resolve() not in seen:
                     seen.add(path.resolve())
                     scopes.append(_catalog_fields(path))

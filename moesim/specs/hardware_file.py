@@ -39,7 +39,10 @@ _TOP_KEYS = frozenset(
         "fabric",
     }
 )
-_CATALOG_KEYS = frozenset({"kind", "name", "description", "source", "notes", "catalogs", "devices", "links"})
+_CATALOG_KEYS = frozenset(
+    {"kind", "name", "description", "source", "verified", "estimated", "notes", "catalogs", "devices",
+     "links"}
+)
 _NODE_KEYS = frozenset({"devices", "switches", "links"})
 _NODE_DEVICE_KEYS = frozenset({"model", "count"})
 _LINK_USE_KEYS = frozenset({"link", "from", "to", "mesh"})
@@ -298,8 +301,8 @@ def load_device_spec(name: str, catalog: str | Path | None = None) -> DeviceSpec
     """A device entry by name from ``catalog`` (a hardware file) or the built-in device catalog."""
     doc = load_document("hardware", catalog if catalog is not None else "devices")
     cat = Catalog.for_document(doc)
-    where = Fields({"model": name}, "", {"": str(doc.path)}, str(doc.path))
-    return cat.device_spec(name, where=where, key="model")
+    where = Fields({"device": name}, "", {}, "")  # a name given in code: no file to point at
+    return cat.device_spec(name, where=where, key="device")
 
 
 def profile_info(path: Path) -> dict[str, Any]:
