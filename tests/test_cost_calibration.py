@@ -128,3 +128,12 @@ def test_calibration_by_folder_and_explicit_devices(tmp_path: Path, mixtral) -> 
     inf = cost.with_infinite_bandwidth()
     assert inf.expert_compute_s("n0.gpu3", t) == pytest.approx(grouped_seconds(16, 1))
     assert inf.weight_fetch_s("n0.gpu3", 2**25) == pytest.approx(cluster.path_latency("n0.cpu0", "n0.gpu3"))
+
+
+def test_calibrated_devices_must_be_gpus_of_the_cluster(tmp_path: Path, mixtral) -> None:
+    folder = write_tables(tmp_path, "SYNTHETIC-TEST-GPU")
+    with pytest.raises(UserError, match="expected GPU ids"):
+        CostModel(load_cluster("h100x8"), mixtral, calibration=folder, calibrated_devices=["n0.cpu0"])
+    cost = CostModel(load_cluster("h100x8"), mixtral, calibration=folder, calibrated_devices=["n0.gpu1"])
+    assert cost.calibrated_devices == frozenset({"n0.gpu1"})
+    assert CostModel(load_cluster("h100x8"), mixtral).calibrated_devices == frozenset()

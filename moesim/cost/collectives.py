@@ -18,12 +18,15 @@ de-duplicating tokens bound for several GPUs of one node) the fabric leg carries
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
+from typing import Any
 
 import numpy as np
 
-from moesim.specs.hardware import Cluster
+from moesim.errors import UserError
+from moesim.specs.hardware import Cluster, Device
 
 
 def directed_hops(cluster: Cluster, src: str, dst: str, link_index: dict[tuple[str, str], int]) -> list[int]:
@@ -296,3 +299,88 @@ class AllToAllRoutes:
         used = (flat > 0) @ self.latency_members  # [S, levels]: pairs with bytes at each latency
         first = np.argmax(used > 0, axis=1)  # levels are descending: the first used is the longest
         return np.where(used.any(axis=1), self.latency_levels_s[first], 0.0)
+
+
+class CollectiveCosts:
+    """All-to-all times and link loads on one cluster (the communication half of ``CostModel``).
+
+    Routes are built once per device list and memoised; ``infinite_bandwidth`` makes every link
+    cost only its latency."""
+
+    def __init__(self, cluster: Cluster, *, infinite_bandwidth: bool = False):
+        self.cluster = cluster
+        self.infinite_bandwidth = infinite_bandwidth
+        self._link_index, self._link_bw, self._link_names = link_tables(cluster)
+        self._routes: dict[tuple[tuple[str, ...], bool], AllToAllRoutes] = {}
+
+    def routes(self, device_ids: Sequence[str], *, hierarchical: bool = False) -> AllToAllRoutes:
+        """The (memoised) pair->link incidence of an all-to-all among ``device_ids``."""
+        key = (tuple(device_ids), hierarchical)
+        r = self._routes.get(key)
+        if r is None:
+            for d in key[0]:
+                self._device(d)  # a UserError for unknown ids
+            r = AllToAllRoutes.build(self.cluster, key[0], hierarchical=hierarchical)
+            self._routes[key] = r
+        return r
+
+    def all_to_all_s(
+        self,
+        device_ids: Sequence[str],
+        bytes_matrix: np.ndarray,
+        *,
+        hierarchical: bool = False,
+        node_bytes: np.ndarray | None = None,
+    ) -> Any:
+        """All-to-all with ``bytes_matrix[i, j]`` bytes from ``device_ids[i]`` to ``device_ids[j]``:
+        max over link directions of load / bandwidth + the longest path latency used. A batch
+        [S, G, G] gives [S] seconds."""
+        r = self.routes(device_ids, hierarchical=hierarchical)
+        b = np.asarray(bytes_matrix, dtype=float)
+        latency = r.latency_s(b)
+        self._note("all_to_all", "roofline")
+        if self.infinite_bandwidth:
+            t = latency
+        else:
+            loads = r.link_loads(b, node_bytes).reshape(-1, r.num_links)
+            t = np.max(loads / self._link_bw[None, :], axis=1) + latency
+        return t if b.ndim == 3 else float(t[0])
+
+    def link_bytes(
+        self,
+        device_ids: Sequence[str],
+        bytes_matrix: np.ndarray,
+        *,
+        hierarchical: bool = False,
+        node_bytes: np.ndarray | None = None,
+    ) -> dict[tuple[str, str], float]:
+        """Bytes on each link direction ``(from, to)`` that an all-to-all puts there (nonzero only)."""
+        r = self.routes(device_ids, hierarchical=hierarchical)
+        loads = r.link_loads(np.asarray(bytes_matrix, dtype=float), node_bytes)
+        if loads.ndim == 2:
+            loads = loads.sum(axis=0)
+        return {self._link_names[i]: float(loads[i]) for i in np.flatnonzero(loads)}
+
+    def directed_links(self) -> list[tuple[tuple[str, str], float, float]]:
+        """Every link direction as ``((from, to), effective bytes/s, latency s)``, for simulators
+        that model links as resources."""
+        lat = np.repeat([ln.spec.latency_s for ln in self.cluster.links], 2)
+        return [
+            (n, float(bw), float(la)) for n, bw, la in zip(self._link_names, self._link_bw, lat, strict=True)
+        ]
+
+    def path_links(self, src: str, dst: str) -> list[tuple[str, str]]:
+        """The link directions a transfer ``src -> dst`` crosses, in order."""
+        return [self._link_names[h] for h in directed_hops(self.cluster, src, dst, self._link_index)]
+
+    def _device(self, device_id: str, kind: str | None = None) -> Device:
+        try:
+            dev = self.cluster.device(device_id)
+        except KeyError:
+            raise UserError(f"no device {device_id!r} in cluster {self.cluster.name}") from None
+        if kind is not None and dev.kind != kind:
+            raise UserError(f"expected a {kind} device, got {device_id!r} ({dev.kind})")
+        return dev
+
+    def _note(self, op: str, source: str, n: int = 1) -> None:
+        """Overridden by CostModel to count sources; a bare CollectiveCosts keeps no log."""

@@ -10,47 +10,21 @@ roofline. See docs/cost.md for the formulas and the named factors.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
-from moesim.cost import ops
-from moesim.cost.collectives import AllToAllRoutes, directed_hops, link_tables
+from moesim.cost import experts, ops
+from moesim.cost.collectives import CollectiveCosts
+from moesim.cost.experts import ExpertCoefficients
 from moesim.cost.roofline import Roofline
+from moesim.cost.sources import SourceLog, Tables
 from moesim.cost.transfers import host_of, lowbit_bytes, point_to_point_s
 from moesim.errors import UserError
-from moesim.specs.hardware import Cluster, Device
+from moesim.specs.hardware import Cluster
 from moesim.specs.model import DTYPE_BYTES, MoEModel
-
-Source = Literal["table", "roofline"]
-OPS = (
-    "expert",
-    "cpu_expert",
-    "pim_expert",
-    "attention",
-    "router",
-    "permute_combine",
-    "shared_expert",
-    "dense_ffn",
-    "transfer",
-    "weight_fetch",
-    "all_to_all",
-)
-
-
-# Which calibration tables can answer each op (any one group, all tables of the group needed).
-TABLE_OPS: dict[str, tuple[tuple[str, ...], ...]] = {
-    "expert": (("grouped_gemm",),),
-    "router": (("gemm",),),
-    "permute_combine": (("moe_align", "combine"), ("hbm_copy",)),
-    "shared_expert": (("gemm",),),
-    "dense_ffn": (("gemm",),),
-    "transfer": (("p2p",), ("h2d",), ("d2h",)),
-    "weight_fetch": (("h2d",),),
-}
 
 
 def _out(x: np.ndarray) -> Any:
@@ -58,14 +32,7 @@ def _out(x: np.ndarray) -> Any:
     return float(x) if np.ndim(x) == 0 else x
 
 
-def _family(name: str) -> set[str]:
-    """Model tokens of a GPU name ('NVIDIA H100 80GB HBM3' -> {'h100'}), for matching a
-    calibration's device to a hardware profile's device."""
-    tokens = re.findall(r"[a-z]*\d+[a-z]*", name.lower())
-    return {t for t in tokens if not (t.endswith("gb") or t.startswith(("hbm", "sxm", "pcie", "gen", "nvl")))}
-
-
-class CostModel:
+class CostModel(CollectiveCosts):
     """Op times for ``model`` on ``cluster``; ``calibration`` (a ``Calibration``) replaces the
     roofline where its tables cover a shape. Instances memoise routes and count table/roofline use;
     they hold no other state."""
@@ -86,10 +53,9 @@ class CostModel:
             from moesim.calibration.tables import load_calibration  # lazy: only when asked for
 
             calibration = load_calibration(calibration)
-        self.cluster = cluster
+        super().__init__(cluster, infinite_bandwidth=infinite_bandwidth)
         self.model = model
         self.calibration = calibration
-        self.infinite_bandwidth = infinite_bandwidth
         self._explicit_devices = None if calibrated_devices is None else tuple(calibrated_devices)
         by_spec: dict[int, Roofline] = {}
         self._roof: dict[str, Roofline] = {}
@@ -98,71 +64,35 @@ class CostModel:
             if key not in by_spec:
                 by_spec[key] = Roofline.of(d.spec)
             self._roof[d.id] = by_spec[key]
-        self._link_index, self._link_bw, self._link_names = link_tables(cluster)
-        self._routes: dict[tuple[tuple[str, ...], bool], AllToAllRoutes] = {}
-        self._expert_const: dict[tuple[int, str | None], tuple[float, float, float, float, int, str]] = {}
-        self._counts: dict[str, list[int]] = {op: [0, 0] for op in OPS}
-        self._table_devices = self._calibrated_devices()
+        self._coef: dict[tuple[int, str | None], ExpertCoefficients] = {}
+        self._log = SourceLog()
+        self._tables = Tables(cluster, calibration, self._explicit_devices)
 
     # ---------------------------------------------------------------- bookkeeping
 
-    def _calibrated_devices(self) -> frozenset[str]:
-        if self.calibration is None:
-            return frozenset()
-        if self._explicit_devices is not None:
-            for d in self._explicit_devices:
-                self._device(d, "gpu")
-            return frozenset(self._explicit_devices)
-        gpus = self.cluster.gpus
-        measured = getattr(self.calibration, "device", None)
-        if not measured:
-            return frozenset(d.id for d in gpus)
-        fam = _family(str(measured))
-        hits = frozenset(d.id for d in gpus if fam & _family(d.spec.model))
-        if not hits:
-            models = sorted({d.spec.model for d in gpus})
-            raise UserError(
-                f"calibration was measured on {measured!r}, expected one of the cluster's GPUs "
-                f"({', '.join(models) or 'none'})",
-                field="calibration.device",
-            )
-        return hits
+    def _note(self, op: str, source: str, n: int = 1) -> None:
+        self._log.note(op, "table" if source == "table" else "roofline", n)
 
-    def _note(self, op: str, source: Source, n: int = 1) -> None:
-        self._counts[op][0 if source == "table" else 1] += n
+    def _table(self, op: str, table_op: str, device_id: str, **shape: Any) -> float | None:
+        """Calibration seconds for ``table_op`` at ``shape`` on ``device_id``, or None (then the
+        caller uses the roofline). ``op`` is the cost op asking; the caller records the source of
+        the result it returns."""
+        return self._tables.time_s(device_id, table_op, **shape)
 
-    def _table(self, op: str, table_op: str, device_id: str | None, **shape: Any) -> float | None:
-        """Calibration time for ``table_op`` at ``shape`` on ``device_id``, or None (then the caller
-        uses the roofline). The caller records the source of the result it returns."""
-        if self.calibration is None or (device_id is not None and device_id not in self._table_devices):
-            return None
-        value = self.calibration.time_s(table_op, **shape)
-        return None if value is None else float(value)
+    @property
+    def calibrated_devices(self) -> frozenset[str]:
+        """GPU ids the calibration tables apply to (empty without a calibration)."""
+        return self._tables.devices
 
     def sources(self) -> dict[str, str]:
         """Per op: ``"table"``, ``"roofline"``, or ``"table+roofline"`` when both were used. Ops not
-        used yet report ``"roofline"``, or ``"table"`` when the calibration lists that op."""
-        listed = set(getattr(self.calibration, "ops", ()) or ())
-        usable = {
-            op
-            for op, tables in TABLE_OPS.items()
-            if self._table_devices and any(all(t in listed for t in group) for group in tables)
-        }
-        out: dict[str, str] = {}
-        for op, (table, roof) in self._counts.items():
-            if table and roof:
-                out[op] = "table+roofline"
-            elif table:
-                out[op] = "table"
-            elif roof:
-                out[op] = "roofline"
-            else:
-                out[op] = "table" if op in usable else "roofline"
-        return out
+        used yet report ``"table"`` when the calibration holds the tables they use, else
+        ``"roofline"``."""
+        return self._log.labels(self._tables.usable_ops())
 
     def source_counts(self) -> dict[str, dict[str, int]]:
         """How many results of each op came from a table and from the roofline."""
-        return {op: {"table": t, "roofline": r} for op, (t, r) in self._counts.items()}
+        return self._log.as_dict()
 
     def with_infinite_bandwidth(self) -> CostModel:
         """The same cost model with every link (NVLink, PCIe, NIC, fabric) costing only its latency."""
@@ -180,15 +110,6 @@ class CostModel:
         except KeyError:
             raise UserError(f"no device {device_id!r} in cluster {self.cluster.name}") from None
 
-    def _device(self, device_id: str, kind: str | None = None) -> Device:
-        try:
-            dev = self.cluster.device(device_id)
-        except KeyError:
-            raise UserError(f"no device {device_id!r} in cluster {self.cluster.name}") from None
-        if kind is not None and dev.kind != kind:
-            raise UserError(f"expected a {kind} device, got {device_id!r} ({dev.kind})")
-        return dev
-
     def op_time_s(
         self, device_id: str, flops: Any, nbytes: Any, dtype: str | None = None, *, launches: Any = 1
     ) -> Any:
@@ -198,11 +119,29 @@ class CostModel:
 
     # ---------------------------------------------------------------- experts
 
-    def _expert_dtypes(self, roof: Roofline, dtype: str | None) -> tuple[str, str]:
-        weight = dtype or self.model.weight_dtype
-        if weight not in DTYPE_BYTES:
-            raise UserError(f"expected a weight dtype among {', '.join(DTYPE_BYTES)}, got {weight!r}")
-        return weight, roof.compute_dtype(weight, self.model.activation_dtype)
+    def _coefficients(self, roof: Roofline, dtype: str | None) -> ExpertCoefficients:
+        key = (id(roof), dtype)
+        coef = self._coef.get(key)
+        if coef is None:
+            coef = self._coef[key] = ExpertCoefficients.of(self.model, roof, dtype)
+        return coef
+
+    def _grouped_table_s(
+        self, device_id: str, tokens_per_expert: np.ndarray, weight_dtype: str
+    ) -> float | None:
+        t = tokens_per_expert[tokens_per_expert > 0]
+        if not len(t):
+            return None
+        return self._table(
+            "expert",
+            "grouped_gemm",
+            device_id,
+            tokens_per_expert=float(t.mean()),
+            num_experts=len(t),
+            hidden=self.model.hidden_size,
+            ffn=self.model.expert_intermediate_size,
+            dtype=weight_dtype,
+        )
 
     def expert_compute_s(
         self, device_id: str, tokens_per_expert: np.ndarray, dtype: str | None = None
@@ -215,58 +154,16 @@ class CostModel:
             return self.cpu_expert_s(device_id, tokens_per_expert, dtype)
         if kind == "pim":
             return self.pim_expert_s(device_id, tokens_per_expert, dtype)
-        if device_id not in self._table_devices:
-            return self._expert_roofline_scalar(device_id, tokens_per_expert, dtype)
-        return float(
-            self.expert_compute_batch_s([device_id], np.asarray(tokens_per_expert)[None, :], dtype)[0]
-        )
-
-    def _expert_constants(
-        self, roof: Roofline, dtype: str | None
-    ) -> tuple[float, float, float, float, int, str]:
-        """(2 x params, weight bytes, activation bytes per token, peak FLOP/s, tile rows, compute
-        dtype) of one expert on ``roof``, memoised per (device spec, dtype)."""
-        key = (id(roof), dtype)
-        const = self._expert_const.get(key)
-        if const is None:
-            weight, compute = self._expert_dtypes(roof, dtype)
-            m = self.model
-            act = (
-                ops.ffn_activation_elements_per_token(m, m.expert_intermediate_size)
-                * DTYPE_BYTES[m.activation_dtype]
-            )
-            const = (
-                2.0 * m.expert_params,
-                m.expert_bytes(weight),
-                act,
-                roof.peak(compute),
-                roof.efficiency.tile_rows,
-                compute,
-            )
-            self._expert_const[key] = const
-        return const
-
-    def _expert_roofline_scalar(
-        self, device_id: str, tokens_per_expert: np.ndarray, dtype: str | None
-    ) -> float:
-        # The simulator calls this per (step, layer, device): plain floats after two numpy reductions.
-        roof = self.roofline(device_id)
-        two_p, weight_bytes, act_bytes, peak, tile, _ = self._expert_constants(roof, dtype)
+        roof = self._roof[device_id]
+        coef = self._coefficients(roof, dtype)
         t = np.asarray(tokens_per_expert, dtype=float)
-        n_active = int(np.count_nonzero(t))
-        self._counts["expert"][1] += 1
-        if n_active == 0:
-            return 0.0
-        tokens = float(t.sum())
-        rows = float((np.ceil(t / tile) * tile).sum()) if tile > 1 else tokens
-        flops = two_p * rows
-        nbytes = n_active * weight_bytes + tokens * act_bytes
-        eff = roof.efficiency
-        busy = max(
-            flops / (peak * eff.compute.scalar(flops)),
-            nbytes / (roof.memory_bandwidth_bytes_per_s * eff.memory.scalar(nbytes)),
-        )
-        return busy + ops.LAUNCHES["expert"] * roof.launch_overhead_s
+        if self._tables.covers(device_id):
+            value = self._grouped_table_s(device_id, t, coef.weight_dtype)
+            if value is not None:
+                self._note("expert", "table")
+                return value
+        self._note("expert", "roofline")
+        return experts.grouped_call_s(roof, coef, t)
 
     def expert_compute_batch_s(
         self, device_ids: Sequence[str], tokens_per_expert: np.ndarray, dtype: str | None = None
@@ -276,41 +173,24 @@ class CostModel:
         t = np.asarray(tokens_per_expert, dtype=float)
         if t.ndim != 2 or t.shape[0] != len(device_ids):
             raise ValueError(f"tokens_per_expert must be [{len(device_ids)}, experts], got {t.shape}")
-        out = np.zeros(len(device_ids))
+        out = np.full(len(device_ids), np.nan)
         groups: dict[int, list[int]] = {}
         for i, d in enumerate(device_ids):
-            groups.setdefault(id(self.roofline(d)), []).append(i)
+            self._device(d, "gpu")
+            groups.setdefault(id(self._roof[d]), []).append(i)
         for rows in groups.values():
-            roof = self.roofline(device_ids[rows[0]])
-            weight, compute = self._expert_dtypes(roof, dtype)
-            sub = t[rows]
-            todo = np.ones(len(rows), dtype=bool)
-            if self._table_devices:
-                for k, i in enumerate(rows):
-                    active = sub[k] > 0
-                    n = int(active.sum())
-                    if n == 0:
-                        continue
-                    value = self._table(
-                        "expert",
-                        "grouped_gemm",
-                        device_ids[i],
-                        tokens_per_expert=float(sub[k][active].mean()),
-                        num_experts=n,
-                        hidden=self.model.hidden_size,
-                        ffn=self.model.expert_intermediate_size,
-                        dtype=weight,
-                    )
+            roof = self._roof[device_ids[rows[0]]]
+            coef = self._coefficients(roof, dtype)
+            for i in rows:
+                if self._tables.covers(device_ids[i]):
+                    value = self._grouped_table_s(device_ids[i], t[i], coef.weight_dtype)
                     if value is not None:
                         out[i] = value
-                        todo[k] = False
                         self._note("expert", "table")
-            if todo.any():
-                cnt = ops.grouped_expert_counts(self.model, sub[todo], weight, roof.efficiency.tile_rows)
-                out[np.asarray(rows)[todo]] = roof.time_s(
-                    cnt.flops, cnt.nbytes, compute, launches=cnt.launches
-                )
-                self._note("expert", "roofline", int(todo.sum()))
+            todo = [i for i in rows if np.isnan(out[i])]
+            if todo:
+                out[todo] = experts.grouped_calls_s(roof, self.model, coef, t[todo])
+                self._note("expert", "roofline", len(todo))
         return out
 
     def expert_times_s(
@@ -319,42 +199,28 @@ class CostModel:
         """Per-expert seconds, each expert as if run alone with no launch overhead (for planners,
         which add them up); 0 for experts with no tokens."""
         roof = self.roofline(device_id)
-        weight, compute = self._expert_dtypes(roof, dtype)
+        coef = self._coefficients(roof, dtype)
         t = np.asarray(tokens_per_expert, dtype=float)
         out = np.full(t.shape, np.nan)
-        if device_id in self._table_devices:
+        out[t <= 0] = 0.0
+        if self._tables.covers(device_id):
             for n in np.unique(t[t > 0]):
-                value = self._table(
-                    "expert",
-                    "grouped_gemm",
-                    device_id,
-                    tokens_per_expert=float(n),
-                    num_experts=1,
-                    hidden=self.model.hidden_size,
-                    ffn=self.model.expert_intermediate_size,
-                    dtype=weight,
-                )
+                value = self._grouped_table_s(device_id, np.array([n]), coef.weight_dtype)
                 if value is not None:
                     out[t == n] = value
                     self._note("expert", "table", int(np.sum(t == n)))
         todo = np.isnan(out)
-        tile = roof.efficiency.tile_rows
-        per = ops.expert_counts(self.model, t[todo], weight, tile)
-        out[todo] = roof.time_s(per.flops, per.nbytes, compute, launches=0, rows=per.rows)
+        out[todo] = experts.standalone_s(roof, self.model, coef, t[todo])
         self._note("expert", "roofline", int(todo.sum()))
         return out
 
     def _sequential_experts_s(
         self, device_id: str, tokens_per_expert: np.ndarray, dtype: str | None, op: str
     ) -> float:
-        # CPU (Fiddler) and PIM run one expert after another: each expert streams its own weights,
-        # so size curves apply per expert and the times add up.
-        roof = self.roofline(device_id)
-        weight, compute = self._expert_dtypes(roof, dtype)
-        t = np.asarray(tokens_per_expert, dtype=float)
-        per = ops.expert_counts(self.model, t, weight, roof.efficiency.tile_rows)
+        roof = self._roof[device_id]
         self._note(op, "roofline")
-        return float(np.sum(roof.time_s(per.flops, per.nbytes, compute, launches=1, rows=per.rows)))
+        t = np.asarray(tokens_per_expert, dtype=float)
+        return experts.sequential_s(roof, self.model, self._coefficients(roof, dtype), t)
 
     def cpu_expert_s(self, cpu_id: str, tokens_per_expert: np.ndarray, dtype: str | None = None) -> float:
         """Experts executed on a CPU from its DDR (Fiddler): per expert, max(FLOPs at the AMX/AVX
@@ -380,7 +246,7 @@ class CostModel:
         roof = self.roofline(device_id)
         t = np.asarray(tokens, dtype=float)
         compute = roof.compute_dtype(weight_dtype, self.model.activation_dtype)
-        if device_id in self._table_devices and t.ndim == 0 and t > 0 and count == 1:
+        if self._tables.covers(device_id) and t.ndim == 0 and t > 0 and count == 1:
             h = self.model.hidden_size
             up = self._table(
                 op,
@@ -413,7 +279,7 @@ class CostModel:
         """Gate GEMM and top-k for ``tokens`` tokens (the ``gemm`` table's [tokens, H] x [H, E] when
         calibrated)."""
         t = np.asarray(tokens, dtype=float)
-        if device_id in self._table_devices and t.ndim == 0 and t > 0:
+        if self._tables.covers(device_id) and t.ndim == 0 and t > 0:
             m = self.model
             value = self._table(
                 "router",
@@ -433,7 +299,7 @@ class CostModel:
     def permute_combine_s(self, device_id: str, tokens: Any) -> Any:
         """Permute ``tokens`` tokens by expert before the expert GEMMs and combine after."""
         t = np.asarray(tokens, dtype=float)
-        if device_id in self._table_devices and t.ndim == 0 and t > 0:
+        if self._tables.covers(device_id) and t.ndim == 0 and t > 0:
             m = self.model
             # The Triton kernels permute by index (moe_align) and gather rows inside the GEMM, then
             # combine; without those tables, a device copy of the permuted activations.
@@ -541,63 +407,3 @@ class CostModel:
                 self.cluster, host, dst_gpu, nb, pinned=pinned, infinite_bandwidth=self.infinite_bandwidth
             )
         )
-
-    def routes(self, device_ids: Sequence[str], *, hierarchical: bool = False) -> AllToAllRoutes:
-        """The (memoised) pair->link incidence of an all-to-all among ``device_ids``."""
-        key = (tuple(device_ids), hierarchical)
-        r = self._routes.get(key)
-        if r is None:
-            for d in key[0]:
-                self._device(d)
-            r = AllToAllRoutes.build(self.cluster, key[0], hierarchical=hierarchical)
-            self._routes[key] = r
-        return r
-
-    def all_to_all_s(
-        self,
-        device_ids: Sequence[str],
-        bytes_matrix: np.ndarray,
-        *,
-        hierarchical: bool = False,
-        node_bytes: np.ndarray | None = None,
-    ) -> Any:
-        """All-to-all with ``bytes_matrix[i, j]`` bytes from ``device_ids[i]`` to ``device_ids[j]``:
-        max over link directions of load / bandwidth + the longest path latency used. A batch
-        [S, G, G] gives [S] seconds."""
-        r = self.routes(device_ids, hierarchical=hierarchical)
-        b = np.asarray(bytes_matrix, dtype=float)
-        latency = r.latency_s(b)
-        self._note("all_to_all", "roofline")
-        if self.infinite_bandwidth:
-            t = latency
-        else:
-            loads = r.link_loads(b, node_bytes).reshape(-1, r.num_links)
-            t = np.max(loads / self._link_bw[None, :], axis=1) + latency
-        return t if b.ndim == 3 else float(t[0])
-
-    def link_bytes(
-        self,
-        device_ids: Sequence[str],
-        bytes_matrix: np.ndarray,
-        *,
-        hierarchical: bool = False,
-        node_bytes: np.ndarray | None = None,
-    ) -> dict[tuple[str, str], float]:
-        """Bytes on each link direction ``(from, to)`` that an all-to-all puts there (nonzero only)."""
-        r = self.routes(device_ids, hierarchical=hierarchical)
-        loads = r.link_loads(np.asarray(bytes_matrix, dtype=float), node_bytes)
-        if loads.ndim == 2:
-            loads = loads.sum(axis=0)
-        return {self._link_names[i]: float(loads[i]) for i in np.flatnonzero(loads)}
-
-    def directed_links(self) -> list[tuple[tuple[str, str], float, float]]:
-        """Every link direction as ``((from, to), effective bytes/s, latency s)``, for simulators
-        that model links as resources."""
-        lat = np.repeat([ln.spec.latency_s for ln in self.cluster.links], 2)
-        return [
-            (n, float(bw), float(la)) for n, bw, la in zip(self._link_names, self._link_bw, lat, strict=True)
-        ]
-
-    def path_links(self, src: str, dst: str) -> list[tuple[str, str]]:
-        """The link directions a transfer ``src -> dst`` crosses, in order."""
-        return [self._link_names[h] for h in directed_hops(self.cluster, src, dst, self._link_index)]
