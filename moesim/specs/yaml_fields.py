@@ -79,7 +79,8 @@ def _kind(value: object) -> str:
         return "nothing (null)"
     if isinstance(value, (int, float)):
         return f"a number ({value!r})"
-    return f"{value!r}"
+    text = repr(value)
+    return text if len(text) <= 60 else f"{text[:57]}...'"
 
 
 def deep_merge(
