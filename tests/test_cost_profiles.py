@@ -121,3 +121,18 @@ def test_faster_memory_makes_decode_experts_faster() -> None:
     h100 = CostModel(load_cluster("h100x8"), model).expert_compute_s("n0.gpu0", t)
     h200 = CostModel(load_cluster("h200x8"), model).expert_compute_s("n0.gpu0", t)
     assert h200 < h100
+
+
+def test_sliding_window_layers_attend_at_most_the_window() -> None:
+    cost = CostModel(load_cluster("h100x8"), load_model("gpt-oss-20b"))
+    sliding = cost.attention_s("n0.gpu0", 64, 8192, "decode", layer=0)
+    full = cost.attention_s("n0.gpu0", 64, 8192, "decode", layer=1)
+    mean = cost.attention_s("n0.gpu0", 64, 8192, "decode")
+    assert sliding < mean < full
+    assert cost.attention_s("n0.gpu0", 64, 100, "decode", layer=0) == cost.attention_s(
+        "n0.gpu0", 64, 100, "decode", layer=1
+    )
+    mixtral = CostModel(load_cluster("h100x8"), load_model("mixtral-8x7b"))
+    assert mixtral.attention_s("n0.gpu0", 8, 8192, "decode", layer=0) == mixtral.attention_s(
+        "n0.gpu0", 8, 8192
+    )

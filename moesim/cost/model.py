@@ -269,10 +269,22 @@ class CostModel(CollectiveCosts):
         cnt = ops.dense_ffn_counts(self.model, t, width, weight_dtype, count)
         return self._roof_op(op, device_id, cnt, compute)
 
-    def attention_s(self, device_id: str, tokens: Any, context_tokens: Any, phase: str = "decode") -> Any:
+    def attention_s(
+        self,
+        device_id: str,
+        tokens: Any,
+        context_tokens: Any,
+        phase: str = "decode",
+        *,
+        layer: int | None = None,
+    ) -> Any:
         """Attention of ``tokens`` query tokens (GQA or MLA), each attending ``context_tokens`` keys
-        on average; decode reads the KV cache, prefill computes it."""
-        cnt = ops.attention_counts(self.model, tokens, context_tokens, phase)
+        on average; decode reads the KV cache, prefill computes it. Sliding-window models (gpt-oss:
+        every other layer from layer 0, window ``attention.sliding_window``) clip the context on
+        sliding layers; with ``layer=None`` the result is the mean over a sliding and a full layer."""
+        cnt = ops.attention_counts(
+            self.model, tokens, ops.attended_keys(self.model, context_tokens, layer), phase
+        )
         return self._roof_op("attention", device_id, cnt, self.model.activation_dtype)
 
     def router_s(self, device_id: str, tokens: Any) -> Any:

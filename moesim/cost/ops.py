@@ -155,6 +155,22 @@ def attention_core_flops_per_key(model: MoEModel, phase: str) -> int:
     return 4 * a.num_heads * a.head_dim
 
 
+def attended_keys(model: MoEModel, context_tokens: Array, layer: int | None = None) -> np.ndarray:
+    """Keys a query attends: ``context_tokens``, clipped to the window on sliding-window layers.
+
+    gpt-oss alternates sliding and full attention starting with a sliding layer (its config's
+    ``layer_types``; the model spec's ``sliding_window_layers: {every: 2, offset: 0}``); ``layer=None``
+    averages one sliding and one full layer."""
+    ctx = np.asarray(context_tokens, dtype=float)
+    window = model.attention.sliding_window
+    if not window:
+        return ctx
+    clipped = np.minimum(ctx, float(window))
+    if layer is None:
+        return (clipped + ctx) / 2
+    return clipped if layer % 2 == 0 else ctx
+
+
 def attention_counts(model: MoEModel, tokens: Array, context_tokens: Array, phase: str) -> OpCount:
     """Attention of ``tokens`` query tokens, each attending ``context_tokens`` keys (the mean).
 
