@@ -150,7 +150,8 @@ def plan_cases(shapes: Iterable[ModelShape], plan: SweepPlan, *, gpu_count: int 
                         cases.append(_case("grouped_gemm", tokens_per_expert=float(tpe), num_experts=e,
                                            hidden=s.hidden, ffn=s.ffn, dtype=dtype, impl="triton"))
     gemms = sorted({(2 * w, s.hidden) for s in shapes for w in (s.ffn, *s.dense_widths)}
-                   | {(s.hidden, w) for s in shapes for w in (s.ffn, *s.dense_widths)})
+                   | {(s.hidden, w) for s in shapes for w in (s.ffn, *s.dense_widths)}
+                   | {(s.num_experts, s.hidden) for s in shapes})  # the router's gate GEMM
     for dtype in plan.dtypes:
         for n, k in gemms:
             for m in plan.tokens:
