@@ -1,0 +1,68 @@
+"""One report end to end: check the inputs, run the grid (cached), build the document, write it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from moesim.errors import UserError
+from moesim.reports import grid, render
+from moesim.reports.cellcache import CellCache
+from moesim.reports.content import build_document
+from moesim.reports.document import Document
+from moesim.reports.sweep import Sweep
+from moesim.resources import resolve
+
+CACHE_DIRNAME = ".cells"
+
+
+@dataclass(frozen=True)
+class ReportRun:
+    document: Document
+    written: dict[str, Path]
+    computed: int
+    cached: int
+    cells: int
+
+
+def check_inputs(sweep: Sweep) -> dict[tuple[str, str], tuple[int, int]]:
+    """Fail early (one :class:`UserError`) on an unknown profile, model or trace; return the shape
+    (num_experts, top_k) of each (model, trace)."""
+    from moesim.specs import load_cluster, load_model
+
+    shapes: dict[tuple[str, str], tuple[int, int]] = {}
+    for i, s in enumerate((*sweep.placement, *sweep.offload)):
+        try:
+            load_cluster(s.hw)
+            model = load_model(s.model)
+            resolve("trace", s.trace)
+        except UserError as e:
+            raise e.at(
+                file=None if sweep.source in ("defaults", "flags") else sweep.source, field=f"study {i}"
+            ) from None
+        shapes[(s.model, s.trace)] = (model.num_experts, model.top_k)
+    return shapes
+
+
+def make_report(
+    sweep: Sweep,
+    out_dir: str | Path,
+    *,
+    command: str,
+    cache_dir: str | Path | None = "auto",
+    show_progress: bool = True,
+) -> ReportRun:
+    """Compute every cell of ``sweep`` (reusing finished ones) and write the report into ``out_dir``.
+
+    ``cache_dir="auto"`` keeps finished cells in ``out_dir/.cells``; ``None`` turns the cache off.
+    """
+    from moesim.reports.cells import COMPUTE
+
+    shapes = check_inputs(sweep)
+    out = Path(out_dir)
+    folder = out / CACHE_DIRNAME if cache_dir == "auto" else (None if cache_dir is None else Path(cache_dir))
+    cells = grid.expand(sweep, lambda m, t: shapes[(m, t)])
+    res = grid.run_grid(cells, COMPUTE, CellCache(folder), show_progress=show_progress)
+    doc = build_document(sweep, res, command=command)
+    written = render.write(doc, out)
+    return ReportRun(doc, written, res.computed, res.cached, len(cells))
