@@ -11,6 +11,7 @@ from typing import Any
 
 from moesim.errors import UserError
 from moesim.resources import builtin_dir, builtin_names
+from moesim.specs.hf_config import is_hf_config, spec_from_hf_config
 from moesim.specs.model import DTYPE_BYTES, AttentionSpec, MoEModel
 from moesim.specs.yaml_fields import Fields, load_document, origin_of
 
@@ -78,6 +79,10 @@ DTYPES = tuple(DTYPE_BYTES)
 def load_model(name_or_path: str | Path) -> MoEModel:
     """Load a model spec by built-in name (``deepseek-v3``) or path."""
     doc = load_document("model", name_or_path)
+    if is_hf_config(doc.data):  # a transformers config.json, read as the equivalent spec
+        data = spec_from_hf_config(doc.data, file=str(doc.path))
+        name = doc.path.parent.name if doc.path.stem == "config" else doc.path.stem
+        return parse_model(Fields(data, "", {"": str(doc.path)}, str(doc.path)), name)
     f = doc.fields
     own_name = "name" in f and origin_of(doc.origins, "name", str(doc.path)) == str(doc.path)
     return parse_model(f, f.str("name") if own_name else doc.path.stem)
