@@ -21,28 +21,10 @@ from moesim.specs.hardware import Cluster, Device, DeviceSpec, Link, LinkSpec
 from moesim.specs.hardware_catalog import DEVICE_KINDS, Catalog, validate_catalog
 from moesim.specs.yaml_fields import Fields, load_document, origin_of
 
-_TOP_KEYS = frozenset(
-    {
-        "kind",
-        "name",
-        "description",
-        "source",
-        "verified",
-        "estimated",
-        "notes",
-        "extends",
-        "catalogs",
-        "devices",
-        "links",
-        "nodes",
-        "node",
-        "fabric",
-    }
-)
-_CATALOG_KEYS = frozenset(
-    {"kind", "name", "description", "source", "verified", "estimated", "notes", "catalogs", "devices",
-     "links"}
-)
+_COMMON_KEYS = {"kind", "name", "description", "source", "verified", "estimated", "notes", "catalogs",
+                "devices", "links"}
+_TOP_KEYS = frozenset(_COMMON_KEYS | {"extends", "nodes", "node", "fabric"})
+_CATALOG_KEYS = frozenset(_COMMON_KEYS)
 _NODE_KEYS = frozenset({"devices", "switches", "links"})
 _NODE_DEVICE_KEYS = frozenset({"model", "count"})
 _LINK_USE_KEYS = frozenset({"link", "from", "to", "mesh"})
