@@ -5,10 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from moesim.errors import UserError
 from moesim.specs import load_cluster, load_device_spec
 from moesim.specs.hardware_file import validate_file
+from moesim.specs.yaml_fields import deep_merge, origin_of
 
 TWO_GPUS = """\
 kind: cluster
@@ -371,3 +374,32 @@ def test_the_documented_example_loads(tmp_path: Path) -> None:
     assert c.name == "my-node" and len(c.gpus) == 2
     assert c.gpus[0].spec.memory_bandwidth_bytes_per_s == 1.9e12
     assert [ln.spec.kind for ln in c.path("n0.gpu0", "n0.gpu1")] == ["nvlink4-bridge"]
+
+
+@settings(max_examples=15, deadline=None)
+@given(st.integers(min_value=1, max_value=5), st.integers(min_value=0, max_value=7), st.integers(0, 7))
+def test_any_node_count_builds_a_connected_cluster(nodes: int, i: int, j: int) -> None:
+    c = load_cluster("h100x8", nodes=nodes)
+    assert len(c.gpus) == 8 * nodes and len(c.devices_of("cpu")) == 2 * nodes
+    last = nodes - 1
+    if last:
+        assert c.bottleneck_bandwidth(f"n0.gpu{i}", f"n{last}.gpu{j}") == pytest.approx(50e9 * 0.97)
+    elif i != j:
+        assert c.bottleneck_bandwidth(f"n0.gpu{i}", f"n0.gpu{j}") == pytest.approx(450e9 * 0.822)
+
+
+_INNER = st.dictionaries(st.sampled_from("xy"), st.integers())
+_NESTED = st.dictionaries(st.sampled_from("abc"), st.integers() | _INNER)
+
+
+@given(_NESTED, _NESTED)
+def test_deep_merge_laws(base: dict, override: dict) -> None:
+    merged, origins = deep_merge(base, override, {"": "base"}, "child")
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            assert merged[key] == {**base[key], **value}
+        else:
+            assert merged[key] == value and origins[key] == "child"
+    for key in set(base) - set(override):
+        assert merged[key] == base[key] and origin_of(origins, key, "?") == "base"
+    assert deep_merge(base, {}, {}, "child")[0] == base
