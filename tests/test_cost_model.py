@@ -129,3 +129,17 @@ def test_expert_compute_dispatches_by_device_kind() -> None:
     t = np.array([3, 0])
     assert cost.expert_compute_s("n0.cpu0", t) == cost.cpu_expert_s("n0.cpu0", t)
     assert cost.op_time_s(GPU, 0, 0) == 0.0
+
+
+def test_memoised_results_equal_fresh_ones_and_count_every_call() -> None:
+    cost = CostModel(make_cluster(1, 2), DSV3)
+    tokens = np.array([1.0, 8.0, 64.0])
+    first = cost.attention_s(GPU, tokens, 1024, "decode")
+    first[:] = -1.0  # the caller owns what it gets: the memo keeps its own copy
+    again = cost.attention_s(GPU, tokens, 1024, "decode")
+    fresh = CostModel(make_cluster(1, 2), DSV3).attention_s(GPU, tokens, 1024, "decode")
+    np.testing.assert_array_equal(again, fresh)
+    assert cost.attention_s(GPU, 8, 1024, "decode") == pytest.approx(fresh[1])
+    assert cost.attention_s(GPU, 8, 1024, "prefill") != cost.attention_s(GPU, 8, 1024, "decode")
+    assert cost.source_counts()["attention"] == {"table": 0, "roofline": 5}
+    assert cost.router_s("n0.gpu1", 8) == cost.router_s(GPU, 8)  # identical GPUs share entries

@@ -26,6 +26,16 @@ from moesim.errors import UserError
 from moesim.specs.hardware import Cluster
 from moesim.specs.model import DTYPE_BYTES, MoEModel
 
+# Memoised results of the dense ops (the simulator asks for the same shapes step after step).
+MEMO_ENTRIES = 100_000
+
+
+def _arg_key(x: Any) -> Any:
+    """A hashable key for a scalar or array argument."""
+    if isinstance(x, np.ndarray):
+        return (x.shape, x.dtype.str, x.tobytes())
+    return x if x is None or isinstance(x, str) else float(x)
+
 
 def _out(x: np.ndarray) -> Any:
     """A Python float for 0-d results, the array otherwise."""
@@ -66,6 +76,8 @@ class CostModel(CollectiveCosts):
             self._roof[d.id] = by_spec[key]
         self._coef: dict[tuple[int, str | None], ExpertCoefficients] = {}
         self._log = SourceLog()
+        self._memo: dict[tuple[Any, ...], tuple[Any, int, int]] = {}
+        self._hosts: dict[str, str] = {}
         self._tables = Tables(cluster, calibration, self._explicit_devices)
 
     # ---------------------------------------------------------------- bookkeeping
@@ -78,6 +90,25 @@ class CostModel(CollectiveCosts):
         caller uses the roofline). ``op`` is the cost op asking; the caller records the source of
         the result it returns."""
         return self._tables.time_s(device_id, table_op, **shape)
+
+    def _memoised(self, op: str, device_id: str, args: tuple[Any, ...], compute: Any) -> Any:
+        """``compute()`` once per (op, device spec, table coverage, args); a hit replays the result
+        and the sources it was counted under. Results are pure functions of these, so the memo
+        never changes an answer."""
+        key = (op, id(self.roofline(device_id)), self._tables.covers(device_id), *map(_arg_key, args))
+        hit = self._memo.get(key)
+        counts = self._log.counts[op]
+        if hit is not None:
+            value, tables, roofs = hit
+            counts[0] += tables
+            counts[1] += roofs
+            return value.copy() if isinstance(value, np.ndarray) else value
+        before = tuple(counts)
+        value = compute()
+        if len(self._memo) >= MEMO_ENTRIES:
+            self._memo.clear()
+        self._memo[key] = (value, counts[0] - before[0], counts[1] - before[1])
+        return value.copy() if isinstance(value, np.ndarray) else value
 
     @property
     def calibrated_devices(self) -> frozenset[str]:
@@ -282,14 +313,20 @@ class CostModel(CollectiveCosts):
         on average; decode reads the KV cache, prefill computes it. Sliding-window models (gpt-oss:
         every other layer from layer 0, window ``attention.sliding_window``) clip the context on
         sliding layers; with ``layer=None`` the result is the mean over a sliding and a full layer."""
-        cnt = ops.attention_counts(
-            self.model, tokens, ops.attended_keys(self.model, context_tokens, layer), phase
-        )
-        return self._roof_op("attention", device_id, cnt, self.model.activation_dtype)
+
+        def compute() -> Any:
+            keys = ops.attended_keys(self.model, context_tokens, layer)
+            cnt = ops.attention_counts(self.model, tokens, keys, phase)
+            return self._roof_op("attention", device_id, cnt, self.model.activation_dtype)
+
+        return self._memoised("attention", device_id, (tokens, context_tokens, phase, layer), compute)
 
     def router_s(self, device_id: str, tokens: Any) -> Any:
         """Gate GEMM and top-k for ``tokens`` tokens (the ``gemm`` table's [tokens, H] x [H, E] when
         calibrated)."""
+        return self._memoised("router", device_id, (tokens,), lambda: self._router_s(device_id, tokens))
+
+    def _router_s(self, device_id: str, tokens: Any) -> Any:
         t = np.asarray(tokens, dtype=float)
         if self._tables.covers(device_id) and t.ndim == 0 and t > 0:
             m = self.model
@@ -310,6 +347,11 @@ class CostModel(CollectiveCosts):
 
     def permute_combine_s(self, device_id: str, tokens: Any) -> Any:
         """Permute ``tokens`` tokens by expert before the expert GEMMs and combine after."""
+        return self._memoised(
+            "permute_combine", device_id, (tokens,), lambda: self._permute_combine_s(device_id, tokens)
+        )
+
+    def _permute_combine_s(self, device_id: str, tokens: Any) -> Any:
         t = np.asarray(tokens, dtype=float)
         if self._tables.covers(device_id) and t.ndim == 0 and t > 0:
             m = self.model
@@ -352,13 +394,18 @@ class CostModel(CollectiveCosts):
         m = self.model
         if m.num_shared_experts == 0 or m.shared_expert_intermediate_size == 0:
             return _out(np.zeros_like(np.asarray(tokens, dtype=float)))
-        return self._ffn_s(
+        return self._memoised(
             "shared_expert",
             device_id,
-            tokens,
-            m.shared_expert_intermediate_size,
-            m.num_shared_experts,
-            m.weight_dtype,
+            (tokens,),
+            lambda: self._ffn_s(
+                "shared_expert",
+                device_id,
+                tokens,
+                m.shared_expert_intermediate_size,
+                m.num_shared_experts,
+                m.weight_dtype,
+            ),
         )
 
     def dense_ffn_s(self, device_id: str, tokens: Any) -> Any:
@@ -366,7 +413,14 @@ class CostModel(CollectiveCosts):
         m = self.model
         if m.dense_intermediate_size == 0:
             return _out(np.zeros_like(np.asarray(tokens, dtype=float)))
-        return self._ffn_s("dense_ffn", device_id, tokens, m.dense_intermediate_size, 1, m.activation_dtype)
+        return self._memoised(
+            "dense_ffn",
+            device_id,
+            (tokens,),
+            lambda: self._ffn_s(
+                "dense_ffn", device_id, tokens, m.dense_intermediate_size, 1, m.activation_dtype
+            ),
+        )
 
     # ---------------------------------------------------------------- communication
 
@@ -406,7 +460,9 @@ class CostModel(CollectiveCosts):
         over PCIe from ``src`` (default: the GPU's host CPU); ``lowbit_dtype`` sends them in that
         precision instead (HOBBIT)."""
         self._device(dst_gpu, "gpu")
-        host = src or host_of(self.cluster, dst_gpu)
+        host = (
+            src or self._hosts.get(dst_gpu) or self._hosts.setdefault(dst_gpu, host_of(self.cluster, dst_gpu))
+        )
         nb = lowbit_bytes(nbytes, self.model.weight_dtype, lowbit_dtype)
         if not self.infinite_bandwidth and nb.ndim == 0 and nb > 0:
             value = self._table("weight_fetch", "h2d", dst_gpu, bytes=float(nb), pinned=pinned)
