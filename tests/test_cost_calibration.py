@@ -137,3 +137,48 @@ def test_calibrated_devices_must_be_gpus_of_the_cluster(tmp_path: Path, mixtral)
     cost = CostModel(load_cluster("h100x8"), mixtral, calibration=folder, calibrated_devices=["n0.gpu1"])
     assert cost.calibrated_devices == frozenset({"n0.gpu1"})
     assert CostModel(load_cluster("h100x8"), mixtral).calibrated_devices == frozenset()
+
+
+def test_permute_combine_and_p2p_tables(tmp_path: Path, mixtral) -> None:
+    head = {"gpu": "NVIDIA H100 80GB HBM3", **HEADER}
+    row = {"device": "cuda:0", "repeats": 10}
+    write_table(
+        tmp_path / "hbm_copy.csv",
+        "hbm_copy",
+        head,
+        [{"bytes": float(b), "seconds_median": 2e-6 + b / 3e12, **row} for b in (2**10, 2**30)],
+    )
+    write_table(
+        tmp_path / "p2p.csv",
+        "p2p",
+        head,
+        [{"bytes": float(b), "seconds_median": 3e-6 + b / 300e9, **row} for b in (2**10, 2**30)],
+    )
+    cluster = load_cluster("h100x8")
+    copy_only = CostModel(cluster, mixtral, calibration=tmp_path)
+    moved = 2 * 64 * 4096 * 2.0  # top-2 copies of 64 bf16 tokens
+    expected = 2 * load_calibration(tmp_path).time_s("hbm_copy", bytes=moved)
+    assert copy_only.permute_combine_s("n0.gpu0", 64) == pytest.approx(expected)
+    p2p = copy_only.transfer_s("n0.gpu0", "n0.gpu1", 2**20)
+    assert p2p == pytest.approx(load_calibration(tmp_path).time_s("p2p", bytes=2**20))
+    assert copy_only.sources()["transfer"] == "table"
+    write_table(
+        tmp_path / "moe_align.csv",
+        "moe_align",
+        head,
+        [{"tokens": t, "num_experts": 8, "top_k": 2, "seconds_median": 5e-6, **row} for t in (1, 4096)],
+    )
+    write_table(
+        tmp_path / "combine.csv",
+        "combine",
+        head,
+        [
+            {"tokens": t, "top_k": 2, "hidden": 4096, "dtype": "bf16", "seconds_median": 1e-6 * t**0.5, **row}
+            for t in (1, 4096)
+        ],
+    )
+    kernels = CostModel(cluster, mixtral, calibration=tmp_path)
+    assert kernels.permute_combine_s("n0.gpu0", 64) == pytest.approx(
+        5e-6 + load_calibration(tmp_path).time_s("combine", tokens=64, top_k=2, hidden=4096, dtype="bf16")
+    )
+    assert kernels.sources()["permute_combine"] == "table"

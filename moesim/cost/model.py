@@ -10,7 +10,7 @@ roofline. See docs/cost.md for the formulas and the named factors.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,16 +25,6 @@ from moesim.cost.transfers import host_of, lowbit_bytes, point_to_point_s
 from moesim.errors import UserError
 from moesim.specs.hardware import Cluster
 from moesim.specs.model import DTYPE_BYTES, MoEModel
-
-# Memoised results of the dense ops (the simulator asks for the same shapes step after step).
-MEMO_ENTRIES = 100_000
-
-
-def _arg_key(x: Any) -> Any:
-    """A hashable key for a scalar or array argument."""
-    if isinstance(x, np.ndarray):
-        return (x.shape, x.dtype.str, x.tobytes())
-    return x if x is None or isinstance(x, str) else float(x)
 
 
 def _out(x: np.ndarray) -> Any:
@@ -76,7 +66,6 @@ class CostModel(CollectiveCosts):
             self._roof[d.id] = by_spec[key]
         self._coef: dict[tuple[int, str | None], ExpertCoefficients] = {}
         self._log = SourceLog()
-        self._memo: dict[tuple[Any, ...], tuple[Any, int, int]] = {}
         self._hosts: dict[str, str] = {}
         self._tables = Tables(cluster, calibration, self._explicit_devices)
 
@@ -85,30 +74,11 @@ class CostModel(CollectiveCosts):
     def _note(self, op: str, source: str, n: int = 1) -> None:
         self._log.note(op, "table" if source == "table" else "roofline", n)
 
-    def _table(self, op: str, table_op: str, device_id: str, **shape: Any) -> float | None:
-        """Calibration seconds for ``table_op`` at ``shape`` on ``device_id``, or None (then the
-        caller uses the roofline). ``op`` is the cost op asking; the caller records the source of
-        the result it returns."""
-        return self._tables.time_s(device_id, table_op, **shape)
-
-    def _memoised(self, op: str, device_id: str, args: tuple[Any, ...], compute: Any) -> Any:
-        """``compute()`` once per (op, device spec, table coverage, args); a hit replays the result
-        and the sources it was counted under. Results are pure functions of these, so the memo
-        never changes an answer."""
-        key = (op, id(self.roofline(device_id)), self._tables.covers(device_id), *map(_arg_key, args))
-        hit = self._memo.get(key)
-        counts = self._log.counts[op]
-        if hit is not None:
-            value, tables, roofs = hit
-            counts[0] += tables
-            counts[1] += roofs
-            return value.copy() if isinstance(value, np.ndarray) else value
-        before = tuple(counts)
-        value = compute()
-        if len(self._memo) >= MEMO_ENTRIES:
-            self._memo.clear()
-        self._memo[key] = (value, counts[0] - before[0], counts[1] - before[1])
-        return value.copy() if isinstance(value, np.ndarray) else value
+    def _memoised(self, op: str, device_id: str, args: tuple[Any, ...], compute: Callable[[], Any]) -> Any:
+        """``compute()`` once per (op, device spec, table coverage, args) (see :class:`SourceLog`)."""
+        return self._log.memoised(
+            op, (id(self.roofline(device_id)), self._tables.covers(device_id), *args), compute
+        )
 
     @property
     def calibrated_devices(self) -> frozenset[str]:
@@ -157,23 +127,6 @@ class CostModel(CollectiveCosts):
             coef = self._coef[key] = ExpertCoefficients.of(self.model, roof, dtype)
         return coef
 
-    def _grouped_table_s(
-        self, device_id: str, tokens_per_expert: np.ndarray, weight_dtype: str
-    ) -> float | None:
-        t = tokens_per_expert[tokens_per_expert > 0]
-        if not len(t):
-            return None
-        return self._table(
-            "expert",
-            "grouped_gemm",
-            device_id,
-            tokens_per_expert=float(t.mean()),
-            num_experts=len(t),
-            hidden=self.model.hidden_size,
-            ffn=self.model.expert_intermediate_size,
-            dtype=weight_dtype,
-        )
-
     def expert_compute_s(
         self, device_id: str, tokens_per_expert: np.ndarray, dtype: str | None = None
     ) -> float:
@@ -189,7 +142,7 @@ class CostModel(CollectiveCosts):
         coef = self._coefficients(roof, dtype)
         t = np.asarray(tokens_per_expert, dtype=float)
         if self._tables.covers(device_id):
-            value = self._grouped_table_s(device_id, t, coef.weight_dtype)
+            value = self._tables.grouped_experts_s(device_id, self.model, t, coef.weight_dtype)
             if value is not None:
                 self._note("expert", "table")
                 return value
@@ -214,7 +167,7 @@ class CostModel(CollectiveCosts):
             coef = self._coefficients(roof, dtype)
             for i in rows:
                 if self._tables.covers(device_ids[i]):
-                    value = self._grouped_table_s(device_ids[i], t[i], coef.weight_dtype)
+                    value = self._tables.grouped_experts_s(device_ids[i], self.model, t[i], coef.weight_dtype)
                     if value is not None:
                         out[i] = value
                         self._note("expert", "table")
@@ -236,7 +189,9 @@ class CostModel(CollectiveCosts):
         out[t <= 0] = 0.0
         if self._tables.covers(device_id):
             for n in np.unique(t[t > 0]):
-                value = self._grouped_table_s(device_id, np.array([n]), coef.weight_dtype)
+                value = self._tables.grouped_experts_s(
+                    device_id, self.model, np.array([n]), coef.weight_dtype
+                )
                 if value is not None:
                     out[t == n] = value
                     self._note("expert", "table", int(np.sum(t == n)))
@@ -278,25 +233,11 @@ class CostModel(CollectiveCosts):
         t = np.asarray(tokens, dtype=float)
         compute = roof.compute_dtype(weight_dtype, self.model.activation_dtype)
         if self._tables.covers(device_id) and t.ndim == 0 and t > 0 and count == 1:
-            h = self.model.hidden_size
-            up = self._table(
-                op,
-                "gemm",
-                device_id,
-                m=int(t),
-                n=(2 if self.model.gated else 1) * width,
-                k=h,
-                dtype=weight_dtype,
-            )
-            down = (
-                self._table(op, "gemm", device_id, m=int(t), n=h, k=width, dtype=weight_dtype)
-                if up is not None
-                else None
-            )
-            if up is not None and down is not None:
+            gemms = self._tables.ffn_gemms_s(device_id, self.model, float(t), width, weight_dtype)
+            if gemms is not None:
                 act = roof.time_s(0.0, 3 * t * width * DTYPE_BYTES[self.model.activation_dtype], compute)
                 self._note(op, "table")
-                return up + down + float(act)
+                return gemms + float(act)
         cnt = ops.dense_ffn_counts(self.model, t, width, weight_dtype, count)
         return self._roof_op(op, device_id, cnt, compute)
 
@@ -330,15 +271,7 @@ class CostModel(CollectiveCosts):
         t = np.asarray(tokens, dtype=float)
         if self._tables.covers(device_id) and t.ndim == 0 and t > 0:
             m = self.model
-            value = self._table(
-                "router",
-                "gemm",
-                device_id,
-                m=int(t),
-                n=m.num_experts,
-                k=m.hidden_size,
-                dtype=m.activation_dtype,
-            )
+            value = self._tables.gemm_s(device_id, float(t), m.num_experts, m.hidden_size, m.activation_dtype)
             if value is not None:
                 self._note("router", "table")
                 return value
@@ -354,38 +287,10 @@ class CostModel(CollectiveCosts):
     def _permute_combine_s(self, device_id: str, tokens: Any) -> Any:
         t = np.asarray(tokens, dtype=float)
         if self._tables.covers(device_id) and t.ndim == 0 and t > 0:
-            m = self.model
-            # The Triton kernels permute by index (moe_align) and gather rows inside the GEMM, then
-            # combine; without those tables, a device copy of the permuted activations.
-            align = self._table(
-                "permute_combine",
-                "moe_align",
-                device_id,
-                tokens=int(t),
-                num_experts=m.num_experts,
-                top_k=m.top_k,
-            )
-            combine = (
-                self._table(
-                    "permute_combine",
-                    "combine",
-                    device_id,
-                    tokens=int(t),
-                    top_k=m.top_k,
-                    hidden=m.hidden_size,
-                    dtype=m.activation_dtype,
-                )
-                if align is not None
-                else None
-            )
-            if align is not None and combine is not None:
-                self._note("permute_combine", "table")
-                return align + combine
-            moved = m.top_k * t * m.activation_bytes_per_token  # the k copies of each token
-            value = self._table("permute_combine", "hbm_copy", device_id, bytes=float(moved))
+            value = self._tables.permute_combine_s(device_id, self.model, float(t))
             if value is not None:
                 self._note("permute_combine", "table")
-                return 2.0 * value  # permute before the experts, un-permute after
+                return value
         cnt = ops.permute_combine_counts(self.model, t)
         return self._roof_op("permute_combine", device_id, cnt, self.model.activation_dtype)
 
@@ -430,13 +335,7 @@ class CostModel(CollectiveCosts):
         a, b = self._device(src), self._device(dst)
         nb = np.asarray(nbytes, dtype=float)
         if not self.infinite_bandwidth and nb.ndim == 0 and nb > 0 and src != dst:
-            value = None
-            if a.kind == "gpu" and b.kind == "gpu" and a.node == b.node:
-                value = self._table("transfer", "p2p", dst, bytes=float(nb))
-            elif a.kind == "cpu" and b.kind == "gpu":
-                value = self._table("transfer", "h2d", dst, bytes=float(nb), pinned=pinned)
-            elif a.kind == "gpu" and b.kind == "cpu":
-                value = self._table("transfer", "d2h", src, bytes=float(nb), pinned=pinned)
+            value = self._tables.transfer_s(a, b, float(nb), pinned)
             if value is not None:
                 self._note("transfer", "table")
                 return value
@@ -465,7 +364,7 @@ class CostModel(CollectiveCosts):
         )
         nb = lowbit_bytes(nbytes, self.model.weight_dtype, lowbit_dtype)
         if not self.infinite_bandwidth and nb.ndim == 0 and nb > 0:
-            value = self._table("weight_fetch", "h2d", dst_gpu, bytes=float(nb), pinned=pinned)
+            value = self._tables.time_s(dst_gpu, "h2d", bytes=float(nb), pinned=pinned)
             if value is not None:
                 self._note("weight_fetch", "table")
                 return value

@@ -7,11 +7,14 @@ counts, per op, how many results came from each source (``CostModel.sources()``)
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
+import numpy as np
+
 from moesim.errors import UserError
-from moesim.specs.hardware import Cluster
+from moesim.specs.hardware import Cluster, Device
+from moesim.specs.model import MoEModel
 
 Source = Literal["table", "roofline"]
 
@@ -99,6 +102,69 @@ class Tables:
         value = self.calibration.time_s(table_op, **shape)
         return None if value is None else float(value)
 
+    # -- cost ops answered by tables (None: no table applies, the caller uses the roofline) --
+
+    def grouped_experts_s(
+        self, device_id: str, model: MoEModel, tokens_per_expert: np.ndarray, weight_dtype: str
+    ) -> float | None:
+        """``grouped_gemm`` at the mean tokens of the active experts (non-uniform loads use the mean)."""
+        t = tokens_per_expert[tokens_per_expert > 0]
+        if not len(t) or not self.covers(device_id):
+            return None
+        return self.time_s(
+            device_id,
+            "grouped_gemm",
+            tokens_per_expert=float(t.mean()),
+            num_experts=len(t),
+            hidden=model.hidden_size,
+            ffn=model.expert_intermediate_size,
+            dtype=weight_dtype,
+        )
+
+    def gemm_s(self, device_id: str, m: float, n: int, k: int, dtype: str) -> float | None:
+        return self.time_s(device_id, "gemm", m=int(m), n=n, k=k, dtype=dtype)
+
+    def ffn_gemms_s(
+        self, device_id: str, model: MoEModel, tokens: float, width: int, dtype: str
+    ) -> float | None:
+        """Gate/up and down GEMMs of one FFN of ``width`` (the activation is the caller's)."""
+        up = self.gemm_s(device_id, tokens, (2 if model.gated else 1) * width, model.hidden_size, dtype)
+        down = self.gemm_s(device_id, tokens, model.hidden_size, width, dtype) if up is not None else None
+        return None if up is None or down is None else up + down
+
+    def permute_combine_s(self, device_id: str, model: MoEModel, tokens: float) -> float | None:
+        """The Triton kernels permute by index (``moe_align``), gather rows inside the GEMM, then
+        ``combine``; without those tables, two device copies of the k copies of each token."""
+        t = int(tokens)
+        align = self.time_s(
+            device_id, "moe_align", tokens=t, num_experts=model.num_experts, top_k=model.top_k
+        )
+        if align is not None:
+            combine = self.time_s(
+                device_id,
+                "combine",
+                tokens=t,
+                top_k=model.top_k,
+                hidden=model.hidden_size,
+                dtype=model.activation_dtype,
+            )
+            if combine is not None:
+                return align + combine
+        copy = self.time_s(
+            device_id, "hbm_copy", bytes=float(model.top_k * tokens * model.activation_bytes_per_token)
+        )
+        return None if copy is None else 2.0 * copy
+
+    def transfer_s(self, src: Device, dst: Device, nbytes: float, pinned: bool) -> float | None:
+        """``p2p`` between GPUs of one node, ``h2d`` / ``d2h`` between a CPU and a GPU."""
+        if src.kind == "gpu" and dst.kind == "gpu" and src.node == dst.node:
+            return self.time_s(dst.id, "p2p", bytes=nbytes)
+        if src.kind == "cpu" and dst.kind == "gpu":
+            return self.time_s(dst.id, "h2d", bytes=nbytes, pinned=pinned)
+        if src.kind == "gpu" and dst.kind == "cpu":
+            return self.time_s(src.id, "d2h", bytes=nbytes, pinned=pinned)
+        return None
+
     def usable_ops(self) -> set[str]:
         """Cost ops whose tables the calibration holds."""
         if not self.devices:
@@ -107,11 +173,41 @@ class Tables:
         return {op for op, groups in TABLE_OPS.items() if any(all(t in listed for t in g) for g in groups)}
 
 
+# Memoised results per log (the simulator asks for the same shapes step after step).
+MEMO_ENTRIES = 100_000
+
+
+def arg_key(x: Any) -> Any:
+    """A hashable key for a scalar, string, None or numpy array argument."""
+    if isinstance(x, np.ndarray):
+        return (x.shape, x.dtype.str, x.tobytes())
+    return x if x is None or isinstance(x, (str, bool)) else float(x)
+
+
 class SourceLog:
-    """Counts of results per op and source."""
+    """Counts of results per op and source, and a memo of results that replays those counts."""
 
     def __init__(self) -> None:
         self.counts: dict[str, list[int]] = {op: [0, 0] for op in OPS}
+        self._memo: dict[tuple[Any, ...], tuple[Any, int, int]] = {}
+
+    def memoised(self, op: str, key: tuple[Any, ...], compute: Callable[[], Any]) -> Any:
+        """``compute()`` once per (op, key); a hit returns the result (a copy for arrays) and counts
+        it under the sources the first call was counted under. Only for pure computations: the
+        memo must never change an answer."""
+        full = (op, *map(arg_key, key))
+        counts = self.counts[op]
+        hit = self._memo.get(full)
+        if hit is None:
+            before = tuple(counts)
+            value = compute()
+            if len(self._memo) >= MEMO_ENTRIES:
+                self._memo.clear()
+            hit = self._memo[full] = (value, counts[0] - before[0], counts[1] - before[1])
+        else:
+            counts[0] += hit[1]
+            counts[1] += hit[2]
+        return hit[0].copy() if isinstance(hit[0], np.ndarray) else hit[0]
 
     def note(self, op: str, source: Source, n: int = 1) -> None:
         self.counts[op][0 if source == "table" else 1] += n
