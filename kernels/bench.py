@@ -42,7 +42,9 @@ def require_cuda(device: str = "cuda:0") -> Any:
         raise UserError("no CUDA GPU available (torch.cuda.is_available() is False); calibration and "
                         "kernel benchmarks need one", field="device")
     dev = torch.device(device)
-    if dev.type != "cuda" or (dev.index or 0) >= torch.cuda.device_count():
+    if dev.type == "cuda" and dev.index is None:
+        dev = torch.device("cuda", torch.cuda.current_device())
+    if dev.type != "cuda" or dev.index >= torch.cuda.device_count():
         raise UserError(f"expected a CUDA device cuda:0..cuda:{torch.cuda.device_count() - 1}, "
                         f"found {device!r}", field="device")
     return dev
