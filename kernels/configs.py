@@ -71,6 +71,26 @@ def default_config(tokens: int, num_experts: int, top_k: int, hidden: int, ffn: 
     return BlockConfig(block_m=64, block_n=128, block_k=small_k, group_m=8, num_warps=8, num_stages=3)
 
 
+def candidate_configs(dtype: str) -> list[BlockConfig]:
+    """The search space ``tune_configs`` tries on a GPU: vLLM-style tiles for decode and prefill.
+
+    Shared memory per block stays under Hopper's 227 KiB for the gated kernel (two weight tiles).
+    """
+    elem = 4 if dtype == "fp32" else 2
+    out = []
+    for bm in (16, 32, 64, 128):
+        for bn in (32, 64, 128):
+            for bk in (64, 128):
+                for stages in (3, 4):
+                    tile_bytes = (bm * bk + 2 * bn * bk) * elem * stages
+                    if tile_bytes > 200 * 1024 or (bm >= 128 and bn < 64):
+                        continue
+                    warps = 8 if bm * bn >= 64 * 128 else 4
+                    out.append(BlockConfig(bm, bn, bk, group_m=1 if bm == 16 else 8, num_warps=warps,
+                                           num_stages=stages))
+    return out
+
+
 @dataclass(frozen=True)
 class ConfigTable:
     """Tuned configs: ``{shape_key: {tokens: BlockConfig}}`` for one device."""

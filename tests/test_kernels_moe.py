@@ -264,3 +264,15 @@ def test_fused_moe_property_random_shapes(T, E, k, H, F, seed, block_m):
     out = K["fused_moe"].fused_moe(x, w1, w2, ids, weights, config=BlockConfig(block_m, 32, 32))
     want = ref.fused_moe_reference(x, w1, w2, ids, weights, dtype=torch.float64)
     assert float((out.double() - want).abs().max()) < 1e-4
+
+
+def test_candidate_configs_fit_shared_memory_and_are_valid():
+    from moesim.kernels.configs import candidate_configs
+
+    for dtype in ("bf16", "fp32"):
+        cands = candidate_configs(dtype)
+        assert len(cands) >= 10 and len(set(cands)) == len(cands)
+        elem = 4 if dtype == "fp32" else 2
+        for c in cands:
+            assert (c.block_m * c.block_k + 2 * c.block_n * c.block_k) * elem * c.num_stages <= 200 * 1024
+    assert {c.block_m for c in candidate_configs("bf16")} == {16, 32, 64, 128}

@@ -37,6 +37,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--models", default=None,
                    help="comma-separated built-in model names (None: all gated MoE models; 3 with --quick)")
     p.add_argument("--repeats", type=int, default=30, help="timed repetitions per shape (median reported)")
+    p.add_argument("--tune", action="store_true",
+                   help="first search kernel block sizes per model shape (slow: ~35 configs per token "
+                        "bucket), save them as kernel_configs.json in --out and use them for the sweep")
     p.add_argument("--configs", default=None, metavar="FILE",
                    help="tuned kernel block-config table (JSON written by moesim.kernels.bench.tune_configs)")
     p.add_argument("--batches", default=None,
@@ -113,17 +116,20 @@ def _run_measure(args: argparse.Namespace, out: Path, models: list[str] | None, 
         run_sweep,
     )
 
+    shapes = model_shapes(models or (QUICK_MODELS if args.quick else None))
+    if models and not shapes:
+        raise UserError(f"none of {models} is a built-in gated MoE model", field="--models")
+    plan = QUICK if args.quick else FULL
+    if args.tune:
+        configs = _tune(args, out, shapes, plan, configs)
     runner = GpuRunner(args.device, repeats=args.repeats, configs=configs)
     header = collect_header(runner.device)
     header["method"] = ("median of repeats; CUDA events with a >=2x L2 flush before each; Triton kernels "
                         "replayed from a CUDA graph; routing redrawn per repetition; pageable and peer "
                         "copies by host clock around a synchronised copy")
     header["sweep"] = "quick" if args.quick else "full"
-    shapes = model_shapes(models or (QUICK_MODELS if args.quick else None))
-    if models and not shapes:
-        raise UserError(f"none of {models} is a built-in gated MoE model", field="--models")
     cc = torch.cuda.get_device_capability(runner.device)
-    cases = plan_cases(shapes, QUICK if args.quick else FULL, gpu_count=torch.cuda.device_count(),
+    cases = plan_cases(shapes, plan, gpu_count=torch.cuda.device_count(),
                        memory_bytes=float(header["memory_bytes"]),
                        grouped_mm=hasattr(torch, "_grouped_mm") and cc >= (9, 0))
     rows = run_sweep(cases, runner, out, header, device=str(runner.device),
@@ -156,6 +162,22 @@ def _run_measure(args: argparse.Namespace, out: Path, models: list[str] | None, 
         print(f"  fused_moe E={rec['num_experts']} K={rec['top_k']} H={rec['hidden']} F={rec['ffn']} "
               f"{rec['dtype']} T={rec['tokens']}: {rec['triton_s'] * 1e6:.1f} us{suffix}")
     return 0
+
+
+def _tune(args: argparse.Namespace, out: Path, shapes: list[Any], plan: Any, configs: Any) -> Any:
+    """Search block sizes for every (shape, dtype) at a few token buckets; save and return the table."""
+    from moesim.kernels.bench import require_cuda, tune_configs
+    from moesim.kernels.configs import candidate_configs
+
+    device = require_cuda(args.device)
+    buckets = [t for t in (1, 16, 128, 1024, 8192) if t <= max(plan.tokens)]
+    todo = [(s, dtype) for s in shapes for dtype in plan.dtypes]
+    for s, dtype in progress(todo, desc="tune", total=len(todo)):
+        configs = tune_configs(buckets, s.num_experts, s.top_k, s.hidden, s.ffn, dtype, device,
+                               candidate_configs(dtype), table=configs)
+    if configs is not None:
+        configs.save(out / "kernel_configs.json")
+    return configs
 
 
 def _run_validate(args: argparse.Namespace, calibration: Any, models: list[str] | None,
