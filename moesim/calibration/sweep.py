@@ -104,9 +104,10 @@ class SweepPlan:
 
 
 FULL = SweepPlan(tokens=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192),
-                 tokens_per_expert=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024),
-                 copy_bytes=tuple(4**i for i in range(6, 16)), dtypes=("bf16", "fp16"))
-QUICK = SweepPlan(tokens=(1, 8, 64, 512, 4096), tokens_per_expert=(1, 8, 64, 512),
+                 tokens_per_expert=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192),
+                 copy_bytes=tuple(4**i for i in range(6, 16)), dtypes=("bf16", "fp16"),
+                 max_grouped_rows=65536)
+QUICK = SweepPlan(tokens=(1, 8, 64, 512, 4096), tokens_per_expert=(1, 8, 64, 512, 2048),
                   copy_bytes=tuple(16**i for i in range(3, 8)), dtypes=("bf16",), max_loop_tokens=64)
 
 
