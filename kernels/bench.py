@@ -37,10 +37,14 @@ class Timing:
 def require_cuda(device: str = "cuda:0") -> Any:
     """The ``torch.device`` to measure on; UserError when there is no CUDA GPU."""
     import torch
+    from moesim.kernels.runtime import interpreter_active
 
+    if interpreter_active():
+        raise UserError("TRITON_INTERPRET is set: the Triton interpreter runs kernels on the CPU and its "
+                        "timings mean nothing; unset it to measure", field="TRITON_INTERPRET")
     if not torch.cuda.is_available():
         raise UserError("no CUDA GPU available (torch.cuda.is_available() is False); calibration and "
-                        "kernel benchmarks need one", field="device")
+                        "kernel benchmarks need one")
     dev = torch.device(device)
     if dev.type == "cuda" and dev.index is None:
         dev = torch.device("cuda", torch.cuda.current_device())

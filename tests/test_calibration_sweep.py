@@ -173,9 +173,25 @@ def test_calibrate_bad_input_exits_2(tmp_path, capsys):
 @pytest.mark.gpu
 @pytest.mark.skipif(_no_gpu(), reason="needs a CUDA GPU")
 def test_gpu_quick_benchmark_writes_real_rows(tmp_path):
+    from moesim.kernels.runtime import interpreter_active
+
     from moesim.calibration.gpu_runner import GpuRunner
+
+    if interpreter_active():
+        pytest.skip("TRITON_INTERPRET is on in this process; run with TRITON_INTERPRET=0")
 
     runner = GpuRunner("cuda:0", repeats=5)
     cases = [c for c in plan_cases([SMALL], QUICK) if c.op in ("fused_moe", "hbm_copy")][:6]
     rows = run_sweep(cases, runner, tmp_path, HEADER, device="cuda:0")
     assert rows["fused_moe"] and all(r["seconds_median"] > 0 for r in rows["fused_moe"])
+
+
+def test_benchmarks_refuse_the_interpreter(monkeypatch):
+    """Interpreter timings must never become calibration: the harness refuses before measuring."""
+    from moesim.kernels import bench, runtime
+
+    from moesim.errors import UserError
+
+    monkeypatch.setattr(runtime, "interpreter_active", lambda: True)
+    with pytest.raises(UserError, match="TRITON_INTERPRET"):
+        bench.require_cuda("cuda:0")
