@@ -11,7 +11,9 @@ and vLLM-Ascend's loader overwrites it), so the duplicates are **repaired by swa
 surplus copy is exchanged with a slot of another GPU (of the same node under the hierarchical
 policy) chosen to keep the layer's max GPU load lowest. The count of duplicate slots EPLB made and
 its imbalance before repair are kept in ``Plan.params`` (``eplb_duplicate_slots``,
-``imbalance_train_unrepaired``) so the defect stays visible.
+``imbalance_train_unrepaired``) so the defect stays visible. Where EPLB gives an expert more
+copies than there are GPUs (in its node), no swap can help; that layer is re-run with the
+replica count capped at one per GPU (``capped_layers`` counts them).
 """
 
 from __future__ import annotations
@@ -51,8 +53,12 @@ def balanced_packing(weights: np.ndarray, num_packs: int) -> np.ndarray:
 
 
 def rebalance_layer(weights: np.ndarray, num_replicas: int, num_groups: int, num_nodes: int,
-                    num_gpus: int) -> np.ndarray:
-    """EPLB for one layer: ``[num_gpus, num_replicas // num_gpus]`` logical ids (duplicates possible)."""
+                    num_gpus: int, *, cap: bool = False) -> np.ndarray:
+    """EPLB for one layer: ``[num_gpus, num_replicas // num_gpus]`` logical ids (duplicates possible).
+
+    ``cap=True`` (not upstream) limits an expert to one replica per GPU of its node, so that a
+    duplicate-free layout exists; used only where upstream's counts make one impossible.
+    """
     E = weights.size
     group_size = E // num_groups
     experts_per_node = E // num_nodes
@@ -68,7 +74,7 @@ def rebalance_layer(weights: np.ndarray, num_replicas: int, num_groups: int, num
         assert experts.size == experts_per_node
         w = weights[experts]
         # 2: replicas inside the node, D'Hondt with no per-GPU cap (as upstream)
-        counts = apportion(w, num_replicas // num_nodes)
+        counts = apportion(w, num_replicas // num_nodes, max_per_item=gpus_per_node if cap else None)
         items = np.repeat(np.arange(experts.size), counts)
         sizes = (w / counts)[items]
         # 3: replicas -> GPUs of the node, exactly `slots` each
@@ -95,16 +101,19 @@ def plan_eplb(req: PlanRequest, *, hierarchical: bool = False) -> Plan:
         raise UserError("hierarchical EPLB needs the GPUs listed node by node", field="devices")
     load = req.total_load()
     raw, fixed = [], []
-    swaps = 0
+    swaps = capped = 0
+    shape = (groups, nodes) if policy == "hierarchical" else (1, 1)
     for layer in range(load.shape[0]):
-        if policy == "hierarchical":
-            p = rebalance_layer(load[layer], req.num_slots, groups, nodes, G)
-        else:
-            p = rebalance_layer(load[layer], req.num_slots, 1, 1, G)
+        p = rebalance_layer(load[layer], req.num_slots, *shape, G)
         raw.append(p)
         if duplicate_slots(p):
             p, n = repair_duplicates(p, load[layer], node_of if policy == "hierarchical" else None)
             swaps += n
+        if duplicate_slots(p):  # more copies than GPUs: no swap can help, cap the replica counts
+            p = rebalance_layer(load[layer], req.num_slots, *shape, G, cap=True)
+            p, n = repair_duplicates(p, load[layer], node_of if policy == "hierarchical" else None)
+            swaps += n
+            capped += 1
         fixed.append(p)
     raw_arr = np.stack(raw)
     unrepaired = []
@@ -118,6 +127,7 @@ def plan_eplb(req: PlanRequest, *, hierarchical: bool = False) -> Plan:
         "num_nodes": nodes if policy == "hierarchical" else 1,
         "eplb_duplicate_slots": duplicate_slots(raw_arr),
         "repair_swaps": swaps,
+        "capped_layers": capped,
         "imbalance_train_unrepaired": float(np.mean(unrepaired)),
     })
 

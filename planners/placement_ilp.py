@@ -134,32 +134,35 @@ def layer_bound(tau: np.ndarray, num_devices: int, slots: int) -> np.ndarray:
         # the cheapest total work of e with at least c replicas, for each c
         work_min = np.minimum.accumulate(work[:, ::-1], axis=1)[:, ::-1]
         values = np.unique(b)
+        rows = np.arange(b.shape[0])
 
-        def ok(T: float, b=b, work_min=work_min) -> bool:
+        def work_at(T: float, b=b, work_min=work_min, rows=rows) -> float | None:
+            """Least total work when every replica may take T (constant between table values)."""
             fits = b <= T * (1 + 1e-12)
             if not fits.any(axis=1).all():
-                return False
+                return None
             need = fits.argmax(axis=1)
             if (need + 1).sum() > num_devices * slots:
-                return False
-            return work_min[np.arange(b.shape[0]), need].sum() <= num_devices * T * (1 + 1e-12)
+                return None
+            return float(work_min[rows, need].sum())
 
-        lo, hi = 0, values.size - 1
+        def ok(k: int, values=values) -> bool:
+            work = work_at(values[k])
+            return work is not None and work <= num_devices * values[k] * (1 + 1e-12)
+
+        lo, hi = 0, values.size  # smallest k with values[k] feasible; values.size = none is
         while lo < hi:
             mid = (lo + hi) // 2
-            if ok(values[mid]):
+            if ok(mid):
                 hi = mid
             else:
                 lo = mid + 1
-        T = values[lo]
-        # between table values the work constraint alone may bind lower: refine to the exact T
-        prev = values[lo - 1] if lo > 0 else 0.0
-        fits = b <= prev * (1 + 1e-12)
-        if prev > 0 and fits.any(axis=1).all():
-            need = fits.argmax(axis=1)
-            if (need + 1).sum() <= num_devices * slots:
-                T = max(prev, work_min[np.arange(b.shape[0]), need].sum() / num_devices)
-                T = min(T, values[lo])
+        # the optimum lies in [values[lo-1], values[lo]]: same replica needs as at values[lo-1]
+        T = float(values[lo]) if lo < values.size else np.inf
+        if lo > 0:
+            work = work_at(values[lo - 1])
+            if work is not None:
+                T = min(T, max(float(values[lo - 1]), work / num_devices))
         out[w] = T
     return out
 
@@ -201,6 +204,8 @@ def solve_layer(tau: np.ndarray, wsum: np.ndarray, node_of: np.ndarray, slots: i
         ys = []
         for c in cands[e]:
             y = m.NewConstant(1) if len(cands[e]) == 1 else m.NewBoolVar(f"y{e}_{c}")
+            if len(cands[e]) > 1:
+                m.AddHint(y, int(c == hint_counts[e]))
             ys.append(y)
             row = []
             for g in range(G):
@@ -254,7 +259,7 @@ def solve_layer(tau: np.ndarray, wsum: np.ndarray, node_of: np.ndarray, slots: i
     solver.parameters.relative_gap_limit = float(gap_limit)
     status = solver.Solve(m)
     if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
-        return hint, float(layer_times(hint, tau, node_of).max()), float(bound.max()), "hint"
+        return hint, float(layer_times(hint, tau, node_of).max()), float(bound.max()), "no-solution"
     out = np.full((G, slots), -1, dtype=np.int64)
     fill = np.zeros(G, dtype=np.int64)
     for (e, _c, g), v in z.items():
@@ -264,6 +269,69 @@ def solve_layer(tau: np.ndarray, wsum: np.ndarray, node_of: np.ndarray, slots: i
     denom = W if objective == "mean" else 1
     name = "optimal" if status == cp_model.OPTIMAL else "feasible"
     return out, solver.ObjectiveValue() / scale / denom, solver.BestObjectiveBound() / scale / denom, name
+
+
+def polish(placement: np.ndarray, tau: np.ndarray, node_of: np.ndarray, objective: str,
+           deadline: float, seed: int = 0) -> np.ndarray:
+    """Swap local search on the model's own objective: best improving slot swap off a slowest GPU.
+
+    Replica counts stay fixed and no swap creates a duplicate. Cheap (numpy, all swaps of one slot
+    scored at once), so it can refine CP-SAT's answer when many windows make CP-SAT slow.
+    """
+    p = placement.copy()
+    G, S = p.shape
+    E = tau.shape[1]
+    counts = np.bincount(p[p >= 0], minlength=E)
+    rng = np.random.default_rng(seed)
+
+    def slot_times(p: np.ndarray) -> np.ndarray:  # [W, G, S]
+        e = np.maximum(p, 0)
+        return np.where(p[None] >= 0, tau[:, e, np.maximum(counts[e], 1) - 1, node_of[:, None]], 0.0)
+
+    per = slot_times(p)
+    times = per.sum(axis=2)
+    cur = _aggregate(times, objective)
+    stale = 0
+    while time.perf_counter() < deadline and stale < 4 * G * S:
+        slowest = times.argmax(axis=1)
+        a = int(slowest[times.max(axis=1).argmax()] if objective != "mean" else rng.choice(slowest))
+        s = int(rng.integers(S))
+        e = p[a, s]
+        # every (b, t): move e to b's slot t and b's expert f to a
+        f = p  # [G, S]
+        ok = (f != e) & ~(p == e).any(axis=1)[:, None] & ~np.isin(f, p[a])
+        ok[a] = False
+        if e < 0 or not ok.any():
+            stale += 1
+            continue
+        fe = np.maximum(f, 0)
+        cf = np.maximum(counts[fe], 1) - 1
+        in_a = np.where(f >= 0, tau[:, fe, cf, node_of[a]], 0.0)  # [W, G, S] f's cost on a
+        out_b = per  # f's current cost on b
+        e_on_b = tau[:, e, counts[e] - 1, node_of][:, :, None]  # [W, G, 1]
+        new_a = times[:, a][:, None, None] - per[:, a, s][:, None, None] + in_a
+        new_b = times[:, :, None] - out_b + e_on_b
+        others = times.copy()
+        best_val, best_bt = cur, None
+        bs, ts = np.nonzero(ok)
+        for b, t in zip(bs, ts, strict=True):
+            others[:, a] = new_a[:, b, t]
+            others[:, b] = new_b[:, b, t]
+            val = _aggregate(others, objective)
+            others[:, a] = times[:, a]
+            others[:, b] = times[:, b]
+            if val < best_val * (1 - 1e-12):
+                best_val, best_bt = val, (int(b), int(t))
+        if best_bt is None:
+            stale += 1
+            continue
+        b, t = best_bt
+        p[a, s], p[b, t] = p[b, t], p[a, s]
+        per = slot_times(p)
+        times = per.sum(axis=2)
+        cur = best_val
+        stale = 0
+    return p
 
 
 # ---- where tokens come from -------------------------------------------------------------------
@@ -353,21 +421,26 @@ def plan_ilp(req: PlanRequest) -> Plan:
         lb = layer_bound(tau, G, S)
         hints = [greedy_layer(total[layer], G, S)]
         raw = rebalance_layer(total[layer], G * S, 1, 1, G)
-        hints.append(repair_duplicates(raw, total[layer])[0] if duplicate_slots(raw) else raw)
+        raw = repair_duplicates(raw, total[layer])[0] if duplicate_slots(raw) else raw
+        if not duplicate_slots(raw):
+            hints.append(raw)
         scores = [_aggregate(layer_times(h, tau, node_of), opts["objective"]) for h in hints]
         best = hints[int(np.argmin(scores))]
         best_score = min(scores)
         lb_agg = float(lb.mean() if opts["objective"] == "mean" else lb.max())
-        left = req.time_limit_s - (time.perf_counter() - start)
-        if best_score <= lb_agg * (1 + float(opts["gap_limit"])) or left <= 0:
+        now = time.perf_counter()
+        budget = (req.time_limit_s - (now - start)) / (L - layer)
+        if best_score <= lb_agg * (1 + float(opts["gap_limit"])) or budget <= 0:
             placement[layer], status, solver_bound = best, "hint", lb_agg
         else:
             p, _, solver_bound, status = solve_layer(
-                tau, total[layer], node_of, S, best, lb, time_limit_s=left / (L - layer) * 0.9,
+                tau, total[layer], node_of, S, best, lb, time_limit_s=budget * 0.6,
                 objective=str(opts["objective"]), workers=int(opts["workers"]), seed=req.seed,
                 gap_limit=float(opts["gap_limit"]))
-            score = _aggregate(layer_times(p, tau, node_of), opts["objective"])
-            placement[layer] = p if score <= best_score else best
+            if _aggregate(layer_times(p, tau, node_of), opts["objective"]) > best_score:
+                p = best
+            placement[layer] = polish(p, tau, node_of, str(opts["objective"]), now + budget * 0.95,
+                                      seed=req.seed + layer)
         objs.append(_aggregate(layer_times(placement[layer], tau, node_of), opts["objective"]))
         bounds.append(min(objs[-1], max(lb_agg, solver_bound)))
         statuses.append(status)
