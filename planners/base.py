@@ -163,19 +163,18 @@ def lpt_pack(items: np.ndarray, sizes: np.ndarray, num_devices: int, slots: int,
     load = np.zeros(num_devices)
     fill = np.zeros(num_devices, dtype=np.int64)
     out = np.full((num_devices, slots), -1, dtype=np.int64)
-    held: list[set[int]] = [set() for _ in range(num_devices)]
+    held = np.zeros((num_devices, int(np.max(items, initial=0)) + 1), dtype=bool)
     for i in order:
         e = int(items[i])
         ok = fill < slots
-        if forbid_duplicates:
-            ok &= np.array([e not in h for h in held])
-        if not ok.any():
-            ok = fill < slots  # cannot avoid it; repair_duplicates() fixes this afterwards
-        g = int(np.flatnonzero(ok)[np.argmin(load[ok])])
+        if forbid_duplicates and (ok & ~held[:, e]).any():
+            ok &= ~held[:, e]  # otherwise unavoidable: repair_duplicates() fixes it afterwards
+        cand = np.flatnonzero(ok)
+        g = int(cand[np.argmin(load[cand])])
         out[g, fill[g]] = e
         fill[g] += 1
         load[g] += sizes[i]
-        held[g].add(e)
+        held[g, e] = True
     return out
 
 

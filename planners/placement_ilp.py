@@ -30,6 +30,7 @@ from moesim.planners.base import (
     apportion,
     check_request,
     duplicate_slots,
+    lpt_pack,
     make_plan,
     repair_duplicates,
 )
@@ -164,6 +165,46 @@ def layer_bound(tau: np.ndarray, num_devices: int, slots: int) -> np.ndarray:
             if work is not None:
                 T = min(T, max(float(values[lo - 1]), work / num_devices))
         out[w] = T
+    return out
+
+
+# ---- warm starts ------------------------------------------------------------------------------
+
+TARGET_FRACTIONS = (1.0, 0.95, 0.9, 0.85, 0.8, 0.75, 0.7, 0.6, 0.5)
+
+
+def target_hints(weights: np.ndarray, num_devices: int, slots: int) -> list[np.ndarray]:
+    """Layouts whose hot replicas are sized to fill a GPU: c_e = ceil(w_e / (f * mean GPU load)).
+
+    D'Hondt spends every spare slot on the hottest experts, which with few slots per GPU leaves
+    replicas of ~0.6 of a GPU that pack badly (two overfill a GPU). Sizing hot replicas near a
+    fraction f of a GPU and giving the leftover slots to the coldest experts (whose extra copies
+    carry almost nothing) packs far better: on Zipf(1.2), 256 experts, 64 GPUs x 5 slots, LPT
+    goes from 1.10 to ~1.01 max/mean. One layout per f, each packed by LPT without duplicates.
+    """
+    w = np.asarray(weights, dtype=np.float64)
+    G, total = num_devices, num_devices * slots
+    mean = w.sum() / G
+    if mean <= 0:
+        return []
+    out = []
+    coldest = np.argsort(w, kind="stable")
+    for f in TARGET_FRACTIONS:
+        counts = np.minimum(G, np.maximum(1, np.ceil(w / (f * mean) - 1e-9))).astype(np.int64)
+        spare = total - counts.sum()
+        if spare < 0:
+            continue
+        while spare > 0 and (counts < G).any():
+            for e in coldest:
+                if spare == 0:
+                    break
+                if counts[e] < G:
+                    counts[e] += 1
+                    spare -= 1
+        items = np.repeat(np.arange(w.size), counts)
+        layer = lpt_pack(items, (w / counts)[items], G, slots)
+        if not duplicate_slots(layer):
+            out.append(layer)
     return out
 
 
@@ -419,7 +460,7 @@ def plan_ilp(req: PlanRequest) -> Plan:
             origin = np.full((E, N), 1.0 / N)
         tau = replica_table(wstep[:, layer], _comm_per_token(req, origin, units), compute, G)
         lb = layer_bound(tau, G, S)
-        hints = [greedy_layer(total[layer], G, S)]
+        hints = [greedy_layer(total[layer], G, S), *target_hints(total[layer], G, S)]
         raw = rebalance_layer(total[layer], G * S, 1, 1, G)
         raw = repair_duplicates(raw, total[layer])[0] if duplicate_slots(raw) else raw
         if not duplicate_slots(raw):
