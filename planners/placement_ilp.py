@@ -208,6 +208,35 @@ def target_hints(weights: np.ndarray, num_devices: int, slots: int) -> list[np.n
     return out
 
 
+def cost_lpt(counts: np.ndarray, tau: np.ndarray, node_of: np.ndarray, slots: int) -> np.ndarray:
+    """LPT on the model's times: each replica (costliest first) to the GPU it finishes earliest on.
+
+    Unlike token LPT this sees that a replica costs less on the node its tokens come from, so with
+    several nodes it keeps experts near their tokens while balancing.
+    """
+    G = node_of.size
+    E = counts.size
+    per = tau.mean(axis=0)[np.arange(E), np.maximum(counts, 1) - 1]  # [E, N]
+    items = np.repeat(np.arange(E), counts)
+    order = np.argsort(-per[items].min(axis=1), kind="stable")
+    busy = np.zeros(G)
+    fill = np.zeros(G, dtype=np.int64)
+    held = np.zeros((G, E), dtype=bool)
+    out = np.full((G, slots), -1, dtype=np.int64)
+    for i in order:
+        e = items[i]
+        ok = (fill < slots) & ~held[:, e]
+        if not ok.any():
+            ok = fill < slots
+        cand = np.flatnonzero(ok)
+        g = int(cand[np.argmin(busy[cand] + per[e, node_of[cand]])])
+        out[g, fill[g]] = e
+        fill[g] += 1
+        busy[g] += per[e, node_of[g]]
+        held[g, e] = True
+    return out
+
+
 # ---- one layer --------------------------------------------------------------------------------
 
 
@@ -461,10 +490,13 @@ def plan_ilp(req: PlanRequest) -> Plan:
         tau = replica_table(wstep[:, layer], _comm_per_token(req, origin, units), compute, G)
         lb = layer_bound(tau, G, S)
         hints = [greedy_layer(total[layer], G, S), *target_hints(total[layer], G, S)]
+        if N > 1:  # the same replica counts packed on the model's own per-node times
+            hints += [cost_lpt(np.bincount(h.ravel(), minlength=E), tau, node_of, S) for h in list(hints)]
         raw = rebalance_layer(total[layer], G * S, 1, 1, G)
         raw = repair_duplicates(raw, total[layer])[0] if duplicate_slots(raw) else raw
         if not duplicate_slots(raw):
             hints.append(raw)
+        hints = [h for h in hints if not duplicate_slots(h)]
         scores = [_aggregate(layer_times(h, tau, node_of), opts["objective"]) for h in hints]
         best = hints[int(np.argmin(scores))]
         best_score = min(scores)
