@@ -30,12 +30,12 @@ from moesim.planners.base import (
     apportion,
     check_request,
     duplicate_slots,
-    lpt_pack,
     make_plan,
     repair_duplicates,
 )
 from moesim.planners.eplb import rebalance_layer
 from moesim.planners.greedy import greedy_layer
+from moesim.planners.placement_search import aggregate, cost_lpt, layer_times, polish, target_hints
 
 from moesim.plans.plan import Plan
 
@@ -110,15 +110,6 @@ def replica_table(w: np.ndarray, comm: np.ndarray, compute, num_devices: int) ->
     return compute(tokens)[..., None] + tokens[..., None] * comm[None, :, None, :]
 
 
-def layer_times(placement: np.ndarray, tau: np.ndarray, node_of: np.ndarray) -> np.ndarray:
-    """``[W, G]`` time of each GPU in each window for one layer's ``[G, S]`` placement."""
-    E = tau.shape[1]
-    counts = np.bincount(placement[placement >= 0], minlength=E)
-    e = np.maximum(placement, 0)
-    per = tau[:, e, np.maximum(counts[e], 1) - 1, node_of[:, None]]  # [W, G, S]
-    return np.where(placement[None] >= 0, per, 0.0).sum(axis=2)
-
-
 def layer_bound(tau: np.ndarray, num_devices: int, slots: int) -> np.ndarray:
     """``[W]`` analytic lower bound on each window's slowest GPU, for any valid placement.
 
@@ -165,75 +156,6 @@ def layer_bound(tau: np.ndarray, num_devices: int, slots: int) -> np.ndarray:
             if work is not None:
                 T = min(T, max(float(values[lo - 1]), work / num_devices))
         out[w] = T
-    return out
-
-
-# ---- warm starts ------------------------------------------------------------------------------
-
-TARGET_FRACTIONS = (1.0, 0.95, 0.9, 0.85, 0.8, 0.75, 0.7, 0.6, 0.5)
-
-
-def target_hints(weights: np.ndarray, num_devices: int, slots: int) -> list[np.ndarray]:
-    """Layouts whose hot replicas are sized to fill a GPU: c_e = ceil(w_e / (f * mean GPU load)).
-
-    D'Hondt spends every spare slot on the hottest experts, which with few slots per GPU leaves
-    replicas of ~0.6 of a GPU that pack badly (two overfill a GPU). Sizing hot replicas near a
-    fraction f of a GPU and giving the leftover slots to the coldest experts (whose extra copies
-    carry almost nothing) packs far better: on Zipf(1.2), 256 experts, 64 GPUs x 5 slots, LPT
-    goes from 1.10 to ~1.01 max/mean. One layout per f, each packed by LPT without duplicates.
-    """
-    w = np.asarray(weights, dtype=np.float64)
-    G, total = num_devices, num_devices * slots
-    mean = w.sum() / G
-    if mean <= 0:
-        return []
-    out = []
-    coldest = np.argsort(w, kind="stable")
-    for f in TARGET_FRACTIONS:
-        counts = np.minimum(G, np.maximum(1, np.ceil(w / (f * mean) - 1e-9))).astype(np.int64)
-        spare = total - counts.sum()
-        if spare < 0:
-            continue
-        while spare > 0 and (counts < G).any():
-            for e in coldest:
-                if spare == 0:
-                    break
-                if counts[e] < G:
-                    counts[e] += 1
-                    spare -= 1
-        items = np.repeat(np.arange(w.size), counts)
-        layer = lpt_pack(items, (w / counts)[items], G, slots)
-        if not duplicate_slots(layer):
-            out.append(layer)
-    return out
-
-
-def cost_lpt(counts: np.ndarray, tau: np.ndarray, node_of: np.ndarray, slots: int) -> np.ndarray:
-    """LPT on the model's times: each replica (costliest first) to the GPU it finishes earliest on.
-
-    Unlike token LPT this sees that a replica costs less on the node its tokens come from, so with
-    several nodes it keeps experts near their tokens while balancing.
-    """
-    G = node_of.size
-    E = counts.size
-    per = tau.mean(axis=0)[np.arange(E), np.maximum(counts, 1) - 1]  # [E, N]
-    items = np.repeat(np.arange(E), counts)
-    order = np.argsort(-per[items].min(axis=1), kind="stable")
-    busy = np.zeros(G)
-    fill = np.zeros(G, dtype=np.int64)
-    held = np.zeros((G, E), dtype=bool)
-    out = np.full((G, slots), -1, dtype=np.int64)
-    for i in order:
-        e = items[i]
-        ok = (fill < slots) & ~held[:, e]
-        if not ok.any():
-            ok = fill < slots
-        cand = np.flatnonzero(ok)
-        g = int(cand[np.argmin(busy[cand] + per[e, node_of[cand]])])
-        out[g, fill[g]] = e
-        fill[g] += 1
-        busy[g] += per[e, node_of[g]]
-        held[g, e] = True
     return out
 
 
@@ -341,76 +263,7 @@ def solve_layer(tau: np.ndarray, wsum: np.ndarray, node_of: np.ndarray, slots: i
     return out, solver.ObjectiveValue() / scale / denom, solver.BestObjectiveBound() / scale / denom, name
 
 
-def polish(placement: np.ndarray, tau: np.ndarray, node_of: np.ndarray, objective: str,
-           deadline: float, seed: int = 0) -> np.ndarray:
-    """Swap local search on the model's own objective: best improving slot swap off a slowest GPU.
-
-    Replica counts stay fixed and no swap creates a duplicate. Cheap (numpy, all swaps of one slot
-    scored at once), so it can refine CP-SAT's answer when many windows make CP-SAT slow.
-    """
-    p = placement.copy()
-    G, S = p.shape
-    E = tau.shape[1]
-    counts = np.bincount(p[p >= 0], minlength=E)
-    rng = np.random.default_rng(seed)
-
-    def slot_times(p: np.ndarray) -> np.ndarray:  # [W, G, S]
-        e = np.maximum(p, 0)
-        return np.where(p[None] >= 0, tau[:, e, np.maximum(counts[e], 1) - 1, node_of[:, None]], 0.0)
-
-    per = slot_times(p)
-    times = per.sum(axis=2)
-    cur = _aggregate(times, objective)
-    stale = 0
-    while time.perf_counter() < deadline and stale < 4 * G * S:
-        slowest = times.argmax(axis=1)
-        a = int(slowest[times.max(axis=1).argmax()] if objective != "mean" else rng.choice(slowest))
-        s = int(rng.integers(S))
-        e = p[a, s]
-        # every (b, t): move e to b's slot t and b's expert f to a
-        f = p  # [G, S]
-        ok = (f != e) & ~(p == e).any(axis=1)[:, None] & ~np.isin(f, p[a])
-        ok[a] = False
-        if e < 0 or not ok.any():
-            stale += 1
-            continue
-        fe = np.maximum(f, 0)
-        cf = np.maximum(counts[fe], 1) - 1
-        in_a = np.where(f >= 0, tau[:, fe, cf, node_of[a]], 0.0)  # [W, G, S] f's cost on a
-        out_b = per  # f's current cost on b
-        e_on_b = tau[:, e, counts[e] - 1, node_of][:, :, None]  # [W, G, 1]
-        new_a = times[:, a][:, None, None] - per[:, a, s][:, None, None] + in_a
-        new_b = times[:, :, None] - out_b + e_on_b
-        others = times.copy()
-        best_val, best_bt = cur, None
-        bs, ts = np.nonzero(ok)
-        for b, t in zip(bs, ts, strict=True):
-            others[:, a] = new_a[:, b, t]
-            others[:, b] = new_b[:, b, t]
-            val = _aggregate(others, objective)
-            others[:, a] = times[:, a]
-            others[:, b] = times[:, b]
-            if val < best_val * (1 - 1e-12):
-                best_val, best_bt = val, (int(b), int(t))
-        if best_bt is None:
-            stale += 1
-            continue
-        b, t = best_bt
-        p[a, s], p[b, t] = p[b, t], p[a, s]
-        per = slot_times(p)
-        times = per.sum(axis=2)
-        cur = best_val
-        stale = 0
-    return p
-
-
 # ---- where tokens come from -------------------------------------------------------------------
-
-
-def _aggregate(times: np.ndarray, objective: str) -> float:
-    """``[W, G]`` -> the layer's objective: worst window's slowest GPU, or the mean over windows."""
-    slowest = times.max(axis=1)
-    return float(slowest.mean() if objective == "mean" else slowest.max())
 
 
 def _sequence_origin(req: PlanRequest, N: int) -> np.ndarray:
@@ -455,39 +308,65 @@ def _previous_layer_origin(ids_prev: np.ndarray, ids_cur: np.ndarray, prev: np.n
 # ---- the planner ------------------------------------------------------------------------------
 
 
+class _Tables:
+    """The per-layer replica-time tables of a request (shared by the ILP and ``predict_moe_step``)."""
+
+    def __init__(self, req: PlanRequest, opts: dict[str, Any]):
+        self.req = req
+        self.E, self.G = req.model.num_experts, req.num_devices
+        self.node_of = req.node_of_device()
+        self.N = int(self.node_of.max()) + 1
+        windows = req.windows()
+        # scale each window to one step of `batch_tokens` tokens, so times are per-step times
+        per_window = windows.sum(axis=2).max(axis=1) / req.model.top_k
+        scale = np.divide(float(opts["batch_tokens"]), per_window, out=np.zeros_like(per_window),
+                          where=per_window > 0)
+        self.wstep = windows * scale[:, None, None]
+        self.compute, self.units = _compute_fn(req, str(opts["units"]))
+        mode = str(opts["origin"]) if self.N > 1 else "even"
+        self.origin_mode = mode if (mode == "even" or req.trace is not None) else "even"
+        self.seq_origin = _sequence_origin(req, self.N) if self.origin_mode == "sequence" else None
+        self.ids = np.asarray(req.trace.expert_ids) if self.origin_mode == "previous-layer" else None
+
+    def tau(self, layer: int, previous: np.ndarray | None) -> np.ndarray:
+        """``[W, E, G, N]`` for ``layer``; ``previous`` is layer-1's ``[G, S]`` placement."""
+        E, N = self.E, self.N
+        if self.seq_origin is not None:
+            origin = self.seq_origin[layer]
+        elif self.ids is not None and layer > 0 and previous is not None:
+            origin = _previous_layer_origin(self.ids[:, layer - 1], self.ids[:, layer], previous,
+                                            self.node_of, E, N)
+        else:
+            origin = np.full((E, N), 1.0 / N)
+        return replica_table(self.wstep[:, layer], _comm_per_token(self.req, origin, self.units),
+                             self.compute, self.G)
+
+
+def predict_moe_step(req: PlanRequest, placement: np.ndarray, **params: Any) -> tuple[float, str]:
+    """The ILP's model of any plan: sum over layers of the slowest GPU (worst/mean window), and units."""
+    opts = {**DEFAULTS, **dict(req.params), **params}
+    tables = _Tables(req, opts)
+    total = 0.0
+    for layer in range(placement.shape[0]):
+        tau = tables.tau(layer, placement[layer - 1] if layer else None)
+        total += aggregate(layer_times(placement[layer], tau, tables.node_of), str(opts["objective"]))
+    return total, tables.units
+
+
 def plan_ilp(req: PlanRequest) -> Plan:
     """Joint replica counts and placement by CP-SAT, layer by layer, within ``req.time_limit_s``."""
     check_request(req)
     opts = {**DEFAULTS, **dict(req.params)}
     start = time.perf_counter()
-    E, G, S, K = req.model.num_experts, req.num_devices, req.slots_per_device, req.model.top_k
-    node_of = req.node_of_device()
-    N = int(node_of.max()) + 1
-    windows = req.windows()
-    L = windows.shape[1]
-    # scale each window to one step of `batch_tokens` tokens, so times are per-step times
-    per_window_tokens = windows.sum(axis=2).max(axis=1) / K
-    scale = np.divide(float(opts["batch_tokens"]), per_window_tokens, out=np.zeros_like(per_window_tokens),
-                      where=per_window_tokens > 0)
-    wstep = windows * scale[:, None, None]
-    compute, units = _compute_fn(req, str(opts["units"]))
-    origin_mode = str(opts["origin"]) if N > 1 else "even"
-    if origin_mode != "even" and req.trace is None:
-        origin_mode = "even"
-    seq_origin = _sequence_origin(req, N) if origin_mode == "sequence" else None
-    ids = np.asarray(req.trace.expert_ids) if origin_mode == "previous-layer" else None
+    E, G, S = req.model.num_experts, req.num_devices, req.slots_per_device
+    tables = _Tables(req, opts)
+    node_of, N, units = tables.node_of, tables.N, tables.units
     total = req.total_load()
+    L = total.shape[0]
     placement = np.zeros((L, G, S), dtype=np.int64)
     objs, bounds, statuses = [], [], []
     for layer in range(L):
-        if seq_origin is not None:
-            origin = seq_origin[layer]
-        elif ids is not None and layer > 0:
-            origin = _previous_layer_origin(ids[:, layer - 1], ids[:, layer], placement[layer - 1],
-                                            node_of, E, N)
-        else:
-            origin = np.full((E, N), 1.0 / N)
-        tau = replica_table(wstep[:, layer], _comm_per_token(req, origin, units), compute, G)
+        tau = tables.tau(layer, placement[layer - 1] if layer else None)
         lb = layer_bound(tau, G, S)
         hints = [greedy_layer(total[layer], G, S), *target_hints(total[layer], G, S)]
         if N > 1:  # the same replica counts packed on the model's own per-node times
@@ -497,7 +376,7 @@ def plan_ilp(req: PlanRequest) -> Plan:
         if not duplicate_slots(raw):
             hints.append(raw)
         hints = [h for h in hints if not duplicate_slots(h)]
-        scores = [_aggregate(layer_times(h, tau, node_of), opts["objective"]) for h in hints]
+        scores = [aggregate(layer_times(h, tau, node_of), opts["objective"]) for h in hints]
         best = hints[int(np.argmin(scores))]
         best_score = min(scores)
         lb_agg = float(lb.mean() if opts["objective"] == "mean" else lb.max())
@@ -510,11 +389,11 @@ def plan_ilp(req: PlanRequest) -> Plan:
                 tau, total[layer], node_of, S, best, lb, time_limit_s=budget * 0.6,
                 objective=str(opts["objective"]), workers=int(opts["workers"]), seed=req.seed,
                 gap_limit=float(opts["gap_limit"]))
-            if _aggregate(layer_times(p, tau, node_of), opts["objective"]) > best_score:
+            if aggregate(layer_times(p, tau, node_of), opts["objective"]) > best_score:
                 p = best
             placement[layer] = polish(p, tau, node_of, str(opts["objective"]), now + budget * 0.95,
                                       seed=req.seed + layer)
-        objs.append(_aggregate(layer_times(placement[layer], tau, node_of), opts["objective"]))
+        objs.append(aggregate(layer_times(placement[layer], tau, node_of), opts["objective"]))
         bounds.append(min(objs[-1], max(lb_agg, solver_bound)))
         statuses.append(status)
     obj, bnd = float(np.sum(objs)), float(np.sum(bounds))
@@ -522,8 +401,8 @@ def plan_ilp(req: PlanRequest) -> Plan:
     return make_plan(
         req, "ilp", placement, objective=obj, bound=bnd, gap=(obj - bnd) / obj if obj > 0 else 0.0,
         solve_s=solve_s,
-        params={"objective": opts["objective"], "origin": origin_mode, "units": units,
-                "batch_tokens": opts["batch_tokens"], "windows": int(windows.shape[0]),
+        params={"objective": opts["objective"], "origin": tables.origin_mode, "units": units,
+                "batch_tokens": opts["batch_tokens"], "windows": int(tables.wstep.shape[0]),
                 "time_limit_s": req.time_limit_s, "workers": int(opts["workers"]),
                 "layers_solved": int(sum(s != "hint" for s in statuses)),
                 "layers_optimal": int(sum(s == "optimal" for s in statuses))},

@@ -10,7 +10,8 @@ import pytest
 from moesim.planners import PlanRequest, plan
 from moesim.planners.base import duplicate_slots, gpu_imbalance
 from moesim.planners.greedy import greedy_layer
-from moesim.planners.placement_ilp import layer_bound, layer_times, polish, replica_table
+from moesim.planners.placement_ilp import layer_bound, replica_table
+from moesim.planners.placement_search import layer_times, polish
 
 from moesim.specs import load_cluster
 from moesim.specs.model import AttentionSpec, MoEModel

@@ -1,0 +1,157 @@
+"""Heuristics around the placement ILP: warm starts, swap local search, and scoring a layout.
+
+``tau[W, E, c-1, N]`` (see ``placement_ilp.replica_table``) is the time of one replica of expert e
+when e has c replicas, on a GPU of node n, in window w.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+from moesim.planners.base import duplicate_slots, lpt_pack
+
+
+def layer_times(placement: np.ndarray, tau: np.ndarray, node_of: np.ndarray) -> np.ndarray:
+    """``[W, G]`` time of each GPU in each window for one layer's ``[G, S]`` placement."""
+    E = tau.shape[1]
+    counts = np.bincount(placement[placement >= 0], minlength=E)
+    e = np.maximum(placement, 0)
+    per = tau[:, e, np.maximum(counts[e], 1) - 1, node_of[:, None]]  # [W, G, S]
+    return np.where(placement[None] >= 0, per, 0.0).sum(axis=2)
+
+
+def aggregate(times: np.ndarray, objective: str) -> float:
+    """``[W, G]`` -> the layer's objective: worst window's slowest GPU, or the mean over windows."""
+    slowest = times.max(axis=1)
+    return float(slowest.mean() if objective == "mean" else slowest.max())
+
+
+TARGET_FRACTIONS = (1.0, 0.95, 0.9, 0.85, 0.8, 0.75, 0.7, 0.6, 0.5)
+
+
+def target_hints(weights: np.ndarray, num_devices: int, slots: int) -> list[np.ndarray]:
+    """Layouts whose hot replicas are sized to fill a GPU: c_e = ceil(w_e / (f * mean GPU load)).
+
+    D'Hondt spends every spare slot on the hottest experts, which with few slots per GPU leaves
+    replicas of ~0.6 of a GPU that pack badly (two overfill a GPU). Sizing hot replicas near a
+    fraction f of a GPU and giving the leftover slots to the coldest experts (whose extra copies
+    carry almost nothing) packs far better: on Zipf(1.2), 256 experts, 64 GPUs x 5 slots, LPT
+    goes from 1.10 to ~1.01 max/mean. One layout per f, each packed by LPT without duplicates.
+    """
+    w = np.asarray(weights, dtype=np.float64)
+    G, total = num_devices, num_devices * slots
+    mean = w.sum() / G
+    if mean <= 0:
+        return []
+    out = []
+    coldest = np.argsort(w, kind="stable")
+    for f in TARGET_FRACTIONS:
+        counts = np.minimum(G, np.maximum(1, np.ceil(w / (f * mean) - 1e-9))).astype(np.int64)
+        spare = total - counts.sum()
+        if spare < 0:
+            continue
+        while spare > 0 and (counts < G).any():
+            for e in coldest:
+                if spare == 0:
+                    break
+                if counts[e] < G:
+                    counts[e] += 1
+                    spare -= 1
+        items = np.repeat(np.arange(w.size), counts)
+        layer = lpt_pack(items, (w / counts)[items], G, slots)
+        if not duplicate_slots(layer):
+            out.append(layer)
+    return out
+
+
+def cost_lpt(counts: np.ndarray, tau: np.ndarray, node_of: np.ndarray, slots: int) -> np.ndarray:
+    """LPT on the model's times: each replica (costliest first) to the GPU it finishes earliest on.
+
+    Unlike token LPT this sees that a replica costs less on the node its tokens come from, so with
+    several nodes it keeps experts near their tokens while balancing.
+    """
+    G = node_of.size
+    E = counts.size
+    per = tau.mean(axis=0)[np.arange(E), np.maximum(counts, 1) - 1]  # [E, N]
+    items = np.repeat(np.arange(E), counts)
+    order = np.argsort(-per[items].min(axis=1), kind="stable")
+    busy = np.zeros(G)
+    fill = np.zeros(G, dtype=np.int64)
+    held = np.zeros((G, E), dtype=bool)
+    out = np.full((G, slots), -1, dtype=np.int64)
+    for i in order:
+        e = items[i]
+        ok = (fill < slots) & ~held[:, e]
+        if not ok.any():
+            ok = fill < slots
+        cand = np.flatnonzero(ok)
+        g = int(cand[np.argmin(busy[cand] + per[e, node_of[cand]])])
+        out[g, fill[g]] = e
+        fill[g] += 1
+        busy[g] += per[e, node_of[g]]
+        held[g, e] = True
+    return out
+
+
+def polish(placement: np.ndarray, tau: np.ndarray, node_of: np.ndarray, objective: str,
+           deadline: float, seed: int = 0) -> np.ndarray:
+    """Swap local search on the model's own objective: best improving slot swap off a slowest GPU.
+
+    Replica counts stay fixed and no swap creates a duplicate. Cheap (numpy, all swaps of one slot
+    scored at once), so it can refine CP-SAT's answer when many windows make CP-SAT slow.
+    """
+    p = placement.copy()
+    G, S = p.shape
+    E = tau.shape[1]
+    counts = np.bincount(p[p >= 0], minlength=E)
+    rng = np.random.default_rng(seed)
+
+    def slot_times(p: np.ndarray) -> np.ndarray:  # [W, G, S]
+        e = np.maximum(p, 0)
+        return np.where(p[None] >= 0, tau[:, e, np.maximum(counts[e], 1) - 1, node_of[:, None]], 0.0)
+
+    per = slot_times(p)
+    times = per.sum(axis=2)
+    cur = aggregate(times, objective)
+    stale = 0
+    while time.perf_counter() < deadline and stale < 4 * G * S:
+        slowest = times.argmax(axis=1)
+        a = int(slowest[times.max(axis=1).argmax()] if objective != "mean" else rng.choice(slowest))
+        s = int(rng.integers(S))
+        e = p[a, s]
+        # every (b, t): move e to b's slot t and b's expert f to a
+        f = p  # [G, S]
+        ok = (f != e) & ~(p == e).any(axis=1)[:, None] & ~np.isin(f, p[a])
+        ok[a] = False
+        if e < 0 or not ok.any():
+            stale += 1
+            continue
+        fe = np.maximum(f, 0)
+        cf = np.maximum(counts[fe], 1) - 1
+        in_a = np.where(f >= 0, tau[:, fe, cf, node_of[a]], 0.0)  # [W, G, S] f's cost on a
+        out_b = per  # f's current cost on b
+        e_on_b = tau[:, e, counts[e] - 1, node_of][:, :, None]  # [W, G, 1]
+        new_a = times[:, a][:, None, None] - per[:, a, s][:, None, None] + in_a
+        new_b = times[:, :, None] - out_b + e_on_b
+        others = times.copy()
+        best_val, best_bt = cur, None
+        bs, ts = np.nonzero(ok)
+        for b, t in zip(bs, ts, strict=True):
+            others[:, a] = new_a[:, b, t]
+            others[:, b] = new_b[:, b, t]
+            val = aggregate(others, objective)
+            others[:, a] = times[:, a]
+            others[:, b] = times[:, b]
+            if val < best_val * (1 - 1e-12):
+                best_val, best_bt = val, (int(b), int(t))
+        if best_bt is None:
+            stale += 1
+            continue
+        b, t = best_bt
+        p[a, s], p[b, t] = p[b, t], p[a, s]
+        per = slot_times(p)
+        times = per.sum(axis=2)
+        cur = best_val
+        stale = 0
+    return p
