@@ -41,7 +41,7 @@ from moesim.plans.plan import Plan
 
 DEFAULTS: dict[str, Any] = {
     "objective": "worst",  # worst | mean  (over windows)
-    "origin": "even",  # even | sequence | previous-layer: where a layer's tokens come from
+    "origin": "even",  # even | previous-layer: where a layer's tokens come from
     "units": "auto",  # auto (cost model if available) | tokens (ignore time, balance token counts)
     "batch_tokens": 8192,  # tokens per step the times are predicted for
     "workers": 2,
@@ -266,22 +266,6 @@ def solve_layer(tau: np.ndarray, wsum: np.ndarray, node_of: np.ndarray, slots: i
 # ---- where tokens come from -------------------------------------------------------------------
 
 
-def _sequence_origin(req: PlanRequest, N: int) -> np.ndarray:
-    """``[L, E, N]``: sequence s lives on GPU s mod G (data-parallel attention); its tokens start there."""
-    trace = req.trace
-    ids = np.asarray(trace.expert_ids)
-    node_of = req.node_of_device()
-    home = node_of[np.asarray(trace.seq_id) % node_of.size]
-    L, E = ids.shape[1], req.model.num_experts
-    out = np.zeros((L, E, N))
-    for layer in range(L):
-        col = ids[:, layer, :]
-        ok = col >= 0
-        np.add.at(out[layer], (col[ok], np.broadcast_to(home[:, None], col.shape)[ok]), 1.0)
-    total = out.sum(axis=2, keepdims=True)
-    return np.divide(out, total, out=np.full_like(out, 1.0 / N), where=total > 0)
-
-
 def _previous_layer_origin(ids_prev: np.ndarray, ids_cur: np.ndarray, prev: np.ndarray, node_of: np.ndarray,
                            E: int, N: int) -> np.ndarray:
     """``[E, N]``: a token starts layer l where its layer l-1 experts ran (replicas split evenly)."""
@@ -325,15 +309,12 @@ class _Tables:
         self.compute, self.units = _compute_fn(req, str(opts["units"]))
         mode = str(opts["origin"]) if self.N > 1 else "even"
         self.origin_mode = mode if (mode == "even" or req.trace is not None) else "even"
-        self.seq_origin = _sequence_origin(req, self.N) if self.origin_mode == "sequence" else None
         self.ids = np.asarray(req.trace.expert_ids) if self.origin_mode == "previous-layer" else None
 
     def tau(self, layer: int, previous: np.ndarray | None) -> np.ndarray:
         """``[W, E, G, N]`` for ``layer``; ``previous`` is layer-1's ``[G, S]`` placement."""
         E, N = self.E, self.N
-        if self.seq_origin is not None:
-            origin = self.seq_origin[layer]
-        elif self.ids is not None and layer > 0 and previous is not None:
+        if self.ids is not None and layer > 0 and previous is not None:
             origin = _previous_layer_origin(self.ids[:, layer - 1], self.ids[:, layer], previous,
                                             self.node_of, E, N)
         else:
