@@ -230,9 +230,7 @@ class _Builder:
             return Section(f"Placement on {_short(s.hw)}", ("No planner cell could be computed.",))
         base = done.get("contiguous")
         base_step = base["json"]["step_time_s_eval"] if base else None
-        classes = sorted(
-            {k for r in done.values() for k in (r["json"].get("all_to_all_bytes_by_link_class") or {})}
-        )
+        classes = sorted({k for r in done.values() for k in (r["json"].get("a2a_bytes") or {})})
         rows = []
         for p, r in done.items():
             j = r["json"]
@@ -247,7 +245,7 @@ class _Builder:
                 row.append(self.rec(sec, f"{stem}_table", where, p, "", "", key, j[key], unit))
             row.append(self.rec(sec, f"{stem}_table", where, p, "", "", "speedup_vs_contiguous", speed, "x"))
             for cls in classes:
-                v = (j.get("all_to_all_bytes_by_link_class") or {}).get(cls, 0)
+                v = (j.get("a2a_bytes") or {}).get(cls, 0)
                 row.append(
                     self.rec(sec, f"{stem}_table", where, p, "link_class", cls, "all_to_all_bytes", v, "B")
                 )
@@ -332,10 +330,7 @@ class _Builder:
             )
         if classes:
             stacks = {
-                c: [
-                    float((done[p]["json"].get("all_to_all_bytes_by_link_class") or {}).get(c, 0)) / 1e9
-                    for p in names
-                ]
+                c: [float((done[p]["json"].get("a2a_bytes") or {}).get(c, 0)) / 1e9 for p in names]
                 for c in classes
             }
             for c, vals in stacks.items():
@@ -518,18 +513,18 @@ class _Builder:
     # ---- calibration ---------------------------------------------------------------------------
 
     def calibration(self) -> Section:
-        hws: list[tuple[str, int | None]] = []
+        hws: list[tuple[str, str, int | None]] = []
         for s in (*self.sweep.placement, *self.sweep.offload):
-            key = (s.hw, getattr(s, "nodes", None))
+            key = (s.hw, s.model, getattr(s, "nodes", None))
             if key not in hws:
                 hws.append(key)
         tables, paras = [], []
-        for hw, nodes in hws:
-            r = self.cell(g.calibration_cell(hw, nodes))
+        for hw, model, nodes in hws:
+            r = self.cell(g.calibration_cell(hw, model, nodes))
             if r is None:
                 continue
-            where = (hw, "", "")
-            name = f"calibration_{_slug(hw)}"
+            where = (hw, model, "")
+            name = f"calibration_{_slug(hw, model)}"
             rows = tuple((op, src) for op, src in sorted(r["sources"].items()))
             tables.append(
                 Table(

@@ -64,34 +64,27 @@ def setup_cell(hw: str, model: str, trace: str, nodes: int | None = None) -> Cel
     return Cell.make("setup", hw=hw, model=model, trace=trace, nodes=nodes)
 
 
+def _placement_params(s: PlacementStudy, seed: int) -> dict[str, Any]:
+    return {
+        "hw": s.hw,
+        "model": s.model,
+        "trace": s.trace,
+        "slots_per_gpu": s.slots_per_gpu,
+        "train_fraction": s.train_fraction,
+        "time_limit_s": s.time_limit_s,
+        "nodes": s.nodes,
+        "batch_tokens": s.batch_tokens,
+        "steps": s.steps,
+        "seed": seed,
+    }
+
+
 def plan_cell(s: PlacementStudy, planner: str, seed: int) -> Cell:
-    return Cell.make(
-        "plan",
-        hw=s.hw,
-        model=s.model,
-        trace=s.trace,
-        planner=planner,
-        slots_per_gpu=s.slots_per_gpu,
-        train_fraction=s.train_fraction,
-        time_limit_s=s.time_limit_s,
-        nodes=s.nodes,
-        seed=seed,
-    )
+    return Cell.make("plan", planner=planner, **_placement_params(s, seed))
 
 
 def timeline_cell(s: PlacementStudy, planner: str, seed: int) -> Cell:
-    return Cell.make(
-        "timeline",
-        hw=s.hw,
-        model=s.model,
-        trace=s.trace,
-        planner=planner,
-        slots_per_gpu=s.slots_per_gpu,
-        train_fraction=s.train_fraction,
-        time_limit_s=s.time_limit_s,
-        nodes=s.nodes,
-        seed=seed,
-    )
+    return Cell.make("timeline", planner=planner, **_placement_params(s, seed))
 
 
 def hitrate_cell(s: OffloadStudy, sizes: tuple[int, ...]) -> Cell:
@@ -123,8 +116,8 @@ def offload_cell(s: OffloadStudy, gpu_memory: str, miss: str, seed: int) -> Cell
     )
 
 
-def calibration_cell(hw: str, nodes: int | None = None) -> Cell:
-    return Cell.make("calibration", hw=hw, nodes=nodes)
+def calibration_cell(hw: str, model: str, nodes: int | None = None) -> Cell:
+    return Cell.make("calibration", hw=hw, model=model, nodes=nodes)
 
 
 def cache_sizes(s: OffloadStudy, num_experts: int, top_k: int) -> tuple[int, ...]:
@@ -152,10 +145,10 @@ def expand(sweep: Sweep, shape: Callable[[str, str], tuple[int, int]]) -> list[C
 
     for s in sweep.placement:
         add(setup_cell(s.hw, s.model, s.trace, s.nodes))
-        add(calibration_cell(s.hw, s.nodes))
+        add(calibration_cell(s.hw, s.model, s.nodes))
     for o in sweep.offload:
         add(setup_cell(o.hw, o.model, o.trace))
-        add(calibration_cell(o.hw))
+        add(calibration_cell(o.hw, o.model))
     for s in sweep.placement:
         for planner in s.planners:
             add(plan_cell(s, planner, sweep.seed))

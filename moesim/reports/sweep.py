@@ -37,6 +37,10 @@ class PlacementStudy:
     time_limit_s: float = 20.0
     """Solver time limit of the ILP planner, seconds."""
     nodes: int | None = None
+    batch_tokens: int | None = None
+    """Tokens per simulated step (None: ``moesim plan``'s default)."""
+    steps: int | None = None
+    """Simulated steps on the evaluation tokens (None: as many as they fill)."""
 
 
 @dataclass(frozen=True)
@@ -198,8 +202,9 @@ def _placement(d: Any, file: str | None, fld: str, base: Path) -> PlacementStudy
         kw["train_fraction"] = _float(d["train_fraction"], file, f"{fld}.train_fraction", lo=0.0, hi=1.0)
     if "time_limit_s" in d:
         kw["time_limit_s"] = _float(d["time_limit_s"], file, f"{fld}.time_limit_s", lo=0.0)
-    if d.get("nodes") is not None:
-        kw["nodes"] = _int(d["nodes"], file, f"{fld}.nodes", minimum=1)
+    for key in ("nodes", "batch_tokens", "steps"):
+        if d.get(key) is not None:
+            kw[key] = _int(d[key], file, f"{fld}.{key}", minimum=1)
     return PlacementStudy(**kw)
 
 
