@@ -81,18 +81,18 @@ def check_request(req: PlanRequest) -> None:
             raise UserError(f"no device {d!r} in cluster {req.cluster.name}", field="devices") from None
     if req.slots_per_device < 1:
         raise UserError(f"expected at least 1 slot per GPU, got {req.slots_per_device}",
-                        field="slots-per-gpu")
+                        field="slots_per_device")
     if req.num_slots < E:
         raise UserError(
             f"{req.num_devices} GPUs x {req.slots_per_device} slots = {req.num_slots} slots cannot hold "
             f"the {E} experts of {req.model.name} (need at least {-(-E // req.num_devices)} slots per GPU)",
-            field="slots-per-gpu",
+            field="slots_per_device",
         )
     if req.slots_per_device > E:
         raise UserError(
             f"{req.slots_per_device} slots per GPU exceed the {E} experts of {req.model.name}: a GPU "
             "may hold at most one copy of each expert",
-            field="slots-per-gpu",
+            field="slots_per_device",
         )
     w = req.windows()
     if w.ndim != 3 or w.shape[1:] != (L, E):

@@ -1,0 +1,306 @@
+"""``moesim plan``: plan expert placement on the training part of a trace, compare on the rest."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import time
+from typing import Any
+
+from moesim.cli.common import add_json_flag, add_verb, print_json, progress
+from moesim.errors import UserError
+
+PLANNER_NAMES = ("contiguous", "round-robin", "greedy", "eplb", "eplb-hierarchical", "ilp")
+DEFAULT_MODEL = "deepseek-v2-lite"
+DEFAULT_TRACE = "deepseek-v2-lite-synth"
+
+_EXAMPLES = """\
+  moesim plan --hw h100x8                  every planner on the shipped DeepSeek-V2-Lite trace
+  moesim plan --hw h100x8 --model deepseek-v2-lite --trace my.npz --slots-per-gpu 9 --planner ilp \\
+      --out plan.yaml --export-sglang expert_location.json
+  moesim plan --hw h100x8x4 --nodes 2 --model mixtral-8x7b --trace mixtral-8x7b-synth --replicas 32
+  moesim plan --hw h100x8 --planner eplb --train-fraction 0.8 --json
+"""
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = add_verb(
+        sub, "plan",
+        help="choose expert placement (ILP, EPLB, greedy...) and compare the plans in the simulator",
+        description="Plan on the first --train-fraction of the trace's tokens (row order), then "
+        "simulate every requested planner's plan on the rest and print a comparison: GPU load "
+        "imbalance (max/mean per layer, replicas split evenly, averaged over layers) on the "
+        "training and evaluation tokens, simulated step time and tokens/s, all-to-all bytes by "
+        "link class, solve time, optimality gap and speedup over the contiguous layout.",
+        examples=_EXAMPLES,
+    )
+    p.add_argument("--hw", required=True, metavar="NAME|PATH",
+                   help="hardware profile (built-in name or YAML)")
+    p.add_argument("--nodes", type=int, default=None, metavar="N", help="override the profile's node count")
+    p.add_argument("--model", default=None, metavar="NAME|PATH",
+                   help=f"model spec (default: the trace's model, or {DEFAULT_MODEL} with the shipped trace)")
+    p.add_argument("--trace", default=None, metavar="NAME|PATH",
+                   help=f"routing trace .npz (default: the shipped {DEFAULT_TRACE})")
+    p.add_argument("--planner", default="all", choices=(*PLANNER_NAMES, "all"),
+                   help="planner to run, or all of them")
+    slots = p.add_mutually_exclusive_group()
+    slots.add_argument("--slots-per-gpu", type=int, default=None, metavar="S",
+                       help="expert slots per GPU (default: experts/GPUs rounded up, plus one)")
+    slots.add_argument("--replicas", type=int, default=None, metavar="R",
+                       help="physical expert slots per layer in total; must be a multiple of the GPU count")
+    p.add_argument("--gpu-memory", default=None, metavar="BYTES",
+                   help="GPU memory budget for expert weights (e.g. 20GiB): adds a cache/offload plan")
+    p.add_argument("--train-fraction", type=float, default=0.5, metavar="F",
+                   help="fraction of the trace's tokens (in row order) to plan on; the rest evaluates")
+    p.add_argument("--windows", type=int, default=1, metavar="W",
+                   help="plan against W consecutive windows of the training tokens at once (ilp)")
+    p.add_argument("--objective", default="worst", choices=("worst", "mean"),
+                   help="ilp: minimise the worst window's or the mean window's predicted step time")
+    p.add_argument("--origin", default="even", choices=("even", "previous-layer"),
+                   help="ilp: where a layer's tokens start (even: data-parallel attention on all GPUs)")
+    p.add_argument("--time-limit", type=float, default=60.0, metavar="SECONDS",
+                   help="ilp solver time limit (the best plan found by then is used)")
+    p.add_argument("--batch-size", type=int, default=4096, metavar="TOKENS",
+                   help="tokens per simulated step (and per step the ilp predicts)")
+    p.add_argument("--steps", type=int, default=None, metavar="N",
+                   help="simulated steps on the evaluation tokens (default: as many as they fill)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (solver and simulator)")
+    p.add_argument("--out", default=None, metavar="FILE",
+                   help="write the plan (YAML or JSON by suffix); with --planner all, the ilp plan")
+    p.add_argument("--export-sglang", default=None, metavar="FILE",
+                   help="write SGLang's --init-expert-location file for that plan")
+    p.add_argument("--export-vllm-ascend", default=None, metavar="FILE",
+                   help="write vLLM-Ascend's expert map JSON for that plan")
+    add_json_flag(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from moesim.planners import PLANNERS, PlanRequest
+    from moesim.planners.base import check_request, gpu_imbalance
+    from moesim.specs import load_cluster, load_model
+    from moesim.traces.trace import RoutingTrace
+
+    if not 0.0 < args.train_fraction < 1.0:
+        raise UserError(f"expected a fraction between 0 and 1 (exclusive), got {args.train_fraction}",
+                        field="--train-fraction")
+    if args.windows < 1:
+        raise UserError(f"expected at least 1 window, got {args.windows}", field="--windows")
+    if args.time_limit <= 0:
+        raise UserError(f"expected a positive time limit, got {args.time_limit}", field="--time-limit")
+    cluster = load_cluster(args.hw, nodes=args.nodes)
+    trace_name = args.trace or DEFAULT_TRACE
+    if args.model is None and args.trace is None:
+        model = load_model(DEFAULT_MODEL)
+    elif args.model is None:
+        probe = RoutingTrace.load(trace_name)
+        try:
+            model = load_model(probe.model_name)
+        except UserError:
+            raise UserError(f"trace model {probe.model_name!r} is not a built-in model; give --model",
+                            field="--model") from None
+    else:
+        model = load_model(args.model)
+    trace = RoutingTrace.load(trace_name, model=model)
+    train, evaluation = trace.split(args.train_fraction)
+    if train.num_tokens == 0 or evaluation.num_tokens == 0:
+        raise UserError(f"{trace.num_tokens} tokens cannot be split at {args.train_fraction}",
+                        field="--train-fraction")
+    gpus = tuple(d.id for d in cluster.gpus)
+    G, E = len(gpus), model.num_experts
+    if args.replicas is not None:
+        if args.replicas % G:
+            raise UserError(f"{args.replicas} replicas do not divide evenly over {G} GPUs",
+                            field="--replicas")
+        slots = args.replicas // G
+    else:
+        slots = args.slots_per_gpu if args.slots_per_gpu is not None else -(-E // G) + 1
+    load = _layer_matrix(train.load_matrix(windows=args.windows), train, model)
+    eval_load = _layer_matrix(evaluation.load_matrix(windows=1), evaluation, model)[0]
+    from moesim.cost import CostModel
+
+    cost = CostModel(cluster, model)
+    names = list(PLANNER_NAMES) if args.planner == "all" else [args.planner]
+    request = PlanRequest(model=model, cluster=cluster, devices=gpus, slots_per_device=slots, load=load,
+                          trace=train, cost=cost, time_limit_s=args.time_limit, seed=args.seed,
+                          params={"objective": args.objective, "origin": args.origin,
+                                  "batch_tokens": args.batch_size})
+    try:
+        check_request(request)
+    except UserError as e:
+        flag = "--replicas" if args.replicas is not None else "--slots-per-gpu"
+        raise UserError(e.message, field=flag if e.field == "slots_per_device" else e.field) from None
+    cache_plan = _cache_plan(args, model, cluster, train, cost)
+    plans, rows = {}, {}
+    for name in progress(names, desc="planning", total=len(names)):
+        t0 = time.perf_counter()
+        plan = PLANNERS[name](request)
+        solve_s = time.perf_counter() - t0
+        if cache_plan is not None:
+            plan = dataclasses.replace(plan, cache=cache_plan)
+        plan.validate(model, cluster)
+        plans[name] = plan
+        rows[name] = {
+            "gpu_imbalance_train": gpu_imbalance(plan, load),
+            "gpu_imbalance_eval": gpu_imbalance(plan, eval_load),
+            "solve_s": solve_s,
+            "gap": plan.gap,
+            "bound": plan.bound,
+            "objective": plan.objective,
+        }
+        if "eplb_duplicate_slots" in plan.params:
+            rows[name]["eplb_duplicate_slots"] = int(plan.params["eplb_duplicate_slots"])
+    from moesim.planners.placement_ilp import predict_moe_step
+
+    eval_request = dataclasses.replace(request, load=eval_load, trace=evaluation)
+    for name in progress(names, desc="simulating", total=len(names)):
+        predicted, units = predict_moe_step(eval_request, plans[name].placement)
+        rows[name]["predicted_moe_step_s_eval"] = predicted if units.startswith("seconds") else None
+        rows[name].update(_simulate(cluster, model, evaluation, plans[name], cost, args))
+    base = rows.get("contiguous", {}).get("step_time_s_eval")
+    for row in rows.values():
+        st = row.get("step_time_s_eval")
+        row["speedup_vs_contiguous"] = base / st if base and st else None
+    chosen = plans["ilp"] if "ilp" in plans else plans[names[0]]
+    _write_outputs(args, chosen, model)
+    info = {"hw": cluster.name, "model": model.name, "trace": str(trace_name), "gpus": G,
+            "slots_per_gpu": slots, "train_tokens": train.num_tokens, "eval_tokens": evaluation.num_tokens,
+            "windows": int(np.shape(load)[0])}
+    if args.json:
+        print_json({**info, "planners": rows})
+    else:
+        _print_table(info, rows)
+    return 0
+
+
+def _layer_matrix(load: Any, trace: Any, model: Any) -> Any:
+    """``[W, L, E]`` in the model's MoE-layer order; the trace must record every MoE layer."""
+    import numpy as np
+
+    load = np.asarray(load, dtype=np.float64)
+    layer_ids = [int(x) for x in np.asarray(trace.layer_ids)]
+    if layer_ids == list(model.moe_layers):
+        return load
+    if sorted(layer_ids) == sorted(model.moe_layers):
+        return load[:, [layer_ids.index(x) for x in model.moe_layers]]
+    raise UserError(f"the trace records layers {layer_ids[:6]}{'...' if len(layer_ids) > 6 else ''}, "
+                    f"the model's MoE layers are {list(model.moe_layers)[:6]}...; a placement plan needs "
+                    "every MoE layer", field="layer_ids")
+
+
+def _cache_plan(args: argparse.Namespace, model: Any, cluster: Any, train: Any, cost: Any) -> Any:
+    if args.gpu_memory is None:
+        return None
+    from moesim.units import parse_quantity
+
+    budget = parse_quantity(args.gpu_memory, "bytes", field="--gpu-memory")
+    try:
+        from moesim.planners.cache_ilp import plan_cache
+    except ImportError:
+        raise UserError("the cache/offload planner (moesim.planners.cache_ilp) is not installed",
+                        field="--gpu-memory") from None
+    return plan_cache(model, cluster, train, budget, cost, time_limit_s=args.time_limit)
+
+
+def _simulate(cluster: Any, model: Any, evaluation: Any, plan: Any, cost: Any,
+              args: argparse.Namespace) -> dict[str, Any]:
+    """Replay the evaluation tokens with ``plan``; the figures the comparison table needs.
+
+    Without the simulator (``moesim.sim.simulate``) the simulated figures are None, and say so.
+    """
+    try:
+        from moesim.sim import SimConfig, simulate
+    except ImportError:
+        return {"step_time_s_eval": None, "tokens_per_s_eval": None, "a2a_bytes": {},
+                "note": "simulator not available"}
+
+    phase = "decode" if (getattr(evaluation, "phase", None) is not None
+                         and (evaluation.phase == 1).mean() > 0.5) else "prefill"
+    kwargs: dict[str, Any] = {"cluster": cluster, "model": model, "trace": evaluation, "plan": plan,
+                              "batch_size": args.batch_size, "phase": phase, "seed": args.seed}
+    if args.steps is not None:
+        kwargs["steps"] = args.steps
+    summary = simulate(SimConfig(**kwargs), cost).summary()
+    return _sim_figures(summary)
+
+
+def _sim_figures(summary: dict[str, Any]) -> dict[str, Any]:
+    """Pick step time, tokens/s and all-to-all bytes by link class out of a simulator summary."""
+    out: dict[str, Any] = {
+        "step_time_s_eval": _first(summary, "step_time_s", "step_time_s_mean", "mean_step_time_s"),
+        "tokens_per_s_eval": _first(summary, "tokens_per_s", "throughput_tokens_per_s"),
+    }
+    by_class: dict[str, float] = {}
+    for key in ("bytes_by_link_class", "link_class_bytes", "bytes_by_link_kind"):
+        if isinstance(summary.get(key), dict):
+            by_class = {str(k): float(v) for k, v in summary[key].items()}
+            break
+    out["a2a_bytes"] = {cls: sum(v for k, v in by_class.items() if _link_class(k) == cls)
+                        for cls in ("nvlink", "ib", "pcie")}
+    return out
+
+
+def _link_class(kind: str) -> str:
+    k = kind.lower()
+    if "nvlink" in k or "nvswitch" in k:
+        return "nvlink"
+    if "ib" in k or "infiniband" in k or "roce" in k or "ethernet" in k:
+        return "ib"
+    return "pcie" if "pcie" in k else "other"
+
+
+def _first(d: dict[str, Any], *keys: str) -> Any:
+    for k in keys:
+        if d.get(k) is not None:
+            return float(d[k])
+    return None
+
+
+def _write_outputs(args: argparse.Namespace, plan: Any, model: Any) -> None:
+    if args.out:
+        plan.save(args.out)
+    if args.export_sglang or args.export_vllm_ascend:
+        try:
+            from moesim.plans import export
+        except ImportError:
+            raise UserError("the engine exporters (moesim.plans.export) are not installed",
+                            field="--export-sglang") from None
+        if args.export_sglang:
+            export.write_sglang(plan, model, args.export_sglang)
+        if args.export_vllm_ascend:
+            export.write_vllm_ascend(plan, model, args.export_vllm_ascend)
+
+
+def _print_table(info: dict[str, Any], rows: dict[str, dict[str, Any]]) -> None:
+    print(f"{info['model']} on {info['hw']} ({info['gpus']} GPUs x {info['slots_per_gpu']} slots); trace "
+          f"{info['trace']}: planned on {info['train_tokens']} tokens ({info['windows']} window(s)), "
+          f"evaluated on {info['eval_tokens']}")
+    head = (f"{'planner':<18}{'imb train':>10}{'imb eval':>10}{'pred ms':>9}{'step ms':>10}{'tok/s':>12}"
+            f"{'NVLink GB':>11}{'IB GB':>9}{'PCIe GB':>9}{'solve s':>9}{'gap':>8}{'speedup':>9}")
+    print(head)
+    print("-" * len(head))
+    for name, r in rows.items():
+        b = r.get("a2a_bytes", {})
+        print(f"{name:<18}{r['gpu_imbalance_train']:>10.4f}{r['gpu_imbalance_eval']:>10.4f}"
+              f"{_fmt(r.get('predicted_moe_step_s_eval'), 1e3, '.3f'):>9}"
+              f"{_fmt(r.get('step_time_s_eval'), 1e3, '.3f'):>10}"
+              f"{_fmt(r.get('tokens_per_s_eval'), 1, ',.0f'):>12}"
+              f"{_fmt(b.get('nvlink'), 1e-9, '.2f'):>11}{_fmt(b.get('ib'), 1e-9, '.2f'):>9}"
+              f"{_fmt(b.get('pcie'), 1e-9, '.2f'):>9}{r['solve_s']:>9.2f}"
+              f"{_fmt(r.get('gap'), 100, '.2f', '%'):>8}"
+              f"{_fmt(r.get('speedup_vs_contiguous'), 1, '.3f', 'x'):>9}")
+    dup = {n: r["eplb_duplicate_slots"] for n, r in rows.items() if "eplb_duplicate_slots" in r}
+    if dup:
+        listed = ", ".join(f"{n}: {v}" for n, v in dup.items())
+        print(f"EPLB put two copies of an expert on one GPU in {listed} slots "
+              "(repaired by swapping; see docs/planners.md)")
+    print("pred ms: MoE layers of one step by the ILP's cost model on the evaluation load; "
+          "step ms, tok/s, bytes: simulated on the evaluation tokens"
+          + ("" if all(r.get("step_time_s_eval") is not None for r in rows.values())
+             else " (simulator not available: '-')"))
+
+
+def _fmt(value: Any, scale: float, spec: str, suffix: str = "") -> str:
+    return "-" if value is None else f"{value * scale:{spec}}{suffix}"

@@ -1,0 +1,100 @@
+"""``moesim plan``: the comparison on a real trace, plan files, and one-line errors."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from moesim.cli import main
+from moesim.plans.plan import Plan
+from tests.conftest import shared_trace
+
+V2 = "deepseek-v2-lite-chat-prefill/deepseek_v2_lite_puffin_prefill.npz"
+
+
+def run(capsys, *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture(scope="module")
+def v2_trace(tmp_path_factory) -> str:
+    """The first 300 prompts of the shared DeepSeek-V2-Lite trace (keeps the test fast)."""
+    from moesim.traces.trace import RoutingTrace
+
+    full = RoutingTrace.load(str(shared_trace(V2)))
+    stop = int(np.searchsorted(np.asarray(full.seq_id), 300))
+    path = tmp_path_factory.mktemp("trace") / "v2.npz"
+    full.rows(0, stop).save(path)
+    return str(path)
+
+
+def test_plan_compares_planners_as_json(capsys, v2_trace, tmp_path):
+    out_file = tmp_path / "plan.yaml"
+    code, out, err = run(capsys, "plan", "--hw", "h100x8", "--model", "deepseek-v2-lite", "--trace", v2_trace,
+                         "--slots-per-gpu", "9", "--planner", "all", "--time-limit", "6", "--batch-size",
+                         "2048", "--out", str(out_file), "--json")
+    assert code == 0, err
+    data = json.loads(out)
+    names = {"contiguous", "round-robin", "greedy", "eplb", "eplb-hierarchical", "ilp"}
+    assert set(data["planners"]) == names
+    for row in data["planners"].values():
+        for key in ("gpu_imbalance_eval", "gpu_imbalance_train", "step_time_s_eval", "tokens_per_s_eval",
+                    "solve_s", "gap"):
+            assert key in row
+        assert row["gpu_imbalance_train"] >= 1.0 and row["gpu_imbalance_eval"] >= 1.0
+    rows = data["planners"]
+    assert rows["ilp"]["gap"] is not None and 0 <= rows["ilp"]["gap"] < 0.05
+    assert rows["eplb"]["gap"] is None
+    assert rows["eplb"]["eplb_duplicate_slots"] >= 0
+    # load-aware planners balance the evaluation tokens far better than the default layout
+    assert rows["ilp"]["gpu_imbalance_eval"] < rows["contiguous"]["gpu_imbalance_eval"] - 0.05
+    assert rows["ilp"]["gpu_imbalance_train"] < 1.02
+    plan = Plan.load(out_file)
+    assert plan.planner == "ilp" and plan.placement.shape == (26, 8, 9)
+    from moesim.specs import load_model
+
+    plan.validate(load_model("deepseek-v2-lite"))
+
+
+def test_plan_prints_a_table(capsys, v2_trace):
+    code, out, err = run(capsys, "plan", "--hw", "h100x8", "--model", "deepseek-v2-lite", "--trace", v2_trace,
+                         "--planner", "eplb")
+    assert code == 0, err
+    assert "imb eval" in out and "eplb" in out
+    assert "9 slots" in out  # default: ceil(64 / 8) + 1
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (("--slots-per-gpu", "7"), "--slots-per-gpu: 8 GPUs x 7 slots = 56 slots cannot hold the 64 experts"),
+    (("--replicas", "70"), "--replicas: 70 replicas do not divide evenly over 8 GPUs"),
+    (("--train-fraction", "1.5"), "--train-fraction: expected a fraction between 0 and 1"),
+    (("--slots-per-gpu", "65"), "a GPU may hold at most one copy of each expert"),
+])
+def test_infeasible_inputs_give_one_line_and_exit_2(capsys, v2_trace, argv, needle):
+    code, _, err = run(capsys, "plan", "--hw", "h100x8", "--model", "deepseek-v2-lite", "--trace", v2_trace,
+                       "--planner", "greedy", *argv)
+    assert code == 2
+    assert err.startswith("moesim: error: ") and needle in err
+    assert err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_memory_too_small_is_one_line(capsys, tmp_path):
+    """DeepSeek-V3's experts (58 layers x 33 slots x 44 MB in fp8) do not fit an 80 GB H100."""
+    from moesim.specs import load_model
+    from moesim.traces.trace import RoutingTrace
+
+    m = load_model("deepseek-v3")
+    rng = np.random.default_rng(0)
+    ids = np.stack([rng.permutation(m.num_experts)[: m.top_k] for _ in range(400 * m.num_moe_layers)])
+    trace = RoutingTrace.build(ids.reshape(400, m.num_moe_layers, m.top_k), num_experts=m.num_experts,
+                               layer_ids=np.array(m.moe_layers))
+    path = tmp_path / "v3.npz"
+    trace.save(path)
+    code, _, err = run(capsys, "plan", "--hw", "h100x8", "--model", "deepseek-v3", "--trace", str(path),
+                       "--planner", "contiguous")
+    assert code == 2
+    assert "needs" in err and "GB" in err and err.count("\n") == 1
