@@ -98,3 +98,15 @@ def test_memory_too_small_is_one_line(capsys, tmp_path):
                        "--planner", "contiguous")
     assert code == 2
     assert "needs" in err and "GB" in err and err.count("\n") == 1
+
+
+def test_only_hw_uses_the_shipped_model_and_trace(capsys):
+    from moesim.resources import builtin_names
+
+    if "deepseek-v2-lite-synth" not in builtin_names("trace"):
+        pytest.skip("shipped trace deepseek-v2-lite-synth.npz not built yet")
+    code, out, err = run(capsys, "plan", "--hw", "h100x8", "--planner", "greedy", "--json")
+    assert code == 0, err
+    data = json.loads(out)
+    assert data["model"] == "deepseek-v2-lite" and data["trace"] == "deepseek-v2-lite-synth"
+    assert data["planners"]["greedy"]["gpu_imbalance_train"] < 1.05
