@@ -46,6 +46,7 @@ DEFAULTS: dict[str, Any] = {
     "batch_tokens": 8192,  # tokens per step the times are predicted for
     "workers": 2,
     "gap_limit": 1e-3,  # stop a layer when within this relative gap of its bound
+    "cp_share": 0.6,  # share of a layer's time for CP-SAT; the rest polishes
 }
 
 
@@ -367,7 +368,7 @@ def plan_ilp(req: PlanRequest) -> Plan:
             placement[layer], status, solver_bound = best, "hint", lb_agg
         else:
             p, _, solver_bound, status = solve_layer(
-                tau, total[layer], node_of, S, best, lb, time_limit_s=budget * 0.6,
+                tau, total[layer], node_of, S, best, lb, time_limit_s=budget * float(opts["cp_share"]),
                 objective=str(opts["objective"]), workers=int(opts["workers"]), seed=req.seed,
                 gap_limit=float(opts["gap_limit"]))
             if aggregate(layer_times(p, tau, node_of), opts["objective"]) > best_score:

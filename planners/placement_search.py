@@ -94,12 +94,47 @@ def cost_lpt(counts: np.ndarray, tau: np.ndarray, node_of: np.ndarray, slots: in
     return out
 
 
+def _recount_move(p: np.ndarray, counts: np.ndarray, tau: np.ndarray, node_of: np.ndarray, times: np.ndarray,
+                  per: np.ndarray, a: int, s: int, objective: str) -> tuple[float, int] | None:
+    """Best expert f to take slot (a, s) from e: e loses a replica, f gains one (counts change).
+
+    Every replica of e gets heavier and every replica of f lighter; all candidates f are scored at
+    once. Returns (objective, f) or None when e has a single replica or nothing fits.
+    """
+    e = int(p[a, s])
+    G = p.shape[0]
+    E = tau.shape[1]
+    if e < 0 or counts[e] < 2:
+        return None
+    holds = np.zeros((E, G), dtype=bool)
+    rows = np.broadcast_to(np.arange(G)[:, None], p.shape)
+    holds[np.maximum(p, 0)[p >= 0], rows[p >= 0]] = True
+    cand = np.flatnonzero(~holds[:, a] & (counts < G) & (np.arange(E) != e))
+    if cand.size == 0:
+        return None
+    new = np.repeat(times[None], cand.size, axis=0)  # [F, W, G]
+    ce = counts[e]
+    d_e = np.where(holds[e][None], tau[:, e, ce - 2, node_of] - tau[:, e, ce - 1, node_of], 0.0)  # [W, G]
+    d_e[:, a] = 0.0
+    new += d_e[None]
+    cf = counts[cand]
+    d_f = tau[:, cand[:, None], cf[:, None], node_of[None, :]] - tau[:, cand[:, None], cf[:, None] - 1,
+                                                                    node_of[None, :]]  # [W, F, G]
+    new += np.where(holds[cand][None], d_f, 0.0).transpose(1, 0, 2)
+    new[:, :, a] = times[None, :, a] - per[None, :, a, s] + tau[:, cand, cf, node_of[a]].T
+    slowest = new.max(axis=2)  # [F, W]
+    vals = slowest.mean(axis=1) if objective == "mean" else slowest.max(axis=1)
+    k = int(np.argmin(vals))
+    return float(vals[k]), int(cand[k])
+
+
 def polish(placement: np.ndarray, tau: np.ndarray, node_of: np.ndarray, objective: str,
            deadline: float, seed: int = 0) -> np.ndarray:
-    """Swap local search on the model's own objective: best improving slot swap off a slowest GPU.
+    """Local search on the model's own objective, moving slots off a slowest GPU.
 
-    Replica counts stay fixed and no swap creates a duplicate. Cheap (numpy, all swaps of one slot
-    scored at once), so it can refine CP-SAT's answer when many windows make CP-SAT slow.
+    Two moves: swap a slot with a slot of another GPU (counts fixed), or hand the slot to another
+    expert (its old expert keeps at least one replica). Neither creates a duplicate. Each move scores
+    all its candidates at once in numpy, so this refines CP-SAT's answer cheaply.
     """
     p = placement.copy()
     G, S = p.shape
@@ -124,34 +159,37 @@ def polish(placement: np.ndarray, tau: np.ndarray, node_of: np.ndarray, objectiv
         f = p  # [G, S]
         ok = (f != e) & ~(p == e).any(axis=1)[:, None] & ~np.isin(f, p[a])
         ok[a] = False
-        if e < 0 or not ok.any():
+        swap_val, best_bt = cur, None
+        if e >= 0 and ok.any():
+            fe = np.maximum(f, 0)
+            cf = np.maximum(counts[fe], 1) - 1
+            in_a = np.where(f >= 0, tau[:, fe, cf, node_of[a]], 0.0)  # [W, G, S] f's cost on a
+            e_on_b = tau[:, e, counts[e] - 1, node_of][:, :, None]  # [W, G, 1]
+            new_a = times[:, a][:, None, None] - per[:, a, s][:, None, None] + in_a
+            new_b = times[:, :, None] - per + e_on_b
+            others = times.copy()
+            for b, t in zip(*np.nonzero(ok), strict=True):
+                others[:, a] = new_a[:, b, t]
+                others[:, b] = new_b[:, b, t]
+                val = aggregate(others, objective)
+                others[:, a] = times[:, a]
+                others[:, b] = times[:, b]
+                if val < swap_val * (1 - 1e-12):
+                    swap_val, best_bt = val, (int(b), int(t))
+        recount = _recount_move(p, counts, tau, node_of, times, per, a, s, objective)
+        if recount is not None and recount[0] < swap_val * (1 - 1e-12):
+            counts[e] -= 1
+            counts[recount[1]] += 1
+            p[a, s] = recount[1]
+            cur = recount[0]
+        elif best_bt is not None:
+            b, t = best_bt
+            p[a, s], p[b, t] = p[b, t], p[a, s]
+            cur = swap_val
+        else:
             stale += 1
             continue
-        fe = np.maximum(f, 0)
-        cf = np.maximum(counts[fe], 1) - 1
-        in_a = np.where(f >= 0, tau[:, fe, cf, node_of[a]], 0.0)  # [W, G, S] f's cost on a
-        out_b = per  # f's current cost on b
-        e_on_b = tau[:, e, counts[e] - 1, node_of][:, :, None]  # [W, G, 1]
-        new_a = times[:, a][:, None, None] - per[:, a, s][:, None, None] + in_a
-        new_b = times[:, :, None] - out_b + e_on_b
-        others = times.copy()
-        best_val, best_bt = cur, None
-        bs, ts = np.nonzero(ok)
-        for b, t in zip(bs, ts, strict=True):
-            others[:, a] = new_a[:, b, t]
-            others[:, b] = new_b[:, b, t]
-            val = aggregate(others, objective)
-            others[:, a] = times[:, a]
-            others[:, b] = times[:, b]
-            if val < best_val * (1 - 1e-12):
-                best_val, best_bt = val, (int(b), int(t))
-        if best_bt is None:
-            stale += 1
-            continue
-        b, t = best_bt
-        p[a, s], p[b, t] = p[b, t], p[a, s]
         per = slot_times(p)
         times = per.sum(axis=2)
-        cur = best_val
         stale = 0
     return p

@@ -47,7 +47,7 @@ def test_layer_bound_never_exceeds_the_brute_force_optimum():
         assert layer_bound(tau, 2, 3)[0] <= best + 1e-9
 
 
-def test_polish_only_improves_and_keeps_replica_counts():
+def test_polish_only_improves_and_keeps_every_expert():
     w = zipf(1, 32, 1.0, 20000)[0]
     tau = replica_table(w[None], np.zeros((32, 1)), lambda t: np.asarray(t, float), 8)
     start = greedy_layer(w, 8, 5)
@@ -56,7 +56,8 @@ def test_polish_only_improves_and_keeps_replica_counts():
 
     out = polish(start, tau, node_of, "worst", time.perf_counter() + 2.0)
     assert layer_times(out, tau, node_of).max() <= layer_times(start, tau, node_of).max() + 1e-9
-    assert np.array_equal(np.bincount(out.ravel(), minlength=32), np.bincount(start.ravel(), minlength=32))
+    counts = np.bincount(out.ravel(), minlength=32)
+    assert counts.min() >= 1 and counts.sum() == 40
     assert duplicate_slots(out) == 0
 
 
