@@ -15,7 +15,7 @@ from moesim.traces.cache import hit_rates, make_cache
 def brute_force(ids: np.ndarray, capacity: int, policy: str, batch: int = 1) -> tuple[int, int]:
     """Plain-Python reference of the issue-3 semantics: (hits, requests) summed over layers."""
     n, layers, _ = ids.shape
-    steps = [ids[i:i + batch] for i in range(0, n, batch)]
+    steps = [ids[i : i + batch] for i in range(0, n, batch)]
     hits = reqs = 0
     for layer in range(layers):
         reqsets = [sorted({int(x) for x in s[:, layer].ravel() if x >= 0}) for s in steps]
@@ -48,15 +48,22 @@ def brute_force(ids: np.ndarray, capacity: int, policy: str, batch: int = 1) -> 
     return hits, reqs
 
 
-def random_trace(rng: np.random.Generator, n: int, layers: int, k: int, e: int,
-                 missing: float) -> RoutingTrace:
+def random_trace(
+    rng: np.random.Generator, n: int, layers: int, k: int, e: int, missing: float
+) -> RoutingTrace:
     ids = np.stack([[rng.choice(e, size=k, replace=False) for _ in range(layers)] for _ in range(n)])
     ids = np.where(rng.random(ids.shape) < missing, -1, ids)
     return RoutingTrace.build(ids.reshape(n, layers, k), num_experts=e)
 
 
-trace_params = st.tuples(st.integers(1, 40), st.integers(1, 3), st.integers(1, 3), st.integers(3, 9),
-                         st.sampled_from([0.0, 0.1]), st.integers(0, 2**31 - 1))
+trace_params = st.tuples(
+    st.integers(1, 40),
+    st.integers(1, 3),
+    st.integers(1, 3),
+    st.integers(3, 9),
+    st.sampled_from([0.0, 0.1]),
+    st.integers(0, 2**31 - 1),
+)
 
 
 @settings(max_examples=40, deadline=None)

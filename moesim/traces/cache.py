@@ -89,7 +89,7 @@ class ExpertCache:
         victims = free[:over]
         if len(victims) < over:  # the request alone exceeds the capacity
             rest = sorted(protected & self._resident, key=lambda e: self._score(e, now))
-            victims += rest[:over - len(victims)]
+            victims += rest[: over - len(victims)]
         self._resident.difference_update(victims)
 
     def access(self, requested: np.ndarray | Sequence[int]) -> np.ndarray:
@@ -160,8 +160,9 @@ def _next_use(flat: np.ndarray, dummy: int) -> np.ndarray:
     return nxt.reshape(steps, m)
 
 
-def _chunks(trace: RoutingTrace, batch_size: int, max_rows: int, policy: str,
-            chunk_rows: int) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
+def _chunks(
+    trace: RoutingTrace, batch_size: int, max_rows: int, policy: str, chunk_rows: int
+) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
     if policy == "belady":  # needs the whole future at once: O(rows x L x K) memory
         flat = _flat_steps(trace, batch_size, 0, max_rows)
         yield flat, _next_use(flat, trace.num_layers * trace.num_experts)
@@ -171,8 +172,15 @@ def _chunks(trace: RoutingTrace, batch_size: int, max_rows: int, policy: str,
         yield _flat_steps(trace, batch_size, start, min(max_rows, start + chunk_rows)), None
 
 
-def simulate_hits(trace: RoutingTrace, capacities: Sequence[int], policy: str, *, batch_size: int = 1,
-                  max_tokens: int | None = None, chunk_rows: int = 65536) -> tuple[np.ndarray, int]:
+def simulate_hits(
+    trace: RoutingTrace,
+    capacities: Sequence[int],
+    policy: str,
+    *,
+    batch_size: int = 1,
+    max_tokens: int | None = None,
+    chunk_rows: int = 65536,
+) -> tuple[np.ndarray, int]:
     """``(hits [S], requests)`` summed over layers, for each capacity, over the first ``max_tokens`` rows.
 
     All layers and capacities advance together as numpy arrays, one step per Python iteration; the
@@ -231,8 +239,14 @@ def simulate_hits(trace: RoutingTrace, capacities: Sequence[int], policy: str, *
     return hits, requests
 
 
-def hit_rates(trace: RoutingTrace, sizes: Sequence[int], policies: Sequence[str] = POLICIES, *,
-              batch_size: int = 1, max_tokens: int | None = None) -> dict[str, dict[int, float]]:
+def hit_rates(
+    trace: RoutingTrace,
+    sizes: Sequence[int],
+    policies: Sequence[str] = POLICIES,
+    *,
+    batch_size: int = 1,
+    max_tokens: int | None = None,
+) -> dict[str, dict[int, float]]:
     """``{policy: {capacity: hit rate}}``, hits and requests summed over layers (NaN if no requests)."""
     out: dict[str, dict[int, float]] = {}
     for policy in policies:

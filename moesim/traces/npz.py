@@ -99,8 +99,13 @@ Chunks = tuple[tuple[int, ...], np.dtype, Callable[[], Iterable[np.ndarray]]]
 """A member written chunk by chunk: full shape, dtype, and a factory of C-ordered row chunks."""
 
 
-def write_npz(path: str | Path, arrays: dict[str, np.ndarray], *, compress: bool = True,
-              streamed: dict[str, Chunks] | None = None) -> None:
+def write_npz(
+    path: str | Path,
+    arrays: dict[str, np.ndarray],
+    *,
+    compress: bool = True,
+    streamed: dict[str, Chunks] | None = None,
+) -> None:
     """Write an ``.npz`` atomically; ``streamed`` members are written from row chunks (never whole)."""
     method = zipfile.ZIP_DEFLATED if compress else zipfile.ZIP_STORED
     with atomic_open(path, "wb") as fh, zipfile.ZipFile(fh, "w", compression=method, allowZip64=True) as zf:
@@ -110,8 +115,11 @@ def write_npz(path: str | Path, arrays: dict[str, np.ndarray], *, compress: bool
         for key, (shape, dtype, chunks) in (streamed or {}).items():
             dtype = np.dtype(dtype)
             with zf.open(f"{key}.npy", "w", force_zip64=True) as out:
-                header = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False,
-                          "shape": tuple(shape)}
+                header = {
+                    "descr": np.lib.format.dtype_to_descr(dtype),
+                    "fortran_order": False,
+                    "shape": tuple(shape),
+                }
                 np.lib.format.write_array_header_2_0(out, header)
                 written = 0
                 for chunk in chunks():

@@ -54,11 +54,19 @@ class RoutingTrace:
 
     # ----------------------------------------------------------------------------- construction
     @classmethod
-    def build(cls, expert_ids: np.ndarray, *, num_experts: int, seq_id: np.ndarray | None = None,
-              pos: np.ndarray | None = None, phase: np.ndarray | int | None = None,
-              layer_ids: np.ndarray | None = None, gate_weights: np.ndarray | None = None,
-              meta: dict[str, Any] | None = None,
-              extras: dict[str, np.ndarray] | None = None) -> RoutingTrace:
+    def build(
+        cls,
+        expert_ids: np.ndarray,
+        *,
+        num_experts: int,
+        seq_id: np.ndarray | None = None,
+        pos: np.ndarray | None = None,
+        phase: np.ndarray | int | None = None,
+        layer_ids: np.ndarray | None = None,
+        gate_weights: np.ndarray | None = None,
+        meta: dict[str, Any] | None = None,
+        extras: dict[str, np.ndarray] | None = None,
+    ) -> RoutingTrace:
         """A trace from in-memory arrays, cast to the v1 dtypes and validated (defaults: one sequence)."""
         ids = np.asarray(expert_ids)
         if ids.ndim != 3:
@@ -74,19 +82,32 @@ class RoutingTrace:
             phase = UNKNOWN
         ph = np.full(n, phase, np.int8) if np.isscalar(phase) else np.asarray(phase, np.int8)
         lids = np.arange(layers) if layer_ids is None else np.asarray(layer_ids)
-        full_meta = {"schema": SCHEMA, **(meta or {}), "num_experts": int(num_experts), "top_k": int(k),
-                     "n_tokens": int(n), "n_moe_layers": int(layers),
-                     "has_gate_weights": gate_weights is not None}
-        trace = cls(expert_ids=ids.astype(np.int16, copy=False), seq_id=seq, pos=pos_arr.astype(np.int32),
-                    phase=ph, layer_ids=lids.astype(np.int16),
-                    gate_weights=None if gate_weights is None else np.asarray(gate_weights, np.float32),
-                    meta=full_meta, extras=dict(extras or {}))
+        full_meta = {
+            "schema": SCHEMA,
+            **(meta or {}),
+            "num_experts": int(num_experts),
+            "top_k": int(k),
+            "n_tokens": int(n),
+            "n_moe_layers": int(layers),
+            "has_gate_weights": gate_weights is not None,
+        }
+        trace = cls(
+            expert_ids=ids.astype(np.int16, copy=False),
+            seq_id=seq,
+            pos=pos_arr.astype(np.int32),
+            phase=ph,
+            layer_ids=lids.astype(np.int16),
+            gate_weights=None if gate_weights is None else np.asarray(gate_weights, np.float32),
+            meta=full_meta,
+            extras=dict(extras or {}),
+        )
         trace.validate()
         return trace
 
     @classmethod
-    def load(cls, path_or_name: str | Path, *, model: MoEModel | None = None,
-             mmap: bool = True) -> RoutingTrace:
+    def load(
+        cls, path_or_name: str | Path, *, model: MoEModel | None = None, mmap: bool = True
+    ) -> RoutingTrace:
         """Load a v1 ``.npz`` (a path or a shipped trace's name) and validate it (against ``model``)."""
         from moesim.resources import resolve
 
@@ -114,8 +135,9 @@ class RoutingTrace:
             seq_id=arrays.get("seq_id", np.zeros(n, np.int32)),
             pos=arrays.get("pos", np.arange(n, dtype=np.int32)),
             phase=arrays.get("phase", np.full(n, UNKNOWN, np.int8)),
-            layer_ids=arrays.get("layer_ids", np.arange(ids.shape[1] if ids.ndim == 3 else 0,
-                                                        dtype=np.int16)),
+            layer_ids=arrays.get(
+                "layer_ids", np.arange(ids.shape[1] if ids.ndim == 3 else 0, dtype=np.int16)
+            ),
             gate_weights=arrays.get("gate_weights"),
             meta=meta,
             extras={k: v for k, v in arrays.items() if k not in CORE_KEYS},
@@ -127,18 +149,29 @@ class RoutingTrace:
     def save(self, path: str | Path, *, compress: bool = True) -> None:
         """Write the v1 ``.npz`` atomically (``compress=False`` keeps it memory-mappable on load)."""
         arrays: dict[str, np.ndarray] = {
-            "seq_id": self.seq_id, "pos": self.pos, "phase": self.phase, "layer_ids": self.layer_ids,
-            "meta_json": np.array(json.dumps(self.meta)), **self.extras,
+            "seq_id": self.seq_id,
+            "pos": self.pos,
+            "phase": self.phase,
+            "layer_ids": self.layer_ids,
+            "meta_json": np.array(json.dumps(self.meta)),
+            **self.extras,
         }
         row_bytes = int(np.prod(self.expert_ids.shape[1:])) * 2
         streamed: dict[str, Chunks] = {
-            "expert_ids": (self.expert_ids.shape, np.dtype(np.int16),
-                           lambda: (self.expert_ids[a:b] for a, b in row_chunks(self.num_tokens, row_bytes)))}
+            "expert_ids": (
+                self.expert_ids.shape,
+                np.dtype(np.int16),
+                lambda: (self.expert_ids[a:b] for a, b in row_chunks(self.num_tokens, row_bytes)),
+            )
+        }
         if self.gate_weights is not None:
             gw = self.gate_weights
             n = self.num_tokens
-            streamed["gate_weights"] = (gw.shape, np.dtype(np.float32),
-                                        lambda: (gw[a:b] for a, b in row_chunks(n, row_bytes * 2)))
+            streamed["gate_weights"] = (
+                gw.shape,
+                np.dtype(np.float32),
+                lambda: (gw[a:b] for a, b in row_chunks(n, row_bytes * 2)),
+            )
         write_npz(path, arrays, compress=compress, streamed=streamed)
 
     # ----------------------------------------------------------------------------- validation
@@ -151,23 +184,34 @@ class RoutingTrace:
             return UserError(msg, file=file, field=fld)
 
         if ids.dtype != np.int16 or ids.ndim != 3:
-            raise bad(f"expected int16 [tokens, layers, k], found {ids.dtype} with shape {ids.shape}",
-                      "expert_ids")
+            raise bad(
+                f"expected int16 [tokens, layers, k], found {ids.dtype} with shape {ids.shape}", "expert_ids"
+            )
         n, layers, k = ids.shape
-        for name, arr, dtypes in (("seq_id", self.seq_id, (np.int32,)), ("pos", self.pos, (np.int32,)),
-                                  ("phase", self.phase, (np.int8,))):
+        for name, arr, dtypes in (
+            ("seq_id", self.seq_id, (np.int32,)),
+            ("pos", self.pos, (np.int32,)),
+            ("phase", self.phase, (np.int8,)),
+        ):
             if arr.shape != (n,) or arr.dtype not in dtypes:
-                raise bad(f"expected {np.dtype(dtypes[0])} [{n}], found {arr.dtype} with shape {arr.shape}",
-                          name)
+                raise bad(
+                    f"expected {np.dtype(dtypes[0])} [{n}], found {arr.dtype} with shape {arr.shape}", name
+                )
         if self.layer_ids.shape != (layers,) or self.layer_ids.dtype.kind not in "iu":
-            raise bad(f"expected integer [{layers}], found {self.layer_ids.dtype} {self.layer_ids.shape}",
-                      "layer_ids")
+            raise bad(
+                f"expected integer [{layers}], found {self.layer_ids.dtype} {self.layer_ids.shape}",
+                "layer_ids",
+            )
         if len(np.unique(self.layer_ids)) != layers:
             raise bad(f"layer ids must be distinct, found {self.layer_ids.tolist()}", "layer_ids")
-        if self.gate_weights is not None and (self.gate_weights.shape != ids.shape
-                                              or self.gate_weights.dtype != np.float32):
-            raise bad(f"expected float32 {list(ids.shape)}, found {self.gate_weights.dtype} "
-                      f"{list(self.gate_weights.shape)}", "gate_weights")
+        if self.gate_weights is not None and (
+            self.gate_weights.shape != ids.shape or self.gate_weights.dtype != np.float32
+        ):
+            raise bad(
+                f"expected float32 {list(ids.shape)}, found {self.gate_weights.dtype} "
+                f"{list(self.gate_weights.shape)}",
+                "gate_weights",
+            )
         if n and not np.isin(self.phase, (PREFILL, DECODE, UNKNOWN)).all():
             raise bad("phase values must be 0 (prefill), 1 (decode) or -1 (unknown)", "phase")
         for key, arr in self.extras.items():
@@ -190,17 +234,27 @@ class RoutingTrace:
         """UserError unless experts, top-k and layer ids agree with ``model``."""
         file = self.source
         if self.num_experts > model.num_experts or (
-                self.meta.get("num_experts") is not None and self.meta["num_experts"] != model.num_experts):
-            raise UserError(f"model {model.name} has {model.num_experts} routed experts, trace has "
-                            f"{self.num_experts}", file=file, field="meta_json.num_experts")
+            self.meta.get("num_experts") is not None and self.meta["num_experts"] != model.num_experts
+        ):
+            raise UserError(
+                f"model {model.name} has {model.num_experts} routed experts, trace has {self.num_experts}",
+                file=file,
+                field="meta_json.num_experts",
+            )
         if self.top_k != model.top_k:
-            raise UserError(f"model {model.name} routes top-{model.top_k}, trace has k = {self.top_k}",
-                            file=file, field="expert_ids")
+            raise UserError(
+                f"model {model.name} routes top-{model.top_k}, trace has k = {self.top_k}",
+                file=file,
+                field="expert_ids",
+            )
         extra = sorted(set(self.layer_ids.tolist()) - set(model.moe_layers))
         if extra:
-            raise UserError(f"layer ids {extra} are not MoE layers of {model.name} "
-                            f"(MoE layers {model.moe_layers[0]}..{model.moe_layers[-1]})", file=file,
-                            field="layer_ids")
+            raise UserError(
+                f"layer ids {extra} are not MoE layers of {model.name} "
+                f"(MoE layers {model.moe_layers[0]}..{model.moe_layers[-1]})",
+                file=file,
+                field="layer_ids",
+            )
 
     def _id_range(self) -> tuple[int, int]:
         lo, hi = 0, -1
@@ -249,10 +303,16 @@ class RoutingTrace:
     def _sliced(self, index: slice | np.ndarray) -> RoutingTrace:
         ids = self.expert_ids[index]
         meta = {**self.meta, "n_tokens": int(ids.shape[0])}
-        return replace(self, expert_ids=ids, seq_id=self.seq_id[index], pos=self.pos[index],
-                       phase=self.phase[index],
-                       gate_weights=None if self.gate_weights is None else self.gate_weights[index],
-                       extras=self._row_extras(index), meta=meta)
+        return replace(
+            self,
+            expert_ids=ids,
+            seq_id=self.seq_id[index],
+            pos=self.pos[index],
+            phase=self.phase[index],
+            gate_weights=None if self.gate_weights is None else self.gate_weights[index],
+            extras=self._row_extras(index),
+            meta=meta,
+        )
 
     def rows(self, start: int, stop: int) -> RoutingTrace:
         """Rows ``start:stop`` (a view; memmaps stay memmaps)."""
@@ -265,9 +325,13 @@ class RoutingTrace:
     def layers(self, columns: np.ndarray | list[int]) -> RoutingTrace:
         """Only the given layer columns (positions, not model layer ids)."""
         cols = np.asarray(columns, dtype=np.int64)
-        return replace(self, expert_ids=self.expert_ids[:, cols], layer_ids=self.layer_ids[cols],
-                       gate_weights=None if self.gate_weights is None else self.gate_weights[:, cols],
-                       meta={**self.meta, "n_moe_layers": len(cols)})
+        return replace(
+            self,
+            expert_ids=self.expert_ids[:, cols],
+            layer_ids=self.layer_ids[cols],
+            gate_weights=None if self.gate_weights is None else self.gate_weights[:, cols],
+            meta={**self.meta, "n_moe_layers": len(cols)},
+        )
 
     def split(self, fraction: float) -> tuple[RoutingTrace, RoutingTrace]:
         """``(train, eval)``: the first ``fraction`` of rows and the rest, in row order."""
@@ -295,7 +359,7 @@ class RoutingTrace:
         row_bytes = int(np.prod(self.expert_ids.shape[1:])) * 2
         for w in range(windows):
             for a, b in row_chunks(int(bounds[w + 1] - bounds[w]), row_bytes):
-                ids = np.asarray(self.expert_ids[bounds[w] + a:bounds[w] + b], dtype=np.int64)
+                ids = np.asarray(self.expert_ids[bounds[w] + a : bounds[w] + b], dtype=np.int64)
                 flat = (ids + offsets)[ids >= 0]
                 out[w] += np.bincount(flat, minlength=layers * e).reshape(layers, e)
         return out
@@ -315,8 +379,11 @@ class RoutingTrace:
         """Row-index arrays, one per distinct value of ``extras[key]``, in order of first appearance."""
         if key not in self.extras or self.extras[key].shape != (self.num_tokens,):
             have = sorted(k for k, v in self.extras.items() if v.shape == (self.num_tokens,))
-            raise UserError(f"trace has no per-row key {key!r} (per-row keys: {', '.join(have) or 'none'})",
-                            file=self.source, field=key)
+            raise UserError(
+                f"trace has no per-row key {key!r} (per-row keys: {', '.join(have) or 'none'})",
+                file=self.source,
+                field=key,
+            )
         values = np.asarray(self.extras[key])
         uniq, first, inverse = np.unique(values, return_index=True, return_inverse=True)
         order = np.argsort(inverse, kind="stable")

@@ -1,0 +1,506 @@
+"""``moesim trace``: inspect, validate, convert, record, synthesise and analyse routing traces."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from moesim.cli.common import add_json_flag, add_verb, print_json
+from moesim.errors import UserError
+
+_EXAMPLES = """\
+  moesim trace info deepseek-v2-lite-synth                  a shipped trace: shape, sequences, phases
+  moesim trace stats mixtral-8x7b-synth --cache-sizes 2,4,6 load skew, reuse, affinity, cache hit rates
+  moesim trace stats run.npz --cache-sizes 8,16 --json      the same as one JSON object
+  moesim trace validate run.npz --model deepseek-v2-lite    check a file against a model spec
+  moesim trace convert a_routing.jsonl b_routing.jsonl out.npz --phase decode --model mixtral-8x7b
+  moesim trace convert dump.pt out.npz --format sglang-per-token --model deepseek-v3
+  moesim trace synth --model deepseek-v3 --tokens 100000 --seed 1 --out v3.npz
+  moesim trace synth --model mixtral-8x7b --tokens 4000 --fit real.npz --report --out mx.npz
+  moesim trace fit real.npz --out profile.json              statistics-only profile for synth
+  moesim trace record --model MixtralForCausalLM --tiny --prompts "hi there" --max-new-tokens 4 --out r.npz
+"""
+
+
+def _ints(text: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def _model(name: str | None):
+    if name is None:
+        return None
+    from moesim.specs import load_model
+
+    return load_model(name)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    parser = add_verb(
+        sub,
+        "trace",
+        help="inspect, convert, record, synthesise and analyse routing traces",
+        description="Routing traces (moe-routing-trace/v1 .npz): which experts each token "
+        "chose at each MoE layer. Names of shipped traces work wherever a path does.",
+        examples=_EXAMPLES,
+    )
+    actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+
+    info = actions.add_parser(
+        "info",
+        help="shape, sequences and metadata of a trace",
+        description="Load and validate a trace, print its shape and metadata.",
+    )
+    info.add_argument("trace", metavar="NAME|PATH", help="trace file or shipped trace name")
+    info.add_argument("--model", help="model spec to validate against (built-in name or YAML)")
+    add_json_flag(info)
+    info.set_defaults(func=run_info)
+
+    val = actions.add_parser(
+        "validate",
+        help="check trace files (exit 2 on the first bad one)",
+        description="Validate shapes, dtypes, expert ids and layer ids of each file.",
+    )
+    val.add_argument("paths", nargs="+", metavar="PATH", help="trace files")
+    val.add_argument("--model", help="model spec the traces must match")
+    add_json_flag(val)
+    val.set_defaults(func=run_validate)
+
+    st = actions.add_parser(
+        "stats",
+        help="load skew, reuse, cross-layer affinity, local consistency, hit rates",
+        description="Statistics of a trace (definitions in docs/traces.md). A counts-only "
+        "file (moe-load-counts/v1) gets the load statistics only.",
+    )
+    st.add_argument("trace", metavar="NAME|PATH", help="trace file or shipped trace name")
+    st.add_argument(
+        "--cache-sizes",
+        type=_ints,
+        default=[],
+        metavar="C,C,...",
+        help="per-layer expert cache sizes for LRU/LFU/Belady hit rates (each >= top-k)",
+    )
+    st.add_argument("--policies", default="lru,lfu,belady", help="cache policies to simulate")
+    st.add_argument(
+        "--segment-lengths",
+        type=_ints,
+        default=[4, 16, 64],
+        metavar="M,M,...",
+        help="segment lengths (tokens) of the local routing consistency metrics",
+    )
+    st.add_argument(
+        "--cache-tokens",
+        type=int,
+        default=200_000,
+        metavar="N",
+        help="simulate the caches on the first N rows only (0 = all rows)",
+    )
+    st.add_argument("--model", help="model spec to validate against")
+    add_json_flag(st)
+    st.set_defaults(func=run_stats)
+
+    cv = actions.add_parser(
+        "convert",
+        help="convert other recordings to the v1 trace (or to load counts)",
+        description="Convert IN... to OUT. Formats: jsonl, deepseek-csv, vllm-routed, "
+        "sglang-per-token, sglang-stat, counts, counts-npz (docs/traces.md).",
+    )
+    cv.add_argument("paths", nargs="+", metavar="IN... OUT", help="input file(s) then the output .npz")
+    cv.add_argument("--format", dest="fmt", default=None, help="input format (guessed when omitted)")
+    cv.add_argument(
+        "--model", help="built-in model name or spec: sets num_experts, top-k, layer ids, meta.model"
+    )
+    cv.add_argument(
+        "--num-experts", type=int, default=None, help="routed experts (default: from --model or ids)"
+    )
+    cv.add_argument("--layer-ids", type=_ints, default=None, help="model layer id of each column")
+    cv.add_argument(
+        "--phase",
+        default="unknown",
+        choices=["prefill", "decode", "unknown"],
+        help="phase of every row, where the format does not say",
+    )
+    cv.add_argument("--top-k", type=int, default=None, help="k of SGLang per_token dumps (padded to 8)")
+    cv.add_argument("--key", default=None, help="array name inside a counts-npz file")
+    cv.add_argument("--uncompressed", action="store_true", help="store uncompressed (memory-mappable)")
+    add_json_flag(cv)
+    cv.set_defaults(func=run_convert)
+
+    sy = actions.add_parser(
+        "synth",
+        help="synthesise a trace fitted to real statistics",
+        description="Generate a trace for a model from a generator fitted to a real trace "
+        "(--fit) or to a shipped statistics profile (--profile).",
+    )
+    sy.add_argument("--model", required=True, help="built-in model name or spec (experts, top-k, MoE layers)")
+    sy.add_argument("--tokens", type=int, required=True, help="number of token rows")
+    sy.add_argument("--fit", default=None, metavar="REAL", help="real trace to fit the generator to")
+    sy.add_argument(
+        "--profile",
+        default="deepseek-v2-lite",
+        help="statistics profile when --fit is not given (shipped name or JSON)",
+    )
+    sy.add_argument("--seed", type=int, default=0, help="random seed (same seed, same file)")
+    sy.add_argument("--seq-len", type=int, default=None, help="fixed sequence length (default: fitted)")
+    sy.add_argument("--out", required=True, help="output .npz")
+    sy.add_argument("--report", action="store_true", help="print fit quality: statistics side by side")
+    sy.add_argument("--cache-sizes", type=_ints, default=None, help="cache sizes for the --report")
+    add_json_flag(sy)
+    sy.set_defaults(func=run_synth)
+
+    fit = actions.add_parser(
+        "fit",
+        help="write a statistics-only synthesis profile of a real trace",
+        description="Fit the generator's statistics profile (JSON, no token data).",
+    )
+    fit.add_argument("trace", metavar="NAME|PATH", help="real trace")
+    fit.add_argument("--out", required=True, help="output JSON profile")
+    fit.set_defaults(func=run_fit)
+
+    rec = actions.add_parser(
+        "record",
+        help="record routing of a Hugging Face MoE model",
+        description="Run prompts through a Hugging Face MoE model with hooks on its "
+        "routers and write the v1 trace (prefill rows phase 0, decode rows phase 1).",
+    )
+    rec.add_argument(
+        "--model",
+        required=True,
+        help="HF model id or local dir (config + weights), config.json, or a model class name",
+    )
+    rec.add_argument(
+        "--tiny",
+        action="store_true",
+        help="random weights on a tiny config of that class (tests, no download)",
+    )
+    rec.add_argument("--prompts", nargs="+", default=None, help="prompt strings")
+    rec.add_argument("--prompts-file", default=None, help="text file, one prompt per line")
+    rec.add_argument("--max-new-tokens", type=int, default=16, help="decode steps per prompt")
+    rec.add_argument("--seed", type=int, default=0, help="seed (random weights, token ids of --tiny)")
+    rec.add_argument("--name", default=None, help="meta.model to write (e.g. a built-in model name)")
+    rec.add_argument("--out", required=True, help="output .npz")
+    add_json_flag(rec)
+    rec.set_defaults(func=run_record)
+
+
+def _trace_or_counts(name: str, model_name: str | None = None):
+    from moesim.resources import resolve
+    from moesim.traces import RoutingTrace
+    from moesim.traces.counts import LoadCounts, is_counts_file
+
+    path = resolve("trace", name)
+    if is_counts_file(path):
+        return LoadCounts.load(path)
+    return RoutingTrace.load(path, model=_model(model_name))
+
+
+def _info(trace) -> dict[str, Any]:
+    import numpy as np
+
+    from moesim.traces.counts import LoadCounts
+
+    if isinstance(trace, LoadCounts):
+        return {
+            "path": trace.source,
+            "kind": "load-counts",
+            "steps": trace.num_steps,
+            "layers": trace.num_layers,
+            "num_experts": trace.num_experts,
+            "layer_ids": trace.layer_ids.tolist(),
+            "selections": int(trace.counts.sum()),
+        }
+    phases, counts = np.unique(np.asarray(trace.phase), return_counts=True)
+    return {
+        "path": trace.source,
+        "kind": "routing-trace",
+        "model": trace.model_name,
+        "tokens": trace.num_tokens,
+        "layers": trace.num_layers,
+        "top_k": trace.top_k,
+        "num_experts": trace.num_experts,
+        "sequences": trace.num_sequences,
+        "layer_ids": trace.layer_ids.tolist(),
+        "phases": {
+            {0: "prefill", 1: "decode", -1: "unknown"}[int(p)]: int(c)
+            for p, c in zip(phases, counts, strict=True)
+        },
+        "gate_weights": trace.gate_weights is not None,
+        "memory_mapped": isinstance(trace.expert_ids, np.memmap),
+        "extra_keys": sorted(trace.extras),
+    }
+
+
+def run_info(args: argparse.Namespace) -> int:
+    info = _info(_trace_or_counts(args.trace, args.model))
+    if args.json:
+        print_json(info)
+    else:
+        for k, v in info.items():
+            print(f"{k:>14}: {v}")
+    return 0
+
+
+def run_validate(args: argparse.Namespace) -> int:
+    out = [_info(_trace_or_counts(p, args.model)) for p in args.paths]
+    if args.json:
+        print_json({"valid": out})
+    else:
+        for i in out:
+            print(f"ok  {i['path']}")
+    return 0
+
+
+def run_stats(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from moesim.traces.counts import LoadCounts
+    from moesim.traces.stats import entropy_bits, gini, trace_stats
+
+    trace = _trace_or_counts(args.trace, args.model)
+    if isinstance(trace, LoadCounts):
+        load = trace.load_matrix(1)[0]
+        mean = load.mean(1)
+        out = {
+            "path": trace.source,
+            "kind": "load-counts",
+            "layers": trace.num_layers,
+            "num_experts": trace.num_experts,
+            "steps": trace.num_steps,
+            "load": load.tolist(),
+            "per_layer": {
+                "max_over_mean": (load.max(1) / np.maximum(mean, 1e-300)).tolist(),
+                "gini": gini(load).tolist(),
+                "entropy_bits": entropy_bits(load).tolist(),
+            },
+        }
+    else:
+        bad = [c for c in args.cache_sizes if c < trace.top_k]
+        if bad:
+            raise UserError(f"cache sizes must be >= top-k ({trace.top_k}), got {bad}", field="--cache-sizes")
+        policies = [p.strip() for p in args.policies.split(",") if p.strip()]
+        out = trace_stats(
+            trace,
+            cache_sizes=args.cache_sizes,
+            policies=policies,
+            segment_lengths=args.segment_lengths,
+            cache_tokens=args.cache_tokens or None,
+        )
+    if args.json:
+        print_json(out)
+    else:
+        print(format_stats(out))
+    return 0
+
+
+def format_stats(st: dict[str, Any]) -> str:
+    """A short human-readable summary of ``trace_stats`` output."""
+    lines = [
+        f"{st.get('path')}: "
+        + ", ".join(f"{k} {st[k]}" for k in ("tokens", "steps", "layers", "top_k", "num_experts") if k in st)
+    ]
+    pl = st["per_layer"]
+    for key, vals in pl.items():
+        clean = [v for v in vals if v == v]
+        if clean:
+            lines.append(
+                f"  {key:<24} mean {sum(clean) / len(clean):9.4f}  min {min(clean):9.4f}  "
+                f"max {max(clean):9.4f}"
+            )
+    if "cross_layer" in st:
+        for key, vals in st["cross_layer"].items():
+            clean = [v for v in vals if v == v]
+            if clean:
+                lines.append(f"  cross_layer.{key:<12} mean {sum(clean) / len(clean):9.4f}")
+    if "local_consistency" in st:
+        lc = st["local_consistency"]
+        lines.append(
+            "  segment routing best performance (SRP): "
+            + ", ".join(f"m={m}: {v:.4f}" for m, v in lc["srp"].items())
+        )
+        for m, by in lc["sch"].items():
+            lines.append(
+                f"  segment cache best hit rate (SCH) m={m}: "
+                + ", ".join(f"C={c}: {v:.4f}" for c, v in by.items())
+            )
+    for pol, by in st.get("cache_hit_rate", {}).items():
+        lines.append(f"  hit rate {pol:<7} " + "  ".join(f"C={c}: {v:.4f}" for c, v in by.items()))
+    return "\n".join(lines)
+
+
+def run_convert(args: argparse.Namespace) -> int:
+    from moesim.traces.convert import convert
+
+    if len(args.paths) < 2:
+        raise UserError("expected at least one input and one output path")
+    *inputs, out = args.paths
+    model = _model(args.model)
+    num_experts = args.num_experts or (model.num_experts if model else None)
+    result = convert(
+        inputs,
+        args.fmt,
+        num_experts=num_experts,
+        layer_ids=args.layer_ids,
+        phase=args.phase,
+        model_name=model.name if model else None,
+        top_k=args.top_k or (model.top_k if model else None),
+        key=args.key,
+    )
+    from moesim.traces import RoutingTrace
+
+    if isinstance(result, RoutingTrace):
+        if model is not None and args.layer_ids is None and result.num_layers == model.num_moe_layers:
+            from dataclasses import replace
+
+            import numpy as np
+
+            result = replace(result, layer_ids=np.asarray(model.moe_layers, np.int16))
+        if model is not None:
+            result.validate(model)
+        result.save(out, compress=not args.uncompressed)
+    else:
+        result.save(out)
+    info = _info(result)
+    info["path"] = out
+    if args.json:
+        print_json(info)
+    else:
+        print(
+            f"wrote {out}: "
+            + ", ".join(
+                f"{k} {info[k]}" for k in ("tokens", "steps", "layers", "top_k", "num_experts") if k in info
+            )
+        )
+    return 0
+
+
+def run_synth(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from moesim.traces import RoutingTrace
+    from moesim.traces.synth import fit_trace, from_profile, load_profile, write_synthetic
+
+    model = _model(args.model)
+    shape = {"num_layers": model.num_moe_layers, "num_experts": model.num_experts, "top_k": model.top_k}
+    real = None
+    if args.fit:
+        real = RoutingTrace.load(args.fit)
+        params = fit_trace(real, seed=args.seed, **shape)
+        source = {"fit": Path(args.fit).name}
+    else:
+        params = from_profile(load_profile(args.profile), seed=args.seed, **shape)
+        source = {"profile": args.profile}
+    meta = {
+        "model": model.name,
+        "synthesis": {
+            **source,
+            "seed": args.seed,
+            "tokens": args.tokens,
+            "command": "moesim trace " + " ".join(sys.argv[2:]),
+        },
+    }
+    write_synthetic(
+        args.out,
+        params,
+        args.tokens,
+        seed=args.seed,
+        meta=meta,
+        layer_ids=np.asarray(model.moe_layers),
+        seq_len=args.seq_len,
+    )
+    out: dict[str, Any] = {
+        "path": args.out,
+        "tokens": args.tokens,
+        "layers": model.num_moe_layers,
+        "top_k": model.top_k,
+        "num_experts": model.num_experts,
+        **source,
+    }
+    if args.report:
+        out["fit_quality"] = _report(real, args, model)
+    if args.json:
+        print_json(out)
+    else:
+        print(
+            f"wrote {args.out}: {args.tokens} tokens x {model.num_moe_layers} layers x top-{model.top_k} "
+            f"of {model.num_experts} experts"
+        )
+        if args.report:
+            print(f"{'statistic':<26}{'real':>10}{'synthetic':>11}")
+            for key, v in out["fit_quality"].items():
+                print(f"{key:<26}{v['real']:>10.4f}{v['synthetic']:>11.4f}")
+    return 0
+
+
+def _report(real, args: argparse.Namespace, model) -> dict[str, dict[str, float]]:
+    from moesim.traces import RoutingTrace
+    from moesim.traces.stats import trace_stats
+    from moesim.traces.synth import compare, load_profile
+
+    synth = RoutingTrace.load(args.out)
+    sizes = args.cache_sizes or [model.top_k, 2 * model.top_k]
+    s = trace_stats(synth, cache_sizes=sizes if real is not None else [])
+    if real is not None and real.num_experts == model.num_experts and real.top_k == model.top_k:
+        return compare(trace_stats(real, cache_sizes=sizes), s)
+    prof = load_profile(args.profile) if real is None else None
+    import numpy as np
+
+    target_overlap = (
+        np.mean(prof["consecutive_overlap"])
+        if prof
+        else trace_stats(real, segment_lengths=())["summary"]["consecutive_overlap"]
+    )
+    return {
+        "consecutive_overlap": {
+            "real": float(target_overlap),
+            "synthetic": s["summary"]["consecutive_overlap"],
+        }
+    }
+
+
+def run_fit(args: argparse.Namespace) -> int:
+    from moesim.io import atomic_write_text
+    from moesim.traces import RoutingTrace
+    from moesim.traces.synth import profile_from_trace
+
+    prof = profile_from_trace(RoutingTrace.load(args.trace))
+    atomic_write_text(args.out, json.dumps(prof, indent=1) + "\n")
+    print(f"wrote {args.out}: statistics of {prof['fitted_to']['trace']}")
+    return 0
+
+
+def run_record(args: argparse.Namespace) -> int:
+    from moesim.traces.record import record_prompts
+
+    prompts = list(args.prompts or [])
+    if args.prompts_file:
+        try:
+            prompts += [
+                ln.strip()
+                for ln in Path(args.prompts_file).read_text(encoding="utf-8").splitlines()
+                if ln.strip()
+            ]
+        except OSError as e:
+            raise UserError(f"cannot read prompts ({e.strerror})", file=args.prompts_file) from None
+    if not prompts:
+        raise UserError("give --prompts or --prompts-file")
+    trace = record_prompts(
+        args.model,
+        prompts,
+        max_new_tokens=args.max_new_tokens,
+        tiny=args.tiny,
+        seed=args.seed,
+        name=args.name,
+    )
+    trace.save(args.out)
+    info = _info(trace)
+    info["path"] = args.out
+    if args.json:
+        print_json(info)
+    else:
+        print(f"wrote {args.out}: {trace.num_tokens} tokens x {trace.num_layers} layers x top-{trace.top_k}")
+    return 0

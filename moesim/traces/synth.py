@@ -1,0 +1,428 @@
+"""Synthetic routing traces from a generator fitted to a real trace's statistics.
+
+The generator, per MoE layer column l and top-k slot, for sequences of tokens:
+
+1. *cross-layer*: at l > 0 the slot's candidate follows the expert the same slot chose at l - 1:
+   fitted mode draws it from the measured conditional P(e_l | e_{l-1}) (all K x K co-occurrences of
+   adjacent layers); profile mode takes, with probability ``follow[l]``, a fixed partner expert of the
+   previous one (a seeded permutation), else a popularity draw. At l = 0: a popularity draw.
+2. *temporal locality*: with probability ``reuse[l]`` a slot copies its value at the previous token of
+   the same sequence (chains of copies are resolved at once with a running maximum).
+3. duplicates inside a token's K slots are redrawn from the layer's popularity.
+
+Popularity draws and conditional draws use pre-sampled banks (``bank[rows, M]``, M ids drawn with
+the right probabilities), so a draw is one random integer and one gather: 10M tokens of 61 layers
+generate in chunks in minutes. ``reuse`` is calibrated on a trial so that the consecutive-token
+overlap matches the target; ``follow`` (profile mode) so that the cross-layer top-K mass does.
+A *profile* (JSON) holds only statistics: sorted popularity curves, overlap and affinity targets,
+sequence lengths; it rescales to any number of experts and layers.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from moesim.errors import UserError
+from moesim.traces.stats import affinity_summary, cross_layer, trace_stats
+from moesim.traces.trace import UNKNOWN, RoutingTrace
+
+BANK = 1024
+"""Pre-sampled draws per distribution row."""
+PROFILE_SCHEMA = "moesim-synth-profile/v1"
+
+
+@dataclass(frozen=True, eq=False)
+class SynthParams:
+    """Fitted generator parameters for L layer columns of E experts, top-K."""
+
+    num_experts: int
+    top_k: int
+    popularity: np.ndarray
+    """float64 ``[L, E]``, rows sum to 1."""
+    reuse: np.ndarray
+    """``[L]`` probability that a slot copies the previous token's value."""
+    follow: np.ndarray
+    """``[L]`` probability of following the previous layer (1 in fitted mode)."""
+    conditional: np.ndarray | None
+    """``[L, E, E]`` P(e_l | e_{l-1}) (row 0 unused), or None: partner permutations instead."""
+    seq_len_log_mean: float
+    seq_len_log_std: float
+    seq_len_max: int
+    phase: int
+    fitted_to: dict[str, Any]
+
+    @property
+    def num_layers(self) -> int:
+        return int(self.popularity.shape[0])
+
+
+def _bank(rng: np.random.Generator, probs: np.ndarray) -> np.ndarray:
+    """int16 ``[rows, BANK]`` draws from each row of ``probs`` (stratified: close to exact frequencies)."""
+    cdf = np.cumsum(probs, axis=-1)
+    cdf /= cdf[..., -1:]
+    u = (np.arange(BANK) + rng.random((probs.shape[0], BANK))) / BANK
+    out = np.empty((probs.shape[0], BANK), np.int16)
+    for i in range(probs.shape[0]):
+        out[i] = np.minimum(np.searchsorted(cdf[i], u[i], side="right"), probs.shape[1] - 1)
+    return out
+
+
+def _seq_lengths(rng: np.random.Generator, p: SynthParams, tokens: int, seq_len: int | None) -> np.ndarray:
+    out: list[int] = []
+    total = 0
+    while total < tokens:
+        n = seq_len or int(
+            np.clip(round(np.exp(rng.normal(p.seq_len_log_mean, p.seq_len_log_std))), 1, p.seq_len_max)
+        )
+        n = min(n, tokens - total)
+        out.append(n)
+        total += n
+    return np.array(out, np.int64)
+
+
+class Generator:
+    """Draws rows of expert ids from SynthParams, chunk by chunk (deterministic for a seed)."""
+
+    def __init__(self, params: SynthParams, seed: int):
+        self.p = params
+        self.rng = np.random.default_rng(seed)
+        e, layers = params.num_experts, params.num_layers
+        if params.top_k > e:
+            raise UserError(f"top_k {params.top_k} exceeds the number of experts {e}")
+        self.pop_bank = _bank(self.rng, params.popularity)
+        if params.conditional is not None:
+            self.cond_bank = [None] + [
+                _bank(self.rng, params.conditional[layer]) for layer in range(1, layers)
+            ]
+        else:
+            self.partner = np.stack([self.rng.permutation(e) for _ in range(layers)]).astype(np.int16)
+
+    def _pop(self, layer: int, shape: tuple[int, ...]) -> np.ndarray:
+        return self.pop_bank[layer, self.rng.integers(0, BANK, size=shape)]
+
+    def rows(self, starts: np.ndarray, n: int) -> np.ndarray:
+        """int16 ``[n, L, K]`` for ``n`` rows; ``starts`` marks rows that begin a sequence."""
+        p, rng = self.p, self.rng
+        k, layers = p.top_k, p.num_layers
+        out = np.empty((n, layers, k), np.int16)
+        idx = np.arange(n)
+        for layer in range(layers):
+            base = self._pop(layer, (n, k))
+            if layer > 0:
+                prev = out[:, layer - 1, :].astype(np.int64)
+                if p.conditional is not None:
+                    cand = self.cond_bank[layer][prev, rng.integers(0, BANK, size=(n, k))]
+                else:
+                    cand = self.partner[layer][prev]
+                follow = rng.random((n, k)) < p.follow[layer]
+                base = np.where(follow, cand, base)
+            copy = (rng.random((n, k)) < p.reuse[layer]) & ~starts[:, None]
+            src = np.maximum.accumulate(np.where(copy, 0, idx[:, None]), axis=0)
+            val = np.take_along_axis(base, src, axis=0)
+            for j in range(1, k):
+                for _ in range(64):
+                    dup = (val[:, j : j + 1] == val[:, :j]).any(axis=1)
+                    if not dup.any():
+                        break
+                    val[dup, j] = self._pop(layer, (int(dup.sum()),))
+                else:  # pathological popularity: take the lowest free id
+                    for r in np.flatnonzero((val[:, j : j + 1] == val[:, :j]).any(axis=1)):
+                        val[r, j] = np.setdiff1d(np.arange(p.num_experts), val[r, :j])[0]
+            out[:, layer] = val
+        return out
+
+
+def generate(
+    params: SynthParams, tokens: int, *, seed: int = 0, seq_len: int | None = None, chunk_tokens: int = 131072
+) -> tuple[np.ndarray, Iterator[np.ndarray]]:
+    """``(seq_id [N], chunks of expert_ids)``; chunks end at sequence boundaries where possible."""
+    if tokens < 1:
+        raise UserError(f"--tokens must be >= 1, got {tokens}")
+    gen = Generator(params, seed)
+    lengths = _seq_lengths(gen.rng, params, tokens, seq_len)
+    seq_id = np.repeat(np.arange(len(lengths), dtype=np.int32), lengths)
+    starts = np.zeros(tokens, bool)
+    starts[np.r_[0, np.cumsum(lengths)[:-1]]] = True
+
+    def chunks() -> Iterator[np.ndarray]:
+        for a in range(0, tokens, chunk_tokens):
+            b = min(tokens, a + chunk_tokens)
+            s = starts[a:b].copy()
+            s[0] = True  # a chunk cut inside a sequence restarts the copy chains (rare; chunks are large)
+            yield gen.rows(s, b - a)
+
+    return seq_id, chunks()
+
+
+# --------------------------------------------------------------------------------------------- fitting
+def _depth_map(target: int, source: int) -> np.ndarray:
+    """Source layer column for each target column, by relative depth."""
+    if target == 1 or source == 1:
+        return np.zeros(target, np.int64)
+    return np.round(np.arange(target) * (source - 1) / (target - 1)).astype(np.int64)
+
+
+def _rescale_curve(curve: np.ndarray, e: int) -> np.ndarray:
+    """A sorted (descending) popularity curve of any length resampled to ``e`` experts, sum 1."""
+    x_src = (np.arange(len(curve)) + 0.5) / len(curve)
+    x = (np.arange(e) + 0.5) / e
+    y = np.maximum(np.interp(x, x_src, np.asarray(curve, np.float64)), 1e-12)
+    return y / y.sum()
+
+
+def _seq_stats(trace: RoutingTrace) -> tuple[float, float, int]:
+    _, counts = np.unique(np.asarray(trace.seq_id), return_counts=True)
+    logs = np.log(np.maximum(counts, 1))
+    return float(logs.mean()), float(logs.std()), int(counts.max())
+
+
+def _measure(params: SynthParams, seed: int, tokens: int) -> tuple[np.ndarray, np.ndarray]:
+    """Consecutive overlap per layer and cross-layer top-K mass of a trial trace."""
+    seq, chunks = generate(params, tokens, seed=seed)
+    ids = np.concatenate(list(chunks))
+    trial = RoutingTrace.build(ids, num_experts=params.num_experts, seq_id=seq)
+    st = trace_stats(trial, segment_lengths=(), cache_sizes=())
+    aff = np.r_[np.nan, np.asarray(st["cross_layer"]["topk_mass"], np.float64)]
+    return np.nan_to_num(np.asarray(st["per_layer"]["consecutive_overlap"], np.float64)), aff
+
+
+def _calibrate(
+    params: SynthParams, overlap: np.ndarray, affinity: np.ndarray | None, seed: int, trial_tokens: int
+) -> SynthParams:
+    """Set ``reuse`` (and ``follow`` when ``affinity`` is given) so a trial matches the targets."""
+    from dataclasses import replace
+
+    lo, hi = np.zeros(params.num_layers), np.ones(params.num_layers)
+    if affinity is not None:
+        for _ in range(7):  # bisection on follow, per layer (reuse 0 during this search)
+            mid = (lo + hi) / 2
+            _, aff = _measure(replace(params, follow=mid, reuse=np.zeros_like(mid)), seed, trial_tokens)
+            low = np.nan_to_num(aff, nan=np.inf) < affinity
+            lo, hi = np.where(low, mid, lo), np.where(low, hi, mid)
+        params = replace(params, follow=np.where(np.isnan(affinity), 0.0, (lo + hi) / 2))
+    o0, _ = _measure(replace(params, reuse=np.zeros(params.num_layers)), seed, trial_tokens)
+    reuse = np.clip((overlap - o0) / np.maximum(1 - o0, 1e-9), 0.0, 0.98)
+    return replace(params, reuse=reuse)
+
+
+def fit_trace(
+    trace: RoutingTrace,
+    *,
+    num_layers: int | None = None,
+    num_experts: int | None = None,
+    top_k: int | None = None,
+    seed: int = 0,
+    trial_tokens: int = 4096,
+) -> SynthParams:
+    """Parameters fitted to ``trace``; the full conditional is used when the expert count is kept."""
+    e_src, k_src = trace.num_experts, trace.top_k
+    e, k = num_experts or e_src, top_k or k_src
+    layers = num_layers or trace.num_layers
+    if e != e_src or k != k_src:  # different shape: go through the statistics profile
+        return from_profile(
+            profile_from_trace(trace),
+            num_layers=layers,
+            num_experts=e,
+            top_k=k,
+            seed=seed,
+            trial_tokens=trial_tokens,
+        )
+    st = trace_stats(trace, segment_lengths=(), cache_sizes=(), pair_tokens=200_000)
+    m = _depth_map(layers, trace.num_layers)
+    load = np.asarray(st["load"], np.float64) + 0.5
+    pop = (load / load.sum(1, keepdims=True))[m]
+    co = cross_layer(trace, 200_000)["cooccurrence"].astype(np.float64)
+    cond = np.zeros((layers, e, e))
+    for layer in range(1, layers):
+        src = m[layer]
+        c = co[src - 1] if src >= 1 else np.outer(pop[layer - 1], pop[layer]) * 1000
+        if m[layer - 1] != src - 1:  # layers not adjacent in the source: no measured transition
+            c = np.outer(pop[layer - 1], pop[layer]) * 1000
+        row = c.sum(1, keepdims=True)
+        cond[layer] = (c + 0.5 * pop[layer]) / (row + 0.5)
+    mu, sd, mx = _seq_stats(trace)
+    phases, counts = np.unique(np.asarray(trace.phase), return_counts=True)
+    params = SynthParams(
+        e,
+        k,
+        pop,
+        np.zeros(layers),
+        np.ones(layers),
+        cond,
+        mu,
+        sd,
+        mx,
+        int(phases[np.argmax(counts)]) if len(phases) else UNKNOWN,
+        {"trace": trace.source, "model": trace.model_name, "mode": "fitted"},
+    )
+    overlap = np.nan_to_num(np.asarray(st["per_layer"]["consecutive_overlap"], np.float64))[m]
+    return _calibrate(params, overlap, None, seed, trial_tokens)
+
+
+def profile_from_trace(trace: RoutingTrace) -> dict[str, Any]:
+    """Statistics only (no token data): the JSON profile of a real trace."""
+    st = trace_stats(trace, segment_lengths=(), cache_sizes=(), pair_tokens=200_000)
+    load = np.asarray(st["load"], np.float64)
+    curves = -np.sort(-load / np.maximum(load.sum(1, keepdims=True), 1), axis=1)
+    mu, sd, mx = _seq_stats(trace)
+    phases, counts = np.unique(np.asarray(trace.phase), return_counts=True)
+    return {
+        "schema": PROFILE_SCHEMA,
+        "fitted_to": {
+            "trace": Path(trace.source).name if trace.source else None,
+            "model": trace.model_name,
+            "tokens": trace.num_tokens,
+        },
+        "num_experts": trace.num_experts,
+        "top_k": trace.top_k,
+        "num_layers": trace.num_layers,
+        "popularity_sorted": np.round(curves, 6).tolist(),
+        "consecutive_overlap": np.round(np.nan_to_num(st["per_layer"]["consecutive_overlap"]), 6).tolist(),
+        "cross_layer_topk_mass": np.round(np.nan_to_num(st["cross_layer"]["topk_mass"]), 6).tolist(),
+        "seq_len_log_mean": round(mu, 6),
+        "seq_len_log_std": round(sd, 6),
+        "seq_len_max": mx,
+        "phase": int(phases[np.argmax(counts)]) if len(phases) else UNKNOWN,
+    }
+
+
+def load_profile(path_or_name: str | Path) -> dict[str, Any]:
+    from moesim.resources import builtin_dir
+
+    p = Path(path_or_name)
+    if not p.exists():
+        p = builtin_dir("trace") / f"synth-profile-{path_or_name}.json"
+    if not p.exists():
+        raise UserError(f"no synthesis profile {path_or_name!r} (a JSON file or a shipped profile name)")
+    try:
+        prof = json.loads(p.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise UserError(f"not valid JSON ({e.msg})", file=p) from None
+    if not isinstance(prof, dict) or prof.get("schema") != PROFILE_SCHEMA:
+        raise UserError(f"expected schema {PROFILE_SCHEMA}", file=p, field="schema")
+    return prof
+
+
+def from_profile(
+    profile: dict[str, Any],
+    *,
+    num_layers: int,
+    num_experts: int,
+    top_k: int,
+    seed: int = 0,
+    trial_tokens: int = 4096,
+) -> SynthParams:
+    """Parameters for any (layers, experts, top-k) from a statistics profile, calibrated on trials."""
+    rng = np.random.default_rng(seed)
+    curves = np.asarray(profile["popularity_sorted"], np.float64)
+    m = _depth_map(num_layers, len(curves))
+    pop = np.stack(
+        [rng.permutation(_rescale_curve(curves[m[layer]], num_experts)) for layer in range(num_layers)]
+    )
+    overlap = np.asarray(profile["consecutive_overlap"], np.float64)[m]
+    aff_src = np.asarray(profile["cross_layer_topk_mass"], np.float64)
+    aff = (
+        np.r_[np.nan, aff_src[np.minimum(m[1:], len(aff_src) - 1)]]
+        if len(aff_src)
+        else np.full(num_layers, np.nan)
+    )
+    aff = aff[:num_layers]
+    params = SynthParams(
+        num_experts,
+        top_k,
+        pop,
+        np.zeros(num_layers),
+        np.zeros(num_layers),
+        None,
+        float(profile["seq_len_log_mean"]),
+        float(profile["seq_len_log_std"]),
+        int(profile["seq_len_max"]),
+        int(profile.get("phase", UNKNOWN)),
+        {**profile.get("fitted_to", {}), "mode": "profile"},
+    )
+    return _calibrate(params, overlap, aff, seed, trial_tokens)
+
+
+def compare(real: dict[str, Any], synth: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """Side-by-side summary statistics (``trace_stats`` outputs) of a real and a synthetic trace."""
+    rows: dict[str, dict[str, float]] = {}
+    for key in real["summary"]:
+        rows[key] = {"real": real["summary"][key], "synthetic": synth["summary"][key]}
+    for m, v in real["local_consistency"]["srp"].items():
+        rows[f"srp_m{m}"] = {"real": v, "synthetic": synth["local_consistency"]["srp"].get(m, float("nan"))}
+    for pol, by in real.get("cache_hit_rate", {}).items():
+        for c, v in by.items():
+            rows[f"{pol}_hit_C{c}"] = {"real": v, "synthetic": synth["cache_hit_rate"][pol][c]}
+    return rows
+
+
+def write_synthetic(
+    path: str | Path,
+    params: SynthParams,
+    tokens: int,
+    *,
+    seed: int,
+    meta: dict[str, Any],
+    layer_ids: np.ndarray,
+    seq_len: int | None = None,
+    compress: bool | None = None,
+) -> None:
+    """Generate ``tokens`` rows in chunks straight into a v1 ``.npz`` (stored uncompressed when large)."""
+    from moesim.traces.npz import write_npz
+    from moesim.traces.trace import SCHEMA
+
+    seq_id, chunks = generate(params, tokens, seed=seed, seq_len=seq_len)
+    starts = np.r_[0, np.flatnonzero(np.diff(seq_id)) + 1]
+    pos = (np.arange(tokens) - np.repeat(starts, np.diff(np.r_[starts, tokens]))).astype(np.int32)
+    shape = (tokens, params.num_layers, params.top_k)
+    full_meta = {
+        "schema": SCHEMA,
+        **meta,
+        "num_experts": params.num_experts,
+        "top_k": params.top_k,
+        "n_tokens": tokens,
+        "n_moe_layers": params.num_layers,
+        "n_sequences": int(seq_id[-1]) + 1,
+        "has_gate_weights": False,
+        "synthetic": True,
+        "seed": seed,
+        "generator": {
+            "fitted_to": params.fitted_to,
+            "reuse": np.round(params.reuse, 4).tolist(),
+            "follow": np.round(params.follow, 4).tolist(),
+        },
+    }
+    if compress is None:
+        compress = tokens * params.num_layers * params.top_k * 2 < 256 * 2**20
+    write_npz(
+        path,
+        {
+            "seq_id": seq_id,
+            "pos": pos,
+            "phase": np.full(tokens, params.phase, np.int8),
+            "layer_ids": np.asarray(layer_ids, np.int16),
+            "meta_json": np.array(json.dumps(full_meta)),
+        },
+        compress=compress,
+        streamed={"expert_ids": (shape, np.dtype(np.int16), lambda: chunks)},
+    )
+
+
+__all__ = [
+    "Generator",
+    "SynthParams",
+    "affinity_summary",
+    "compare",
+    "fit_trace",
+    "from_profile",
+    "generate",
+    "load_profile",
+    "profile_from_trace",
+    "write_synthetic",
+]
