@@ -1,0 +1,448 @@
+"""Cache and offload planner: which experts stay resident in GPU memory, where misses run, prefetch.
+
+For an offloading setup (one or a few GPUs, experts in host memory) and a GPU memory budget, an
+OR-Tools MIP (SCIP through ``pywraplp``) picks the static resident set of each MoE layer - and so the
+per-layer cache sizes - minimising the expected stall per decode step the misses cause:
+
+- ``x[l,e] = 1``: expert e of layer l is pinned; otherwise a miss costs, when requested in a step
+  (probability ``q[l,e]`` from the trace), the PCIe fetch time (``CostModel.weight_fetch_s``, in
+  ``lowbit_dtype`` for ``lowbit``) or the CPU/PIM execution time of its tokens
+  (``cpu_expert_s``/``pim_expert_s``); with ``miss="auto"`` a binary ``c[l,e]`` chooses per expert.
+- Prefetch of layer l's experts during layer l-1 (window ``O_l`` from the cost model) with
+  predictor accuracy ``a_l`` turns the fetch time ``M_l`` of a layer into a stall of
+  ``(1 - a_l) M_l + max(0, M_l - O_l)`` (mispredicted fetches wait in full; the rest only where the
+  window is too short). ``prefetch="none"`` gives ``M_l``: the objective is then exactly "expected
+  hits weighted by the per-layer miss cost".
+- Bytes: each GPU holds its share of the non-expert weights (attention, embeddings, router, shared
+  experts, dense FFNs), the KV cache of the batch, a staging buffer of K experts for fetched misses
+  (2K with prefetch: double buffering) and the pinned experts of its layers (layers are split over
+  the GPUs in contiguous pipeline stages).
+
+The result is a ``CachePlan(policy="static")`` whose ``params`` hold the objective, bound, gap,
+expected hit rate, the memory breakdown and the prefetch predictor's measured accuracy.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from types import MappingProxyType
+from typing import Any
+
+import numpy as np
+
+from moesim.errors import UserError
+from moesim.plans.plan import CachePlan
+from moesim.specs.hardware import Cluster
+from moesim.specs.model import DTYPE_BYTES, MoEModel
+
+MISS_CHOICES = ("fetch", "cpu", "lowbit", "pim", "auto")
+PREFETCH_CHOICES = ("none", "oracle", "predictor", "auto")
+GIB = 1024**3
+
+
+# ---- memory ----------------------------------------------------------------------------------------
+
+
+def non_expert_bytes(model: MoEModel, *, batch_size: int = 1, context_tokens: int = 4096) -> dict[str, float]:
+    """Bytes a GPU must hold besides the routed experts, summed over the model (biases and norms
+    ignored). Non-expert weights are taken in the model's weight dtype when it is 8 or 16 bit, else bf16
+    (4-bit releases keep attention in bf16); embeddings and LM head counted separately (untied)."""
+    wb = DTYPE_BYTES[model.weight_dtype] if model.weight_dtype in ("bf16", "fp16", "fp8") else 2.0
+    a, h = model.attention, model.hidden_size
+    if a.kind == "mla":
+        rope, nope, v = a.qk_rope_head_dim or 0, a.qk_nope_head_dim or 0, a.v_head_dim or a.head_dim
+        q = h * a.num_heads * (nope + rope) if not a.q_lora_rank else \
+            h * a.q_lora_rank + a.q_lora_rank * a.num_heads * (nope + rope)
+        attn = q + h * ((a.kv_lora_rank or 0) + rope) + (a.kv_lora_rank or 0) * a.num_heads * (nope + v) \
+            + a.num_heads * v * h
+    else:
+        attn = h * a.head_dim * (2 * a.num_heads + 2 * a.num_kv_heads)
+    ffn_mats = 3 if model.gated else 2
+    dense_layers = model.num_layers - model.num_moe_layers
+    return {
+        "attention": float(attn * model.num_layers * wb),
+        "embeddings": float(2 * model.vocab_size * h * wb),
+        "router": float(h * model.num_experts * model.num_moe_layers * wb),
+        "shared_experts": float(
+            model.num_shared_experts * model.shared_expert_params * model.num_moe_layers * wb
+        ),
+        "dense_ffn": float(ffn_mats * h * model.dense_intermediate_size * dense_layers * wb),
+        "kv_cache": float(model.kv_cache_bytes_per_token() * batch_size * context_tokens),
+    }
+
+
+# ---- routing statistics ----------------------------------------------------------------------------
+
+
+def request_stats(
+    trace_or_load: Any, model: MoEModel, batch_size: int = 1
+) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """``(q, n, info)``: per ``[moe layer, expert]`` the probability a decode step of ``batch_size``
+    tokens requests the expert and its mean tokens when requested. A RoutingTrace is counted per
+    batch of consecutive rows; a plain load ``[L, E]`` / ``[W, L, E]`` assumes independent tokens."""
+    L, E, K = model.num_moe_layers, model.num_experts, model.top_k
+    info: dict[str, Any] = {}
+    ids = getattr(trace_or_load, "expert_ids", None)
+    if ids is None:
+        load = np.asarray(trace_or_load, dtype=np.float64)
+        if load.ndim == 3:
+            load = load.sum(axis=0)
+        if load.shape != (L, E) or (load < 0).any():
+            raise UserError(f"expected a non-negative load [{L}, {E}] or [W, {L}, {E}] for {model.name}, "
+                            f"got shape {np.shape(trace_or_load)}", field="load")
+        tokens = load.sum(axis=1, keepdims=True) / K
+        p = np.divide(load, tokens, out=np.full_like(load, K / E), where=tokens > 0).clip(0, 1)
+        q = 1.0 - (1.0 - p) ** batch_size
+        n = np.divide(batch_size * p, q, out=np.ones_like(p), where=q > 0)
+        info["stats_from"] = "load (independent tokens)"
+        return q, n, info
+    columns = _columns(trace_or_load, model)
+    q = np.full((L, E), 1.0 - (1.0 - K / E) ** batch_size)
+    n = np.ones((L, E))
+    N = ids.shape[0]
+    nb = -(-N // batch_size)
+    chunk = max(1, (1 << 22) // max(E, 1))  # batches per pass: bounded memory
+    for i, col in enumerate(columns):
+        if col is None:
+            continue
+        present = np.zeros(E)
+        total = np.zeros(E)
+        for b0 in range(0, nb, chunk):
+            b1 = min(nb, b0 + chunk)
+            block = np.asarray(ids[b0 * batch_size:b1 * batch_size, col, :], dtype=np.int64)
+            rows = np.arange(block.shape[0])[:, None] // batch_size
+            ok = block >= 0
+            counts = np.bincount((rows * E + block)[ok], minlength=(b1 - b0) * E).reshape(b1 - b0, E)
+            present += (counts > 0).sum(axis=0)
+            total += counts.sum(axis=0)
+        q[i] = present / nb
+        n[i] = np.divide(total, present, out=np.ones(E), where=present > 0)
+    missing = [model.moe_layers[i] for i, c in enumerate(columns) if c is None]
+    info["stats_from"] = f"trace ({N} tokens, batches of {batch_size})"
+    info["layers_without_data"] = missing  # uniform prior there
+    return q, n, info
+
+
+def _columns(trace: Any, model: MoEModel) -> list[int | None]:
+    if int(getattr(trace, "num_experts", model.num_experts)) != model.num_experts:
+        raise UserError(f"trace has {trace.num_experts} experts, {model.name} has {model.num_experts}",
+                        field="trace")
+    layer_ids = [int(x) for x in np.asarray(getattr(trace, "layer_ids", model.moe_layers))]
+    unknown = sorted(set(layer_ids) - set(model.moe_layers))
+    if unknown:
+        raise UserError(f"trace layers {unknown} are not MoE layers of {model.name}", field="trace.layer_ids")
+    where = {layer: c for c, layer in enumerate(layer_ids)}
+    return [where.get(layer) for layer in model.moe_layers]
+
+
+def prefetch_accuracy(trace: Any, model: MoEModel, *, train_fraction: float = 0.5,
+                      max_eval_tokens: int = 20000) -> tuple[np.ndarray, np.ndarray]:
+    """``(predictor, frequency)`` recall@K per MoE layer of next-layer prediction on held-out rows.
+
+    The predictor (cross-layer gate, fitted on the first ``train_fraction`` of the rows) scores each
+    expert of layer l by how often it followed the token's layer l-1 experts; the baseline predicts
+    the K most frequent experts of the layer. Layer 0 and layers without data get 0 (nothing before
+    them to predict from)."""
+    ids = trace.expert_ids
+    L, E, K = model.num_moe_layers, model.num_experts, model.top_k
+    cols = _columns(trace, model)
+    N = ids.shape[0]
+    cut = int(N * train_fraction)
+    ev = slice(cut, min(N, cut + max_eval_tokens))
+    pred, freq = np.zeros(L), np.zeros(L)
+    for i in range(1, L):
+        a, b = cols[i - 1], cols[i]
+        if a is None or b is None or cut == 0 or cut >= N:
+            continue
+        prev, nxt = (np.asarray(ids[:cut, c, :], np.int64) for c in (a, b))
+        ok = (prev >= 0).all(axis=1) & (nxt >= 0).all(axis=1)
+        prev, nxt = prev[ok], nxt[ok]
+        co = np.bincount((prev[:, :, None] * E + nxt[:, None, :]).ravel(), minlength=E * E).reshape(E, E)
+        prior = np.bincount(nxt.ravel(), minlength=E).astype(np.float64)
+        eprev, enext = (np.asarray(ids[ev, c, :], np.int64) for c in (a, b))
+        ok = (eprev >= 0).all(axis=1) & (enext >= 0).all(axis=1)
+        eprev, enext = eprev[ok], enext[ok]
+        if not len(enext):
+            continue
+        scores = co[eprev].sum(axis=1) + prior / (prior.sum() + 1.0)  # prior breaks ties
+        top = np.argsort(-scores, axis=1, kind="stable")[:, :K]
+        pred[i] = (top[:, :, None] == enext[:, None, :]).any(axis=1).mean()
+        top_f = np.argsort(-prior, kind="stable")[:K]
+        freq[i] = np.isin(enext, top_f).mean()
+    return pred, freq
+
+
+# ---- the planner -----------------------------------------------------------------------------------
+
+
+def plan_cache(model: MoEModel, cluster: Cluster, trace_or_load: Any, gpu_memory_bytes: float | None,
+               cost: Any,
+               *, miss: str = "fetch", prefetch: str = "none", time_limit_s: float = 60,
+               batch_size: int = 1, context_tokens: int = 4096, devices: tuple[str, ...] | None = None,
+               lowbit_dtype: str = "int4") -> CachePlan:
+    """Choose resident experts per MoE layer for ``gpu_memory_bytes`` per GPU (None: the device's
+    memory); see the module docstring for the model. ``prefetch="auto"`` solves with and without the
+    predictor and keeps the better; ``miss="auto"`` decides fetch vs CPU (PIM if the cluster has
+    one and no CPU) per expert."""
+    if miss not in MISS_CHOICES:
+        raise UserError(f"expected one of {', '.join(MISS_CHOICES)}, got {miss!r}", field="miss")
+    if prefetch not in PREFETCH_CHOICES:
+        raise UserError(f"expected one of {', '.join(PREFETCH_CHOICES)}, got {prefetch!r}", field="prefetch")
+    if batch_size < 1:
+        raise UserError(f"expected a batch of at least 1 token, got {batch_size}", field="batch_size")
+    t0 = time.perf_counter()
+    gpus = tuple(devices) if devices else tuple(d.id for d in cluster.gpus)
+    if not gpus:
+        raise UserError(f"cluster {cluster.name} has no GPU", field="hw")
+    L, E, K = model.num_moe_layers, model.num_experts, model.top_k
+    G = len(gpus)
+    stage = [i * G // L for i in range(L)]  # pipeline stage (GPU index) of each MoE layer
+    eb = model.expert_bytes()
+
+    token_level = getattr(trace_or_load, "expert_ids", None) is not None
+    if prefetch == "predictor" and not token_level:
+        raise UserError("prefetch 'predictor' needs a token-level trace, got a load matrix", field="prefetch")
+    pred_acc, freq_acc = (prefetch_accuracy(trace_or_load, model) if token_level
+                          else (np.zeros(L), np.zeros(L)))
+
+    mem = non_expert_bytes(model, batch_size=batch_size, context_tokens=context_tokens)
+    fetches = miss in ("fetch", "lowbit", "auto")
+    stage_eb = eb if miss != "lowbit" else model.expert_bytes(lowbit_dtype)
+
+    def staging_of(pf: str) -> int:
+        return K * (2 if pf != "none" else 1) if fetches else 0
+
+    candidates = ["none", "predictor"] if prefetch == "auto" and token_level else \
+        ["none"] if prefetch == "auto" else [prefetch]
+    slots_of: dict[str, list[int]] = {}
+    for pf in candidates:
+        try:
+            slots_of[pf] = _expert_slots(cluster, gpus, stage, E, eb, sum(mem.values()), staging_of(pf),
+                                         staging_of(pf) * stage_eb, gpu_memory_bytes)
+        except UserError:
+            if prefetch != "auto" or pf == "none":
+                raise  # "auto" only drops prefetch when its double buffer does not fit
+    candidates = [pf for pf in candidates if pf in slots_of]
+
+    q, n, info = request_stats(trace_or_load, model, batch_size)
+
+    # Miss costs (seconds per step when requested) and prefetch windows, per layer.
+    fetch_s = np.zeros(L)
+    exec_s = np.full((L, E), np.inf)
+    window_s = np.zeros(L)
+    exec_kind = None
+    for i in range(L):
+        gpu = gpus[stage[i]]
+        if miss in ("fetch", "auto"):
+            fetch_s[i] = float(cost.weight_fetch_s(gpu, eb))
+        elif miss == "lowbit":
+            fetch_s[i] = float(cost.weight_fetch_s(gpu, eb, lowbit_dtype=lowbit_dtype))
+        if miss in ("cpu", "pim", "auto"):
+            exec_kind, executor = _executor(cluster, gpu, miss)
+            call = cost.cpu_expert_s if exec_kind == "cpu" else cost.pim_expert_s
+            memo: dict[float, float] = {}
+            for e in range(E):
+                t = round(float(n[i, e]), 2)
+                if t not in memo:
+                    memo[t] = float(call(executor, np.array([t])))
+                exec_s[i, e] = memo[t]
+        per_expert = math.ceil(batch_size * K / min(E, batch_size * K))
+        window_s[i] = float(cost.attention_s(gpu, batch_size, context_tokens, "decode")) \
+            + float(cost.router_s(gpu, batch_size)) + float(cost.shared_expert_s(gpu, batch_size)) \
+            + float(cost.expert_compute_s(gpu, np.full(min(E, batch_size * K), per_expert)))
+    if miss in ("cpu", "pim"):
+        fetch_s[:] = np.inf
+
+    results = {}
+    for pf in candidates:
+        acc = {"none": np.zeros(L), "oracle": np.ones(L), "predictor": pred_acc}[pf]
+        results[pf] = _solve(q, fetch_s, exec_s, window_s, acc, pf != "none", stage, slots_of[pf],
+                             time_limit_s)
+    chosen = min(results, key=lambda k: (results[k]["objective"], candidates.index(k)))
+    r = results[chosen]
+    x, c = r["x"], r["c"]
+    resident = tuple(tuple(int(e) for e in np.flatnonzero(x[i])) for i in range(L))
+    on_exec = [[int(e) for e in np.flatnonzero(c[i])] for i in range(L)]
+    n_exec = int(sum(map(len, on_exec)))
+    n_miss = int(L * E - x.sum())
+    mode = ((exec_kind or "cpu") if n_exec * 2 > n_miss else "fetch") if miss == "auto" else miss
+    hits = float((q * x).sum())
+    params: dict[str, Any] = {
+        "planner": "cache-ilp",
+        "solver": r["solver"],
+        "status": r["status"],
+        "objective": r["objective"],
+        "objective_unit": "expected stall seconds per decode step",
+        "bound": r["bound"],
+        "gap": r["gap"],
+        "solve_s": time.perf_counter() - t0,
+        "expected_hit_rate": hits / float(q.sum()) if q.sum() > 0 else float("nan"),
+        "expected_hits_per_step": hits,
+        "expected_requests_per_step": float(q.sum()),
+        "batch_size": batch_size,
+        "context_tokens": context_tokens,
+        "devices": list(gpus),
+        "layer_stage": stage,
+        "expert_slots_per_device": slots_of[chosen],
+        "expert_bytes": eb,
+        "staging_experts": staging_of(chosen),
+        "memory_bytes": {**mem, "staging": staging_of(chosen) * stage_eb},
+        "miss_requested": miss,
+        "miss_fetch_s": [None if not np.isfinite(v) else float(v) for v in fetch_s],
+        "prefetch_window_s": window_s.tolist(),
+        "prefetch_requested": prefetch,
+        "prefetch_objectives": {k: v["objective"] for k, v in results.items()},
+        "prefetch_accuracy": float(pred_acc[1:].mean()) if L > 1 and token_level else None,
+        "prefetch_accuracy_per_layer": pred_acc.tolist() if token_level else None,
+        "frequency_accuracy": float(freq_acc[1:].mean()) if L > 1 and token_level else None,
+        **info,
+    }
+    plan = CachePlan(policy="static", capacity_experts=tuple(len(r_) for r_ in resident), resident=resident,
+                     miss=mode, prefetch=chosen, params=MappingProxyType(params))
+    if miss != "auto":
+        return plan
+    params["miss_executor"] = exec_kind
+    params["misses_executed"] = on_exec  # per layer: experts whose misses run on the executor
+    # Without any fetch the staging buffer is free memory: compare with pure CPU/PIM execution.
+    pure = plan_cache(model, cluster, trace_or_load, gpu_memory_bytes, cost, miss=exec_kind or "cpu",
+                      prefetch="none", time_limit_s=time_limit_s, batch_size=batch_size,
+                      context_tokens=context_tokens, devices=devices, lowbit_dtype=lowbit_dtype)
+    if pure.params["objective"] < params["objective"]:
+        return CachePlan(policy="static", capacity_experts=pure.capacity_experts, resident=pure.resident,
+                         miss=pure.miss, prefetch=pure.prefetch, params=MappingProxyType(
+                             {**pure.params, "miss_requested": "auto", "miss_executor": exec_kind,
+                              "misses_executed": [list(r_) for r_ in _complement(pure.resident, E)],
+                              "auto_fetch_objective": params["objective"],
+                              "solve_s": time.perf_counter() - t0}))
+    return CachePlan(policy="static", capacity_experts=plan.capacity_experts, resident=plan.resident,
+                     miss=plan.miss, prefetch=plan.prefetch, params=MappingProxyType(params))
+
+
+def _gib(nbytes: float) -> str:
+    return f"{nbytes / GIB:.4g} GiB"
+
+
+def _complement(resident: tuple[tuple[int, ...], ...], num_experts: int) -> list[list[int]]:
+    return [[e for e in range(num_experts) if e not in set(r)] for r in resident]
+
+
+def _expert_slots(cluster: Cluster, gpus: tuple[str, ...], stage: list[int], num_experts: int, eb: float,
+                  non_expert: float, staging: int, staging_bytes: float,
+                  gpu_memory_bytes: float | None) -> list[int]:
+    """Experts each GPU can pin: (budget - its share of non-expert bytes - staging) // expert bytes."""
+    G = len(gpus)
+    slots = []
+    for g, dev in enumerate(gpus):
+        capacity = cluster.device(dev).spec.memory_bytes
+        budget = capacity if gpu_memory_bytes is None else float(gpu_memory_bytes)
+        if budget > capacity:
+            raise UserError(f"device {dev}: a budget of {_gib(budget)} exceeds its memory of "
+                            f"{_gib(capacity)}", field="gpu_memory")
+        fixed = non_expert / G + staging_bytes
+        if fixed > budget:
+            raise UserError(
+                f"device {dev} needs {_gib(fixed)} (its 1/{G} share of non-expert weights and KV "
+                f"cache {_gib(non_expert / G)} + staging for {staging} experts "
+                f"{_gib(staging_bytes)}) but the budget is {_gib(budget)}",
+                field="gpu_memory")
+        slots.append(min(stage.count(g) * num_experts, math.floor((budget - fixed) / eb + 1e-9)))
+    return slots
+
+
+def _executor(cluster: Cluster, gpu: str, miss: str) -> tuple[str, str]:
+    """The CPU or PIM device that runs a GPU's missed experts: PIM attached to it, else its node's."""
+    node = cluster.device(gpu).node
+    kinds = ("pim",) if miss == "pim" else ("cpu", "pim")
+    for kind in kinds:
+        near = [v for v in cluster.graph.neighbors(gpu) if cluster.graph.nodes[v].get("kind") == kind]
+        devs = near or [d.id for d in cluster.devices_of(kind, node)]
+        if devs:
+            return kind, sorted(devs)[0]
+    raise UserError(f"cluster {cluster.name} has no {' or '.join(kinds)} device on node {node} to run "
+                    f"missed experts of {gpu}", field="miss")
+
+
+def _solve(q: np.ndarray, fetch_s: np.ndarray, exec_s: np.ndarray, window_s: np.ndarray, acc: np.ndarray,
+           prefetching: bool, stage: list[int], slots: list[int], time_limit_s: float) -> dict[str, Any]:
+    """The MIP; returns x (pinned), c (miss executed on CPU/PIM), objective, bound, gap."""
+    from ortools.linear_solver import pywraplp
+
+    L, E = q.shape
+    solver = pywraplp.Solver.CreateSolver("SCIP") or pywraplp.Solver.CreateSolver("CBC")
+    if solver is None:  # pragma: no cover - ortools wheels ship both
+        raise RuntimeError("OR-Tools has no MIP solver (SCIP/CBC)")
+    solver.SetTimeLimit(int(max(time_limit_s, 0.1) * 1000))
+    can_fetch = np.isfinite(fetch_s)
+    can_exec = np.isfinite(exec_s)
+    x = [[solver.BoolVar(f"x{i}_{e}") for e in range(E)] for i in range(L)]
+    c = [[solver.BoolVar(f"c{i}_{e}") if can_exec[i, e] and can_fetch[i] else None for e in range(E)]
+         for i in range(L)]
+    obj = solver.Objective()
+    scale = float(max(np.where(can_fetch, fetch_s, 0).max(), np.where(can_exec, exec_s, 0).max(), 1e-12))
+    # tie-break among equal stalls: more hits (weight far below any stall difference that matters)
+    tie = 1e-7 * scale / max(float(q.sum()), 1.0)
+    hint_vars, hint_vals = [], []
+    for i in range(L):
+        fetch_terms = []
+        for e in range(E):
+            obj.SetCoefficient(x[i][e], -tie * q[i, e])
+            cv = c[i][e]
+            if can_fetch[i]:
+                miss_f = q[i, e] * fetch_s[i]
+                # fetch share f = 1 - x - c; its time enters M_l
+                fetch_terms.append((x[i][e], cv, miss_f))
+                if cv is not None:
+                    solver.Add(x[i][e] + cv <= 1)
+                    obj.SetCoefficient(cv, obj.GetCoefficient(cv) + q[i, e] * exec_s[i, e])
+            else:
+                # no fetch path: every miss runs on the executor
+                obj.SetOffset(obj.offset() + q[i, e] * exec_s[i, e])
+                obj.SetCoefficient(x[i][e], obj.GetCoefficient(x[i][e]) - q[i, e] * exec_s[i, e])
+        if not fetch_terms:
+            continue
+        total = sum(t[2] for t in fetch_terms)
+        # M_l = total - sum(miss_f * (x + c))
+        saved = [w * v for xv, cv, w in fetch_terms for v in (xv, cv) if v is not None]
+        m_expr = total - solver.Sum(saved)
+        if prefetching:
+            s = solver.NumVar(0.0, solver.infinity(), f"s{i}")
+            solver.Add(s >= m_expr - float(window_s[i]))
+            obj.SetCoefficient(s, 1.0)
+            coef = 1.0 - float(acc[i])
+        else:
+            coef = 1.0
+        obj.SetOffset(obj.offset() + coef * total)
+        for xv, cv, w in fetch_terms:
+            obj.SetCoefficient(xv, obj.GetCoefficient(xv) - coef * w)
+            if cv is not None:
+                obj.SetCoefficient(cv, obj.GetCoefficient(cv) - coef * w)
+    for g, cap in enumerate(slots):
+        layer_rows = [i for i in range(L) if stage[i] == g]
+        solver.Add(solver.Sum([x[i][e] for i in layer_rows for e in range(E)]) <= cap)
+        # warm start: the most requested experts of this stage
+        order = sorted(((i, e) for i in layer_rows for e in range(E)), key=lambda t: -q[t[0], t[1]])
+        pinned = set(order[:cap])
+        for i in layer_rows:
+            for e in range(E):
+                hint_vars.append(x[i][e])
+                hint_vals.append(1.0 if (i, e) in pinned else 0.0)
+    obj.SetMinimization()
+    solver.SetHint(hint_vars, hint_vals)
+    status = solver.Solve()
+    if status not in (pywraplp.Solver.OPTIMAL, pywraplp.Solver.FEASIBLE):
+        raise RuntimeError(f"cache MIP ended with status {status} (no plan within {time_limit_s} s)")
+    xs = np.array([[x[i][e].solution_value() > 0.5 for e in range(E)] for i in range(L)])
+    cs = np.array([[c[i][e] is not None and c[i][e].solution_value() > 0.5 for e in range(E)]
+                   for i in range(L)])
+    if not can_fetch.all():
+        cs |= ~can_fetch[:, None] & ~xs
+    hit_term = tie * float((q * xs).sum())
+    value = solver.Objective().Value() + hit_term
+    bound = min(solver.Objective().BestBound() + hit_term, value)
+    return {
+        "x": xs, "c": cs, "objective": value, "bound": bound,
+        "gap": (value - bound) / value if value > 1e-15 else 0.0,
+        "status": "optimal" if status == pywraplp.Solver.OPTIMAL else "feasible (time limit)",
+        "solver": solver.SolverVersion(),
+    }
