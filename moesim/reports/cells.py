@@ -200,10 +200,12 @@ def cell_plan(p: dict[str, Any]) -> dict[str, Any]:
         plan_file = Path(tmp) / "plan.json"
         out = run_verb(plan_argv(p, p["planner"], "--out", str(plan_file)))
         plan = Plan.load(plan_file)
+        timeline = _plan_timeline(p, plan_file, Path(tmp)) if p.get("timeline") else None
     train, evaluation = _split_loads(p)
     return {
         "planner": p["planner"],
         "json": out["planners"][p["planner"]],
+        "timeline": timeline,
         "info": {k: v for k, v in out.items() if k != "planners"},
         "moe_layers": list(plan.moe_layers),
         "imbalance_per_layer_train": plan.imbalance(train).tolist(),
@@ -211,6 +213,56 @@ def cell_plan(p: dict[str, Any]) -> dict[str, Any]:
         "plan": plan.to_dict(),
         "command": command(plan_argv(p, p["planner"])),
     }
+
+
+def _plan_timeline(p: dict[str, Any], plan_file: Path, tmp: Path) -> dict[str, Any]:
+    """``moesim simulate --plan PLAN --steps 1 --timeline F`` on the evaluation tokens, as boxes."""
+    from moesim.specs import load_model
+    from moesim.traces import RoutingTrace
+
+    trace = RoutingTrace.load(p["trace"], model=load_model(p["model"]))
+    evaluation = trace.split(p["train_fraction"])[1]
+    eval_file = tmp / "eval.npz"
+    evaluation.save(eval_file)
+    phase = "decode" if evaluation.phase is not None and (evaluation.phase == 1).mean() > 0.5 else "prefill"
+    tail = ["--batch", str(p.get("batch_tokens") or 4096), "--phase", phase, "--steps", "1",
+            "--seed", str(p["seed"])]
+    head = ["simulate", "--hw", p["hw"], *_opt("--nodes", p.get("nodes")), "--model", p["model"]]
+    tl_file = tmp / "timeline.json"
+    summary = run_verb([*head, "--trace", str(eval_file), "--plan", str(plan_file), *tail,
+                        "--timeline", str(tl_file), "--json"])
+    rows, events = timeline_boxes(json.loads(tl_file.read_text()))
+    shown = [*head, "--trace", "EVAL.npz", "--plan", "PLAN.json", *tail, "--timeline", "TIMELINE.json"]
+    return {"step": 0, "rows": rows, "events": events, "summary": summary, "command": command(shown)}
+
+
+def timeline_boxes(doc: dict[str, Any], max_rows: int = 24) -> tuple[list[str], list[list[Any]]]:
+    """Tracks and ``[track, start_s, end_s, kind]`` boxes of a Chrome/Perfetto trace JSON (complete
+    ``X`` events); devices first, then the busiest links, at most ``max_rows`` tracks."""
+    events = doc.get("traceEvents", []) if isinstance(doc, dict) else []
+    names: dict[tuple[Any, Any], str] = {}
+    for e in events:
+        if e.get("ph") == "M" and e.get("name") == "thread_name":
+            names[(e.get("pid"), e.get("tid"))] = str(e.get("args", {}).get("name"))
+    boxes: list[list[Any]] = []
+    busy: Counter[str] = Counter()
+    order: dict[str, tuple[int, int]] = {}
+    for e in events:
+        if e.get("ph") != "X":
+            continue
+        key = (e.get("pid"), e.get("tid"))
+        track = names.get(key, f"{key[0]}:{key[1]}")
+        start = float(e["ts"]) * 1e-6
+        end = start + float(e.get("dur", 0.0)) * 1e-6
+        boxes.append([track, start, end, str(e.get("cat") or e.get("name", "")).split(" ")[0]])
+        busy[track] += end - start
+        order.setdefault(track, (int(key[0] or 0), int(key[1] or 0)))
+    device_pid = min((pid for pid, _ in order.values()), default=0)
+    devices = sorted((t for t, k in order.items() if k[0] == device_pid), key=lambda t: order[t])
+    links = sorted((t for t in order if t not in devices), key=lambda t: (-busy[t], order[t]))
+    rows = (devices + links)[:max_rows]
+    keep = set(rows)
+    return rows, [b for b in boxes if b[0] in keep]
 
 
 def _split_loads(p: dict[str, Any]) -> tuple[Any, Any]:
@@ -234,13 +286,98 @@ def _split_loads(p: dict[str, Any]) -> tuple[Any, Any]:
 def cell_hitrate(p: dict[str, Any]) -> dict[str, Any]:
     """Whole-trace hit rates per policy and cache size, from ``moesim trace stats --cache-sizes``."""
     sizes = [int(c) for c in p["sizes"]]
-    argv = ["trace", "stats", p["trace"], "--cache-sizes", ",".join(map(str, sizes)), "--json"]
+    argv = ["trace", "stats", p["trace"], "--cache-sizes", ",".join(map(str, sizes)),
+            "--policies", ",".join(p["policies"]), "--json"]
     out = run_verb(argv)
     rates = out["cache_hit_rate"]
     return {
         "rates": {pol: {str(c): rates[pol][str(c)] for c in sizes} for pol in p["policies"]},
         "command": command(argv),
     }
+
+
+def static_budget_bytes(model: Any, size: int, num_gpus: int = 1) -> float:
+    """GPU memory that holds ``size`` experts per MoE layer next to everything else the cache planner
+    counts (non-expert weights and KV cache for batch 1, a staging buffer of top-k experts)."""
+    from moesim.planners.cache_ilp import non_expert_bytes
+
+    eb = model.expert_bytes()
+    fixed = sum(non_expert_bytes(model, batch_size=1).values()) / num_gpus + model.top_k * eb
+    return fixed + size * model.num_moe_layers * eb / num_gpus + 0.5 * eb
+
+
+def _roomy(cluster: Any, budget: float) -> Any:
+    """The cluster with every GPU's memory raised to at least ``budget`` (compute and links unchanged)."""
+    import dataclasses
+
+    def grown(d: Any) -> Any:
+        spec = dataclasses.replace(d.spec, memory_bytes=max(d.spec.memory_bytes, budget))
+        return dataclasses.replace(d, spec=spec) if d.kind == "gpu" else d
+
+    devices = tuple(grown(d) for d in cluster.devices)
+    return dataclasses.replace(cluster, devices=devices)
+
+
+def static_hit_rate(trace: Any, model: Any, resident: Sequence[Sequence[int]]) -> float:
+    """Hits / requests of a fixed resident set per MoE layer, tokens one at a time (the trace cache
+    semantics: a token's distinct experts at a layer are its requests; -1 is skipped)."""
+    import numpy as np
+
+    cols = {int(x): i for i, x in enumerate(np.asarray(trace.layer_ids))}
+    hits = requests = 0
+    for li, layer in enumerate(model.moe_layers):
+        if layer not in cols:
+            continue
+        ids = np.asarray(trace.expert_ids[:, cols[layer], :], dtype=np.int64)
+        ids = np.sort(ids, axis=1)
+        first = np.concatenate([np.ones((ids.shape[0], 1), bool), ids[:, 1:] != ids[:, :-1]], axis=1)
+        distinct = (ids >= 0) & first
+        pinned = np.zeros(model.num_experts + 1, bool)
+        pinned[list(resident[li])] = True
+        hits += int((distinct & pinned[np.where(ids >= 0, ids, model.num_experts)]).sum())
+        requests += int(distinct.sum())
+    return hits / requests if requests else float("nan")
+
+
+def cell_static(p: dict[str, Any]) -> dict[str, Any]:
+    """The cache planner's pinned experts for the memory of C experts per layer, and their hit rate.
+
+    The planner (``moesim.planners.cache_ilp.plan_cache``, as ``moesim plan --gpu-memory`` calls it)
+    sees the whole trace, like Belady; the GPU's capacity is not enforced, as for the other curves.
+    """
+    from moesim.cost import CostModel
+    from moesim.planners.cache_ilp import plan_cache
+    from moesim.specs import load_cluster, load_model
+    from moesim.traces import RoutingTrace
+
+    model = load_model(p["model"])
+    cluster = load_cluster(p["hw"])
+    gpus = max(1, len(cluster.gpus))
+    budget = static_budget_bytes(model, int(p["size"]), gpus)
+    roomy = _roomy(cluster, budget)
+    trace = RoutingTrace.load(p["trace"], model=model)
+    plan = plan_cache(model, roomy, trace, budget, CostModel(roomy, model), miss="fetch", prefetch="none",
+                      time_limit_s=30)
+    return {"size": int(p["size"]), "budget_bytes": budget, "resident": [list(r) for r in plan.resident],
+            "hit_rate": static_hit_rate(trace, model, plan.resident),
+            "expected_hit_rate": plan.params.get("expected_hit_rate"), "gap": plan.params.get("gap"),
+            "command": f"moesim.planners.cache_ilp.plan_cache(gpu_memory_bytes={budget:.0f}, miss='fetch')"}
+
+
+def offload_argv(p: dict[str, Any]) -> list[str]:
+    """The ``moesim simulate`` command line of one (GPU memory, miss mode) offloading cell."""
+    return ["simulate", "--hw", p["hw"], "--model", p["model"], "--trace", p["trace"],
+            "--batch", str(p["batch"]), *_opt("--steps", p.get("steps")), "--phase", "decode",
+            "--cache", p["policy"], "--gpu-memory", str(p["gpu_memory"]).replace(" ", ""), "--miss", p["miss"],
+            "--seed", str(p["seed"]), "--json"]
+
+
+def cell_offload(p: dict[str, Any]) -> dict[str, Any]:
+    """``moesim simulate --cache POLICY --gpu-memory M --miss MODE --json``."""
+    argv = offload_argv(p)
+    summary = run_verb(argv)
+    summary.pop("wall_seconds", None)  # this machine's time, not the simulated one's
+    return {"summary": summary, "command": command(argv)}
 
 
 # ---- calibration -------------------------------------------------------------------------------
@@ -261,4 +398,6 @@ COMPUTE: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
     "plan": cell_plan,
     "hitrate": cell_hitrate,
     "calibration": cell_calibration,
+    "static": cell_static,
+    "offload": cell_offload,
 }

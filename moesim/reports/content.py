@@ -224,7 +224,8 @@ class _Builder:
         where = (s.hw, s.model, s.trace)
         sec = f"placement {_short(s.hw)}"
         stem = _slug("placement", s.hw, s.model, s.trace)
-        results = {p: self.cell(g.plan_cell(s, p, self.sweep.seed)) for p in s.planners}
+        cells = g.study_plan_cells(self.sweep, self.sweep.placement.index(s))
+        results = {p: self.cell(c) for p, c in cells.items()}
         done = {p: r for p, r in results.items() if r is not None}
         if not done:
             return Section(f"Placement on {_short(s.hw)}", ("No planner cell could be computed.",))
@@ -489,7 +490,8 @@ class _Builder:
             return None
         s = self.sweep.placement[0]
         planner = g.timeline_planner(self.sweep, s)
-        r = self.cell(g.timeline_cell(s, planner, self.sweep.seed))
+        r = self.res.get(g.study_plan_cells(self.sweep, 0)[planner])
+        r = None if r is None else r.get("timeline")
         if r is None:
             return None
         where = (s.hw, s.model, s.trace)

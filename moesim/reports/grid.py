@@ -79,12 +79,16 @@ def _placement_params(s: PlacementStudy, seed: int) -> dict[str, Any]:
     }
 
 
-def plan_cell(s: PlacementStudy, planner: str, seed: int) -> Cell:
-    return Cell.make("plan", planner=planner, **_placement_params(s, seed))
+def plan_cell(s: PlacementStudy, planner: str, seed: int, *, timeline: bool = False) -> Cell:
+    """One planner of a placement study; ``timeline`` also simulates one step of its plan with a timeline."""
+    return Cell.make("plan", planner=planner, timeline=timeline, **_placement_params(s, seed))
 
 
-def timeline_cell(s: PlacementStudy, planner: str, seed: int) -> Cell:
-    return Cell.make("timeline", planner=planner, **_placement_params(s, seed))
+def study_plan_cells(sweep: Sweep, index: int) -> dict[str, Cell]:
+    """The plan cells of placement study ``index``, by planner (the first study draws the timeline)."""
+    s = sweep.placement[index]
+    drawn = timeline_planner(sweep, s) if index == 0 else None
+    return {p: plan_cell(s, p, sweep.seed, timeline=p == drawn) for p in s.planners}
 
 
 def hitrate_cell(s: OffloadStudy, sizes: tuple[int, ...]) -> Cell:
@@ -149,12 +153,9 @@ def expand(sweep: Sweep, shape: Callable[[str, str], tuple[int, int]]) -> list[C
     for o in sweep.offload:
         add(setup_cell(o.hw, o.model, o.trace))
         add(calibration_cell(o.hw, o.model))
-    for s in sweep.placement:
-        for planner in s.planners:
-            add(plan_cell(s, planner, sweep.seed))
-    if sweep.placement:
-        s = sweep.placement[0]
-        add(timeline_cell(s, timeline_planner(sweep, s), sweep.seed))
+    for i in range(len(sweep.placement)):
+        for c in study_plan_cells(sweep, i).values():
+            add(c)
     for o in sweep.offload:
         sizes = cache_sizes(o, *shape(o.model, o.trace))
         if any(p != "static" for p in o.policies):
