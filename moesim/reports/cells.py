@@ -368,7 +368,8 @@ def offload_argv(p: dict[str, Any]) -> list[str]:
     """The ``moesim simulate`` command line of one (GPU memory, miss mode) offloading cell."""
     return ["simulate", "--hw", p["hw"], "--model", p["model"], "--trace", p["trace"],
             "--batch", str(p["batch"]), *_opt("--steps", p.get("steps")), "--phase", "decode",
-            "--cache", p["policy"], "--gpu-memory", str(p["gpu_memory"]).replace(" ", ""), "--miss", p["miss"],
+            "--cache", p["policy"], "--gpu-memory", str(p["gpu_memory"]).replace(" ", ""),
+            "--miss", p["miss"],
             "--seed", str(p["seed"]), "--json"]
 
 
