@@ -7,6 +7,7 @@ and, for fabric shared by all nodes, a plain name (``ib``).
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -161,13 +162,22 @@ class Cluster:
     @cached_property
     def _paths(self) -> dict[str, dict[str, tuple[Link, ...]]]:
         g = self.graph
+        devices = self._by_id
+
+        def link_of(vertices: list[str]) -> tuple[Link, ...]:
+            return tuple(g.edges[a, b]["link"] for a, b in itertools.pairwise(vertices))
+
         out: dict[str, dict[str, tuple[Link, ...]]] = {}
-        for src, targets in nx.all_pairs_dijkstra_path(g, weight="weight"):
-            if src not in self._by_id:
-                continue
+        for src in devices:
+            # Only switches and CPUs (the host bridge) route: a transfer does not hop through a GPU
+            # unless no other path exists (a PIM stack reached only through its GPU).
+            def no_transit(u: str, v: str, attrs: dict, src: str = src) -> float | None:
+                routes = u == src or u not in devices or devices[u].kind == "cpu"
+                return attrs["weight"] if routes else None
+
+            direct = nx.single_source_dijkstra_path(g, src, weight=no_transit)
+            fallback = nx.single_source_dijkstra_path(g, src, weight="weight")
             out[src] = {
-                dst: tuple(g.edges[a, b]["link"] for a, b in zip(vertices, vertices[1:], strict=False))
-                for dst, vertices in targets.items()
-                if dst in self._by_id
+                dst: link_of(direct.get(dst) or fallback[dst]) for dst in devices if dst in fallback
             }
         return out
