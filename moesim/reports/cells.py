@@ -128,27 +128,23 @@ def _scalar_stats(stats: dict[str, Any], prefix: str = "", depth: int = 0) -> di
     return out
 
 
-def _provenance(meta: dict[str, Any]) -> dict[str, str]:
-    """Short provenance fields of a trace's metadata (source, generator, fit, licence ...)."""
-    keys = (
-        "source",
-        "source_repo",
-        "source_commit",
-        "generator",
-        "synthetic",
-        "fitted_to",
-        "fit_source",
-        "dataset",
-        "prompts",
-        "license",
-        "seed",
-        "model",
-    )
-    out = {}
-    for k in keys:
-        v = meta.get(k)
-        if isinstance(v, (str, int, float, bool)) and str(v):
-            out[k] = str(v)[:200]
+def _provenance(meta: dict[str, Any], limit: int = 10) -> dict[str, str]:
+    """Short provenance fields of a trace's metadata: source, prompts, licence, how it was
+    synthesised and what it was fitted to (nested dicts flattened with dots; lists left out)."""
+    skip = {"schema", "num_experts", "top_k", "n_tokens", "n_moe_layers", "n_sequences", "has_gate_weights",
+            "k_order", "sequences", "per_sequence"}
+    out: dict[str, str] = {}
+
+    def walk(d: dict[str, Any], prefix: str, depth: int) -> None:
+        for k, v in d.items():
+            if len(out) >= limit or k in skip:
+                continue
+            if isinstance(v, dict) and depth < 2:
+                walk(v, f"{prefix}{k}.", depth + 1)
+            elif isinstance(v, (str, int, float, bool)) and str(v):
+                out[prefix + k] = str(v)[:240]
+
+    walk(meta, "", 0)
     return out
 
 
@@ -200,7 +196,12 @@ def cell_plan(p: dict[str, Any]) -> dict[str, Any]:
         plan_file = Path(tmp) / "plan.json"
         out = run_verb(plan_argv(p, p["planner"], "--out", str(plan_file)))
         plan = Plan.load(plan_file)
-        timeline = _plan_timeline(p, plan_file, Path(tmp)) if p.get("timeline") else None
+        timeline = None
+        if p.get("timeline"):
+            try:
+                timeline = _plan_timeline(p, plan_file, Path(tmp))
+            except UserError as e:  # the table's numbers stand without the picture
+                timeline = {"error": str(e)}
     train, evaluation = _split_loads(p)
     return {
         "planner": p["planner"],

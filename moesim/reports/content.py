@@ -16,6 +16,15 @@ from moesim.reports.sweep import OffloadStudy, PlacementStudy, Sweep
 from moesim.units import parse_quantity
 
 GiB = float(1 << 30)
+_TRACE_STATS = {
+    "sequences": "sequences",
+    "summary.max_over_mean": "max/mean load",
+    "summary.gini": "Gini",
+    "summary.entropy_norm": "entropy (norm.)",
+    "summary.reuse_distance_mean": "mean reuse distance",
+    "summary.consecutive_overlap": "consecutive overlap",
+    "summary.cross_layer_topk_mass": "cross-layer top-k mass",
+}
 
 
 def _slug(*parts: Any) -> str:
@@ -79,34 +88,35 @@ class _Builder:
     # ---- setup ---------------------------------------------------------------------------------
 
     def setup(self) -> Section:
-        seen: list[g.Cell] = []
-        for s in (*self.sweep.placement, *self.sweep.offload):
-            c = g.setup_cell(s.hw, s.model, s.trace, getattr(s, "nodes", None))
-            if c not in seen:
-                seen.append(c)
-        tables: list[Table] = []
+        cells: list[g.Cell] = []
+        for st in (*self.sweep.placement, *self.sweep.offload):
+            c = g.setup_cell(st.hw, st.model, st.trace, getattr(st, "nodes", None))
+            if c not in cells:
+                cells.append(c)
+        hw_rows: list[tuple[Any, ...]] = []
+        model_rows: list[tuple[Any, ...]] = []
+        trace_rows: list[tuple[Any, ...]] = []
         paras: list[str] = []
-        hw_done: set[str] = set()
-        model_done: set[str] = set()
-        for c in seen:
+        seen: set[str] = set()
+        for c in cells:
             r = self.cell(c)
             if r is None:
                 continue
             where = (c.p["hw"], c.p["model"], c.p["trace"])
-            hw = r["hardware"]
-            if hw["name"] not in hw_done:
-                hw_done.add(hw["name"])
-                name = f"hw_{_slug(hw['name'])}"
-                rows = []
+            hw, m, t = r["hardware"], r["model"], r["trace"]
+            if f"hw:{hw['name']}:{hw['nodes']}" not in seen:
+                seen.add(f"hw:{hw['name']}:{hw['nodes']}")
                 for d in hw["devices"]:
-                    rows.append(
+                    hw_rows.append(
                         (
+                            hw["name"],
+                            hw["nodes"],
                             d["kind"],
                             d["model"],
                             d["count"],
                             self.rec(
                                 "setup",
-                                name,
+                                "hardware",
                                 where,
                                 d["model"],
                                 "",
@@ -117,65 +127,54 @@ class _Builder:
                             ),
                             self.rec(
                                 "setup",
-                                name,
+                                "hardware",
                                 where,
                                 d["model"],
                                 "",
                                 "",
-                                "memory_bandwidth_gb_per_s",
+                                "memory_gb_per_s",
                                 d["memory_bandwidth_bytes_per_s"] / 1e9,
                                 "GB/s",
                             ),
                             self.rec(
                                 "setup",
-                                name,
+                                "hardware",
                                 where,
                                 d["model"],
                                 "",
                                 "",
-                                "peak_tflops",
+                                "peak_bf16_tflops",
                                 d["peak_flops_per_s"] / 1e12,
                                 "TFLOP/s",
                             ),
                         )
                     )
-                for link in hw["links"]:
-                    rows.append(
+                for ln in hw["links"]:
+                    hw_rows.append(
                         (
+                            hw["name"],
+                            hw["nodes"],
                             "link",
-                            link["kind"],
-                            link["count"],
+                            ln["kind"],
+                            ln["count"],
                             None,
                             self.rec(
                                 "setup",
-                                name,
+                                "hardware",
                                 where,
-                                link["kind"],
+                                ln["kind"],
                                 "",
                                 "",
-                                "bandwidth_gb_per_s",
-                                link["bandwidth_bytes_per_s"] / 1e9,
+                                "link_gb_per_s",
+                                ln["bandwidth_bytes_per_s"] / 1e9,
                                 "GB/s",
                             ),
                             None,
                         )
                     )
-                tables.append(
-                    Table(
-                        name,
-                        f"Hardware {hw['name']}",
-                        f"{hw['nodes']} node(s); devices and links of the profile "
-                        f"(`moesim hw show {hw['name']}`). Peak is the {hw['peak_dtype']} peak.",
-                        ("kind", "model", "count", "memory GiB", "bandwidth GB/s", "peak TFLOP/s"),
-                        tuple(rows),
-                    )
-                )
-            m = r["model"]
-            if m["name"] not in model_done:
-                model_done.add(m["name"])
-                name = f"model_{_slug(m['name'])}"
+            if f"model:{m['name']}" not in seen:
+                seen.add(f"model:{m['name']}")
                 keys = (
-                    "num_layers",
                     "num_moe_layers",
                     "num_experts",
                     "top_k",
@@ -185,38 +184,69 @@ class _Builder:
                     "expert_mib",
                     "total_expert_gib",
                 )
-                rows = tuple((k, self.rec("setup", name, where, m["name"], "", "", k, m[k])) for k in keys)
-                tables.append(
-                    Table(
-                        name,
-                        f"Model {m['name']}",
-                        f"`moesim model show {m['name']}`; "
-                        f"weights {m['weight_dtype']}. Source: {m['source'] or 'n/a'}.",
-                        ("field", "value"),
-                        rows,
+                model_rows.append(
+                    (
+                        m["name"],
+                        *[self.rec("setup", "models", where, m["name"], "", "", k, m[k]) for k in keys],
                     )
                 )
-            t = r["trace"]
-            name = f"trace_{_slug(t['name'])}"
-            rows = [
-                (k, self.rec("setup", name, where, t["name"], "", "", k, v)) for k, v in t["stats"].items()
-            ]
-            tables.append(
-                Table(
-                    name,
-                    f"Trace {t['name']}",
-                    f"Routing statistics (`{t['command']}`); file sha256 {t['sha256'][:16]}.",
-                    ("statistic", "value"),
-                    tuple(rows),
+            if f"trace:{t['sha256']}" not in seen:
+                seen.add(f"trace:{t['sha256']}")
+                st = t["stats"]
+                vals = [
+                    self.rec("setup", "traces", where, t["name"], "", "", k, st.get(k)) for k in _TRACE_STATS
+                ]
+                trace_rows.append((t["name"], t["num_tokens"], t["num_layers"], t["top_k"], *vals))
+                prov = "; ".join(f"{k}: {v}" for k, v in t["provenance"].items())
+                paras.append(
+                    f"Trace `{t['name']}` (sha256 {t['sha256'][:12]}, model {t['model_name']}): "
+                    f"{prov or 'no provenance recorded in the file'}. Statistics: `{t['command']}`."
                 )
-            )
-            prov = "; ".join(f"{k}: {v}" for k, v in t["provenance"].items())
-            paras.append(
-                f"Trace `{t['name']}` ({t['num_tokens']} tokens x {t['num_layers']} MoE layers x "
-                f"top-{t['top_k']} of {t['num_experts']} experts, model {t['model_name']}). "
-                f"Provenance: {prov or 'not recorded in the file'}."
-            )
-        return Section("Setup", tuple(paras), tuple(tables))
+        tables = [
+            Table(
+                "hardware",
+                "Hardware profiles",
+                "Devices and links of each profile (`moesim hw show NAME`); peak is the dense bf16 peak.",
+                (
+                    "profile",
+                    "nodes",
+                    "kind",
+                    "model",
+                    "count",
+                    "memory GiB",
+                    "bandwidth GB/s",
+                    "peak TFLOP/s",
+                ),
+                tuple(hw_rows),
+            ),
+            Table(
+                "models",
+                "Models",
+                "MoE shape of each model spec (`moesim model show NAME`).",
+                (
+                    "model",
+                    "MoE layers",
+                    "experts",
+                    "top-k",
+                    "shared",
+                    "hidden",
+                    "expert FFN",
+                    "expert MiB",
+                    "all experts GiB",
+                ),
+                tuple(model_rows),
+            ),
+            Table(
+                "traces",
+                "Traces",
+                "Routing statistics (`moesim trace stats`): load max/mean and Gini over "
+                "experts, normalised entropy, mean reuse distance, overlap of consecutive tokens' experts, "
+                "top-k mass of the next layer's experts given this layer's.",
+                ("trace", "tokens", "layers", "top-k", *[_TRACE_STATS[k] for k in _TRACE_STATS]),
+                tuple(trace_rows),
+            ),
+        ]
+        return Section("Setup", tuple(paras), tuple(t for t in tables if t.rows))
 
     # ---- placement -----------------------------------------------------------------------------
 
@@ -224,68 +254,83 @@ class _Builder:
         where = (s.hw, s.model, s.trace)
         sec = f"placement {_short(s.hw)}"
         stem = _slug("placement", s.hw, s.model, s.trace)
+        title = f"Placement on {_short(s.hw)}" + (f" ({s.nodes} nodes)" if s.nodes else "")
         cells = g.study_plan_cells(self.sweep, self.sweep.placement.index(s))
         results = {p: self.cell(c) for p, c in cells.items()}
         done = {p: r for p, r in results.items() if r is not None}
         if not done:
-            return Section(f"Placement on {_short(s.hw)}", ("No planner cell could be computed.",))
-        base = done.get("contiguous")
-        base_step = base["json"]["step_time_s_eval"] if base else None
-        classes = sorted({k for r in done.values() for k in (r["json"].get("a2a_bytes") or {})})
+            return Section(title, ("No planner cell could be computed.",))
+        names = list(done)
+        js = {p: done[p]["json"] for p in names}
+        base_step = js["contiguous"].get("step_time_s_eval") if "contiguous" in js else None
+
+        def speedup(p: str) -> float | None:
+            st = js[p].get("step_time_s_eval")
+            return base_step / st if base_step and st else None
+
+        classes = sorted({k for j in js.values() for k in (j.get("a2a_bytes") or {})})
+        item = f"{stem}_table"
+        cols = (
+            ("gpu_imbalance_train", "imbalance (train)", ""),
+            ("gpu_imbalance_eval", "imbalance (eval)", ""),
+            ("predicted_moe_step_s_eval", "predicted MoE s/step", "s"),
+            ("step_time_s_eval", "simulated step s", "s"),
+            ("tokens_per_s_eval", "tokens/s", "tokens/s"),
+        )
         rows = []
-        for p, r in done.items():
-            j = r["json"]
-            speed = base_step / j["step_time_s_eval"] if base_step and j["step_time_s_eval"] else None
-            row = [p]
-            for key, unit in (
-                ("gpu_imbalance_train", ""),
-                ("gpu_imbalance_eval", ""),
-                ("step_time_s_eval", "s"),
-                ("tokens_per_s_eval", "tokens/s"),
-            ):
-                row.append(self.rec(sec, f"{stem}_table", where, p, "", "", key, j[key], unit))
-            row.append(self.rec(sec, f"{stem}_table", where, p, "", "", "speedup_vs_contiguous", speed, "x"))
-            for cls in classes:
-                v = (j.get("a2a_bytes") or {}).get(cls, 0)
-                row.append(
-                    self.rec(sec, f"{stem}_table", where, p, "link_class", cls, "all_to_all_bytes", v, "B")
+        for p in names:
+            j = js[p]
+            row: list[Any] = [p]
+            row += [self.rec(sec, item, where, p, "", "", key, j.get(key), unit) for key, _, unit in cols]
+            row.append(self.rec(sec, item, where, p, "", "", "speedup_vs_contiguous", speedup(p), "x"))
+            row += [
+                self.rec(
+                    sec,
+                    item,
+                    where,
+                    p,
+                    "link_class",
+                    c,
+                    "all_to_all_bytes",
+                    (j.get("a2a_bytes") or {}).get(c, 0.0),
+                    "B",
                 )
-            row.append(self.rec(sec, f"{stem}_table", where, p, "", "", "solve_s", j.get("solve_s"), "s"))
-            row.append(self.rec(sec, f"{stem}_table", where, p, "", "", "gap", j.get("gap"), ""))
+                for c in classes
+            ]
+            row.append(self.rec(sec, item, where, p, "", "", "solve_s", j.get("solve_s"), "s"))
+            row.append(self.rec(sec, item, where, p, "", "", "gap", j.get("gap")))
             rows.append(tuple(row))
-        cmd = done[next(iter(done))]["command"].replace(f"--planner {next(iter(done))}", "--planner all")
+        first = names[0]
+        cmd = done[first]["command"].replace(f"--planner {first}", "--planner all")
         table = Table(
-            f"{stem}_table",
+            item,
             f"Placement planners on {_short(s.hw)}",
-            f"Planned on the first {s.train_fraction:g} of `{_short(s.trace)}`, simulated on the rest. "
-            f"Imbalance is max-GPU / mean-GPU load per MoE layer, averaged over layers. Each row equals "
-            f"`{cmd}` for that planner.",
+            f"Planned on the first {s.train_fraction:g} of `{_short(s.trace)}` (row order), evaluated "
+            "on the rest. Imbalance: max-GPU / mean-GPU load per MoE layer (replicas split evenly), "
+            "averaged over layers. Predicted: the ILP's cost model; simulated: `moesim simulate` of "
+            f"the evaluation tokens. Each row equals that planner's entry of `{cmd}`.",
             (
                 "planner",
-                "imbalance (train)",
-                "imbalance (eval)",
-                "step time s",
-                "tokens/s",
+                *[c[1] for c in cols],
                 "speedup vs contiguous",
-                *[f"all-to-all B {c}" for c in classes],
+                *[f"all-to-all bytes {c}" for c in classes],
                 "solve s",
                 "gap",
             ),
             tuple(rows),
         )
-        figs = []
-        layers = next(iter(done.values()))["moe_layers"]
+        layers = done[first]["moe_layers"]
         series = {}
-        for p, r in done.items():
-            series[p] = r["imbalance_per_layer_eval"]
-            for layer, v in zip(layers, r["imbalance_per_layer_eval"], strict=True):
+        for p in names:
+            series[p] = done[p]["imbalance_per_layer_eval"]
+            for layer, v in zip(layers, series[p], strict=True):
                 self.rec(sec, f"{stem}_imbalance", where, p, "moe_layer", layer, "gpu_imbalance_eval", v)
-        figs.append(
+        figs = [
             self.figure(
                 f"{stem}_imbalance",
                 f"Realised imbalance per layer on {_short(s.hw)}",
-                "Max-GPU / mean-GPU token load of each MoE layer on the evaluation part of the "
-                "trace (1.0 = perfect balance), one line per planner.",
+                "Max-GPU / mean-GPU token load of each MoE layer on the evaluation tokens (1.0 = "
+                "perfect balance), one line per planner; the layer mean is the table's imbalance.",
                 plots.lines(
                     layers,
                     series,
@@ -296,31 +341,32 @@ class _Builder:
                     ref_label="perfect balance",
                 ),
             )
-        )
-        names = list(done)
-        steps = [done[p]["json"]["step_time_s_eval"] * 1e3 for p in names]
-        for p, v in zip(names, steps, strict=True):
-            self.rec(sec, f"{stem}_step", where, p, "", "", "step_time_ms_eval", v, "ms")
-        figs.append(
-            self.figure(
-                f"{stem}_step",
-                f"Simulated step time per planner on {_short(s.hw)}",
-                "Mean simulated step time on the evaluation tokens (lower is better).",
-                plots.bars(names, steps, ylabel="step time (ms)", title="Step time (eval)"),
+        ]
+        steps = {p: js[p].get("step_time_s_eval") for p in names}
+        if any(v is not None for v in steps.values()):
+            ms = [None if steps[p] is None else steps[p] * 1e3 for p in names]
+            for p, v in zip(names, ms, strict=True):
+                self.rec(sec, f"{stem}_step", where, p, "", "", "step_time_ms_eval", v, "ms")
+            figs.append(
+                self.figure(
+                    f"{stem}_step",
+                    f"Simulated step time per planner on {_short(s.hw)}",
+                    "Mean simulated step time on the evaluation tokens (lower is better).",
+                    plots.bars(names, ms, ylabel="step time (ms)", title="Step time (evaluation)"),
+                )
             )
-        )
         if base_step:
-            speeds = [base_step / done[p]["json"]["step_time_s_eval"] for p in names]
-            for p, v in zip(names, speeds, strict=True):
+            sp = [speedup(p) for p in names]
+            for p, v in zip(names, sp, strict=True):
                 self.rec(sec, f"{stem}_speedup", where, p, "", "", "speedup_vs_contiguous", v, "x")
             figs.append(
                 self.figure(
                     f"{stem}_speedup",
                     f"Speedup over contiguous on {_short(s.hw)}",
-                    "Contiguous step time / planner step time, evaluation tokens (higher is better).",
+                    "Contiguous step time / planner step time on the evaluation tokens (higher is better).",
                     plots.bars(
                         names,
-                        speeds,
+                        sp,
                         ylabel="speedup (x)",
                         title="Speedup vs contiguous",
                         ref_y=1.0,
@@ -329,10 +375,9 @@ class _Builder:
                     ),
                 )
             )
-        if classes:
+        if classes and any((j.get("a2a_bytes") or {}).get(c) for j in js.values() for c in classes):
             stacks = {
-                c: [float((done[p]["json"].get("a2a_bytes") or {}).get(c, 0)) / 1e9 for p in names]
-                for c in classes
+                c: [float((js[p].get("a2a_bytes") or {}).get(c, 0.0)) / 1e9 for p in names] for c in classes
             }
             for c, vals in stacks.items():
                 for p, v in zip(names, vals, strict=True):
@@ -341,16 +386,48 @@ class _Builder:
                 self.figure(
                     f"{stem}_a2a",
                     f"All-to-all bytes by link class on {_short(s.hw)}",
-                    "Dispatch + combine bytes over the evaluation steps, split by the class of "
-                    "link they cross.",
+                    "Dispatch + combine bytes of the evaluation steps by the class of link they "
+                    "cross (NVLink inside a node, InfiniBand across nodes, PCIe).",
                     plots.stacked_bars(names, stacks, ylabel="GB", title="All-to-all traffic"),
                 )
             )
-        paras = (
-            f"Hardware `{_short(s.hw)}`, model `{_short(s.model)}`, trace `{_short(s.trace)}`; "
-            f"{s.slots_per_gpu or 'default'} expert slots per GPU; ILP time limit {s.time_limit_s:g} s.",
-        )
-        return Section(f"Placement on {_short(s.hw)}", paras, (table,), tuple(figs))
+        info = done[first].get("info", {})
+        paras = [
+            f"Hardware `{_short(s.hw)}` ({info.get('gpus', '?')} GPUs x {info.get('slots_per_gpu', '?')} "
+            f"expert slots), model `{_short(s.model)}`, trace `{_short(s.trace)}`: planned on "
+            f"{info.get('train_tokens', '?')} tokens, evaluated on {info.get('eval_tokens', '?')}; "
+            f"ILP time limit {s.time_limit_s:g} s."
+        ]
+        paras += self._placement_verdict(js, speedup)
+        return Section(title, tuple(paras), (table,), tuple(figs))
+
+    @staticmethod
+    def _placement_verdict(js: dict[str, dict[str, Any]], speedup: Any) -> list[str]:
+        """Which planner wins and why, in words, from the numbers of the table."""
+        timed = {p: j["step_time_s_eval"] for p, j in js.items() if j.get("step_time_s_eval")}
+        out = []
+        if timed:
+            best = min(timed, key=lambda p: timed[p])
+            sp = speedup(best)
+            out.append(
+                f"Fastest simulated step: `{best}` ({timed[best] * 1e3:.3f} ms"
+                + (f", {sp:.3f}x contiguous" if sp else "")
+                + ")."
+            )
+        if "ilp" in js and "eplb" in js:
+            a, b = js["ilp"], js["eplb"]
+            why = [f"evaluation imbalance {a['gpu_imbalance_eval']:.4f} vs {b['gpu_imbalance_eval']:.4f}"]
+            ia, ib = (a.get("a2a_bytes") or {}).get("ib", 0.0), (b.get("a2a_bytes") or {}).get("ib", 0.0)
+            if ia or ib:
+                why.append(f"cross-node (InfiniBand) all-to-all {ia / 1e9:.3f} GB vs {ib / 1e9:.3f} GB")
+            if a.get("step_time_s_eval") and b.get("step_time_s_eval"):
+                d = 1.0 - a["step_time_s_eval"] / b["step_time_s_eval"]
+                word = "shorter" if d >= 0 else "longer"
+                verdict = f"`ilp`'s simulated step is {abs(d):.1%} {word} than `eplb`'s"
+            else:
+                verdict = "`ilp` vs `eplb`"
+            out.append(f"{verdict}: " + "; ".join(why) + ".")
+        return out
 
     # ---- offloading ----------------------------------------------------------------------------
 
@@ -411,7 +488,12 @@ class _Builder:
                     ),
                 )
             )
-        if o.gpu_memory:
+        mem_cells = {
+            (m, x): self.cell(g.offload_cell(o, m, x, self.sweep.seed))
+            for m in o.gpu_memory
+            for x in o.miss_modes
+        }
+        if any(r is not None for r in mem_cells.values()):
             mems = sorted(o.gpu_memory, key=lambda m: parse_quantity(m, "bytes"))
             gib = [parse_quantity(m, "bytes") / GiB for m in mems]
             tps: dict[str, list[float | None]] = {}
@@ -420,7 +502,7 @@ class _Builder:
             for miss in o.miss_modes:
                 tps[miss] = []
                 for m, x in zip(mems, gib, strict=True):
-                    r = self.cell(g.offload_cell(o, m, miss, self.sweep.seed))
+                    r = mem_cells[(m, miss)]
                     v = None if r is None else r["summary"]["tokens_per_s"]
                     hr = None if r is None else r["summary"].get("cache_hit_rate")
                     cmd = cmd or (r["command"] if r else "")
@@ -492,7 +574,9 @@ class _Builder:
         planner = g.timeline_planner(self.sweep, s)
         r = self.res.get(g.study_plan_cells(self.sweep, 0)[planner])
         r = None if r is None else r.get("timeline")
-        if r is None:
+        if r is None or "error" in r:
+            if r is not None:
+                self.notes.append(f"timeline of `{planner}` on `{_short(s.hw)}`: {r['error']}")
             return None
         where = (s.hw, s.model, s.trace)
         stem = _slug("timeline", s.hw, planner)
