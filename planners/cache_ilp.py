@@ -180,11 +180,23 @@ def plan_cache(model: MoEModel, cluster: Cluster, trace_or_load: Any, gpu_memory
                cost: Any,
                *, miss: str = "fetch", prefetch: str = "none", time_limit_s: float = 60,
                batch_size: int = 1, context_tokens: int = 4096, devices: tuple[str, ...] | None = None,
-               lowbit_dtype: str = "int4") -> CachePlan:
+               lowbit_dtype: str = "int4", policy: str = "static") -> CachePlan:
     """Choose resident experts per MoE layer for ``gpu_memory_bytes`` per GPU (None: the device's
     memory); see the module docstring for the model. ``prefetch="auto"`` solves with and without the
     predictor and keeps the better; ``miss="auto"`` decides fetch vs CPU (PIM if the cluster has
-    one and no CPU) per expert."""
+    one and no CPU) per expert. ``policy="lru"|"lfu"`` sizes dynamic caches per layer instead
+    (:mod:`moesim.planners.cache_sizing`); ``"auto"`` solves static and LRU and keeps the lower stall."""
+    if policy not in ("static", "lru", "lfu", "auto"):
+        raise UserError(f"expected static, lru, lfu or auto, got {policy!r}", field="policy")
+    if policy != "static":
+        from moesim.planners.cache_sizing import choose_policy, size_dynamic_cache
+
+        kw = dict(miss=miss, prefetch=prefetch, time_limit_s=time_limit_s, batch_size=batch_size,
+                  context_tokens=context_tokens, devices=devices, lowbit_dtype=lowbit_dtype)
+        if policy == "auto":
+            return choose_policy(plan_cache, model, cluster, trace_or_load, gpu_memory_bytes, cost, **kw)
+        return size_dynamic_cache(model, cluster, trace_or_load, gpu_memory_bytes, cost, policy=policy,
+                                  **kw)
     if miss not in MISS_CHOICES:
         raise UserError(f"expected one of {', '.join(MISS_CHOICES)}, got {miss!r}", field="miss")
     if prefetch not in PREFETCH_CHOICES:
@@ -247,10 +259,7 @@ def plan_cache(model: MoEModel, cluster: Cluster, trace_or_load: Any, gpu_memory
                 if t not in memo:
                     memo[t] = float(call(executor, np.array([t])))
                 exec_s[i, e] = memo[t]
-        per_expert = math.ceil(batch_size * K / min(E, batch_size * K))
-        window_s[i] = float(cost.attention_s(gpu, batch_size, context_tokens, "decode")) \
-            + float(cost.router_s(gpu, batch_size)) + float(cost.shared_expert_s(gpu, batch_size)) \
-            + float(cost.expert_compute_s(gpu, np.full(min(E, batch_size * K), per_expert)))
+        window_s[i] = prefetch_window_s(cost, gpu, model, batch_size, context_tokens)
     if miss in ("cpu", "pim"):
         fetch_s[:] = np.inf
 
@@ -348,6 +357,17 @@ def _expert_slots(cluster: Cluster, gpus: tuple[str, ...], stage: list[int], num
                 field="gpu_memory")
         slots.append(min(stage.count(g) * num_experts, math.floor((budget - fixed) / eb + 1e-9)))
     return slots
+
+
+def prefetch_window_s(cost: Any, gpu: str, model: MoEModel, batch_size: int, context_tokens: int) -> float:
+    """Seconds of GPU work in one decode layer (attention, router, shared and routed experts with the
+    batch's K assignments spread over distinct experts): the time a next-layer prefetch can hide."""
+    E, K = model.num_experts, model.top_k
+    active = min(E, batch_size * K)
+    per_expert = math.ceil(batch_size * K / active)
+    return float(cost.attention_s(gpu, batch_size, context_tokens, "decode")) \
+        + float(cost.router_s(gpu, batch_size)) + float(cost.shared_expert_s(gpu, batch_size)) \
+        + float(cost.expert_compute_s(gpu, np.full(active, per_expert)))
 
 
 def _executor(cluster: Cluster, gpu: str, miss: str) -> tuple[str, str]:
