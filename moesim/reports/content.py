@@ -466,8 +466,10 @@ class _Builder:
                 Table(
                     f"{stem}_hitrate_table",
                     f"Hit rate vs cache size ({_short(o.trace)})",
-                    f"Per-layer expert cache of C experts, tokens in row order, batch 1 "
-                    f"(`{hit_cmd}`); `static` pins the cache planner's experts.",
+                    "Per-layer expert cache of C experts, tokens in row order, batch 1, over the whole "
+                    f"trace (`{hit_cmd}`). `static`: the experts the cache planner (`cache_ilp.plan_cache`, "
+                    "fetch misses, no prefetch) pins in the memory of C experts per layer, planned on the "
+                    "whole trace.",
                     ("experts cached / layer", *curves),
                     tuple((c, *[curves[p][i] for p in curves]) for i, c in enumerate(sizes)),
                 )
@@ -476,8 +478,9 @@ class _Builder:
                 self.figure(
                     f"{stem}_hitrate",
                     f"Hit rate vs cache size on {_short(o.trace)}",
-                    "Expert-cache hit rate per policy as the per-layer cache grows; Belady "
-                    "(offline optimum) is the ceiling no online policy can pass.",
+                    "Expert-cache hit rate per policy as the per-layer cache grows. Belady (the offline "
+                    "optimum) is the ceiling of every cache that starts empty (LRU, LFU); the static pin is "
+                    "loaded before the first token, so it has no cold misses and can touch the ceiling.",
                     plots.lines(
                         sizes,
                         curves,
