@@ -182,3 +182,17 @@ def test_permute_combine_and_p2p_tables(tmp_path: Path, mixtral) -> None:
         5e-6 + load_calibration(tmp_path).time_s("combine", tokens=64, top_k=2, hidden=4096, dtype="bf16")
     )
     assert kernels.sources()["permute_combine"] == "table"
+
+
+def test_a_profile_calibration_entry_is_used_by_default(tmp_path: Path, mixtral) -> None:
+    write_tables(tmp_path / "tables", "NVIDIA H100 80GB HBM3")
+    profile = tmp_path / "mine.yaml"
+    profile.write_text("kind: cluster\nextends: h100x8\nname: mine\ncalibration: tables\n")
+    cluster = load_cluster(profile)
+    assert cluster.calibration_dir == str(tmp_path / "tables")
+    t = np.array([4, 4, 0, 0, 0, 0, 0, 0])
+    assert CostModel(cluster, mixtral).expert_compute_s("n0.gpu0", t) == pytest.approx(grouped_seconds(4, 2))
+    assert CostModel(load_cluster("h100x8"), mixtral).sources().get("expert") != "table"
+    profile.write_text("kind: cluster\nextends: h100x8\ncalibration: nowhere\n")
+    with pytest.raises(UserError, match=r"mine\.yaml: calibration: expected a folder written by"):
+        load_cluster(profile)

@@ -48,7 +48,10 @@ class CostModel(CollectiveCosts):
     ):
         """``calibration``: a ``moesim.calibration.tables.Calibration`` (anything with
         ``time_s(op, **shape)``), or a folder / built-in name to load one from. Its tables apply to
-        the GPUs whose model matches ``calibration.device``, or to ``calibrated_devices`` if given."""
+        the GPUs whose model matches ``calibration.device``, or to ``calibrated_devices`` if given.
+        Without one, the profile's own ``calibration:`` folder is used when it names one."""
+        if calibration is None and cluster.calibration_dir:
+            calibration = cluster.calibration_dir
         if isinstance(calibration, (str, Path)):
             from moesim.calibration.tables import load_calibration  # lazy: only when asked for
 

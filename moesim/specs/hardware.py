@@ -116,6 +116,8 @@ class Cluster:
     switches: tuple[str, ...]
     links: tuple[Link, ...]
     source_file: str | None = None
+    calibration_dir: str | None = None
+    """Measured kernel tables (``moesim calibrate --out DIR``) the cost model uses by default."""
 
     def device(self, device_id: str) -> Device:
         try:

@@ -9,7 +9,7 @@ docs/hardware.md for every field.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,7 @@ from moesim.specs.yaml_fields import Fields, load_document, origin_of
 
 _COMMON_KEYS = {"kind", "name", "description", "source", "verified", "estimated", "notes", "catalogs",
                 "devices", "links"}
-_TOP_KEYS = frozenset(_COMMON_KEYS | {"extends", "nodes", "node", "fabric"})
+_TOP_KEYS = frozenset(_COMMON_KEYS | {"extends", "nodes", "node", "fabric", "calibration"})
 _CATALOG_KEYS = frozenset(_COMMON_KEYS)
 _NODE_KEYS = frozenset({"devices", "switches", "links"})
 _NODE_DEVICE_KEYS = frozenset({"model", "count"})
@@ -50,7 +50,24 @@ def load_cluster(name_or_path: str | Path, *, nodes: int | None = None) -> Clust
     # A profile that extends another keeps its own name, not its parent's.
     own_name = "name" in top and origin_of(doc.origins, "name", str(doc.path)) == str(doc.path)
     name = top.str("name") if own_name else doc.path.stem
-    return _build(name, count, top, Catalog.for_document(doc), str(doc.path))
+    cluster = _build(name, count, top, Catalog.for_document(doc), str(doc.path))
+    if "calibration" not in top:
+        return cluster
+    origin = Path(origin_of(doc.origins, "calibration", str(doc.path)))
+    return replace(cluster, calibration_dir=_calibration_dir(top, origin))
+
+
+def _calibration_dir(top: Fields, origin: Path) -> str:
+    """A calibration folder named in a profile: relative to the file that names it, or built in."""
+    text = top.str("calibration")
+    for candidate in (origin.parent / text, builtin_dir("hardware") / "calibration" / text):
+        if candidate.is_dir():
+            return str(candidate)
+    raise top.error(
+        "calibration",
+        f"expected a folder written by 'moesim calibrate --out DIR' (relative to {origin.name} or under "
+        f"hardware/calibration/), got {text!r}",
+    )
 
 
 @dataclass(frozen=True)
