@@ -241,25 +241,24 @@ def plan_cache(model: MoEModel, cluster: Cluster, trace_or_load: Any, gpu_memory
 
     # Miss costs (seconds per step when requested) and prefetch windows, per layer.
     fetch_s = np.zeros(L)
-    exec_s = np.full((L, E), np.inf)
     window_s = np.zeros(L)
-    exec_kind = None
     for i in range(L):
         gpu = gpus[stage[i]]
         if miss in ("fetch", "auto"):
             fetch_s[i] = float(cost.weight_fetch_s(gpu, eb))
         elif miss == "lowbit":
             fetch_s[i] = float(cost.weight_fetch_s(gpu, eb, lowbit_dtype=lowbit_dtype))
-        if miss in ("cpu", "pim", "auto"):
-            exec_kind, executor = _executor(cluster, gpu, miss)
-            call = cost.cpu_expert_s if exec_kind == "cpu" else cost.pim_expert_s
-            memo: dict[float, float] = {}
-            for e in range(E):
-                t = round(float(n[i, e]), 2)
-                if t not in memo:
-                    memo[t] = float(call(executor, np.array([t])))
-                exec_s[i, e] = memo[t]
         window_s[i] = prefetch_window_s(cost, gpu, model, batch_size, context_tokens)
+    # Executing misses: the named device kind, or for "auto" whichever of CPU / PIM costs less.
+    exec_s = np.full((L, E), np.inf)
+    exec_kind = None
+    kinds = (miss,) if miss in ("cpu", "pim") else ("cpu", "pim") if miss == "auto" else ()
+    for kind in kinds:
+        if miss == "auto" and not cluster.devices_of(kind):
+            continue
+        mat = _exec_times(cluster, cost, gpus, stage, n, kind)
+        if exec_kind is None or float((q * mat).sum()) < float((q * exec_s).sum()):
+            exec_s, exec_kind = mat, kind
     if miss in ("cpu", "pim"):
         fetch_s[:] = np.inf
 
@@ -309,7 +308,7 @@ def plan_cache(model: MoEModel, cluster: Cluster, trace_or_load: Any, gpu_memory
     }
     plan = CachePlan(policy="static", capacity_experts=tuple(len(r_) for r_ in resident), resident=resident,
                      miss=mode, prefetch=chosen, params=MappingProxyType(params))
-    if miss != "auto":
+    if miss != "auto" or exec_kind is None:  # no CPU/PIM in the cluster: every miss is fetched
         return plan
     params["miss_executor"] = exec_kind
     params["misses_executed"] = on_exec  # per layer: experts whose misses run on the executor
@@ -370,17 +369,31 @@ def prefetch_window_s(cost: Any, gpu: str, model: MoEModel, batch_size: int, con
         + float(cost.expert_compute_s(gpu, np.full(active, per_expert)))
 
 
-def _executor(cluster: Cluster, gpu: str, miss: str) -> tuple[str, str]:
-    """The CPU or PIM device that runs a GPU's missed experts: PIM attached to it, else its node's."""
+def _exec_times(cluster: Cluster, cost: Any, gpus: tuple[str, ...], stage: list[int], n: np.ndarray,
+                kind: str) -> np.ndarray:
+    """``[L, E]`` seconds to run each expert's ``n[l, e]`` tokens on the CPU/PIM serving its layer's GPU."""
+    call = cost.cpu_expert_s if kind == "cpu" else cost.pim_expert_s
+    out = np.zeros(n.shape)
+    memo: dict[tuple[str, float], float] = {}
+    for i in range(n.shape[0]):
+        executor = _executor(cluster, gpus[stage[i]], kind)
+        for e in range(n.shape[1]):
+            key = (executor, round(float(n[i, e]), 2))
+            if key not in memo:
+                memo[key] = float(call(executor, np.array([key[1]])))
+            out[i, e] = memo[key]
+    return out
+
+
+def _executor(cluster: Cluster, gpu: str, kind: str) -> str:
+    """The CPU or PIM device that runs a GPU's missed experts: one linked to it, else one on its node."""
     node = cluster.device(gpu).node
-    kinds = ("pim",) if miss == "pim" else ("cpu", "pim")
-    for kind in kinds:
-        near = [v for v in cluster.graph.neighbors(gpu) if cluster.graph.nodes[v].get("kind") == kind]
-        devs = near or [d.id for d in cluster.devices_of(kind, node)]
-        if devs:
-            return kind, sorted(devs)[0]
-    raise UserError(f"cluster {cluster.name} has no {' or '.join(kinds)} device on node {node} to run "
-                    f"missed experts of {gpu}", field="miss")
+    near = [v for v in cluster.graph.neighbors(gpu) if cluster.graph.nodes[v].get("kind") == kind]
+    devs = near or [d.id for d in cluster.devices_of(kind, node)]
+    if not devs:
+        raise UserError(f"cluster {cluster.name} has no {kind} device on node {node} to run missed experts "
+                        f"of {gpu}", field="miss")
+    return sorted(devs)[0]
 
 
 def _solve(q: np.ndarray, fetch_s: np.ndarray, exec_s: np.ndarray, window_s: np.ndarray, acc: np.ndarray,

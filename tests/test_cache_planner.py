@@ -247,3 +247,24 @@ def test_mixtral_static_hit_rate_in_sample_and_vs_lru(mixtral_setup):
 def test_prefetch_accuracy_detects_a_deterministic_chain():
     pred, freq = prefetch_accuracy(_chain_trace(), TINY)
     assert pred[1] == pytest.approx(1.0) and freq[1] < 0.5 and pred[0] == 0.0
+
+
+def test_deepseek_v3_on_duplex_scale_and_auto_executor():
+    """58 layers x 256 experts over 8 GPUs: solves to optimality; auto sends misses to the PIM beside
+    each GPU (Duplex) when that beats both fetching and the host CPU."""
+    from moesim.cost import CostModel
+
+    model, cluster = load_model("deepseek-v3"), load_cluster("h100-duplex")
+    cost = CostModel(cluster, model)
+    rng = np.random.default_rng(0)
+    load = np.stack([rng.permutation(1000 / np.arange(1, 257) ** 1.2) for _ in range(58)])
+    cps = {m: plan_cache(model, cluster, load, 14e9, cost, miss=m, batch_size=16, time_limit_s=60)
+           for m in ("fetch", "cpu", "pim", "auto")}
+    for cp in cps.values():
+        assert cp.params["status"] == "optimal" and cp.params["gap"] <= 1e-6
+        assert len(cp.resident) == 58 and all(len(set(r)) == len(r) for r in cp.resident)
+        per_gpu = np.bincount(cp.params["layer_stage"], weights=cp.capacity_experts, minlength=8)
+        assert (per_gpu <= np.asarray(cp.params["expert_slots_per_device"])).all()
+    assert cps["auto"].params["miss_executor"] == "pim" and cps["auto"].miss == "pim"
+    best_single = min(cps[m].params["objective"] for m in ("fetch", "cpu", "pim"))
+    assert cps["auto"].params["objective"] <= best_single + 1e-12
