@@ -17,7 +17,13 @@ from types import MappingProxyType
 from typing import Any
 
 import numpy as np
-from moesim.planners.cache_ilp import GIB, _columns, non_expert_bytes, prefetch_accuracy, prefetch_window_s
+from moesim.planners.cache_stats import (
+    GIB,
+    non_expert_bytes,
+    prefetch_accuracy,
+    prefetch_window_s,
+    trace_columns,
+)
 
 from moesim.errors import UserError
 from moesim.plans.plan import CachePlan
@@ -38,7 +44,7 @@ def layer_hit_curves(trace: Any, model: MoEModel, policy: str, capacities: list[
     from moesim.traces.cache import simulate_hits
 
     L, E = model.num_moe_layers, model.num_experts
-    cols = _columns(trace, model)
+    cols = trace_columns(trace, model)
     rows = min(trace.num_tokens, max_tokens)
     steps = -(-rows // batch_size)
     hits = np.zeros((L, len(capacities)))
@@ -149,7 +155,7 @@ def choose_policy(plan_static: Any, model: MoEModel, cluster: Cluster, trace: An
     routing drifts, which LRU follows and a fixed resident set does not, so the choice is made on
     held-out tokens. Without a token-level trace, or with misses that do not fetch, only static applies.
     """
-    from moesim.planners.cache_ilp import request_stats
+    from moesim.planners.cache_stats import request_stats
 
     from moesim.traces.cache import simulate_hits
 
@@ -166,7 +172,7 @@ def choose_policy(plan_static: Any, model: MoEModel, cluster: Cluster, trace: An
         return static()
     pinned = plan_static(model, cluster, train, gpu_memory_bytes, cost, **kw)
     fetch = np.asarray(lru.params["miss_fetch_s"])
-    cols = _columns(held, model)
+    cols = trace_columns(held, model)
     q, _, _ = request_stats(held, model, B)
     x = np.zeros_like(q)
     for i, r in enumerate(pinned.resident):

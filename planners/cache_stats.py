@@ -1,0 +1,157 @@
+"""What the cache planners measure before they optimise: non-expert memory, per-step expert
+requests, next-layer predictability, and the window a prefetch can hide behind."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from moesim.errors import UserError
+from moesim.specs.model import DTYPE_BYTES, MoEModel
+
+GIB = 1024**3
+
+
+# ---- memory ----------------------------------------------------------------------------------------
+
+
+def non_expert_bytes(model: MoEModel, *, batch_size: int = 1, context_tokens: int = 4096) -> dict[str, float]:
+    """Bytes a GPU must hold besides the routed experts, summed over the model (biases and norms
+    ignored). Non-expert weights are taken in the model's weight dtype when it is 8 or 16 bit, else bf16
+    (4-bit releases keep attention in bf16); embeddings and LM head counted separately (untied)."""
+    wb = DTYPE_BYTES[model.weight_dtype] if model.weight_dtype in ("bf16", "fp16", "fp8") else 2.0
+    a, h = model.attention, model.hidden_size
+    if a.kind == "mla":
+        rope, nope, v = a.qk_rope_head_dim or 0, a.qk_nope_head_dim or 0, a.v_head_dim or a.head_dim
+        q = h * a.num_heads * (nope + rope) if not a.q_lora_rank else \
+            h * a.q_lora_rank + a.q_lora_rank * a.num_heads * (nope + rope)
+        attn = q + h * ((a.kv_lora_rank or 0) + rope) + (a.kv_lora_rank or 0) * a.num_heads * (nope + v) \
+            + a.num_heads * v * h
+    else:
+        attn = h * a.head_dim * (2 * a.num_heads + 2 * a.num_kv_heads)
+    ffn_mats = 3 if model.gated else 2
+    dense_layers = model.num_layers - model.num_moe_layers
+    return {
+        "attention": float(attn * model.num_layers * wb),
+        "embeddings": float(2 * model.vocab_size * h * wb),
+        "router": float(h * model.num_experts * model.num_moe_layers * wb),
+        "shared_experts": float(
+            model.num_shared_experts * model.shared_expert_params * model.num_moe_layers * wb
+        ),
+        "dense_ffn": float(ffn_mats * h * model.dense_intermediate_size * dense_layers * wb),
+        "kv_cache": float(model.kv_cache_bytes_per_token() * batch_size * context_tokens),
+    }
+
+
+# ---- routing statistics ----------------------------------------------------------------------------
+
+
+def request_stats(
+    trace_or_load: Any, model: MoEModel, batch_size: int = 1
+) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """``(q, n, info)``: per ``[moe layer, expert]`` the probability a decode step of ``batch_size``
+    tokens requests the expert and its mean tokens when requested. A RoutingTrace is counted per
+    batch of consecutive rows; a plain load ``[L, E]`` / ``[W, L, E]`` assumes independent tokens."""
+    L, E, K = model.num_moe_layers, model.num_experts, model.top_k
+    info: dict[str, Any] = {}
+    ids = getattr(trace_or_load, "expert_ids", None)
+    if ids is None:
+        load = np.asarray(trace_or_load, dtype=np.float64)
+        if load.ndim == 3:
+            load = load.sum(axis=0)
+        if load.shape != (L, E) or (load < 0).any():
+            raise UserError(f"expected a non-negative load [{L}, {E}] or [W, {L}, {E}] for {model.name}, "
+                            f"got shape {np.shape(trace_or_load)}", field="load")
+        tokens = load.sum(axis=1, keepdims=True) / K
+        p = np.divide(load, tokens, out=np.full_like(load, K / E), where=tokens > 0).clip(0, 1)
+        q = 1.0 - (1.0 - p) ** batch_size
+        n = np.divide(batch_size * p, q, out=np.ones_like(p), where=q > 0)
+        info["stats_from"] = "load (independent tokens)"
+        return q, n, info
+    columns = trace_columns(trace_or_load, model)
+    q = np.full((L, E), 1.0 - (1.0 - K / E) ** batch_size)
+    n = np.ones((L, E))
+    N = ids.shape[0]
+    nb = -(-N // batch_size)
+    chunk = max(1, (1 << 22) // max(E, 1))  # batches per pass: bounded memory
+    for i, col in enumerate(columns):
+        if col is None:
+            continue
+        present = np.zeros(E)
+        total = np.zeros(E)
+        for b0 in range(0, nb, chunk):
+            b1 = min(nb, b0 + chunk)
+            block = np.asarray(ids[b0 * batch_size:b1 * batch_size, col, :], dtype=np.int64)
+            rows = np.arange(block.shape[0])[:, None] // batch_size
+            ok = block >= 0
+            counts = np.bincount((rows * E + block)[ok], minlength=(b1 - b0) * E).reshape(b1 - b0, E)
+            present += (counts > 0).sum(axis=0)
+            total += counts.sum(axis=0)
+        q[i] = present / nb
+        n[i] = np.divide(total, present, out=np.ones(E), where=present > 0)
+    missing = [model.moe_layers[i] for i, c in enumerate(columns) if c is None]
+    info["stats_from"] = f"trace ({N} tokens, batches of {batch_size})"
+    info["layers_without_data"] = missing  # uniform prior there
+    return q, n, info
+
+
+def trace_columns(trace: Any, model: MoEModel) -> list[int | None]:
+    if int(getattr(trace, "num_experts", model.num_experts)) != model.num_experts:
+        raise UserError(f"trace has {trace.num_experts} experts, {model.name} has {model.num_experts}",
+                        field="trace")
+    layer_ids = [int(x) for x in np.asarray(getattr(trace, "layer_ids", model.moe_layers))]
+    unknown = sorted(set(layer_ids) - set(model.moe_layers))
+    if unknown:
+        raise UserError(f"trace layers {unknown} are not MoE layers of {model.name}", field="trace.layer_ids")
+    where = {layer: c for c, layer in enumerate(layer_ids)}
+    return [where.get(layer) for layer in model.moe_layers]
+
+
+def prefetch_accuracy(trace: Any, model: MoEModel, *, train_fraction: float = 0.5,
+                      max_eval_tokens: int = 20000) -> tuple[np.ndarray, np.ndarray]:
+    """``(predictor, frequency)`` recall@K per MoE layer of next-layer prediction on held-out rows.
+
+    The predictor (cross-layer gate, fitted on the first ``train_fraction`` of the rows) scores each
+    expert of layer l by how often it followed the token's layer l-1 experts; the baseline predicts
+    the K most frequent experts of the layer. Layer 0 and layers without data get 0 (nothing before
+    them to predict from)."""
+    ids = trace.expert_ids
+    L, E, K = model.num_moe_layers, model.num_experts, model.top_k
+    cols = trace_columns(trace, model)
+    N = ids.shape[0]
+    cut = int(N * train_fraction)
+    ev = slice(cut, min(N, cut + max_eval_tokens))
+    pred, freq = np.zeros(L), np.zeros(L)
+    for i in range(1, L):
+        a, b = cols[i - 1], cols[i]
+        if a is None or b is None or cut == 0 or cut >= N:
+            continue
+        prev, nxt = (np.asarray(ids[:cut, c, :], np.int64) for c in (a, b))
+        ok = (prev >= 0).all(axis=1) & (nxt >= 0).all(axis=1)
+        prev, nxt = prev[ok], nxt[ok]
+        co = np.bincount((prev[:, :, None] * E + nxt[:, None, :]).ravel(), minlength=E * E).reshape(E, E)
+        prior = np.bincount(nxt.ravel(), minlength=E).astype(np.float64)
+        eprev, enext = (np.asarray(ids[ev, c, :], np.int64) for c in (a, b))
+        ok = (eprev >= 0).all(axis=1) & (enext >= 0).all(axis=1)
+        eprev, enext = eprev[ok], enext[ok]
+        if not len(enext):
+            continue
+        scores = co[eprev].sum(axis=1) + prior / (prior.sum() + 1.0)  # prior breaks ties
+        top = np.argsort(-scores, axis=1, kind="stable")[:, :K]
+        pred[i] = (top[:, :, None] == enext[:, None, :]).any(axis=1).mean()
+        top_f = np.argsort(-prior, kind="stable")[:K]
+        freq[i] = np.isin(enext, top_f).mean()
+    return pred, freq
+
+
+def prefetch_window_s(cost: Any, gpu: str, model: MoEModel, batch_size: int, context_tokens: int) -> float:
+    """Seconds of GPU work in one decode layer (attention, router, shared and routed experts with the
+    batch's K assignments spread over distinct experts): the time a next-layer prefetch can hide."""
+    E, K = model.num_experts, model.top_k
+    active = min(E, batch_size * K)
+    per_expert = math.ceil(batch_size * K / active)
+    return float(cost.attention_s(gpu, batch_size, context_tokens, "decode")) \
+        + float(cost.router_s(gpu, batch_size)) + float(cost.shared_expert_s(gpu, batch_size)) \
+        + float(cost.expert_compute_s(gpu, np.full(active, per_expert)))
