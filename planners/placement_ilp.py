@@ -115,9 +115,11 @@ def layer_bound(tau: np.ndarray, num_devices: int, slots: int) -> np.ndarray:
     """``[W]`` analytic lower bound on each window's slowest GPU, for any valid placement.
 
     For a threshold T each expert needs at least c_e(T) replicas (the fewest whose cheapest replica
-    takes <= T); T is feasible only if those fit the G*S slots and their total work fits G*T
-    (``c * tau(load / c)`` never falls as c grows). The smallest feasible T is found by bisection
-    over the table's values.
+    takes <= T); T is feasible only if those fit the G*S slots and their total work fits G*T. The
+    work of e with c replicas is ``c * tau(load / c)``; since all G*S slots are filled, each spare
+    replica adds at least the smallest one-replica step of any expert's least work (with the cost
+    model, at least one weight read). The smallest feasible T is found by bisection over the
+    table's values.
     """
     best = tau.min(axis=3)  # [W, E, C] cheapest node
     out = np.zeros(tau.shape[0])
@@ -128,16 +130,21 @@ def layer_bound(tau: np.ndarray, num_devices: int, slots: int) -> np.ndarray:
         work_min = np.minimum.accumulate(work[:, ::-1], axis=1)[:, ::-1]
         values = np.unique(b)
         rows = np.arange(b.shape[0])
+        # the least work one more replica of any expert adds (min consecutive step of work_min);
+        # with it the test below stays monotone in T, so bisection finds the least feasible T
+        step = max(0.0, float(np.diff(work_min, axis=1).min())) if num_devices > 1 else 0.0
 
-        def work_at(T: float, b=b, work_min=work_min, rows=rows) -> float | None:
+        def work_at(T: float, b=b, work_min=work_min, rows=rows, step=step) -> float | None:
             """Least total work when every replica may take T (constant between table values)."""
             fits = b <= T * (1 + 1e-12)
             if not fits.any(axis=1).all():
                 return None
             need = fits.argmax(axis=1)
-            if (need + 1).sum() > num_devices * slots:
+            extra = num_devices * slots - (need + 1).sum()
+            if extra < 0:
                 return None
-            return float(work_min[rows, need].sum())
+            # every slot is filled: each spare replica adds at least `step` work (a weight read)
+            return float(work_min[rows, need].sum() + extra * step)
 
         def ok(k: int, values=values) -> bool:
             work = work_at(values[k])

@@ -47,7 +47,7 @@ def test_plan_compares_planners_as_json(capsys, v2_trace, tmp_path):
             assert key in row
         assert row["gpu_imbalance_train"] >= 1.0 and row["gpu_imbalance_eval"] >= 1.0
     rows = data["planners"]
-    assert rows["ilp"]["gap"] is not None and 0 <= rows["ilp"]["gap"] < 0.05
+    assert rows["ilp"]["gap"] is not None and 0 <= rows["ilp"]["gap"] < 0.15
     assert rows["eplb"]["gap"] is None
     assert rows["eplb"]["eplb_duplicate_slots"] >= 0
     # load-aware planners balance the evaluation tokens far better than the default layout

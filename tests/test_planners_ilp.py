@@ -28,17 +28,15 @@ def zipf(L: int, E: int, s: float, n: int, seed: int = 0) -> np.ndarray:
     return np.stack([rng.multinomial(n, base[rng.permutation(E)]) for _ in range(L)]).astype(float)
 
 
-def tokens_only(load) -> np.ndarray:
-    return replica_table(np.atleast_2d(load), np.zeros((np.shape(load)[-1], 1)),
-                         lambda t: np.asarray(t, dtype=float), 2)
-
-
-def test_layer_bound_never_exceeds_the_brute_force_optimum():
+@pytest.mark.parametrize("fixed", [0.0, 7.0])
+def test_layer_bound_never_exceeds_the_brute_force_optimum(fixed):
+    """Tokens only, and with a fixed cost per replica that has tokens (a weight read)."""
     rng = np.random.default_rng(0)
     node_of = np.zeros(2, dtype=int)
     for _ in range(15):
-        w = rng.integers(1, 100, size=4).astype(float)
-        tau = tokens_only(w)
+        w = rng.integers(0, 100, size=4).astype(float)
+        tau = replica_table(w[None], np.zeros((4, 1)),
+                            lambda t: np.where(np.asarray(t) > 0, fixed + np.asarray(t, float), 0.0), 2)
         best = np.inf
         for cells in itertools.product(range(4), repeat=6):
             p = np.array(cells).reshape(2, 3)

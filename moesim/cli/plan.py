@@ -211,7 +211,8 @@ def _simulate(cluster: Any, model: Any, evaluation: Any, plan: Any, cost: Any,
     Without the simulator (``moesim.sim.simulate``) the simulated figures are None, and say so.
     """
     try:
-        from moesim.sim import SimConfig, simulate
+        from moesim.sim.config import SimConfig
+        from moesim.sim.engine import simulate
     except ImportError:
         return {"step_time_s_eval": None, "tokens_per_s_eval": None, "a2a_bytes": {},
                 "note": "simulator not available"}
@@ -223,22 +224,25 @@ def _simulate(cluster: Any, model: Any, evaluation: Any, plan: Any, cost: Any,
     if args.steps is not None:
         kwargs["steps"] = args.steps
     summary = simulate(SimConfig(**kwargs), cost).summary()
-    return _sim_figures(summary)
+    return _sim_figures(summary, cluster)
 
 
-def _sim_figures(summary: dict[str, Any]) -> dict[str, Any]:
-    """Pick step time, tokens/s and all-to-all bytes by link class out of a simulator summary."""
+def _sim_figures(summary: dict[str, Any], cluster: Any) -> dict[str, Any]:
+    """Mean step time, tokens/s and link bytes by class (summed over the links of each class)."""
+    latency = summary.get("step_latency_s") or {}
     out: dict[str, Any] = {
-        "step_time_s_eval": _first(summary, "step_time_s", "step_time_s_mean", "mean_step_time_s"),
-        "tokens_per_s_eval": _first(summary, "tokens_per_s", "throughput_tokens_per_s"),
+        "step_time_s_eval": latency.get("mean") if isinstance(latency, dict) else None,
+        "tokens_per_s_eval": summary.get("tokens_per_s"),
     }
-    by_class: dict[str, float] = {}
-    for key in ("bytes_by_link_class", "link_class_bytes", "bytes_by_link_kind"):
-        if isinstance(summary.get(key), dict):
-            by_class = {str(k): float(v) for k, v in summary[key].items()}
-            break
-    out["a2a_bytes"] = {cls: sum(v for k, v in by_class.items() if _link_class(k) == cls)
-                        for cls in ("nvlink", "ib", "pcie")}
+    by_class = {"nvlink": 0.0, "ib": 0.0, "pcie": 0.0}
+    graph = cluster.graph
+    for entry in summary.get("per_link") or []:
+        src, dst = entry.get("src"), entry.get("dst")
+        if graph.has_edge(src, dst):
+            cls = _link_class(graph.edges[src, dst]["link"].spec.kind)
+            if cls in by_class:
+                by_class[cls] += float(entry.get("bytes", 0.0))
+    out["a2a_bytes"] = by_class
     return out
 
 
@@ -249,13 +253,6 @@ def _link_class(kind: str) -> str:
     if "ib" in k or "infiniband" in k or "roce" in k or "ethernet" in k:
         return "ib"
     return "pcie" if "pcie" in k else "other"
-
-
-def _first(d: dict[str, Any], *keys: str) -> Any:
-    for k in keys:
-        if d.get(k) is not None:
-            return float(d[k])
-    return None
 
 
 def _write_outputs(args: argparse.Namespace, plan: Any, model: Any) -> None:
