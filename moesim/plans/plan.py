@@ -85,7 +85,7 @@ class Plan:
         load = np.asarray(load, dtype=np.float64)
         counts = self.replica_counts()
         per_replica = np.divide(load, counts, out=np.zeros_like(load), where=counts > 0)
-        L, G, S = self.placement.shape
+        L, _G, _S = self.placement.shape
         rows = np.arange(L)[:, None, None]
         gathered = np.where(self.placement >= 0, per_replica[rows, np.maximum(self.placement, 0)], 0.0)
         return gathered.sum(axis=2)
@@ -105,14 +105,16 @@ class Plan:
                 file=file,
                 field="num_experts",
             )
-        if tuple(self.moe_layers) != tuple(model.moe_layers) or L != model.num_moe_layers:
+        if tuple(self.moe_layers) != tuple(model.moe_layers) or model.num_moe_layers != L:
             raise UserError(
                 f"expected the {model.num_moe_layers} MoE layers of {model.name}, got {len(self.moe_layers)}",
                 file=file,
                 field="moe_layers",
             )
-        if G != len(self.devices):
-            raise UserError(f"expected {len(self.devices)} device rows, got {G}", file=file, field="placement")
+        if len(self.devices) != G:
+            raise UserError(
+                f"expected {len(self.devices)} device rows, got {G}", file=file, field="placement"
+            )
         if self.placement.min(initial=0) < -1 or self.placement.max(initial=0) >= self.num_experts:
             raise UserError(
                 f"expert ids must lie in [-1, {self.num_experts})", file=file, field="placement"
@@ -137,12 +139,39 @@ class Plan:
                         file=file,
                         field="placement",
                     )
+        if self.cache is not None:
+            self._validate_cache(model, file)
         if cluster is not None:
             self.check_memory(model, cluster, file=file)
 
+    def _validate_cache(self, model: MoEModel, file: str | None) -> None:
+        cache, L = self.cache, len(self.moe_layers)
+        assert cache is not None
+        if cache.policy == "none":
+            return
+        if cache.policy == "static":
+            if len(cache.resident) != L:
+                raise UserError(f"expected one resident list per MoE layer ({L}), got {len(cache.resident)}",
+                                file=file, field="cache.resident")
+            for i, ids in enumerate(cache.resident):
+                if any(not 0 <= e < self.num_experts for e in ids) or len(set(ids)) != len(ids):
+                    raise UserError(
+                        f"layer {self.moe_layers[i]}: expected distinct expert ids "
+                        f"in [0, {self.num_experts})",
+                        file=file, field=f"cache.resident[{i}]")
+            return
+        if len(cache.capacity_experts) != L:
+            raise UserError(f"expected one cache size per MoE layer ({L}), got {len(cache.capacity_experts)}",
+                            file=file, field="cache.capacity_experts")
+        small = [c for c in cache.capacity_experts if not model.top_k <= c <= self.num_experts]
+        if small:
+            raise UserError(
+                f"a {cache.policy} cache must hold between top-k ({model.top_k}) and {self.num_experts} "
+                f"experts, got {small[0]}", file=file, field="cache.capacity_experts")
+
     def resident_expert_bytes(self, model: MoEModel) -> dict[str, float]:
         """Expert weight bytes each device must hold resident (cache capacity when offloading)."""
-        L, G, _S = self.placement.shape
+        _L, G, _S = self.placement.shape
         per_expert = model.expert_bytes()
         if self.cache is not None and self.cache.policy != "none":
             per_layer = (
@@ -222,7 +251,8 @@ class Plan:
             if key not in d:
                 raise UserError("missing field", file=file, field=key)
             if not isinstance(d[key], kind):
-                raise UserError(f"expected {getattr(kind, '__name__', kind)}, got {d[key]!r}", file=file, field=key)
+                what = getattr(kind, "__name__", kind)
+                raise UserError(f"expected {what}, got {d[key]!r}", file=file, field=key)
             return d[key]
 
         if not isinstance(d, Mapping):
@@ -250,7 +280,9 @@ class Plan:
             try:
                 execution = np.array([[EXECUTORS.index(x) for x in row] for row in d["execution"]], np.int8)
             except (ValueError, TypeError):
-                raise UserError(f"expected rows of {'/'.join(EXECUTORS)}", file=file, field="execution") from None
+                raise UserError(
+                    f"expected rows of {'/'.join(EXECUTORS)}", file=file, field="execution"
+                ) from None
         cache = None
         if d.get("cache") is not None:
             c = d["cache"]
