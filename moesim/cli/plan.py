@@ -61,7 +61,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--time-limit", type=float, default=60.0, metavar="SECONDS",
                    help="ilp solver time limit (the best plan found by then is used)")
     p.add_argument("--batch-size", type=int, default=4096, metavar="TOKENS",
-                   help="tokens per simulated step (and per step the ilp predicts)")
+                   help="tokens per simulated step (prefill: whole prompts adding up to about this many) "
+                   "and per step the ilp predicts")
     p.add_argument("--steps", type=int, default=None, metavar="N",
                    help="simulated steps on the evaluation tokens (default: as many as they fill)")
     p.add_argument("--seed", type=int, default=0, help="random seed (solver and simulator)")
@@ -210,6 +211,8 @@ def _simulate(cluster: Any, model: Any, evaluation: Any, plan: Any, cost: Any,
 
     Without the simulator (``moesim.sim.simulate``) the simulated figures are None, and say so.
     """
+    import numpy as np
+
     try:
         from moesim.sim.config import SimConfig
         from moesim.sim.engine import simulate
@@ -219,8 +222,12 @@ def _simulate(cluster: Any, model: Any, evaluation: Any, plan: Any, cost: Any,
 
     phase = "decode" if (getattr(evaluation, "phase", None) is not None
                          and (evaluation.phase == 1).mean() > 0.5) else "prefill"
+    batch = args.batch_size
+    if phase == "prefill":  # the simulator's prefill steps hold whole prompts: about batch-size tokens
+        mean_prompt = evaluation.num_tokens / max(1, len(np.unique(np.asarray(evaluation.seq_id))))
+        batch = max(1, round(args.batch_size / mean_prompt))
     kwargs: dict[str, Any] = {"cluster": cluster, "model": model, "trace": evaluation, "plan": plan,
-                              "batch_size": args.batch_size, "phase": phase, "seed": args.seed}
+                              "batch_size": batch, "phase": phase, "seed": args.seed}
     if args.steps is not None:
         kwargs["steps"] = args.steps
     summary = simulate(SimConfig(**kwargs), cost).summary()
