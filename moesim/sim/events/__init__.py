@@ -1,0 +1,1 @@
+"""SimPy processes, one module per kind of event: weight fetches, offloaded experts, overlapped MoE."""

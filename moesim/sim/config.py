@@ -1,0 +1,112 @@
+"""SimConfig: everything one simulation run needs, and the cache settings it resolves to."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from moesim.errors import UserError
+from moesim.plans.plan import CACHE_POLICIES, MISS_MODES, PREFETCH_MODES, CachePlan, Plan
+from moesim.specs.hardware import Cluster
+from moesim.specs.model import DTYPE_BYTES, MoEModel
+
+PHASES = ("decode", "prefill")
+OVERLAPS = ("none", "layer", "chunked")
+REPLICA_SPLITS = ("even", "random")
+
+
+@dataclass(frozen=True)
+class SimConfig:
+    """One run: ``trace`` replayed on ``cluster`` for ``model`` under ``plan`` (default: contiguous,
+    everything resident). Cache fields left ``None`` are taken from ``plan.cache``."""
+
+    cluster: Cluster
+    model: MoEModel
+    trace: Any
+    """A ``moesim.traces.RoutingTrace`` whose layer columns are the model's MoE layers."""
+    plan: Plan | None = None
+    batch_size: int = 1
+    """Decode: tokens per step; prefill: whole prompts per step."""
+    steps: int | None = None
+    """Steps to simulate (None: the whole trace once; more than the trace holds replays it from the start)."""
+    phase: str = "decode"
+    overlap: str = "none"
+    """none: dispatch, experts, combine in sequence; layer: two micro-batches, one's all-to-all
+    overlapping the other's experts; chunked: ``chunks`` micro-batches pipelined the same way."""
+    chunks: int = 4
+    seed: int = 0
+    """Seeds the replica choice when ``replica_split == "random"``; every other choice is deterministic."""
+    replica_split: str = "even"
+    """even: a replicated expert's tokens go round-robin over its replicas; random: uniform per token."""
+    batch_key: str | None = None
+    """Cut steps by this per-row trace key (e.g. ``step_id``) instead of every ``batch_size`` rows."""
+    cache_policy: str | None = None
+    cache_size: int | None = None
+    """Experts cached per MoE layer (per GPU)."""
+    gpu_memory_bytes: float | None = None
+    """Expert-cache budget per GPU; the cache size is the most experts per layer that fit."""
+    miss: str | None = None
+    prefetch: str | None = None
+    lowbit_dtype: str = "int4"
+    """Precision of experts fetched on a miss with ``miss == "lowbit"`` (HOBBIT)."""
+    predictor_train_fraction: float = 0.5
+    """Share of the trace's rows (from the start) the prefetch predictor is fitted on."""
+    timeline_steps: int = 20
+    """Steps kept for the Perfetto timeline (the rest is only in the frame and the summary)."""
+
+    def check(self) -> None:
+        """Raise :class:`UserError` for an option outside its allowed values."""
+        for name, value, allowed in (
+            ("phase", self.phase, PHASES),
+            ("overlap", self.overlap, OVERLAPS),
+            ("replica_split", self.replica_split, REPLICA_SPLITS),
+            ("cache", self.cache_policy, (None, *CACHE_POLICIES)),
+            ("miss", self.miss, (None, *MISS_MODES)),
+            ("prefetch", self.prefetch, (None, *PREFETCH_MODES)),
+        ):
+            if value not in allowed:
+                shown = ", ".join(str(a) for a in allowed if a is not None)
+                raise UserError(f"expected one of {shown}, got {value!r}", field=name)
+        if self.batch_size < 1:
+            raise UserError(f"expected a batch of at least 1, got {self.batch_size}", field="batch")
+        if self.steps is not None and self.steps < 1:
+            raise UserError(f"expected at least 1 step, got {self.steps}", field="steps")
+        if self.chunks < 1:
+            raise UserError(f"expected at least 1 chunk, got {self.chunks}", field="chunks")
+        if self.lowbit_dtype not in DTYPE_BYTES:
+            raise UserError(f"expected a dtype among {', '.join(DTYPE_BYTES)}, got {self.lowbit_dtype!r}",
+                            field="lowbit_dtype")
+        if self.cache_size is not None and self.gpu_memory_bytes is not None:
+            raise UserError("give either a cache size or a GPU memory budget, not both", field="cache-size")
+
+    def cache_plan(self, plan: Plan) -> CachePlan:
+        """The effective cache: flags override the plan's CachePlan; ``none`` when neither sets one."""
+        base = plan.cache or CachePlan()
+        policy = self.cache_policy or base.policy
+        if policy == "none" and (self.cache_size is not None or self.gpu_memory_bytes is not None):
+            policy = "lru"  # a size or a budget alone asks for a cache
+        L = self.model.num_moe_layers
+        capacity: tuple[int, ...] = tuple(base.capacity_experts)
+        if self.cache_size is not None:
+            capacity = (int(self.cache_size),) * L
+        elif self.gpu_memory_bytes is not None:
+            per_layer = int(self.gpu_memory_bytes // (self.model.expert_bytes() * L))
+            if per_layer < 1:
+                need = self.model.expert_bytes() * L
+                raise UserError(
+                    f"a budget of {self.gpu_memory_bytes / 1e9:.2f} GB holds no expert per layer "
+                    f"(one per layer needs {need / 1e9:.2f} GB)", field="gpu-memory")
+            capacity = (per_layer,) * L
+        if policy not in ("none", "static") and len(capacity) != L:
+            raise UserError(f"cache policy {policy!r} needs a cache size (--cache-size or --gpu-memory)",
+                            field="cache-size")
+        if policy not in ("none", "static") and min(capacity) < 1:
+            raise UserError(f"expected a cache of at least 1 expert, got {min(capacity)}", field="cache-size")
+        return CachePlan(
+            policy=policy,
+            capacity_experts=capacity if policy != "none" else (),
+            resident=tuple(base.resident),
+            miss=self.miss or base.miss,
+            prefetch=self.prefetch or base.prefetch,
+            params=base.params,
+        )

@@ -1,0 +1,109 @@
+"""Dispatch of a step's routed tokens to expert replicas: tokens per device slot, all-to-all pairs.
+
+Everything is vectorised over (step, token, layer, top-k) with ``np.bincount``; -1 ids (not
+recorded) go to a dummy device column that is dropped, so no compaction pass is needed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from moesim.plans.plan import Plan
+
+
+@dataclass(frozen=True)
+class ReplicaTable:
+    """Where the replicas of each logical expert live, per MoE layer (from a Plan's placement)."""
+
+    device: np.ndarray
+    """[L, E + 1, R] device index of each replica (entry E is the dummy for -1 ids: device G)."""
+    slot: np.ndarray
+    """[L, E + 1, R] slot index of each replica on its device."""
+    counts: np.ndarray
+    """[L, E + 1] replicas per expert (the dummy has 1)."""
+    num_devices: int
+    slots_per_device: int
+
+    @classmethod
+    def of(cls, plan: Plan) -> ReplicaTable:
+        L, G, S = plan.placement.shape
+        E = plan.num_experts
+        counts = np.ones((L, E + 1), dtype=np.int64)
+        counts[:, :E] = plan.replica_counts()
+        R = int(max(1, counts.max()))
+        device = np.full((L, E + 1, R), G, dtype=np.int64)
+        slot = np.zeros((L, E + 1, R), dtype=np.int64)
+        for layer in range(L):
+            seen = np.zeros(E, dtype=np.int64)
+            for g in range(G):  # replicas in device order: replica 0 is on the lowest device index
+                for s in range(S):
+                    e = int(plan.placement[layer, g, s])
+                    if e >= 0:
+                        device[layer, e, seen[e]] = g
+                        slot[layer, e, seen[e]] = s
+                        seen[e] += 1
+        return cls(device=device, slot=slot, counts=counts, num_devices=G, slots_per_device=S)
+
+    @property
+    def has_replicas(self) -> bool:
+        return bool(self.counts.max() > 1)
+
+
+@dataclass(frozen=True)
+class Dispatch:
+    """Routing of a chunk of steps: ``slot_tokens[s, l, g, j]`` (token, expert) pairs computed in
+    slot j of device g, ``pair_tokens[s, l, i, g]`` pairs sent from the token's device i to g."""
+
+    slot_tokens: np.ndarray
+    pair_tokens: np.ndarray
+
+    @property
+    def device_tokens(self) -> np.ndarray:
+        """[S, L, G] (token, expert) pairs computed per device."""
+        return self.slot_tokens.sum(axis=3)
+
+
+def owners(batch: int, num_devices: int) -> np.ndarray:
+    """[batch] device of each token of a step: the batch cut into equal contiguous blocks (DP attention)."""
+    return (np.arange(batch, dtype=np.int64) * num_devices) // max(batch, 1)
+
+
+def dispatch(ids: np.ndarray, owner: np.ndarray, table: ReplicaTable,
+             rng: np.random.Generator | None = None) -> Dispatch:
+    """Route ``ids`` [S, B, L, K] (-1 = none) of tokens on devices ``owner`` [S, B].
+
+    A replicated expert's pairs go round-robin over its replicas in token order (an even split);
+    with ``rng`` each pair picks a replica uniformly at random instead.
+    """
+    S, _B, L, _K = ids.shape
+    G, J = table.num_devices, table.slots_per_device
+    E1 = table.counts.shape[1]
+    e = np.where(ids < 0, E1 - 1, ids).astype(np.int64)
+    le = (np.arange(L, dtype=np.int64) * E1)[None, None, :, None] + e  # [S, B, L, K] index into [L, E+1]
+    if not table.has_replicas:
+        rep = np.zeros_like(le)
+    elif rng is not None:
+        rep = (rng.random(le.shape) * table.counts.ravel()[le]).astype(np.int64)
+    else:
+        # rank of each pair among the pairs of its (step, layer, expert), in token order
+        key = (np.arange(S, dtype=np.int64) * (L * E1))[:, None, None, None] + le
+        flat = key.ravel()  # row-major: within a (step, layer, expert) group, token order
+        order = np.argsort(flat, kind="stable")
+        sorted_keys = flat[order]
+        start = np.r_[True, sorted_keys[1:] != sorted_keys[:-1]]
+        idx = np.arange(flat.size)
+        rank = np.empty_like(idx)
+        rank[order] = idx - np.maximum.accumulate(np.where(start, idx, 0))
+        rep = (rank % table.counts.ravel()[flat]).reshape(le.shape)
+    R = table.device.shape[2]
+    dst = table.device.reshape(-1)[le * R + rep]
+    slot = table.slot.reshape(-1)[le * R + rep]
+    sl = (np.arange(S, dtype=np.int64)[:, None] * L + np.arange(L, dtype=np.int64)[None, :])[:, None, :, None]
+    slot_idx = ((sl * (G + 1) + dst) * J + slot).ravel()
+    slot_tokens = np.bincount(slot_idx, minlength=S * L * (G + 1) * J).reshape(S, L, G + 1, J)[:, :, :G]
+    src = owner[:, :, None, None]
+    pair_idx = ((sl * G + src) * (G + 1) + dst).ravel()
+    pair_tokens = np.bincount(pair_idx, minlength=S * L * G * (G + 1)).reshape(S, L, G, G + 1)[..., :G]
+    return Dispatch(slot_tokens=slot_tokens, pair_tokens=pair_tokens)

@@ -1,0 +1,115 @@
+"""Op times of a chunk of steps, all devices and layers at once (numpy), from the CostModel.
+
+These are the durations the engine's events take; nothing here advances simulated time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from moesim.sim.dispatch import Dispatch
+
+
+@dataclass(frozen=True)
+class ChunkCosts:
+    """Seconds for steps ``[first, first + S)``: ``pre[s, l, g]`` attention, router, shared experts
+    and permute/combine of every model layer (dense layers: attention + dense FFN);
+    ``expert[s, m, g]`` the grouped expert call of MoE layer m on device g; ``dispatch[s, m]`` and
+    ``combine[s, m]`` the all-to-alls; ``*_chunk`` the same for one of ``chunks`` micro-batches."""
+
+    first: int
+    pre: np.ndarray
+    expert: np.ndarray
+    dispatch: np.ndarray
+    combine: np.ndarray
+    expert_chunk: np.ndarray | None = None
+    dispatch_chunk: np.ndarray | None = None
+    combine_chunk: np.ndarray | None = None
+
+
+def device_token_counts(batch: np.ndarray, num_devices: int) -> np.ndarray:
+    """[S, G] tokens each device owns for attention (contiguous equal blocks of each step's batch)."""
+    g = np.arange(num_devices + 1, dtype=np.int64)
+    bounds = -(-(g[None, :] * batch[:, None]) // num_devices)  # ceil(g * b / G): first token of block g
+    return np.diff(bounds, axis=1)
+
+
+class StepCoster:
+    """Turns a chunk of dispatched steps into :class:`ChunkCosts` with a few batched cost calls."""
+
+    def __init__(self, cost: Any, devices: tuple[str, ...], *, phase: str, overlap_chunks: int = 1):
+        self.cost = cost
+        self.model = cost.model
+        self.devices = devices
+        self.phase = phase
+        self.chunks = overlap_chunks
+        self.moe_layers = np.asarray(self.model.moe_layers, dtype=np.int64)
+        self.is_moe = np.zeros(self.model.num_layers, dtype=bool)
+        self.is_moe[self.moe_layers] = True
+        self.act_bytes = float(self.model.activation_bytes_per_token)
+        specs: dict[int, int] = {}
+        self._spec_index = np.array(
+            [specs.setdefault(id(cost.cluster.device(d).spec), len(specs)) for d in devices], dtype=np.int64)
+        self._spec_device = {i: devices[int(np.argmax(self._spec_index == i))] for i in range(len(specs))}
+
+    def _per_device(self, op: str, tokens: np.ndarray, context: np.ndarray) -> np.ndarray:
+        """[S, G] seconds of ``op`` for the owned tokens: one cost call per distinct (device spec,
+        tokens, context), scattered back (devices of one spec in lockstep cost the same)."""
+        S, G = tokens.shape
+        keys = np.stack([np.broadcast_to(self._spec_index[None, :], (S, G)), tokens,
+                         np.broadcast_to(context[:, None], (S, G))], axis=-1).reshape(-1, 3)
+        uniq, inverse = np.unique(keys, axis=0, return_inverse=True)
+        values = np.array([self._op(op, self._spec_device[int(k[0])], int(k[1]), int(k[2])) for k in uniq])
+        return values[inverse.ravel()].reshape(S, G)
+
+    def _op(self, op: str, dev: str, tokens: int, context: int) -> float:
+        if tokens == 0:
+            return 0.0
+        c = self.cost
+        if op == "attention":
+            return float(c.attention_s(dev, tokens, context, self.phase))
+        if op == "moe_pre":
+            return float(c.router_s(dev, tokens) + c.permute_combine_s(dev, tokens)
+                         + c.shared_expert_s(dev, tokens))
+        return float(c.dense_ffn_s(dev, tokens))
+
+    def pre_times(self, batch: np.ndarray, context: np.ndarray) -> np.ndarray:
+        """[S, num_layers, G] the per-device work before dispatch (and the whole of a dense layer)."""
+        owned = device_token_counts(batch, len(self.devices))
+        attention = self._per_device("attention", owned, context)
+        moe_pre = self._per_device("moe_pre", owned, context)
+        dense = np.zeros_like(attention) if self.is_moe.all() else self._per_device("dense", owned, context)
+        moe = self.is_moe[None, :, None]
+        return attention[:, None, :] + np.where(moe, moe_pre[:, None, :], dense[:, None, :])
+
+    def expert_times(self, slot_tokens: np.ndarray) -> np.ndarray:
+        """[S, L, G] grouped expert calls for ``slot_tokens`` [S, L, G, slots] (GPUs)."""
+        S, L, G, J = slot_tokens.shape
+        devs = list(self.devices) * (S * L)
+        return self.cost.expert_compute_batch_s(devs, slot_tokens.reshape(-1, J)).reshape(S, L, G)
+
+    def all_to_all(self, pair_bytes: np.ndarray) -> np.ndarray:
+        """[S, L] seconds of all-to-alls with ``pair_bytes`` [S, L, G, G]."""
+        S, L, G, _ = pair_bytes.shape
+        if G == 1:
+            return np.zeros((S, L))
+        return np.asarray(self.cost.all_to_all_s(self.devices, pair_bytes.reshape(S * L, G, G))).reshape(S, L)
+
+    def chunk(self, first: int, d: Dispatch, batch: np.ndarray, context: np.ndarray) -> ChunkCosts:
+        pair_bytes = d.pair_tokens * self.act_bytes
+        out = dict(
+            first=first,
+            pre=self.pre_times(batch, context),
+            expert=self.expert_times(d.slot_tokens),
+            dispatch=self.all_to_all(pair_bytes),
+            combine=self.all_to_all(pair_bytes.transpose(0, 1, 3, 2)),
+        )
+        if self.chunks > 1:
+            n = self.chunks
+            out["expert_chunk"] = self.expert_times(d.slot_tokens / n)
+            out["dispatch_chunk"] = self.all_to_all(pair_bytes / n)
+            out["combine_chunk"] = self.all_to_all(pair_bytes.transpose(0, 1, 3, 2) / n)
+        return ChunkCosts(**out)

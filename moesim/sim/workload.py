@@ -1,0 +1,90 @@
+"""The steps a run replays: which trace rows form each decode or prefill step, and their context."""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from moesim.errors import UserError
+
+
+@dataclass(frozen=True)
+class Workload:
+    """``steps[s]`` are the trace rows of step ``s`` (int64); ``context_tokens[s]`` the mean number
+    of keys each of its tokens attends (rounded, so the cost model's memo hits across steps)."""
+
+    phase: str
+    steps: tuple[np.ndarray, ...]
+    context_tokens: np.ndarray
+
+    @property
+    def num_steps(self) -> int:
+        return len(self.steps)
+
+    def tokens(self) -> np.ndarray:
+        """[S] tokens per step."""
+        return np.array([len(r) for r in self.steps], dtype=np.int64)
+
+
+def _cycle(groups: list[np.ndarray], steps: int | None) -> list[np.ndarray]:
+    """The first ``steps`` groups, replaying from the start when more are asked than there are."""
+    if not groups:
+        raise UserError("the trace has no rows to replay", field="trace")
+    if steps is None:
+        return groups
+    return [groups[s % len(groups)] for s in range(steps)]
+
+
+def decode_steps(num_rows: int, batch_size: int) -> list[np.ndarray]:
+    """Consecutive batches of ``batch_size`` rows in stream order (the last may be shorter)."""
+    return [np.arange(a, min(a + batch_size, num_rows)) for a in range(0, num_rows, batch_size)]
+
+
+def key_steps(keys: np.ndarray) -> list[np.ndarray]:
+    """One step per distinct key, in order of first appearance (rows keep their order)."""
+    uniq, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
+    order = np.argsort(inverse, kind="stable")
+    groups = np.split(order, np.cumsum(np.bincount(inverse, minlength=len(uniq)))[:-1])
+    return [groups[g] for g in np.argsort(first, kind="stable")]
+
+
+def prefill_steps(seq_id: np.ndarray, prompts_per_step: int) -> list[np.ndarray]:
+    """Whole prompts (runs of equal ``seq_id``), ``prompts_per_step`` of them per step."""
+    n = len(seq_id)
+    if n == 0:
+        return []
+    starts = np.r_[0, np.flatnonzero(np.diff(seq_id)) + 1, n]
+    cuts = starts[::prompts_per_step]
+    if cuts[-1] != n:
+        cuts = np.r_[cuts, n]
+    return [np.arange(a, b) for a, b in itertools.pairwise(cuts.tolist())]
+
+
+def build_workload(trace: Any, *, phase: str, batch_size: int, steps: int | None,
+                   batch_key: str | None = None) -> Workload:
+    """Steps of ``trace`` for ``phase``: decode batches of ``batch_size`` tokens (or one step per
+    ``batch_key`` value), or prefill steps of ``batch_size`` whole prompts."""
+    n = trace.num_tokens
+    if batch_key is not None:
+        if batch_key not in trace.extras or np.shape(trace.extras[batch_key]) != (n,):
+            raise UserError(f"trace has no per-row key {batch_key!r}", field="batch_key")
+        groups = key_steps(np.asarray(trace.extras[batch_key]))
+    elif phase == "prefill":
+        groups = prefill_steps(np.asarray(trace.seq_id), batch_size)
+    else:
+        groups = decode_steps(n, batch_size)
+    groups = _cycle(groups, steps)
+    pos = np.asarray(trace.pos, dtype=np.int64)
+    seq = np.asarray(trace.seq_id)
+    context = np.empty(len(groups), dtype=np.int64)
+    for s, rows in enumerate(groups):
+        if phase == "prefill":
+            # each prompt's tokens attend on average half of the prompt (causal), at least one key
+            lengths = np.bincount(np.unique(seq[rows], return_inverse=True)[1])
+            context[s] = max(1, round(float((lengths**2).sum()) / (2 * max(1, int(lengths.sum())))))
+        else:
+            context[s] = max(1, round(float(pos[rows].mean()) + 1))
+    return Workload(phase=phase, steps=tuple(g.astype(np.int64) for g in groups), context_tokens=context)
