@@ -1,0 +1,121 @@
+"""``moesim simulate``: replay a routing trace on a cluster under a plan and report what it costs."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from moesim.cli.common import add_json_flag, add_verb, print_json
+from moesim.errors import UserError
+
+EXAMPLES = """\
+  moesim simulate --hw h100x8 --model mixtral-8x7b --trace mixtral-8x7b-synth --batch 64
+  moesim simulate --hw h100x8x4 --nodes 2 --model deepseek-v2-lite --trace deepseek-v2-lite-synth \\
+      --plan plan.yaml --batch 256 --overlap layer --timeline run.json
+  moesim simulate --hw rtx4090-workstation --model mixtral-8x7b --trace mixtral-8x7b-synth --batch 1 \\
+      --cache lru --gpu-memory 20GiB --miss cpu --json
+"""
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = add_verb(
+        sub, "simulate",
+        help="simulate a trace on a cluster: tokens/s, latency, utilisation, bytes per link",
+        description="Replay the routing trace's steps through every layer of the model on the cluster "
+        "(attention -> router -> dispatch -> experts -> combine), with the plan's placement (default: "
+        "contiguous, all resident), optional expert offloading and overlap. Results: a JSON summary, "
+        "a per step x layer x device table (--out) and a Perfetto timeline (--timeline).",
+        examples=EXAMPLES,
+    )
+    p.add_argument("--hw", required=True, metavar="NAME|PATH", help="hardware profile (built-in or YAML)")
+    p.add_argument("--model", required=True, metavar="NAME|PATH", help="model spec (built-in name or YAML)")
+    p.add_argument("--trace", required=True, metavar="NAME|PATH", help="routing trace (.npz or shipped name)")
+    p.add_argument("--plan", default=None, metavar="PATH", help="plan file (YAML/JSON); default contiguous")
+    p.add_argument("--batch", type=int, default=1, metavar="B",
+                   help="decode: tokens per step; prefill: whole prompts per step")
+    p.add_argument("--steps", type=int, default=None, metavar="S",
+                   help="steps to simulate (default: the whole trace once; more replays it)")
+    p.add_argument("--phase", default="decode", choices=("decode", "prefill"), help="what a step is")
+    p.add_argument("--cache", default=None, choices=("none", "lru", "lfu", "belady", "static"),
+                   help="per-layer expert cache policy in GPU memory (default: the plan's, else none)")
+    size = p.add_mutually_exclusive_group()
+    size.add_argument("--cache-size", type=int, default=None, metavar="C",
+                      help="experts cached per MoE layer")
+    size.add_argument("--gpu-memory", default=None, metavar="BYTES",
+                      help="expert-cache budget per GPU, e.g. 20GiB (sets the cache size)")
+    p.add_argument("--miss", default=None, choices=("fetch", "cpu", "lowbit", "pim"),
+                   help="on a miss: fetch over PCIe, run on the CPU (Fiddler), fetch in low precision "
+                   "(HOBBIT), run on PIM (Duplex); default: the plan's, else fetch")
+    p.add_argument("--prefetch", default=None, choices=("none", "oracle", "predictor"),
+                   help="next-layer prefetch: none, the true experts, or a cross-layer predictor fitted "
+                   "on the first half of the trace")
+    p.add_argument("--overlap", default="none", choices=("none", "layer", "chunked"),
+                   help="overlap all-to-all with expert compute: none, two micro-batches, four chunks")
+    p.add_argument("--nodes", type=int, default=None, metavar="N", help="override the profile's node count")
+    p.add_argument("--seed", type=int, default=0, help="random seed (same inputs and seed, same results)")
+    p.add_argument("--calibration", default=None, metavar="DIR", help="calibration tables for the cost model")
+    p.add_argument("--timeline", default=None, metavar="FILE", help="write a Perfetto/Chrome trace JSON")
+    p.add_argument("--out", default=None, metavar="FILE",
+                   help="write the per step x layer x device table (.csv or .parquet)")
+    add_json_flag(p)
+    p.set_defaults(func=run)
+
+
+def _config(args: argparse.Namespace) -> Any:
+    from moesim.plans.plan import Plan
+    from moesim.sim.config import SimConfig
+    from moesim.specs import load_cluster, load_model
+    from moesim.traces import RoutingTrace
+    from moesim.units import parse_quantity
+
+    if args.nodes is not None and args.nodes < 1:
+        raise UserError(f"expected at least 1 node, got {args.nodes}", field="--nodes")
+    cluster = load_cluster(args.hw, nodes=args.nodes)
+    model = load_model(args.model)
+    trace = RoutingTrace.load(args.trace, model=model)
+    plan = Plan.load(args.plan) if args.plan else None
+    if plan is not None:
+        plan.validate(model, file=args.plan)
+    memory = parse_quantity(args.gpu_memory, "bytes", field="--gpu-memory") if args.gpu_memory else None
+    return SimConfig(
+        cluster=cluster, model=model, trace=trace, plan=plan, batch_size=args.batch, steps=args.steps,
+        phase=args.phase, overlap=args.overlap, seed=args.seed, cache_policy=args.cache,
+        cache_size=args.cache_size, gpu_memory_bytes=memory, miss=args.miss, prefetch=args.prefetch,
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    from moesim.sim.engine import simulate
+
+    cfg = _config(args)
+    cost = None
+    if args.calibration:
+        from moesim.cost import CostModel
+
+        cost = CostModel(cfg.cluster, cfg.model, args.calibration)
+    result = simulate(cfg, cost)
+    if args.out:
+        if not str(args.out).endswith((".csv", ".parquet")):
+            raise UserError(f"expected a .csv or .parquet file, got {args.out!r}", field="--out")
+        result.write_frame(args.out)
+    if args.timeline:
+        result.write_timeline(args.timeline)
+    summary = result.summary()
+    if args.json:
+        print_json(summary)
+        return 0
+    lat = summary["step_latency_s"]
+    print(f"{summary['model']} on {summary['cluster']} ({summary['devices']} GPUs, plan {summary['plan']}), "
+          f"{summary['phase']}, batch {summary['batch_size']}, {summary['steps']} steps")
+    print(f"simulated {summary['simulated_seconds']:.6g} s in {summary['wall_seconds']:.3g} s wall: "
+          f"{summary['tokens']} tokens, {summary['tokens_per_s'] or 0:.6g} tokens/s")
+    if lat["p50"] is not None:
+        print(f"step latency p50 {lat['p50'] * 1e3:.4g} ms, p90 {lat['p90'] * 1e3:.4g} ms, "
+              f"p99 {lat['p99'] * 1e3:.4g} ms")
+    if summary["cache_hit_rate"] is not None:
+        c = summary["cache"]
+        print(f"cache {c['policy']} ({c['capacity_experts']} experts/layer, miss {c['miss']}, prefetch "
+              f"{c['prefetch']}): hit rate {summary['cache_hit_rate']:.4f}")
+    busiest = max(summary["per_device"], key=lambda d: d["utilization"])
+    print(f"busiest device {busiest['id']}: utilisation {busiest['utilization']:.3f}")
+    return 0
