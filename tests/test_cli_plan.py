@@ -110,3 +110,16 @@ def test_only_hw_uses_the_shipped_model_and_trace(capsys):
     data = json.loads(out)
     assert data["model"] == "deepseek-v2-lite" and data["trace"] == "deepseek-v2-lite-synth"
     assert data["planners"]["greedy"]["gpu_imbalance_train"] < 1.05
+
+
+def test_gpu_memory_budget_adds_a_cache_plan_or_one_line_error(capsys, v2_trace, tmp_path):
+    pytest.importorskip("moesim.planners.cache_ilp")
+    out_file = tmp_path / "plan.json"
+    common = ("plan", "--hw", "h100x8", "--model", "deepseek-v2-lite", "--trace", v2_trace,
+              "--planner", "contiguous", "--slots-per-gpu", "8", "--time-limit", "5")
+    code, out, err = run(capsys, *common, "--gpu-memory", "1GiB", "--out", str(out_file), "--json")
+    assert code == 0, err
+    assert Plan.load(out_file).cache is not None
+    assert json.loads(out)["planners"]["contiguous"]["gpu_imbalance_eval"] >= 1.0
+    code, _, err = run(capsys, *common, "--gpu-memory", "1MiB")
+    assert code == 2 and err.count("\n") == 1 and "budget" in err
