@@ -190,3 +190,20 @@ def test_shipped_traces_load_by_name():
         t = RoutingTrace.load(name, model=load_model(model))
         assert t.model_name == model and t.meta["synthetic"] is True
         assert t.num_sequences > 1
+
+
+def test_cli_bad_file_one_line_exit_2(tmp_path, capsys):
+    from moesim.cli import main
+
+    p = tmp_path / "t.npz"
+    small_trace().save(p)
+    cut = tmp_path / "cut.npz"
+    cut.write_bytes(p.read_bytes()[:300])
+    arrays = valid_arrays()
+    arrays["expert_ids"] = np.full((10, 2, 2), 9, np.int16)
+    ood = write_raw(tmp_path / "ood.npz", arrays)
+    for path in (cut, ood):
+        for verb in ("info", "stats"):
+            assert main(["trace", verb, str(path)]) == 2
+            err = capsys.readouterr().err.strip()
+            assert err.startswith(f"moesim: error: {path}") and "\n" not in err

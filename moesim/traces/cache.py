@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from moesim.errors import UserError
+from moesim.traces.npz import release_pages
 
 if TYPE_CHECKING:
     from moesim.traces.trace import RoutingTrace
@@ -130,6 +131,7 @@ def _flat_steps(trace: RoutingTrace, batch_size: int, start: int, stop: int) -> 
     """int64 ``[steps, batch*L*K]`` flat ids ``layer*E + expert`` of rows start:stop; -1 -> L*E (dummy)."""
     e, layers = trace.num_experts, trace.num_layers
     ids = np.asarray(trace.expert_ids[start:stop], dtype=np.int64)
+    release_pages(trace.expert_ids)
     flat = ids + (np.arange(layers, dtype=np.int64) * e)[None, :, None]
     flat[ids < 0] = layers * e
     rows = stop - start

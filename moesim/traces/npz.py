@@ -66,6 +66,19 @@ def _mmap_member(path: Path, info: zipfile.ZipInfo, key: str) -> np.ndarray:
     return np.memmap(path, dtype=dtype, mode="r", offset=data_offset, shape=shape, order=order)
 
 
+def release_pages(arr: np.ndarray) -> None:
+    """Drop the resident pages of a read-only memmap so streaming a large trace keeps RSS bounded.
+
+    Pages of a file mapping count towards the process's RSS once touched; MADV_DONTNEED on a
+    read-only file mapping just lets them go (they are re-read from the file if touched again).
+    """
+    import mmap
+
+    mm = getattr(arr, "_mmap", None)
+    if mm is not None and hasattr(mmap, "MADV_DONTNEED"):
+        mm.madvise(mmap.MADV_DONTNEED)
+
+
 def read_npz(path: str | Path, *, mmap: bool = True) -> dict[str, np.ndarray]:
     """All members of an ``.npz`` as arrays (large stored ones memory-mapped); UserError if corrupt."""
     path = Path(path)

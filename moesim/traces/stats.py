@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from moesim.traces.cache import POLICIES, hit_rates
+from moesim.traces.npz import release_pages
 from moesim.traces.trace import RoutingTrace, row_chunks
 
 REUSE_CLIP = 1 << 14
@@ -99,6 +100,7 @@ def local_consistency(
                     covered[c] += int(sc[:, :c].sum())
                 total += int(counts.sum())
             a = b
+            release_pages(sub.expert_ids)
         out["srp"][str(m)] = covered_w / total_w if total_w else float("nan")
         out["sch"][str(m)] = {str(c): covered[c] / total if total else float("nan") for c in sizes}
     return out
@@ -116,7 +118,8 @@ def _reuse_and_overlap(trace: RoutingTrace) -> tuple[np.ndarray, np.ndarray, np.
     prev_seq = None
     seq = np.asarray(trace.seq_id)
     for a, b in row_chunks(n, layers * k * 2, 16 << 20):
-        ids = np.asarray(trace.expert_ids[a:b])
+        ids = np.array(trace.expert_ids[a:b])
+        release_pages(trace.expert_ids)
         # consecutive-token overlap inside a sequence (temporal locality)
         both = ids if prev_row is None else np.concatenate([prev_row[None], ids])
         s = seq[a:b] if prev_seq is None else np.r_[prev_seq, seq[a:b]]
@@ -152,6 +155,7 @@ def cross_layer(trace: RoutingTrace, max_tokens: int | None = None) -> dict[str,
     co = np.zeros((max(layers - 1, 0), e, e), np.int64)
     for a, b in row_chunks(rows, layers * k * k * 16, 32 << 20):
         ids = np.asarray(trace.expert_ids[a:b], np.int64)
+        release_pages(trace.expert_ids)
         for layer in range(layers - 1):
             x, y = ids[:, layer, :, None], ids[:, layer + 1, None, :]
             ok = (x >= 0) & (y >= 0)
@@ -242,7 +246,7 @@ def trace_stats(
         "reuse_distance_histogram": buckets,
         "cross_layer": {key: v for key, v in cl.items() if key != "cooccurrence"},
         "cross_layer_tokens": min(trace.num_tokens, pair_tokens or trace.num_tokens),
-        "local_consistency": local_consistency(trace, segment_lengths, sizes or [trace.top_k]),
+        "local_consistency": local_consistency(trace, segment_lengths, sizes or [trace.top_k], pair_tokens),
     }
     valid_sizes = [c for c in sizes if c >= trace.top_k]
     if valid_sizes:

@@ -6,14 +6,18 @@ The generator, per MoE layer column l and top-k slot, for sequences of tokens:
    fitted mode draws it from the measured conditional P(e_l | e_{l-1}) (all K x K co-occurrences of
    adjacent layers); profile mode takes, with probability ``follow[l]``, a fixed partner expert of the
    previous one (a seeded permutation), else a popularity draw. At l = 0: a popularity draw.
-2. *temporal locality*: with probability ``reuse[l]`` a slot copies its value at the previous token of
+2. *segment locality*: with probability ``locality`` a slot draws from its segment's working set
+   (2K experts per layer, fresh every ``segment_tokens`` tokens of a sequence, following the previous
+   layer's working set like tokens do).
+3. *temporal locality*: with probability ``reuse[l]`` a slot copies its value at the previous token of
    the same sequence (chains of copies are resolved at once with a running maximum).
-3. duplicates inside a token's K slots are redrawn from the layer's popularity.
+4. duplicates inside a token's K slots are redrawn from the layer's popularity.
 
 Popularity draws and conditional draws use pre-sampled banks (``bank[rows, M]``, M ids drawn with
 the right probabilities), so a draw is one random integer and one gather: 10M tokens of 61 layers
-generate in chunks in minutes. ``reuse`` is calibrated on a trial so that the consecutive-token
-overlap matches the target; ``follow`` (profile mode) so that the cross-layer top-K mass does.
+generate in chunks. ``reuse`` is calibrated on trials so that the consecutive-token overlap matches
+the target, ``locality`` so that SRP(16) does, and ``follow`` (profile mode) or the transition
+sharpening (fitted mode) so that the cross-layer top-K mass does.
 A *profile* (JSON) holds only statistics: sorted popularity curves, overlap and affinity targets,
 sequence lengths; it rescales to any number of experts and layers.
 """
@@ -32,6 +36,8 @@ from moesim.errors import UserError
 from moesim.traces.stats import affinity_summary, cross_layer, trace_stats
 from moesim.traces.trace import UNKNOWN, RoutingTrace
 
+SRP_M = 16
+"""Segment length whose SRP the locality parameter is fitted to."""
 BANK = 1024
 """Pre-sampled draws per distribution row."""
 PROFILE_SCHEMA = "moesim-synth-profile/v1"
@@ -56,6 +62,12 @@ class SynthParams:
     seq_len_max: int
     phase: int
     fitted_to: dict[str, Any]
+    locality: float = 0.0
+    """Probability that a slot draws from its sequence segment's working set (segment-level locality)."""
+    segment_tokens: int = 16
+    """Tokens per segment; each segment of a sequence gets a fresh working set."""
+    working_set: int = 0
+    """Experts per working set and layer (0 = 2 x top_k)."""
 
     @property
     def num_layers(self) -> int:
@@ -106,34 +118,53 @@ class Generator:
     def _pop(self, layer: int, shape: tuple[int, ...]) -> np.ndarray:
         return self.pop_bank[layer, self.rng.integers(0, BANK, size=shape)]
 
-    def rows(self, starts: np.ndarray, n: int) -> np.ndarray:
+    def _follow(self, layer: int, prev: np.ndarray) -> np.ndarray:
+        """Layer ``layer`` candidates following ``prev`` (ids at layer - 1), popularity otherwise."""
+        p, rng = self.p, self.rng
+        prev = prev.astype(np.int64)
+        if p.conditional is not None:
+            cand = self.cond_bank[layer][prev, rng.integers(0, BANK, size=prev.shape)]
+        else:
+            cand = self.partner[layer][prev]
+        if p.follow[layer] >= 1.0:
+            return cand
+        return np.where(rng.random(prev.shape) < p.follow[layer], cand, self._pop(layer, prev.shape))
+
+    def rows(self, starts: np.ndarray, n: int, pos: np.ndarray | None = None) -> np.ndarray:
         """int16 ``[n, L, K]`` for ``n`` rows; ``starts`` marks rows that begin a sequence."""
         p, rng = self.p, self.rng
         k, layers = p.top_k, p.num_layers
         out = np.empty((n, layers, k), np.int16)
         idx = np.arange(n)
+        pos = np.zeros(n, np.int64) if pos is None else pos
+        seg = np.cumsum(starts | (pos % p.segment_tokens == 0)) - 1
+        w = p.working_set or 2 * k
+        ws = None
+        # one uniform per (token, slot) shared by all layers: a slot that copies its previous token (or
+        # uses its segment's working set) at layer l tends to do so at l + 1 too, which keeps the
+        # copied chains consistent with the cross-layer transitions
+        u_copy, u_local = rng.random((n, k)), rng.random((n, k))
+        ws_slot = rng.integers(0, w, size=(n, k))
         for layer in range(layers):
-            base = self._pop(layer, (n, k))
-            if layer > 0:
-                prev = out[:, layer - 1, :].astype(np.int64)
-                if p.conditional is not None:
-                    cand = self.cond_bank[layer][prev, rng.integers(0, BANK, size=(n, k))]
-                else:
-                    cand = self.partner[layer][prev]
-                follow = rng.random((n, k)) < p.follow[layer]
-                base = np.where(follow, cand, base)
-            copy = (rng.random((n, k)) < p.reuse[layer]) & ~starts[:, None]
+            # working sets of the segments follow the previous layer's like tokens do
+            ws = self._pop(layer, (int(seg[-1]) + 1, w)) if ws is None else self._follow(layer, ws)
+            base = self._pop(layer, (n, k)) if layer == 0 else self._follow(layer, out[:, layer - 1, :])
+            if p.locality > 0:
+                base = np.where(u_local < p.locality, ws[seg[:, None], ws_slot], base)
+            copy = (u_copy < p.reuse[layer]) & ~starts[:, None]
             src = np.maximum.accumulate(np.where(copy, 0, idx[:, None]), axis=0)
             val = np.take_along_axis(base, src, axis=0)
+            srt = np.sort(val, axis=1)
+            bad = np.flatnonzero((srt[:, 1:] == srt[:, :-1]).any(axis=1))  # rows holding a duplicate
             for j in range(1, k):
-                for _ in range(64):
-                    dup = (val[:, j : j + 1] == val[:, :j]).any(axis=1)
-                    if not dup.any():
+                rows = bad[(val[bad, j : j + 1] == val[bad, :j]).any(axis=1)]
+                for _ in range(64):  # redraw only the rows that still hold a duplicate
+                    if not len(rows):
                         break
-                    val[dup, j] = self._pop(layer, (int(dup.sum()),))
-                else:  # pathological popularity: take the lowest free id
-                    for r in np.flatnonzero((val[:, j : j + 1] == val[:, :j]).any(axis=1)):
-                        val[r, j] = np.setdiff1d(np.arange(p.num_experts), val[r, :j])[0]
+                    val[rows, j] = self._pop(layer, (len(rows),))
+                    rows = rows[(val[rows, j : j + 1] == val[rows, :j]).any(axis=1)]
+                for r in rows:  # pathological popularity: take the lowest free id
+                    val[r, j] = np.setdiff1d(np.arange(p.num_experts), val[r, :j])[0]
             out[:, layer] = val
         return out
 
@@ -148,14 +179,16 @@ def generate(
     lengths = _seq_lengths(gen.rng, params, tokens, seq_len)
     seq_id = np.repeat(np.arange(len(lengths), dtype=np.int32), lengths)
     starts = np.zeros(tokens, bool)
-    starts[np.r_[0, np.cumsum(lengths)[:-1]]] = True
+    first = np.r_[0, np.cumsum(lengths)[:-1]]
+    starts[first] = True
+    pos = np.arange(tokens) - np.repeat(first, lengths)
 
     def chunks() -> Iterator[np.ndarray]:
         for a in range(0, tokens, chunk_tokens):
             b = min(tokens, a + chunk_tokens)
             s = starts[a:b].copy()
             s[0] = True  # a chunk cut inside a sequence restarts the copy chains (rare; chunks are large)
-            yield gen.rows(s, b - a)
+            yield gen.rows(s, b - a, pos[a:b])
 
     return seq_id, chunks()
 
@@ -182,33 +215,51 @@ def _seq_stats(trace: RoutingTrace) -> tuple[float, float, int]:
     return float(logs.mean()), float(logs.std()), int(counts.max())
 
 
-def _measure(params: SynthParams, seed: int, tokens: int) -> tuple[np.ndarray, np.ndarray]:
-    """Consecutive overlap per layer and cross-layer top-K mass of a trial trace."""
+def _measure(params: SynthParams, seed: int, tokens: int) -> tuple[np.ndarray, np.ndarray, float]:
+    """Consecutive overlap per layer, cross-layer top-K mass and SRP(16) of a trial trace."""
     seq, chunks = generate(params, tokens, seed=seed)
     ids = np.concatenate(list(chunks))
     trial = RoutingTrace.build(ids, num_experts=params.num_experts, seq_id=seq)
-    st = trace_stats(trial, segment_lengths=(), cache_sizes=())
+    st = trace_stats(trial, segment_lengths=(SRP_M,), cache_sizes=())
     aff = np.r_[np.nan, np.asarray(st["cross_layer"]["topk_mass"], np.float64)]
-    return np.nan_to_num(np.asarray(st["per_layer"]["consecutive_overlap"], np.float64)), aff
+    overlap = np.nan_to_num(np.asarray(st["per_layer"]["consecutive_overlap"], np.float64))
+    return overlap, aff, float(st["local_consistency"]["srp"][str(SRP_M)])
 
 
 def _calibrate(
-    params: SynthParams, overlap: np.ndarray, affinity: np.ndarray | None, seed: int, trial_tokens: int
+    params: SynthParams,
+    overlap: np.ndarray,
+    affinity: np.ndarray | None,
+    seed: int,
+    trial_tokens: int,
+    srp: float | None = None,
 ) -> SynthParams:
-    """Set ``reuse`` (and ``follow`` when ``affinity`` is given) so a trial matches the targets."""
+    """Set ``follow`` (when ``affinity`` is given), ``locality`` (when ``srp`` is) and ``reuse`` on trials."""
     from dataclasses import replace
 
     lo, hi = np.zeros(params.num_layers), np.ones(params.num_layers)
     if affinity is not None:
         for _ in range(7):  # bisection on follow, per layer (reuse 0 during this search)
             mid = (lo + hi) / 2
-            _, aff = _measure(replace(params, follow=mid, reuse=np.zeros_like(mid)), seed, trial_tokens)
+            _, aff, _ = _measure(replace(params, follow=mid, reuse=np.zeros_like(mid)), seed, trial_tokens)
             low = np.nan_to_num(aff, nan=np.inf) < affinity
             lo, hi = np.where(low, mid, lo), np.where(low, hi, mid)
         params = replace(params, follow=np.where(np.isnan(affinity), 0.0, (lo + hi) / 2))
-    o0, _ = _measure(replace(params, reuse=np.zeros(params.num_layers)), seed, trial_tokens)
-    reuse = np.clip((overlap - o0) / np.maximum(1 - o0, 1e-9), 0.0, 0.98)
-    return replace(params, reuse=reuse)
+
+    def set_reuse(p: SynthParams) -> SynthParams:
+        o0, _, _ = _measure(replace(p, reuse=np.zeros(p.num_layers)), seed, trial_tokens)
+        return replace(p, reuse=np.clip((overlap - o0) / np.maximum(1 - o0, 1e-9), 0.0, 0.98))
+
+    params = set_reuse(params)
+    if srp is not None and np.isfinite(srp):
+        for _ in range(2):  # locality and reuse both raise SRP: alternate the two fits
+            a, b = 0.0, 0.95
+            for _ in range(6):
+                mid = (a + b) / 2
+                _, _, got = _measure(replace(params, locality=mid), seed, trial_tokens)
+                a, b = (mid, b) if got < srp else (a, mid)
+            params = set_reuse(replace(params, locality=(a + b) / 2))
+    return params
 
 
 def fit_trace(
@@ -233,19 +284,20 @@ def fit_trace(
             seed=seed,
             trial_tokens=trial_tokens,
         )
-    st = trace_stats(trace, segment_lengths=(), cache_sizes=(), pair_tokens=200_000)
+    st = trace_stats(trace, segment_lengths=(SRP_M,), cache_sizes=(), pair_tokens=200_000)
     m = _depth_map(layers, trace.num_layers)
     load = np.asarray(st["load"], np.float64) + 0.5
     pop = (load / load.sum(1, keepdims=True))[m]
     co = cross_layer(trace, 200_000)["cooccurrence"].astype(np.float64)
-    cond = np.zeros((layers, e, e))
+    measured = np.zeros((layers, e, e))
     for layer in range(1, layers):
         src = m[layer]
         c = co[src - 1] if src >= 1 else np.outer(pop[layer - 1], pop[layer]) * 1000
         if m[layer - 1] != src - 1:  # layers not adjacent in the source: no measured transition
             c = np.outer(pop[layer - 1], pop[layer]) * 1000
         row = c.sum(1, keepdims=True)
-        cond[layer] = (c + 0.5 * pop[layer]) / (row + 0.5)
+        measured[layer] = (c + 0.5 * pop[layer]) / (row + 0.5)
+    cond = _sharpen(measured, pop, float(k))
     mu, sd, mx = _seq_stats(trace)
     phases, counts = np.unique(np.asarray(trace.phase), return_counts=True)
     params = SynthParams(
@@ -262,12 +314,38 @@ def fit_trace(
         {"trace": trace.source, "model": trace.model_name, "mode": "fitted"},
     )
     overlap = np.nan_to_num(np.asarray(st["per_layer"]["consecutive_overlap"], np.float64))[m]
-    return _calibrate(params, overlap, None, seed, trial_tokens)
+    srp = float(st["local_consistency"]["srp"][str(SRP_M)])
+    params = _calibrate(params, overlap, None, seed, trial_tokens, srp)
+    target = float(np.nanmean(st["cross_layer"]["topk_mass"])) if layers > 1 else float("nan")
+    if np.isfinite(target):  # then sharpen the transitions until the cross-layer top-K mass matches
+        from dataclasses import replace
+
+        lo, hi = 1.0, 4.0 * k
+        for _ in range(6):
+            g = (lo + hi) / 2
+            _, aff, _ = _measure(replace(params, conditional=_sharpen(measured, pop, g)), seed, trial_tokens)
+            lo, hi = (g, hi) if np.nanmean(aff) < target else (lo, g)
+        params = replace(params, conditional=_sharpen(measured, pop, (lo + hi) / 2))
+    return params
+
+
+def _sharpen(measured: np.ndarray, pop: np.ndarray, gain: float) -> np.ndarray:
+    """Slot-aligned transitions from all-pairs ones: ``max(g * P - (g - 1) * marginal, 0)``, renormalised.
+
+    All K x K pairs are counted, but a slot follows only its own expert, so a measured row is about
+    (1/K) own transition + (1 - 1/K) marginal; ``g = K`` undoes exactly that dilution, larger ``g``
+    compensates for what reuse and locality draws dilute further.
+    """
+    out = np.zeros_like(measured)
+    for layer in range(1, len(measured)):
+        sharp = np.maximum(gain * measured[layer] - (gain - 1) * pop[layer][None, :], 0.0) + 1e-9
+        out[layer] = sharp / sharp.sum(1, keepdims=True)
+    return out
 
 
 def profile_from_trace(trace: RoutingTrace) -> dict[str, Any]:
     """Statistics only (no token data): the JSON profile of a real trace."""
-    st = trace_stats(trace, segment_lengths=(), cache_sizes=(), pair_tokens=200_000)
+    st = trace_stats(trace, segment_lengths=(SRP_M,), cache_sizes=(), pair_tokens=200_000)
     load = np.asarray(st["load"], np.float64)
     curves = -np.sort(-load / np.maximum(load.sum(1, keepdims=True), 1), axis=1)
     mu, sd, mx = _seq_stats(trace)
@@ -289,6 +367,7 @@ def profile_from_trace(trace: RoutingTrace) -> dict[str, Any]:
         "seq_len_log_std": round(sd, 6),
         "seq_len_max": mx,
         "phase": int(phases[np.argmax(counts)]) if len(phases) else UNKNOWN,
+        f"srp_{SRP_M}": round(float(st["local_consistency"]["srp"][str(SRP_M)]), 6),
     }
 
 
@@ -346,7 +425,7 @@ def from_profile(
         int(profile.get("phase", UNKNOWN)),
         {**profile.get("fitted_to", {}), "mode": "profile"},
     )
-    return _calibrate(params, overlap, aff, seed, trial_tokens)
+    return _calibrate(params, overlap, aff, seed, trial_tokens, profile.get(f"srp_{SRP_M}"))
 
 
 def compare(real: dict[str, Any], synth: dict[str, Any]) -> dict[str, dict[str, float]]:
@@ -396,6 +475,7 @@ def write_synthetic(
             "fitted_to": params.fitted_to,
             "reuse": np.round(params.reuse, 4).tolist(),
             "follow": np.round(params.follow, 4).tolist(),
+            "locality": round(params.locality, 4),
         },
     }
     if compress is None:

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from moesim.errors import UserError
-from moesim.traces.npz import Chunks, read_npz, write_npz
+from moesim.traces.npz import Chunks, read_npz, release_pages, write_npz
 
 if TYPE_CHECKING:
     from moesim.specs.model import MoEModel
@@ -262,6 +262,7 @@ class RoutingTrace:
         for a, b in row_chunks(self.num_tokens, row_bytes):
             chunk = self.expert_ids[a:b]
             lo, hi = min(lo, int(chunk.min())), max(hi, int(chunk.max()))
+            release_pages(self.expert_ids)
         return lo, hi
 
     # ----------------------------------------------------------------------------- properties
@@ -362,6 +363,7 @@ class RoutingTrace:
                 ids = np.asarray(self.expert_ids[bounds[w] + a : bounds[w] + b], dtype=np.int64)
                 flat = (ids + offsets)[ids >= 0]
                 out[w] += np.bincount(flat, minlength=layers * e).reshape(layers, e)
+                release_pages(self.expert_ids)
         return out
 
     def layer_stream(self, column: int) -> np.ndarray:

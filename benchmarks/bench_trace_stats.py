@@ -1,0 +1,112 @@
+"""Benchmark: ``moesim trace stats`` throughput (token x layer per second) and peak memory.
+
+    python benchmarks/bench_trace_stats.py [--shared PATH] [--tokens 10000000] [--skip-large]
+
+1. the largest shared real trace (DeepSeek-V2-Lite Puffin prefill, 192,023 tokens x 26 layers x 6):
+   all statistics, and the three cache policies at C = 6, 12, 24 over all rows;
+2. a synthetic DeepSeek-V3-shaped trace (default 10M tokens x 58 MoE layers x 8 of 256 experts,
+   ~9.3 GB of int16) generated here into /tmp in chunks (stored uncompressed, so it is memory-mapped
+   on load), then ``trace stats`` on it with the cache simulation on its first 200,000 rows
+   (the default ``--cache-tokens``). Peak RSS is measured in a fresh child process per run
+   (``resource.getrusage(RUSAGE_CHILDREN)``), so one run's memory does not hide another's.
+
+The baseline of each ratio is measured in the same run: the load matrix alone (one bincount pass),
+the cheapest statistic every other one builds on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_SHARED = REPO.parent / "shared" / "traces" / "deepseek-v2-lite-chat-prefill" / \
+    "deepseek_v2_lite_puffin_prefill.npz"
+
+CHILD = r"""
+import json, sys, time, resource
+from moesim.traces import RoutingTrace
+from moesim.traces.stats import trace_stats
+from moesim.traces.cache import hit_rates
+path, what, sizes, cache_tokens = sys.argv[1], sys.argv[2], json.loads(sys.argv[3]), int(sys.argv[4])
+t0 = time.perf_counter()
+tr = RoutingTrace.load(path)
+load_s = time.perf_counter() - t0
+t0 = time.perf_counter()
+if what == "load_matrix":
+    tr.load_matrix(1)
+elif what == "stats":
+    trace_stats(tr, cache_sizes=[], segment_lengths=(4, 16, 64))
+else:
+    hit_rates(tr, sizes, max_tokens=cache_tokens or None)
+dt = time.perf_counter() - t0
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+print(json.dumps({"what": what, "tokens": tr.num_tokens, "layers": tr.num_layers, "seconds": dt,
+                  "load_seconds": load_s, "peak_rss_bytes": peak,
+                  "memmap": type(tr.expert_ids).__name__ == "memmap"}))
+"""
+
+
+def run_child(path: Path, what: str, sizes: list[int], cache_tokens: int) -> dict:
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    out = subprocess.run([sys.executable, "-c", CHILD, str(path), what, json.dumps(sizes), str(cache_tokens)],
+                         check=True, capture_output=True, text=True, cwd=REPO)
+    res = json.loads(out.stdout.strip().splitlines()[-1])
+    res["children_maxrss_bytes"] = max(before, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss) * 1024
+    return res
+
+
+def report(name: str, res: dict, rows: int | None = None) -> float:
+    rows = rows or res["tokens"]
+    rate = rows * res["layers"] / res["seconds"]
+    print(f"  {name:<34} {res['seconds']:9.2f} s  {rate / 1e6:9.3f} M token-layers/s  "
+          f"peak RSS {res['peak_rss_bytes'] / 2**20:7.0f} MiB  (load {res['load_seconds']:.2f} s, "
+          f"memmap {res['memmap']})")
+    return rate
+
+
+def bench(path: Path, label: str, cache_tokens: int, sizes: list[int]) -> None:
+    print(f"{label}: {path}")
+    base = run_child(path, "load_matrix", sizes, cache_tokens)
+    b = report("load matrix (baseline)", base)
+    s = report("trace stats (no cache)", run_child(path, "stats", sizes, cache_tokens))
+    tokens = base["tokens"] if not cache_tokens else min(base["tokens"], cache_tokens)
+    c = report(f"LRU+LFU+Belady, C={sizes}", run_child(path, "cache", sizes, cache_tokens), rows=tokens)
+    print(f"  ratios to the load-matrix baseline: stats {s / b:.3f}x, caches {c / b:.4f}x")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--shared", type=Path, default=DEFAULT_SHARED, help="largest shared trace")
+    ap.add_argument("--tokens", type=int, default=10_000_000, help="tokens of the synthetic trace")
+    ap.add_argument("--skip-large", action="store_true", help="only the shared trace")
+    args = ap.parse_args()
+    if args.shared.exists():
+        bench(args.shared, "shared real trace", 0, [6, 12, 24])
+    else:
+        print(f"shared trace {args.shared} not found; skipped")
+    if args.skip_large:
+        return 0
+    with tempfile.TemporaryDirectory(dir="/tmp") as tmp:
+        out = Path(tmp) / "v3-synth.npz"
+        t0 = time.perf_counter()
+        cmd = ["trace", "synth", "--model", "deepseek-v3", "--tokens", str(args.tokens), "--seed", "0"]
+        subprocess.run([sys.executable, "-m", "moesim", *cmd, "--out", str(out)], check=True, cwd=REPO,
+                       env={**os.environ, "PYTHONPATH": str(REPO)})
+        gen_s = time.perf_counter() - t0
+        size = out.stat().st_size
+        print(f"generated {args.tokens:,} tokens of deepseek-v3 (58 x 8 of 256) in {gen_s:.1f} s "
+              f"({args.tokens / gen_s / 1e3:.1f} k tokens/s), {size / 2**30:.2f} GiB")
+        bench(out, "synthetic deepseek-v3 trace", 200_000, [8, 16, 32])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
