@@ -8,6 +8,7 @@ cache sizes, GPU memory budgets and miss modes). ``moesim report`` with no flags
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -99,7 +100,7 @@ DEFAULT_SWEEP: dict[str, Any] = {
             "trace": "mixtral-8x7b-synth",
             "policies": ["lru", "lfu", "belady", "static"],
             "cache_sizes": [2, 3, 4, 5, 6, 7, 8],
-            "gpu_memory": ["12 GiB", "16 GiB", "20 GiB", "24 GiB"],
+            "gpu_memory": ["10.5 GiB", "21 GiB"],
             "miss_modes": ["fetch", "cpu", "lowbit", "pim"],
             "memory_policy": "lru",
             "batch": 1,
@@ -135,9 +136,10 @@ def _float(v: Any, file: str | None, fld: str, *, lo: float, hi: float | None = 
     return float(v)
 
 
-def _choices(v: Any, allowed: Sequence[str], file: str | None, fld: str) -> tuple[str, ...]:
+def _choices(v: Any, allowed: Sequence[str], file: str | None, fld: str, *,
+             allow_empty: bool = False) -> tuple[str, ...]:
     items = [v] if isinstance(v, str) else v
-    if not isinstance(items, list) or not items:
+    if not isinstance(items, list) or (not items and not allow_empty):
         raise _fail(f"expected a non-empty list of {', '.join(allowed)}, got {v!r}", file, fld)
     for i, x in enumerate(items):
         if x not in allowed:
@@ -178,7 +180,8 @@ def _path_or_name(v: Any, file: str | None, fld: str, base: Path) -> str:
     """Names stay names; relative paths are taken relative to the config file's folder."""
     text = _str(v, file, fld)
     if ("/" in text or text.endswith((".yaml", ".yml", ".npz"))) and not Path(text).is_absolute():
-        return str((base / text).resolve())
+        # Shown relative to the working directory, so commands in captions stay short and portable.
+        return os.path.relpath(os.path.normpath(base.resolve() / text))
     return text
 
 
@@ -212,7 +215,7 @@ def _offload(d: Any, file: str | None, fld: str, base: Path) -> OffloadStudy:
     d = _known_keys(d, OffloadStudy, file, fld)
     kw: dict[str, Any] = _workload(d, file, fld, base)
     if "policies" in d:
-        kw["policies"] = _choices(d["policies"], CACHE_POLICIES, file, f"{fld}.policies")
+        kw["policies"] = _choices(d["policies"], CACHE_POLICIES, file, f"{fld}.policies", allow_empty=True)
     if "cache_sizes" in d:
         kw["cache_sizes"] = _ints(d["cache_sizes"], file, f"{fld}.cache_sizes")
     if "gpu_memory" in d:
