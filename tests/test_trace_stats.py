@@ -98,3 +98,15 @@ def test_stats_on_every_shared_trace(shared_traces, capsys):
         assert np.asarray(st["load"]).sum() == int((np.asarray(t.expert_ids) >= 0).sum())
         rates = st["cache_hit_rate"]
         assert rates["belady"]["8"] >= max(rates["lru"]["8"], rates["lfu"]["8"]) - 1e-12
+
+
+def test_stats_on_shared_aggregate_counts(capsys):
+    from tests.conftest import shared_trace
+
+    agg = str(shared_trace("olmoe-mixtral-aggregate-counts/olmoe_mixtral_expert_counts.npz"))
+    assert main(["trace", "stats", agg]) == 2
+    assert "--key" in capsys.readouterr().err
+    assert main(["trace", "stats", agg, "--key", "olmoe__expert_counts__c4", "--json"]) == 0
+    st = json.loads(capsys.readouterr().out)
+    assert st["kind"] == "load-counts" and np.asarray(st["load"]).shape == (3, 64)
+    assert np.asarray(st["load"]).sum() == 208896 * 8 * 3

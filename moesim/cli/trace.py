@@ -101,6 +101,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="simulate the caches on the first N rows only (0 = all rows)",
     )
     st.add_argument("--model", help="model spec to validate against")
+    st.add_argument("--key", default=None, help="one [layers, experts] count array of an aggregate .npz")
     add_json_flag(st)
     st.set_defaults(func=run_stats)
 
@@ -188,7 +189,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     rec.set_defaults(func=run_record)
 
 
-def _trace_or_counts(name: str, model_name: str | None = None):
+def _trace_or_counts(name: str, model_name: str | None = None, key: str | None = None):
     from moesim.resources import resolve
     from moesim.traces import RoutingTrace
     from moesim.traces.counts import LoadCounts, is_counts_file
@@ -196,6 +197,10 @@ def _trace_or_counts(name: str, model_name: str | None = None):
     path = resolve("trace", name)
     if is_counts_file(path):
         return LoadCounts.load(path)
+    if key is not None:  # one count array of an aggregate .npz
+        from moesim.traces.convert import convert
+
+        return convert([path], "counts-npz", key=key)
     return RoutingTrace.load(path, model=_model(model_name))
 
 
@@ -261,7 +266,7 @@ def run_stats(args: argparse.Namespace) -> int:
     from moesim.traces.counts import LoadCounts
     from moesim.traces.stats import entropy_bits, gini, trace_stats
 
-    trace = _trace_or_counts(args.trace, args.model)
+    trace = _trace_or_counts(args.trace, args.model, args.key)
     if isinstance(trace, LoadCounts):
         load = trace.load_matrix(1)[0]
         mean = load.mean(1)

@@ -115,7 +115,10 @@ class RoutingTrace:
         arrays = read_npz(path, mmap=mmap)
         file = str(path)
         if "expert_ids" not in arrays:
-            raise UserError("missing array 'expert_ids' (not a moe-routing-trace/v1 file)", file=file)
+            others = ", ".join(sorted(arrays)[:4])
+            msg = (f"missing array 'expert_ids' (not a moe-routing-trace/v1 file; it holds {others}, ...; "
+                   "for count arrays use --key KEY or 'trace convert --format counts-npz')")
+            raise UserError(msg, file=file)
         meta: dict[str, Any] = {}
         if "meta_json" in arrays:
             raw = arrays["meta_json"]
