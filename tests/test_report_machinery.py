@@ -193,3 +193,14 @@ def test_cached_results_are_plain_json(tmp_path: Path) -> None:
     cache.put("k2", "kind", {"a": 1}, {"v": 1})
     assert json.loads((tmp_path / "k2.json").read_text())["params"] == {"a": 1}
     assert CellCache(None).get("k2") is None
+
+
+def test_a_cell_bug_is_reported_not_cached(tmp_path: Path) -> None:
+    def broken(p: dict) -> dict:
+        raise RuntimeError("boom")
+
+    cache = CellCache(tmp_path)
+    res = run_grid([Cell.make("b", x=1)], {"b": broken}, cache, show_progress=False)
+    assert res.failed == 1 and res.computed == 0
+    assert "internal error (RuntimeError: boom)" in res.error(Cell.make("b", x=1))
+    assert list(tmp_path.glob("*.json")) == []

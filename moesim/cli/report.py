@@ -177,6 +177,7 @@ def run(args: argparse.Namespace) -> int:
                 "cells": result.cells,
                 "cells_computed": result.computed,
                 "cells_cached": result.cached,
+                "cells_failed": result.failed,
                 "not_computed": list(result.document.notes),
             }
         )
@@ -187,4 +188,8 @@ def run(args: argparse.Namespace) -> int:
         )
         for note in result.document.notes:
             print(f"moesim: warning: not computed: {note}", file=sys.stderr)
+    if result.failed:
+        print(f"moesim: error: {result.failed} cell(s) failed with an internal error (see the report's "
+              "'Cells not computed')", file=sys.stderr)
+        return 1
     return 0

@@ -23,6 +23,7 @@ class ReportRun:
     computed: int
     cached: int
     cells: int
+    failed: int
 
 
 def check_inputs(sweep: Sweep) -> dict[tuple[str, str], tuple[int, int]]:
@@ -65,4 +66,4 @@ def make_report(
     res = grid.run_grid(cells, COMPUTE, CellCache(folder), show_progress=show_progress)
     doc = build_document(sweep, res, command=command)
     written = render.write(doc, out)
-    return ReportRun(doc, written, res.computed, res.cached, len(cells))
+    return ReportRun(doc, written, res.computed, res.cached, len(cells), res.failed)

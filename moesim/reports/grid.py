@@ -50,6 +50,8 @@ class GridResult:
     results: dict[Cell, dict[str, Any]] = field(default_factory=dict)
     computed: int = 0
     cached: int = 0
+    failed: int = 0
+    """Cells that raised something other than a UserError (a bug); not cached."""
 
     def get(self, cell: Cell) -> dict[str, Any] | None:
         r = self.results.get(cell)
@@ -205,6 +207,10 @@ def run_grid(
             result = to_jsonable(compute[cell.kind](params))
         except UserError as e:
             result = {"error": str(e)}
+        except Exception as e:  # a bug in one cell: report it, keep the others, never cache it
+            out.results[cell] = {"error": f"internal error ({type(e).__name__}: {e})"}
+            out.failed += 1
+            continue
         # Round-trip through JSON so a fresh result and a cached one are the same Python values.
         result = json.loads(json.dumps(result, allow_nan=False))
         cache.put(key, cell.kind, params, result)
