@@ -348,8 +348,7 @@ def simulate(cfg: SimConfig, cost: Any | None = None) -> SimResult:
         cost = CostModel(cfg.cluster, cfg.model)
     machine = Machine(cfg, cost)
     machine.run()
-    if not machine.offload:
-        machine.rec.spans.extend(lockstep_spans(machine))
-    return SimResult(rec=machine.rec, layer_ids=machine.layer_ids, info=machine.info(),
-                     wall_seconds=time.perf_counter() - t0, memory_bytes=machine.memory,
-                     causality=machine.causality)
+    wall = time.perf_counter() - t0
+    extra = (lambda: lockstep_spans(machine)) if not machine.offload else None
+    return SimResult(rec=machine.rec, layer_ids=machine.layer_ids, info=machine.info(), wall_seconds=wall,
+                     memory_bytes=machine.memory, causality=machine.causality, more_spans=extra)

@@ -5,6 +5,7 @@ Column and field meanings with units are in docs/results.md.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -87,6 +88,13 @@ class SimResult:
     memory_bytes: dict[str, float] = field(default_factory=dict)
     causality: list[tuple[float, float]] = field(default_factory=list)
     """Offloading: (start of a GPU expert call, arrival of the last of its experts' weights)."""
+    more_spans: Callable[[], list[Span]] | None = None
+    """Spans rebuilt on demand (lockstep runs: only when a timeline is written)."""
+
+    def spans(self) -> list[Span]:
+        """All timeline spans, in start order per track."""
+        extra = self.more_spans() if self.more_spans is not None else []
+        return sorted([*self.rec.spans, *extra], key=lambda sp: (sp.track, sp.start_s))
 
     @property
     def simulated_seconds(self) -> float:
@@ -130,7 +138,7 @@ class SimResult:
     def write_timeline(self, path: str | Path) -> None:
         from moesim.sim.timeline import write_timeline
 
-        write_timeline(self.rec.spans, path, self.rec.devices)
+        write_timeline(self.spans(), path, self.rec.devices)
 
     def summary(self) -> dict[str, Any]:
         """The ``--json`` object (docs/results.md)."""

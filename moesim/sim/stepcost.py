@@ -30,6 +30,21 @@ class ChunkCosts:
     combine_chunk: np.ndarray | None = None
 
 
+def unique_rows(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``np.unique(rows, axis=0, return_inverse=True)`` for small non-negative integer rows, via one
+    int64 key per row when the row fits in 62 bits (a 1-D sort instead of a row-wise one)."""
+    j = rows.shape[1]
+    top = int(rows.max(initial=0))
+    bits = max(1, top.bit_length())
+    if j * bits > 62 or rows.min(initial=0) < 0:
+        uniq, inverse = np.unique(rows, axis=0, return_inverse=True)
+        return uniq, inverse.ravel()
+    shifts = (np.arange(j, dtype=np.int64) * bits)[None, :]
+    keys = (rows.astype(np.int64) << shifts).sum(axis=1)
+    _keys, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
+    return rows[first], inverse.ravel()
+
+
 def device_token_counts(batch: np.ndarray, num_devices: int) -> np.ndarray:
     """[S, G] tokens each device owns for attention (contiguous equal blocks of each step's batch)."""
     g = np.arange(num_devices + 1, dtype=np.int64)
@@ -86,10 +101,22 @@ class StepCoster:
         return attention[:, None, :] + np.where(moe, moe_pre[:, None, :], dense[:, None, :])
 
     def expert_times(self, slot_tokens: np.ndarray) -> np.ndarray:
-        """[S, L, G] grouped expert calls for ``slot_tokens`` [S, L, G, slots] (GPUs)."""
+        """[S, L, G] grouped expert calls for ``slot_tokens`` [S, L, G, slots] (GPUs).
+
+        A grouped call's time depends on the device's spec and the multiset of its experts' token
+        counts, so rows are sorted and de-duplicated per spec before the cost model sees them
+        (decode steps repeat the same few rows thousands of times)."""
         S, L, G, J = slot_tokens.shape
-        devs = list(self.devices) * (S * L)
-        return self.cost.expert_compute_batch_s(devs, slot_tokens.reshape(-1, J)).reshape(S, L, G)
+        rows = np.sort(slot_tokens.reshape(S * L, G, J), axis=2)
+        out = np.zeros((S * L, G))
+        for spec in np.unique(self._spec_index):
+            cols = np.flatnonzero(self._spec_index == spec)
+            sub = rows[:, cols, :].reshape(-1, J)
+            uniq, inverse = unique_rows(sub)
+            dev = self._spec_device[int(spec)]
+            times = np.asarray(self.cost.expert_compute_batch_s([dev] * len(uniq), uniq))
+            out[:, cols] = times[inverse.ravel()].reshape(S * L, len(cols))
+        return out.reshape(S, L, G)
 
     def all_to_all(self, pair_bytes: np.ndarray) -> np.ndarray:
         """[S, L] seconds of all-to-alls with ``pair_bytes`` [S, L, G, G]."""
