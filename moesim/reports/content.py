@@ -28,8 +28,22 @@ _TRACE_STATS = {
 
 
 def _slug(*parts: Any) -> str:
-    text = "_".join(str(p) for p in parts if p is not None)
-    return "".join(c if c.isalnum() else "-" for c in text.split("/")[-1].replace(".npz", "")).strip("-")
+    """A file stem from names or paths (each path by its file name without suffix)."""
+    names = []
+    for p in parts:
+        if p is None:
+            continue
+        name = str(p).rsplit("/", 1)[-1]
+        for suffix in (".npz", ".yaml", ".yml"):
+            name = name.removesuffix(suffix)
+        names.append(name)
+    return "".join(c if c.isalnum() else "-" for c in "_".join(names)).strip("-")
+
+
+def _spread(series: dict[str, list[float | None]]) -> float:
+    """max / min of the positive values of all series (1.0 when there are none)."""
+    vals = [v for vs in series.values() for v in vs if v is not None and v > 0]
+    return max(vals) / min(vals) if vals else 1.0
 
 
 def _short(name: str) -> str:
@@ -253,7 +267,7 @@ class _Builder:
     def placement(self, s: PlacementStudy) -> Section:
         where = (s.hw, s.model, s.trace)
         sec = f"placement {_short(s.hw)}"
-        stem = _slug("placement", s.hw, s.model, s.trace)
+        stem = _slug("placement", s.hw, f"{s.nodes}nodes" if s.nodes else None, s.model, s.trace)
         title = f"Placement on {_short(s.hw)}" + (f" ({s.nodes} nodes)" if s.nodes else "")
         cells = g.study_plan_cells(self.sweep, self.sweep.placement.index(s))
         results = {p: self.cell(c) for p, c in cells.items()}
@@ -560,8 +574,9 @@ class _Builder:
                         gib,
                         tps,
                         xlabel="GPU memory budget (GiB)",
-                        ylabel="tokens/s",
+                        ylabel="tokens/s" + (" (log scale)" if _spread(tps) > 20 else ""),
                         title="Decode throughput vs GPU memory",
+                        logy=_spread(tps) > 20,
                     ),
                 )
             )

@@ -42,6 +42,7 @@ def lines(
     title: str,
     emphasise: str | None = None,
     logx: bool = False,
+    logy: bool = False,
     ref_y: float | None = None,
     ref_label: str | None = None,
 ) -> bytes:
@@ -64,6 +65,8 @@ def lines(
         ax.axhline(ref_y, color="#888888", linewidth=1, linestyle=":", label=ref_label)
     if logx:
         ax.set_xscale("log", base=2)
+    if logy:
+        ax.set_yscale("log")
     _style(ax, xlabel=xlabel, ylabel=ylabel, title=title)
     ax.legend(fontsize=8, ncol=min(4, max(1, len(series))), frameon=False)
     return _png(fig)
