@@ -96,7 +96,7 @@ def dispatch(ids: np.ndarray, owner: np.ndarray, table: ReplicaTable,
         idx = np.arange(flat.size)
         rank = np.empty_like(idx)
         rank[order] = idx - np.maximum.accumulate(np.where(start, idx, 0))
-        rep = (rank % table.counts.ravel()[flat]).reshape(le.shape)
+        rep = rank.reshape(le.shape) % table.counts.ravel()[le]
     R = table.device.shape[2]
     dst = table.device.reshape(-1)[le * R + rep]
     slot = table.slot.reshape(-1)[le * R + rep]
