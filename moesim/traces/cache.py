@@ -128,50 +128,66 @@ def make_cache(policy: str, capacity: int, future: Sequence[np.ndarray] | None =
 
 # --------------------------------------------------------------------------------- whole-trace path
 def _flat_steps(trace: RoutingTrace, batch_size: int, start: int, stop: int) -> np.ndarray:
-    """int64 ``[steps, batch*L*K]`` flat ids ``layer*E + expert`` of rows start:stop; -1 -> L*E (dummy)."""
+    """int32 ``[steps, batch*L*K]`` flat ids ``layer*E + expert`` of rows start:stop; -1 -> L*E (dummy)."""
     e, layers = trace.num_experts, trace.num_layers
-    ids = np.asarray(trace.expert_ids[start:stop], dtype=np.int64)
+    ids = np.asarray(trace.expert_ids[start:stop], dtype=np.int32)
     release_pages(trace.expert_ids)
-    flat = ids + (np.arange(layers, dtype=np.int64) * e)[None, :, None]
+    flat = ids + (np.arange(layers, dtype=np.int32) * e)[None, :, None]
     flat[ids < 0] = layers * e
     rows = stop - start
     steps = -(-rows // batch_size)
     pad = steps * batch_size - rows
     flat = flat.reshape(rows, -1)
     if pad:
-        flat = np.concatenate([flat, np.full((pad, flat.shape[1]), layers * e, np.int64)])
+        flat = np.concatenate([flat, np.full((pad, flat.shape[1]), layers * e, np.int32)])
     return flat.reshape(steps, -1)
 
 
-def _next_use(flat: np.ndarray, dummy: int) -> np.ndarray:
-    """For each entry of ``flat [T, M]``, the next step (> its own) requesting the same flat id, else T."""
-    steps, m = flat.shape
-    keys = flat.ravel()
-    order = np.argsort(keys, kind="stable")  # by id, then by step (ravel is step-major)
+def _next_step(ids: np.ndarray, step_of_row: np.ndarray, steps: int) -> np.ndarray:
+    """int32 like ``ids [R, K]`` (one layer): the next step after each entry's own requesting that expert."""
+    k = ids.shape[1]
+    keys = ids.ravel()
+    order = np.argsort(keys, kind="stable")  # radix sort on int16: by expert, then by row
     k_sorted = keys[order]
-    s_sorted = order // m
-    nxt = np.full(keys.shape, steps, np.int64)
+    s_sorted = step_of_row[order // k]
     new_block = np.r_[True, (k_sorted[1:] != k_sorted[:-1]) | (s_sorted[1:] != s_sorted[:-1])]
     block_start = np.flatnonzero(new_block)
     block_key, block_step = k_sorted[block_start], s_sorted[block_start]
-    block_next = np.full(len(block_start), steps, np.int64)
+    block_next = np.full(len(block_start), steps, np.int32)
     same = block_key[1:] == block_key[:-1]
     block_next[:-1][same] = block_step[1:][same]
+    nxt = np.empty(keys.shape, np.int32)
     nxt[order] = block_next[np.cumsum(new_block) - 1]
-    nxt[keys == dummy] = steps
-    return nxt.reshape(steps, m)
+    nxt[keys < 0] = steps
+    return nxt.reshape(ids.shape)
+
+
+def _belady_next(trace: RoutingTrace, batch_size: int, rows: int) -> np.ndarray:
+    """int32 ``[steps, batch*L*K]`` aligned with ``_flat_steps``: next step using each entry's expert.
+
+    Computed layer by layer (a layer's ids never meet another's), so the extra memory is this int32
+    array, O(rows x L x K).
+    """
+    layers, k = trace.num_layers, trace.top_k
+    steps = -(-rows // batch_size)
+    nxt = np.full((steps * batch_size, layers, k), steps, np.int32)
+    step_of_row = (np.arange(rows) // batch_size).astype(np.int32)
+    for layer in range(layers):
+        ids = np.array(trace.expert_ids[:rows, layer, :])
+        release_pages(trace.expert_ids)
+        nxt[:rows, layer, :] = _next_step(ids, step_of_row, steps)
+    return nxt.reshape(steps, -1)
 
 
 def _chunks(
     trace: RoutingTrace, batch_size: int, max_rows: int, policy: str, chunk_rows: int
 ) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
-    if policy == "belady":  # needs the whole future at once: O(rows x L x K) memory
-        flat = _flat_steps(trace, batch_size, 0, max_rows)
-        yield flat, _next_use(flat, trace.num_layers * trace.num_experts)
-        return
     chunk_rows = max(batch_size, chunk_rows - chunk_rows % batch_size)
+    nxt = _belady_next(trace, batch_size, max_rows) if policy == "belady" else None
     for start in range(0, max_rows, chunk_rows):
-        yield _flat_steps(trace, batch_size, start, min(max_rows, start + chunk_rows)), None
+        flat = _flat_steps(trace, batch_size, start, min(max_rows, start + chunk_rows))
+        s0 = start // batch_size
+        yield flat, None if nxt is None else nxt[s0 : s0 + flat.shape[0]]
 
 
 def simulate_hits(
@@ -181,7 +197,7 @@ def simulate_hits(
     *,
     batch_size: int = 1,
     max_tokens: int | None = None,
-    chunk_rows: int = 65536,
+    chunk_rows: int = 16384,
 ) -> tuple[np.ndarray, int]:
     """``(hits [S], requests)`` summed over layers, for each capacity, over the first ``max_tokens`` rows.
 

@@ -108,6 +108,13 @@ def read_npz(path: str | Path, *, mmap: bool = True) -> dict[str, np.ndarray]:
     return out
 
 
+def _member(key: str, method: int) -> zipfile.ZipInfo:
+    """A member entry with a fixed timestamp, so the same arrays always give the same bytes."""
+    info = zipfile.ZipInfo(f"{key}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+    info.compress_type = method
+    return info
+
+
 Chunks = tuple[tuple[int, ...], np.dtype, Callable[[], Iterable[np.ndarray]]]
 """A member written chunk by chunk: full shape, dtype, and a factory of C-ordered row chunks."""
 
@@ -123,11 +130,11 @@ def write_npz(
     method = zipfile.ZIP_DEFLATED if compress else zipfile.ZIP_STORED
     with atomic_open(path, "wb") as fh, zipfile.ZipFile(fh, "w", compression=method, allowZip64=True) as zf:
         for key, arr in arrays.items():
-            with zf.open(f"{key}.npy", "w", force_zip64=True) as out:
+            with zf.open(_member(key, method), "w", force_zip64=True) as out:
                 np.lib.format.write_array(out, np.asanyarray(arr), allow_pickle=False)
         for key, (shape, dtype, chunks) in (streamed or {}).items():
             dtype = np.dtype(dtype)
-            with zf.open(f"{key}.npy", "w", force_zip64=True) as out:
+            with zf.open(_member(key, method), "w", force_zip64=True) as out:
                 header = {
                     "descr": np.lib.format.dtype_to_descr(dtype),
                     "fortran_order": False,

@@ -360,7 +360,7 @@ class RoutingTrace:
         bounds = self.window_bounds(windows)
         out = np.zeros((windows, layers, e), np.int64)
         offsets = (np.arange(layers, dtype=np.int64) * e)[None, :, None]
-        row_bytes = int(np.prod(self.expert_ids.shape[1:])) * 2
+        row_bytes = int(np.prod(self.expert_ids.shape[1:])) * 8  # processed as int64
         for w in range(windows):
             for a, b in row_chunks(int(bounds[w + 1] - bounds[w]), row_bytes):
                 ids = np.asarray(self.expert_ids[bounds[w] + a : bounds[w] + b], dtype=np.int64)
