@@ -237,9 +237,9 @@ def _plan_timeline(p: dict[str, Any], plan_file: Path, tmp: Path) -> dict[str, A
     return {"step": 0, "rows": rows, "events": events, "summary": summary, "command": command(shown)}
 
 
-def timeline_boxes(doc: dict[str, Any], max_rows: int = 24) -> tuple[list[str], list[list[Any]]]:
+def timeline_boxes(doc: dict[str, Any], max_links: int = 6) -> tuple[list[str], list[list[Any]]]:
     """Tracks and ``[track, start_s, end_s, kind]`` boxes of a Chrome/Perfetto trace JSON (complete
-    ``X`` events); devices first, then the busiest links, at most ``max_rows`` tracks."""
+    ``X`` events); every device, then the ``max_links`` busiest link directions."""
     events = doc.get("traceEvents", []) if isinstance(doc, dict) else []
     names: dict[tuple[Any, Any], str] = {}
     for e in events:
@@ -261,7 +261,7 @@ def timeline_boxes(doc: dict[str, Any], max_rows: int = 24) -> tuple[list[str], 
     device_pid = min((pid for pid, _ in order.values()), default=0)
     devices = sorted((t for t, k in order.items() if k[0] == device_pid), key=lambda t: order[t])
     links = sorted((t for t in order if t not in devices), key=lambda t: (-busy[t], order[t]))
-    rows = (devices + links)[:max_rows]
+    rows = devices + links[:max_links]
     keep = set(rows)
     return rows, [b for b in boxes if b[0] in keep]
 

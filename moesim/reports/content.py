@@ -617,51 +617,35 @@ class _Builder:
     # ---- calibration ---------------------------------------------------------------------------
 
     def calibration(self) -> Section:
-        hws: list[tuple[str, str, int | None]] = []
-        for s in (*self.sweep.placement, *self.sweep.offload):
-            key = (s.hw, s.model, getattr(s, "nodes", None))
-            if key not in hws:
-                hws.append(key)
-        tables, paras = [], []
-        for hw, model, nodes in hws:
+        keys: list[tuple[str, str, int | None]] = []
+        for st in (*self.sweep.placement, *self.sweep.offload):
+            key = (st.hw, st.model, getattr(st, "nodes", None))
+            if key not in keys:
+                keys.append(key)
+        columns: dict[str, dict[str, str]] = {}
+        paras = []
+        for hw, model, nodes in keys:
             r = self.cell(g.calibration_cell(hw, model, nodes))
             if r is None:
                 continue
-            where = (hw, model, "")
-            name = f"calibration_{_slug(hw, model)}"
-            rows = tuple((op, src) for op, src in sorted(r["sources"].items()))
-            tables.append(
-                Table(
-                    name,
-                    f"Cost-model sources on {_short(hw)}",
-                    f"Where each op's time comes from: a measured calibration table or the roofline "
-                    f"with named efficiency factors. Calibration: {r['calibration'] or 'none'}.",
-                    ("op", "source"),
-                    rows,
-                )
-            )
+            label = f"{_short(model)} on {_short(hw)}" + (f" x{nodes}" if nodes else "")
+            columns[label] = r["sources"]
             val = r.get("validation_error")
             if val is not None:
-                self.rec(
-                    "calibration",
-                    name,
-                    where,
-                    r["calibration"] or "",
-                    "",
-                    "",
-                    "validation_mean_abs_error",
-                    val,
-                )
-                paras.append(
-                    f"`{_short(hw)}`: calibration {r['calibration']} predicts measured MoE layer times "
-                    f"with a mean absolute relative error of {val:.1%}."
-                )
+                self.rec("calibration", "calibration", (hw, model, ""), r["calibration"] or "", "", "",
+                         "validation_mean_abs_error", val)
+                paras.append(f"{label}: calibration {r['calibration']} predicts measured MoE layer times "
+                             f"with a mean absolute relative error of {val:.1%}.")
             else:
-                paras.append(
-                    f"`{_short(hw)}`: no validation measurement is available for this profile, so the "
-                    "prediction error is unknown."
-                )
-        return Section("Calibration used", tuple(paras), tuple(tables))
+                paras.append(f"{label}: " + (f"calibration {r['calibration']}" if r["calibration"] else
+                                             "no calibration table") + "; no validation measurement is "
+                             "available, so the prediction error is unknown.")
+        ops = sorted({op for c in columns.values() for op in c})
+        rows = tuple((op, *[columns[c].get(op, "n/a") for c in columns]) for op in ops)
+        table = Table("calibration", "Cost-model sources",
+                      "Where each op's time comes from: a measured calibration table (`moesim calibrate`) or "
+                      "the roofline with named efficiency factors (docs/cost.md).", ("op", *columns), rows)
+        return Section("Calibration used", tuple(paras), (table,) if rows else ())
 
 
 def build_document(sweep: Sweep, res: g.GridResult, *, command: str) -> Document:
