@@ -262,6 +262,8 @@ class Machine:
                         experts = self.plan.placement[m, g, used].astype(np.int64)
                         procs.append(env.process(offloaded_experts(env, self, s, m, g, experts,
                                                                    slots[m, g, used].astype(float))))
+                    else:  # an empty request still advances the cache's clock (Belady's future index)
+                        self.store.access(m, g, np.zeros(0, dtype=np.int64))
                 yield env.all_of(procs)
                 t1 = env.now
                 yield env.timeout(float(c.combine[i, m]))

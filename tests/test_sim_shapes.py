@@ -1,0 +1,53 @@
+"""Shape checks a user would do: batch scaling, EP across nodes, overlap."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+from moesim.planners.base import PlanRequest
+from moesim.planners.contiguous import plan_contiguous
+
+from moesim.sim import SimConfig, simulate
+from moesim.specs import load_cluster, load_model
+from moesim.traces import RoutingTrace
+
+
+def test_tokens_per_s_rises_with_batch():
+    model, cluster = load_model("mixtral-8x7b"), load_cluster("h100x8")
+    trace = RoutingTrace.load("mixtral-8x7b-synth", model=model)
+    tps = [simulate(SimConfig(cluster, model, trace, batch_size=b, steps=4)).summary()["tokens_per_s"]
+           for b in (1, 4, 16, 64, 256, 1024)]
+    assert all(b >= a for a, b in itertools.pairwise(tps))
+    assert tps[2] > 4 * tps[0]  # weight-bound at small batch: more tokens ride the same weight reads
+    # and it flattens once compute-bound: the last step gains less than the first
+    assert tps[5] / tps[4] < tps[1] / tps[0]
+
+
+def test_ep_across_nodes_slower_than_inside_one():
+    model, cluster = load_model("deepseek-v2-lite"), load_cluster("h100x8x4", nodes=2)
+    trace = RoutingTrace.load("deepseek-v2-lite-synth", model=model).rows(0, 1024)
+    load = np.zeros((1, model.num_moe_layers, model.num_experts))
+    inside = tuple(f"n0.gpu{i}" for i in range(8))
+    across = tuple(f"n0.gpu{i}" for i in range(4)) + tuple(f"n1.gpu{i}" for i in range(4))
+    runs = {}
+    for name, devices in (("inside", inside), ("across", across)):
+        plan = plan_contiguous(PlanRequest(model, cluster, devices, 8, load))
+        runs[name] = simulate(SimConfig(cluster, model, trace, plan=plan, batch_size=256)).summary()
+    assert runs["across"]["simulated_seconds"] > runs["inside"]["simulated_seconds"]
+    assert runs["across"]["time_breakdown_s"]["dispatch"] > 2 * runs["inside"]["time_breakdown_s"]["dispatch"]
+    assert any("nic" in x["src"] or "nic" in x["dst"] for x in runs["across"]["per_link"])
+
+
+@pytest.mark.parametrize("overlap", ["layer", "chunked"])
+def test_overlap_hides_communication(overlap):
+    """With large batches across two nodes the all-to-alls are long enough for micro-batches to hide
+    them (at small batches each micro-batch re-reads the expert weights, and overlap can lose)."""
+    model, cluster = load_model("deepseek-v2-lite"), load_cluster("h100x8x4", nodes=2)
+    trace = RoutingTrace.load("deepseek-v2-lite-synth", model=model).rows(0, 8192)
+    base = simulate(SimConfig(cluster, model, trace, batch_size=4096)).summary()
+    over = simulate(SimConfig(cluster, model, trace, batch_size=4096, overlap=overlap)).summary()
+    assert over["simulated_seconds"] < base["simulated_seconds"]
+    moe_part = sum(base["time_breakdown_s"][k] for k in ("dispatch", "experts", "combine"))
+    assert over["time_breakdown_s"]["experts"] < moe_part
