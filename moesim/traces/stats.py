@@ -74,36 +74,43 @@ def local_consistency(
         covered = {c: 0 for c in sizes}
         total = 0
         bounds = np.r_[starts, rows]
-        step = max(1, (8 << 20) // max(1, layers * k * 8))  # rows per chunk, ~8 MB of int64
+        step = max(1, (4 << 20) // max(1, layers * k * 8))  # rows per chunk, ~4 MB of int64 ids
+        top = min(e, max([k, *sizes]))
         a = 0
         while a < rows:
             b = int(bounds[np.searchsorted(bounds, min(rows, a + step))])  # a segment start or the end
             ids = np.asarray(sub.expert_ids[a:b], np.int64)
+            release_pages(sub.expert_ids)
             seg = seg_of_row[a:b] - seg_of_row[a]
             nseg = int(seg[-1]) + 1
-            w = (
-                np.ones(ids.shape)
-                if sub.gate_weights is None
-                else np.nan_to_num(np.asarray(sub.gate_weights[a:b], np.float64))
-            )
             valid = ids >= 0
-            for layer in range(layers):
-                li, lv, lw = ids[:, layer], valid[:, layer], w[:, layer]
-                key = (seg[:, None] * e + np.where(lv, li, 0))[lv]
-                counts = np.bincount(key, minlength=nseg * e).reshape(nseg, e)
-                weights = np.bincount(key, weights=lw[lv], minlength=nseg * e).reshape(nseg, e)
-                sw = -np.sort(-weights, axis=1)
-                covered_w += sw[:, :k].sum()
-                total_w += sw.sum()
-                sc = -np.sort(-counts, axis=1)
-                for c in sizes:
-                    covered[c] += int(sc[:, :c].sum())
-                total += int(counts.sum())
+            # one histogram per (layer, segment) over experts, all layers at once
+            key = ((np.arange(layers)[None, :, None] * nseg + seg[:, None, None]) * e + ids)[valid]
+            counts = np.bincount(key, minlength=layers * nseg * e).reshape(layers * nseg, e)
+            sc = _top_sorted(counts, top)
+            for c in sizes:
+                covered[c] += int(sc[:, : min(c, e)].sum())
+            total += int(counts.sum())
+            if sub.gate_weights is None:
+                covered_w += float(sc[:, :k].sum())
+                total_w += float(counts.sum())
+            else:
+                w = np.nan_to_num(np.asarray(sub.gate_weights[a:b], np.float64))[valid]
+                weights = np.bincount(key, weights=w, minlength=layers * nseg * e).reshape(layers * nseg, e)
+                covered_w += float(_top_sorted(weights, k).sum())
+                total_w += float(weights.sum())
             a = b
-            release_pages(sub.expert_ids)
         out["srp"][str(m)] = covered_w / total_w if total_w else float("nan")
         out["sch"][str(m)] = {str(c): covered[c] / total if total else float("nan") for c in sizes}
     return out
+
+
+def _top_sorted(x: np.ndarray, n: int) -> np.ndarray:
+    """The ``n`` largest entries of each row, descending (partition first: rows are long, n small)."""
+    if n < x.shape[1]:
+        x = -np.partition(-x, n - 1, axis=1)[:, :n]
+        return -np.sort(-x, axis=1)
+    return -np.sort(-x, axis=1)
 
 
 def _reuse_and_overlap(trace: RoutingTrace) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -152,14 +159,19 @@ def cross_layer(trace: RoutingTrace, max_tokens: int | None = None) -> dict[str,
     """Affinity of adjacent layer columns from all K x K (this layer, next layer) expert pairs per token."""
     e, layers, k = trace.num_experts, trace.num_layers, trace.top_k
     rows = trace.num_tokens if max_tokens is None else min(trace.num_tokens, max_tokens)
-    co = np.zeros((max(layers - 1, 0), e, e), np.int64)
-    for a, b in row_chunks(rows, layers * k * k * 16, 32 << 20):
+    pairs = max(layers - 1, 0)
+    co = np.zeros(pairs * e * e, np.int64)
+    offset = (np.arange(pairs, dtype=np.int64) * e * e)[None, :, None, None]
+    # rows per chunk: ~64 MB of int64 pair keys, and enough pairs to amortise the histogram's zero-fill
+    for a, b in row_chunks(rows, max(1, pairs * k * k * 8), 64 << 20):
         ids = np.asarray(trace.expert_ids[a:b], np.int64)
         release_pages(trace.expert_ids)
-        for layer in range(layers - 1):
-            x, y = ids[:, layer, :, None], ids[:, layer + 1, None, :]
-            ok = (x >= 0) & (y >= 0)
-            co[layer] += np.bincount((x * e + y)[ok], minlength=e * e).reshape(e, e)
+        if not pairs:
+            break
+        x, y = ids[:, :-1, :, None], ids[:, 1:, None, :]
+        ok = (x >= 0) & (y >= 0)
+        co += np.bincount((offset + x * e + y)[ok], minlength=pairs * e * e)
+    co = co.reshape(pairs, e, e)
     return {"cooccurrence": co, **affinity_summary(co, k)}
 
 
@@ -197,7 +209,7 @@ def trace_stats(
     policies: Sequence[str] = POLICIES,
     segment_lengths: Sequence[int] = (4, 16, 64),
     cache_tokens: int | None = 200_000,
-    pair_tokens: int | None = 1_000_000,
+    pair_tokens: int | None = 500_000,
 ) -> dict[str, Any]:
     """All statistics of ``trace`` as one JSON-ready dict (see docs/traces.md for every key)."""
     load = trace.load_matrix(1)[0]
