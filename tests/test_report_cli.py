@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 
-from moesim.cli import main
 from moesim.reports.browser import check_page, find_chromium, screenshot
 
 PLACEMENT = {
@@ -208,30 +207,43 @@ def test_offload_numbers_equal_moesim_simulate_json(report: dict) -> None:
     assert _value(rows, series="cpu", x=str(24.0), metric="tokens_per_s") == ref["tokens_per_s"]
 
 
-def test_rerun_uses_the_cache(report: dict) -> None:
-    out = report["out"]
-    before = (out / "results.csv").read_bytes()
-    assert main(["report", "--config", str(report["cfg"]), "--out", str(out)]) == 0
-    assert (out / "results.csv").read_bytes() == before
-    cells = sorted((out / ".cells").glob("*.json"))
-    assert len(cells) == report["summary"]["cells"]
-    # One more planner: only its cell is computed.
-    cfg2 = _write_config(
-        report["root"] / "sweep2.yaml",
-        {**PLACEMENT, "planners": [*PLACEMENT["planners"], "round-robin"]},
-        OFFLOAD,
-    )
+def _report_json(cfg: Path, out: Path) -> dict:
     proc = subprocess.run(
-        [sys.executable, "-m", "moesim", "report", "--config", str(cfg2), "--out", str(out), "--json"],
+        [sys.executable, "-m", "moesim", "report", "--config", str(cfg), "--out", str(out), "--json"],
         capture_output=True,
         text=True,
         check=False,
         timeout=600,
     )
     assert proc.returncode == 0, proc.stderr
-    summary = json.loads(proc.stdout)
-    assert summary["cells_computed"] == 1
-    assert summary["cells_cached"] == report["summary"]["cells"]
+    return json.loads(proc.stdout)
+
+
+def test_rerun_only_computes_what_changed(tmp_path: Path) -> None:
+    from moesim.reports.cellcache import code_digest
+
+    placement = {**PLACEMENT, "planners": ["contiguous", "greedy"]}
+    offload = {**OFFLOAD, "policies": ["lru", "belady"], "gpu_memory": [], "cache_sizes": [2, 4]}
+    cfg1 = _write_config(tmp_path / "sweep1.yaml", placement, offload)
+    cfg2 = _write_config(
+        tmp_path / "sweep2.yaml", {**placement, "planners": ["contiguous", "greedy", "eplb"]}, offload
+    )
+    # The key includes moesim's source: retry if the working tree changed under the test.
+    for attempt in range(3):
+        out = tmp_path / f"out{attempt}"
+        digest = code_digest()
+        first = _report_json(cfg1, out)
+        before = (out / "results.csv").read_bytes()
+        again = _report_json(cfg1, out)
+        after = (out / "results.csv").read_bytes()
+        more = _report_json(cfg2, out)
+        if code_digest() == digest:
+            break
+    assert first["cells_computed"] == first["cells"] and first["cells_cached"] == 0
+    assert again["cells_computed"] == 0 and again["cells_cached"] == first["cells"]
+    assert after == before  # from the cache, byte for byte
+    assert len(list((out / ".cells").glob("*.json"))) == first["cells"] + 1
+    assert more["cells_computed"] == 1 and more["cells_cached"] == first["cells"]
 
 
 def test_page_renders_in_chromium(report: dict) -> None:
