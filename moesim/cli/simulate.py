@@ -87,6 +87,8 @@ def _config(args: argparse.Namespace) -> Any:
 def run(args: argparse.Namespace) -> int:
     from moesim.sim.engine import simulate
 
+    if args.out and not str(args.out).endswith((".csv", ".parquet")):
+        raise UserError(f"expected a .csv or .parquet file, got {args.out!r}", field="--out")
     cfg = _config(args)
     cost = None
     if args.calibration:
@@ -95,8 +97,6 @@ def run(args: argparse.Namespace) -> int:
         cost = CostModel(cfg.cluster, cfg.model, args.calibration)
     result = simulate(cfg, cost)
     if args.out:
-        if not str(args.out).endswith((".csv", ".parquet")):
-            raise UserError(f"expected a .csv or .parquet file, got {args.out!r}", field="--out")
         result.write_frame(args.out)
     if args.timeline:
         result.write_timeline(args.timeline)

@@ -89,6 +89,9 @@ class Machine:
         self.causality: list[tuple[float, float]] = []
         self.score = PrefetchScore()
         self.phase_start = 0.0
+        if self.offload and self.miss == "pim":
+            for gpu in self.devices:  # refuse before the run, not from inside a SimPy process
+                self.side_device(gpu)
 
     # ------------------------------------------------------------------ setup
     def _check_memory(self) -> dict[str, float]:
