@@ -1,0 +1,117 @@
+"""Simulator speed: DeepSeek-V3 decode on 8 nodes of 8 H100 (EP64), 256 tokens per step, 1,000 steps.
+
+Prints simulated seconds per wall second (the issue's target is >= 10 on a 2-core machine), the
+same figure for a naive baseline measured in the same run (one cost call per (step, layer, device)
+and one all-to-all call per (step, layer), no chunking), and the top of a cProfile of the run.
+
+    python benchmarks/bench_sim.py [--steps 1000] [--trace /tmp/moesim-bench-v3.npz]
+
+The synthetic trace (moesim's generator with its default profile, fitted to real routing
+statistics) is generated into /tmp on the first run and reused afterwards.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import io
+import pstats
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def make_trace(path: Path, tokens: int) -> None:
+    if path.exists():
+        return
+    print(f"generating {tokens} DeepSeek-V3 routing rows into {path} (once) ...", flush=True)
+    subprocess.run([sys.executable, "-m", "moesim", "trace", "synth", "--model", "deepseek-v3", "--tokens",
+                    str(tokens), "--seed", "1", "--out", str(path)], check=True)
+
+
+def naive_seconds_per_step(cfg, cost, steps: int) -> tuple[float, float]:
+    """(wall seconds, simulated seconds) of a per-(step, layer, device) loop over the same steps."""
+    from moesim.sim import default_plan
+    from moesim.sim.dispatch import ReplicaTable, dispatch, owners
+
+    model, trace = cfg.model, cfg.trace
+    plan = default_plan(model, cfg.cluster)
+    table = ReplicaTable.of(plan)
+    devices = plan.devices
+    G, B = len(devices), cfg.batch_size
+    t0 = time.perf_counter()
+    sim = 0.0
+    for s in range(steps):
+        ids = np.asarray(trace.expert_ids[s * B:(s + 1) * B])[None]
+        d = dispatch(ids, owners(B, G)[None], table)
+        per_gpu = B // G
+        context = int(np.asarray(trace.pos[s * B:(s + 1) * B]).mean()) + 1
+        for layer in range(model.num_layers):
+            pre = max(cost.attention_s(g, per_gpu, context, "decode") for g in devices)
+            if layer not in model.moe_layers:
+                sim += pre + cost.dense_ffn_s(devices[0], per_gpu)
+                continue
+            m = model.moe_layers.index(layer)
+            pre += cost.router_s(devices[0], per_gpu) + cost.permute_combine_s(devices[0], per_gpu)
+            pre += cost.shared_expert_s(devices[0], per_gpu)
+            experts = max(cost.expert_compute_s(g, d.slot_tokens[0, m, i]) for i, g in enumerate(devices))
+            pair = d.pair_tokens[0, m] * model.activation_bytes_per_token
+            np.fill_diagonal(pair, 0.0)
+            sim += pre + experts + cost.all_to_all_s(devices, pair) + cost.all_to_all_s(devices, pair.T)
+    return time.perf_counter() - t0, sim
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--steps", type=int, default=1000)
+    ap.add_argument("--batch", type=int, default=256)
+    ap.add_argument("--trace", default="/tmp/moesim-bench-v3.npz")
+    ap.add_argument("--baseline-steps", type=int, default=10)
+    args = ap.parse_args()
+
+    from moesim.cost import CostModel
+    from moesim.sim import SimConfig, simulate
+    from moesim.specs import load_cluster, load_model
+    from moesim.traces import RoutingTrace
+
+    path = Path(args.trace)
+    make_trace(path, args.steps * args.batch)
+    model = load_model("deepseek-v3")
+    cluster = load_cluster("h100x8x4", nodes=8)
+    trace = RoutingTrace.load(path, model=model)
+    t0 = time.perf_counter()
+    cost = CostModel(cluster, model)
+    warm = SimConfig(cluster, model, trace, batch_size=args.batch, steps=2)
+    simulate(warm, cost)  # one-time setup: all-to-all routes of the 64 GPUs, memo of dense ops
+    setup_s = time.perf_counter() - t0
+    cfg = SimConfig(cluster, model, trace, batch_size=args.batch, steps=args.steps)
+    profiler = cProfile.Profile()
+    t0 = time.perf_counter()
+    result = simulate(cfg, cost)
+    wall = time.perf_counter() - t0
+    s = result.summary()
+    ratio = result.simulated_seconds / wall
+    base_wall, base_sim = naive_seconds_per_step(cfg, cost, args.baseline_steps)
+    base_ratio = base_sim / base_wall
+    print(f"DeepSeek-V3 decode on {cluster.name} x {cluster.nodes} nodes ({s['devices']} GPUs, "
+          f"EP{s['devices']}), batch {args.batch}, {s['steps']} steps")
+    print(f"  one-time setup (routes, memo): {setup_s:.2f} s wall")
+    print(f"  simulated {result.simulated_seconds:.3f} s in {wall:.2f} s wall: "
+          f"{ratio:.2f} simulated s per wall s (target >= 10)")
+    print(f"  step latency p50 {s['step_latency_s']['p50'] * 1e3:.2f} ms, tokens/s {s['tokens_per_s']:.0f}")
+    print(f"  baseline (per step/layer/device loop, {args.baseline_steps} steps): {base_ratio:.3f} "
+          f"simulated s per wall s; engine / baseline = {ratio / base_ratio:.1f}x")
+    profiler.enable()
+    simulate(SimConfig(cluster, model, trace, batch_size=args.batch, steps=min(args.steps, 200)), cost)
+    profiler.disable()
+    out = io.StringIO()
+    pstats.Stats(profiler, stream=out).sort_stats("tottime").print_stats(12)
+    print("profile (200 steps, by own time):")
+    print("\n".join(line for line in out.getvalue().splitlines() if line.strip())[:4000])
+
+
+if __name__ == "__main__":
+    main()
