@@ -80,30 +80,32 @@ def dispatch(ids: np.ndarray, owner: np.ndarray, table: ReplicaTable,
     S, _B, L, _K = ids.shape
     G, J = table.num_devices, table.slots_per_device
     E1 = table.counts.shape[1]
-    e = np.where(ids < 0, E1 - 1, ids).astype(np.int64)
-    le = (np.arange(L, dtype=np.int64) * E1)[None, None, :, None] + e  # [S, B, L, K] index into [L, E+1]
-    if not table.has_replicas:
-        rep = np.zeros_like(le)
-    elif rng is not None:
-        rep = (rng.random(le.shape) * table.counts.ravel()[le]).astype(np.int64)
-    else:
-        # rank of each pair among the pairs of its (step, layer, expert), in token order
-        key = (np.arange(S, dtype=np.int64) * (L * E1))[:, None, None, None] + le
-        flat = key.ravel()  # row-major: within a (step, layer, expert) group, token order
-        order = np.argsort(flat, kind="stable")
-        sorted_keys = flat[order]
-        start = np.r_[True, sorted_keys[1:] != sorted_keys[:-1]]
-        idx = np.arange(flat.size)
-        rank = np.empty_like(idx)
-        rank[order] = idx - np.maximum.accumulate(np.where(start, idx, 0))
-        rep = rank.reshape(le.shape) % table.counts.ravel()[le]
+    le = ids.astype(np.int64)
+    np.putmask(le, le < 0, E1 - 1)  # -1 -> the dummy expert
+    le += (np.arange(L, dtype=np.int64) * E1)[None, None, :, None]  # index into [L, E+1]
     R = table.device.shape[2]
-    dst = table.device.reshape(-1)[le * R + rep]
-    slot = table.slot.reshape(-1)[le * R + rep]
+    if not table.has_replicas:
+        flat = le
+    else:
+        if rng is not None:
+            rep = (rng.random(le.shape) * table.counts.ravel()[le]).astype(np.int64)
+        else:
+            # rank of each pair among the pairs of its (step, layer, expert), in token order
+            key = ((np.arange(S, dtype=np.int64) * (L * E1))[:, None, None, None] + le).ravel()
+            order = np.argsort(key, kind="stable")
+            sorted_keys = key[order]
+            start = np.r_[True, sorted_keys[1:] != sorted_keys[:-1]]
+            idx = np.arange(key.size)
+            rank = np.empty_like(idx)
+            rank[order] = idx - np.maximum.accumulate(np.where(start, idx, 0))
+            rep = rank.reshape(le.shape) % table.counts.ravel()[le]
+        flat = le * R + rep
+    dst = table.device.reshape(-1)[flat] if R > 1 else table.device[:, :, 0].ravel()[flat]
+    dst_slot = dst * J + (table.slot.reshape(-1)[flat] if R > 1 else table.slot[:, :, 0].ravel()[flat])
     sl = (np.arange(S, dtype=np.int64)[:, None] * L + np.arange(L, dtype=np.int64)[None, :])[:, None, :, None]
-    slot_idx = ((sl * (G + 1) + dst) * J + slot).ravel()
-    slot_tokens = np.bincount(slot_idx, minlength=S * L * (G + 1) * J).reshape(S, L, G + 1, J)[:, :, :G]
-    src = owner[:, :, None, None]
-    pair_idx = ((sl * G + src) * (G + 1) + dst).ravel()
-    pair_tokens = np.bincount(pair_idx, minlength=S * L * G * (G + 1)).reshape(S, L, G, G + 1)[..., :G]
+    dst_slot += sl * ((G + 1) * J)
+    slot_tokens = np.bincount(dst_slot.ravel(), minlength=S * L * (G + 1) * J)
+    slot_tokens = slot_tokens.reshape(S, L, G + 1, J)[:, :, :G]
+    dst += (sl * G + owner[:, :, None, None]) * (G + 1)
+    pair_tokens = np.bincount(dst.ravel(), minlength=S * L * G * (G + 1)).reshape(S, L, G, G + 1)[..., :G]
     return Dispatch(slot_tokens=slot_tokens, pair_tokens=pair_tokens)
