@@ -147,6 +147,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="statistics profile when --fit is not given (shipped name or JSON)",
     )
     sy.add_argument("--seed", type=int, default=0, help="random seed (same seed, same file)")
+    sy.add_argument("--trial-tokens", type=int, default=4096,
+                    help="tokens of each calibration trial (more: closer fit, slower)")
     sy.add_argument("--seq-len", type=int, default=None, help="fixed sequence length (default: fitted)")
     sy.add_argument("--out", required=True, help="output .npz")
     sy.add_argument("--report", action="store_true", help="print fit quality: statistics side by side")
@@ -389,15 +391,18 @@ def run_synth(args: argparse.Namespace) -> int:
     from moesim.traces import RoutingTrace
     from moesim.traces.synth import fit_trace, from_profile, load_profile, write_synthetic
 
+    if args.tokens < 1:
+        raise UserError(f"expected at least 1 token, got {args.tokens}", field="--tokens")
     model = _model(args.model)
     shape = {"num_layers": model.num_moe_layers, "num_experts": model.num_experts, "top_k": model.top_k}
     real = None
     if args.fit:
         real = RoutingTrace.load(args.fit)
-        params = fit_trace(real, seed=args.seed, **shape)
+        params = fit_trace(real, seed=args.seed, trial_tokens=args.trial_tokens, **shape)
         source = {"fit": Path(args.fit).name}
     else:
-        params = from_profile(load_profile(args.profile), seed=args.seed, **shape)
+        prof = load_profile(args.profile)
+        params = from_profile(prof, seed=args.seed, trial_tokens=args.trial_tokens, **shape)
         source = {"profile": args.profile}
     meta = {
         "model": model.name,
