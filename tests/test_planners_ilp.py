@@ -7,6 +7,8 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from moesim.planners import PlanRequest, plan
 from moesim.planners.base import duplicate_slots, gpu_imbalance
 from moesim.planners.greedy import greedy_layer
@@ -141,3 +143,23 @@ def test_ilp_follows_cross_layer_affinity_when_cross_node_traffic_matters():
     assert ilp.params["origin"] == "previous-layer"
     assert crossing(ilp) < 0.5 * crossing(eplb)
     assert predict_moe_step(req, ilp.placement)[0] < predict_moe_step(req, eplb.placement)[0]
+
+
+@settings(max_examples=8, deadline=None)
+@given(st.integers(4, 12), st.integers(2, 4), st.integers(0, 3), st.floats(0.0, 1.5), st.integers(0, 99))
+def test_ilp_is_valid_and_no_worse_than_its_warm_starts(E, G, spare, skew, seed):
+    """Random small instances: a valid plan, bound <= objective, and the model's objective never
+    worse than greedy's (greedy is one of the warm starts)."""
+    from moesim.planners.placement_ilp import predict_moe_step
+
+    cluster = load_cluster("h100x8")
+    S = min(E, -(-E // G) + spare)
+    m = toy_model(E=E, L=2, K=2)
+    load = zipf(2, E, skew, 5000, seed=seed)
+    req = PlanRequest(m, cluster, tuple(d.id for d in cluster.gpus)[:G], S, load, time_limit_s=1.0,
+                      params={"units": "tokens"})
+    p = plan("ilp", req)
+    p.validate(m)
+    assert p.bound <= p.objective * (1 + 1e-9)
+    greedy = plan("greedy", req)
+    assert p.objective <= predict_moe_step(req, greedy.placement)[0] * (1 + 1e-9)
