@@ -93,3 +93,16 @@ def test_fetches_recorded_on_pcie_link(fp8_model, rtx4090):
     r = simulate(SimConfig(rtx4090, fp8_model, trace, cache_policy="lru", cache_size=2))
     links = {(x["src"], x["dst"]): x["bytes"] for x in r.summary()["per_link"]}
     assert links[("n0.cpu0", "n0.gpu0")] == pytest.approx(float(np.sum(r.rec.fetch_bytes)))
+
+
+def test_offload_timeline_has_fetches_on_the_pcie_track(fp8_model, rtx4090, tmp_path):
+    import json
+
+    trace = RoutingTrace.load("mixtral-8x7b-synth", model=fp8_model).rows(0, 6)
+    r = simulate(SimConfig(rtx4090, fp8_model, trace, cache_policy="lru", cache_size=2))
+    path = tmp_path / "t.json"
+    r.write_timeline(path)
+    events = json.loads(path.read_text())["traceEvents"]
+    tracks = {e["tid"]: e["args"]["name"] for e in events if e.get("name") == "thread_name"}
+    names = {(tracks[e["tid"]], e["name"].split(" ")[0]) for e in events if e["ph"] == "X"}
+    assert {("n0.cpu0->n0.gpu0", "fetch"), ("n0.gpu0", "experts"), ("n0.gpu0", "attention")} <= names

@@ -249,6 +249,10 @@ class Machine:
             r.step_start_s[s] = env.now
             for col in range(self.model.num_layers):
                 r.layer_start_s[s, col] = env.now
+                if s < r.timeline_steps:
+                    for g, dev in enumerate(self.devices):
+                        pre = float(self.keep_pre[s][col, g])
+                        r.span(s, dev, f"attention L{col}", env.now, pre, layer=col)
                 yield env.timeout(r.phase_s[s, col, 0])
                 if not self.is_moe[col]:
                     continue
