@@ -124,9 +124,7 @@ class Machine:
     def record(self, a: int, d: Dispatch, c: ChunkCosts) -> None:
         """Fill the recorder's arrays for a chunk (the parts that do not depend on the schedule)."""
         r, b, m = self.rec, a + d.slot_tokens.shape[0], self.moe_cols
-        pair = d.pair_tokens * self.act_bytes
-        diag = np.arange(self.G)
-        pair[:, :, diag, diag] = 0.0
+        pair = c.pair_bytes
         self.total_pairs += pair.sum(axis=(0, 1))
         for s in range(a, min(b, r.timeline_steps)):
             self.keep_pairs[s] = pair[s - a]

@@ -21,6 +21,8 @@ class ChunkCosts:
     ``combine[s, m]`` the all-to-alls; ``*_chunk`` the same for one of ``chunks`` micro-batches."""
 
     first: int
+    pair_bytes: np.ndarray
+    """[S, L, G, G] dispatch bytes from device i to device j (zero diagonal: a device's own tokens)."""
     pre: np.ndarray
     expert: np.ndarray
     dispatch: np.ndarray
@@ -127,8 +129,11 @@ class StepCoster:
 
     def chunk(self, first: int, d: Dispatch, batch: np.ndarray, context: np.ndarray) -> ChunkCosts:
         pair_bytes = d.pair_tokens * self.act_bytes
+        diag = np.arange(pair_bytes.shape[2])
+        pair_bytes[:, :, diag, diag] = 0.0
         out = dict(
             first=first,
+            pair_bytes=pair_bytes,
             pre=self.pre_times(batch, context),
             expert=self.expert_times(d.slot_tokens),
             dispatch=self.all_to_all(pair_bytes),
