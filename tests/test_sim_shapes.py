@@ -51,3 +51,19 @@ def test_overlap_hides_communication(overlap):
     assert over["simulated_seconds"] < base["simulated_seconds"]
     moe_part = sum(base["time_breakdown_s"][k] for k in ("dispatch", "experts", "combine"))
     assert over["time_breakdown_s"]["experts"] < moe_part
+
+
+def test_combine_shortcut_matches_evaluated_combine():
+    """On mirrored topologies the combine (transposed bytes) takes exactly the dispatch's time."""
+    from moesim.cost import CostModel
+    from moesim.sim.stepcost import mirrored_routes
+
+    model, cluster = load_model("deepseek-v2-lite"), load_cluster("h100x8x4", nodes=2)
+    cost = CostModel(cluster, model)
+    devices = tuple(d.id for d in cluster.gpus)
+    assert mirrored_routes(cost, devices)
+    rng = np.random.default_rng(0)
+    sparse = rng.random((20, 16, 16)) < 0.3
+    b = rng.integers(0, 50, size=(20, 16, 16)) * model.activation_bytes_per_token * sparse
+    forward = cost.all_to_all_s(devices, b)
+    assert np.allclose(forward, cost.all_to_all_s(devices, b.transpose(0, 2, 1)), rtol=1e-12, atol=0)

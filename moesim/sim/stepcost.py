@@ -47,6 +47,22 @@ def unique_rows(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return rows[first], inverse.ravel()
 
 
+def mirrored_routes(cost: Any, devices: tuple[str, ...]) -> bool:
+    """True when every link direction has a reverse of equal bandwidth and latency and every route
+    ``j -> i`` is route ``i -> j`` reversed: then an all-to-all with the transposed byte matrix
+    (the combine) loads the reversed links exactly as the dispatch loads the forward ones, and
+    takes the same time, so it need not be evaluated twice."""
+    links = {name: (bw, lat) for name, bw, lat in cost.directed_links()}
+    if any(links.get((b, a)) != spec for (a, b), spec in links.items()):
+        return False
+    for i, src in enumerate(devices):
+        for dst in devices[i + 1:]:
+            forward = cost.path_links(src, dst)
+            if [(b, a) for a, b in reversed(forward)] != cost.path_links(dst, src):
+                return False
+    return True
+
+
 def device_token_counts(batch: np.ndarray, num_devices: int) -> np.ndarray:
     """[S, G] tokens each device owns for attention (contiguous equal blocks of each step's batch)."""
     g = np.arange(num_devices + 1, dtype=np.int64)
@@ -67,6 +83,7 @@ class StepCoster:
         self.is_moe = np.zeros(self.model.num_layers, dtype=bool)
         self.is_moe[self.moe_layers] = True
         self.act_bytes = float(self.model.activation_bytes_per_token)
+        self.mirrored = len(devices) > 1 and mirrored_routes(cost, devices)
         specs: dict[int, int] = {}
         self._spec_index = np.array(
             [specs.setdefault(id(cost.cluster.device(d).spec), len(specs)) for d in devices], dtype=np.int64)
@@ -137,11 +154,13 @@ class StepCoster:
             pre=self.pre_times(batch, context),
             expert=self.expert_times(d.slot_tokens),
             dispatch=self.all_to_all(pair_bytes),
-            combine=self.all_to_all(pair_bytes.transpose(0, 1, 3, 2)),
         )
+        transposed = pair_bytes.transpose(0, 1, 3, 2)
+        out["combine"] = out["dispatch"] if self.mirrored else self.all_to_all(transposed)
         if self.chunks > 1:
             n = self.chunks
             out["expert_chunk"] = self.expert_times(d.slot_tokens / n)
             out["dispatch_chunk"] = self.all_to_all(pair_bytes / n)
-            out["combine_chunk"] = self.all_to_all(pair_bytes.transpose(0, 1, 3, 2) / n)
+            out["combine_chunk"] = (out["dispatch_chunk"] if self.mirrored
+                                    else self.all_to_all(pair_bytes.transpose(0, 1, 3, 2) / n))
         return ChunkCosts(**out)
