@@ -354,7 +354,9 @@ def plan_ilp(req: PlanRequest) -> Plan:
     L = total.shape[0]
     placement = np.zeros((L, G, S), dtype=np.int64)
     objs, bounds, statuses = [], [], []
+    overhead = 0.0  # running mean of the per-layer set-up time (tables, bound, warm starts)
     for layer in range(L):
+        t_layer = time.perf_counter()
         tau = tables.tau(layer, placement[layer - 1] if layer else None)
         lb = layer_bound(tau, G, S)
         hints = [greedy_layer(total[layer], G, S), *target_hints(total[layer], G, S)]
@@ -370,7 +372,9 @@ def plan_ilp(req: PlanRequest) -> Plan:
         best_score = min(scores)
         lb_agg = float(lb.mean() if opts["objective"] == "mean" else lb.max())
         now = time.perf_counter()
-        budget = (req.time_limit_s - (now - start)) / (L - layer)
+        overhead += (now - t_layer - overhead) / (layer + 1)
+        # keep the set-up time of the layers still to come out of this layer's share
+        budget = (req.time_limit_s - (now - start) - overhead * (L - layer - 1)) / (L - layer)
         if best_score <= lb_agg * (1 + float(opts["gap_limit"])) or budget <= 0:
             placement[layer], status, solver_bound = best, "hint", lb_agg
         else:
