@@ -84,6 +84,7 @@ class StepCoster:
         self.is_moe[self.moe_layers] = True
         self.act_bytes = float(self.model.activation_bytes_per_token)
         self.mirrored = len(devices) > 1 and mirrored_routes(cost, devices)
+        self._expert_memo: dict[int, dict[bytes, float]] = {}
         specs: dict[int, int] = {}
         self._spec_index = np.array(
             [specs.setdefault(id(cost.cluster.device(d).spec), len(specs)) for d in devices], dtype=np.int64)
@@ -132,10 +133,22 @@ class StepCoster:
             cols = np.flatnonzero(self._spec_index == spec)
             sub = rows[:, cols, :].reshape(-1, J)
             uniq, inverse = unique_rows(sub)
-            dev = self._spec_device[int(spec)]
-            times = np.asarray(self.cost.expert_compute_batch_s([dev] * len(uniq), uniq))
+            times = self._expert_rows(int(spec), uniq)
             out[:, cols] = times[inverse.ravel()].reshape(S * L, len(cols))
         return out.reshape(S, L, G)
+
+    def _expert_rows(self, spec: int, rows: np.ndarray) -> np.ndarray:
+        """Times of sorted token rows on a device of ``spec``, remembered across chunks (the cost
+        model is asked only about rows it has not priced yet)."""
+        memo = self._expert_memo.setdefault(spec, {})
+        keys = np.ascontiguousarray(rows, dtype=np.int64).view(np.dtype((np.void, 8 * rows.shape[1]))).ravel()
+        keys = keys.tolist()
+        new = [i for i, k in enumerate(keys) if k not in memo]
+        if new:
+            dev = self._spec_device[spec]
+            fresh = np.asarray(self.cost.expert_compute_batch_s([dev] * len(new), rows[new]))
+            memo.update(zip((keys[i] for i in new), fresh.tolist(), strict=True))
+        return np.array([memo[k] for k in keys])
 
     def all_to_all(self, pair_bytes: np.ndarray) -> np.ndarray:
         """[S, L] seconds of all-to-alls with ``pair_bytes`` [S, L, G, G]."""
