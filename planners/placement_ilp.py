@@ -374,7 +374,8 @@ def plan_ilp(req: PlanRequest) -> Plan:
         now = time.perf_counter()
         overhead += (now - t_layer - overhead) / (layer + 1)
         # keep the set-up time of the layers still to come out of this layer's share
-        budget = (req.time_limit_s - (now - start) - overhead * (L - layer - 1)) / (L - layer)
+        # (2 % of the limit stays in reserve for solver overrun on a busy machine)
+        budget = (0.98 * req.time_limit_s - (now - start) - overhead * (L - layer - 1)) / (L - layer)
         if best_score <= lb_agg * (1 + float(opts["gap_limit"])) or budget <= 0:
             placement[layer], status, solver_bound = best, "hint", lb_agg
         else:

@@ -27,7 +27,7 @@ def aggregate(times: np.ndarray, objective: str) -> float:
     return float(slowest.mean() if objective == "mean" else slowest.max())
 
 
-TARGET_FRACTIONS = (1.0, 0.95, 0.9, 0.85, 0.8, 0.75, 0.7, 0.6, 0.5)
+TARGET_FRACTIONS = tuple(round(1.0 - 0.025 * i, 3) for i in range(21))  # 1.0, 0.975, ... 0.5
 
 
 def target_hints(weights: np.ndarray, num_devices: int, slots: int) -> list[np.ndarray]:
