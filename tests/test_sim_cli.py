@@ -28,7 +28,10 @@ def test_done_when_hit_rate_equals_trace_stats(capsys, tmp_path):
             "--cache-size", "4", "--json"]
     code, _out, err = _run(capsys, [*base, "--model", "mixtral-8x7b"])
     assert code == 2 and err.count("\n") == 1
-    assert "n0.gpu0" in err and "needs 45." in err and "has 24.00 GB" in err
+    assert "n0.gpu0" in err and "needs 45." in err and "has 24.00 GB" in err and "--weight-dtype" in err
+    code, out, _ = _run(capsys, [*base, "--model", "mixtral-8x7b", "--weight-dtype", "fp8"])
+    assert code == 0
+    flag = json.loads(out)
     spec = tmp_path / "mixtral-fp8.yaml"
     spec.write_text("extends: mixtral-8x7b\nname: mixtral-8x7b-fp8\nweight_dtype: fp8\n")
     code, out, _ = _run(capsys, [*base, "--model", str(spec)])
@@ -37,7 +40,7 @@ def test_done_when_hit_rate_equals_trace_stats(capsys, tmp_path):
     code, out, _ = _run(capsys, ["trace", "stats", trace, "--cache-sizes", "4", "--json"])
     assert code == 0
     stats = json.loads(out)
-    assert sim["cache_hit_rate"] == stats["cache_hit_rate"]["lru"]["4"]
+    assert sim["cache_hit_rate"] == stats["cache_hit_rate"]["lru"]["4"] == flag["cache_hit_rate"]
 
 
 def test_json_fields_and_outputs(capsys, tmp_path):

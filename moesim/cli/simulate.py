@@ -29,6 +29,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--hw", required=True, metavar="NAME|PATH", help="hardware profile (built-in or YAML)")
     p.add_argument("--model", required=True, metavar="NAME|PATH", help="model spec (built-in name or YAML)")
+    p.add_argument("--weight-dtype", default=None, metavar="DTYPE",
+                   help="serve the routed experts in this dtype instead of the spec's (e.g. fp8, int4, "
+                   "mxfp4): sets expert bytes for memory, fetches and the roofline")
     p.add_argument("--trace", required=True, metavar="NAME|PATH", help="routing trace (.npz or shipped name)")
     p.add_argument("--plan", default=None, metavar="PATH", help="plan file (YAML/JSON); default contiguous")
     p.add_argument("--batch", type=int, default=1, metavar="B",
@@ -64,7 +67,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _config(args: argparse.Namespace) -> Any:
     from moesim.plans.plan import Plan
     from moesim.sim.config import SimConfig
-    from moesim.specs import load_cluster, load_model
+    from moesim.specs import load_cluster, load_model, with_weight_dtype
     from moesim.traces import RoutingTrace
     from moesim.units import parse_quantity
 
@@ -72,6 +75,8 @@ def _config(args: argparse.Namespace) -> Any:
         raise UserError(f"expected at least 1 node, got {args.nodes}", field="--nodes")
     cluster = load_cluster(args.hw, nodes=args.nodes)
     model = load_model(args.model)
+    if args.weight_dtype is not None:
+        model = with_weight_dtype(model, args.weight_dtype)
     trace = RoutingTrace.load(args.trace, model=model)
     plan = Plan.load(args.plan) if args.plan else None
     if plan is not None:

@@ -194,11 +194,19 @@ class Plan:
                 raise UserError(f"no device {device_id!r} in cluster {cluster.name}", file=file,
                                 field="devices") from None
             if need + reserved_bytes > capacity:
+                cached = self.cache is not None and self.cache.policy != "none"
+                what = "its expert cache" if cached else "expert weights"
+                hint = (
+                    "; cache fewer experts or serve them in a smaller --weight-dtype"
+                    if cached
+                    else "; use more devices or fewer slots"
+                )
                 raise UserError(
-                    f"device {device_id} needs {(need + reserved_bytes) / 1e9:.2f} GB for expert weights "
-                    f"but has {capacity / 1e9:.2f} GB",
+                    f"device {device_id} needs {(need + reserved_bytes) / 1e9:.2f} GB for {what} "
+                    f"({model.expert_bytes() / 1e6:.1f} MB per {model.weight_dtype} expert) but has "
+                    f"{capacity / 1e9:.2f} GB{hint}",
                     file=file,
-                    field="placement",
+                    field="cache.capacity_experts" if cached else "placement",
                 )
 
     # ---- files -------------------------------------------------------------------------------

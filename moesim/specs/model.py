@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
+
+from moesim.errors import UserError
 
 # Bytes per element of each weight/activation dtype (MXFP4: 4-bit values + one 8-bit scale per 32).
 DTYPE_BYTES: dict[str, float] = {
@@ -101,3 +103,12 @@ class MoEModel:
         """KV-cache bytes per token summed over all layers, in the activation dtype."""
         per_layer = self.attention.kv_cache_elements_per_token() * DTYPE_BYTES[self.activation_dtype]
         return per_layer * self.num_layers
+
+
+def with_weight_dtype(model: MoEModel, dtype: str) -> MoEModel:
+    """The same model with its routed experts served in ``dtype`` (``--weight-dtype fp8``)."""
+    if dtype not in DTYPE_BYTES:
+        raise UserError(f"expected one of {', '.join(DTYPE_BYTES)}, got {dtype!r}", field="--weight-dtype")
+    if dtype == model.weight_dtype:
+        return model
+    return replace(model, name=f"{model.name}@{dtype}", weight_dtype=dtype)
