@@ -55,7 +55,9 @@ _NUMBER = r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?|[+-]?inf"
 _QUANTITY = re.compile(rf"^\s*({_NUMBER})\s*(\S.*?)?\s*$")
 
 
-def parse_quantity(value: object, dimension: str, *, file: str | None = None, field: str | None = None) -> float:
+def parse_quantity(
+    value: object, dimension: str, *, file: str | None = None, field: str | None = None
+) -> float:
     """Parse ``value`` (text with a unit) as a non-negative quantity of ``dimension``, in SI units."""
     if dimension not in DIMENSIONS:
         raise ValueError(f"unknown dimension {dimension!r}")
