@@ -51,7 +51,7 @@ def test_contiguous_plan_is_valid_and_loads_split_evenly(model) -> None:
 @pytest.mark.parametrize(
     ("edit", "message"),
     [
-        (lambda p: p.__setitem__((3, 0, -1), 1), "device n0.gpu0 holds two copies of expert 1"),
+        (lambda p: p.__setitem__((3, 0, -1), 5), "device n0.gpu0 holds two copies of expert 5"),
         (lambda p: p.__setitem__((3, 0, 0), -1), "expert 0 has no replica"),
         (lambda p: p.__setitem__((0, 0, 0), 64), r"expert ids must lie in \[-1, 64\)"),
     ],

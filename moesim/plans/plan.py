@@ -132,7 +132,7 @@ class Plan:
             for g in range(G):
                 ids = self.placement[layer, g][self.placement[layer, g] >= 0]
                 if np.unique(ids).size != ids.size:
-                    dup = int(ids[np.argmax(np.bincount(ids))])
+                    dup = int(np.argmax(np.bincount(ids)))
                     raise UserError(
                         f"layer {self.moe_layers[layer]}: device {self.devices[g]} holds two copies of "
                         f"expert {dup}",
