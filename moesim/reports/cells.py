@@ -225,9 +225,16 @@ def _plan_timeline(p: dict[str, Any], plan_file: Path, tmp: Path) -> dict[str, A
     evaluation = trace.split(p["train_fraction"])[1]
     eval_file = tmp / "eval.npz"
     evaluation.save(eval_file)
+    import numpy as np
+
+    # The same phase and batch as ``moesim plan`` simulates its plans with (prefill steps hold whole
+    # prompts: about batch-size tokens).
     phase = "decode" if evaluation.phase is not None and (evaluation.phase == 1).mean() > 0.5 else "prefill"
-    tail = ["--batch", str(p.get("batch_tokens") or 4096), "--phase", phase, "--steps", "1",
-            "--seed", str(p["seed"])]
+    batch = int(p.get("batch_tokens") or 4096)
+    if phase == "prefill":
+        mean_prompt = evaluation.num_tokens / max(1, len(np.unique(np.asarray(evaluation.seq_id))))
+        batch = max(1, round(batch / mean_prompt))
+    tail = ["--batch", str(batch), "--phase", phase, "--steps", "1", "--seed", str(p["seed"])]
     head = ["simulate", "--hw", p["hw"], *_opt("--nodes", p.get("nodes")), "--model", p["model"]]
     tl_file = tmp / "timeline.json"
     summary = run_verb([*head, "--trace", str(eval_file), "--plan", str(plan_file), *tail,

@@ -437,7 +437,7 @@ class _Builder:
             if a.get("step_time_s_eval") and b.get("step_time_s_eval"):
                 d = 1.0 - a["step_time_s_eval"] / b["step_time_s_eval"]
                 word = "shorter" if d >= 0 else "longer"
-                verdict = f"`ilp`'s simulated step is {abs(d):.1%} {word} than `eplb`'s"
+                verdict = f"`ilp`'s simulated step is {abs(d):.2%} {word} than `eplb`'s"
             else:
                 verdict = "`ilp` vs `eplb`"
             out.append(f"{verdict}: " + "; ".join(why) + ".")
