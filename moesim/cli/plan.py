@@ -50,6 +50,15 @@ def register(sub: argparse._SubParsersAction) -> None:
                        help="physical expert slots per layer in total; must be a multiple of the GPU count")
     p.add_argument("--gpu-memory", default=None, metavar="BYTES",
                    help="GPU memory budget for expert weights (e.g. 20GiB): adds a cache/offload plan")
+    p.add_argument("--cache-policy", default="static", choices=("static", "lru", "lfu", "auto"),
+                   help="with --gpu-memory: pin experts chosen by the ILP (static), size per-layer LRU/LFU "
+                   "caches, or pick whichever stalls less on held-out tokens (auto)")
+    p.add_argument("--miss", default="fetch", choices=("fetch", "cpu", "lowbit", "pim", "auto"),
+                   help="with --gpu-memory: what a cache miss does (auto: cheapest per expert)")
+    p.add_argument("--prefetch", default="none", choices=("none", "oracle", "predictor", "auto"),
+                   help="with --gpu-memory: next-layer prefetch the cache plan assumes")
+    p.add_argument("--weight-dtype", default=None, metavar="DTYPE",
+                   help="serve the routed experts in this dtype instead of the spec's (e.g. fp8, int4)")
     p.add_argument("--train-fraction", type=float, default=0.5, metavar="F",
                    help="fraction of the trace's tokens (in row order) to plan on; the rest evaluates")
     p.add_argument("--windows", type=int, default=1, metavar="W",
@@ -81,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
 
     from moesim.planners import PLANNERS, PlanRequest
     from moesim.planners.base import check_request, gpu_imbalance
-    from moesim.specs import load_cluster, load_model
+    from moesim.specs import load_cluster, load_model, with_weight_dtype
     from moesim.traces.trace import RoutingTrace
 
     if not 0.0 < args.train_fraction < 1.0:
@@ -104,6 +113,8 @@ def run(args: argparse.Namespace) -> int:
                             field="--model") from None
     else:
         model = load_model(args.model)
+    if args.weight_dtype is not None:
+        model = with_weight_dtype(model, args.weight_dtype)
     trace = RoutingTrace.load(trace_name, model=model)
     train, evaluation = trace.split(args.train_fraction)
     if train.num_tokens == 0 or evaluation.num_tokens == 0:
@@ -117,7 +128,8 @@ def run(args: argparse.Namespace) -> int:
                             field="--replicas")
         slots = args.replicas // G
     else:
-        slots = args.slots_per_gpu if args.slots_per_gpu is not None else -(-E // G) + 1
+        # One spare slot per GPU for a replica of a hot expert, when there are experts to spare.
+        slots = args.slots_per_gpu if args.slots_per_gpu is not None else min(E, -(-E // G) + 1)
     load = _layer_matrix(train.load_matrix(windows=args.windows), train, model)
     eval_load = _layer_matrix(evaluation.load_matrix(windows=1), evaluation, model)[0]
     from moesim.cost import CostModel
@@ -197,12 +209,10 @@ def _cache_plan(args: argparse.Namespace, model: Any, cluster: Any, train: Any, 
     from moesim.units import parse_quantity
 
     budget = parse_quantity(args.gpu_memory, "bytes", field="--gpu-memory")
-    try:
-        from moesim.planners.cache_ilp import plan_cache
-    except ImportError:
-        raise UserError("the cache/offload planner (moesim.planners.cache_ilp) is not installed",
-                        field="--gpu-memory") from None
-    return plan_cache(model, cluster, train, budget, cost, time_limit_s=args.time_limit)
+    from moesim.planners.cache_ilp import plan_cache
+
+    return plan_cache(model, cluster, train, budget, cost, miss=args.miss, prefetch=args.prefetch,
+                      policy=args.cache_policy, time_limit_s=args.time_limit)
 
 
 def _simulate(cluster: Any, model: Any, evaluation: Any, plan: Any, cost: Any,

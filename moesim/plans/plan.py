@@ -197,14 +197,16 @@ class Plan:
                 cached = self.cache is not None and self.cache.policy != "none"
                 what = "its expert cache" if cached else "expert weights"
                 hint = (
-                    "; cache fewer experts or serve them in a smaller --weight-dtype"
+                    "; cache fewer experts, use a smaller batch or a smaller --weight-dtype"
                     if cached
                     else "; use more devices or fewer slots"
                 )
+                other = f" + {reserved_bytes / 1e9:.2f} GB KV cache and activations" if reserved_bytes else ""
                 raise UserError(
-                    f"device {device_id} needs {(need + reserved_bytes) / 1e9:.2f} GB for {what} "
-                    f"({model.expert_bytes() / 1e6:.1f} MB per {model.weight_dtype} expert) but has "
-                    f"{capacity / 1e9:.2f} GB{hint}",
+                    f"device {device_id} needs {(need + reserved_bytes) / 1e9:.2f} GB "
+                    f"({need / 1e9:.2f} GB for {what}, {model.expert_bytes() / 1e6:.1f} MB per "
+                    f"{model.weight_dtype} expert{other}) "
+                    f"but has {capacity / 1e9:.2f} GB{hint}",
                     file=file,
                     field="cache.capacity_experts" if cached else "placement",
                 )
