@@ -204,3 +204,41 @@ def test_a_cell_bug_is_reported_not_cached(tmp_path: Path) -> None:
     assert res.failed == 1 and res.computed == 0
     assert "internal error (RuntimeError: boom)" in res.error(Cell.make("b", x=1))
     assert list(tmp_path.glob("*.json")) == []
+
+
+def test_sweep_from_flags_builds_the_grid() -> None:
+    from moesim.reports.sweep import sweep_from_flags
+
+    s = sweep_from_flags(
+        hw=["h100x8", "rtx4090-workstation"],
+        model=["mixtral-8x7b"],
+        trace=["mixtral-8x7b-synth"],
+        planners=["contiguous", "eplb"],
+        cache_policies=["lru", "belady"],
+        gpu_memory=["21GiB"],
+        cache_sizes=[2, 4],
+        time_limit_s=5,
+    )
+    # Placement only where there are GPUs to place on; offloading on every profile.
+    assert [(p.hw, p.planners, p.time_limit_s) for p in s.placement] == [
+        ("h100x8", ("contiguous", "eplb"), 5.0)
+    ]
+    assert [o.hw for o in s.offload] == ["h100x8", "rtx4090-workstation"]
+    assert all(
+        o.policies == ("lru", "belady") and o.cache_sizes == (2, 4) and o.gpu_memory == ("21GiB",)
+        for o in s.offload
+    )
+    assert s.source == "flags"
+    with pytest.raises(UserError, match="as many --trace as --model"):
+        sweep_from_flags(
+            hw=None,
+            model=["a", "b"],
+            trace=["x", "y", "z"],
+            planners=None,
+            cache_policies=None,
+            gpu_memory=None,
+        )
+    with pytest.raises(UserError, match="give --model with --trace"):
+        sweep_from_flags(
+            hw=None, model=None, trace=["x"], planners=None, cache_policies=None, gpu_memory=None
+        )
