@@ -242,3 +242,13 @@ def test_sweep_from_flags_builds_the_grid() -> None:
         sweep_from_flags(
             hw=None, model=None, trace=["x"], planners=None, cache_policies=None, gpu_memory=None
         )
+
+
+def test_committed_default_sweep_starts_with_the_built_in_defaults() -> None:
+    cfg = Path(__file__).resolve().parents[1] / "reports" / "default.yaml"
+    if not cfg.exists():
+        pytest.skip("reports/default.yaml not in this checkout")
+    committed, built_in = load_sweep(cfg), default_sweep()
+    assert committed.placement == built_in.placement
+    assert committed.offload[: len(built_in.offload)] == built_in.offload
+    assert committed.seed == built_in.seed

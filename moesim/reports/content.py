@@ -607,7 +607,9 @@ class _Builder:
             stem,
             f"Timeline of one step ({planner} on {_short(s.hw)})",
             f"Per-device and per-link activity during step {r['step']} of the simulation "
-            f"(`{r['command']}`), from the simulator's timeline; colours are op kinds.",
+            f"(`{r['command']}`, where EVAL.npz holds the evaluation tokens and PLAN.json the plan that "
+            f"`moesim plan --planner {planner} --out PLAN.json` wrote), from the simulator's Perfetto "
+            "timeline; colours are op kinds.",
             plots.timeline(
                 r["rows"], [tuple(e) for e in r["events"]], title=f"Step {r['step']}: {planner} placement"
             ),
