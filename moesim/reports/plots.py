@@ -68,7 +68,8 @@ def lines(
     if logy:
         ax.set_yscale("log")
     _style(ax, xlabel=xlabel, ylabel=ylabel, title=title)
-    ax.legend(fontsize=8, ncol=min(4, max(1, len(series))), frameon=False)
+    # Outside the axes, so it never hides a line.
+    ax.legend(fontsize=8, frameon=False, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     return _png(fig)
 
 
@@ -125,7 +126,7 @@ def stacked_bars(
     ax.set_xticks(xs, list(labels), fontsize=9)
     _style(ax, xlabel="", ylabel=ylabel, title=title)
     if stacks:
-        ax.legend(fontsize=8, frameon=False, ncol=min(4, len(stacks)))
+        ax.legend(fontsize=8, frameon=False, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     return _png(fig)
 
 
