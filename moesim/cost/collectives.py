@@ -7,8 +7,9 @@ has drained:
     t = max_l (bytes_l / effective_bandwidth_l) + max over pairs with bytes of path_latency
 
 so two flows through one NIC (or one NVSwitch port) take twice as long as one. The pair->link
-incidence is built once per device list (:class:`AllToAllRoutes`); evaluating a bytes matrix is a
-``bincount`` over the (pair, hop) entries, with no Python loop over pairs.
+incidence is built once per device list (:class:`AllToAllRoutes`); evaluating a batch of bytes
+matrices is two small set products (:mod:`moesim.cost.linkloads`), with a ``bincount`` over the
+(pair, hop) entries of any link whose pairs are not a rectangle; no Python loop over pairs.
 
 Hierarchical (DeepEP internode style): a cross-node pair (i -> j, j on node b) first goes from i to
 its *rail peer* on node b (the GPU with i's local index, over i's NIC and the fabric), then over the
@@ -20,11 +21,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from functools import cached_property
 from typing import Any
 
 import numpy as np
 
+from moesim.cost.linkloads import LinkAggregation
 from moesim.errors import UserError
 from moesim.specs.hardware import Cluster, Device
 
@@ -62,125 +63,6 @@ def rail_peer(cluster: Cluster, device_id: str, node: int) -> str:
     return peers[local % len(peers)].id
 
 
-def _runs(members: set[int]) -> list[tuple[int, int]]:
-    """Contiguous runs ``[a, b)`` covering the sorted ``members``."""
-    out: list[tuple[int, int]] = []
-    for m in sorted(members):
-        if out and out[-1][1] == m:
-            out[-1] = (out[-1][0], m + 1)
-        else:
-            out.append((m, m + 1))
-    return out
-
-
-@dataclass(frozen=True)
-class LinkAggregation:
-    """Link loads from run sums of ``B`` instead of a sum over (pair, hop) entries.
-
-    In switched topologies every link direction is used by pairs with one common source (a GPU's
-    egress port, its NIC's uplink) or one common destination (the ingress side), so its load is a
-    row of ``B`` summed over a destination set (or a column over a source set). Such sets are a
-    few contiguous runs of the device order (a node's GPUs, the GPUs of the other nodes), summed by
-    one ``np.add.reduceat`` over all runs: no Python loop over pairs, no dense incidence matrix.
-    Links used by no such rectangle fall back to a ``bincount`` over their (pair, hop) entries.
-    """
-
-    row_link: np.ndarray
-    """Per run of a row-type link: the link, the fixed source, the run's [start, stop) columns."""
-    row_src: np.ndarray
-    row_start: np.ndarray
-    row_stop: np.ndarray
-    col_link: np.ndarray
-    col_dst: np.ndarray
-    col_start: np.ndarray
-    col_stop: np.ndarray
-    rest_pair: np.ndarray
-    rest_link: np.ndarray
-    num_links: int
-    g: int
-
-    @classmethod
-    def build(cls, pairs: np.ndarray, links: np.ndarray, g: int, num_links: int) -> LinkAggregation:
-        by_link: dict[int, list[int]] = {}
-        for p, ln in zip(pairs.tolist(), links.tolist(), strict=True):
-            by_link.setdefault(ln, []).append(p)
-        row: list[tuple[int, int, int, int]] = []
-        col: list[tuple[int, int, int, int]] = []
-        rest: set[int] = set()
-        for ln, plist in by_link.items():
-            srcs = {p // g for p in plist}
-            dsts = {p % g for p in plist}
-            # B's diagonal is zeroed before use, so a set may also cover the fixed end itself:
-            # take whichever variant has fewer runs (a whole node instead of a node minus one GPU).
-            if len(srcs) == 1:
-                (i,) = srcs
-                runs = min(_runs(dsts), _runs(dsts | {i}), key=len)
-                row += [(ln, i, a, b) for a, b in runs]
-            elif len(dsts) == 1:
-                (j,) = dsts
-                runs = min(_runs(srcs), _runs(srcs | {j}), key=len)
-                col += [(ln, j, a, b) for a, b in runs]
-            else:
-                rest.add(ln)
-        keep = np.array([ln in rest for ln in links.tolist()], dtype=bool)
-
-        def column(items: list[tuple[int, int, int, int]], k: int) -> np.ndarray:
-            return np.array([it[k] for it in items], dtype=np.int64)
-
-        return cls(
-            row_link=column(row, 0),
-            row_src=column(row, 1),
-            row_start=column(row, 2),
-            row_stop=column(row, 3),
-            col_link=column(col, 0),
-            col_dst=column(col, 1),
-            col_start=column(col, 2),
-            col_stop=column(col, 3),
-            rest_pair=pairs[keep] if keep.size else np.zeros(0, dtype=np.int64),
-            rest_link=links[keep] if keep.size else np.zeros(0, dtype=np.int64),
-            num_links=num_links,
-            g=g,
-        )
-
-    def loads(self, b3: np.ndarray) -> np.ndarray:
-        """[S, L] bytes per directed link for a batch ``b3`` [S, G, G] with a zero diagonal."""
-        s, g, _ = b3.shape
-        out = np.zeros((s, self.num_links))
-        offsets = (np.arange(s) * self.num_links)[:, None]
-        for links, bounds, matrix in (
-            (self.row_link, self._row_bounds, b3),
-            (self.col_link, self._col_bounds, b3.transpose(0, 2, 1)),
-        ):
-            if not len(links):
-                continue
-            # Run sums with reduceat over [start, stop) pairs of the flattened rows; a zero column
-            # at the end keeps stop = G*G a valid index. Odd outputs (stop..next start) are unused.
-            flat = np.zeros((s, g * g + 1))
-            flat[:, :-1] = matrix.reshape(s, g * g)
-            vals = np.add.reduceat(flat, bounds, axis=1)[:, ::2]
-            out += np.bincount(
-                (links[None, :] + offsets).ravel(), weights=vals.ravel(), minlength=s * self.num_links
-            ).reshape(s, self.num_links)
-        if len(self.rest_link):
-            flat = b3.reshape(s, -1)
-            out += np.bincount(
-                (self.rest_link[None, :] + offsets).ravel(),
-                weights=flat[:, self.rest_pair].ravel(),
-                minlength=s * self.num_links,
-            ).reshape(s, self.num_links)
-        return out
-
-    @cached_property
-    def _row_bounds(self) -> np.ndarray:
-        g = self.g
-        return np.stack([self.row_src * g + self.row_start, self.row_src * g + self.row_stop], 1).ravel()
-
-    @cached_property
-    def _col_bounds(self) -> np.ndarray:
-        g = self.g
-        return np.stack([self.col_dst * g + self.col_start, self.col_dst * g + self.col_stop], 1).ravel()
-
-
 @dataclass(frozen=True)
 class AllToAllRoutes:
     """Pair -> directed-link incidence for one ordered device list (built once, evaluated often)."""
@@ -202,10 +84,6 @@ class AllToAllRoutes:
     num_nodes: int = 0
     aggregation: LinkAggregation | None = None
     _diag: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
-    latency_levels_s: np.ndarray | None = None
-    """Distinct pair latencies, descending."""
-    latency_members: np.ndarray | None = None
-    """[G*G, levels] 0/1: which pairs have each latency."""
 
     @classmethod
     def build(
@@ -243,7 +121,6 @@ class AllToAllRoutes:
                     hops = directed_hops(cluster, src, rail_peer(cluster, src, n), index)
                     f_pairs += [i * len(node_ids) + node_pos[n]] * len(hops)
                     f_links += hops
-        levels = np.unique(latency)[::-1].copy()
         pair_arr = np.array(pairs, dtype=np.int64)
         link_arr = np.array(links, dtype=np.int64)
         return cls(
@@ -257,48 +134,82 @@ class AllToAllRoutes:
             fabric_pair_of_hop=np.array(f_pairs, dtype=np.int64) if hierarchical else None,
             fabric_link_of_hop=np.array(f_links, dtype=np.int64) if hierarchical else None,
             num_nodes=len(node_ids),
-            aggregation=LinkAggregation.build(pair_arr, link_arr, g, len(bw)),
+            aggregation=LinkAggregation.build(pair_arr, link_arr, g, len(bw), latency),
             _diag=np.arange(g),
-            latency_levels_s=levels,
-            latency_members=(latency[:, None] == levels[None, :]).astype(float),
         )
+
+    def _zero_diagonal(self, bytes_matrix: np.ndarray) -> np.ndarray:
+        """[S, G, G] float batch with a zero diagonal (copied only when the diagonal is not zero)."""
+        g = len(self.device_ids)
+        b3 = np.asarray(bytes_matrix, dtype=float).reshape(-1, g, g)
+        if b3[:, self._diag, self._diag].any():
+            b3 = b3.copy()
+            b3[:, self._diag, self._diag] = 0.0
+        return b3
+
+    def loads_and_latency(
+        self, bytes_matrix: np.ndarray, node_bytes: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """([S, L] bytes per directed link, [S] latency term) of a batch (or one matrix, S = 1),
+        sharing the set products of :class:`LinkAggregation`."""
+        assert self.aggregation is not None
+        b3 = self._zero_diagonal(bytes_matrix)
+        products = self.aggregation.products(b3)
+        loads = self.aggregation.loads(b3, products)
+        if self.hierarchical:
+            loads += self._fabric_loads(b3, np.asarray(bytes_matrix, dtype=float), node_bytes)
+        if b3.size and b3.min() < 0:  # the "sum > 0 means used" shortcut needs non-negative bytes
+            return loads, self.latency_general_s(bytes_matrix)
+        return loads, self.aggregation.latency_s(products[0])
+
+    def _fabric_loads(self, b3: np.ndarray, b: np.ndarray, node_bytes: np.ndarray | None) -> np.ndarray:
+        """Hierarchical: the fabric leg of each cross-node pair (src -> rail peer on the node)."""
+        assert self.fabric_pair_of_hop is not None and self.fabric_link_of_hop is not None
+        assert self.node_of is not None
+        s, g = b3.shape[0], len(self.device_ids)
+        offsets = (np.arange(s) * self.num_links)[:, None]
+        if node_bytes is None:
+            # No de-duplication known: the fabric leg carries every cross-node pair's bytes.
+            onehot = np.eye(self.num_nodes)[self.node_of]  # [G, nodes]
+            nb = b.reshape(s, g, g) @ onehot
+        else:
+            nb = np.asarray(node_bytes, dtype=float).reshape(s, g, self.num_nodes)
+        nb = nb.reshape(s, -1)
+        return np.bincount(
+            (self.fabric_link_of_hop[None, :] + offsets).ravel(),
+            weights=nb[:, self.fabric_pair_of_hop].ravel(),
+            minlength=s * self.num_links,
+        ).reshape(s, self.num_links)
 
     def link_loads(self, bytes_matrix: np.ndarray, node_bytes: np.ndarray | None = None) -> np.ndarray:
         """Bytes on each directed link; ``bytes_matrix`` is [G, G] or a batch [S, G, G] -> [S, L]."""
-        b = np.asarray(bytes_matrix, dtype=float)
-        g = len(self.device_ids)
-        batched = b.ndim == 3
-        flat = b.reshape(-1, g * g)
-        s = flat.shape[0]
-        offsets = (np.arange(s) * self.num_links)[:, None]
         assert self.aggregation is not None
-        b3 = b.reshape(s, g, g).copy()
-        b3[:, self._diag, self._diag] = 0.0
+        b3 = self._zero_diagonal(bytes_matrix)
         loads = self.aggregation.loads(b3)
         if self.hierarchical:
-            assert self.fabric_pair_of_hop is not None and self.fabric_link_of_hop is not None
-            assert self.node_of is not None
-            if node_bytes is None:
-                # No de-duplication known: the fabric leg carries every cross-node pair's bytes.
-                onehot = np.eye(self.num_nodes)[self.node_of]  # [G, nodes]
-                nb = b.reshape(s, g, g) @ onehot
-            else:
-                nb = np.asarray(node_bytes, dtype=float).reshape(s, g, self.num_nodes)
-            nb = nb.reshape(s, -1)
-            loads += np.bincount(
-                (self.fabric_link_of_hop[None, :] + offsets).ravel(),
-                weights=nb[:, self.fabric_pair_of_hop].ravel(),
-                minlength=s * self.num_links,
-            ).reshape(s, self.num_links)
-        return loads if batched else loads[0]
+            loads += self._fabric_loads(b3, np.asarray(bytes_matrix, dtype=float), node_bytes)
+        return loads if np.ndim(bytes_matrix) == 3 else loads[0]
+
+    def link_loads_general(self, bytes_matrix: np.ndarray) -> np.ndarray:
+        """Reference for :meth:`link_loads` (non-hierarchical): a ``bincount`` over every (pair,
+        hop) entry, [S, L]."""
+        g = len(self.device_ids)
+        flat = self._zero_diagonal(bytes_matrix).reshape(-1, g * g)
+        s = flat.shape[0]
+        offsets = (np.arange(s) * self.num_links)[:, None]
+        return np.bincount((self.link_of_hop[None, :] + offsets).ravel(),
+                           weights=flat[:, self.pair_of_hop].ravel(),
+                           minlength=s * self.num_links).reshape(s, self.num_links)
 
     def latency_s(self, bytes_matrix: np.ndarray) -> np.ndarray:
         """Longest path latency among pairs that send anything ([S]; one entry for a single matrix)."""
-        assert self.latency_levels_s is not None and self.latency_members is not None
+        return self.loads_and_latency(bytes_matrix)[1]
+
+    def latency_general_s(self, bytes_matrix: np.ndarray) -> np.ndarray:
+        """Reference for :meth:`latency_s`: the maximum of the path latency over pairs with bytes."""
         flat = np.asarray(bytes_matrix, dtype=float).reshape(-1, len(self.device_ids) ** 2)
-        used = (flat > 0) @ self.latency_members  # [S, levels]: pairs with bytes at each latency
-        first = np.argmax(used > 0, axis=1)  # levels are descending: the first used is the longest
-        return np.where(used.any(axis=1), self.latency_levels_s[first], 0.0)
+        lat = np.where(flat > 0, self.pair_latency_s[None, :], 0.0)
+        return lat.max(axis=1) if lat.shape[1] else np.zeros(flat.shape[0])
 
 
 class CollectiveCosts:
@@ -337,13 +248,9 @@ class CollectiveCosts:
         [S, G, G] gives [S] seconds."""
         r = self.routes(device_ids, hierarchical=hierarchical)
         b = np.asarray(bytes_matrix, dtype=float)
-        latency = r.latency_s(b)
         self._note("all_to_all", "roofline")
-        if self.infinite_bandwidth:
-            t = latency
-        else:
-            loads = r.link_loads(b, node_bytes).reshape(-1, r.num_links)
-            t = np.max(loads / self._link_bw[None, :], axis=1) + latency
+        loads, latency = r.loads_and_latency(b, node_bytes)
+        t = latency if self.infinite_bandwidth else np.max(loads / self._link_bw[None, :], axis=1) + latency
         return t if b.ndim == 3 else float(t[0])
 
     def link_bytes(

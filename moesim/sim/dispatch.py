@@ -7,6 +7,7 @@ recorded) go to a dummy device column that is dropped, so no compaction pass is 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
@@ -50,6 +51,20 @@ class ReplicaTable:
     def has_replicas(self) -> bool:
         return bool(self.counts.max() > 1)
 
+    @cached_property
+    def single_codes(self) -> tuple[np.ndarray, np.ndarray]:
+        """Without replicas: per (layer, 1 + expert) the flat bin of its slot in a step's
+        ``[L, G + 1, J]`` slot counts and of its device in a step's ``[L, G, G + 1]`` pair counts
+        (row 0 is the dummy of -1 ids, so an id indexes as ``id + 1``)."""
+        L, E1, _ = self.device.shape
+        G, J = self.num_devices, self.slots_per_device
+        order = np.r_[E1 - 1, np.arange(E1 - 1)]  # dummy first
+        dev = self.device[:, order, 0]
+        layer = np.arange(L, dtype=np.int64)[:, None]
+        slot_bin = layer * ((G + 1) * J) + dev * J + self.slot[:, order, 0]
+        pair_bin = layer * (G * (G + 1)) + dev
+        return slot_bin.ravel(), pair_bin.ravel()
+
 
 @dataclass(frozen=True)
 class Dispatch:
@@ -80,6 +95,8 @@ def dispatch(ids: np.ndarray, owner: np.ndarray, table: ReplicaTable,
     S, _B, L, _K = ids.shape
     G, J = table.num_devices, table.slots_per_device
     E1 = table.counts.shape[1]
+    if rng is None and not table.has_replicas:
+        return _dispatch_single(ids, owner, table)
     le = ids.astype(np.int64)
     np.putmask(le, le < 0, E1 - 1)  # -1 -> the dummy expert
     le += (np.arange(L, dtype=np.int64) * E1)[None, None, :, None]  # index into [L, E+1]
@@ -109,3 +126,26 @@ def dispatch(ids: np.ndarray, owner: np.ndarray, table: ReplicaTable,
     dst += (sl * G + owner[:, :, None, None]) * (G + 1)
     pair_tokens = np.bincount(dst.ravel(), minlength=S * L * G * (G + 1)).reshape(S, L, G, G + 1)[..., :G]
     return Dispatch(slot_tokens=slot_tokens, pair_tokens=pair_tokens)
+
+
+def _dispatch_single(ids: np.ndarray, owner: np.ndarray, table: ReplicaTable) -> Dispatch:
+    """:func:`dispatch` when every expert has one replica: two table look-ups and two
+    ``bincount`` calls over the whole chunk, no per-layer loop."""
+    S, B, L, K = ids.shape
+    G, J = table.num_devices, table.slots_per_device
+    E1 = table.counts.shape[1]
+    slot_code, pair_code = table.single_codes
+    # [S, L, B, K] order: the bins one (step, layer) touches are then adjacent in memory
+    lt = np.ascontiguousarray(ids.transpose(0, 2, 1, 3))
+    # index into the [L, 1 + E] code tables: id + 1 + layer * E1 (-1 ids hit the dummy row 0)
+    le = np.add(lt, (np.arange(L, dtype=np.int32) * E1 + 1)[None, :, None, None], dtype=np.int32)
+    step = np.arange(S, dtype=np.int64)
+    slot_bins = np.take(slot_code, le)
+    slot_bins += (step * (L * (G + 1) * J))[:, None, None, None]
+    slot_tokens = np.bincount(slot_bins.ravel(), minlength=S * L * (G + 1) * J)
+    slot_tokens = slot_tokens.reshape(S, L, G + 1, J)[:, :, :G]
+    pair_bins = np.take(pair_code, le)
+    pair_bins += (step[:, None] * (L * G * (G + 1)) + owner * (G + 1))[:, None, :, None]
+    pair = np.bincount(pair_bins.ravel(), minlength=S * L * G * (G + 1)).reshape(S, L, G, G + 1)[..., :G]
+    del B, K
+    return Dispatch(slot_tokens=slot_tokens, pair_tokens=pair)

@@ -1,0 +1,115 @@
+"""The fast paths of the simulator's hot loop equal the general methods they replace.
+
+Link loads from set products (moesim.cost.linkloads) against a bincount over every (pair, hop)
+entry, the latency term against a max over pairs, and the one-replica dispatch against the
+general (replica-aware) path, on random inputs over several built-in clusters.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from moesim.cost.collectives import CollectiveCosts
+from moesim.plans.plan import Plan
+from moesim.sim.dispatch import ReplicaTable, _dispatch_single, dispatch
+from moesim.specs import load_cluster
+
+CLUSTERS = [("h100x8", None), ("h100x8x4", 2), ("h100x8x4", 8), ("a100x8", None), ("rtx3090-desktop", None)]
+
+
+def _matrices(rng: np.random.Generator, s: int, g: int) -> np.ndarray:
+    """Random batches with sparse, dense, integer-valued and fractional entries, some all-zero."""
+    b = rng.random((s, g, g)) * 1e6
+    b[rng.random((s, g, g)) < 0.6] = 0.0
+    b[: s // 3] = np.round(b[: s // 3])
+    b[-1] = 0.0
+    if s > 2:
+        b[1] = 0.0
+        b[1, 0, g - 1] = 3.0  # a single pair
+    return b
+
+
+@pytest.mark.parametrize(("name", "nodes"), CLUSTERS)
+def test_link_loads_and_latency_match_general_method(name: str, nodes: int | None) -> None:
+    cluster = load_cluster(name, nodes=nodes)
+    cc = CollectiveCosts(cluster)
+    devices = tuple(d.id for d in cluster.gpus)
+    if len(devices) < 2:  # one GPU: exchange with the host instead (GPU <-> CPU over PCIe)
+        devices = tuple(d.id for d in cluster.devices)
+    g = len(devices)
+    routes = cc.routes(devices)
+    rng = np.random.default_rng(g)
+    b = _matrices(rng, 7, g)
+    fast = routes.link_loads(b)
+    slow = routes.link_loads_general(b)
+    np.testing.assert_allclose(fast, slow, rtol=1e-12, atol=0.0)
+    assert fast.shape == (7, routes.num_links)
+    loads, latency = routes.loads_and_latency(b)
+    np.testing.assert_allclose(loads, slow, rtol=1e-12, atol=0.0)
+    assert np.array_equal(latency, routes.latency_general_s(b))
+    assert latency[-1] == 0.0 and latency[1] == routes.pair_latency_s[g - 1]
+    # a non-zero diagonal is ignored by the loads and never raises the latency
+    with_diag = b.copy()
+    with_diag[:, np.arange(g), np.arange(g)] = 5.0
+    np.testing.assert_allclose(routes.link_loads(with_diag), slow, rtol=1e-12, atol=0.0)
+    assert np.array_equal(routes.latency_s(with_diag), routes.latency_general_s(with_diag))
+    # one matrix at a time gives the same as the batch
+    for k in range(len(b)):
+        assert np.allclose(routes.link_loads(b[k]), fast[k], rtol=1e-12, atol=0.0)
+        assert cc.all_to_all_s(devices, b[k]) == pytest.approx(cc.all_to_all_s(devices, b)[k], rel=1e-12)
+
+
+def test_negative_bytes_take_the_general_latency() -> None:
+    cluster = load_cluster("h100x8x4", nodes=2)
+    routes = CollectiveCosts(cluster).routes(tuple(d.id for d in cluster.gpus))
+    b = np.zeros((2, 16, 16))
+    b[0, 0, 9] = 4.0
+    b[0, 0, 1] = -4.0  # sums to zero over the node sets: the shortcut alone would miss the pair
+    assert np.array_equal(routes.loads_and_latency(b)[1], routes.latency_general_s(b))
+    assert routes.latency_general_s(b)[0] > 0.0
+
+
+def test_a_link_that_is_not_a_rectangle_falls_back_to_bincount() -> None:
+    from moesim.cost.linkloads import LinkAggregation
+
+    g = 3
+    # link 0 carries (0 -> 1) and (1 -> 2): neither one source nor one destination set
+    pairs = np.array([0 * g + 1, 1 * g + 2, 2 * g + 0], dtype=np.int64)
+    links = np.array([0, 0, 1], dtype=np.int64)
+    agg = LinkAggregation.build(pairs, links, g, 2, np.zeros(g * g))
+    assert agg.rest_link.tolist() == [0, 0]
+    b = np.arange(9, dtype=float).reshape(1, 3, 3)
+    b[0, np.arange(3), np.arange(3)] = 0.0
+    assert agg.loads(b).tolist() == [[b[0, 0, 1] + b[0, 1, 2], b[0, 2, 0]]]
+
+
+@pytest.mark.parametrize("missing", [False, True])
+def test_single_replica_dispatch_matches_general_path(missing: bool) -> None:
+    rng = np.random.default_rng(3)
+    L, G, J, E, S, B, K = 3, 4, 3, 12, 5, 16, 2
+    placement = np.stack([rng.permutation(E).reshape(G, J) for _ in range(L)])
+    plan = Plan(planner="test", model="test", devices=tuple(f"n0.gpu{i}" for i in range(G)),
+                moe_layers=tuple(range(L)), num_experts=E, placement=placement)
+    table = ReplicaTable.of(plan)
+    assert not table.has_replicas
+    ids = rng.integers(0, E, size=(S, B, L, K)).astype(np.int16)
+    if missing:
+        ids[rng.random(ids.shape) < 0.2] = -1
+    owner = rng.integers(0, G, size=(S, B))
+    fast = _dispatch_single(ids, owner, table)
+    via_public = dispatch(ids, owner, table)
+    # the general path: every expert counted per (step, layer, device, slot) by hand
+    slot = np.zeros((S, L, G, J), dtype=np.int64)
+    pair = np.zeros((S, L, G, G), dtype=np.int64)
+    where = {(layer, int(e)): (g, j) for layer in range(L) for g in range(G) for j, e in
+             enumerate(placement[layer, g])}
+    for s, b, layer, k in np.ndindex(ids.shape):
+        e = int(ids[s, b, layer, k])
+        if e >= 0:
+            g, j = where[(layer, e)]
+            slot[s, layer, g, j] += 1
+            pair[s, layer, owner[s, b], g] += 1
+    for d in (fast, via_public):
+        assert np.array_equal(d.slot_tokens, slot)
+        assert np.array_equal(d.pair_tokens, pair)
