@@ -141,8 +141,10 @@ class LinkAggregation:
 
     def products(self, b3: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Row-side [S, G * Ur] and column-side [S, Uc * G] products of a zero-diagonal batch."""
-        s, g, _ = b3.shape
-        rows = (b3.reshape(s * g, g) @ self.row_q).reshape(s, -1)
+        s = b3.shape[0]
+        # A stack of small [G, G] products: one big [S*G, G] gemm makes OpenBLAS spawn threads,
+        # which is slower on a busy 2-core machine than the single-threaded small gemms.
+        rows = np.matmul(b3, self.row_q).reshape(s, -1)
         cols = np.matmul(self.col_q_t, b3).reshape(s, -1) if len(self.col_index) else np.zeros((s, 0))
         return rows, cols
 
