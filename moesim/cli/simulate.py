@@ -54,6 +54,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "on the first half of the trace")
     p.add_argument("--overlap", default="none", choices=("none", "layer", "chunked"),
                    help="overlap all-to-all with expert compute: none, two micro-batches, four chunks")
+    p.add_argument("--dispatch", default="even", choices=("even", "local"),
+                   help="which replicas a token may use: even = all replicas of its expert (split evenly); "
+                   "local = the one on its own GPU, else those on its node, else all (SGLang static "
+                   "dispatch; saves the InfiniBand hop when a replica is on the token's node)")
     p.add_argument("--nodes", type=int, default=None, metavar="N", help="override the profile's node count")
     p.add_argument("--seed", type=int, default=0, help="random seed (same inputs and seed, same results)")
     p.add_argument("--calibration", default=None, metavar="DIR", help="calibration tables for the cost model")
@@ -84,8 +88,9 @@ def _config(args: argparse.Namespace) -> Any:
     memory = parse_quantity(args.gpu_memory, "bytes", field="--gpu-memory") if args.gpu_memory else None
     return SimConfig(
         cluster=cluster, model=model, trace=trace, plan=plan, batch_size=args.batch, steps=args.steps,
-        phase=args.phase, overlap=args.overlap, seed=args.seed, cache_policy=args.cache,
-        cache_size=args.cache_size, gpu_memory_bytes=memory, miss=args.miss, prefetch=args.prefetch,
+        phase=args.phase, overlap=args.overlap, seed=args.seed, dispatch=args.dispatch,
+        cache_policy=args.cache, cache_size=args.cache_size, gpu_memory_bytes=memory, miss=args.miss,
+        prefetch=args.prefetch,
     )
 
 

@@ -13,6 +13,7 @@ from moesim.specs.model import DTYPE_BYTES, MoEModel
 PHASES = ("decode", "prefill")
 OVERLAPS = ("none", "layer", "chunked")
 REPLICA_SPLITS = ("even", "random")
+DISPATCH_MODES = ("even", "local")
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,10 @@ class SimConfig:
     """Seeds the replica choice when ``replica_split == "random"``; every other choice is deterministic."""
     replica_split: str = "even"
     """even: a replicated expert's tokens go round-robin over its replicas; random: uniform per token."""
+    dispatch: str = "even"
+    """even: every replica of an expert is a candidate for every token; local: a token uses the
+    replica on its own GPU if any, else those on its node, else all (``moesim.sim.replica_routing``);
+    ``replica_split`` then picks among the candidates."""
     batch_key: str | None = None
     """Cut steps by this per-row trace key (e.g. ``step_id``) instead of every ``batch_size`` rows."""
     cache_policy: str | None = None
@@ -60,6 +65,7 @@ class SimConfig:
             ("phase", self.phase, PHASES),
             ("overlap", self.overlap, OVERLAPS),
             ("replica_split", self.replica_split, REPLICA_SPLITS),
+            ("dispatch", self.dispatch, DISPATCH_MODES),
             ("cache", self.cache_policy, (None, *CACHE_POLICIES)),
             ("miss", self.miss, (None, *MISS_MODES)),
             ("prefetch", self.prefetch, (None, *PREFETCH_MODES)),

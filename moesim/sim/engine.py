@@ -26,6 +26,7 @@ from moesim.sim.events.experts import offloaded_experts
 from moesim.sim.events.overlap import overlapped_moe
 from moesim.sim.events.transfer import weight_fetch
 from moesim.sim.offload import ExpertStore, PrefetchScore, TransitionPredictor, top_experts
+from moesim.sim.replica_routing import LocalRouting, local_dispatch, node_index
 from moesim.sim.results import Recorder, SimResult
 from moesim.sim.stepcost import ChunkCosts, StepCoster, device_token_counts
 from moesim.sim.workload import Workload, build_workload
@@ -69,6 +70,8 @@ class Machine:
         self.memory = self._check_memory()
         self.table = ReplicaTable.of(self.plan)
         self.rng = np.random.default_rng(cfg.seed) if cfg.replica_split == "random" else None
+        self.routing = (LocalRouting.of(self.table, node_index(self.cluster, self.devices))
+                        if cfg.dispatch == "local" and self.table.has_replicas else None)
         n_chunks = {"none": 1, "layer": 2, "chunked": cfg.chunks}[cfg.overlap]
         self.coster = StepCoster(cost, self.devices, phase=cfg.phase, overlap_chunks=n_chunks)
         self.layer_ids = np.arange(cfg.model.num_layers)
@@ -117,7 +120,8 @@ class Machine:
                 contiguous = len(r) and r[-1] - r[0] + 1 == len(r)
                 ids[i, :len(r)] = trace.expert_ids[r[0]:r[-1] + 1] if contiguous else trace.expert_ids[r]
                 owner[i, :len(r)] = owners(len(r), self.G)
-            d = dispatch(ids, owner, self.table, self.rng)
+            d = (dispatch(ids, owner, self.table, self.rng) if self.routing is None
+                 else local_dispatch(ids, owner, self.table, self.routing, self.rng))
             batch = np.array([len(r) for r in rows])
             yield a, ids, d, self.coster.chunk(a, d, batch, wl.context_tokens[a:a + len(rows)])
 
@@ -336,7 +340,7 @@ class Machine:
             "cache_hit_rate": self.store.hit_rate if self.offload else None,
             "cache": offload,
             "phase": cfg.phase, "batch_size": cfg.batch_size, "overlap": cfg.overlap,
-            "replica_split": cfg.replica_split, "seed": cfg.seed,
+            "replica_split": cfg.replica_split, "dispatch": cfg.dispatch, "seed": cfg.seed,
             "cluster": self.cluster.name, "model": self.model.name, "plan": self.plan.planner,
             "devices": len(self.devices),
             "cost_sources": dict(sorted(self.cost.sources().items())),
