@@ -65,6 +65,15 @@ class ReplicaTable:
         pair_bin = layer * (G * (G + 1)) + dev
         return slot_bin.ravel(), pair_bin.ravel()
 
+    @cached_property
+    def single_codes_g(self) -> np.ndarray:
+        """:attr:`single_codes`' pair bins for a step's ``[L, G, G]`` pair counts (no dummy column:
+        only valid when no id is -1)."""
+        L, E1, _ = self.device.shape
+        G = self.num_devices
+        order = np.r_[E1 - 1, np.arange(E1 - 1)]
+        return (np.arange(L, dtype=np.int64)[:, None] * (G * G) + self.device[:, order, 0]).ravel()
+
 
 @dataclass(frozen=True)
 class Dispatch:
@@ -144,8 +153,10 @@ def _dispatch_single(ids: np.ndarray, owner: np.ndarray, table: ReplicaTable) ->
     slot_bins += (step * (L * (G + 1) * J))[:, None, None, None]
     slot_tokens = np.bincount(slot_bins.ravel(), minlength=S * L * (G + 1) * J)
     slot_tokens = slot_tokens.reshape(S, L, G + 1, J)[:, :, :G]
-    pair_bins = np.take(pair_code, le)
-    pair_bins += (step[:, None] * (L * G * (G + 1)) + owner * (G + 1))[:, None, :, None]
-    pair = np.bincount(pair_bins.ravel(), minlength=S * L * G * (G + 1)).reshape(S, L, G, G + 1)[..., :G]
+    # Without -1 ids nothing goes to the dummy column G: count into [G, G] rows (contiguous).
+    width = G + 1 if (ids < 0).any() else G
+    pair_bins = np.take(pair_code if width == G + 1 else table.single_codes_g, le)
+    pair_bins += (step[:, None] * (L * G * width) + owner * width)[:, None, :, None]
+    pair = np.bincount(pair_bins.ravel(), minlength=S * L * G * width).reshape(S, L, G, width)[..., :G]
     del B, K
     return Dispatch(slot_tokens=slot_tokens, pair_tokens=pair)
