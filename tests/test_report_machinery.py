@@ -252,3 +252,49 @@ def test_committed_default_sweep_starts_with_the_built_in_defaults() -> None:
     assert committed.placement == built_in.placement
     assert committed.offload[: len(built_in.offload)] == built_in.offload
     assert committed.seed == built_in.seed
+
+
+def test_calibration_folder_and_its_validation_error_are_reported(tmp_path: Path) -> None:
+    from moesim.calibration import write_table
+    from moesim.reports.build import make_report
+
+    cal = tmp_path / "cal"
+    cal.mkdir()
+    header = {
+        "gpu": "NVIDIA GeForce RTX 4090",
+        "driver": "test",
+        "cuda": "test",
+        "torch": "test",
+        "triton": "test",
+        "date": "2026-11-23",
+    }
+    rows = [
+        {"bytes": b, "pinned": True, "device": "cuda:0", "seconds_median": b / 25e9, "repeats": 5}
+        for b in (1e6, 1e8, 1e9)
+    ]
+    write_table(cal / "h2d.csv", "h2d", header, rows)
+    (cal / "validation.json").write_text(
+        json.dumps({"summary": {"cases": 12, "median_abs_error": 0.043, "p90_abs_error": 0.091}})
+    )
+    sweep = sweep_from_dict(
+        {
+            "offload": [
+                {
+                    "hw": "rtx4090-workstation",
+                    "model": "mixtral-8x7b",
+                    "trace": "mixtral-8x7b-synth",
+                    "policies": [],
+                    "calibration": "cal",
+                }
+            ]
+        },
+        base_dir=tmp_path,
+    )
+    run = make_report(
+        sweep, tmp_path / "out", command="moesim report --config x --out out", show_progress=False
+    )
+    recs = {r.metric: r.value for r in run.document.records if r.section == "calibration"}
+    assert recs == {"median_abs_error": 0.043, "p90_abs_error": 0.091}
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert "median absolute relative error is 4.3%, 90th percentile 9.1%" in md
+    assert "measured on NVIDIA GeForce RTX 4090" in md

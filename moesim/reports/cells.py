@@ -378,7 +378,7 @@ def offload_argv(p: dict[str, Any]) -> list[str]:
             "--batch", str(p["batch"]), *_opt("--steps", p.get("steps")), "--phase", "decode",
             "--cache", p["policy"], "--gpu-memory", str(p["gpu_memory"]).replace(" ", ""),
             "--miss", p["miss"],
-            "--seed", str(p["seed"]), "--json"]
+            *_opt("--calibration", p.get("calibration")), "--seed", str(p["seed"]), "--json"]
 
 
 def cell_offload(p: dict[str, Any]) -> dict[str, Any]:
@@ -393,13 +393,26 @@ def cell_offload(p: dict[str, Any]) -> dict[str, Any]:
 
 
 def cell_calibration(p: dict[str, Any]) -> dict[str, Any]:
-    """Which ops the cost model prices from measured tables and which from the roofline."""
+    """Which ops the cost model prices from measured tables and which from the roofline, and the
+    calibration's validation error when the folder holds ``validation.json`` (the output of
+    ``moesim calibrate --validate ... --json``)."""
     from moesim.cost import CostModel
     from moesim.specs import load_cluster, load_model
 
     cluster = load_cluster(p["hw"], nodes=p.get("nodes"))
-    cost = CostModel(cluster, load_model(p["model"]))
-    return {"sources": dict(cost.sources()), "calibration": None, "validation_error": None}
+    folder = p.get("calibration")
+    cost = CostModel(cluster, load_model(p["model"]), folder)
+    validation = None
+    if folder is not None and (Path(folder) / "validation.json").is_file():
+        path = Path(folder) / "validation.json"
+        try:
+            summary = json.loads(path.read_text(encoding="utf-8")).get("summary") or {}
+        except (json.JSONDecodeError, AttributeError, UnicodeDecodeError):
+            raise UserError("expected the JSON object of 'moesim calibrate --validate --json'",
+                            file=path) from None
+        validation = {k: summary.get(k) for k in ("median_abs_error", "p90_abs_error", "cases")}
+    return {"sources": dict(cost.sources()), "calibration": folder,
+            "device": getattr(cost.calibration, "device", None), "validation": validation}
 
 
 COMPUTE: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {

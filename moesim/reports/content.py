@@ -619,29 +619,33 @@ class _Builder:
     # ---- calibration ---------------------------------------------------------------------------
 
     def calibration(self) -> Section:
-        keys: list[tuple[str, str, int | None]] = []
+        keys: list[tuple[str, str, int | None, str | None]] = []
         for st in (*self.sweep.placement, *self.sweep.offload):
-            key = (st.hw, st.model, getattr(st, "nodes", None))
+            key = (st.hw, st.model, getattr(st, "nodes", None), getattr(st, "calibration", None))
             if key not in keys:
                 keys.append(key)
         columns: dict[str, dict[str, str]] = {}
         paras = []
-        for hw, model, nodes in keys:
-            r = self.cell(g.calibration_cell(hw, model, nodes))
+        for hw, model, nodes, folder in keys:
+            r = self.cell(g.calibration_cell(hw, model, nodes, folder))
             if r is None:
                 continue
             label = f"{_short(model)} on {_short(hw)}" + (f" x{nodes}" if nodes else "")
+            label += f" ({_short(folder)})" if folder else ""
             columns[label] = r["sources"]
-            val = r.get("validation_error")
-            if val is not None:
-                self.rec("calibration", "calibration", (hw, model, ""), r["calibration"] or "", "", "",
-                         "validation_mean_abs_error", val)
-                paras.append(f"{label}: calibration {r['calibration']} predicts measured MoE layer times "
-                             f"with a mean absolute relative error of {val:.1%}.")
+            used = f"calibration `{folder}` measured on {r.get('device')}" if folder else "no calibration"
+            val = r.get("validation") or {}
+            if val.get("median_abs_error") is not None:
+                for metric in ("median_abs_error", "p90_abs_error"):
+                    self.rec("calibration", "calibration", (hw, model, ""), folder or "", "", "", metric,
+                             val.get(metric))
+                p90 = val.get("p90_abs_error")
+                paras.append(f"{label}: {used}; against measured MoE layer times its median absolute "
+                             f"relative error is {val['median_abs_error']:.1%}"
+                             + (f", 90th percentile {p90:.1%}" if p90 is not None else "") + ".")
             else:
-                paras.append(f"{label}: " + (f"calibration {r['calibration']}" if r["calibration"] else
-                                             "no calibration table") + "; no validation measurement is "
-                             "available, so the prediction error is unknown.")
+                paras.append(f"{label}: {used}; no validation measurement is available, so the prediction "
+                             "error is unknown.")
         ops = sorted({op for c in columns.values() for op in c})
         rows = tuple((op, *[columns[c].get(op, "n/a") for c in columns]) for op in ops)
         table = Table("calibration", "Cost-model sources",

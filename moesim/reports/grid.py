@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from moesim.cli.common import progress, to_jsonable
@@ -119,11 +120,12 @@ def offload_cell(s: OffloadStudy, gpu_memory: str, miss: str, seed: int) -> Cell
         batch=s.batch,
         steps=s.steps,
         seed=seed,
+        calibration=s.calibration,
     )
 
 
-def calibration_cell(hw: str, model: str, nodes: int | None = None) -> Cell:
-    return Cell.make("calibration", hw=hw, model=model, nodes=nodes)
+def calibration_cell(hw: str, model: str, nodes: int | None = None, calibration: str | None = None) -> Cell:
+    return Cell.make("calibration", hw=hw, model=model, nodes=nodes, calibration=calibration)
 
 
 def cache_sizes(s: OffloadStudy, num_experts: int, top_k: int) -> tuple[int, ...]:
@@ -154,7 +156,7 @@ def expand(sweep: Sweep, shape: Callable[[str, str], tuple[int, int]]) -> list[C
         add(calibration_cell(s.hw, s.model, s.nodes))
     for o in sweep.offload:
         add(setup_cell(o.hw, o.model, o.trace))
-        add(calibration_cell(o.hw, o.model))
+        add(calibration_cell(o.hw, o.model, None, o.calibration))
     for i in range(len(sweep.placement)):
         for c in study_plan_cells(sweep, i).values():
             add(c)
@@ -181,6 +183,11 @@ def input_digests(cell: Cell, cache: CellCache) -> dict[str, str]:
         value = cell.p.get(key)
         if value is not None:
             out[key] = cache.digest(resolve(kind, value))
+    folder = cell.p.get("calibration")
+    if folder is not None and Path(folder).is_dir():  # every table and the validation summary
+        for f in sorted(Path(folder).iterdir()):
+            if f.is_file() and f.suffix in (".csv", ".json", ".yaml"):
+                out[f"calibration/{f.name}"] = cache.digest(f)
     return out
 
 

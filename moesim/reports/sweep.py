@@ -62,6 +62,8 @@ class OffloadStudy:
     batch: int = 1
     steps: int | None = None
     """Simulated decode steps of the tokens/s curve (None: the whole trace)."""
+    calibration: str | None = None
+    """Calibration folder (``moesim calibrate`` tables) for the cost model (None: the roofline)."""
 
 
 @dataclass(frozen=True)
@@ -228,6 +230,12 @@ def _offload(d: Any, file: str | None, fld: str, base: Path) -> OffloadStudy:
         kw["batch"] = _int(d["batch"], file, f"{fld}.batch", minimum=1)
     if d.get("steps") is not None:
         kw["steps"] = _int(d["steps"], file, f"{fld}.steps", minimum=1)
+    if d.get("calibration") is not None:
+        text = _str(d["calibration"], file, f"{fld}.calibration")
+        here = base.resolve() / text
+        # A folder beside the config file (or any path) is a path; a bare name may be a built-in table.
+        is_path = here.exists() or "/" in text
+        kw["calibration"] = os.path.relpath(os.path.normpath(here)) if is_path else text
     return OffloadStudy(**kw)
 
 
