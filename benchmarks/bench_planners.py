@@ -6,7 +6,8 @@ Cases (each planner measured in the same run, so ratios are against contiguous a
   1. shared DeepSeek-V2-Lite prefill trace, h100x8, 9 slots per GPU (72), train first half / eval second;
   2. shared Mixtral-8x7B decode trace, h100x8, 2 slots per GPU;
   3. the V2-Lite trace on two H100 nodes (16 GPUs x 5 slots), tokens starting where they are
-     (origin "even": data-parallel attention; "previous-layer": tokens stay with their last expert);
+     (origin "even": data-parallel attention; "previous-layer": tokens stay with their last expert),
+     and with locality-aware dispatch (``dispatch="local"``, planned for and simulated);
   4. DeepSeek-V3 scale: 58 layers x 256 experts, Zipf(1.2) loads, 64 GPUs x 5 slots, tokens objective.
 "Predicted" is the ILP's own model (cost model + all-to-all) on the evaluation load; "simulated" is
 moesim.sim on the evaluation tokens, when the simulator is installed.
@@ -44,7 +45,8 @@ def load_matrix(ids: np.ndarray, E: int) -> np.ndarray:
                      for layer in range(ids.shape[1])]).astype(float)
 
 
-def simulate_step_s(cluster, model, trace_path: Path, rows: slice, p) -> float | str | None:
+def simulate_step_s(cluster, model, trace_path: Path, rows: slice, p,
+                    dispatch: str = "even") -> float | str | None:
     """Mean simulated step time of ``p`` on the trace rows (prefill: whole prompts, ~4,096 tokens a
     step); None without moesim.sim, the error text when the simulator fails."""
     try:
@@ -58,7 +60,7 @@ def simulate_step_s(cluster, model, trace_path: Path, rows: slice, p) -> float |
     decode = (np.asarray(ev.phase) == 1).mean() > 0.5
     batch = 4096 if decode else max(1, round(4096 * len(np.unique(ev.seq_id)) / ev.num_tokens))
     cfg = SimConfig(cluster=cluster, model=model, trace=ev, plan=p, batch_size=batch,
-                    phase="decode" if decode else "prefill")
+                    phase="decode" if decode else "prefill", dispatch=dispatch)
     try:
         latency = simulate(cfg, None).summary()["step_latency_s"]
     except Exception as e:  # a benchmark reports a simulator failure and goes on
@@ -87,7 +89,8 @@ def compare(title: str, model, cluster, slots: int, trace: SimpleNamespace, path
         p = plan(name, req)
         solve = time.perf_counter() - t0
         pred, units = predict_moe_step(ereq, p.placement)
-        sim = simulate_step_s(cluster, model, path, slice(half, ids.shape[0]), p) if path else None
+        sim = (simulate_step_s(cluster, model, path, slice(half, ids.shape[0]), p,
+                               dispatch=str(params.get("dispatch", "even"))) if path else None)
         out[name] = {"imb_train": gpu_imbalance(p, tr), "imb_eval": gpu_imbalance(p, ev), "pred": pred,
                      "sim": sim, "solve": solve}
         if isinstance(sim, str):
@@ -147,6 +150,9 @@ def main() -> None:
         two = load_cluster("h100x8x4", nodes=2)
         for origin in ("even", "previous-layer"):
             compare("two nodes", load_model("deepseek-v2-lite"), two, 5, v2, None, tl, origin=origin)
+        # locality-aware dispatch (own GPU, else own node, else any replica) planned and simulated
+        compare("two nodes, local dispatch", load_model("deepseek-v2-lite"), two, 5, v2, V2, tl,
+                dispatch="local")
     else:
         print(f"shared trace {V2} not found; skipping the DeepSeek-V2-Lite cases")
     if MIXTRAL.exists():

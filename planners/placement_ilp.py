@@ -35,6 +35,13 @@ from moesim.planners.base import (
 )
 from moesim.planners.eplb import rebalance_layer
 from moesim.planners.greedy import greedy_layer
+from moesim.planners.placement_local import (
+    link_seconds,
+    local_candidates,
+    local_hint,
+    local_layer_times,
+    local_tau,
+)
 from moesim.planners.placement_search import aggregate, cost_lpt, layer_times, polish, target_hints
 
 from moesim.plans.plan import Plan
@@ -42,6 +49,7 @@ from moesim.plans.plan import Plan
 DEFAULTS: dict[str, Any] = {
     "objective": "worst",  # worst | mean  (over windows)
     "origin": "even",  # even | previous-layer: where a layer's tokens come from
+    "dispatch": "even",  # even | local: which replicas a token may use (local: own GPU, node, any)
     "units": "auto",  # auto (cost model if available) | tokens (ignore time, balance token counts)
     "batch_tokens": 8192,  # tokens per step the times are predicted for
     "workers": 2,
@@ -187,14 +195,20 @@ def _candidates(wsum: np.ndarray, hint_counts: np.ndarray, G: int, S: int) -> li
 
 def solve_layer(tau: np.ndarray, wsum: np.ndarray, node_of: np.ndarray, slots: int, hint: np.ndarray,
                 bound: np.ndarray, *, time_limit_s: float, objective: str, workers: int, seed: int,
-                gap_limit: float) -> tuple[np.ndarray, float, float, str]:
-    """CP-SAT for one layer: (placement [G, S], objective, solver bound, status), in the units of tau."""
+                gap_limit: float, cands: list[list[int]] | None = None,
+                local: bool = False) -> tuple[np.ndarray, float, float, str]:
+    """CP-SAT for one layer: (placement [G, S], objective, solver bound, status), in the units of tau.
+
+    ``local``: the placement structure of ``placement_local`` (a count that is a multiple of the node
+    count is spread evenly over the nodes, any other count > 1 sits on one node)."""
     from ortools.sat.python import cp_model
 
     W, E = tau.shape[:2]
     G = node_of.size
     hint_counts = np.bincount(hint[hint >= 0], minlength=E)
-    cands = _candidates(wsum, hint_counts, G, slots)
+    cands = cands if cands is not None else _candidates(wsum, hint_counts, G, slots)
+    N = int(node_of.max()) + 1
+    node_gpus = [np.flatnonzero(node_of == n) for n in range(N)]
     ref = float(max(bound.max(), 1e-30))
     scale = 1e6 / ref
     m = cp_model.CpModel()
@@ -214,6 +228,14 @@ def solve_layer(tau: np.ndarray, wsum: np.ndarray, node_of: np.ndarray, slots: i
                 on_gpu[e][g].append(v)
                 row.append(v)
             m.Add(sum(row) == c * y)
+            if local and N > 1 and c > 1 and c % N == 0:  # spread: c/N per node
+                for idx in node_gpus:
+                    m.Add(sum(row[g] for g in idx) == (c // N) * y)
+            elif local and N > 1 and c > 1:  # pinned: all c on one node
+                us = [m.NewBoolVar(f"u{e}_{c}_{n}") for n in range(N)]
+                m.Add(sum(us) == y)
+                for u, idx in zip(us, node_gpus, strict=True):
+                    m.Add(sum(row[g] for g in idx) == c * u)
         if len(ys) > 1:
             m.AddExactlyOne(ys)
             for g in range(G):
@@ -317,11 +339,18 @@ class _Tables:
         self.compute, self.units = _compute_fn(req, str(opts["units"]))
         mode = str(opts["origin"]) if self.N > 1 else "even"
         self.origin_mode = mode if (mode == "even" or req.trace is not None) else "even"
+        # local dispatch (placement_local) is modelled with tokens starting evenly on all GPUs
+        self.local = str(opts["dispatch"]) == "local" and self.N > 1
+        if self.local:
+            self.origin_mode = "even"
+            self.nv, self.ib = link_seconds(req, self.units)
         self.ids = np.asarray(req.trace.expert_ids) if self.origin_mode == "previous-layer" else None
 
     def tau(self, layer: int, previous: np.ndarray | None) -> np.ndarray:
         """``[W, E, G, N]`` for ``layer``; ``previous`` is layer-1's ``[G, S]`` placement."""
         E, N = self.E, self.N
+        if self.local:
+            return local_tau(self.wstep[:, layer], self.compute, self.nv, self.ib, self.node_of)
         if self.ids is not None and layer > 0 and previous is not None:
             origin = _previous_layer_origin(self.ids[:, layer - 1], self.ids[:, layer], previous,
                                             self.node_of, E, N)
@@ -329,6 +358,13 @@ class _Tables:
             origin = np.full((E, N), 1.0 / N)
         return replica_table(self.wstep[:, layer], _comm_per_token(self.req, origin, self.units),
                              self.compute, self.G)
+
+    def times(self, layer: int, placement: np.ndarray, tau: np.ndarray) -> np.ndarray:
+        """``[W, G]`` each GPU's time for ``layer``'s ``[G, S]`` placement (exact under local dispatch)."""
+        if self.local:
+            return local_layer_times(placement, self.wstep[:, layer], self.compute, self.nv, self.ib,
+                                     self.node_of)
+        return layer_times(placement, tau, self.node_of)
 
 
 def predict_moe_step(req: PlanRequest, placement: np.ndarray, **params: Any) -> tuple[float, str]:
@@ -338,7 +374,7 @@ def predict_moe_step(req: PlanRequest, placement: np.ndarray, **params: Any) -> 
     total = 0.0
     for layer in range(placement.shape[0]):
         tau = tables.tau(layer, placement[layer - 1] if layer else None)
-        total += aggregate(layer_times(placement[layer], tau, tables.node_of), str(opts["objective"]))
+        total += aggregate(tables.times(layer, placement[layer], tau), str(opts["objective"]))
     return total, tables.units
 
 
@@ -367,7 +403,9 @@ def plan_ilp(req: PlanRequest) -> Plan:
         if not duplicate_slots(raw):
             hints.append(raw)
         hints = [h for h in hints if not duplicate_slots(h)]
-        scores = [aggregate(layer_times(h, tau, node_of), opts["objective"]) for h in hints]
+        if tables.local:
+            hints += [h for h in [local_hint(total[layer], node_of, S, tau)] if h is not None]
+        scores = [aggregate(tables.times(layer, h, tau), opts["objective"]) for h in hints]
         best = hints[int(np.argmin(scores))]
         best_score = min(scores)
         lb_agg = float(lb.mean() if opts["objective"] == "mean" else lb.max())
@@ -380,14 +418,18 @@ def plan_ilp(req: PlanRequest) -> Plan:
             placement[layer], status, solver_bound = best, "hint", lb_agg
         else:
             p, _, solver_bound, status = solve_layer(
-                tau, total[layer], node_of, S, best, lb, time_limit_s=budget * float(opts["cp_share"]),
+                tau, total[layer], node_of, S, best, lb,
+                time_limit_s=budget * (0.9 if tables.local else float(opts["cp_share"])),
                 objective=str(opts["objective"]), workers=int(opts["workers"]), seed=req.seed,
-                gap_limit=float(opts["gap_limit"]))
-            if aggregate(layer_times(p, tau, node_of), opts["objective"]) > best_score:
+                gap_limit=float(opts["gap_limit"]), local=tables.local,
+                cands=local_candidates(total[layer], np.bincount(best.ravel(), minlength=E), G, S, N)
+                if tables.local else None)
+            if aggregate(tables.times(layer, p, tau), opts["objective"]) > best_score:
                 p = best
-            placement[layer] = polish(p, tau, node_of, str(opts["objective"]), now + budget * 0.95,
-                                      seed=req.seed + layer)
-        objs.append(aggregate(layer_times(placement[layer], tau, node_of), opts["objective"]))
+            # the swap search scores the even-dispatch table; under local dispatch CP-SAT has the time
+            placement[layer] = p if tables.local else polish(p, tau, node_of, str(opts["objective"]),
+                                                             now + budget * 0.95, seed=req.seed + layer)
+        objs.append(aggregate(tables.times(layer, placement[layer], tau), opts["objective"]))
         bounds.append(min(objs[-1], max(lb_agg, solver_bound)))
         statuses.append(status)
     obj, bnd = float(np.sum(objs)), float(np.sum(bounds))
@@ -396,6 +438,7 @@ def plan_ilp(req: PlanRequest) -> Plan:
         req, "ilp", placement, objective=obj, bound=bnd, gap=(obj - bnd) / obj if obj > 0 else 0.0,
         solve_s=solve_s,
         params={"objective": opts["objective"], "origin": tables.origin_mode, "units": units,
+                "dispatch": "local" if tables.local else "even",
                 "batch_tokens": opts["batch_tokens"], "windows": int(tables.wstep.shape[0]),
                 "time_limit_s": req.time_limit_s, "workers": int(opts["workers"]),
                 "layers_solved": int(sum(s != "hint" for s in statuses)),

@@ -67,6 +67,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="ilp: minimise the worst window's or the mean window's predicted step time")
     p.add_argument("--origin", default="even", choices=("even", "previous-layer"),
                    help="ilp: where a layer's tokens start (even: data-parallel attention on all GPUs)")
+    p.add_argument("--dispatch", default="even", choices=("even", "local"),
+                   help="replica choice in the simulations of every planner and in the ilp's model: even = "
+                   "any replica; local = the token's own GPU, else its node, else any (saves InfiniBand)")
     p.add_argument("--time-limit", type=float, default=60.0, metavar="SECONDS",
                    help="ilp solver time limit (the best plan found by then is used)")
     p.add_argument("--batch-size", type=int, default=4096, metavar="TOKENS",
@@ -139,7 +142,7 @@ def run(args: argparse.Namespace) -> int:
     request = PlanRequest(model=model, cluster=cluster, devices=gpus, slots_per_device=slots, load=load,
                           trace=train, cost=cost, time_limit_s=args.time_limit, seed=args.seed,
                           params={"objective": args.objective, "origin": args.origin,
-                                  "batch_tokens": args.batch_size})
+                                  "batch_tokens": args.batch_size, "dispatch": args.dispatch})
     try:
         check_request(request)
     except UserError as e:
@@ -180,7 +183,7 @@ def run(args: argparse.Namespace) -> int:
     _write_outputs(args, chosen, model)
     info = {"hw": cluster.name, "model": model.name, "trace": str(trace_name), "gpus": G,
             "slots_per_gpu": slots, "train_tokens": train.num_tokens, "eval_tokens": evaluation.num_tokens,
-            "windows": int(np.shape(load)[0])}
+            "windows": int(np.shape(load)[0]), "dispatch": args.dispatch}
     if args.json:
         print_json({**info, "planners": rows})
     else:
@@ -237,7 +240,8 @@ def _simulate(cluster: Any, model: Any, evaluation: Any, plan: Any, cost: Any,
         mean_prompt = evaluation.num_tokens / max(1, len(np.unique(np.asarray(evaluation.seq_id))))
         batch = max(1, round(args.batch_size / mean_prompt))
     kwargs: dict[str, Any] = {"cluster": cluster, "model": model, "trace": evaluation, "plan": plan,
-                              "batch_size": batch, "phase": phase, "seed": args.seed}
+                              "batch_size": batch, "phase": phase, "seed": args.seed,
+                              "dispatch": getattr(args, "dispatch", "even")}
     if args.steps is not None:
         kwargs["steps"] = args.steps
     summary = simulate(SimConfig(**kwargs), cost).summary()
