@@ -33,18 +33,22 @@ class ChunkCosts:
 
 
 def unique_rows(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``np.unique(rows, axis=0, return_inverse=True)`` for small non-negative integer rows, via one
-    int64 key per row when the row fits in 62 bits (a 1-D sort instead of a row-wise one)."""
+    """Distinct rows and the inverse (``uniq[inverse] == rows``) of small non-negative integer
+    rows. When a row fits in 62 bits it is packed into one int64 key and the keys are hashed
+    (``pandas.factorize``, first-appearance order, no sort); otherwise ``np.unique(axis=0)``."""
     j = rows.shape[1]
     top = int(rows.max(initial=0))
     bits = max(1, top.bit_length())
     if j * bits > 62 or rows.min(initial=0) < 0:
         uniq, inverse = np.unique(rows, axis=0, return_inverse=True)
         return uniq, inverse.ravel()
+    import pandas as pd
+
     shifts = (np.arange(j, dtype=np.int64) * bits)[None, :]
     keys = (rows.astype(np.int64) << shifts).sum(axis=1)
-    _keys, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
-    return rows[first], inverse.ravel()
+    inverse, uniq_keys = pd.factorize(keys, sort=False)
+    uniq = (np.asarray(uniq_keys, dtype=np.int64)[:, None] >> shifts) & ((1 << bits) - 1)
+    return uniq.astype(rows.dtype, copy=False), np.asarray(inverse, dtype=np.int64)
 
 
 def mirrored_routes(cost: Any, devices: tuple[str, ...]) -> bool:
@@ -85,6 +89,8 @@ class StepCoster:
         self.act_bytes = float(self.model.activation_bytes_per_token)
         self.mirrored = len(devices) > 1 and mirrored_routes(cost, devices)
         self._expert_memo: dict[int, dict[bytes, float]] = {}
+        self._packed_memo: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        """Per spec: (sorted packed row keys, their times): the memo without Python loops."""
         specs: dict[int, int] = {}
         self._spec_index = np.array(
             [specs.setdefault(id(cost.cluster.device(d).spec), len(specs)) for d in devices], dtype=np.int64)
@@ -140,6 +146,10 @@ class StepCoster:
     def _expert_rows(self, spec: int, rows: np.ndarray) -> np.ndarray:
         """Times of sorted token rows on a device of ``spec``, remembered across chunks (the cost
         model is asked only about rows it has not priced yet)."""
+        j = rows.shape[1]
+        bits = 62 // max(j, 1)
+        if len(rows) and bits and int(rows.max()) < (1 << bits) and int(rows.min()) >= 0:
+            return self._expert_rows_packed(spec, rows, bits)
         memo = self._expert_memo.setdefault(spec, {})
         keys = np.ascontiguousarray(rows, dtype=np.int64).view(np.dtype((np.void, 8 * rows.shape[1]))).ravel()
         keys = keys.tolist()
@@ -149,6 +159,26 @@ class StepCoster:
             fresh = np.asarray(self.cost.expert_compute_batch_s([dev] * len(new), rows[new]))
             memo.update(zip((keys[i] for i in new), fresh.tolist(), strict=True))
         return np.array([memo[k] for k in keys])
+
+    def _expert_rows_packed(self, spec: int, rows: np.ndarray, bits: int) -> np.ndarray:
+        """:meth:`_expert_rows` with each row packed into one int64 (``bits`` per entry) and the
+        memo a sorted key array searched with ``np.searchsorted``."""
+        shifts = (np.arange(rows.shape[1], dtype=np.int64) * bits)[None, :]
+        keys = (rows.astype(np.int64) << shifts).sum(axis=1)
+        known, times = self._packed_memo.get(spec, (np.zeros(0, dtype=np.int64), np.zeros(0)))
+        pos = np.minimum(np.searchsorted(known, keys), max(len(known) - 1, 0))
+        found = known[pos] == keys if len(known) else np.zeros(len(keys), dtype=bool)
+        if not found.all():
+            new_keys, first = np.unique(keys[~found], return_index=True)
+            new_rows = rows[~found][first]
+            dev = self._spec_device[spec]
+            fresh = np.asarray(self.cost.expert_compute_batch_s([dev] * len(new_rows), new_rows), dtype=float)
+            known = np.concatenate([known, new_keys])
+            order = np.argsort(known, kind="stable")
+            known, times = known[order], np.concatenate([times, fresh])[order]
+            self._packed_memo[spec] = (known, times)
+            pos = np.searchsorted(known, keys)
+        return times[pos]
 
     def all_to_all(self, pair_bytes: np.ndarray) -> np.ndarray:
         """[S, L] seconds of all-to-alls with ``pair_bytes`` [S, L, G, G]."""
