@@ -113,3 +113,31 @@ def test_single_replica_dispatch_matches_general_path(missing: bool) -> None:
     for d in (fast, via_public):
         assert np.array_equal(d.slot_tokens, slot)
         assert np.array_equal(d.pair_tokens, pair)
+
+
+def test_unique_rows_inverts_and_matches_numpy() -> None:
+    from moesim.sim.stepcost import unique_rows
+
+    rng = np.random.default_rng(5)
+    for top, j in ((3, 4), (40, 4), (2**20, 4)):  # the last does not pack into 62 bits
+        rows = np.sort(rng.integers(0, top + 1, size=(500, j)), axis=1)
+        uniq, inverse = unique_rows(rows)
+        assert np.array_equal(uniq[inverse], rows)
+        assert len(uniq) == len(np.unique(rows, axis=0))
+
+
+def test_packed_expert_memo_matches_the_cost_model() -> None:
+    from moesim.cost import CostModel
+    from moesim.sim.stepcost import StepCoster
+    from moesim.specs import load_model
+
+    cluster, model = load_cluster("h100x8"), load_model("mixtral-8x7b")
+    cost = CostModel(cluster, model)
+    devices = tuple(d.id for d in cluster.gpus)
+    coster = StepCoster(cost, devices, phase="decode")
+    rng = np.random.default_rng(2)
+    for _ in range(3):  # later calls mix remembered and new rows
+        rows = np.sort(rng.integers(0, 9, size=(60, 2)), axis=1)
+        got = coster._expert_rows(0, rows)
+        want = cost.expert_compute_batch_s([devices[0]] * len(rows), rows)
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=0.0)
