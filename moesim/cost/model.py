@@ -162,20 +162,25 @@ class CostModel(CollectiveCosts):
             raise ValueError(f"tokens_per_expert must be [{len(device_ids)}, experts], got {t.shape}")
         out = np.full(len(device_ids), np.nan)
         groups: dict[int, list[int]] = {}
-        for i, d in enumerate(device_ids):
+        group_of: dict[str, list[int]] = {}
+        for d in dict.fromkeys(device_ids):  # each distinct id checked once (rows repeat ids)
             self._device(d, "gpu")
-            groups.setdefault(id(self._roof[d]), []).append(i)
+            group_of[d] = groups.setdefault(id(self._roof[d]), [])
+        for i, d in enumerate(device_ids):
+            group_of[d].append(i)
         for rows in groups.values():
             roof = self._roof[device_ids[rows[0]]]
             coef = self._coefficients(roof, dtype)
-            for i in rows:
-                if self._tables.covers(device_ids[i]):
+            covered = {d for d in group_of if group_of[d] is rows and self._tables.covers(d)}
+            for i in (rows if covered else ()):
+                if device_ids[i] in covered:
                     value = self._tables.grouped_experts_s(device_ids[i], self.model, t[i], coef.weight_dtype)
                     if value is not None:
                         out[i] = value
                         self._note("expert", "table")
-            todo = [i for i in rows if np.isnan(out[i])]
-            if todo:
+            idx = np.asarray(rows, dtype=np.int64)
+            todo = idx[np.isnan(out[idx])]
+            if len(todo):
                 out[todo] = experts.grouped_calls_s(roof, self.model, coef, t[todo])
                 self._note("expert", "roofline", len(todo))
         return out
