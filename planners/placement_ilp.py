@@ -12,6 +12,8 @@ tokens on the real topology (NVLink inside a node, the GPU's InfiniBand rail acr
 ways: dispatch and combine), given where the tokens originate. The objective is the worst window's
 slowest GPU (``objective="worst"``) or the mean over windows of the slowest GPU (``"mean"``).
 Linear in ``z`` because each candidate count is its own variable. See docs/planners.md.
+With ``dispatch="local"`` (tokens use a replica on their own GPU or node first) the tables, the
+scoring and extra per-node constraints come from ``placement_local``.
 
 Decomposition: layers are solved one after another, each with an equal share of the remaining
 time; each is warm-started from the better of the greedy and EPLB layouts, and is skipped when
