@@ -27,6 +27,7 @@ PLACEMENT = {
 OFFLOAD = {
     "hw": "rtx4090-workstation",
     "model": "mixtral-8x7b",
+    "weight_dtype": "fp8",
     "trace": "mixtral-8x7b-synth",
     "policies": ["lru", "lfu", "belady", "static"],
     "cache_sizes": [2, 4, 8],
@@ -187,6 +188,8 @@ def test_offload_numbers_equal_moesim_simulate_json(report: dict) -> None:
         o["hw"],
         "--model",
         o["model"],
+        "--weight-dtype",
+        o["weight_dtype"],
         "--trace",
         o["trace"],
         "--batch",

@@ -90,7 +90,8 @@ def test_same_seed_same_json(capsys):
     (["--cache-size", "0"], "cache-size"),
     (["--gpu-memory", "lots"], "--gpu-memory"),
     (["--out", "x.txt", "--cache", "static", "--cache-size", "1"], "--out"),
-    (["--miss", "pim", "--cache", "lru", "--cache-size", "1"], "miss"),
+    (["--miss", "pim", "--cache", "lru", "--cache-size", "2"], "miss"),
+    (["--cache", "lru", "--cache-size", "1"], "--cache-size"),
 ])
 def test_bad_input_is_one_line(capsys, extra, field):
     argv = ["simulate", "--hw", "rtx4090-workstation", "--model", "mixtral-8x7b", "--trace",

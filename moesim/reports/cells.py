@@ -355,10 +355,12 @@ def cell_static(p: dict[str, Any]) -> dict[str, Any]:
     """
     from moesim.cost import CostModel
     from moesim.planners.cache_ilp import plan_cache
-    from moesim.specs import load_cluster, load_model
+    from moesim.specs import load_cluster, load_model, with_weight_dtype
     from moesim.traces import RoutingTrace
 
     model = load_model(p["model"])
+    if p.get("weight_dtype"):
+        model = with_weight_dtype(model, p["weight_dtype"])
     cluster = load_cluster(p["hw"])
     gpus = max(1, len(cluster.gpus))
     budget = static_budget_bytes(model, int(p["size"]), gpus)
@@ -374,7 +376,8 @@ def cell_static(p: dict[str, Any]) -> dict[str, Any]:
 
 def offload_argv(p: dict[str, Any]) -> list[str]:
     """The ``moesim simulate`` command line of one (GPU memory, miss mode) offloading cell."""
-    return ["simulate", "--hw", p["hw"], "--model", p["model"], "--trace", p["trace"],
+    return ["simulate", "--hw", p["hw"], "--model", p["model"],
+            *_opt("--weight-dtype", p.get("weight_dtype")), "--trace", p["trace"],
             "--batch", str(p["batch"]), *_opt("--steps", p.get("steps")), "--phase", "decode",
             "--cache", p["policy"], "--gpu-memory", str(p["gpu_memory"]).replace(" ", ""),
             "--miss", p["miss"],

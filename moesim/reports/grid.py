@@ -105,7 +105,8 @@ def hitrate_cell(s: OffloadStudy, sizes: tuple[int, ...]) -> Cell:
 
 
 def static_cell(s: OffloadStudy, size: int, seed: int) -> Cell:
-    return Cell.make("static", hw=s.hw, model=s.model, trace=s.trace, size=size, seed=seed)
+    return Cell.make("static", hw=s.hw, model=s.model, trace=s.trace, size=size, seed=seed,
+                     weight_dtype=s.weight_dtype)
 
 
 def offload_cell(s: OffloadStudy, gpu_memory: str, miss: str, seed: int) -> Cell:
@@ -121,6 +122,7 @@ def offload_cell(s: OffloadStudy, gpu_memory: str, miss: str, seed: int) -> Cell
         steps=s.steps,
         seed=seed,
         calibration=s.calibration,
+        weight_dtype=s.weight_dtype,
     )
 
 

@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 from moesim.errors import UserError
+from moesim.specs.model import DTYPE_BYTES
 
 PLACEMENT_PLANNERS = ("contiguous", "round-robin", "greedy", "eplb", "eplb-hierarchical", "ilp")
 CACHE_POLICIES = ("lru", "lfu", "belady", "static")
@@ -64,6 +65,8 @@ class OffloadStudy:
     """Simulated decode steps of the tokens/s curve (None: the whole trace)."""
     calibration: str | None = None
     """Calibration folder (``moesim calibrate`` tables) for the cost model (None: the roofline)."""
+    weight_dtype: str | None = None
+    """Serve the routed experts in this dtype (``moesim simulate --weight-dtype``; None: the spec's)."""
 
 
 @dataclass(frozen=True)
@@ -99,10 +102,11 @@ DEFAULT_SWEEP: dict[str, Any] = {
         {
             "hw": "rtx4090-workstation",
             "model": "mixtral-8x7b",
+            "weight_dtype": "fp8",
             "trace": "mixtral-8x7b-synth",
             "policies": ["lru", "lfu", "belady", "static"],
             "cache_sizes": [2, 3, 4, 5, 6, 7, 8],
-            "gpu_memory": ["10.5 GiB", "21 GiB"],
+            "gpu_memory": ["11 GiB", "16 GiB", "21.1 GiB"],
             "miss_modes": ["fetch", "cpu", "lowbit", "pim"],
             "memory_policy": "lru",
             "batch": 1,
@@ -230,6 +234,9 @@ def _offload(d: Any, file: str | None, fld: str, base: Path) -> OffloadStudy:
         kw["batch"] = _int(d["batch"], file, f"{fld}.batch", minimum=1)
     if d.get("steps") is not None:
         kw["steps"] = _int(d["steps"], file, f"{fld}.steps", minimum=1)
+    if d.get("weight_dtype") is not None:
+        dtypes = tuple(DTYPE_BYTES)
+        kw["weight_dtype"] = _choices([d["weight_dtype"]], dtypes, file, f"{fld}.weight_dtype")[0]
     if d.get("calibration") is not None:
         text = _str(d["calibration"], file, f"{fld}.calibration")
         here = base.resolve() / text

@@ -83,7 +83,7 @@ class SimConfig:
             raise UserError(f"expected a dtype among {', '.join(DTYPE_BYTES)}, got {self.lowbit_dtype!r}",
                             field="lowbit_dtype")
         if self.cache_size is not None and self.gpu_memory_bytes is not None:
-            raise UserError("give either a cache size or a GPU memory budget, not both", field="cache-size")
+            raise UserError("give either a cache size or a GPU memory budget, not both", field="--cache-size")
 
     def cache_plan(self, plan: Plan) -> CachePlan:
         """The effective cache: flags override the plan's CachePlan; ``none`` when neither sets one."""
@@ -97,17 +97,20 @@ class SimConfig:
             capacity = (int(self.cache_size),) * L
         elif self.gpu_memory_bytes is not None:
             per_layer = int(self.gpu_memory_bytes // (self.model.expert_bytes() * L))
-            if per_layer < 1:
-                need = self.model.expert_bytes() * L
+            K = self.model.top_k
+            if per_layer < K and policy != "static":
+                need = self.model.expert_bytes() * L * K
                 raise UserError(
-                    f"a budget of {self.gpu_memory_bytes / 1e9:.2f} GB holds no expert per layer "
-                    f"(one per layer needs {need / 1e9:.2f} GB)", field="gpu-memory")
+                    f"a budget of {self.gpu_memory_bytes / 1e9:.2f} GB holds {per_layer} experts per layer; "
+                    f"a cache needs at least top-k = {K} ({need / 1e9:.2f} GB)", field="--gpu-memory")
             capacity = (per_layer,) * L
         if policy not in ("none", "static") and len(capacity) != L:
             raise UserError(f"cache policy {policy!r} needs a cache size (--cache-size or --gpu-memory)",
-                            field="cache-size")
-        if policy not in ("none", "static") and min(capacity) < 1:
-            raise UserError(f"expected a cache of at least 1 expert, got {min(capacity)}", field="cache-size")
+                            field="--cache-size")
+        if policy not in ("none", "static") and min(capacity) < self.model.top_k:
+            # A token's K experts are requested together and must all be resident at once.
+            raise UserError(f"expected a cache of at least top-k = {self.model.top_k} experts per layer, "
+                            f"got {min(capacity)}", field="--cache-size")
         return CachePlan(
             policy=policy,
             capacity_experts=capacity if policy != "none" else (),
