@@ -185,7 +185,7 @@ def plan_argv(p: dict[str, Any], planner: str, *extra: str) -> list[str]:
             "--trace", p["trace"], "--planner", planner, *_opt("--slots-per-gpu", p.get("slots_per_gpu")),
             "--train-fraction", str(p["train_fraction"]), "--time-limit", str(p["time_limit_s"]),
             *_opt("--batch-size", p.get("batch_tokens")), *_opt("--steps", p.get("steps")),
-            "--seed", str(p["seed"]), *extra, "--json"]
+            "--dispatch", p.get("dispatch", "even"), "--seed", str(p["seed"]), *extra, "--json"]
 
 
 def cell_plan(p: dict[str, Any]) -> dict[str, Any]:

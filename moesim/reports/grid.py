@@ -79,6 +79,7 @@ def _placement_params(s: PlacementStudy, seed: int) -> dict[str, Any]:
         "batch_tokens": s.batch_tokens,
         "steps": s.steps,
         "seed": seed,
+        "dispatch": s.dispatch,
     }
 
 

@@ -43,6 +43,8 @@ class PlacementStudy:
     """Tokens per simulated step (None: ``moesim plan``'s default)."""
     steps: int | None = None
     """Simulated steps on the evaluation tokens (None: as many as they fill)."""
+    dispatch: str = "even"
+    """How tokens pick among an expert's replicas (``moesim plan --dispatch``): even or local."""
 
 
 @dataclass(frozen=True)
@@ -211,6 +213,8 @@ def _placement(d: Any, file: str | None, fld: str, base: Path) -> PlacementStudy
         kw["train_fraction"] = _float(d["train_fraction"], file, f"{fld}.train_fraction", lo=0.0, hi=1.0)
     if "time_limit_s" in d:
         kw["time_limit_s"] = _float(d["time_limit_s"], file, f"{fld}.time_limit_s", lo=0.0)
+    if d.get("dispatch") is not None:
+        kw["dispatch"] = _choices([d["dispatch"]], ("even", "local"), file, f"{fld}.dispatch")[0]
     for key in ("nodes", "batch_tokens", "steps"):
         if d.get(key) is not None:
             kw[key] = _int(d[key], file, f"{fld}.{key}", minimum=1)
