@@ -128,6 +128,13 @@ def dispatch(ids: np.ndarray, owner: np.ndarray, table: ReplicaTable,
         flat = le * R + rep
     dst = table.device.reshape(-1)[flat] if R > 1 else table.device[:, :, 0].ravel()[flat]
     dst_slot = dst * J + (table.slot.reshape(-1)[flat] if R > 1 else table.slot[:, :, 0].ravel()[flat])
+    return count_routed(dst, dst_slot, owner, G, J)
+
+
+def count_routed(dst: np.ndarray, dst_slot: np.ndarray, owner: np.ndarray, G: int, J: int) -> Dispatch:
+    """Tokens per (step, layer, device, slot) and per (step, layer, source, destination) from the
+    destination device (G = none) and device*J+slot of every routed entry ``[S, B, L, K]``."""
+    S, _B, L, _K = dst.shape
     sl = (np.arange(S, dtype=np.int64)[:, None] * L + np.arange(L, dtype=np.int64)[None, :])[:, None, :, None]
     dst_slot += sl * ((G + 1) * J)
     slot_tokens = np.bincount(dst_slot.ravel(), minlength=S * L * (G + 1) * J)

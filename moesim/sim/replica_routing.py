@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from moesim.sim.dispatch import Dispatch, ReplicaTable
+from moesim.sim.dispatch import Dispatch, ReplicaTable, count_routed
 from moesim.specs.hardware import Cluster
 
 
@@ -82,7 +82,7 @@ class LocalRouting:
 def local_dispatch(ids: np.ndarray, owner: np.ndarray, table: ReplicaTable, routing: LocalRouting,
                    rng: np.random.Generator | None = None) -> Dispatch:
     """:func:`moesim.sim.dispatch.dispatch` with the replica of each pair chosen by ``routing``."""
-    S, _B, L, _K = ids.shape
+    _S, _B, L, _K = ids.shape
     G, J = table.num_devices, table.slots_per_device
     E1 = table.counts.shape[1]
     R = table.device.shape[2]
@@ -92,13 +92,7 @@ def local_dispatch(ids: np.ndarray, owner: np.ndarray, table: ReplicaTable, rout
     flat = le * R + routing.choose(le, owner, G, rng)
     dst = table.device.reshape(-1)[flat]
     dst_slot = dst * J + table.slot.reshape(-1)[flat]
-    sl = (np.arange(S, dtype=np.int64)[:, None] * L + np.arange(L, dtype=np.int64)[None, :])[:, None, :, None]
-    dst_slot += sl * ((G + 1) * J)
-    slot_tokens = np.bincount(dst_slot.ravel(), minlength=S * L * (G + 1) * J)
-    slot_tokens = slot_tokens.reshape(S, L, G + 1, J)[:, :, :G]
-    dst += (sl * G + owner[:, :, None, None]) * (G + 1)
-    pair_tokens = np.bincount(dst.ravel(), minlength=S * L * G * (G + 1)).reshape(S, L, G, G + 1)[..., :G]
-    return Dispatch(slot_tokens=slot_tokens, pair_tokens=pair_tokens)
+    return count_routed(dst, dst_slot, owner, G, J)
 
 
 def node_index(cluster: Cluster, devices: tuple[str, ...]) -> np.ndarray:
