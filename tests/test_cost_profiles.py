@@ -9,33 +9,8 @@ import pytest
 
 from moesim.cost import CostModel
 from moesim.specs import load_cluster, load_model
-
-CLUSTERS = [
-    "h100x8",
-    "h100x8x4",
-    "h200x8",
-    "b200x8",
-    "a100x8",
-    "mi300x8",
-    "rtx4090-workstation",
-    "rtx3090-desktop",
-    "l4-server",
-    "h100-duplex",
-]
-MODELS = [
-    "mixtral-8x7b",
-    "mixtral-8x22b",
-    "deepseek-v2-lite",
-    "deepseek-v3",
-    "qwen1.5-moe-a2.7b",
-    "qwen3-30b-a3b",
-    "qwen3-235b-a22b",
-    "olmoe-1b-7b",
-    "gpt-oss-20b",
-    "gpt-oss-120b",
-    "phi-3.5-moe",
-    "switch-base-128",
-]
+from tests.test_hw_profiles import CLUSTERS
+from tests.test_model_specs import BUILTIN as MODELS
 
 
 @pytest.mark.parametrize("hw", CLUSTERS)
