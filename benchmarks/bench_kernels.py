@@ -49,9 +49,8 @@ def main() -> int:
         print("bench_kernels: needs a CUDA GPU (torch.cuda.is_available() is False); nothing measured")
         return 0
 
-    from moesim.kernels.bench import L2Flush, bench_fused_moe, require_cuda
-
     from moesim.calibration.roofline import peaks_for, roofline_row
+    from moesim.kernels.bench import L2Flush, bench_fused_moe, require_cuda
 
     dev = require_cuda(args.device)
     name = torch.cuda.get_device_name(dev)

@@ -22,10 +22,10 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
+
 from moesim.planners import PlanRequest, plan
 from moesim.planners.base import gpu_imbalance
 from moesim.planners.placement_ilp import predict_moe_step
-
 from moesim.specs import load_cluster, load_model
 
 SHARED = Path(os.environ.get("MOESIM_SHARED_TRACES",

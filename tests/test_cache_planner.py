@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from moesim.planners.cache_ilp import non_expert_bytes, plan_cache, prefetch_accuracy, request_stats
 
 from moesim.errors import UserError
+from moesim.planners.cache_ilp import non_expert_bytes, plan_cache, prefetch_accuracy, request_stats
 from moesim.plans.plan import Plan
 from moesim.specs import load_cluster, load_model
 from moesim.specs.model import AttentionSpec, MoEModel

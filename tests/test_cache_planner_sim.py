@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from moesim.planners.cache_ilp import non_expert_bytes, plan_cache
 
+from moesim.planners.cache_ilp import non_expert_bytes, plan_cache
 from moesim.plans.plan import Plan
 from moesim.specs import load_cluster, load_model
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from moesim.planners.cache_ilp import non_expert_bytes, plan_cache
-from moesim.planners.cache_sizing import capacity_grid, layer_hit_curves
 
 from moesim.errors import UserError
+from moesim.planners.cache_ilp import non_expert_bytes, plan_cache
+from moesim.planners.cache_sizing import capacity_grid, layer_hit_curves
 from moesim.specs import load_cluster, load_model
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 
 import pytest
-from moesim.kernels.bench import Timing
 
 from moesim.calibration import load_calibration
 from moesim.calibration.roofline import kernel_figures, peaks_for, roofline_row, summarise
@@ -26,6 +25,7 @@ from moesim.calibration.sweep import (
 )
 from moesim.calibration.validate import ValidationCase, cluster_for, error_summary
 from moesim.cli import main
+from moesim.kernels.bench import Timing
 
 HEADER = {"gpu": "SYNTHETIC-TEST-GPU", "driver": "none", "cuda": "none", "torch": "none", "triton": "none",
           "date": "2026-01-01T00:00:00Z", "memory_bytes": 80e9}
@@ -173,9 +173,8 @@ def test_calibrate_bad_input_exits_2(tmp_path, capsys):
 @pytest.mark.gpu
 @pytest.mark.skipif(_no_gpu(), reason="needs a CUDA GPU")
 def test_gpu_quick_benchmark_writes_real_rows(tmp_path):
-    from moesim.kernels.runtime import interpreter_active
-
     from moesim.calibration.gpu_runner import GpuRunner
+    from moesim.kernels.runtime import interpreter_active
 
     if interpreter_active():
         pytest.skip("TRITON_INTERPRET is on in this process; run with TRITON_INTERPRET=0")
@@ -188,9 +187,8 @@ def test_gpu_quick_benchmark_writes_real_rows(tmp_path):
 
 def test_benchmarks_refuse_the_interpreter(monkeypatch):
     """Interpreter timings must never become calibration: the harness refuses before measuring."""
-    from moesim.kernels import bench, runtime
-
     from moesim.errors import UserError
+    from moesim.kernels import bench, runtime
 
     monkeypatch.setattr(runtime, "interpreter_active", lambda: True)
     with pytest.raises(UserError, match="TRITON_INTERPRET"):

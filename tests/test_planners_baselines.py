@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
+from moesim.errors import UserError
 from moesim.planners import PLANNERS, PlanRequest, plan
 from moesim.planners.base import apportion, duplicate_slots, gpu_imbalance, lpt_pack, repair_duplicates
 from moesim.planners.eplb import balanced_packing, plan_eplb
-
-from moesim.errors import UserError
 from moesim.specs import load_cluster
 from moesim.specs.model import AttentionSpec, MoEModel
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from moesim.planners import PlanRequest, plan
 from moesim.planners.placement_ilp import _Tables, predict_moe_step, replica_table
 from moesim.planners.placement_local import local_layer_times, local_tau

@@ -6,9 +6,9 @@ import itertools
 
 import numpy as np
 import pytest
+
 from moesim.planners.base import PlanRequest
 from moesim.planners.contiguous import plan_contiguous
-
 from moesim.sim import SimConfig, simulate
 from moesim.specs import load_cluster, load_model
 from moesim.traces import RoutingTrace

@@ -37,6 +37,7 @@ class Timing:
 def require_cuda(device: str = "cuda:0") -> Any:
     """The ``torch.device`` to measure on; UserError when there is no CUDA GPU."""
     import torch
+
     from moesim.kernels.runtime import interpreter_active
 
     if interpreter_active():
@@ -244,6 +245,7 @@ def bench_grouped_gemm(tokens_per_expert: int, num_experts: int, hidden: int, ff
                        flush: L2Flush | None = None) -> tuple[Timing, dict[str, Any]]:
     """Both expert GEMMs (fused SwiGLU) over rows already grouped by expert, no align or combine."""
     import torch
+
     from moesim.kernels.align import align_grouped
     from moesim.kernels.configs import ConfigTable
     from moesim.kernels.grouped_gemm import expert_mlp
@@ -265,6 +267,7 @@ def bench_grouped_gemm(tokens_per_expert: int, num_experts: int, hidden: int, ff
 def bench_gemm(m: int, n: int, k: int, dtype: str, device: Any, *, repeats: int = 30,
                flush: L2Flush | None = None) -> tuple[Timing, dict[str, Any]]:
     import torch
+
     from moesim.kernels.runtime import torch_dtype
 
     dt = torch_dtype(dtype)
@@ -302,6 +305,7 @@ def bench_align_combine(op: str, tokens: int, num_experts: int, top_k: int, hidd
                         device: Any, *, repeats: int = 30) -> tuple[Timing, dict[str, Any]]:
     """The small kernels around the GEMMs: ``moe_align`` or ``combine``."""
     import torch
+
     from moesim.kernels.align import moe_align
     from moesim.kernels.combine import moe_combine
     from moesim.kernels.runtime import torch_dtype
@@ -323,6 +327,7 @@ def tune_configs(tokens_list: list[int], num_experts: int, top_k: int, hidden: i
                  repeats: int = 10) -> Any:
     """Try each candidate ``BlockConfig`` at each token count; keep the fastest in a ConfigTable."""
     import torch
+
     from moesim.kernels.configs import ConfigTable, shape_key
     from moesim.kernels.fused_moe import fused_moe
     from moesim.kernels.runtime import torch_dtype

@@ -30,6 +30,8 @@ from types import MappingProxyType
 from typing import Any
 
 import numpy as np
+
+from moesim.errors import UserError
 from moesim.planners.cache_stats import (  # noqa: F401  (re-exported: part of this module's API)
     GIB,
     non_expert_bytes,
@@ -38,8 +40,6 @@ from moesim.planners.cache_stats import (  # noqa: F401  (re-exported: part of t
     request_stats,
     trace_columns,
 )
-
-from moesim.errors import UserError
 from moesim.plans.plan import CachePlan
 from moesim.specs.hardware import Cluster
 from moesim.specs.model import MoEModel

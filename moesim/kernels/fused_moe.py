@@ -8,13 +8,13 @@ host synchronisation, so a whole call can be captured in a CUDA graph.
 from __future__ import annotations
 
 import torch
+
+from moesim.errors import UserError
 from moesim.kernels.align import moe_align
 from moesim.kernels.combine import moe_combine
 from moesim.kernels.configs import BlockConfig, ConfigTable
 from moesim.kernels.grouped_gemm import expert_mlp
 from moesim.kernels.runtime import dtype_name, interpreter_active, require_runnable
-
-from moesim.errors import UserError
 
 
 def check_moe_shapes(x: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor, topk_ids: torch.Tensor,

@@ -8,14 +8,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from moesim.errors import UserError
 from moesim.planners.base import PlanRequest
 from moesim.planners.contiguous import plan_contiguous
 from moesim.planners.eplb import plan_eplb, plan_eplb_hierarchical
 from moesim.planners.greedy import plan_greedy
 from moesim.planners.placement_ilp import plan_ilp
 from moesim.planners.round_robin import plan_round_robin
-
-from moesim.errors import UserError
 from moesim.plans.plan import Plan
 
 PLANNERS: dict[str, Callable[[PlanRequest], Plan]] = {

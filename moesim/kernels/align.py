@@ -25,9 +25,9 @@ from dataclasses import dataclass
 import torch
 import triton
 import triton.language as tl
-from moesim.kernels.runtime import cdiv, next_power_of_2, require_runnable
 
 from moesim.errors import UserError
+from moesim.kernels.runtime import cdiv, next_power_of_2, require_runnable
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,8 @@ replica count capped at one per GPU (``capped_layers`` counts them).
 from __future__ import annotations
 
 import numpy as np
+
+from moesim.errors import UserError
 from moesim.planners.base import (
     PlanRequest,
     apportion,
@@ -28,8 +30,6 @@ from moesim.planners.base import (
     make_plan,
     repair_duplicates,
 )
-
-from moesim.errors import UserError
 from moesim.plans.plan import Plan
 
 

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import numpy as np
-from moesim.planners.base import PlanRequest, check_request, fill_extra_slots, make_plan
 
+from moesim.planners.base import PlanRequest, check_request, fill_extra_slots, make_plan
 from moesim.plans.plan import Plan
 
 

@@ -21,6 +21,7 @@ slot count can be filled); ``local_layer_times`` scores any placement exactly.
 from __future__ import annotations
 
 import numpy as np
+
 from moesim.planners.base import PlanRequest, apportion
 
 

@@ -17,6 +17,8 @@ from types import MappingProxyType
 from typing import Any
 
 import numpy as np
+
+from moesim.errors import UserError
 from moesim.planners.cache_stats import (
     GIB,
     non_expert_bytes,
@@ -24,8 +26,6 @@ from moesim.planners.cache_stats import (
     prefetch_window_s,
     trace_columns,
 )
-
-from moesim.errors import UserError
 from moesim.plans.plan import CachePlan
 from moesim.specs.hardware import Cluster
 from moesim.specs.model import MoEModel
@@ -156,7 +156,6 @@ def choose_policy(plan_static: Any, model: MoEModel, cluster: Cluster, trace: An
     held-out tokens. Without a token-level trace, or with misses that do not fetch, only static applies.
     """
     from moesim.planners.cache_stats import request_stats
-
     from moesim.traces.cache import simulate_hits
 
     def static() -> CachePlan:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 
 import numpy as np
+
 from moesim.planners.base import duplicate_slots, lpt_pack
 
 

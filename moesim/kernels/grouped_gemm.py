@@ -20,11 +20,11 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+
+from moesim.errors import UserError
 from moesim.kernels.align import Alignment
 from moesim.kernels.configs import BlockConfig
 from moesim.kernels.runtime import cdiv, require_runnable, upcast_dot
-
-from moesim.errors import UserError
 
 
 @triton.jit

@@ -11,9 +11,9 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-from moesim.kernels.runtime import cdiv, require_runnable
 
 from moesim.errors import UserError
+from moesim.kernels.runtime import cdiv, require_runnable
 
 
 @triton.jit

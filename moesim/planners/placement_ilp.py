@@ -27,6 +27,7 @@ import time
 from typing import Any
 
 import numpy as np
+
 from moesim.planners.base import (
     PlanRequest,
     apportion,
@@ -45,7 +46,6 @@ from moesim.planners.placement_local import (
     local_tau,
 )
 from moesim.planners.placement_search import aggregate, cost_lpt, layer_times, polish, target_hints
-
 from moesim.plans.plan import Plan
 
 DEFAULTS: dict[str, Any] = {

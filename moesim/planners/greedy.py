@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+
 from moesim.planners.base import (
     PlanRequest,
     apportion,
@@ -12,7 +13,6 @@ from moesim.planners.base import (
     make_plan,
     repair_duplicates,
 )
-
 from moesim.plans.plan import Plan
 
 
