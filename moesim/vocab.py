@@ -1,0 +1,89 @@
+"""The words of moesim's options: one ``StrEnum`` per policy family.
+
+CLI choices, config checks, plan-file validation and the docs all derive from these, so a new value
+is added here once. Members are ``str``s, so ``Phase.DECODE == "decode"`` and they print and
+serialise as their value.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Any, TypeVar
+
+from moesim.errors import UserError
+
+
+class Phase(StrEnum):
+    """What a simulated step is."""
+
+    DECODE = "decode"
+    PREFILL = "prefill"
+
+
+class Overlap(StrEnum):
+    """How all-to-all overlaps expert compute: not at all, two micro-batches, or ``chunks`` of them."""
+
+    NONE = "none"
+    LAYER = "layer"
+    CHUNKED = "chunked"
+
+
+class Dispatch(StrEnum):
+    """Which replicas a token may use: any (``even``), or its own GPU, else node, else any (``local``)."""
+
+    EVEN = "even"
+    LOCAL = "local"
+
+
+class ReplicaSplit(StrEnum):
+    """How a replicated expert's tokens are split among its candidate replicas."""
+
+    EVEN = "even"
+    RANDOM = "random"
+
+
+class CachePolicy(StrEnum):
+    """The expert cache in GPU memory (``none``: every expert resident)."""
+
+    NONE = "none"
+    LRU = "lru"
+    LFU = "lfu"
+    BELADY = "belady"
+    STATIC = "static"
+
+
+class MissMode(StrEnum):
+    """What a cache miss does: copy the weights, run on the CPU, copy in low precision, run on PIM."""
+
+    FETCH = "fetch"
+    CPU = "cpu"
+    LOWBIT = "lowbit"
+    PIM = "pim"
+
+
+class Prefetch(StrEnum):
+    """Next-layer prefetch: none, the true experts (an upper bound), or a cross-layer predictor."""
+
+    NONE = "none"
+    ORACLE = "oracle"
+    PREDICTOR = "predictor"
+
+
+AUTO = "auto"
+"""The cache planner may also be asked to choose a policy, miss mode or prefetch itself."""
+
+E = TypeVar("E", bound=StrEnum)
+
+
+def choices(enum: type[StrEnum], *extra: str) -> tuple[str, ...]:
+    """The values of ``enum`` (plus ``extra`` words such as ``auto``), for argparse ``choices``."""
+    return (*(m.value for m in enum), *extra)
+
+
+def parse(enum: type[E], value: Any, *, field: str, file: str | None = None) -> E:
+    """``value`` as a member of ``enum``, or a :class:`UserError` naming the field and the choices."""
+    try:
+        return enum(value)
+    except ValueError:
+        raise UserError(f"expected one of {', '.join(choices(enum))}, got {value!r}",
+                        file=file, field=field) from None
