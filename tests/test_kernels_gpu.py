@@ -20,15 +20,15 @@ pytestmark = [pytest.mark.gpu,
 
 
 @pytest.fixture(scope="module")
-def kernels():
+def fused_moe():
     from moesim.kernels.runtime import interpreter_active
 
     if interpreter_active():
         pytest.skip("TRITON_INTERPRET is on in this process; run with TRITON_INTERPRET=0 to test "
                     "compiled kernels")
-    from moesim.kernels import fused_moe as fm
+    from moesim.kernels import fused_moe
 
-    return fm
+    return fused_moe
 
 
 TOLERANCES = [(torch.float32, 1e-4), (torch.float16, 1e-2), (torch.bfloat16, 3e-2)]
@@ -36,7 +36,7 @@ TOLERANCES = [(torch.float32, 1e-4), (torch.float16, 1e-2), (torch.bfloat16, 3e-
 
 @pytest.mark.parametrize(("dtype", "tol"), TOLERANCES)
 @pytest.mark.parametrize(("T", "E", "k"), [(1, 8, 2), (37, 64, 8), (300, 16, 1), (2049, 8, 2)])
-def test_fused_moe_on_gpu_matches_reference(kernels, dtype, tol, T, E, k):
+def test_fused_moe_on_gpu_matches_reference(fused_moe, dtype, tol, T, E, k):
     from moesim.kernels.reference import fused_moe_torch
 
     gen = torch.Generator().manual_seed(T + E)
@@ -48,7 +48,6 @@ def test_fused_moe_on_gpu_matches_reference(kernels, dtype, tol, T, E, k):
     wts = torch.softmax(torch.randn(T, k, generator=gen), dim=1)
     want = fused_moe_torch(x.double(), w1.double(), w2.double(), ids.long(), wts.double())
     dev = torch.device("cuda")
-    out = kernels.fused_moe(x.to(dev, dtype), w1.to(dev, dtype), w2.to(dev, dtype), ids.to(dev),
-                            wts.to(dev, dtype))
+    out = fused_moe(x.to(dev, dtype), w1.to(dev, dtype), w2.to(dev, dtype), ids.to(dev), wts.to(dev, dtype))
     err = (out.double().cpu() - want).abs().max() / want.abs().max()
     assert torch.isfinite(out).all() and float(err) < tol

@@ -19,7 +19,7 @@ pytest.importorskip("triton", reason="triton is not installed: kernel tests need
 
 from moesim.errors import UserError  # noqa: E402
 
-_MODULES = ("runtime", "align", "grouped_gemm", "combine", "fused_moe")
+_MODULES = ("runtime", "align", "grouped_gemm", "combine", "moe_layer")
 
 
 def _kernels():
@@ -171,7 +171,7 @@ def test_fused_moe_fp32_matches_reference(T, H, F, E, k, empty, drop, cfg):
     gen = torch.Generator().manual_seed(T * 31 + E)
     ids, weights = _routing(gen, T, E, k, empty=empty, drop=drop)
     x, w1, w2 = _operands(gen, T, H, F, E, torch.float32)
-    out = K["fused_moe"].fused_moe(x, w1, w2, ids, weights, config=cfg)
+    out = K["moe_layer"].fused_moe(x, w1, w2, ids, weights, config=cfg)
     want = ref.fused_moe_reference(x, w1, w2, ids, weights, dtype=torch.float64)
     assert out.shape == (T, H) and out.dtype == torch.float32
     assert float((out.double() - want).abs().max()) < 1e-4
@@ -184,17 +184,31 @@ def test_fused_moe_half_precision(dtype, k):
     T, H, F, E = 13, 64, 48, 32
     ids, weights = _routing(gen, T, E, k, empty=(4, 5))
     x, w1, w2 = _operands(gen, T, H, F, E, dtype)
-    out = K["fused_moe"].fused_moe(x, w1, w2, ids, weights.to(dtype))
+    out = K["moe_layer"].fused_moe(x, w1, w2, ids, weights.to(dtype))
     want = ref.fused_moe_reference(x, w1, w2, ids, weights.to(dtype), dtype=torch.float64)
     assert out.dtype == dtype
     assert _rel_err(out, want) < TOL[dtype]
+
+
+def test_fused_moe_from_the_package_is_the_function():
+    # The documented API. Every kernel submodule is imported by now (K above), which is when a
+    # submodule named like the function would replace the package's lazy attribute.
+    from moesim.kernels import fused_moe
+
+    gen = torch.Generator().manual_seed(5)
+    ids, weights = _routing(gen, 9, 8, 2, empty=(6,))
+    x, w1, w2 = _operands(gen, 9, 32, 24, 8, torch.float32)
+    out = fused_moe(x, w1, w2, ids, weights)
+    want = ref.fused_moe_reference(x, w1, w2, ids, weights, dtype=torch.float64)
+    assert out.shape == (9, 32) and out.dtype == torch.float32
+    assert float((out.double() - want).abs().max()) < 1e-4
 
 
 def test_fused_moe_agrees_with_torch_loop_baseline():
     gen = torch.Generator().manual_seed(3)
     ids, weights = _routing(gen, 11, 8, 2)
     x, w1, w2 = _operands(gen, 11, 32, 32, 8, torch.float32)
-    out = K["fused_moe"].fused_moe(x, w1, w2, ids, weights)
+    out = K["moe_layer"].fused_moe(x, w1, w2, ids, weights)
     base = ref.fused_moe_torch(x, w1, w2, ids, weights)
     assert float((out - base).abs().max()) < 1e-4
 
@@ -206,13 +220,13 @@ def test_fused_moe_rejects_bad_shapes():
     ids = torch.zeros(4, 1, dtype=torch.int32)
     wts = torch.ones(4, 1)
     with pytest.raises(UserError, match="w2"):
-        K["fused_moe"].fused_moe(x, w1, torch.zeros(2, 8, 4), ids, wts)
+        K["moe_layer"].fused_moe(x, w1, torch.zeros(2, 8, 4), ids, wts)
     with pytest.raises(UserError, match="topk_weights"):
-        K["fused_moe"].fused_moe(x, w1, w2, ids, torch.ones(4, 2))
+        K["moe_layer"].fused_moe(x, w1, w2, ids, torch.ones(4, 2))
     with pytest.raises(UserError, match="one dtype"):
-        K["fused_moe"].fused_moe(x.half(), w1, w2, ids, wts)
+        K["moe_layer"].fused_moe(x.half(), w1, w2, ids, wts)
     with pytest.raises(UserError, match="integer"):
-        K["fused_moe"].fused_moe(x, w1, w2, ids.float(), wts)
+        K["moe_layer"].fused_moe(x, w1, w2, ids.float(), wts)
 
 
 # ---- configs -----------------------------------------------------------------------------------
@@ -261,7 +275,7 @@ def test_fused_moe_property_random_shapes(T, E, k, H, F, seed, block_m):
     gen = torch.Generator().manual_seed(seed)
     ids, weights = _routing(gen, T, E, k, drop=0.05)
     x, w1, w2 = _operands(gen, T, H, F, E, torch.float32)
-    out = K["fused_moe"].fused_moe(x, w1, w2, ids, weights, config=BlockConfig(block_m, 32, 32))
+    out = K["moe_layer"].fused_moe(x, w1, w2, ids, weights, config=BlockConfig(block_m, 32, 32))
     want = ref.fused_moe_reference(x, w1, w2, ids, weights, dtype=torch.float64)
     assert float((out.double() - want).abs().max()) < 1e-4
 

@@ -122,7 +122,7 @@ def validate(calibration: Calibration, device: str = "cuda:0", *, models: tuple[
     import torch
 
     from moesim.kernels.bench import L2Flush, require_cuda, time_cuda
-    from moesim.kernels.fused_moe import fused_moe
+    from moesim.kernels.moe_layer import fused_moe
 
     dev = require_cuda(device)
     cluster = cluster or cluster_for(torch.cuda.get_device_name(dev))

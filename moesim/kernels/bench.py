@@ -219,7 +219,7 @@ def bench_fused_moe(tokens: int, num_experts: int, top_k: int, hidden: int, ffn:
     """Time one routed-expert call. ``impl``: ``triton`` (moesim's kernels, graph-replayed),
     ``torch_loop`` (per-expert loop, host-synchronising) or ``torch_grouped_mm``."""
     from moesim.kernels.configs import ConfigTable
-    from moesim.kernels.fused_moe import fused_moe
+    from moesim.kernels.moe_layer import fused_moe
     from moesim.kernels.reference import fused_moe_torch
     from moesim.kernels.runtime import torch_dtype
 
@@ -329,7 +329,7 @@ def tune_configs(tokens_list: list[int], num_experts: int, top_k: int, hidden: i
     import torch
 
     from moesim.kernels.configs import ConfigTable, shape_key
-    from moesim.kernels.fused_moe import fused_moe
+    from moesim.kernels.moe_layer import fused_moe
     from moesim.kernels.runtime import torch_dtype
 
     table = table or ConfigTable(device=torch.cuda.get_device_name(device))
