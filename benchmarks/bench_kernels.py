@@ -4,7 +4,7 @@
 
 For decode shapes (few tokens per expert: streaming the active experts' weights dominates) it
 prints the fraction of the HBM roofline; for prefill shapes (compute-bound) the fraction of the
-BF16 tensor-core peak (peaks: reference/hardware.md via moesim.calibration.roofline). Baselines,
+BF16 tensor-core peak (datasheet peaks, with their sources, in moesim.calibration.roofline). Baselines,
 measured in the same run: the per-expert PyTorch loop and ``torch._grouped_mm`` (SM90+).
 Without a CUDA GPU it says so and exits 0 (benchmarks are not tests).
 """

@@ -113,7 +113,10 @@ def _ms(value: float | str | None) -> str:
 
 
 def zipf(L: int, E: int, s: float, tokens: int = 65536, topk: int = 8, seed: int = 0) -> np.ndarray:
-    """The generator of reference/placement.md §2.1."""
+    """Zipf(s) expert popularity, hot experts permuted per layer, multinomial token counts.
+
+    A synthetic stress load (real DeepSeek-V3 routing is flatter); no external source.
+    """
     rng = np.random.default_rng(seed)
     base = 1 / np.arange(1, E + 1) ** s
     base /= base.sum()

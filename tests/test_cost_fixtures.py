@@ -1,5 +1,5 @@
-"""Small hand-built clusters and models for the cost-model tests (numbers from reference/hardware.md),
-plus sanity checks of the builders themselves."""
+"""Small hand-built clusters and models for the cost-model tests (datasheet-like numbers, the same as
+the sourced entries of hardware/devices.yaml and links.yaml), plus sanity checks of the builders."""
 
 from __future__ import annotations
 

@@ -68,8 +68,8 @@ def test_ep_across_nodes_is_slower_than_inside_one() -> None:
 
 
 def test_cpu_beats_pcie_fetch_at_batch_one_on_the_workstation() -> None:
-    # Fiddler (reference/simulators.md): on a PCIe-attached consumer GPU, running a missed Mixtral
-    # expert on the CPU beats copying its weights to the GPU at batch 1.
+    # Fiddler (Kamahori et al., ICLR 2025, arXiv 2402.07033): on a PCIe-attached consumer GPU, running
+    # a missed Mixtral expert on the CPU beats copying its weights to the GPU at batch 1.
     model = load_model("mixtral-8x7b")
     cost = CostModel(load_cluster("rtx4090-workstation"), model)
     cpu = cost.cpu_expert_s("n0.cpu0", np.array([1]))

@@ -1,7 +1,8 @@
-"""The cost model against published measurements (reference/hardware.md §4.3): DeepEP's low-latency
-all-to-all on H800 + CX7 400G nodes, 128 tokens per GPU, hidden 7168, top-8, FP8 dispatch (7168 B
-+ 56 fp32 scales per token copy), BF16 combine. The model runs on h100x8x4 nodes (same NIC, one per
-GPU); it leaves out DeepEP's software overheads, so it should come out somewhat faster, within 2x."""
+"""The cost model against published measurements: DeepEP's low-latency all-to-all (deepseek-ai/DeepEP
+docs/legacy.md @0297fc80, low-latency kernel table) on H800 + CX7 400G nodes, 128 tokens per GPU,
+hidden 7168, top-8, FP8 dispatch (7168 B + 56 fp32 scales per token copy), BF16 combine. The model
+runs on h100x8x4 nodes (same NIC, one per GPU); it leaves out DeepEP's software overheads, so it
+should come out somewhat faster, within 2x."""
 
 from __future__ import annotations
 

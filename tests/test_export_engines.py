@@ -40,7 +40,9 @@ def v3():
 
 
 def test_sglang_deepseek_v3_rows_and_dense_padding(tmp_path, v3):
-    G, S = 32, 9  # 256 logical + 32 redundant, EP32 (reference/placement.md §4.4 example shape)
+    # 256 logical + 32 redundant on EP32, 9 per GPU: DeepSeek-V3's prefill unit (deepseek-ai/open-infra-index
+    # 202502OpenSourceWeek/day_6_one_more_thing_deepseekV3R1_inference_system_overview.md)
+    G, S = 32, 9
     placement = _rotated(v3, G, S)
     plan = _plan(v3, placement)
     path = tmp_path / "loc.json"

@@ -11,8 +11,9 @@ import pytest
 from moesim.errors import UserError
 from moesim.specs import load_model
 
-# config.json fields of each model (reference/model_configs.md; the Qwen1.5-MoE and Switch entries are the
-# architecture fields of ljcleo/moe-lrc@61c86cf model/qwen/config.json and model/switch/config.json).
+# config.json fields of each model (the copies each moesim/specs/models/*.yaml `source:` names; the
+# Qwen1.5-MoE and Switch entries are the architecture fields of ljcleo/moe-lrc@61c86cf
+# model/qwen/config.json and model/switch/config.json).
 CONFIGS = {
     "mixtral-8x7b": {
         "model_type": "mixtral",

@@ -26,7 +26,8 @@ BUILTIN = [
     "switch-base-128",
 ]
 
-# (L, MoE layers, h, I_moe, E, k, shared, H, Hkv, d_h) from reference/model_configs.md's main table.
+# (L, MoE layers, h, I_moe, E, k, shared, H, Hkv, d_h), read from each model's config.json (the copies
+# named in moesim/specs/models/*.yaml `source:`), independently of the YAML files under test.
 CONFIG = {
     "mixtral-8x7b": (32, 32, 4096, 14336, 8, 2, 0, 32, 8, 128),
     "mixtral-8x22b": (56, 56, 6144, 16384, 8, 2, 0, 48, 8, 128),
@@ -43,7 +44,8 @@ CONFIG = {
 }
 
 # Total parameters (billions) published for the checkpoint: LRC model/config.jsonl num_params, the
-# llama.cpp GGUF count for gpt-oss-120b, and the advertised totals (reference/model_configs.md).
+# llama.cpp GGUF count for gpt-oss-120b (ggml-org/llama.cpp PR #19922, llama-bench output), and the
+# advertised totals for DeepSeek-V3 and Qwen3-235B (unverified).
 PUBLISHED_TOTAL_B = {
     "mixtral-8x7b": 46.7,
     "deepseek-v2-lite": 15.71,

@@ -21,7 +21,7 @@ def toy_model(E: int = 16, L: int = 3, K: int = 2, groups: int = 1) -> MoEModel:
 
 
 def zipf_load(L: int, E: int, s: float, tokens: int = 65536, topk: int = 8, seed: int = 0) -> np.ndarray:
-    """The generator of reference/placement.md §2.1 (hot experts permuted per layer)."""
+    """Zipf(s) expert popularity, hot experts permuted per layer, multinomial token counts (synthetic)."""
     rng = np.random.default_rng(seed)
     base = 1 / np.arange(1, E + 1) ** s
     base /= base.sum()
@@ -71,8 +71,9 @@ def test_load_aware_planners_beat_contiguous(h100x8):
 
 
 def test_eplb_reproduces_its_documented_numbers():
-    """reference/placement.md §2.2: Zipf s=1.0, 4x8 GPUs, 288 replicas, global policy:
-    imbalance 1.003 and 41 same-GPU duplicate slots (upstream issue #22)."""
+    """Upstream deepseek-ai/EPLB eplb.py @d52c72d, run on this load (Zipf s=1.0, 4x8 GPUs, 288
+    replicas, global policy), gives imbalance 1.003 and 41 same-GPU duplicate slots (its issue #22).
+    Measured by running upstream's code once, not a published figure."""
     cluster = load_cluster("h100x8x4")
     m = toy_model(E=256, L=58, K=8, groups=8)
     load = zipf_load(58, 256, 1.0)

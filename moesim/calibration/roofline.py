@@ -6,8 +6,8 @@ expert's weights once, tokens in and out once), the roofline time is
 term is the larger (decode shapes: few tokens per expert) and *compute-bound* otherwise
 (prefill). The figure of merit is the achieved fraction of the bound that applies:
 ``bytes / t / peak_bandwidth`` for memory-bound calls, ``flops / t / peak_flops`` for
-compute-bound ones. Peaks are the datasheet numbers of reference/hardware.md (dense, no
-sparsity); the ceilings measured in the same run (largest hbm_copy bandwidth, fastest gemm) are
+compute-bound ones. Peaks are vendor datasheet numbers (dense, no sparsity; each entry
+names its source); the ceilings measured in the same run (largest hbm_copy bandwidth, fastest gemm) are
 reported beside them, because datasheet peaks are not reachable in practice.
 """
 
@@ -27,17 +27,21 @@ class DevicePeaks:
     source: str
 
 
-# reference/hardware.md §1 (datasheet numbers, dense). Matched by substring of the driver's GPU name;
+# Datasheet numbers, dense. Matched by substring of the driver's GPU name;
 # more specific entries first.
 _PEAKS: tuple[tuple[str, DevicePeaks], ...] = (
-    ("H100 PCIE", DevicePeaks("H100 PCIe", 2.0e12, 756e12, "reference/hardware.md: H100 PCIe")),
-    ("H100", DevicePeaks("H100 SXM5", 3.35e12, 989.4e12, "reference/hardware.md: H100 SXM5")),
-    ("H200", DevicePeaks("H200 SXM", 4.8e12, 989.4e12, "reference/hardware.md: H200 SXM")),
-    ("B200", DevicePeaks("B200", 8.0e12, 2250e12, "reference/hardware.md: B200 (HGX, 1000 W)")),
-    ("A100", DevicePeaks("A100 80GB SXM4", 2.039e12, 312e12, "reference/hardware.md: A100 80GB SXM4")),
-    ("L40S", DevicePeaks("L40S", 864e9, 362e12, "reference/hardware.md: L40S")),
+    ("H100 PCIE", DevicePeaks("H100 PCIe", 2.0e12, 756e12, "NVIDIA H100 datasheet, PCIe column (sparse/2)")),
+    ("H100", DevicePeaks("H100 SXM5", 3.35e12, 989.4e12,
+                         "NVIDIA H100 datasheet, SXM5 column; glennklockwood.com/garden/processors/h100")),
+    ("H200", DevicePeaks("H200 SXM", 4.8e12, 989.4e12,
+                         "NVIDIA H200 specifications (4.8 TB/s; the H100 SXM5 tensor cores)")),
+    ("B200", DevicePeaks("B200", 8.0e12, 2250e12,
+                         "HGX B200 1000 W, glennklockwood.com/garden/processors/B200; pytorch/ao#4002")),
+    ("A100", DevicePeaks("A100 80GB SXM4", 2.039e12, 312e12,
+                         "NVIDIA A100 datasheet, 80GB SXM4 (glennklockwood.com/garden/processors/A100)")),
+    ("L40S", DevicePeaks("L40S", 864e9, 362e12, "NVIDIA L40S datasheet (dense = sparse/2)")),
     ("4090", DevicePeaks("RTX 4090", 1.008e12, 165.2e12,
-                         "reference/hardware.md: RTX 4090 (FP32 accumulate)")),
+                         "waredb.com RTX 4090: FP16 tensor with FP32 accumulate, dense")),
 )
 
 

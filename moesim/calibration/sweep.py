@@ -34,7 +34,8 @@ class ModelShape:
     """Total FFN width of the shared experts (0: none), run as one SwiGLU MLP."""
 
 
-# Used when moesim.specs cannot load a model (reference/model_configs.md, per-expert FFN width).
+# Used when moesim.specs cannot load a model: the same numbers as moesim/specs/models/*.yaml (each
+# model's Hugging Face config.json; per-expert FFN width).
 FALLBACK_SHAPES: tuple[ModelShape, ...] = (
     ModelShape("mixtral-8x7b", 4096, 14336, 8, 2),
     ModelShape("mixtral-8x22b", 6144, 16384, 8, 2),

@@ -55,7 +55,7 @@ HOST_MEMORY_SHAPE: EfficiencyCurve = (
 )
 
 # CPU experts: KTransformers runs AVX-512 GEMV kernels up to ~4 tokens per expert and AMX tiles
-# (16 rows of 64 B) above (kvcache-ai/ktransformers doc/en/AMX.md; reference/hardware.md §5). AVX-512
+# (16 rows of 64 B) above (kvcache-ai/ktransformers doc/en/AMX.md @073ce60). AVX-512
 # BF16 does ~1/8 of AMX's 1024 ops/cycle/core. As a multiplier on the rows of the GEMM: 1/8 of the
 # AMX rate for one row (time of 1..4 rows stays flat, GEMV-like), full rate from one 16-row tile.
 CPU_ROWS_SHAPE: EfficiencyCurve = ((1.0, 0.125), (4.0, 0.5), (16.0, 1.0))
@@ -63,7 +63,8 @@ CPU_ROWS_SHAPE: EfficiencyCurve = ((1.0, 0.125), (4.0, 0.5), (16.0, 1.0))
 FLAT: EfficiencyCurve = ((0.0, 1.0),)
 
 # GPU grouped GEMMs pad each expert's rows to the kernel's M tile: vLLM's fused_moe uses
-# BLOCK_SIZE_M = 16 for small batches (get_default_config, reference/kernels.md §2.2-2.4).
+# BLOCK_SIZE_M = 16 for small batches (get_default_config in vllm-project/vllm
+# vllm/model_executor/layers/fused_moe/fused_moe.py @000d145: BM16 when M <= E).
 GPU_TILE_ROWS = 16
 
 CURVE_KEYS = ("compute", "memory", "compute_rows")

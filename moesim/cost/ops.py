@@ -14,8 +14,9 @@ import numpy as np
 
 from moesim.specs.model import DTYPE_BYTES, MoEModel
 
-# Kernel launches per op (reference/kernels.md §2.1: one fused_moe call = align + 2 grouped GEMMs
-# + activation + top-k sum). The others count the kernels of a plain eager implementation.
+# Kernel launches per op. expert: vLLM's fused_experts_impl (vllm-project/vllm @000d145,
+# vllm/model_executor/layers/fused_moe/fused_moe.py): one fused_moe call = align + 2 grouped GEMMs
+# + activation + top-k sum. The others count the kernels of a plain eager implementation.
 LAUNCHES = {
     "expert": 5,
     "attention": 4,  # qkv projection, rope/cache write, attention core, output projection

@@ -3,9 +3,11 @@
     t = path_latency + bytes / (bottleneck effective bandwidth x host factor)
 
 The host factor is 1 for pinned host buffers. Pageable buffers are staged through a pinned bounce
-buffer by the driver: ``min(PAGEABLE_FACTOR x link, HOST_MEMCPY_BYTES_PER_S)`` (reference/hardware.md
-§3.3: "pageable host memory transfers ~half as fast", a single-threaded host memcpy "roughly
-10 GB/s"; both marked unverified there, calibration h2d tables replace them).
+buffer by the driver: ``min(PAGEABLE_FACTOR x link, HOST_MEMCPY_BYTES_PER_S)``. "Pageable host
+memory transfers ~half as fast" (a course lab, lynx-cortex.pages.dev/phase-23-gpu-fundamentals/lab/
+02-bandwidth-test) and a single-threaded host memcpy runs "roughly 10 GB/s" (docs.rs/oxicuda-memory
+0.5.5, staging module); both are secondary and unverified on a Gen5 host, so calibration h2d tables
+replace them.
 Low-bit fetches (HOBBIT) move the expert in ``lowbit_dtype``: bytes x bytes(lowbit) / bytes(weights).
 """
 

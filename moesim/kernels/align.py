@@ -3,8 +3,9 @@
 Each of the ``T * K`` routed pairs has a flat index ``t * K + k``. The grouped GEMM wants the
 pairs of one expert next to each other and each expert's segment padded to a multiple of
 ``block_m`` rows, so that a ``block_m``-row tile never mixes experts (the idea of vLLM's
-``moe_align_block_size``, reference/kernels.md §1-2). Three small kernels do it without a host
-synchronisation (so it can live inside a CUDA graph):
+``moe_align_block_size``: vllm-project/vllm @05be992,
+vllm/model_executor/layers/fused_moe/moe_align_block_size.py). Three small kernels do it without a
+host synchronisation (so it can live inside a CUDA graph):
 
 1. histogram: tokens per expert (atomic adds);
 2. offsets: one program turns counts into padded segment starts (a cumulative sum) and the

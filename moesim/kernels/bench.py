@@ -1,6 +1,7 @@
 """Microbenchmarks of the MoE kernels and of the copies a simulator needs, on a CUDA GPU.
 
-Method (reference/kernels.md §4 and the workplace's METHOD.md): warm up (compilation, handles),
+Method (after triton.testing.do_bench, triton-lang/triton python/triton/testing.py @3fb4e46, and
+vLLM's benchmarks/kernels/benchmark_moe.py): warm up (compilation, handles),
 then time each repetition with CUDA events, the L2 cache flushed before each (a buffer of at
 least 2x L2 zeroed: weights streamed from HBM, as in a real layer whose experts do not all fit
 in L2); the median of the repetitions is reported with the 10th and 90th percentiles. Where

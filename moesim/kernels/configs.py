@@ -3,8 +3,9 @@
 The grouped GEMM kernel runs one program per (block of ``block_m`` expert-sorted rows, block of
 ``block_n`` output columns). Which block sizes are fastest depends on the shape (tokens per
 expert, hidden and FFN sizes, dtype) and the GPU, as vLLM's per-GPU JSON config files show
-(reference/kernels.md §2). The table here maps a shape key to configs bucketed by token count;
-``nearest`` picks the bucket closest to the actual token count, as vLLM does.
+(``try_get_optimal_moe_config``, vllm-project/vllm @000d145 vllm/model_executor/layers/fused_moe/
+fused_moe.py). The table here maps a shape key to configs bucketed by token count; ``nearest``
+picks the bucket closest to the actual token count, as vLLM does.
 
 A tuned table is written by ``moesim.kernels.bench.tune_configs`` on a GPU and read back with
 ``ConfigTable.load``. Without one, ``default_config`` gives a heuristic: small tiles in decode

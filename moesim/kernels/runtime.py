@@ -63,7 +63,7 @@ def require_runnable(*tensors: torch.Tensor) -> None:
 def upcast_dot(dtype: torch.dtype) -> bool:
     """Whether to cast ``tl.dot`` inputs to fp32: the interpreter multiplies bf16 bit patterns wrongly.
 
-    triton-lang/triton#4972, #11584 (reference/kernels.md §5.1): bf16 is stored as uint16 in numpy.
+    triton-lang/triton#4972, #11584: bf16 is stored as uint16 in numpy.
     """
     import torch
 

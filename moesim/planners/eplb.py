@@ -1,4 +1,5 @@
-"""DeepSeek's EPLB, re-implemented from its description (reference/placement.md §1.2), not its code.
+"""DeepSeek's EPLB, re-implemented from its description (github.com/deepseek-ai/EPLB README and
+eplb.py @d52c72d, MIT), not its code.
 
 Three greedy steps per layer: (1) pack expert groups onto nodes by load (cardinality-constrained
 LPT), (2) inside each node give extra replicas by Jefferson/D'Hondt (``argmax load / count``,

@@ -3,10 +3,12 @@
 - SGLang ``--init-expert-location FILE.json``: ``{"physical_to_logical_map": [[int] * P] * R}``
   with ``R = model.num_layers`` (SGLang's ``num_hidden_layers``: dense layers get the trivial row
   ``p % E``) and ``P = devices * slots_per_device``; physical slot ``p`` lives on EP rank
-  ``p // slots_per_device`` (reference/placement.md §3.2-3.3, §5).
+  ``p // slots_per_device`` (sgl-project/sglang python/sglang/srt/eplb/expert_location.py @01fec5c2,
+  ``compute_initial_expert_location_metadata``).
 - vLLM-Ascend ``expert_map_path``: ``{"moe_layer_count": L, "layer_list": [{"layer_id": i,
   "device_count": G, "device_list": [{"device_id": g, "device_expert": [int] * S}]}]}`` with one
-  entry per MoE layer in order (reference/placement.md §4.4).
+  entry per MoE layer in order (vllm-project/vllm-ascend vllm_ascend/ops/expert_load_balancer.py,
+  ``ExpertLoadBalancer._expert_file_to_tensor``).
 
 EP rank ``g`` is ``plan.devices[g]``. Plans the engines cannot load are refused with
 :class:`UserError` before anything is written.

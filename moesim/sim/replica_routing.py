@@ -2,7 +2,8 @@
 
 A token on source GPU s sends its work for expert e to the replica of e on s if there is one, else
 splits it over the replicas of e on s's node, else over all replicas of e. This is SGLang's
-``static`` dispatch made fair inside a node (reference/placement.md §3.5) and what DeepSeek's
+``static`` dispatch made fair inside a node (sgl-project/sglang
+python/sglang/srt/eplb/expert_location_dispatch.py @032b6b86) and what DeepSeek's
 hierarchical EPLB assumes: a replica on the token's own node saves the InfiniBand hop.
 
 The choice is table driven: per (layer, expert, source GPU) the candidate replicas and a group

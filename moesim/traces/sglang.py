@@ -1,6 +1,6 @@
 """SGLang expert-distribution dumps (``--expert-distribution-recorder-mode``) -> moesim traces.
 
-Format facts: ../shared/reference/placement.md §3.6 (``python/sglang/srt/eplb/expert_distribution.py``).
+Format facts: sgl-project/sglang ``python/sglang/srt/eplb/expert_distribution.py`` @02295fe5.
 
 - ``stat``: one ``.pt`` with ``logical_count`` int ``[buffer_steps, layers, num_logical]`` (a
   circular buffer; all-zero rows are steps not yet filled and are dropped) -> LoadCounts.
