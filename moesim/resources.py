@@ -14,9 +14,13 @@ from moesim.errors import UserError
 # kind -> (package holding the files, file suffixes, what to call it in messages)
 _KINDS = {
     "hardware": ("moesim.data.hardware", (".yaml", ".yml"), "hardware profile"),
+    "catalog": ("moesim.data.hardware", (".yaml", ".yml"), "hardware catalog"),
     "model": ("moesim.specs.models", (".yaml", ".yml"), "model spec"),
     "trace": ("moesim.data.traces", (".npz",), "trace"),
 }
+# The device and link catalogs share the hardware folder with the cluster profiles but are not
+# profiles: they are listed as kind "catalog" only (by name they still resolve as hardware files).
+CATALOGS = ("devices", "links")
 
 
 def builtin_dir(kind: str) -> Path:
@@ -25,10 +29,15 @@ def builtin_dir(kind: str) -> Path:
 
 
 def builtin_names(kind: str) -> list[str]:
-    """Names (file stems) of the built-in files of ``kind``, sorted."""
+    """Names (file stems) of the built-in files of ``kind``, sorted; ``hardware`` lists cluster profiles."""
     _, suffixes, _ = _KINDS[kind]
     folder = builtin_dir(kind)
-    return sorted(p.stem for p in folder.iterdir() if p.suffix in suffixes and not p.name.startswith("_"))
+    names = sorted(p.stem for p in folder.iterdir() if p.suffix in suffixes and not p.name.startswith("_"))
+    if kind == "catalog":
+        return [n for n in names if n in CATALOGS]
+    if kind == "hardware":
+        return [n for n in names if n not in CATALOGS]
+    return names
 
 
 def resolve(kind: str, name_or_path: str | Path) -> Path:
@@ -43,7 +52,7 @@ def resolve(kind: str, name_or_path: str | Path) -> Path:
             raise UserError(f"expected a {what} file, got a directory", file=text)
         return candidate
     folder = builtin_dir(kind)
-    for suffix in suffixes:
+    for suffix in suffixes if kind != "catalog" or text in CATALOGS else ():
         p = folder / f"{text}{suffix}"
         if p.exists():
             return p

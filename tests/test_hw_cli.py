@@ -58,7 +58,8 @@ def test_hw_show_text(capsys) -> None:
 def test_hw_list(capsys) -> None:
     d = run_json(capsys, "hw", "list", "--json")
     names = {p["name"]: p for p in d["profiles"]}
-    assert set(names) == set(builtin_names("hardware"))
+    assert set(names) == set(builtin_names("hardware")) | set(builtin_names("catalog"))
+    assert all(names[n]["kind"] == "cluster" for n in builtin_names("hardware"))
     assert names["devices"]["kind"] == names["links"]["kind"] == "catalog"
     assert names["h100x8x4"]["nodes"] == 4 and names["h100x8x4"]["gpus"] == 32
     assert main(["hw", "list"]) == 0 and "rtx4090-workstation" in capsys.readouterr().out

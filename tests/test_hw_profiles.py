@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from moesim.errors import UserError
 from moesim.resources import builtin_names, resolve
 from moesim.specs import load_cluster
 from moesim.specs.hardware_file import validate_file
@@ -22,9 +23,20 @@ CLUSTERS = [
 ]
 
 
-@pytest.mark.parametrize("name", builtin_names("hardware"))
+@pytest.mark.parametrize("name", builtin_names("hardware") + builtin_names("catalog"))
 def test_every_hardware_file_validates(name: str) -> None:
     assert validate_file(resolve("hardware", name))
+
+
+def test_builtin_profiles_are_the_clusters_and_catalogs_are_listed_apart() -> None:
+    assert sorted(builtin_names("hardware")) == sorted(CLUSTERS)  # every one loads below
+    assert builtin_names("catalog") == ["devices", "links"]
+    assert resolve("catalog", "devices").name == "devices.yaml"
+    with pytest.raises(UserError, match="unknown hardware catalog 'h100x8'"):
+        resolve("catalog", "h100x8")
+    with pytest.raises(UserError) as e:
+        resolve("hardware", "no-such-profile")
+    assert "h100x8" in str(e.value) and "devices" not in str(e.value) and "links" not in str(e.value)
 
 
 @pytest.mark.parametrize("name", CLUSTERS)

@@ -15,7 +15,7 @@ from types import MappingProxyType
 from typing import Any
 
 from moesim.errors import UserError
-from moesim.resources import resolve
+from moesim.resources import CATALOGS, resolve
 from moesim.specs.hardware import DeviceSpec, LinkSpec
 from moesim.specs.yaml_fields import (
     Document,
@@ -26,7 +26,6 @@ from moesim.specs.yaml_fields import (
     resolve_reference,
 )
 
-BUILTIN_CATALOGS = ("devices", "links")
 DEVICE_KINDS = ("gpu", "cpu", "pim")
 # dtypes a peak FLOP/s may be given for (DeviceSpec.peak_flops falls back between them).
 PEAK_DTYPES = ("fp64", "fp32", "tf32", "bf16", "fp16", "fp8", "int8", "fp4", "mxfp4", "int4")
@@ -100,8 +99,8 @@ class Catalog:
                 seen.add(path.resolve())
                 scopes.append(_catalog_fields(path))
         if builtin:
-            for name in BUILTIN_CATALOGS:
-                path = resolve("hardware", name)
+            for name in CATALOGS:
+                path = resolve("catalog", name)
                 if path.resolve() not in seen:
                     seen.add(path.resolve())
                     scopes.append(_catalog_fields(path))

@@ -320,5 +320,7 @@ def profile_info(path: Path) -> dict[str, Any]:
 
 
 def builtin_profiles() -> list[Path]:
+    """The built-in hardware files, cluster profiles and catalogs, by name."""
     folder = builtin_dir("hardware")
-    return [folder / f"{n}.yaml" for n in builtin_names("hardware") if (folder / f"{n}.yaml").exists()]
+    names = sorted(builtin_names("hardware") + builtin_names("catalog"))
+    return [folder / f"{n}.yaml" for n in names if (folder / f"{n}.yaml").exists()]
