@@ -26,7 +26,10 @@ import numpy as np
 from moesim.planners import PlanRequest, plan
 from moesim.planners.base import gpu_imbalance
 from moesim.planners.placement_ilp import predict_moe_step
+from moesim.sim.config import SimConfig
+from moesim.sim.engine import simulate
 from moesim.specs import load_cluster, load_model
+from moesim.traces.trace import RoutingTrace
 
 SHARED = Path(os.environ.get("MOESIM_SHARED_TRACES",
                              Path(__file__).resolve().parents[2] / "shared" / "traces"))
@@ -48,13 +51,7 @@ def load_matrix(ids: np.ndarray, E: int) -> np.ndarray:
 def simulate_step_s(cluster, model, trace_path: Path, rows: slice, p,
                     dispatch: str = "even") -> float | str | None:
     """Mean simulated step time of ``p`` on the trace rows (prefill: whole prompts, ~4,096 tokens a
-    step); None without moesim.sim, the error text when the simulator fails."""
-    try:
-        from moesim.sim.config import SimConfig
-        from moesim.sim.engine import simulate
-        from moesim.traces.trace import RoutingTrace
-    except ImportError:
-        return None
+    step); the error text when the simulator fails."""
     trace = RoutingTrace.load(trace_path, model=model)
     ev = trace.rows(rows.start, rows.stop)
     decode = (np.asarray(ev.phase) == 1).mean() > 0.5

@@ -14,7 +14,6 @@ import pytest
 from moesim.calibration import load_calibration
 from moesim.calibration.roofline import kernel_figures, peaks_for, roofline_row, summarise
 from moesim.calibration.sweep import (
-    FALLBACK_SHAPES,
     QUICK,
     Case,
     ModelShape,
@@ -25,6 +24,7 @@ from moesim.calibration.sweep import (
 )
 from moesim.calibration.validate import ValidationCase, cluster_for, error_summary
 from moesim.cli import main
+from moesim.errors import UserError
 from moesim.kernels.bench import Timing
 
 HEADER = {"gpu": "SYNTHETIC-TEST-GPU", "driver": "none", "cuda": "none", "torch": "none", "triton": "none",
@@ -40,14 +40,15 @@ def _no_gpu() -> bool:
     return not torch.cuda.is_available()
 
 
-def test_model_shapes_come_from_specs_or_fallback():
+def test_model_shapes_come_from_the_model_specs():
     shapes = {s.name: s for s in model_shapes()}
     assert {"mixtral-8x7b", "deepseek-v3", "qwen3-30b-a3b"} <= set(shapes)
     mix = shapes["mixtral-8x7b"]
     assert (mix.hidden, mix.ffn, mix.num_experts, mix.top_k) == (4096, 14336, 8, 2)
     assert shapes["deepseek-v2-lite"].shared_width == 2 * 1408
     assert "switch-base-128" not in shapes  # not a SwiGLU model: the kernels do not apply
-    assert all(isinstance(s, ModelShape) for s in FALLBACK_SHAPES)
+    with pytest.raises(UserError, match="unknown model spec 'no-such-model'"):
+        model_shapes(["mixtral-8x7b", "no-such-model"])
 
 
 def test_plan_cases_covers_every_op_and_respects_limits():
@@ -193,3 +194,20 @@ def test_benchmarks_refuse_the_interpreter(monkeypatch):
     monkeypatch.setattr(runtime, "interpreter_active", lambda: True)
     with pytest.raises(UserError, match="TRITON_INTERPRET"):
         bench.require_cuda("cuda:0")
+
+
+def test_validation_prediction_uses_the_cost_model_or_says_it_used_the_table(tmp_path):
+    import numpy as np
+
+    from moesim.calibration.validate import _predict
+
+    (mixtral,) = model_shapes(["mixtral-8x7b"])
+    run_sweep(plan_cases([mixtral], QUICK), _synthetic_measure, tmp_path,
+              {**HEADER, "gpu": "SYNTHETIC H100 test"}, device="cuda:0")
+    cal = load_calibration(tmp_path)
+    t, source = _predict(cal, "mixtral-8x7b", 64, np.full(8, 16), "h100x8")
+    assert t > 0 and source.startswith("cost-model(") and "expert=table" in source
+    t, source = _predict(cal, "mixtral-8x7b", 64, np.full(8, 16), None)
+    assert t == pytest.approx(cal.time_s("fused_moe", tokens=64, num_experts=8, top_k=2, hidden=4096,
+                                         ffn=14336, dtype="bf16"))
+    assert source == "table(fused_moe only; no built-in cluster for this GPU)"

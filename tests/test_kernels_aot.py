@@ -17,7 +17,7 @@ import pytest
 if importlib.util.find_spec("triton") is None or importlib.util.find_spec("torch") is None:
     pytest.skip("triton and torch are needed to compile the kernels", allow_module_level=True)
 
-HOPPER_SHARED_BYTES = 227 * 1024
+HOPPER_SHARED_BYTES = 227 * 1024  # the most one block may use on sm_90 (CUDA C++ Programming Guide)
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,8 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from moesim.kernels.bench import MoECase, grouped_mm_moe, moe_flops_bytes, random_routing  # noqa: E402
-from moesim.kernels.reference import fused_moe_reference, fused_moe_torch  # noqa: E402
+from moesim.kernels.reference import fused_moe_torch  # noqa: E402
+from tests.kernel_reference import fused_moe_reference  # noqa: E402
 
 
 def _operands(T=13, H=32, F=16, E=6, K=2, dtype=torch.float32, seed=0):

@@ -17,6 +17,8 @@ from typing import Any
 from moesim.calibration.format import OPS, write_table
 from moesim.calibration.roofline import kernel_figures, measured_ceilings, summarise
 from moesim.io import atomic_write_text
+from moesim.resources import builtin_names
+from moesim.specs import load_model
 
 
 @dataclass(frozen=True)
@@ -34,41 +36,17 @@ class ModelShape:
     """Total FFN width of the shared experts (0: none), run as one SwiGLU MLP."""
 
 
-# Used when moesim.specs cannot load a model: the same numbers as moesim/specs/models/*.yaml (each
-# model's Hugging Face config.json; per-expert FFN width).
-FALLBACK_SHAPES: tuple[ModelShape, ...] = (
-    ModelShape("mixtral-8x7b", 4096, 14336, 8, 2),
-    ModelShape("mixtral-8x22b", 6144, 16384, 8, 2),
-    ModelShape("deepseek-v2-lite", 2048, 1408, 64, 6, (1408, 2816, 10944), 2816),
-    ModelShape("deepseek-v3", 7168, 2048, 256, 8, (2048, 18432), 2048),
-    ModelShape("qwen1.5-moe-a2.7b", 2048, 1408, 60, 4, (5632,), 5632),
-    ModelShape("qwen3-30b-a3b", 2048, 768, 128, 8),
-    ModelShape("qwen3-235b-a22b", 4096, 1536, 128, 8),
-    ModelShape("olmoe-1b-7b", 2048, 1024, 64, 8),
-    ModelShape("gpt-oss-20b", 2880, 2880, 32, 4),
-    ModelShape("gpt-oss-120b", 2880, 2880, 128, 4),
-    ModelShape("phi-3.5-moe", 4096, 6400, 16, 2),
-)
 QUICK_MODELS = ("mixtral-8x7b", "deepseek-v2-lite", "qwen3-30b-a3b")
 
 
 def model_shapes(names: Iterable[str] | None = None) -> list[ModelShape]:
-    """Shapes of the named models (default: all built-in gated MoE models), from moesim.specs when it
-    can load them, else from ``FALLBACK_SHAPES``."""
-    fallback = {s.name: s for s in FALLBACK_SHAPES}
-    wanted = list(names) if names is not None else list(fallback)
+    """Shapes of the named models (default: every built-in model), skipping those whose experts are
+    not SwiGLU (the kernels implement gated experts only). An unknown name is a UserError."""
     out = []
-    for name in wanted:
-        try:
-            from moesim.specs import load_model
-
-            m = load_model(name)
-        except Exception:  # specs not ready, or a model it cannot load: use the table above
-            if name in fallback:
-                out.append(fallback[name])
-            continue
+    for name in list(names) if names is not None else builtin_names("model"):
+        m = load_model(name)
         if not m.gated:
-            continue  # the kernels implement SwiGLU experts
+            continue
         widths = {w for w in (m.shared_expert_intermediate_size * max(m.num_shared_experts, 1),
                               m.shared_expert_intermediate_size, m.dense_intermediate_size) if w}
         shared = m.shared_expert_intermediate_size * m.num_shared_experts

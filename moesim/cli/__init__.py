@@ -7,7 +7,7 @@ import importlib
 import sys
 
 from moesim import __version__
-from moesim.errors import EXIT_BAD_INPUT, EXIT_FAILURE, UserError
+from moesim.errors import EXIT_BAD_INPUT, EXIT_FAILURE, EXIT_OK, UserError
 
 VERBS = ("hw", "model", "trace", "simulate", "plan", "calibrate", "report")
 
@@ -21,13 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"moesim {__version__}")
     sub = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
     for verb in VERBS:
-        try:
-            module = importlib.import_module(f"moesim.cli.{verb}")
-        except ModuleNotFoundError as e:
-            if e.name == f"moesim.cli.{verb}":  # verb not built yet
-                continue
-            raise
-        module.register(sub)
+        importlib.import_module(f"moesim.cli.{verb}").register(sub)
     return parser
 
 
@@ -44,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_FAILURE
     except BrokenPipeError:
         return EXIT_FAILURE
-    return int(code or 0)
+    return int(code or EXIT_OK)
 
 
 if __name__ == "__main__":

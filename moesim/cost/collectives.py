@@ -190,17 +190,6 @@ class AllToAllRoutes:
             loads += self._fabric_loads(b3, np.asarray(bytes_matrix, dtype=float), node_bytes)
         return loads if np.ndim(bytes_matrix) == 3 else loads[0]
 
-    def link_loads_general(self, bytes_matrix: np.ndarray) -> np.ndarray:
-        """Reference for :meth:`link_loads` (non-hierarchical): a ``bincount`` over every (pair,
-        hop) entry, [S, L]."""
-        g = len(self.device_ids)
-        flat = self._zero_diagonal(bytes_matrix).reshape(-1, g * g)
-        s = flat.shape[0]
-        offsets = (np.arange(s) * self.num_links)[:, None]
-        return np.bincount((self.link_of_hop[None, :] + offsets).ravel(),
-                           weights=flat[:, self.pair_of_hop].ravel(),
-                           minlength=s * self.num_links).reshape(s, self.num_links)
-
     def latency_s(self, bytes_matrix: np.ndarray) -> np.ndarray:
         """Longest path latency among pairs that send anything ([S]; one entry for a single matrix)."""
         return self.loads_and_latency(bytes_matrix)[1]

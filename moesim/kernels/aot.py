@@ -22,8 +22,6 @@ from typing import Any
 
 from moesim.kernels.configs import BlockConfig, default_config
 
-HOPPER_SHARED_BYTES = 227 * 1024  # the most one block may use on sm_90 (CUDA programming guide)
-
 
 @dataclass(frozen=True)
 class CompileReport:

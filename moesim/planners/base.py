@@ -249,19 +249,6 @@ def gpu_imbalance(plan: Plan, load: np.ndarray) -> float:
     return float(plan.imbalance(load).mean())
 
 
-def lower_bound_imbalance(weights: np.ndarray, num_devices: int, num_slots: int) -> float:
-    """A lower bound on max/mean device load for one layer: max(1, min over counts of max w/c / mean).
-
-    Jefferson apportionment gives the smallest achievable ``max w_e/c_e`` for the slot budget.
-    """
-    w = np.asarray(weights, dtype=np.float64)
-    mean = w.sum() / num_devices
-    if mean <= 0:
-        return 1.0
-    c = apportion(w, num_slots, max_per_item=num_devices)
-    return float(max(1.0, (w / c).max() / mean))
-
-
 def fill_extra_slots(rows: list[list[int]], slots: int, num_experts: int) -> np.ndarray:
     """Fill free slots with extra replicas of experts 0, 1, 2, ... (the engines' default redundancy).
 
