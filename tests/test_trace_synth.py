@@ -57,6 +57,23 @@ def test_fit_matches_real_statistics():
     assert corr > 0.8
 
 
+def test_fit_records_the_fitted_trace_by_name_not_its_path():
+    path = shared_trace("mixtral-8x7b-instruct-vllm/mixtral_gsm8k_humaneval_decode.npz").resolve()
+    params = fit_trace(RoutingTrace.load(path), seed=0, trial_tokens=512)
+    assert params.fitted_to["trace"] == "mixtral_gsm8k_humaneval_decode.npz"
+
+
+def test_shipped_traces_and_profiles_record_no_absolute_path():
+    from moesim.resources import builtin_dir, builtin_names
+
+    folder = builtin_dir("trace")
+    texts = [json.dumps(RoutingTrace.load(name).meta) for name in builtin_names("trace")]
+    texts += [p.read_text() for p in folder.glob("synth-profile-*.json")]
+    assert len(texts) >= 4
+    for text in texts:
+        assert "/work/" not in text and '"/' not in text and " /" not in text
+
+
 def test_profile_holds_statistics_only():
     real = RoutingTrace.load(shared_trace("flame-moe-290m/flame_moe_290m_prefill_4x512.npz"))
     prof = profile_from_trace(real)

@@ -311,7 +311,8 @@ def fit_trace(
         sd,
         mx,
         int(phases[np.argmax(counts)]) if len(phases) else UNKNOWN,
-        {"trace": trace.source, "model": trace.model_name, "mode": "fitted"},
+        {"trace": Path(trace.source).name if trace.source else None, "model": trace.model_name,
+         "mode": "fitted"},
     )
     overlap = np.nan_to_num(np.asarray(st["per_layer"]["consecutive_overlap"], np.float64))[m]
     srp = float(st["local_consistency"]["srp"][str(SRP_M)])
