@@ -8,11 +8,11 @@ Formats (``--format``; guessed from the file when omitted):
   a sequence has ``max(token_idx) + 1`` rows; (token, layer) pairs absent from the log stay -1.
 - ``deepseek-csv``: ``Layer ID, Batch Number, Token, Activated Expert IDs`` with one row per
   (layer, token), grouped by layer; each input file is one sequence (prompt).
-- ``vllm-routed``: vLLM ``--enable-return-routed-experts`` output: a JSON list (or JSON lines) of
-  completions, each with ``prompt_routed_experts`` and/or ``routed_experts`` ``[len, L, K]``; or an
-  ``.npz`` with members ``prompt_routed_experts_<i>`` / ``routed_experts_<i>``. One sequence per
-  completion: prompt rows (phase prefill) then generated rows (phase decode).
-- ``sglang-per-token``, ``sglang-stat``: SGLang expert-distribution dumps (moesim.traces.sglang).
+- ``vllm-routed``: vLLM ``--enable-return-routed-experts`` output, current and older layouts
+  (HTTP responses, JSON lines of responses or choices, offline ``.npz``/``.npy``; moesim.traces.vllm).
+  One sequence per completion; every row kept.
+- ``sglang-stat``, ``sglang-per-pass``, ``sglang-per-token``: SGLang expert-distribution dumps
+  (moesim.traces.sglang): dense layers dropped, rank files de-duplicated, requests linked.
 - ``counts``: per-step count matrices, ``.npy`` ``[steps, layers, experts]`` or long CSV
   ``step,layer,expert,count``; ``counts-npz`` one key (``--key``) of an ``.npz`` of count arrays.
 """
@@ -28,10 +28,15 @@ from typing import Any
 import numpy as np
 
 from moesim.errors import UserError
+from moesim.specs.model import MoEModel
 from moesim.traces.counts import LoadCounts, counts_from_array, read_counts_csv
 from moesim.traces.trace import DECODE, PREFILL, UNKNOWN, RoutingTrace
 
-FORMATS = ("jsonl", "deepseek-csv", "vllm-routed", "sglang-per-token", "sglang-stat", "counts", "counts-npz")
+FORMATS = (
+    "jsonl", "deepseek-csv", "vllm-routed", "sglang-per-token", "sglang-per-pass", "sglang-stat", "counts",
+    "counts-npz",
+)
+SGLANG_FORMATS = ("sglang-per-token", "sglang-per-pass", "sglang-stat")
 PHASES = {"prefill": PREFILL, "decode": DECODE, "unknown": UNKNOWN}
 
 
@@ -54,7 +59,7 @@ def guess_format(path: Path) -> str:
             return "deepseek-csv"
         if "expert" in first and "count" in first:
             return "counts"
-    if "routed_experts" in head:
+    if "routed_experts" in head or '"choices"' in head:
         return "vllm-routed"
     if '"token_idx"' in head and '"experts"' in head:
         return "jsonl"
@@ -208,78 +213,6 @@ def from_deepseek_csv(
     )
 
 
-def _vllm_completions(path: Path) -> list[dict[str, np.ndarray]]:
-    if path.suffix.lower() == ".npz":
-        from moesim.traces.npz import read_npz
-
-        arrays = read_npz(path, mmap=False)
-        idx = sorted({int(k.rsplit("_", 1)[1]) for k in arrays if k.rsplit("_", 1)[-1].isdigit()})
-        return [
-            {
-                key: arrays[f"{key}_{i}"]
-                for key in ("prompt_routed_experts", "routed_experts")
-                if f"{key}_{i}" in arrays
-            }
-            for i in idx
-        ]
-    text = path.read_text(encoding="utf-8")
-    try:
-        data = json.loads(text)
-        items = data if isinstance(data, list) else [data]
-    except json.JSONDecodeError:
-        items = _json_records(path)
-    out = []
-    for i, item in enumerate(items):
-        if not isinstance(item, dict):
-            raise UserError(f"completion {i}: expected a JSON object", file=path)
-        comp = {}
-        for key in ("prompt_routed_experts", "routed_experts"):
-            if item.get(key) is not None:
-                try:
-                    comp[key] = np.array(item[key], dtype=np.int64)
-                except (ValueError, TypeError):
-                    raise UserError(
-                        f"completion {i}: {key} is not a rectangular integer array", file=path
-                    ) from None
-        out.append(comp)
-    return out
-
-
-def from_vllm_routed(
-    paths: list[Path], *, num_experts: int | None, layer_ids: np.ndarray | None, meta: dict[str, Any]
-) -> RoutingTrace:
-    """vLLM routed-experts output (see module doc) -> RoutingTrace; one sequence per completion."""
-    rows, phases, seqs = [], [], []
-    seq = -1
-    for path in paths:
-        for i, comp in enumerate(_vllm_completions(path)):
-            seq += 1
-            for key, ph in (("prompt_routed_experts", PREFILL), ("routed_experts", DECODE)):
-                if key not in comp:
-                    continue
-                a = comp[key]
-                if a.ndim != 3 or (rows and a.shape[1:] != rows[0].shape[1:]):
-                    want = list(rows[0].shape[1:]) if rows else "[len, layers, top_k]"
-                    raise UserError(
-                        f"completion {i}: {key} has shape {list(a.shape)}, expected [len] + {want}", file=path
-                    )
-                rows.append(a)
-                phases.append(np.full(len(a), ph))
-                seqs.append(np.full(len(a), seq))
-    if not rows:
-        raise UserError("no routed_experts arrays found", file=paths[0])
-    ids = np.concatenate(rows)
-    e = num_experts if num_experts is not None else int(ids.max()) + 1
-    return RoutingTrace.build(
-        ids,
-        num_experts=e,
-        seq_id=np.concatenate(seqs),
-        phase=np.concatenate(phases),
-        layer_ids=layer_ids,
-        meta={**meta, "converted_from": [str(p) for p in paths], "source_format": "vllm-routed"},
-    )
-
-
 def convert(
     inputs: list[str | Path],
     fmt: str | None = None,
@@ -290,8 +223,15 @@ def convert(
     model_name: str | None = None,
     top_k: int | None = None,
     key: str | None = None,
+    model: MoEModel | None = None,
+    passes: int | None = None,
+    ranks: str = "auto",
 ) -> RoutingTrace | LoadCounts:
-    """Read ``inputs`` (one or more files of one format) as a RoutingTrace or LoadCounts."""
+    """Read ``inputs`` (one or more files of one format) as a RoutingTrace or LoadCounts.
+
+    ``model`` (optional) tells engine dumps which of their per-hidden-layer columns are MoE layers;
+    ``passes`` and ``ranks`` are the SGLang options (moesim.traces.sglang).
+    """
     paths = [Path(p) for p in inputs]
     for p in paths:
         if not p.is_file():
@@ -301,20 +241,30 @@ def convert(
         raise UserError(f"unknown format {fmt!r}; expected one of {', '.join(FORMATS)}")
     if phase not in PHASES:
         raise UserError(f"unknown phase {phase!r}; expected prefill, decode or unknown")
-    meta: dict[str, Any] = {"model": model_name} if model_name else {}
+    name = model_name or (model.name if model is not None else None)
+    meta: dict[str, Any] = {"model": name} if name else {}
     lids = None if layer_ids is None else np.asarray(layer_ids)
     if fmt == "jsonl":
         return from_jsonl(paths, num_experts=num_experts, phase=PHASES[phase], meta=meta)
     if fmt == "deepseek-csv":
         return from_deepseek_csv(paths, num_experts=num_experts, phase=PHASES[phase], meta=meta)
     if fmt == "vllm-routed":
-        return from_vllm_routed(paths, num_experts=num_experts, layer_ids=lids, meta=meta)
-    if fmt in ("sglang-per-token", "sglang-stat"):
+        from moesim.traces.vllm import from_vllm_routed
+
+        return from_vllm_routed(paths, model=model, num_experts=num_experts, layer_ids=lids, meta=meta)
+    if fmt in SGLANG_FORMATS:
         from moesim.traces import sglang
 
         if fmt == "sglang-stat":
-            return sglang.read_stat(paths[0], layer_ids=lids, meta=meta)
-        return sglang.read_per_token(paths, num_experts=num_experts, top_k=top_k, meta=meta)
+            if len(paths) != 1:
+                raise UserError("a stat dump is one file (rank 0 writes the all-reduced counts), "
+                                f"got {len(paths)}")
+            return sglang.read_stat(paths[0], model=model, layer_ids=lids, passes=passes, meta=meta)
+        if fmt == "sglang-per-pass":
+            return sglang.read_per_pass(paths, model=model, num_experts=num_experts, layer_ids=lids,
+                                        ranks=ranks, meta=meta)
+        return sglang.read_per_token(paths, model=model, num_experts=num_experts, top_k=top_k, layer_ids=lids,
+                                     ranks=ranks, meta=meta)
     if len(paths) != 1:
         raise UserError(f"format {fmt} takes one input file, got {len(paths)}")
     if fmt == "counts-npz":
