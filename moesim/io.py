@@ -1,10 +1,15 @@
-"""Writing output files atomically: a reader never sees a half-written file."""
+"""Writing output files atomically: a reader never sees a half-written file.
+
+The temporary file is created with mode 0666 minus the process umask, like ``open(path, "w")``
+(``tempfile.mkstemp`` would make it 0600, unreadable to an engine container running as another
+user).
+"""
 
 from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
+import secrets
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
@@ -15,7 +20,7 @@ def atomic_open(path: str | Path, mode: str = "w", **kwargs) -> Iterator[IO]:
     """Open a temporary file beside ``path``; rename it over ``path`` only if the block succeeds."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = _create_temp(path)
     try:
         with os.fdopen(fd, mode, **kwargs) as fh:
             yield fh
@@ -28,6 +33,17 @@ def atomic_open(path: str | Path, mode: str = "w", **kwargs) -> Iterator[IO]:
         raise
 
 
+def _create_temp(path: Path) -> tuple[int, str]:
+    """A new file beside ``path`` opened for writing; the kernel applies the umask to its 0o666."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0) | getattr(os, "O_CLOEXEC", 0)
+    while True:
+        tmp = str(path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp")
+        try:
+            return os.open(tmp, flags, 0o666), tmp
+        except FileExistsError:  # astronomically unlikely: draw another name
+            continue
+
+
 def atomic_write_text(path: str | Path, text: str) -> None:
     with atomic_open(path, "w", encoding="utf-8") as fh:
         fh.write(text)
@@ -36,3 +52,16 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     with atomic_open(path, "wb") as fh:
         fh.write(data)
+
+
+def check_parquet_writable(path: str | Path, *, field: str | None = None) -> None:
+    """Before a long run: a ``.parquet`` output needs pyarrow (or fastparquet); one line if missing."""
+    import importlib.util
+
+    if Path(path).suffix.lower() != ".parquet":
+        return
+    if not any(importlib.util.find_spec(m) is not None for m in ("pyarrow", "fastparquet")):
+        from moesim.errors import UserError
+
+        raise UserError("writing Parquet needs pyarrow: pip install pyarrow (or moesim[parquet]), or write "
+                        ".csv instead", file=path, field=field)

@@ -96,7 +96,7 @@ def test_vllm_ascend_deepseek_v3_exact_format(tmp_path, v3):
 @settings(max_examples=25, deadline=None)
 @given(G=st.sampled_from([1, 2, 4, 8]), extra=st.integers(0, 3), seed=st.integers(0, 10_000))
 def test_round_trips_property(tmp_path_factory, G, extra, seed):
-    model = load_model("mixtral-8x7b")
+    model = load_model("gpt-oss-20b")
     S = -(-model.num_experts // G) + extra
     S = min(S, model.num_experts, 2 * model.num_experts // G)  # at most one redundant copy each
     placement = _rotated(model, G, S, seed=seed)
@@ -127,8 +127,8 @@ def test_refuses_unequal_slots(tmp_path):
 
 
 def test_refuses_duplicates_for_vllm_ascend_only(tmp_path):
-    model = load_model("mixtral-8x7b")
-    placement = np.tile(np.array([[0, 1, 2, 3, 0], [4, 5, 6, 7, 4]]), (model.num_moe_layers, 1, 1))
+    model = load_model("gpt-oss-20b")
+    placement = np.tile(np.array([[*range(16), 0], [*range(16, 32), 16]]), (model.num_moe_layers, 1, 1))
     plan = _plan(model, placement)
     with pytest.raises(UserError, match="holds expert 0 twice"):
         write_vllm_ascend(plan, model, tmp_path / "v.json")
@@ -138,11 +138,11 @@ def test_refuses_duplicates_for_vllm_ascend_only(tmp_path):
 
 
 def test_refuses_missing_expert_and_wrong_model(tmp_path, v3):
-    model = load_model("mixtral-8x7b")
-    placement = np.tile(np.array([[0, 1, 2, 3], [4, 5, 6, 6]]), (model.num_moe_layers, 1, 1))
-    with pytest.raises(UserError, match="expert 7 has no replica"):
+    model = load_model("gpt-oss-20b")
+    placement = np.tile(np.array([[*range(16)], [*range(16, 31), 30]]), (model.num_moe_layers, 1, 1))
+    with pytest.raises(UserError, match="expert 31 has no replica"):
         write_sglang(_plan(model, placement), model, tmp_path / "s.json")
-    good = _plan(model, np.tile(np.arange(8).reshape(2, 4), (model.num_moe_layers, 1, 1)))
+    good = _plan(model, np.tile(np.arange(32).reshape(2, 16), (model.num_moe_layers, 1, 1)))
     with pytest.raises(UserError, match="experts"):
         write_sglang(good, v3, tmp_path / "s.json")
 

@@ -7,6 +7,7 @@ from typing import Any
 
 from moesim.cli.common import add_json_flag, add_verb, print_json
 from moesim.errors import UserError
+from moesim.io import check_parquet_writable
 
 EXAMPLES = """\
   moesim simulate --hw h100x8 --model mixtral-8x7b --trace mixtral-8x7b-synth --batch 64
@@ -99,6 +100,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.out and not str(args.out).endswith((".csv", ".parquet")):
         raise UserError(f"expected a .csv or .parquet file, got {args.out!r}", field="--out")
+    check_parquet_writable(args.out or "", field="--out")
     cfg = _config(args)
     cost = None
     if args.calibration:

@@ -109,7 +109,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "convert",
         help="convert other recordings to the v1 trace (or to load counts)",
         description="Convert IN... to OUT. Formats: jsonl, deepseek-csv, vllm-routed, "
-        "sglang-per-token, sglang-stat, counts, counts-npz (docs/traces.md).",
+        "sglang-per-token, sglang-per-pass, sglang-stat, counts, counts-npz (docs/traces.md). Give --model "
+        "with engine dumps: their columns are the model's hidden layers and the dense ones are dropped.",
     )
     cv.add_argument("paths", nargs="+", metavar="IN... OUT", help="input file(s) then the output .npz")
     cv.add_argument("--format", dest="fmt", default=None, help="input format (guessed when omitted)")
@@ -128,6 +129,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     cv.add_argument("--top-k", type=int, default=None, help="k of SGLang per_token dumps (padded to 8)")
     cv.add_argument("--key", default=None, help="array name inside a counts-npz file")
+    cv.add_argument("--passes", type=int, default=None, metavar="N",
+                    help="sglang-stat: forward passes recorded since /start_expert_distribution_record "
+                    "(restores the time order of a wrapped circular buffer)")
+    cv.add_argument("--ranks", default="auto", choices=("auto", "sum", "first"),
+                    help="sglang per_pass/per_token rank files: auto = one copy of records identical on "
+                    "several ranks (tensor parallel), all of those that differ (DP attention)")
     cv.add_argument("--uncompressed", action="store_true", help="store uncompressed (memory-mappable)")
     add_json_flag(cv)
     cv.set_defaults(func=run_convert)
@@ -356,7 +363,12 @@ def run_convert(args: argparse.Namespace) -> int:
         model_name=model.name if model else None,
         top_k=args.top_k or (model.top_k if model else None),
         key=args.key,
+        model=model,
+        passes=args.passes,
+        ranks=args.ranks,
     )
+    for warning in result.meta.get("warnings", []):
+        print(f"moesim: warning: {warning}", file=sys.stderr)
     from moesim.traces import RoutingTrace
 
     if isinstance(result, RoutingTrace):

@@ -4,14 +4,17 @@
   with ``R = model.num_layers`` (SGLang's ``num_hidden_layers``: dense layers get the trivial row
   ``p % E``) and ``P = devices * slots_per_device``; physical slot ``p`` lives on EP rank
   ``p // slots_per_device`` (sgl-project/sglang python/sglang/srt/eplb/expert_location.py @01fec5c2,
-  ``compute_initial_expert_location_metadata``).
+  ``compute_initial_expert_location_metadata``, ``init_by_mapping``).
+- SGLang ``{"logical_count": [[int] * E] * R}``: loads instead of a placement; SGLang runs its own
+  EPLB on them at start-up (``ExpertLocationMetadata.init_by_eplb``).
 - vLLM-Ascend ``expert_map_path``: ``{"moe_layer_count": L, "layer_list": [{"layer_id": i,
   "device_count": G, "device_list": [{"device_id": g, "device_expert": [int] * S}]}]}`` with one
-  entry per MoE layer in order (vllm-project/vllm-ascend vllm_ascend/ops/expert_load_balancer.py,
-  ``ExpertLoadBalancer._expert_file_to_tensor``).
+  entry per MoE layer in order (vllm-project/vllm-ascend @182b75ea ``vllm_ascend/eplb/core/eplb_utils.py``,
+  ``expert_file_to_tensor``; the older ``vllm_ascend/ops/expert_load_balancer.py`` is gone).
 
-EP rank ``g`` is ``plan.devices[g]``. Plans the engines cannot load are refused with
-:class:`UserError` before anything is written.
+EP rank ``g`` is ``plan.devices[g]``. Plans the engines cannot load (moesim.plans.engines: model
+families, EP size) are refused with :class:`UserError` before anything is written. ``export_*``
+also write the launch flags beside the file (``<file>.flags.txt``) and return them.
 """
 
 from __future__ import annotations
@@ -26,10 +29,13 @@ import numpy as np
 
 from moesim.errors import UserError
 from moesim.io import atomic_write_text
+from moesim.plans import engines
+from moesim.plans.engines import EngineLaunch
 from moesim.plans.plan import Plan
 from moesim.specs.model import MoEModel
 
 SGLANG_KEY = "physical_to_logical_map"
+SGLANG_COUNTS_KEY = "logical_count"
 
 
 # ---- checks shared by both writers ---------------------------------------------------------------
@@ -99,6 +105,7 @@ def _check_no_duplicates(plan: Plan, engine: str, path: str) -> None:
 
 def sglang_map(plan: Plan, model: MoEModel, *, path: str = "<sglang>") -> list[list[int]]:
     """``physical_to_logical_map`` rows for every model layer (dense layers: trivial ``p % E``)."""
+    engines.check_family(model, "SGLang", path)
     _check_common(plan, model, "SGLang", path)
     _L, G, S = plan.placement.shape
     num_physical = G * S
@@ -111,11 +118,50 @@ def sglang_map(plan: Plan, model: MoEModel, *, path: str = "<sglang>") -> list[l
     return rows
 
 
-def write_sglang(plan: Plan, model: MoEModel, path: str | Path) -> None:
+def write_sglang(plan: Plan, model: MoEModel, path: str | Path, *, ep_size: int | None = None) -> None:
     """Write SGLang's ``--init-expert-location`` JSON (launch with ``--ep-num-redundant-experts
-    G*S - E`` and an EP size of ``G``)."""
+    G*S - E`` and an EP size of ``G``; ``ep_size``, when given, must be ``G``)."""
+    engines.check_ep_size(plan, "SGLang", ep_size, str(path))
     rows = sglang_map(plan, model, path=str(path))
     atomic_write_text(path, _dump_rows({SGLANG_KEY: rows}))
+
+
+def export_sglang(plan: Plan, model: MoEModel, path: str | Path, *, ep_size: int | None = None,
+                  dispatch: str | None = None) -> EngineLaunch:
+    """Write the map and ``<path>.flags.txt``; the launch flags (``dispatch``: moesim's even/local)."""
+    write_sglang(plan, model, path, ep_size=ep_size)
+    launch = engines.sglang_launch(plan, model, path, dispatch=dispatch)
+    engines.write_flags(launch, path)
+    return launch
+
+
+def sglang_logical_count(load: np.ndarray, model: MoEModel, *, path: str = "<sglang>") -> list[Any]:
+    """``logical_count`` rows for every model layer from a load ``[L, E]`` or ``[W, L, E]`` over the
+    model's MoE layers (in model order); dense layers get zero counts (SGLang never reads them)."""
+    engines.check_family(model, "SGLang", path)
+    a = np.asarray(load)
+    if a.ndim not in (2, 3) or a.shape[-2:] != (model.num_moe_layers, model.num_experts):
+        raise UserError(f"expected a load [layers, experts] = [{model.num_moe_layers}, {model.num_experts}] "
+                        f"(or with a leading window axis), got {list(a.shape)}", file=path, field="load")
+    if a.size and (a.min() < 0 or not np.all(a == np.round(a))):
+        raise UserError("expected non-negative integer counts", file=path, field="load")
+    full = np.zeros((*a.shape[:-2], model.num_layers, model.num_experts), np.int64)
+    full[..., list(model.moe_layers), :] = a.astype(np.int64)
+    return full.tolist()
+
+
+def export_sglang_logical_count(load: np.ndarray, model: MoEModel, path: str | Path, *,
+                                ep_size: int | None = None, redundant: int = 0) -> EngineLaunch:
+    """Write ``{"logical_count": ...}`` (SGLang runs its own EPLB on it) and its flags file."""
+    if redundant < 0:
+        raise UserError(f"expected redundant experts >= 0, got {redundant}", field="--redundant-experts")
+    launch = engines.sglang_counts_launch(model, path, ep_size=ep_size, redundant=redundant)
+    rows = sglang_logical_count(load, model, path=str(path))
+    text = (_dump_rows({SGLANG_COUNTS_KEY: rows}) if np.ndim(rows) == 2
+            else json.dumps({SGLANG_COUNTS_KEY: rows}, separators=(",", ":")) + "\n")
+    atomic_write_text(path, text)
+    engines.write_flags(launch, path)
+    return launch
 
 
 def read_sglang(path: str | Path, model: MoEModel, devices: Sequence[str] | int) -> Plan:
@@ -146,7 +192,8 @@ def read_sglang(path: str | Path, model: MoEModel, devices: Sequence[str] | int)
 
 
 def vllm_ascend_map(plan: Plan, model: MoEModel, *, path: str = "<vllm-ascend>") -> dict[str, Any]:
-    """The expert-map dict vLLM-Ascend's ``ExpertLoadBalancer`` reads (``expert_map_path``)."""
+    """The expert-map dict vLLM-Ascend's ``expert_file_to_tensor`` reads (``expert_map_path``)."""
+    engines.check_family(model, "vLLM-Ascend", path)
     _check_common(plan, model, "vLLM-Ascend", path)
     _check_no_duplicates(plan, "vLLM-Ascend", path)
     L, G, _S = plan.placement.shape
@@ -166,10 +213,36 @@ def vllm_ascend_map(plan: Plan, model: MoEModel, *, path: str = "<vllm-ascend>")
     }
 
 
-def write_vllm_ascend(plan: Plan, model: MoEModel, path: str | Path) -> None:
+def write_vllm_ascend(plan: Plan, model: MoEModel, path: str | Path, *, ep_size: int | None = None) -> None:
     """Write vLLM-Ascend's static expert map (``additional_config.eplb_config.expert_map_path``)."""
+    engines.check_ep_size(plan, "vLLM-Ascend", ep_size, str(path))
     d = vllm_ascend_map(plan, model, path=str(path))
     atomic_write_text(path, json.dumps(d, separators=(",", ":")) + "\n")
+
+
+def export_vllm_ascend(plan: Plan, model: MoEModel, path: str | Path, *,
+                       ep_size: int | None = None) -> EngineLaunch:
+    """Write the expert map and ``<path>.flags.txt``; the launch flags and environment."""
+    write_vllm_ascend(plan, model, path, ep_size=ep_size)
+    launch = engines.vllm_ascend_launch(plan, model, path)
+    engines.write_flags(launch, path)
+    return launch
+
+
+def export_for_engines(plan: Plan, model: MoEModel, *, sglang: str | Path | None = None,
+                       vllm_ascend: str | Path | None = None, ep_size: int | None = None,
+                       dispatch: str | None = None) -> list[EngineLaunch]:
+    """Every requested engine file with its flags file, all checked before the first is written."""
+    for target, engine in ((sglang, "SGLang"), (vllm_ascend, "vLLM-Ascend")):
+        if target is not None:
+            engines.check_ep_size(plan, engine, ep_size, str(target))
+            engines.check_family(model, engine, str(target))
+    launches = []
+    if sglang is not None:
+        launches.append(export_sglang(plan, model, sglang, ep_size=ep_size, dispatch=dispatch))
+    if vllm_ascend is not None:
+        launches.append(export_vllm_ascend(plan, model, vllm_ascend, ep_size=ep_size))
+    return launches
 
 
 def read_vllm_ascend(path: str | Path, model: MoEModel, devices: Sequence[str] | int | None = None) -> Plan:
@@ -238,7 +311,11 @@ def _read_mapping(path: str | Path) -> Mapping[str, Any]:
     path = Path(path)
     try:
         if path.suffix == ".pt":
-            import torch
+            try:
+                import torch
+            except ImportError:
+                raise UserError("reading a .pt file needs PyTorch: pip install torch (or moesim[record])",
+                                file=path) from None
 
             data: Any = torch.load(path, map_location="cpu", weights_only=True)
             data = {k: (v.tolist() if hasattr(v, "tolist") else v) for k, v in dict(data).items()}
