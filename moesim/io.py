@@ -12,7 +12,7 @@ import os
 import secrets
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 
 @contextlib.contextmanager
@@ -65,3 +65,27 @@ def check_parquet_writable(path: str | Path, *, field: str | None = None) -> Non
 
         raise UserError("writing Parquet needs pyarrow: pip install pyarrow (or moesim[parquet]), or write "
                         ".csv instead", file=path, field=field)
+
+
+def write_table_csv(path: str | Path, rows: dict[str, dict[str, Any]], *, key: str) -> None:
+    """``{name: {column: value}}`` as CSV, one row per name (first column ``key``), atomically.
+
+    Nested mappings become ``outer.inner`` columns; None is an empty cell; columns in first-seen order.
+    """
+    import csv
+
+    def flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for k, v in d.items():
+            if isinstance(v, dict):
+                out.update(flat(v, f"{prefix}{k}."))
+            else:
+                out[f"{prefix}{k}"] = v
+        return out
+
+    table = [{key: name, **flat(r)} for name, r in rows.items()]
+    columns = list(dict.fromkeys(c for r in table for c in r))
+    with atomic_open(path, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, fieldnames=columns, restval="")
+        writer.writeheader()
+        writer.writerows([{c: ("" if v is None else v) for c, v in r.items()} for r in table])

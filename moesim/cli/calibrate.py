@@ -143,7 +143,7 @@ def _run_measure(args: argparse.Namespace, out: Path, models: list[str] | None, 
               "skipped": len(skipped), "summary": figures["summary"],
               "measured_ceilings": figures["measured_ceilings"], "comparison": comparison}
     if args.json:
-        print_json(result)
+        print_json(result, verb="calibrate")
         return 0
     print(f"{header['gpu']}: wrote {sum(result['rows'].values())} rows in {len(rows)} tables to {out} "
           f"({len(skipped)} cases skipped, see skipped.json)")
@@ -194,7 +194,7 @@ def _run_validate(args: argparse.Namespace, calibration: Any, models: list[str] 
         print_json({"calibration": str(args.validate), "device": calibration.device, "summary": summary,
                     "cases": [{"model": c.model, "tokens": c.tokens, "measured_s": c.measured_s,
                                "predicted_s": c.predicted_s, "error": c.error, "source": c.source}
-                              for c in cases]})
+                              for c in cases]}, verb="calibrate-validate")
         return 0
     print(f"{'model':<22} {'tokens':>6} {'measured us':>12} {'predicted us':>13} {'error':>8}  source")
     for c in cases:

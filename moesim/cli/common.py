@@ -40,7 +40,15 @@ def to_jsonable(obj: Any) -> Any:
     return obj
 
 
-def print_json(obj: Any) -> None:
+def json_schema(verb: str) -> str:
+    """The ``schema`` every ``--json`` object carries: ``moesim-<verb>/1`` (bump on breaking changes)."""
+    return f"moesim-{verb}/1"
+
+
+def print_json(obj: Any, *, verb: str | None = None) -> None:
+    """One JSON object on stdout; with ``verb``, ``"schema": "moesim-<verb>/1"`` comes first."""
+    if verb is not None and isinstance(obj, dict):
+        obj = {"schema": json_schema(verb), **obj}
     json.dump(to_jsonable(obj), sys.stdout, indent=1, allow_nan=False)
     sys.stdout.write("\n")
 

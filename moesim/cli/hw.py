@@ -113,7 +113,7 @@ def run_show(args: argparse.Namespace) -> int:
 
     cluster = load_cluster(args.profile, nodes=args.nodes)
     if args.json:
-        print_json(cluster_json(cluster))
+        print_json(cluster_json(cluster), verb="hw-show")
     else:
         print(render_cluster(cluster))
     return 0
@@ -245,7 +245,7 @@ def run_validate(args: argparse.Namespace) -> int:
             results.append({"path": path, "ok": False, "error": str(e)})
             print(f"moesim: error: {e}", file=sys.stderr)
     if args.json:
-        print_json({"ok": not failed, "files": results})
+        print_json({"ok": not failed, "files": results}, verb="hw-validate")
     return EXIT_BAD_INPUT if failed else 0
 
 
@@ -263,7 +263,7 @@ def run_list(args: argparse.Namespace) -> int:
             info["gpu_model"] = gpus[0].spec.model if gpus else None
         profiles.append(info)
     if args.json:
-        print_json({"profiles": profiles})
+        print_json({"profiles": profiles}, verb="hw-list")
         return 0
     rows = [
         [

@@ -51,7 +51,7 @@ def run_show(args: argparse.Namespace) -> int:
 
     summary = model_summary(load_model(args.model))
     if args.json:
-        print_json(summary)
+        print_json(summary, verb="model-show")
     else:
         print(render_summary(summary))
     return 0
@@ -143,7 +143,7 @@ def run_list(args: argparse.Namespace) -> int:
             }
         )
     if args.json:
-        print_json({"models": models})
+        print_json({"models": models}, verb="model-list")
         return 0
     header = ["name", "layers", "MoE", "experts", "shared", "top-k", "dtype", "params", "bytes/expert"]
     rows = [

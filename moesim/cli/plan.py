@@ -40,7 +40,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", default=None, metavar="NAME|PATH",
                    help=f"model spec (default: the trace's model, or {DEFAULT_MODEL} with the shipped trace)")
     p.add_argument("--trace", default=None, metavar="NAME|PATH",
-                   help=f"routing trace .npz (default: the shipped {DEFAULT_TRACE})")
+                   help=f"routing trace .npz, or a load-counts .npz (moesim trace convert of an SGLang stat "
+                   f"dump: plans and imbalance, no simulation) (default: the shipped {DEFAULT_TRACE})")
     p.add_argument("--planner", default="all", choices=(*PLANNER_NAMES, "all"),
                    help="planner to run, or all of them")
     slots = p.add_mutually_exclusive_group()
@@ -84,6 +85,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="write SGLang's --init-expert-location file for that plan")
     p.add_argument("--export-vllm-ascend", default=None, metavar="FILE",
                    help="write vLLM-Ascend's expert map JSON for that plan")
+    p.add_argument("--ep-size", type=int, default=None, metavar="N",
+                   help="the EP size the engine will run with; refused unless it equals the GPU count")
+    p.add_argument("--csv", default=None, metavar="FILE", help="also write the comparison table as CSV")
     add_json_flag(p)
     p.set_defaults(func=run)
 
@@ -94,7 +98,7 @@ def run(args: argparse.Namespace) -> int:
     from moesim.planners import PLANNERS, PlanRequest
     from moesim.planners.base import check_request, gpu_imbalance
     from moesim.specs import load_cluster, load_model, with_weight_dtype
-    from moesim.traces.trace import RoutingTrace
+    from moesim.traces.counts import LoadCounts, load_routing_data
 
     if not 0.0 < args.train_fraction < 1.0:
         raise UserError(f"expected a fraction between 0 and 1 (exclusive), got {args.train_fraction}",
@@ -108,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
     if args.model is None and args.trace is None:
         model = load_model(DEFAULT_MODEL)
     elif args.model is None:
-        probe = RoutingTrace.load(trace_name)
+        probe = load_routing_data(trace_name)
         try:
             model = load_model(probe.model_name)
         except UserError:
@@ -118,13 +122,18 @@ def run(args: argparse.Namespace) -> int:
         model = load_model(args.model)
     if args.weight_dtype is not None:
         model = with_weight_dtype(model, args.weight_dtype)
-    trace = RoutingTrace.load(trace_name, model=model)
+    trace = load_routing_data(trace_name, model=model)
+    counts_only = isinstance(trace, LoadCounts)  # loads without tokens: no replay, no token statistics
     train, evaluation = trace.split(args.train_fraction)
-    if train.num_tokens == 0 or evaluation.num_tokens == 0:
-        raise UserError(f"{trace.num_tokens} tokens cannot be split at {args.train_fraction}",
-                        field="--train-fraction")
+    size = (lambda t: t.num_steps) if counts_only else (lambda t: t.num_tokens)
+    if size(train) == 0 or size(evaluation) == 0:
+        raise UserError(f"{size(trace)} {'steps' if counts_only else 'tokens'} cannot be split at "
+                        f"{args.train_fraction}", field="--train-fraction")
     gpus = tuple(d.id for d in cluster.gpus)
     G, E = len(gpus), model.num_experts
+    if args.ep_size is not None and args.ep_size != G:
+        raise UserError(f"the engine's EP size must be the number of GPUs planned for ({G} on "
+                        f"{cluster.name}); got {args.ep_size}", field="--ep-size")
     if args.replicas is not None:
         if args.replicas % G:
             raise UserError(f"{args.replicas} replicas do not divide evenly over {G} GPUs",
@@ -140,7 +149,8 @@ def run(args: argparse.Namespace) -> int:
     cost = CostModel(cluster, model)
     names = list(PLANNER_NAMES) if args.planner == "all" else [args.planner]
     request = PlanRequest(model=model, cluster=cluster, devices=gpus, slots_per_device=slots, load=load,
-                          trace=train, cost=cost, time_limit_s=args.time_limit, seed=args.seed,
+                          trace=None if counts_only else train, cost=cost, time_limit_s=args.time_limit,
+                          seed=args.seed,
                           params={"objective": args.objective, "origin": args.origin,
                                   "batch_tokens": args.batch_size, "dispatch": args.dispatch})
     try:
@@ -148,7 +158,7 @@ def run(args: argparse.Namespace) -> int:
     except UserError as e:
         flag = "--replicas" if args.replicas is not None else "--slots-per-gpu"
         raise UserError(e.message, field=flag if e.field == "slots_per_device" else e.field) from None
-    cache_plan = _cache_plan(args, model, cluster, train, cost)
+    cache_plan = _cache_plan(args, model, cluster, load if counts_only else train, cost)
     plans, rows = {}, {}
     for name in progress(names, desc="planning", total=len(names)):
         t0 = time.perf_counter()
@@ -170,24 +180,36 @@ def run(args: argparse.Namespace) -> int:
             rows[name]["eplb_duplicate_slots"] = int(plan.params["eplb_duplicate_slots"])
     from moesim.planners.placement_ilp import predict_moe_step
 
-    eval_request = dataclasses.replace(request, load=eval_load, trace=evaluation)
+    eval_request = dataclasses.replace(request, load=eval_load, trace=None if counts_only else evaluation)
     for name in progress(names, desc="simulating", total=len(names)):
         predicted, units = predict_moe_step(eval_request, plans[name].placement)
         rows[name]["predicted_moe_step_s_eval"] = predicted if units.startswith("seconds") else None
-        rows[name].update(_simulate(cluster, model, evaluation, plans[name], cost, args))
+        rows[name].update(_simulate(cluster, model, evaluation, plans[name], cost, args) if not counts_only
+                          else {"step_time_s_eval": None, "tokens_per_s_eval": None, "a2a_bytes": {},
+                                "note": "load counts only: no token-level simulation"})
     base = rows.get("contiguous", {}).get("step_time_s_eval")
     for row in rows.values():
         st = row.get("step_time_s_eval")
         row["speedup_vs_contiguous"] = base / st if base and st else None
     chosen = plans["ilp"] if "ilp" in plans else plans[names[0]]
-    _write_outputs(args, chosen, model)
+    launches = _write_outputs(args, chosen, model)
     info = {"hw": cluster.name, "model": model.name, "trace": str(trace_name), "gpus": G,
-            "slots_per_gpu": slots, "train_tokens": train.num_tokens, "eval_tokens": evaluation.num_tokens,
+            "slots_per_gpu": slots, "train_tokens": None if counts_only else train.num_tokens,
+            "eval_tokens": None if counts_only else evaluation.num_tokens,
             "windows": int(np.shape(load)[0]), "dispatch": args.dispatch}
+    if counts_only:
+        info.update(train_steps=train.num_steps, eval_steps=evaluation.num_steps)
+    if args.csv:
+        from moesim.io import write_table_csv
+
+        write_table_csv(args.csv, rows, key="planner")
     if args.json:
-        print_json({**info, "planners": rows})
+        launch = [x.to_dict() for x in launches]
+        print_json({**info, "planners": rows, "engine_launch": launch}, verb="plan")
     else:
         _print_table(info, rows)
+        for x in launches:
+            print(f"{x.engine}: launch with {x.command_line()}\n  (also in {x.file}.flags.txt)")
     return 0
 
 
@@ -276,25 +298,21 @@ def _link_class(kind: str) -> str:
     return "pcie" if "pcie" in k else "other"
 
 
-def _write_outputs(args: argparse.Namespace, plan: Any, model: Any) -> None:
+def _write_outputs(args: argparse.Namespace, plan: Any, model: Any) -> list[Any]:
+    """Write the plan and engine files; the engine launch flags (also written beside each file)."""
+    from moesim.plans.export import export_for_engines
+
     if args.out:
         plan.save(args.out)
-    if args.export_sglang or args.export_vllm_ascend:
-        try:
-            from moesim.plans import export
-        except ImportError:
-            raise UserError("the engine exporters (moesim.plans.export) are not installed",
-                            field="--export-sglang") from None
-        if args.export_sglang:
-            export.write_sglang(plan, model, args.export_sglang)
-        if args.export_vllm_ascend:
-            export.write_vllm_ascend(plan, model, args.export_vllm_ascend)
+    return export_for_engines(plan, model, sglang=args.export_sglang, vllm_ascend=args.export_vllm_ascend,
+                              ep_size=args.ep_size, dispatch=args.dispatch)
 
 
 def _print_table(info: dict[str, Any], rows: dict[str, dict[str, Any]]) -> None:
+    unit = "tokens" if info["train_tokens"] is not None else "steps"
     print(f"{info['model']} on {info['hw']} ({info['gpus']} GPUs x {info['slots_per_gpu']} slots); trace "
-          f"{info['trace']}: planned on {info['train_tokens']} tokens ({info['windows']} window(s)), "
-          f"evaluated on {info['eval_tokens']}")
+          f"{info['trace']}: planned on {info.get(f'train_{unit}')} {unit} ({info['windows']} window(s)), "
+          f"evaluated on {info.get(f'eval_{unit}')}")
     head = (f"{'planner':<18}{'imb train':>10}{'imb eval':>10}{'pred ms':>9}{'step ms':>10}{'tok/s':>12}"
             f"{'NVLink GB':>11}{'IB GB':>9}{'PCIe GB':>9}{'solve s':>9}{'gap':>8}{'speedup':>9}")
     print(head)

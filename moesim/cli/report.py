@@ -179,7 +179,8 @@ def run(args: argparse.Namespace) -> int:
                 "cells_cached": result.cached,
                 "cells_failed": result.failed,
                 "not_computed": list(result.document.notes),
-            }
+            },
+            verb="report",
         )
     else:
         print(

@@ -114,7 +114,7 @@ def run(args: argparse.Namespace) -> int:
         result.write_timeline(args.timeline)
     summary = result.summary()
     if args.json:
-        print_json(summary)
+        print_json(summary, verb="simulate")
         return 0
     lat = summary["step_latency_s"]
     print(f"{summary['model']} on {summary['cluster']} ({summary['devices']} GPUs, plan {summary['plan']}), "

@@ -18,6 +18,9 @@ _EXAMPLES = """\
   moesim trace validate run.npz --model deepseek-v2-lite    check a file against a model spec
   moesim trace convert a_routing.jsonl b_routing.jsonl out.npz --phase decode --model mixtral-8x7b
   moesim trace convert dump.pt out.npz --format sglang-per-token --model deepseek-v3
+  moesim trace convert stat.pt counts.npz --model deepseek-v3 --passes 5000   SGLang stat dump -> counts
+  moesim trace convert responses.jsonl out.npz --format vllm-routed --model qwen3-30b-a3b
+  moesim trace export real.npz logical_count.json --model deepseek-v3 --ep-size 32 --redundant-experts 32
   moesim trace synth --model deepseek-v3 --tokens 100000 --seed 1 --out v3.npz
   moesim trace synth --model mixtral-8x7b --tokens 4000 --fit real.npz --report --out mx.npz
   moesim trace fit real.npz --out profile.json              statistics-only profile for synth
@@ -170,7 +173,26 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     fit.add_argument("trace", metavar="NAME|PATH", help="real trace")
     fit.add_argument("--out", required=True, help="output JSON profile")
+    add_json_flag(fit)
     fit.set_defaults(func=run_fit)
+
+    ex = actions.add_parser(
+        "export",
+        help="write a trace's expert loads for SGLang's own EPLB ({\"logical_count\": ...})",
+        description="Sum the expert selections of a trace or counts file per MoE layer and write "
+        "SGLang's --init-expert-location {\"logical_count\": [[...]]} (one row per hidden layer; "
+        "SGLang computes the placement at start-up), with the launch flags beside it (OUT.flags.txt).",
+    )
+    ex.add_argument("trace", metavar="NAME|PATH", help="routing trace or load-counts file")
+    ex.add_argument("out", metavar="OUT.json", help="output file")
+    ex.add_argument("--model", required=True, help="model spec (rows = its hidden layers)")
+    ex.add_argument("--ep-size", type=int, default=None, metavar="G", help="EP size the engine will use")
+    ex.add_argument("--redundant-experts", type=int, default=0, metavar="R",
+                    help="--ep-num-redundant-experts to launch with ((experts + R) divisible by G)")
+    ex.add_argument("--windows", type=int, default=1, metavar="W",
+                    help="write W consecutive windows [W][layers][experts] (SGLang sums them)")
+    add_json_flag(ex)
+    ex.set_defaults(func=run_export)
 
     rec = actions.add_parser(
         "record",
@@ -199,18 +221,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _trace_or_counts(name: str, model_name: str | None = None, key: str | None = None):
-    from moesim.resources import resolve
-    from moesim.traces import RoutingTrace
-    from moesim.traces.counts import LoadCounts, is_counts_file
+    from moesim.traces.counts import load_routing_data
 
-    path = resolve("trace", name)
-    if is_counts_file(path):
-        return LoadCounts.load(path)
-    if key is not None:  # one count array of an aggregate .npz
-        from moesim.traces.convert import convert
-
-        return convert([path], "counts-npz", key=key)
-    return RoutingTrace.load(path, model=_model(model_name))
+    return load_routing_data(name, model=_model(model_name), key=key)
 
 
 def _info(trace) -> dict[str, Any]:
@@ -252,7 +265,7 @@ def _info(trace) -> dict[str, Any]:
 def run_info(args: argparse.Namespace) -> int:
     info = _info(_trace_or_counts(args.trace, args.model))
     if args.json:
-        print_json(info)
+        print_json(info, verb="trace-info")
     else:
         for k, v in info.items():
             print(f"{k:>14}: {v}")
@@ -262,7 +275,7 @@ def run_info(args: argparse.Namespace) -> int:
 def run_validate(args: argparse.Namespace) -> int:
     out = [_info(_trace_or_counts(p, args.model)) for p in args.paths]
     if args.json:
-        print_json({"valid": out})
+        print_json({"valid": out}, verb="trace-validate")
     else:
         for i in out:
             print(f"ok  {i['path']}")
@@ -305,7 +318,7 @@ def run_stats(args: argparse.Namespace) -> int:
             cache_tokens=args.cache_tokens or None,
         )
     if args.json:
-        print_json(out)
+        print_json(out, verb="trace-stats")
     else:
         print(format_stats(out))
     return 0
@@ -386,7 +399,7 @@ def run_convert(args: argparse.Namespace) -> int:
     info = _info(result)
     info["path"] = out
     if args.json:
-        print_json(info)
+        print_json(info, verb="trace-convert")
     else:
         print(
             f"wrote {out}: "
@@ -445,7 +458,7 @@ def run_synth(args: argparse.Namespace) -> int:
     if args.report:
         out["fit_quality"] = _report(real, args, model)
     if args.json:
-        print_json(out)
+        print_json(out, verb="trace-synth")
     else:
         print(
             f"wrote {args.out}: {args.tokens} tokens x {model.num_moe_layers} layers x top-{model.top_k} "
@@ -491,7 +504,37 @@ def run_fit(args: argparse.Namespace) -> int:
 
     prof = profile_from_trace(RoutingTrace.load(args.trace))
     atomic_write_text(args.out, json.dumps(prof, indent=1) + "\n")
-    print(f"wrote {args.out}: statistics of {prof['fitted_to']['trace']}")
+    if args.json:
+        print_json({"path": args.out, "fitted_to": prof["fitted_to"], "num_experts": prof["num_experts"],
+                    "top_k": prof["top_k"], "num_layers": prof["num_layers"]}, verb="trace-fit")
+    else:
+        print(f"wrote {args.out}: statistics of {prof['fitted_to']['trace']}")
+    return 0
+
+
+def run_export(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from moesim.plans.export import export_sglang_logical_count
+
+    model = _model(args.model)
+    data = _trace_or_counts(args.trace, args.model)
+    if args.windows < 1:
+        raise UserError(f"expected at least 1 window, got {args.windows}", field="--windows")
+    load = data.load_matrix(args.windows)
+    lids = [int(x) for x in np.asarray(data.layer_ids)]
+    if sorted(lids) != list(model.moe_layers):
+        raise UserError(f"the data records layers {lids[:6]}...; {model.name}'s MoE layers are "
+                        f"{list(model.moe_layers)[:6]}... (every MoE layer is needed)", file=args.trace)
+    load = load[:, [lids.index(x) for x in model.moe_layers]]
+    launch = export_sglang_logical_count(load if args.windows > 1 else load[0], model, args.out,
+                                         ep_size=args.ep_size, redundant=args.redundant_experts)
+    if args.json:
+        print_json({"path": args.out, "selections": int(load.sum()), "windows": args.windows,
+                    "engine_launch": launch.to_dict()}, verb="trace-export")
+    else:
+        print(f"wrote {args.out} ({int(load.sum())} selections over {model.num_moe_layers} MoE layers)")
+        print(f"SGLang: launch with {launch.command_line()}\n  (also in {args.out}.flags.txt)")
     return 0
 
 
@@ -522,7 +565,7 @@ def run_record(args: argparse.Namespace) -> int:
     info = _info(trace)
     info["path"] = args.out
     if args.json:
-        print_json(info)
+        print_json(info, verb="trace-record")
     else:
         print(f"wrote {args.out}: {trace.num_tokens} tokens x {trace.num_layers} layers x top-{trace.top_k}")
     return 0

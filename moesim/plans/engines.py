@@ -170,7 +170,8 @@ def vllm_ascend_launch(plan: Plan, model: MoEModel, path: str | Path) -> EngineL
     flags = ("--tensor-parallel-size", str(G), "--enable-expert-parallel",
              "--additional-config", json.dumps(config, separators=(",", ":")))
     notes = (f"checked against {VLLM_ASCEND_CHECKED}: the static expert map is deprecated there (Model "
-             "Runner V1 only, 'scheduled for removal in v0.25.1'); Model Runner V2 ignores expert_map_path",
+             "Runner V1 only, 'scheduled for removal in v0.25.1'); Model Runner V2 refuses "
+             "it at start-up (the two runners' EPLB schemas cannot be mixed)",
              "num_redundant_experts must equal the map's spare slots or the MoE layers raise 'EPLB local "
              "expert capacity mismatch'",
              f"the EP size (tensor x data parallel) must be {G}, the map's device_count; with data "

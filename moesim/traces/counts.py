@@ -43,6 +43,26 @@ class LoadCounts:
     def num_experts(self) -> int:
         return int(self.counts.shape[2])
 
+    @property
+    def model_name(self) -> str | None:
+        return self.meta.get("model")
+
+    def split(self, fraction: float) -> tuple[LoadCounts, LoadCounts]:
+        """``(first round(steps * fraction) steps, the rest)``, like ``RoutingTrace.split`` on rows."""
+        cut = round(self.num_steps * fraction)
+        return (LoadCounts(self.counts[:cut], self.layer_ids, self.meta, self.source),
+                LoadCounts(self.counts[cut:], self.layer_ids, self.meta, self.source))
+
+    def check_model(self, model: Any) -> None:
+        """The counts fit ``model`` (a MoEModel): same expert count, layer ids among its MoE layers."""
+        if self.num_experts != model.num_experts:
+            raise UserError(f"expected {model.num_experts} experts ({model.name}), found {self.num_experts}",
+                            file=self.source, field="counts")
+        bad = sorted(set(self.layer_ids.tolist()) - set(model.moe_layers))
+        if bad:
+            raise UserError(f"layer ids {bad[:6]} are not MoE layers of {model.name}", file=self.source,
+                            field="layer_ids")
+
     def validate(self) -> None:
         c = self.counts
         if c.ndim != 3 or c.dtype.kind not in "iu":
@@ -94,6 +114,29 @@ class LoadCounts:
         )
         lc.validate()
         return lc
+
+
+def load_routing_data(name_or_path: str | Path, *, model: Any = None, key: str | None = None) -> Any:
+    """A routing trace or a counts file (``moe-load-counts/v1``) by path or shipped name.
+
+    Returns a ``RoutingTrace`` or a ``LoadCounts``, checked against ``model`` when given; ``key``
+    picks one count array of an aggregate ``.npz``. Planners take either (``load_matrix``).
+    """
+    from moesim.resources import resolve
+    from moesim.traces.trace import RoutingTrace
+
+    path = resolve("trace", str(name_or_path))
+    if is_counts_file(path):
+        counts = LoadCounts.load(path)
+    elif key is not None:
+        from moesim.traces.convert import convert
+
+        counts = convert([path], "counts-npz", key=key)
+    else:
+        return RoutingTrace.load(path, model=model)
+    if model is not None:
+        counts.check_model(model)
+    return counts
 
 
 def is_counts_file(path: str | Path) -> bool:
