@@ -21,9 +21,9 @@ def test_every_print_json_call_names_its_verb():
     missing = []
     for path in sorted(CLI.glob("*.py")):
         for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "print_json":
-                if not any(k.arg == "verb" for k in node.keywords):
-                    missing.append(f"{path.name}:{node.lineno}")
+            is_call = isinstance(node, ast.Call) and getattr(node.func, "id", None) == "print_json"
+            if is_call and not any(k.arg == "verb" for k in node.keywords):
+                missing.append(f"{path.name}:{node.lineno}")
     assert not missing, missing
 
 

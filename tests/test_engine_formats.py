@@ -41,7 +41,8 @@ def _capture(rng, n_rows: int, dtype=np.uint8, model=DSV2) -> np.ndarray:
     """What vLLM's capturer returns: one column per hidden layer, dense columns left at 0."""
     a = np.zeros((n_rows, model.num_layers, model.top_k), dtype)
     for layer in model.moe_layers:
-        a[:, layer] = np.stack([rng.choice(model.num_experts, model.top_k, replace=False) for _ in range(n_rows)])
+        picks = [rng.choice(model.num_experts, model.top_k, replace=False) for _ in range(n_rows)]
+        a[:, layer] = np.stack(picks)
     return a
 
 
@@ -252,7 +253,8 @@ def _per_token_records(torch, rank: int):
 
     return [
         {"forward_pass_id": 0, "rank": rank, "forward_mode": 1, "input_ids": [1, 2, 3, 4, 5],
-         "positions": torch.tensor([0, 1, 2, 0, 1]), "extend_seq_lens": [3, 2], "topk_ids_of_layer": ids(5, 0)},
+         "positions": torch.tensor([0, 1, 2, 0, 1]), "extend_seq_lens": [3, 2],
+         "topk_ids_of_layer": ids(5, 0)},
         {"forward_pass_id": 1, "rank": rank, "forward_mode": 2, "input_ids": [6, 7],
          "positions": torch.tensor([3, 2]), "extend_seq_lens": None, "topk_ids_of_layer": ids(2, 1)},
         {"forward_pass_id": 2, "rank": rank, "forward_mode": 2, "input_ids": [8],
@@ -267,8 +269,8 @@ def test_sglang_per_token_rank_files_and_requests(tmp_path):
     paths = []
     for rank in range(2):  # a TP=2 run: both rank files hold the same records
         paths.append(tmp_path / f"expert_distribution_recorder_1.0_{rank}.pt")
-        torch.save({"records": _per_token_records(torch, rank), "last_physical_to_logical_map": _phys_map(torch)},
-                   paths[-1])
+        torch.save({"records": _per_token_records(torch, rank),
+                    "last_physical_to_logical_map": _phys_map(torch)}, paths[-1])
     t = convert(paths, top_k=2)
     assert t.num_tokens == 10  # not 20: the second rank's copy is dropped
     assert t.seq_id.tolist() == [0, 0, 0, 1, 1, 0, 1, 0, 2, 2]

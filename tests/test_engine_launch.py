@@ -14,6 +14,7 @@ import json
 import os
 import shlex
 import stat
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -34,7 +35,8 @@ SGLANG_NO_EXPERT_LOCATION = ("mixtral", "phi", "olmoe", "switch")
 
 def _flags(path) -> tuple[dict[str, str], dict[str, str | bool]]:
     """Environment and flags of a ``.flags.txt`` file (the one non-comment line)."""
-    line = next(x for x in open(f"{path}.flags.txt").read().splitlines() if x and not x.startswith("#"))
+    text = Path(f"{path}.flags.txt").read_text()
+    line = next(x for x in text.splitlines() if x and not x.startswith("#"))
     words = shlex.split(line)
     env = dict(w.split("=", 1) for w in words if "=" in w and not w.startswith("--"))
     words = [w for w in words if not ("=" in w and not w.startswith("--"))]
@@ -50,7 +52,7 @@ def _sglang_load(path, model, flags: dict, slots_per_rank: int) -> None:
     """Raise AssertionError where SGLang would fail, misplace or misroute (see the module doc);
     ``slots_per_rank`` is what the plan put on each device."""
     assert not any(k in model.name for k in SGLANG_NO_EXPERT_LOCATION), "no expert-location config: asserts"
-    data = json.loads(open(path).read())
+    data = json.loads(Path(path).read_text())
     ep = int(flags.get("--ep-size", 1))
     redundant = int(flags.get("--ep-num-redundant-experts", 0))
     physical = model.num_experts + redundant
@@ -59,7 +61,7 @@ def _sglang_load(path, model, flags: dict, slots_per_rank: int) -> None:
     m = np.array(data["physical_to_logical_map"])
     assert m.shape[0] == model.num_layers, "one row per hidden layer"
     assert m.shape[1] == physical, f"map width {m.shape[1]} != allocated physical experts {physical}"
-    assert m.shape[1] % ep == 0 and m.shape[1] // ep == slots_per_rank, "per-rank slots differ from the plan's"
+    assert m.shape[1] % ep == 0 and m.shape[1] // ep == slots_per_rank, "per-rank slots differ from the plan"
     assert m.min() >= 0 and m.max() < model.num_experts
     for layer in model.moe_layers:
         assert len(set(m[layer].tolist())) == model.num_experts, "every logical expert has a slot"
@@ -75,7 +77,7 @@ def _vllm_ascend_load(path, model, env: dict, flags: dict) -> None:
     ep = int(flags["--tensor-parallel-size"]) * int(flags.get("--data-parallel-size", 1))
     configured = config.get("num_redundant_experts", 0)
     assert (model.num_experts + configured) % ep == 0
-    data = json.loads(open(path).read())
+    data = json.loads(Path(path).read_text())
     assert data["moe_layer_count"] == model.num_moe_layers
     for layer_id in range(data["moe_layer_count"]):  # expert_file_to_tensor(expert_map_path, layer_id)
         devices = data["layer_list"][layer_id]["device_list"]
@@ -84,7 +86,8 @@ def _vllm_ascend_load(path, model, env: dict, flags: dict) -> None:
         assert len(devices) == ep, "indexed by EP rank: device_count must be the EP size"
         n_redundant = physical_count - model.num_experts
         allocated_local = (model.num_experts + configured) // ep
-        assert allocated_local == (model.num_experts + n_redundant) // ep, "EPLB local expert capacity mismatch"
+        expected_local = (model.num_experts + n_redundant) // ep
+        assert allocated_local == expected_local, "EPLB local expert capacity mismatch"
         for rank in range(ep):  # expert_map[local_placement] = arange: a duplicate would be overwritten
             assert len(set(placement[rank].tolist())) == placement.shape[1]
 
@@ -109,7 +112,7 @@ def test_sglang_export_loads_with_its_flags_and_mismatches_fail(tmp_path, v3):
     plan = _plan(v3, 32, 9)  # 256 + 32 redundant on EP32, 4 nodes
     path = tmp_path / "loc.json"
     launch = export_sglang(plan, v3, path, ep_size=32, dispatch="local")
-    env, flags = _flags(path)
+    _env, flags = _flags(path)
     assert launch.flags == tuple(shlex.split(launch.command_line()))
     assert flags["--ep-num-redundant-experts"] == "32" and flags["--ep-size"] == "32"
     assert flags["--ep-dispatch-algorithm"] == "static" and flags["--moe-a2a-backend"] == "deepep"
