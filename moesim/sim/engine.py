@@ -86,6 +86,7 @@ class Machine:
         self.total_pairs = np.zeros((self.G, self.G))
         self.keep_pairs: dict[int, np.ndarray] = {}
         self.keep_pre: dict[int, np.ndarray] = {}
+        self.keep_slices: dict[tuple[int, int], tuple[list, np.ndarray]] = {}  # overlapped micro-batches
         # offloading state (filled by _prepare_offload)
         self.ready: dict[tuple[int, int, int], simpy.Event] = {}
         self.scratch: dict[tuple[int, int, int], simpy.Event] = {}
@@ -162,10 +163,12 @@ class Machine:
                     if overlap and self.is_moe[col]:
                         m = int(np.searchsorted(self.moe_cols, col))
                         yield env.timeout(r.phase_s[s, col, 0])
-                        start = env.now
+                        start, slices = env.now, []
+                        if s < r.timeline_steps:
+                            self.keep_slices[s, col] = (slices, c.expert_chunk[i, m].copy())
                         yield env.process(overlapped_moe(env, n, float(c.dispatch_chunk[i, m]),
                                                          float(c.expert_chunk[i, m].max()),
-                                                         float(c.combine_chunk[i, m])))
+                                                         float(c.combine_chunk[i, m]), slices.append))
                         r.phase_s[s, col, 1:] = (0.0, env.now - start, 0.0)
                     else:
                         yield env.timeout(dur)
@@ -195,7 +198,7 @@ class Machine:
                                       f"{host}->{gpu}", f"fetch L{self.moe_cols[m]} E{expert}",
                                       priority=1 if prefetch else 0,
                                       wanted=(lambda: self.store.resident(m, g, expert)) if keep else None,
-                                      on_start=account))
+                                      on_start=account, nbytes=nbytes))
         return done
 
     def host(self, gpu: str) -> str:

@@ -70,14 +70,39 @@ def lockstep_spans(machine: Any) -> list[Span]:
             m = moe_pos.get(col)
             if m is None:
                 continue
+            if (s, col) in machine.keep_slices:
+                out += _overlap_spans(machine, s, col, machine.keep_slices[s, col], pair, m)
+                continue
             if pair is not None and machine.G > 1:
                 for (a, b), v in machine.cost.link_bytes(machine.devices, pair[m]).items():
-                    out.append(Span(f"{a}->{b}", f"dispatch L{col}", t + pre, disp, {"bytes": v}))
+                    out.append(Span(f"{a}->{b}", f"dispatch L{col}", t + pre, disp, {"step": s, "bytes": v}))
                 for (a, b), v in machine.cost.link_bytes(machine.devices, pair[m].T).items():
-                    out.append(Span(f"{a}->{b}", f"combine L{col}", t + pre + disp + exp, comb, {"bytes": v}))
+                    out.append(Span(f"{a}->{b}", f"combine L{col}", t + pre + disp + exp, comb,
+                                    {"step": s, "bytes": v}))
             for g, dev in enumerate(machine.devices):
                 busy = float(r.busy_s[s, col, g] - pre_g[col, g])
                 if busy > 0:
                     out.append(Span(dev, f"experts L{col}", t + pre + disp, busy,
                                     {"step": s, "tokens": int(r.tokens[s, col, g])}))
+    return out
+
+
+def _overlap_spans(machine: Any, s: int, col: int, kept: tuple[list, Any], pair: Any, m: int) -> list[Span]:
+    """An overlapped MoE layer as its micro-batches really ran: each dispatch and combine on the link
+    tracks with its share of the bytes, each micro-batch's experts on every device that has work."""
+    slices, expert_chunk = kept
+    n = 1 + max((i for _, i, _, _ in slices), default=0)
+    links = (machine.cost.link_bytes(machine.devices, pair[m] / n) if pair is not None and machine.G > 1
+             else {})
+    back = machine.cost.link_bytes(machine.devices, pair[m].T / n) if links else {}
+    out: list[Span] = []
+    for kind, i, start, dur in slices:
+        if kind == "experts":
+            out += [Span(dev, f"experts L{col} mb{i}", start, float(expert_chunk[g]),
+                         {"step": s, "micro_batch": i})
+                    for g, dev in enumerate(machine.devices) if expert_chunk[g] > 0]
+            continue
+        for (a, b), v in (links if kind == "dispatch" else back).items():
+            out.append(Span(f"{a}->{b}", f"{kind} L{col} mb{i}", start, dur,
+                            {"step": s, "bytes": v, "micro_batch": i}))
     return out

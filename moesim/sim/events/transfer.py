@@ -10,7 +10,8 @@ import simpy
 
 def weight_fetch(env: simpy.Environment, link: simpy.PriorityResource, duration_s: float,
                  done: simpy.Event, log: Any, step: int, track: str, label: str, *,
-                 priority: int = 0, wanted: Any = None, on_start: Any = None) -> Generator[Any, Any, None]:
+                 priority: int = 0, wanted: Any = None, on_start: Any = None,
+                 nbytes: float | None = None) -> Generator[Any, Any, None]:
     """Wait for the link (lower ``priority`` first: demand fetches before prefetches), hold it
     ``duration_s``, then trigger ``done`` (the weights have arrived). A copy whose expert was
     evicted while it queued (``wanted()`` false) is dropped: it takes no link time."""
@@ -23,5 +24,5 @@ def weight_fetch(env: simpy.Environment, link: simpy.PriorityResource, duration_
             on_start()
         start = env.now
         yield env.timeout(duration_s)
-    log.span(step, track, label, start, env.now - start)
+    log.span(step, track, label, start, env.now - start, **({} if nbytes is None else {"bytes": nbytes}))
     done.succeed(env.now)
