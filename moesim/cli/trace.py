@@ -395,6 +395,8 @@ def run_convert(args: argparse.Namespace) -> int:
             result.validate(model)
         result.save(out, compress=not args.uncompressed)
     else:
+        if model is not None:
+            result.check_model(model)
         result.save(out)
     info = _info(result)
     info["path"] = out
