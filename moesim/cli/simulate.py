@@ -7,6 +7,7 @@ from typing import Any
 
 from moesim.cli.common import add_json_flag, add_verb, print_json
 from moesim.errors import UserError
+from moesim.vocab import CachePolicy, Dispatch, MissMode, Overlap, Phase, Prefetch, choices
 
 EXAMPLES = """\
   moesim simulate --hw h100x8 --model mixtral-8x7b --trace mixtral-8x7b-synth --batch 64
@@ -38,23 +39,23 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="decode: tokens per step; prefill: whole prompts per step")
     p.add_argument("--steps", type=int, default=None, metavar="S",
                    help="steps to simulate (default: the whole trace once; more replays it)")
-    p.add_argument("--phase", default="decode", choices=("decode", "prefill"), help="what a step is")
-    p.add_argument("--cache", default=None, choices=("none", "lru", "lfu", "belady", "static"),
+    p.add_argument("--phase", default="decode", choices=choices(Phase), help="what a step is")
+    p.add_argument("--cache", default=None, choices=choices(CachePolicy),
                    help="per-layer expert cache policy in GPU memory (default: the plan's, else none)")
     size = p.add_mutually_exclusive_group()
     size.add_argument("--cache-size", type=int, default=None, metavar="C",
                       help="experts cached per MoE layer")
     size.add_argument("--gpu-memory", default=None, metavar="BYTES",
                       help="expert-cache budget per GPU, e.g. 20GiB (sets the cache size)")
-    p.add_argument("--miss", default=None, choices=("fetch", "cpu", "lowbit", "pim"),
+    p.add_argument("--miss", default=None, choices=choices(MissMode),
                    help="on a miss: fetch over PCIe, run on the CPU (Fiddler), fetch in low precision "
                    "(HOBBIT), run on PIM (Duplex); default: the plan's, else fetch")
-    p.add_argument("--prefetch", default=None, choices=("none", "oracle", "predictor"),
+    p.add_argument("--prefetch", default=None, choices=choices(Prefetch),
                    help="next-layer prefetch: none, the true experts, or a cross-layer predictor fitted "
                    "on the first half of the trace")
-    p.add_argument("--overlap", default="none", choices=("none", "layer", "chunked"),
+    p.add_argument("--overlap", default="none", choices=choices(Overlap),
                    help="overlap all-to-all with expert compute: none, two micro-batches, four chunks")
-    p.add_argument("--dispatch", default="even", choices=("even", "local"),
+    p.add_argument("--dispatch", default="even", choices=choices(Dispatch),
                    help="which replicas a token may use: even = all replicas of its expert (split evenly); "
                    "local = the one on its own GPU, else those on its node, else all (SGLang static "
                    "dispatch; saves the InfiniBand hop when a replica is on the token's node)")
