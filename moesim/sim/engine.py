@@ -19,7 +19,7 @@ import numpy as np
 import simpy
 
 from moesim.errors import UserError
-from moesim.plans.plan import Plan
+from moesim.plans.default import default_plan
 from moesim.sim.config import SimConfig
 from moesim.sim.dispatch import Dispatch, ReplicaTable, dispatch, owners
 from moesim.sim.events.experts import offloaded_experts
@@ -33,19 +33,6 @@ from moesim.sim.workload import Workload, build_workload
 
 CHUNK_ENTRIES = 2_000_000
 """Steps are costed in chunks of about this many (step, layer, device, device) entries."""
-
-
-def default_plan(model: Any, cluster: Any) -> Plan:
-    """Contiguous placement on every GPU of the cluster, everything resident (the engines' default)."""
-    from moesim.planners.base import PlanRequest
-    from moesim.planners.contiguous import plan_contiguous
-
-    gpus = tuple(d.id for d in cluster.gpus)
-    if not gpus:
-        raise UserError(f"cluster {cluster.name} has no GPU to place experts on", field="devices")
-    slots = min(model.num_experts, -(-model.num_experts // len(gpus)))
-    load = np.zeros((1, model.num_moe_layers, model.num_experts))
-    return plan_contiguous(PlanRequest(model, cluster, gpus, slots, load))
 
 
 class Machine:
