@@ -1,20 +1,8 @@
-"""Offloading state: per-(MoE layer, GPU) expert caches, static pinning, next-layer prefetch prediction.
-
-Cache semantics are those of ``moesim.traces.cache`` (one cache per MoE layer; a step's experts
-requested together; the cache starts empty), so a one-GPU run at batch 1 with no prefetch gives
-exactly the hit rate of ``moesim trace stats``. Timing (fetches over PCIe, CPU/PIM execution) is
-the engine's; this module only decides hits, misses and predictions.
-"""
+"""Next-layer prefetch prediction."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import numpy as np
-
-from moesim.errors import UserError
-from moesim.plans.plan import CachePlan
-from moesim.traces.cache import make_cache
 
 
 class TransitionPredictor:
@@ -50,93 +38,3 @@ class TransitionPredictor:
         top = np.argsort(-scores, axis=1, kind="stable")[:, :k]
         keep = np.take_along_axis(scores, top, axis=1) > 0
         return np.unique(top[keep])
-
-
-class ExpertStore:
-    """Which experts each GPU holds per MoE layer, and the hit/miss counts of its accesses."""
-
-    def __init__(self, cache: CachePlan, num_layers: int, num_devices: int,
-                 futures: Sequence[Sequence[Sequence[np.ndarray]]] | None = None,
-                 static_resident: Sequence[Sequence[int]] | None = None):
-        """``futures[m][g]``: the request sequence of layer m on device g (Belady only);
-        ``static_resident[m]``: the pinned experts of layer m (static only)."""
-        self.policy = cache.policy
-        self.hits = 0
-        self.requests = 0
-        self.caches: list[list] = []
-        self.static: list[frozenset[int]] = []
-        if self.policy == "static":
-            if static_resident is None or len(static_resident) != num_layers:
-                raise UserError(f"the static cache needs a resident set for each of the {num_layers} MoE "
-                                "layers", field="cache.resident")
-            self.static = [frozenset(int(e) for e in r) for r in static_resident]
-        elif self.policy != "none":
-            for m in range(num_layers):
-                row = []
-                for g in range(num_devices):
-                    future = futures[m][g] if (self.policy == "belady" and futures is not None) else None
-                    row.append(make_cache(self.policy, int(cache.capacity_experts[m]), future))
-                self.caches.append(row)
-
-    def access(self, layer: int, device: int, experts: np.ndarray) -> np.ndarray:
-        """Request ``experts`` (unique ids) together; bool hit mask aligned with them."""
-        if self.policy == "none":
-            mask = np.ones(len(experts), dtype=bool)
-        elif self.policy == "static":
-            pinned = self.static[layer]
-            mask = np.array([int(e) in pinned for e in experts], dtype=bool)
-        else:
-            mask = self.caches[layer][device].access(experts)
-        self.hits += int(mask.sum())
-        self.requests += len(experts)
-        return mask
-
-    def prefetch(self, layer: int, device: int, expert: int) -> bool:
-        """Load ``expert`` ahead of its request; True if it was not resident (a transfer is needed)."""
-        if self.policy in ("none", "static"):
-            return False
-        cache = self.caches[layer][device]
-        if cache.contains(expert):
-            return False
-        cache.insert(expert)
-        return True
-
-    def resident(self, layer: int, device: int, expert: int) -> bool:
-        if self.policy == "none":
-            return True
-        if self.policy == "static":
-            return int(expert) in self.static[layer]
-        return self.caches[layer][device].contains(expert)
-
-    @property
-    def hit_rate(self) -> float | None:
-        if self.policy == "none" or self.requests == 0:
-            return None
-        return self.hits / self.requests
-
-
-def top_experts(load: np.ndarray, capacity: Sequence[int]) -> list[list[int]]:
-    """Static pinning default: the ``capacity[m]`` most requested experts of each layer (ties: lowest id)."""
-    order = np.argsort(-np.asarray(load), axis=1, kind="stable")
-    return [sorted(order[m, : int(capacity[m])].tolist()) for m in range(order.shape[0])]
-
-
-class PrefetchScore:
-    """Accuracy of next-layer predictions: recall (share of the requested experts that were
-    predicted) and precision (share of the predicted experts that were requested)."""
-
-    def __init__(self) -> None:
-        self.predicted = 0
-        self.requested = 0
-        self.correct = 0
-
-    def add(self, predicted: np.ndarray, requested: np.ndarray) -> None:
-        self.predicted += len(predicted)
-        self.requested += len(requested)
-        self.correct += len(np.intersect1d(predicted, requested))
-
-    def as_dict(self) -> dict[str, float | None]:
-        return {
-            "recall": self.correct / self.requested if self.requested else None,
-            "precision": self.correct / self.predicted if self.predicted else None,
-        }
