@@ -118,7 +118,8 @@ def run(args: argparse.Namespace) -> int:
     lat = summary["step_latency_s"]
     print(f"{summary['model']} on {summary['cluster']} ({summary['devices']} GPUs, plan {summary['plan']}), "
           f"{summary['phase']}, batch {summary['batch_size']}, {summary['steps']} steps")
-    print(f"simulated {summary['simulated_seconds']:.6g} s in {summary['timing']['wall_seconds']:.3g} s wall: "
+    wall = summary["timing"]["wall_seconds"]
+    print(f"simulated {summary['simulated_seconds']:.6g} s in {wall:.3g} s wall: "
           f"{summary['tokens']} tokens, {summary['tokens_per_s'] or 0:.6g} tokens/s")
     if lat["p50"] is not None:
         print(f"step latency p50 {lat['p50'] * 1e3:.4g} ms, p90 {lat['p90'] * 1e3:.4g} ms, "

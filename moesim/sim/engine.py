@@ -26,7 +26,6 @@ from moesim.sim.costs import SimCost
 from moesim.sim.dispatch import Dispatch, ReplicaTable, dispatch, owners
 from moesim.sim.events.overlap import overlapped_moe
 from moesim.sim.misses import MissSetup, make_miss_handler
-from moesim.sim.offload import TransitionPredictor
 from moesim.sim.offloaded import OffloadedRun, Step
 from moesim.sim.recorder import Recorder
 from moesim.sim.replica_routing import LocalRouting, local_dispatch, node_index
@@ -35,6 +34,7 @@ from moesim.sim.results import SimResult
 from moesim.sim.stepcost import ChunkCosts, StepCoster, device_token_counts
 from moesim.sim.timeline import LockstepTimeline
 from moesim.sim.workload import Workload, build_workload
+from moesim.traces.transitions import Transitions
 from moesim.vocab import CachePolicy, Overlap, ReplicaSplit
 from moesim.vocab import Dispatch as DispatchMode
 
@@ -135,8 +135,7 @@ class Machine:
             self.env, self.rec, self.cost, self.model, self.cache, self.plan.placement, self.devices, steps,
             hosts=self.hosts, miss=self.miss,
             warmup_load=lambda: trace.rows(0, max(1, n_train)).load_matrix()[0],
-            fit_predictor=lambda: TransitionPredictor(np.asarray(trace.expert_ids[:n_train]),
-                                                      self.model.num_experts))
+            fit_predictor=lambda: Transitions.fit(trace.expert_ids, self.model.num_experts, stop=n_train))
 
     def record(self, a: int, d: Dispatch, c: ChunkCosts) -> None:
         """Fill the recorder's arrays for a chunk (the parts that do not depend on the schedule)."""

@@ -16,13 +16,13 @@ from moesim.sim.costs import OffloadCosts, SimCost
 from moesim.sim.events.experts import OffloadedExperts
 from moesim.sim.fetcher import WeightFetcher
 from moesim.sim.misses import MissHandler
-from moesim.sim.offload import TransitionPredictor
 from moesim.sim.prefetch import PrefetchScore, make_prefetcher
 from moesim.sim.recorder import Recorder
 from moesim.sim.resources import Executors, HostLinks
 from moesim.sim.stepcost import ChunkCosts
 from moesim.sim.stores import StoreInputs, make_store
 from moesim.specs.model import MoEModel
+from moesim.traces.transitions import Transitions
 
 
 @dataclass(frozen=True)
@@ -43,7 +43,7 @@ class OffloadedRun:
     def __init__(self, env: simpy.Environment, rec: Recorder, cost: SimCost, model: MoEModel,
                  cache: CachePlan, placement: np.ndarray, devices: Sequence[str], steps: Sequence[Step], *,
                  hosts: HostLinks, miss: MissHandler, warmup_load: Callable[[], np.ndarray],
-                 fit_predictor: Callable[[], TransitionPredictor]):
+                 fit_predictor: Callable[[], Transitions]):
         self.env, self.rec, self.cache, self.placement = env, rec, cache, placement
         self.devices, self.steps = tuple(devices), steps
         self.num_layers = model.num_layers
@@ -60,7 +60,7 @@ class OffloadedRun:
         self.experts = OffloadedExperts(env, self.store, self.fetcher, self.miss, Executors(env), self.costs,
                                         rec, devices=self.devices, moe_cols=self.moe_cols,
                                         act_bytes=float(model.activation_bytes_per_token))
-        self.prefetcher = make_prefetcher(cache.prefetch, fit_predictor)
+        self.prefetcher = make_prefetcher(cache.prefetch, fit_predictor, model.top_k)
         self.score = PrefetchScore()
 
     @property

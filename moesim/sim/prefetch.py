@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from moesim.sim.offload import TransitionPredictor
+from moesim.traces.transitions import Transitions
 from moesim.vocab import Prefetch
 
 
@@ -53,25 +53,28 @@ class OraclePrefetch(Prefetcher):
 
 
 class PredictorPrefetch(Prefetcher):
-    """``predictor``: the cross-layer transition model's guess, on each GPU the guessed experts it holds."""
+    """``predictor``: the cross-layer transition model's guess (each token's top-k), on each GPU the
+    guessed experts it holds."""
 
-    def __init__(self, predictor: TransitionPredictor):
-        self.predictor = predictor
+    def __init__(self, transitions: Transitions, top_k: int):
+        self.transitions, self.top_k = transitions, top_k
 
     def next_layer(self, layer: int, ids: np.ndarray, requested: Sequence[np.ndarray],
                    placement: np.ndarray) -> list[np.ndarray]:
-        guess = self.predictor.predict(layer, np.asarray(ids, dtype=np.int64))
+        guess = self.transitions.predict_set(layer, ids, self.top_k)
         return [np.intersect1d(guess, placement[g]) for g in range(len(requested))]
 
 
-PREFETCHERS: dict[Prefetch, Callable[[Callable[[], TransitionPredictor]], Prefetcher]] = {
-    Prefetch.ORACLE: lambda fit: OraclePrefetch(),
-    Prefetch.PREDICTOR: lambda fit: PredictorPrefetch(fit()),
+Fit = Callable[[], Transitions]
+"""Fits the transition model on the run's training rows (called only by modes that use it)."""
+
+PREFETCHERS: dict[Prefetch, Callable[[Fit, int], Prefetcher]] = {
+    Prefetch.ORACLE: lambda fit, top_k: OraclePrefetch(),
+    Prefetch.PREDICTOR: lambda fit, top_k: PredictorPrefetch(fit(), top_k),
 }
-"""Mode -> builder, given a function fitting the transition model (called only by modes that use it)."""
 
 
-def make_prefetcher(mode: Prefetch, fit: Callable[[], TransitionPredictor]) -> Prefetcher | None:
+def make_prefetcher(mode: Prefetch, fit: Fit, top_k: int) -> Prefetcher | None:
     """The prefetcher of ``mode`` (None for ``none``)."""
     build = PREFETCHERS.get(mode)
-    return build(fit) if build is not None else None
+    return build(fit, top_k) if build is not None else None
