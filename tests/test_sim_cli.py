@@ -99,3 +99,14 @@ def test_bad_input_is_one_line(capsys, extra, field):
     code, _, err = _run(capsys, argv)
     assert code == 2 and err.startswith("moesim: error:") and err.count("\n") == 1
     assert f"{field}:" in err
+
+
+def test_check_invariants_flag(capsys):
+    argv = ["simulate", "--hw", "rtx4090-workstation", "--model", "mixtral-8x7b", "--trace",
+            "mixtral-8x7b-synth", "--steps", "4", "--cache", "lru", "--cache-size", "2", "--miss", "cpu",
+            "--json"]
+    code, out, _ = _run(capsys, [*argv, "--check-invariants"])
+    checked = json.loads(out)["invariants_checked"]
+    assert code == 0 and checked == ["token_conservation", "memory", "causality"]
+    code, out, _ = _run(capsys, argv)
+    assert code == 0 and "invariants_checked" not in json.loads(out)

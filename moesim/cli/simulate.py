@@ -65,6 +65,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--timeline", default=None, metavar="FILE", help="write a Perfetto/Chrome trace JSON")
     p.add_argument("--out", default=None, metavar="FILE",
                    help="write the per step x layer x device table (.csv or .parquet)")
+    p.add_argument("--check-invariants", action="store_true",
+                   help="check token conservation, memory and causality during the run (docs/invariants.md; "
+                   "slower); a violation is a moesim bug and fails the run, e.g. "
+                   "moesim simulate --hw h100x8 --model mixtral-8x7b --trace mixtral-8x7b-synth "
+                   "--check-invariants --json")
     add_json_flag(p)
     p.set_defaults(func=run)
 
@@ -91,7 +96,7 @@ def _config(args: argparse.Namespace) -> Any:
         cluster=cluster, model=model, trace=trace, plan=plan, batch_size=args.batch, steps=args.steps,
         phase=args.phase, overlap=args.overlap, seed=args.seed, dispatch=args.dispatch,
         cache_policy=args.cache, cache_size=args.cache_size, gpu_memory_bytes=memory, miss=args.miss,
-        prefetch=args.prefetch,
+        prefetch=args.prefetch, check_invariants=args.check_invariants,
     )
 
 

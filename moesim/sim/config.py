@@ -64,6 +64,9 @@ class SimConfig:
     """Share of the trace's rows (from the start) the prefetch predictor is fitted on."""
     timeline_steps: int = 20
     """Steps kept for the Perfetto timeline (the rest is only in the frame and the summary)."""
+    check_invariants: bool = False
+    """Check token conservation, memory and causality while and after running (docs/invariants.md);
+    a violation raises ``moesim.sim.invariants.InvariantViolation``."""
 
     def __post_init__(self) -> None:
         # The plain words are accepted (``phase="prefill"``); the fields then hold the members.

@@ -25,6 +25,7 @@ from moesim.sim.config import SimConfig
 from moesim.sim.costs import SimCost
 from moesim.sim.dispatch import Dispatch, ReplicaTable, dispatch, owners
 from moesim.sim.events.overlap import overlapped_moe
+from moesim.sim.invariants import check_all, expected_pairs
 from moesim.sim.misses import MissSetup, make_miss_handler
 from moesim.sim.offloaded import OffloadedRun, Step
 from moesim.sim.recorder import Recorder
@@ -93,6 +94,7 @@ class Machine:
         # Offloaded runs cost every step up front: Belady's caches read the future.
         self.chunk_data = list(self.chunks()) if offloading else []
         self.offloaded = self._offloaded_run() if offloading else None
+        self.invariants_checked: list[str] = []
 
     # ------------------------------------------------------------------ setup
     def _check_memory(self) -> dict[str, float]:
@@ -135,7 +137,8 @@ class Machine:
             self.env, self.rec, self.cost, self.model, self.cache, self.plan.placement, self.devices, steps,
             hosts=self.hosts, miss=self.miss,
             warmup_load=lambda: trace.rows(0, max(1, n_train)).load_matrix()[0],
-            fit_predictor=lambda: Transitions.fit(trace.expert_ids, self.model.num_experts, stop=n_train))
+            fit_predictor=lambda: Transitions.fit(trace.expert_ids, self.model.num_experts, stop=n_train),
+            audit=cfg.check_invariants)
 
     def record(self, a: int, d: Dispatch, c: ChunkCosts) -> None:
         """Fill the recorder's arrays for a chunk (the parts that do not depend on the schedule)."""
@@ -198,6 +201,11 @@ class Machine:
             for matrix in (self.total_pairs, self.total_pairs.T):
                 for ln, v in self.cost.link_bytes(self.devices, matrix).items():
                     self.rec.add_link_bytes([ln], v)
+        if self.cfg.check_invariants:
+            self.invariants_checked = check_all(
+                self.rec, self.moe_cols, expected_pairs(self.cfg.trace.expert_ids, self.workload.steps),
+                self.memory, {d: self.cluster.device(d).spec.memory_bytes for d in self.devices},
+                self.offloaded.store.overfull if self.offloaded is not None else [], self.causality)
 
     def lockstep_timeline(self) -> LockstepTimeline | None:
         """Plain data to draw a lockstep run's first steps (None for an offloaded run)."""
@@ -225,7 +233,7 @@ class Machine:
         cache: dict[str, Any] = {"policy": str(self.cache.policy)}
         if off is not None:
             cache.update(off.info())
-        return {
+        out: dict[str, Any] = {
             "cache_hit_rate": off.store.hit_rate if off is not None else None,
             "cache": cache,
             "phase": str(cfg.phase), "batch_size": cfg.batch_size, "overlap": str(cfg.overlap),
@@ -234,6 +242,9 @@ class Machine:
             "devices": len(self.devices),
             "cost_sources": dict(sorted(self.cost.sources().items())),
         }
+        if self.invariants_checked:
+            out["invariants_checked"] = list(self.invariants_checked)
+        return out
 
 
 def simulate(cfg: SimConfig, cost: SimCost | None = None) -> SimResult:

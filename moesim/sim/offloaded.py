@@ -43,7 +43,7 @@ class OffloadedRun:
     def __init__(self, env: simpy.Environment, rec: Recorder, cost: SimCost, model: MoEModel,
                  cache: CachePlan, placement: np.ndarray, devices: Sequence[str], steps: Sequence[Step], *,
                  hosts: HostLinks, miss: MissHandler, warmup_load: Callable[[], np.ndarray],
-                 fit_predictor: Callable[[], Transitions]):
+                 fit_predictor: Callable[[], Transitions], audit: bool = False):
         self.env, self.rec, self.cache, self.placement = env, rec, cache, placement
         self.devices, self.steps = tuple(devices), steps
         self.num_layers = model.num_layers
@@ -52,6 +52,7 @@ class OffloadedRun:
         self.is_moe[self.moe_cols] = True
         self.store = make_store(cache, StoreInputs(model.num_moe_layers, len(devices), placement,
                                                    [st.slots for st in steps], warmup_load))
+        self.store.audit = audit
         self.hosts, self.miss = hosts, miss
         self.costs = OffloadCosts(cost, model.expert_bytes())
         dtype = self.miss.fetch_dtype()

@@ -52,6 +52,10 @@ class ExpertStore(ABC):
     def __init__(self) -> None:
         self.hits = 0
         self.requests = 0
+        self.audit = False
+        """Check the capacity after every access and prefetch (``SimConfig.check_invariants``)."""
+        self.overfull: list[tuple[int, int, int, int]] = []
+        """Audit findings: ``(layer, device, resident experts, capacity)`` whenever a cache held too many."""
 
     @classmethod
     @abstractmethod
@@ -71,15 +75,16 @@ class ExpertStore(ABC):
         mask = self._lookup(layer, device, experts)
         self.hits += int(mask.sum())
         self.requests += len(experts)
+        if self.audit:
+            self._audit(layer, device)
         return mask
 
     def prefetch(self, layer: int, device: int, expert: int) -> bool:
         """Load ``expert`` ahead of its request; True if a transfer is needed (it was not resident)."""
         return False
 
-    def overfull(self) -> list[tuple[int, int, int, int]]:
-        """``(layer, device, resident, capacity)`` of every cache holding more than it may."""
-        return []
+    def _audit(self, layer: int, device: int) -> None:  # noqa: B027 (a fixed set cannot overflow)
+        """Record in :attr:`overfull` a cache holding more experts than its capacity."""
 
     @property
     def hit_rate(self) -> float | None:
@@ -164,11 +169,15 @@ class EvictingStore(ExpertStore):
         if cache.contains(expert):
             return False
         cache.insert(expert)
+        if self.audit:
+            self._audit(layer, device)
         return True
 
-    def overfull(self) -> list[tuple[int, int, int, int]]:
-        return [(m, g, len(c.resident()), c.capacity) for m, row in enumerate(self.caches)
-                for g, c in enumerate(row) if len(c.resident()) > c.capacity]
+    def _audit(self, layer: int, device: int) -> None:
+        cache = self.caches[layer][device]
+        held = len(cache.resident())
+        if held > cache.capacity:
+            self.overfull.append((layer, device, held, cache.capacity))
 
 
 class BeladyStore(EvictingStore):
