@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 from moesim.errors import UserError
 from moesim.plans.plan import CachePlan, Plan
 from moesim.specs.hardware import Cluster
 from moesim.specs.model import DTYPE_BYTES, MoEModel
+from moesim.traces.trace import RoutingTrace
 from moesim.vocab import CachePolicy, Dispatch, MissMode, Overlap, Phase, Prefetch, ReplicaSplit, parse
 
 _WORDS = (  # (field, its vocabulary, the name errors give it, None allowed: "take the plan's")
@@ -29,8 +29,8 @@ class SimConfig:
 
     cluster: Cluster
     model: MoEModel
-    trace: Any
-    """A ``moesim.traces.RoutingTrace`` whose layer columns are the model's MoE layers."""
+    trace: RoutingTrace
+    """Its layer columns are the model's MoE layers."""
     plan: Plan | None = None
     batch_size: int = 1
     """Decode: tokens per step; prefill: whole prompts per step."""
