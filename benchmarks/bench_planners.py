@@ -23,7 +23,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from moesim.planners import PlanRequest, plan
+from moesim.planners import PLANNERS, PlanRequest, plan
 from moesim.planners.base import gpu_imbalance
 from moesim.planners.placement_ilp import predict_moe_step
 from moesim.sim.config import SimConfig
@@ -35,7 +35,7 @@ SHARED = Path(os.environ.get("MOESIM_SHARED_TRACES",
                              Path(__file__).resolve().parents[2] / "shared" / "traces"))
 V2 = SHARED / "deepseek-v2-lite-chat-prefill" / "deepseek_v2_lite_puffin_prefill.npz"
 MIXTRAL = SHARED / "mixtral-8x7b-instruct-vllm" / "mixtral_gsm8k_humaneval_decode.npz"
-NAMES = ("contiguous", "round-robin", "greedy", "eplb", "eplb-hierarchical", "ilp")
+NAMES = tuple(PLANNERS)
 
 
 def load_ids(path: Path) -> SimpleNamespace:

@@ -10,6 +10,7 @@ import pytest
 from moesim.errors import UserError
 from moesim.plans.plan import CachePlan, Plan
 from moesim.specs import load_cluster, load_model
+from moesim.vocab import CachePolicy, MissMode, Prefetch
 
 
 @pytest.fixture(scope="module")
@@ -91,16 +92,33 @@ def test_cache_plans_are_checked(model) -> None:
 @pytest.mark.parametrize("suffix", [".yaml", ".json"])
 def test_round_trip_through_a_file(model, tmp_path: Path, suffix: str) -> None:
     cache = CachePlan(policy="static", resident=((0, 1),) * model.num_moe_layers, miss="cpu")
-    execution = np.zeros((model.num_moe_layers, model.num_experts), np.int8)
-    execution[0, 5] = 1
-    plan = plan_of(model, contiguous(model, extra=1), cache=cache, execution=execution, gap=0.01,
-                   params={"slots": np.int64(9)}, predicted={"step_time_s": 1e-3})
+    plan = plan_of(model, contiguous(model, extra=1), cache=cache, gap=0.01,
+                   params={"slots": np.int64(9), "asked": MissMode.CPU}, predicted={"step_time_s": 1e-3})
     path = tmp_path / f"plan{suffix}"
     plan.save(path)
     back = Plan.load(path)
     assert np.array_equal(back.placement, plan.placement) and back.cache == plan.cache
-    assert np.array_equal(back.execution, execution) and back.gap == 0.01 and back.params["slots"] == 9
+    assert back.cache.miss is MissMode.CPU and back.params["asked"] == "cpu"
+    assert back.gap == 0.01 and back.params["slots"] == 9
     back.validate(model)
+
+
+def test_legacy_execution_field(model, tmp_path: Path) -> None:
+    """Plan files from before the per-expert ``execution`` table was dropped: all-gpu still loads,
+    anything else is refused with the field named (it never had an effect)."""
+    d = plan_of(model, contiguous(model)).to_dict()
+    L, E = model.num_moe_layers, model.num_experts
+    assert Plan.from_dict({**d, "execution": [["gpu"] * E] * L}).num_experts == E
+    with pytest.raises(UserError, match=r"cache\.miss") as err:
+        Plan.from_dict({**d, "execution": [["gpu"] * (E - 1) + ["cpu"]] * L}, file="old.yaml")
+    assert err.value.field == "execution" and "old.yaml" in str(err.value)
+
+
+def test_cache_plan_words_become_members() -> None:
+    cp = CachePlan("lru", capacity_experts=(2,), prefetch="predictor")
+    assert cp.policy is CachePolicy.LRU and cp.prefetch is Prefetch.PREDICTOR and cp.miss is MissMode.FETCH
+    with pytest.raises(UserError, match="expected one of none, lru"):
+        CachePlan("fifo")
 
 
 @pytest.mark.parametrize(

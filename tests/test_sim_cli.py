@@ -50,10 +50,10 @@ def test_json_fields_and_outputs(capsys, tmp_path):
     code, out, _ = _run(capsys, argv)
     assert code == 0
     s = json.loads(out)
-    for key in ("simulated_seconds", "wall_seconds", "tokens", "tokens_per_s", "cache_hit_rate", "per_device",
+    for key in ("simulated_seconds", "timing", "tokens", "tokens_per_s", "cache_hit_rate", "per_device",
                 "per_link", "step_latency_s"):
         assert key in s
-    assert s["cache_hit_rate"] is None and s["tokens"] == 96
+    assert s["cache_hit_rate"] is None and s["tokens"] == 96 and set(s["timing"]) == {"wall_seconds"}
     assert set(s["per_device"][0]) >= {"id", "busy_s", "utilization", "peak_memory_bytes"}
     assert set(s["per_link"][0]) == {"src", "dst", "bytes"}
     assert set(s["step_latency_s"]) >= {"p50", "p90", "p99"}
@@ -81,7 +81,7 @@ def test_same_seed_same_json(capsys):
         code, out, _ = _run(capsys, argv)
         assert code == 0
         d = json.loads(out)
-        d.pop("wall_seconds")
+        d.pop("timing")
         runs.append(json.dumps(d, sort_keys=True))
     assert runs[0] == runs[1]
 
@@ -99,3 +99,14 @@ def test_bad_input_is_one_line(capsys, extra, field):
     code, _, err = _run(capsys, argv)
     assert code == 2 and err.startswith("moesim: error:") and err.count("\n") == 1
     assert f"{field}:" in err
+
+
+def test_check_invariants_flag(capsys):
+    argv = ["simulate", "--hw", "rtx4090-workstation", "--model", "mixtral-8x7b", "--trace",
+            "mixtral-8x7b-synth", "--steps", "4", "--cache", "lru", "--cache-size", "2", "--miss", "cpu",
+            "--json"]
+    code, out, _ = _run(capsys, [*argv, "--check-invariants"])
+    checked = json.loads(out)["invariants_checked"]
+    assert code == 0 and checked == ["token_conservation", "memory", "causality"]
+    code, out, _ = _run(capsys, argv)
+    assert code == 0 and "invariants_checked" not in json.loads(out)

@@ -9,8 +9,11 @@ from typing import Any
 
 from moesim.cli.common import add_json_flag, add_verb, print_json, progress
 from moesim.errors import UserError
+from moesim.planners import PLANNERS
+from moesim.planners.cache_ilp import MISS_CHOICES, POLICY_CHOICES, PREFETCH_CHOICES
+from moesim.vocab import Dispatch, choices
 
-PLANNER_NAMES = ("contiguous", "round-robin", "greedy", "eplb", "eplb-hierarchical", "ilp")
+PLANNER_NAMES = tuple(PLANNERS)
 DEFAULT_MODEL = "deepseek-v2-lite"
 DEFAULT_TRACE = "deepseek-v2-lite-synth"
 
@@ -51,12 +54,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                        help="physical expert slots per layer in total; must be a multiple of the GPU count")
     p.add_argument("--gpu-memory", default=None, metavar="BYTES",
                    help="GPU memory budget for expert weights (e.g. 20GiB): adds a cache/offload plan")
-    p.add_argument("--cache-policy", default="static", choices=("static", "lru", "lfu", "auto"),
+    p.add_argument("--cache-policy", default="static", choices=POLICY_CHOICES,
                    help="with --gpu-memory: pin experts chosen by the ILP (static), size per-layer LRU/LFU "
                    "caches, or pick whichever stalls less on held-out tokens (auto)")
-    p.add_argument("--miss", default="fetch", choices=("fetch", "cpu", "lowbit", "pim", "auto"),
+    p.add_argument("--miss", default="fetch", choices=MISS_CHOICES,
                    help="with --gpu-memory: what a cache miss does (auto: cheapest per expert)")
-    p.add_argument("--prefetch", default="none", choices=("none", "oracle", "predictor", "auto"),
+    p.add_argument("--prefetch", default="none", choices=PREFETCH_CHOICES,
                    help="with --gpu-memory: next-layer prefetch the cache plan assumes")
     p.add_argument("--weight-dtype", default=None, metavar="DTYPE",
                    help="serve the routed experts in this dtype instead of the spec's (e.g. fp8, int4)")
@@ -68,7 +71,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="ilp: minimise the worst window's or the mean window's predicted step time")
     p.add_argument("--origin", default="even", choices=("even", "previous-layer"),
                    help="ilp: where a layer's tokens start (even: data-parallel attention on all GPUs)")
-    p.add_argument("--dispatch", default="even", choices=("even", "local"),
+    p.add_argument("--dispatch", default="even", choices=choices(Dispatch),
                    help="replica choice in the simulations of every planner and in the ilp's model: even = "
                    "any replica; local = the token's own GPU, else its node, else any (saves InfiniBand)")
     p.add_argument("--time-limit", type=float, default=60.0, metavar="SECONDS",

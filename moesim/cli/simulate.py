@@ -8,6 +8,7 @@ from typing import Any
 from moesim.cli.common import add_json_flag, add_verb, print_json
 from moesim.errors import UserError
 from moesim.io import check_parquet_writable
+from moesim.vocab import CachePolicy, Dispatch, MissMode, Overlap, Phase, Prefetch, choices
 
 EXAMPLES = """\
   moesim simulate --hw h100x8 --model mixtral-8x7b --trace mixtral-8x7b-synth --batch 64
@@ -39,23 +40,23 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="decode: tokens per step; prefill: whole prompts per step")
     p.add_argument("--steps", type=int, default=None, metavar="S",
                    help="steps to simulate (default: the whole trace once; more replays it)")
-    p.add_argument("--phase", default="decode", choices=("decode", "prefill"), help="what a step is")
-    p.add_argument("--cache", default=None, choices=("none", "lru", "lfu", "belady", "static"),
+    p.add_argument("--phase", default="decode", choices=choices(Phase), help="what a step is")
+    p.add_argument("--cache", default=None, choices=choices(CachePolicy),
                    help="per-layer expert cache policy in GPU memory (default: the plan's, else none)")
     size = p.add_mutually_exclusive_group()
     size.add_argument("--cache-size", type=int, default=None, metavar="C",
                       help="experts cached per MoE layer")
     size.add_argument("--gpu-memory", default=None, metavar="BYTES",
                       help="expert-cache budget per GPU, e.g. 20GiB (sets the cache size)")
-    p.add_argument("--miss", default=None, choices=("fetch", "cpu", "lowbit", "pim"),
+    p.add_argument("--miss", default=None, choices=choices(MissMode),
                    help="on a miss: fetch over PCIe, run on the CPU (Fiddler), fetch in low precision "
                    "(HOBBIT), run on PIM (Duplex); default: the plan's, else fetch")
-    p.add_argument("--prefetch", default=None, choices=("none", "oracle", "predictor"),
+    p.add_argument("--prefetch", default=None, choices=choices(Prefetch),
                    help="next-layer prefetch: none, the true experts, or a cross-layer predictor fitted "
                    "on the first half of the trace")
-    p.add_argument("--overlap", default="none", choices=("none", "layer", "chunked"),
+    p.add_argument("--overlap", default="none", choices=choices(Overlap),
                    help="overlap all-to-all with expert compute: none, two micro-batches, four chunks")
-    p.add_argument("--dispatch", default="even", choices=("even", "local"),
+    p.add_argument("--dispatch", default="even", choices=choices(Dispatch),
                    help="which replicas a token may use: even = all replicas of its expert (split evenly); "
                    "local = the one on its own GPU, else those on its node, else all (SGLang static "
                    "dispatch; saves the InfiniBand hop when a replica is on the token's node)")
@@ -65,6 +66,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--timeline", default=None, metavar="FILE", help="write a Perfetto/Chrome trace JSON")
     p.add_argument("--out", default=None, metavar="FILE",
                    help="write the per step x layer x device table (.csv or .parquet)")
+    p.add_argument("--check-invariants", action="store_true",
+                   help="check token conservation, memory and causality during the run (docs/invariants.md; "
+                   "slower); a violation is a moesim bug and fails the run, e.g. "
+                   "moesim simulate --hw h100x8 --model mixtral-8x7b --trace mixtral-8x7b-synth "
+                   "--check-invariants --json")
     add_json_flag(p)
     p.set_defaults(func=run)
 
@@ -91,7 +97,7 @@ def _config(args: argparse.Namespace) -> Any:
         cluster=cluster, model=model, trace=trace, plan=plan, batch_size=args.batch, steps=args.steps,
         phase=args.phase, overlap=args.overlap, seed=args.seed, dispatch=args.dispatch,
         cache_policy=args.cache, cache_size=args.cache_size, gpu_memory_bytes=memory, miss=args.miss,
-        prefetch=args.prefetch,
+        prefetch=args.prefetch, check_invariants=args.check_invariants,
     )
 
 
@@ -119,7 +125,8 @@ def run(args: argparse.Namespace) -> int:
     lat = summary["step_latency_s"]
     print(f"{summary['model']} on {summary['cluster']} ({summary['devices']} GPUs, plan {summary['plan']}), "
           f"{summary['phase']}, batch {summary['batch_size']}, {summary['steps']} steps")
-    print(f"simulated {summary['simulated_seconds']:.6g} s in {summary['wall_seconds']:.3g} s wall: "
+    wall = summary["timing"]["wall_seconds"]
+    print(f"simulated {summary['simulated_seconds']:.6g} s in {wall:.3g} s wall: "
           f"{summary['tokens']} tokens, {summary['tokens_per_s'] or 0:.6g} tokens/s")
     if lat["p50"] is not None:
         print(f"step latency p50 {lat['p50'] * 1e3:.4g} ms, p90 {lat['p90'] * 1e3:.4g} ms, "

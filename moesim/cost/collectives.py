@@ -257,6 +257,15 @@ class CollectiveCosts:
             loads = loads.sum(axis=0)
         return {self._link_names[i]: float(loads[i]) for i in np.flatnonzero(loads)}
 
+    def link_loads_each(
+        self, device_ids: Sequence[str], bytes_matrices: np.ndarray
+    ) -> tuple[list[tuple[str, str]], np.ndarray]:
+        """Every link direction ``(from, to)`` and the bytes each matrix of a batch [N, G, G] puts
+        on it ([N, links]; what :meth:`link_bytes` gives one matrix), from one batched product."""
+        g = len(device_ids)
+        loads = self.routes(device_ids).link_loads(np.asarray(bytes_matrices, dtype=float).reshape(-1, g, g))
+        return list(self._link_names), loads
+
     def directed_links(self) -> list[tuple[tuple[str, str], float, float]]:
         """Every link direction as ``((from, to), effective bytes/s, latency s)``, for simulators
         that model links as resources."""

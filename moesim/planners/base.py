@@ -247,28 +247,3 @@ def gpu_imbalance(plan: Plan, load: np.ndarray) -> float:
     if load.ndim == 3:
         load = load.sum(axis=0)
     return float(plan.imbalance(load).mean())
-
-
-def fill_extra_slots(rows: list[list[int]], slots: int, num_experts: int) -> np.ndarray:
-    """Fill free slots with extra replicas of experts 0, 1, 2, ... (the engines' default redundancy).
-
-    SGLang's trivial layout and vLLM's initial map give redundant physical slot j expert
-    ``j % num_experts``; here each extra copy goes to the first device with a free slot that does
-    not hold that expert yet. Returns ``[G, S]`` (``-1`` where nothing fits without a duplicate).
-    """
-    G = len(rows)
-    out = np.full((G, slots), -1, dtype=np.int64)
-    for g, r in enumerate(rows):
-        out[g, : len(r)] = r
-    free = sum(slots - len(r) for r in rows)
-    e = 0
-    for _ in range(free):
-        for _attempt in range(num_experts):
-            cand = [g for g in range(G) if (out[g] < 0).any() and e not in out[g]]
-            if cand:
-                g = cand[0]
-                out[g, np.flatnonzero(out[g] < 0)[0]] = e
-                e = (e + 1) % num_experts
-                break
-            e = (e + 1) % num_experts
-    return out

@@ -43,9 +43,12 @@ from moesim.planners.cache_stats import (  # noqa: F401  (re-exported: part of t
 from moesim.plans.plan import CachePlan
 from moesim.specs.hardware import Cluster
 from moesim.specs.model import MoEModel
+from moesim.vocab import AUTO, CachePolicy, MissMode, Prefetch, choices
 
-MISS_CHOICES = ("fetch", "cpu", "lowbit", "pim", "auto")
-PREFETCH_CHOICES = ("none", "oracle", "predictor", "auto")
+MISS_CHOICES = choices(MissMode, AUTO)
+PREFETCH_CHOICES = choices(Prefetch, AUTO)
+POLICY_CHOICES = (*map(str, (CachePolicy.STATIC, CachePolicy.LRU, CachePolicy.LFU)), AUTO)
+"""The policies this planner sizes (``belady`` needs the future; ``none`` has nothing to plan)."""
 
 
 # ---- the planner -----------------------------------------------------------------------------------
@@ -61,8 +64,8 @@ def plan_cache(model: MoEModel, cluster: Cluster, trace_or_load: Any, gpu_memory
     predictor and keeps the better; ``miss="auto"`` decides fetch vs CPU (PIM if the cluster has
     one and no CPU) per expert. ``policy="lru"|"lfu"`` sizes dynamic caches per layer instead
     (:mod:`moesim.planners.cache_sizing`); ``"auto"`` solves static and LRU and keeps the lower stall."""
-    if policy not in ("static", "lru", "lfu", "auto"):
-        raise UserError(f"expected static, lru, lfu or auto, got {policy!r}", field="policy")
+    if policy not in POLICY_CHOICES:
+        raise UserError(f"expected one of {', '.join(POLICY_CHOICES)}, got {policy!r}", field="policy")
     if policy != "static":
         from moesim.planners.cache_sizing import choose_policy, size_dynamic_cache
 

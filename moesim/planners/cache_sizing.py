@@ -29,6 +29,11 @@ from moesim.planners.cache_stats import (
 from moesim.plans.plan import CachePlan
 from moesim.specs.hardware import Cluster
 from moesim.specs.model import MoEModel
+from moesim.vocab import AUTO, CachePolicy, MissMode, Prefetch, choices
+
+SIZED_POLICIES = (CachePolicy.LRU, CachePolicy.LFU)
+FETCHED_MISSES = (MissMode.FETCH, MissMode.LOWBIT)
+"""A dynamic cache fills from the misses it fetches; the other miss modes never load an expert."""
 
 
 def capacity_grid(top_k: int, num_experts: int, points: int = 12) -> list[int]:
@@ -70,13 +75,14 @@ def size_dynamic_cache(model: MoEModel, cluster: Cluster, trace: Any, gpu_memory
                        devices: tuple[str, ...] | None = None, lowbit_dtype: str = "int4",
                        max_tokens: int = 8192) -> CachePlan:
     """``CachePlan(policy=lru|lfu)`` with per-layer ``capacity_experts`` chosen by the MIP."""
-    if policy not in ("lru", "lfu"):
-        raise UserError(f"expected lru or lfu, got {policy!r}", field="policy")
-    if miss not in ("fetch", "lowbit"):
-        raise UserError(f"a {policy} cache fills from fetched misses: expected miss fetch or lowbit, "
-                        f"got {miss!r}", field="miss")
-    if prefetch not in ("none", "oracle", "predictor", "auto"):
-        raise UserError(f"expected none, oracle, predictor or auto, got {prefetch!r}", field="prefetch")
+    if policy not in SIZED_POLICIES:
+        raise UserError(f"expected one of {', '.join(SIZED_POLICIES)}, got {policy!r}", field="policy")
+    if miss not in FETCHED_MISSES:
+        raise UserError(f"a {policy} cache fills from fetched misses: expected miss "
+                        f"{' or '.join(FETCHED_MISSES)}, got {miss!r}", field="miss")
+    if prefetch not in choices(Prefetch, AUTO):
+        raise UserError(f"expected one of {', '.join(choices(Prefetch, AUTO))}, got {prefetch!r}",
+                        field="prefetch")
     if getattr(trace, "expert_ids", None) is None:
         raise UserError(f"sizing {policy} caches replays the routing: expected a token-level trace, "
                         "got a load matrix", field="trace")
@@ -161,7 +167,7 @@ def choose_policy(plan_static: Any, model: MoEModel, cluster: Cluster, trace: An
     def static() -> CachePlan:
         return plan_static(model, cluster, trace, gpu_memory_bytes, cost, **kw)
 
-    if kw.get("miss", "fetch") not in ("fetch", "lowbit") or getattr(trace, "expert_ids", None) is None:
+    if kw.get("miss", MissMode.FETCH) not in FETCHED_MISSES or getattr(trace, "expert_ids", None) is None:
         return static()
     train, held = trace.split(0.5)
     B = int(kw.get("batch_size", 1))

@@ -10,6 +10,7 @@ import numpy as np
 
 from moesim.errors import UserError
 from moesim.specs.model import DTYPE_BYTES, MoEModel
+from moesim.traces.transitions import Transitions
 
 GIB = 1024**3
 
@@ -113,36 +114,31 @@ def prefetch_accuracy(trace: Any, model: MoEModel, *, train_fraction: float = 0.
                       max_eval_tokens: int = 20000) -> tuple[np.ndarray, np.ndarray]:
     """``(predictor, frequency)`` recall@K per MoE layer of next-layer prediction on held-out rows.
 
-    The predictor (cross-layer gate, fitted on the first ``train_fraction`` of the rows) scores each
-    expert of layer l by how often it followed the token's layer l-1 experts; the baseline predicts
-    the K most frequent experts of the layer. Layer 0 and layers without data get 0 (nothing before
-    them to predict from)."""
+    The predictor is the simulator's (:class:`moesim.traces.transitions.Transitions`, fitted on
+    the first ``train_fraction`` of the rows): a token's top-K experts at layer l by how often they
+    followed its layer l-1 experts. The baseline predicts the K most frequent experts of layer l.
+    Recall is over the recorded (id >= 0) selections of the held-out rows. Layer 0 and layers
+    without data get 0 (nothing before them to predict from)."""
     ids = trace.expert_ids
-    L, E, K = model.num_moe_layers, model.num_experts, model.top_k
+    L, K = model.num_moe_layers, model.top_k
     cols = trace_columns(trace, model)
     N = ids.shape[0]
     cut = int(N * train_fraction)
-    ev = slice(cut, min(N, cut + max_eval_tokens))
     pred, freq = np.zeros(L), np.zeros(L)
+    if cut == 0 or cut >= N:
+        return pred, freq
+    model_tr = Transitions.fit(ids, model.num_experts, stop=cut, columns=cols)
+    ev = slice(cut, min(N, cut + max_eval_tokens))
     for i in range(1, L):
         a, b = cols[i - 1], cols[i]
-        if a is None or b is None or cut == 0 or cut >= N:
+        if a is None or b is None:
             continue
-        prev, nxt = (np.asarray(ids[:cut, c, :], np.int64) for c in (a, b))
-        ok = (prev >= 0).all(axis=1) & (nxt >= 0).all(axis=1)
-        prev, nxt = prev[ok], nxt[ok]
-        co = np.bincount((prev[:, :, None] * E + nxt[:, None, :]).ravel(), minlength=E * E).reshape(E, E)
-        prior = np.bincount(nxt.ravel(), minlength=E).astype(np.float64)
         eprev, enext = (np.asarray(ids[ev, c, :], np.int64) for c in (a, b))
-        ok = (eprev >= 0).all(axis=1) & (enext >= 0).all(axis=1)
-        eprev, enext = eprev[ok], enext[ok]
-        if not len(enext):
+        hits, recorded = model_tr.recall(i - 1, eprev, enext, K)
+        if not recorded:
             continue
-        scores = co[eprev].sum(axis=1) + prior / (prior.sum() + 1.0)  # prior breaks ties
-        top = np.argsort(-scores, axis=1, kind="stable")[:, :K]
-        pred[i] = (top[:, :, None] == enext[:, None, :]).any(axis=1).mean()
-        top_f = np.argsort(-prior, kind="stable")[:K]
-        freq[i] = np.isin(enext, top_f).mean()
+        pred[i] = hits / recorded
+        freq[i] = float(np.isin(enext[enext >= 0], model_tr.frequent(i - 1, K)).sum()) / recorded
     return pred, freq
 
 

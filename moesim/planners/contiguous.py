@@ -1,10 +1,11 @@
-"""The engines' default layout: expert e on GPU e*G//E, extra slots hold replicas of experts 0, 1, ..."""
+"""The engines' default layout as a planner (the layout itself lives in :mod:`moesim.plans.default`)."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from moesim.planners.base import PlanRequest, check_request, fill_extra_slots, make_plan
+from moesim.planners.base import PlanRequest, check_request, make_plan
+from moesim.plans.default import EXTRA_SLOTS_NOTE, contiguous_placement
 from moesim.plans.plan import Plan
 
 
@@ -15,10 +16,7 @@ def plan_contiguous(req: PlanRequest) -> Plan:
     experts 0, 1, 2, ... in order, not the hottest: this is the layout a user gets by default.
     """
     check_request(req)
-    E, G, L = req.model.num_experts, req.num_devices, req.model.num_moe_layers
-    rows: list[list[int]] = [[] for _ in range(G)]
-    for e in range(E):
-        rows[e * G // E].append(e)
-    layer = fill_extra_slots(rows, req.slots_per_device, E)
+    L = req.model.num_moe_layers
+    layer = contiguous_placement(req.model.num_experts, req.num_devices, req.slots_per_device)
     return make_plan(req, "contiguous", np.broadcast_to(layer, (L, *layer.shape)).copy(),
-                     params={"extra_slots": "replicas of experts 0, 1, 2, ... (engine default)"})
+                     params={"extra_slots": EXTRA_SLOTS_NOTE})

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from moesim.planners.base import PlanRequest, check_request, fill_extra_slots, make_plan
+from moesim.planners.base import PlanRequest, check_request, make_plan
+from moesim.plans.default import EXTRA_SLOTS_NOTE, fill_extra_slots
 from moesim.plans.plan import Plan
 
 
@@ -17,4 +18,4 @@ def plan_round_robin(req: PlanRequest) -> Plan:
         rows[e % G].append(e)
     layer = fill_extra_slots(rows, req.slots_per_device, E)
     return make_plan(req, "round-robin", np.broadcast_to(layer, (L, *layer.shape)).copy(),
-                     params={"extra_slots": "replicas of experts 0, 1, 2, ... (engine default)"})
+                     params={"extra_slots": EXTRA_SLOTS_NOTE})

@@ -1,4 +1,4 @@
-"""The Plan: where each expert lives, what runs where, what is cached; read and written as YAML/JSON."""
+"""The Plan: where each expert lives and what is cached; read and written as YAML/JSON."""
 
 from __future__ import annotations
 
@@ -16,26 +16,29 @@ from moesim.errors import UserError
 from moesim.io import atomic_write_text
 from moesim.specs.hardware import Cluster
 from moesim.specs.model import MoEModel
+from moesim.vocab import CachePolicy, MissMode, Prefetch, parse
 
 SCHEMA = "moesim-plan/v1"
-CACHE_POLICIES = ("none", "lru", "lfu", "belady", "static")
-MISS_MODES = ("fetch", "cpu", "lowbit", "pim")
-PREFETCH_MODES = ("none", "oracle", "predictor")
-EXECUTORS = ("gpu", "cpu", "pim")
 
 
 @dataclass(frozen=True)
 class CachePlan:
     """Offloading: a per-MoE-layer expert cache in GPU memory and what happens on a miss."""
 
-    policy: str = "none"
+    policy: CachePolicy = CachePolicy.NONE
     capacity_experts: tuple[int, ...] = ()
     """Cache size in experts, one per MoE layer (empty when ``policy == "none"``)."""
     resident: tuple[tuple[int, ...], ...] = ()
     """``static`` only: the logical experts pinned in GPU memory, per MoE layer."""
-    miss: str = "fetch"
-    prefetch: str = "none"
+    miss: MissMode = MissMode.FETCH
+    prefetch: Prefetch = Prefetch.NONE
     params: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+
+    def __post_init__(self) -> None:
+        # Planners and flags may pass the plain words; keep members so comparisons and dumps agree.
+        object.__setattr__(self, "policy", parse(CachePolicy, self.policy, field="cache.policy"))
+        object.__setattr__(self, "miss", parse(MissMode, self.miss, field="cache.miss"))
+        object.__setattr__(self, "prefetch", parse(Prefetch, self.prefetch, field="cache.prefetch"))
 
 
 @dataclass(frozen=True)
@@ -53,8 +56,6 @@ class Plan:
     num_experts: int
     placement: np.ndarray
     cache: CachePlan | None = None
-    execution: np.ndarray | None = None
-    """Optional ``[layers, experts]`` codes into ``EXECUTORS``: where each expert runs (default gpu)."""
     params: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
     objective: float | None = None
     bound: float | None = None
@@ -232,15 +233,13 @@ class Plan:
             "solve_s": self.solve_s,
             "predicted": _plain(dict(self.predicted)),
         }
-        if self.execution is not None:
-            d["execution"] = [[EXECUTORS[c] for c in row] for row in np.asarray(self.execution).tolist()]
         if self.cache is not None:
             d["cache"] = {
-                "policy": self.cache.policy,
+                "policy": str(self.cache.policy),
                 "capacity_experts": list(self.cache.capacity_experts),
                 "resident": [list(r) for r in self.cache.resident],
-                "miss": self.cache.miss,
-                "prefetch": self.cache.prefetch,
+                "miss": str(self.cache.miss),
+                "prefetch": str(self.cache.prefetch),
                 "params": _plain(dict(self.cache.params)),
             }
         return d
@@ -285,23 +284,16 @@ class Plan:
                 )
             rows.append(arr)
         placement = np.stack(rows).astype(np.int32) if rows else np.zeros((0, len(devices), slots), np.int32)
-        execution = None
-        if d.get("execution") is not None:
-            try:
-                execution = np.array([[EXECUTORS.index(x) for x in row] for row in d["execution"]], np.int8)
-            except (ValueError, TypeError):
-                raise UserError(
-                    f"expected rows of {'/'.join(EXECUTORS)}", file=file, field="execution"
-                ) from None
+        _check_legacy_execution(d.get("execution"), file)
         cache = None
         if d.get("cache") is not None:
             c = d["cache"]
             cache = CachePlan(
-                policy=_choice(c.get("policy", "none"), CACHE_POLICIES, file, "cache.policy"),
+                policy=parse(CachePolicy, c.get("policy", "none"), field="cache.policy", file=file),
                 capacity_experts=tuple(int(x) for x in c.get("capacity_experts", [])),
                 resident=tuple(tuple(int(x) for x in r) for r in c.get("resident", [])),
-                miss=_choice(c.get("miss", "fetch"), MISS_MODES, file, "cache.miss"),
-                prefetch=_choice(c.get("prefetch", "none"), PREFETCH_MODES, file, "cache.prefetch"),
+                miss=parse(MissMode, c.get("miss", "fetch"), field="cache.miss", file=file),
+                prefetch=parse(Prefetch, c.get("prefetch", "none"), field="cache.prefetch", file=file),
                 params=MappingProxyType(dict(c.get("params", {}))),
             )
         return cls(
@@ -312,7 +304,6 @@ class Plan:
             num_experts=need("num_experts", int),
             placement=placement,
             cache=cache,
-            execution=execution,
             params=MappingProxyType(dict(d.get("params") or {})),
             objective=d.get("objective"),
             bound=d.get("bound"),
@@ -337,14 +328,24 @@ class Plan:
         return cls.from_dict(data, file=str(path))
 
 
-def _choice(value: Any, allowed: tuple[str, ...], file: str | None, field_name: str) -> str:
-    if value not in allowed:
-        raise UserError(f"expected one of {', '.join(allowed)}, got {value!r}", file=file, field=field_name)
-    return str(value)
+def _check_legacy_execution(execution: Any, file: str | None) -> None:
+    """Old plan files may carry a per-expert ``execution`` table that nothing ever read: an all-``gpu``
+    one (what every expert did anyway) is ignored; anything else is refused rather than silently
+    dropped, since misses run on the CPU or PIM only through ``cache.miss``."""
+    if execution is None:
+        return
+    rows = execution if isinstance(execution, list) else [execution]
+    if all(isinstance(r, list) and all(x == "gpu" for x in r) for r in rows):
+        return
+    raise UserError("per-expert execution is not supported (every resident expert runs on its GPU); "
+                    "remove the field and set cache.miss: cpu or pim to run missed experts there",
+                    file=file, field="execution")
 
 
 def _plain(obj: Any) -> Any:
-    """numpy scalars and arrays to plain Python, for YAML/JSON."""
+    """numpy scalars and arrays (and vocabulary members) to plain Python, for YAML/JSON."""
+    if isinstance(obj, str):
+        return str(obj)
     if isinstance(obj, dict):
         return {str(k): _plain(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):

@@ -388,7 +388,7 @@ def cell_offload(p: dict[str, Any]) -> dict[str, Any]:
     """``moesim simulate --cache POLICY --gpu-memory M --miss MODE --json``."""
     argv = offload_argv(p)
     summary = run_verb(argv)
-    summary.pop("wall_seconds", None)  # this machine's time, not the simulated one's
+    summary.pop("timing", None)  # this machine's time, not the simulated one's
     return {"summary": summary, "command": command(argv)}
 
 

@@ -17,11 +17,13 @@ from typing import Any
 import yaml
 
 from moesim.errors import UserError
+from moesim.planners import PLANNERS
 from moesim.specs.model import DTYPE_BYTES
+from moesim.vocab import CachePolicy, Dispatch, MissMode, choices
 
-PLACEMENT_PLANNERS = ("contiguous", "round-robin", "greedy", "eplb", "eplb-hierarchical", "ilp")
-CACHE_POLICIES = ("lru", "lfu", "belady", "static")
-MISS_MODES = ("fetch", "cpu", "lowbit", "pim")
+PLACEMENT_PLANNERS = tuple(PLANNERS)
+CACHE_POLICIES = tuple(p for p in choices(CachePolicy) if p != CachePolicy.NONE)
+MISS_MODES = choices(MissMode)
 
 
 @dataclass(frozen=True)
@@ -214,7 +216,7 @@ def _placement(d: Any, file: str | None, fld: str, base: Path) -> PlacementStudy
     if "time_limit_s" in d:
         kw["time_limit_s"] = _float(d["time_limit_s"], file, f"{fld}.time_limit_s", lo=0.0)
     if d.get("dispatch") is not None:
-        kw["dispatch"] = _choices([d["dispatch"]], ("even", "local"), file, f"{fld}.dispatch")[0]
+        kw["dispatch"] = _choices([d["dispatch"]], choices(Dispatch), file, f"{fld}.dispatch")[0]
     for key in ("nodes", "batch_tokens", "steps"):
         if d.get(key) is not None:
             kw[key] = _int(d[key], file, f"{fld}.{key}", minimum=1)

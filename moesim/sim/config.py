@@ -3,17 +3,23 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 from moesim.errors import UserError
-from moesim.plans.plan import CACHE_POLICIES, MISS_MODES, PREFETCH_MODES, CachePlan, Plan
+from moesim.plans.plan import CachePlan, Plan
 from moesim.specs.hardware import Cluster
 from moesim.specs.model import DTYPE_BYTES, MoEModel
+from moesim.traces.trace import RoutingTrace
+from moesim.vocab import CachePolicy, Dispatch, MissMode, Overlap, Phase, Prefetch, ReplicaSplit, parse
 
-PHASES = ("decode", "prefill")
-OVERLAPS = ("none", "layer", "chunked")
-REPLICA_SPLITS = ("even", "random")
-DISPATCH_MODES = ("even", "local")
+_WORDS = (  # (field, its vocabulary, the name errors give it, None allowed: "take the plan's")
+    ("phase", Phase, "phase", False),
+    ("overlap", Overlap, "overlap", False),
+    ("replica_split", ReplicaSplit, "replica_split", False),
+    ("dispatch", Dispatch, "dispatch", False),
+    ("cache_policy", CachePolicy, "cache", True),
+    ("miss", MissMode, "miss", True),
+    ("prefetch", Prefetch, "prefetch", True),
+)
 
 
 @dataclass(frozen=True)
@@ -23,56 +29,54 @@ class SimConfig:
 
     cluster: Cluster
     model: MoEModel
-    trace: Any
-    """A ``moesim.traces.RoutingTrace`` whose layer columns are the model's MoE layers."""
+    trace: RoutingTrace
+    """Its layer columns are the model's MoE layers."""
     plan: Plan | None = None
     batch_size: int = 1
     """Decode: tokens per step; prefill: whole prompts per step."""
     steps: int | None = None
     """Steps to simulate (None: the whole trace once; more than the trace holds replays it from the start)."""
-    phase: str = "decode"
-    overlap: str = "none"
+    phase: Phase = Phase.DECODE
+    overlap: Overlap = Overlap.NONE
     """none: dispatch, experts, combine in sequence; layer: two micro-batches, one's all-to-all
     overlapping the other's experts; chunked: ``chunks`` micro-batches pipelined the same way."""
     chunks: int = 4
     seed: int = 0
     """Seeds the replica choice when ``replica_split == "random"``; every other choice is deterministic."""
-    replica_split: str = "even"
+    replica_split: ReplicaSplit = ReplicaSplit.EVEN
     """even: a replicated expert's tokens go round-robin over its replicas; random: uniform per token."""
-    dispatch: str = "even"
+    dispatch: Dispatch = Dispatch.EVEN
     """even: every replica of an expert is a candidate for every token; local: a token uses the
     replica on its own GPU if any, else those on its node, else all (``moesim.sim.replica_routing``);
     ``replica_split`` then picks among the candidates."""
     batch_key: str | None = None
     """Cut steps by this per-row trace key (e.g. ``step_id``) instead of every ``batch_size`` rows."""
-    cache_policy: str | None = None
+    cache_policy: CachePolicy | None = None
     cache_size: int | None = None
     """Experts cached per MoE layer (per GPU)."""
     gpu_memory_bytes: float | None = None
     """Expert-cache budget per GPU; the cache size is the most experts per layer that fit."""
-    miss: str | None = None
-    prefetch: str | None = None
+    miss: MissMode | None = None
+    prefetch: Prefetch | None = None
     lowbit_dtype: str = "int4"
     """Precision of experts fetched on a miss with ``miss == "lowbit"`` (HOBBIT)."""
     predictor_train_fraction: float = 0.5
     """Share of the trace's rows (from the start) the prefetch predictor is fitted on."""
     timeline_steps: int = 20
     """Steps kept for the Perfetto timeline (the rest is only in the frame and the summary)."""
+    check_invariants: bool = False
+    """Check token conservation, memory and causality while and after running (docs/invariants.md);
+    a violation raises ``moesim.sim.invariants.InvariantViolation``."""
+
+    def __post_init__(self) -> None:
+        # The plain words are accepted (``phase="prefill"``); the fields then hold the members.
+        for name, enum, shown, optional in _WORDS:
+            value = getattr(self, name)
+            if value is not None or not optional:
+                object.__setattr__(self, name, parse(enum, value, field=shown))
 
     def check(self) -> None:
-        """Raise :class:`UserError` for an option outside its allowed values."""
-        for name, value, allowed in (
-            ("phase", self.phase, PHASES),
-            ("overlap", self.overlap, OVERLAPS),
-            ("replica_split", self.replica_split, REPLICA_SPLITS),
-            ("dispatch", self.dispatch, DISPATCH_MODES),
-            ("cache", self.cache_policy, (None, *CACHE_POLICIES)),
-            ("miss", self.miss, (None, *MISS_MODES)),
-            ("prefetch", self.prefetch, (None, *PREFETCH_MODES)),
-        ):
-            if value not in allowed:
-                shown = ", ".join(str(a) for a in allowed if a is not None)
-                raise UserError(f"expected one of {shown}, got {value!r}", field=name)
+        """Raise :class:`UserError` for a value outside its allowed range."""
         if self.batch_size < 1:
             raise UserError(f"expected a batch of at least 1, got {self.batch_size}", field="batch")
         if self.steps is not None and self.steps < 1:

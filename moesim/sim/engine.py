@@ -2,10 +2,10 @@
 
 One step, per layer: attention, router (and shared experts) on each GPU -> dispatch all-to-all ->
 expert compute on each device holding a chosen replica -> combine all-to-all. Durations come from
-the CostModel, computed for a chunk of steps at once in numpy (:mod:`moesim.sim.stepcost`). When
+the cost model, computed for a chunk of steps at once in numpy (:mod:`moesim.sim.stepcost`). When
 the GPUs proceed in lockstep there is one SimPy event per (step, layer); with offloading each GPU's
-experts are their own process (fetches queue on its PCIe link), and with overlap each micro-batch
-is one (:mod:`moesim.sim.events`). Never an event per token.
+experts are their own process (fetches queue on its PCIe link; :mod:`moesim.sim.offloaded`), and
+with overlap each micro-batch is one (:mod:`moesim.sim.events`). Never an event per token.
 """
 
 from __future__ import annotations
@@ -19,83 +19,83 @@ import numpy as np
 import simpy
 
 from moesim.errors import UserError
-from moesim.plans.plan import Plan
+from moesim.plans.default import default_plan
+from moesim.plans.plan import CachePlan, Plan
 from moesim.sim.config import SimConfig
+from moesim.sim.costs import SimCost
 from moesim.sim.dispatch import Dispatch, ReplicaTable, dispatch, owners
-from moesim.sim.events.experts import offloaded_experts
 from moesim.sim.events.overlap import overlapped_moe
-from moesim.sim.events.transfer import weight_fetch
-from moesim.sim.offload import ExpertStore, PrefetchScore, TransitionPredictor, top_experts
+from moesim.sim.invariants import check_all, expected_pairs
+from moesim.sim.misses import MissSetup, make_miss_handler
+from moesim.sim.offloaded import OffloadedRun, Step
+from moesim.sim.recorder import Recorder
 from moesim.sim.replica_routing import LocalRouting, local_dispatch, node_index
-from moesim.sim.results import Recorder, SimResult
+from moesim.sim.resources import HostLinks
+from moesim.sim.results import SimResult
 from moesim.sim.stepcost import ChunkCosts, StepCoster, device_token_counts
+from moesim.sim.timeline import LockstepTimeline, MicroBatches
 from moesim.sim.workload import Workload, build_workload
+from moesim.traces.transitions import Transitions
+from moesim.vocab import CachePolicy, Overlap, ReplicaSplit
+from moesim.vocab import Dispatch as DispatchMode
 
 CHUNK_ENTRIES = 2_000_000
 """Steps are costed in chunks of about this many (step, layer, device, device) entries."""
 
+OVERLAP_CHUNKS = {Overlap.NONE: 1, Overlap.LAYER: 2}
+"""Micro-batches per MoE layer of each overlap mode (``chunked``: ``SimConfig.chunks``)."""
 
-def default_plan(model: Any, cluster: Any) -> Plan:
-    """Contiguous placement on every GPU of the cluster, everything resident (the engines' default)."""
-    from moesim.planners.base import PlanRequest
-    from moesim.planners.contiguous import plan_contiguous
 
-    gpus = tuple(d.id for d in cluster.gpus)
-    if not gpus:
-        raise UserError(f"cluster {cluster.name} has no GPU to place experts on", field="devices")
-    slots = min(model.num_experts, -(-model.num_experts // len(gpus)))
-    load = np.zeros((1, model.num_moe_layers, model.num_experts))
-    return plan_contiguous(PlanRequest(model, cluster, gpus, slots, load))
+def resolve_plan(cfg: SimConfig) -> tuple[Plan, CachePlan]:
+    """The plan a run uses (``cfg.plan`` or the default layout) and its effective cache; refuses a
+    trace that does not match the model or a plan that is not valid for it."""
+    cfg.trace.check_model(cfg.model)
+    if cfg.trace.num_layers != cfg.model.num_moe_layers:
+        raise UserError(f"expected a trace of the {cfg.model.num_moe_layers} MoE layers of "
+                        f"{cfg.model.name}, got {cfg.trace.num_layers} layer columns", field="trace")
+    plan = cfg.plan or default_plan(cfg.model, cfg.cluster)
+    plan.validate(cfg.model)
+    return plan, cfg.cache_plan(plan)
 
 
 class Machine:
-    """Everything the SimPy processes share for one run (configuration, state, recorder)."""
+    """One run: the plan, workload, costs and recorder, the SimPy environment and its process."""
 
-    def __init__(self, cfg: SimConfig, cost: Any):
+    def __init__(self, cfg: SimConfig, cost: SimCost):
         self.cfg, self.cost, self.model, self.cluster = cfg, cost, cfg.model, cfg.cluster
-        trace = cfg.trace
-        if hasattr(trace, "check_model"):
-            trace.check_model(cfg.model)
-        if trace.num_layers != cfg.model.num_moe_layers:
-            raise UserError(f"expected a trace of the {cfg.model.num_moe_layers} MoE layers of "
-                            f"{cfg.model.name}, got {trace.num_layers} layer columns", field="trace")
-        plan = cfg.plan or default_plan(cfg.model, cfg.cluster)
-        plan.validate(cfg.model)
-        self.cache = cfg.cache_plan(plan)
-        self.plan = replace(plan, cache=self.cache if self.cache.policy != "none" else None)
+        plan, self.cache = resolve_plan(cfg)
+        self.plan = replace(plan, cache=self.cache if self.cache.policy != CachePolicy.NONE else None)
         self.devices: tuple[str, ...] = tuple(plan.devices)
         self.G = len(self.devices)
-        self.workload: Workload = build_workload(trace, phase=cfg.phase, batch_size=cfg.batch_size,
+        self.workload: Workload = build_workload(cfg.trace, phase=cfg.phase, batch_size=cfg.batch_size,
                                                  steps=cfg.steps, batch_key=cfg.batch_key)
         self.memory = self._check_memory()
         self.table = ReplicaTable.of(self.plan)
-        self.rng = np.random.default_rng(cfg.seed) if cfg.replica_split == "random" else None
+        self.rng = np.random.default_rng(cfg.seed) if cfg.replica_split == ReplicaSplit.RANDOM else None
         self.routing = (LocalRouting.of(self.table, node_index(self.cluster, self.devices))
-                        if cfg.dispatch == "local" and self.table.has_replicas else None)
-        n_chunks = {"none": 1, "layer": 2, "chunked": cfg.chunks}[cfg.overlap]
+                        if cfg.dispatch == DispatchMode.LOCAL and self.table.has_replicas else None)
+        n_chunks = OVERLAP_CHUNKS.get(cfg.overlap, cfg.chunks)
         self.coster = StepCoster(cost, self.devices, phase=cfg.phase, overlap_chunks=n_chunks)
         self.layer_ids = np.arange(cfg.model.num_layers)
         self.moe_cols = np.asarray(cfg.model.moe_layers, dtype=np.int64)
         self.is_moe = self.coster.is_moe
-        self.act_bytes = float(cfg.model.activation_bytes_per_token)
-        self.offload = self.cache.policy != "none"
-        self.miss = self.cache.miss
         self.rec = Recorder(self.workload.num_steps, cfg.model.num_layers, list(self.devices),
                             cfg.timeline_steps)
         self.rec.step_tokens[:] = self.workload.tokens()
         self.total_pairs = np.zeros((self.G, self.G))
         self.keep_pairs: dict[int, np.ndarray] = {}
         self.keep_pre: dict[int, np.ndarray] = {}
-        self.keep_slices: dict[tuple[int, int], tuple[list, np.ndarray]] = {}  # overlapped micro-batches
-        # offloading state (filled by _prepare_offload)
-        self.ready: dict[tuple[int, int, int], simpy.Event] = {}
-        self.scratch: dict[tuple[int, int, int], simpy.Event] = {}
-        self.causality: list[tuple[float, float]] = []
-        self.score = PrefetchScore()
-        self.phase_start = 0.0
-        if self.offload and self.miss == "pim":
-            for gpu in self.devices:  # refuse before the run, not from inside a SimPy process
-                self.side_device(gpu)
+        self.keep_slices: dict[tuple[int, int], MicroBatches] = {}  # overlapped layers of kept steps
+        self.env = simpy.Environment()
+        offloading = self.cache.policy != CachePolicy.NONE
+        self.hosts = HostLinks(self.env, self.cluster)
+        # a miss mode the cluster cannot run is refused before anything is costed
+        self.miss = (make_miss_handler(self.cache.miss, MissSetup(self.cluster, self.devices, self.hosts,
+                                                                  cfg.lowbit_dtype)) if offloading else None)
+        # Offloaded runs cost every step up front: Belady's caches read the future.
+        self.chunk_data = list(self.chunks()) if offloading else []
+        self.offloaded = self._offloaded_run() if offloading else None
+        self.invariants_checked: list[str] = []
 
     # ------------------------------------------------------------------ setup
     def _check_memory(self) -> dict[str, float]:
@@ -126,6 +126,21 @@ class Machine:
             batch = np.array([len(r) for r in rows])
             yield a, ids, d, self.coster.chunk(a, d, batch, wl.context_tokens[a:a + len(rows)])
 
+    def _offloaded_run(self) -> OffloadedRun:
+        """Caches, fetch queues and prefetch of an offloaded run (the static default pins the most
+        requested experts of the predictor's training rows)."""
+        cfg, trace = self.cfg, self.cfg.trace
+        assert self.miss is not None
+        steps = [Step(a + i, ids[i], d.slot_tokens[i], c, i) for a, ids, d, c in self.chunk_data
+                 for i in range(d.slot_tokens.shape[0])]
+        n_train = int(trace.num_tokens * cfg.predictor_train_fraction)
+        return OffloadedRun(
+            self.env, self.rec, self.cost, self.model, self.cache, self.plan.placement, self.devices, steps,
+            hosts=self.hosts, miss=self.miss,
+            warmup_load=lambda: trace.rows(0, max(1, n_train)).load_matrix()[0],
+            fit_predictor=lambda: Transitions.fit(trace.expert_ids, self.model.num_experts, stop=n_train),
+            audit=cfg.check_invariants)
+
     def record(self, a: int, d: Dispatch, c: ChunkCosts) -> None:
         """Fill the recorder's arrays for a chunk (the parts that do not depend on the schedule)."""
         r, b, m = self.rec, a + d.slot_tokens.shape[0], self.moe_cols
@@ -140,7 +155,7 @@ class Machine:
         sent = pair.sum(axis=3) + pair.sum(axis=2)
         r.bytes_sent[a:b][:, m, :G] = sent
         r.bytes_received[a:b][:, m, :G] = sent
-        if not self.offload:
+        if self.offloaded is None:
             r.busy_s[a:b][:, m, :G] += c.expert
             r.tokens[a:b][:, m, :G] = d.device_tokens
             r.phase_s[a:b][:, m, 1] = c.dispatch
@@ -165,7 +180,7 @@ class Machine:
                         yield env.timeout(r.phase_s[s, col, 0])
                         start, slices = env.now, []
                         if s < r.timeline_steps:
-                            self.keep_slices[s, col] = (slices, c.expert_chunk[i, m].copy())
+                            self.keep_slices[s, col] = MicroBatches(slices, c.expert_chunk[i, m].copy())
                         yield env.process(overlapped_moe(env, n, float(c.dispatch_chunk[i, m]),
                                                          float(c.expert_chunk[i, m].max()),
                                                          float(c.combine_chunk[i, m]), slices.append))
@@ -174,186 +189,69 @@ class Machine:
                         yield env.timeout(dur)
                 r.step_end_s[s] = env.now
 
-    def fetch(self, step: int, m: int, g: int, expert: int, *, keep: bool,
-              prefetch: bool = False) -> simpy.Event:
-        """Start copying ``expert``'s weights to GPU ``g`` over its PCIe link; the event fires on
-        arrival. Demand fetches go before queued prefetches."""
-        pending = self.ready.get((m, g, expert)) if keep else None
-        if pending is not None and not pending.triggered:
-            return pending  # already queued: it will copy the expert if still wanted when its turn comes
-        gpu = self.devices[g]
-        lowbit = self.cfg.lowbit_dtype if self.miss == "lowbit" else None
-        nbytes = self.model.expert_bytes(lowbit)
-        seconds = self.memo(("fetch", gpu, lowbit), lambda: float(
-            self.cost.weight_fetch_s(gpu, self.model.expert_bytes(), lowbit_dtype=lowbit)))
-        done = self.env.event()
-        (self.ready if keep else self.scratch)[(m, g, expert)] = done
-        host = self.host(gpu)
-
-        def account() -> None:  # when the copy starts: a dropped copy moved no bytes
-            self.rec.fetch_bytes[step, self.moe_cols[m], g] += nbytes
-            self.rec.add_link_bytes(self.path(host, gpu), nbytes)
-
-        self.env.process(weight_fetch(self.env, self.link(gpu), seconds, done, self.rec, step,
-                                      f"{host}->{gpu}", f"fetch L{self.moe_cols[m]} E{expert}",
-                                      priority=1 if prefetch else 0,
-                                      wanted=(lambda: self.store.resident(m, g, expert)) if keep else None,
-                                      on_start=account, nbytes=nbytes))
-        return done
-
-    def host(self, gpu: str) -> str:
-        from moesim.cost.transfers import host_of
-
-        if gpu not in self._hosts:
-            self._hosts[gpu] = host_of(self.cluster, gpu)
-        return self._hosts[gpu]
-
-    def path(self, src: str, dst: str) -> list[tuple[str, str]]:
-        return self.memo(("path", src, dst), lambda: self.cost.path_links(src, dst))
-
-    def transfer_s(self, src: str, dst: str, nbytes: float) -> float:
-        return self.memo(("xfer", src, dst, nbytes), lambda: float(self.cost.transfer_s(src, dst, nbytes)))
-
-    def memo(self, key: tuple, compute: Any) -> Any:
-        """Cost results by their arguments (offloaded runs ask the same few shapes over and over)."""
-        if key not in self._memo:
-            self._memo[key] = compute()
-        return self._memo[key]
-
-    def link(self, gpu: str) -> simpy.PriorityResource:
-        if gpu not in self._links:
-            self._links[gpu] = simpy.PriorityResource(self.env, capacity=1)
-        return self._links[gpu]
-
-    def executor(self, device: str) -> simpy.Resource:
-        key = f"exec:{device}"
-        if key not in self._links:
-            self._links[key] = simpy.Resource(self.env, capacity=1)
-        return self._links[key]
-
-    def side_device(self, gpu: str) -> str:
-        if self.miss == "cpu":
-            return self.host(gpu)
-        node = self.cluster.device(gpu).node
-        pims = self.cluster.devices_of("pim", node) or self.cluster.devices_of("pim")
-        if not pims:
-            raise UserError(f"cluster {self.cluster.name} has no pim device to run missed experts on",
-                            field="miss")
-        return pims[0].id
-
-    def offloaded(self, env: simpy.Environment) -> Any:
-        """Per (step, layer): lockstep attention and all-to-alls, then one process per GPU for its experts."""
-        r = self.rec
-        data = list(self.chunks())
-        per_step = [(a + i, ids[i], d.slot_tokens[i], c, i) for a, ids, d, c in data
-                    for i in range(d.slot_tokens.shape[0])]
-        self._prepare_offload([x[2] for x in per_step])
-        for a, _ids, d, c in data:
-            self.record(a, d, c)
-        for s, ids, slots, c, i in per_step:
-            r.step_start_s[s] = env.now
-            for col in range(self.model.num_layers):
-                r.layer_start_s[s, col] = env.now
-                if s < r.timeline_steps:
-                    for g, dev in enumerate(self.devices):
-                        pre = float(self.keep_pre[s][col, g])
-                        r.span(s, dev, f"attention L{col}", env.now, pre, layer=col)
-                yield env.timeout(r.phase_s[s, col, 0])
-                if not self.is_moe[col]:
-                    continue
-                m = int(np.searchsorted(self.moe_cols, col))
-                t0 = env.now
-                yield env.timeout(float(c.dispatch[i, m]))
-                self.phase_start = env.now
-                if m + 1 < len(self.moe_cols) and self.cache.prefetch != "none":
-                    self._prefetch(s, m, ids, slots)
-                procs = []
-                for g in range(self.G):
-                    used = np.flatnonzero(slots[m, g] > 0)
-                    if used.size:
-                        experts = self.plan.placement[m, g, used].astype(np.int64)
-                        procs.append(env.process(offloaded_experts(env, self, s, m, g, experts,
-                                                                   slots[m, g, used].astype(float))))
-                    else:  # an empty request still advances the cache's clock (Belady's future index)
-                        self.store.access(m, g, np.zeros(0, dtype=np.int64))
-                yield env.all_of(procs)
-                t1 = env.now
-                yield env.timeout(float(c.combine[i, m]))
-                r.phase_s[s, col, 1:] = (self.phase_start - t0, t1 - self.phase_start, env.now - t1)
-            r.step_end_s[s] = env.now
-
-    def _prepare_offload(self, steps_slots: list[np.ndarray]) -> None:
-        L = self.model.num_moe_layers
-        trace = self.cfg.trace
-        n_train = int(trace.num_tokens * self.cfg.predictor_train_fraction)
-        futures = None
-        if self.cache.policy == "belady":
-            futures = [[[self.plan.placement[m, g, np.flatnonzero(st[m, g] > 0)] for st in steps_slots]
-                        for g in range(self.G)] for m in range(L)]
-        resident = None
-        if self.cache.policy == "static":
-            resident = [list(r) for r in self.cache.resident] or top_experts(
-                trace.rows(0, max(1, n_train)).load_matrix()[0], self.cache.capacity_experts)
-        self.store = ExpertStore(self.cache, L, self.G, futures, resident)
-        self.predictor = None
-        if self.cache.prefetch == "predictor":
-            train = np.asarray(trace.expert_ids[:n_train])
-            self.predictor = TransitionPredictor(train, self.model.num_experts)
-
-    def _prefetch(self, s: int, m: int, ids: np.ndarray, slots: np.ndarray) -> None:
-        """Issue next-layer prefetches for each GPU: the oracle's true experts, or the predictor's guess."""
-        if self.predictor is not None:
-            guess = self.predictor.predict(m, np.asarray(ids[:, m, :], dtype=np.int64))
-        for g in range(self.G):
-            truth = self.plan.placement[m + 1, g, np.flatnonzero(slots[m + 1, g] > 0)].astype(np.int64)
-            if self.predictor is None:
-                predicted = truth
-            else:
-                predicted = np.intersect1d(guess, self.plan.placement[m + 1, g])
-            self.score.add(predicted, truth)
-            for e in predicted.tolist():
-                if self.store.prefetch(m + 1, g, e):
-                    self.fetch(s, m + 1, g, e, keep=True, prefetch=True)
-
     # ------------------------------------------------------------------ driver
     def run(self) -> None:
-        self.env = simpy.Environment()
-        self._hosts: dict[str, str] = {}
-        self._memo: dict[tuple, Any] = {}
-        self._links: dict[str, simpy.Resource] = {}
-        self.env.process(self.offloaded(self.env) if self.offload else self.lockstep(self.env))
+        """Run the SimPy process to the end, then add the all-to-alls' link bytes (and, in
+        lockstep, the timeline spans rebuilt from the recorded times)."""
+        if self.offloaded is not None:
+            for a, _ids, d, c in self.chunk_data:
+                self.record(a, d, c)
+            self.env.process(self.offloaded.process())
+        else:
+            self.env.process(self.lockstep(self.env))
         self.env.run()
         if self.G > 1:  # dispatch, then combine (the same pairs reversed)
             for matrix in (self.total_pairs, self.total_pairs.T):
                 for ln, v in self.cost.link_bytes(self.devices, matrix).items():
                     self.rec.add_link_bytes([ln], v)
+        if self.cfg.check_invariants:
+            self.invariants_checked = check_all(
+                self.rec, self.moe_cols, expected_pairs(self.cfg.trace.expert_ids, self.workload.steps),
+                self.memory, {d: self.cluster.device(d).spec.memory_bytes for d in self.devices},
+                self.offloaded.store.overfull if self.offloaded is not None else [], self.causality)
+
+    def lockstep_timeline(self) -> LockstepTimeline | None:
+        """Plain data to draw a lockstep run's first steps (None for an offloaded run)."""
+        if self.offloaded is not None:
+            return None
+        kept = sorted(self.keep_pairs)
+        L = len(self.moe_cols)
+        names: list[tuple[str, str]] = []
+        dispatch = combine = np.zeros((len(kept), L, 0))
+        if self.G > 1 and kept:
+            pairs = np.stack([self.keep_pairs[s] for s in kept]).reshape(-1, self.G, self.G)
+            names, loads = self.cost.link_loads_each(self.devices, pairs)
+            _, back = self.cost.link_loads_each(self.devices, pairs.transpose(0, 2, 1))
+            dispatch, combine = loads.reshape(len(kept), L, -1), back.reshape(len(kept), L, -1)
+        return LockstepTimeline(self.devices, tuple(int(c) for c in self.moe_cols), dict(self.keep_pre),
+                                names, dispatch, combine, dict(self.keep_slices))
+
+    @property
+    def causality(self) -> list[tuple[float, float]]:
+        return self.offloaded.causality if self.offloaded is not None else []
 
     def info(self) -> dict[str, Any]:
         """Run description for the summary (deterministic: no wall-clock, no paths)."""
-        cfg, cache = self.cfg, self.cache
-        offload: dict[str, Any] = {"policy": cache.policy}
-        if self.offload:
-            offload.update({
-                "capacity_experts": sorted(set(cache.capacity_experts)) if cache.capacity_experts else None,
-                "miss": cache.miss, "prefetch": cache.prefetch, "hits": self.store.hits,
-                "requests": self.store.requests,
-                "prefetch_accuracy": self.score.as_dict() if cache.prefetch != "none" else None,
-            })
-        return {
-            "cache_hit_rate": self.store.hit_rate if self.offload else None,
-            "cache": offload,
-            "phase": cfg.phase, "batch_size": cfg.batch_size, "overlap": cfg.overlap,
-            "replica_split": cfg.replica_split, "dispatch": cfg.dispatch, "seed": cfg.seed,
+        cfg, off = self.cfg, self.offloaded
+        cache: dict[str, Any] = {"policy": str(self.cache.policy)}
+        if off is not None:
+            cache.update(off.info())
+        out: dict[str, Any] = {
+            "cache_hit_rate": off.store.hit_rate if off is not None else None,
+            "cache": cache,
+            "phase": str(cfg.phase), "batch_size": cfg.batch_size, "overlap": str(cfg.overlap),
+            "replica_split": str(cfg.replica_split), "dispatch": str(cfg.dispatch), "seed": cfg.seed,
             "cluster": self.cluster.name, "model": self.model.name, "plan": self.plan.planner,
             "devices": len(self.devices),
             "cost_sources": dict(sorted(self.cost.sources().items())),
         }
+        if self.invariants_checked:
+            out["invariants_checked"] = list(self.invariants_checked)
+        return out
 
 
-def simulate(cfg: SimConfig, cost: Any | None = None) -> SimResult:
+def simulate(cfg: SimConfig, cost: SimCost | None = None) -> SimResult:
     """Run ``cfg`` (with ``cost``, default the roofline CostModel of its cluster and model)."""
-    from moesim.sim.timeline import lockstep_spans
-
     cfg.check()
     t0 = time.perf_counter()
     if cost is None:
@@ -363,6 +261,6 @@ def simulate(cfg: SimConfig, cost: Any | None = None) -> SimResult:
     machine = Machine(cfg, cost)
     machine.run()
     wall = time.perf_counter() - t0
-    extra = (lambda: lockstep_spans(machine)) if not machine.offload else None
-    return SimResult(rec=machine.rec, layer_ids=machine.layer_ids, info=machine.info(), wall_seconds=wall,
-                     memory_bytes=machine.memory, causality=machine.causality, more_spans=extra)
+    return SimResult(rec=machine.rec, layer_ids=machine.layer_ids, info=machine.info(),
+                     memory_bytes=machine.memory, causality=machine.causality,
+                     lockstep=machine.lockstep_timeline(), timing={"wall_seconds": wall})

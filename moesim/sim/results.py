@@ -1,11 +1,10 @@
-"""What a run measured: per step x layer x device arrays, the pandas frame, the JSON summary.
+"""What a run measured: the recorder's arrays as a pandas frame, a JSON summary and a timeline.
 
 Column and field meanings with units are in docs/results.md.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -13,59 +12,8 @@ from typing import Any
 import numpy as np
 
 from moesim.io import atomic_open
-
-PHASE_NAMES = ("pre", "dispatch", "experts", "combine")
-
-
-@dataclass
-class Span:
-    """One interval on a timeline track (a device or a link direction), seconds."""
-
-    track: str
-    name: str
-    start_s: float
-    dur_s: float
-    args: dict[str, Any] = field(default_factory=dict)
-
-
-class Recorder:
-    """Arrays the engine fills while it runs (no simulated-time logic here)."""
-
-    def __init__(self, steps: int, layers: int, devices: list[str], timeline_steps: int):
-        self.devices = devices
-        shape = (steps, layers, len(devices))
-        self.busy_s = np.zeros(shape)
-        self.tokens = np.zeros(shape, dtype=np.int64)
-        self.bytes_sent = np.zeros(shape)
-        self.bytes_received = np.zeros(shape)
-        self.fetch_bytes = np.zeros(shape)
-        self.phase_s = np.zeros((steps, layers, len(PHASE_NAMES)))
-        self.layer_start_s = np.zeros((steps, layers))
-        self.step_start_s = np.zeros(steps)
-        self.step_end_s = np.zeros(steps)
-        self.step_tokens = np.zeros(steps, dtype=np.int64)
-        self.link_bytes: dict[tuple[str, str], float] = {}
-        self.spans: list[Span] = []
-        self.timeline_steps = timeline_steps
-
-    def device_index(self, device_id: str) -> int:
-        """Column of ``device_id`` (CPU/PIM executors are added on first use)."""
-        try:
-            return self.devices.index(device_id)
-        except ValueError:
-            self.devices.append(device_id)
-            for name in ("busy_s", "tokens", "bytes_sent", "bytes_received", "fetch_bytes"):
-                arr = getattr(self, name)
-                setattr(self, name, np.concatenate([arr, np.zeros((*arr.shape[:2], 1), arr.dtype)], axis=2))
-            return len(self.devices) - 1
-
-    def add_link_bytes(self, links: list[tuple[str, str]], nbytes: float) -> None:
-        for ln in links:
-            self.link_bytes[ln] = self.link_bytes.get(ln, 0.0) + float(nbytes)
-
-    def span(self, step: int, track: str, name: str, start_s: float, dur_s: float, **args: Any) -> None:
-        if step < self.timeline_steps:
-            self.spans.append(Span(track, name, float(start_s), float(dur_s), args))
+from moesim.sim.recorder import PHASE_NAMES, Recorder, Span
+from moesim.sim.timeline import LockstepTimeline, write_timeline
 
 
 def percentiles(values: np.ndarray) -> dict[str, float | None]:
@@ -84,16 +32,18 @@ class SimResult:
     """Model layer index of each layer column."""
     info: dict[str, Any]
     """Run description (plan, cache, options, cost sources, memory) that goes into the summary."""
-    wall_seconds: float = 0.0
     memory_bytes: dict[str, float] = field(default_factory=dict)
     causality: list[tuple[float, float]] = field(default_factory=list)
     """Offloading: (start of a GPU expert call, arrival of the last of its experts' weights)."""
-    more_spans: Callable[[], list[Span]] | None = None
-    """Spans rebuilt on demand (lockstep runs: only when a timeline is written)."""
+    lockstep: LockstepTimeline | None = None
+    """Lockstep runs: what their spans are rebuilt from (offloaded runs record theirs as they run)."""
+    timing: dict[str, float] = field(default_factory=dict)
+    """This machine's wall-clock seconds (``wall_seconds``): the only part that differs between
+    identical runs, kept apart so comparisons can drop it."""
 
     def spans(self) -> list[Span]:
         """All timeline spans, in start order per track."""
-        extra = self.more_spans() if self.more_spans is not None else []
+        extra = self.lockstep.spans(self.rec) if self.lockstep is not None else []
         return sorted([*self.rec.spans, *extra], key=lambda sp: (sp.track, sp.start_s))
 
     @property
@@ -136,8 +86,6 @@ class SimResult:
                 frame.to_csv(fh, index=False)
 
     def write_timeline(self, path: str | Path) -> None:
-        from moesim.sim.timeline import write_timeline
-
         write_timeline(self.spans(), path, self.rec.devices)
 
     def summary(self) -> dict[str, Any]:
@@ -160,7 +108,6 @@ class SimResult:
         breakdown = {name: float(r.phase_s[:, :, i].sum()) for i, name in enumerate(PHASE_NAMES)}
         out: dict[str, Any] = {
             "simulated_seconds": sim_s,
-            "wall_seconds": float(self.wall_seconds),
             "steps": int(r.step_end_s.size),
             "tokens": tokens,
             "tokens_per_s": tokens / sim_s if sim_s > 0 else None,
@@ -171,5 +118,6 @@ class SimResult:
             "per_link": per_link,
             "step_latency_s": percentiles(self.step_latency_s),
             "time_breakdown_s": breakdown,
+            "timing": {k: float(v) for k, v in self.timing.items()},
         })
         return out

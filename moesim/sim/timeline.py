@@ -8,12 +8,15 @@ and chrome://tracing.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from moesim.io import atomic_write_text
-from moesim.sim.results import Span
+from moesim.sim.recorder import Recorder, Span
 
 DEVICE_PID = 1
 LINK_PID = 2
@@ -51,58 +54,89 @@ def write_timeline(spans: Sequence[Span], path: str | Path, devices: Sequence[st
     atomic_write_text(path, json.dumps(doc, separators=(",", ":")) + "\n")
 
 
-def lockstep_spans(machine: Any) -> list[Span]:
-    """Spans of a lockstep run's first steps, rebuilt from the recorded phase times: per GPU its
-    pre-dispatch work and its experts, per link direction the bytes of each all-to-all."""
-    r = machine.rec
-    out: list[Span] = []
-    moe_pos = {int(c): m for m, c in enumerate(machine.moe_cols)}
-    for s in range(min(r.timeline_steps, r.step_end_s.size)):
-        pair, pre_g = machine.keep_pairs.get(s), machine.keep_pre.get(s)
-        if pre_g is None:
-            continue
-        for col in range(r.layer_start_s.shape[1]):
-            t = float(r.layer_start_s[s, col])
-            pre, disp, exp, comb = (float(x) for x in r.phase_s[s, col])
-            for g, dev in enumerate(machine.devices):
-                if pre_g[col, g] > 0:
-                    out.append(Span(dev, f"attention L{col}", t, float(pre_g[col, g]), {"step": s}))
-            m = moe_pos.get(col)
-            if m is None:
-                continue
-            if (s, col) in machine.keep_slices:
-                out += _overlap_spans(machine, s, col, machine.keep_slices[s, col], pair, m)
-                continue
-            if pair is not None and machine.G > 1:
-                for (a, b), v in machine.cost.link_bytes(machine.devices, pair[m]).items():
-                    out.append(Span(f"{a}->{b}", f"dispatch L{col}", t + pre, disp, {"step": s, "bytes": v}))
-                for (a, b), v in machine.cost.link_bytes(machine.devices, pair[m].T).items():
-                    out.append(Span(f"{a}->{b}", f"combine L{col}", t + pre + disp + exp, comb,
-                                    {"step": s, "bytes": v}))
-            for g, dev in enumerate(machine.devices):
-                busy = float(r.busy_s[s, col, g] - pre_g[col, g])
-                if busy > 0:
-                    out.append(Span(dev, f"experts L{col}", t + pre + disp, busy,
-                                    {"step": s, "tokens": int(r.tokens[s, col, g])}))
-    return out
+@dataclass(frozen=True)
+class MicroBatches:
+    """An overlapped MoE layer as it ran: its ``(kind, micro-batch, start_s, dur_s)`` slices (kind:
+    dispatch, experts, combine) and each GPU's expert seconds per micro-batch."""
+
+    slices: Sequence[tuple[str, int, float, float]]
+    expert_s: np.ndarray
 
 
-def _overlap_spans(machine: Any, s: int, col: int, kept: tuple[list, Any], pair: Any, m: int) -> list[Span]:
-    """An overlapped MoE layer as its micro-batches really ran: each dispatch and combine on the link
-    tracks with its share of the bytes, each micro-batch's experts on every device that has work."""
-    slices, expert_chunk = kept
-    n = 1 + max((i for _, i, _, _ in slices), default=0)
-    links = (machine.cost.link_bytes(machine.devices, pair[m] / n) if pair is not None and machine.G > 1
-             else {})
-    back = machine.cost.link_bytes(machine.devices, pair[m].T / n) if links else {}
-    out: list[Span] = []
-    for kind, i, start, dur in slices:
-        if kind == "experts":
-            out += [Span(dev, f"experts L{col} mb{i}", start, float(expert_chunk[g]),
-                         {"step": s, "micro_batch": i})
-                    for g, dev in enumerate(machine.devices) if expert_chunk[g] > 0]
-            continue
-        for (a, b), v in (links if kind == "dispatch" else back).items():
-            out.append(Span(f"{a}->{b}", f"{kind} L{col} mb{i}", start, dur,
-                            {"step": s, "bytes": v, "micro_batch": i}))
-    return out
+@dataclass(frozen=True)
+class LockstepTimeline:
+    """What a lockstep run's first steps need to be drawn, as plain data: per step its
+    pre-dispatch work per layer and GPU, and per (step, MoE layer) the bytes its dispatch and
+    combine put on each link direction. Spans are rebuilt from it and the recorded times only
+    when a timeline is written."""
+
+    devices: tuple[str, ...]
+    moe_cols: tuple[int, ...]
+    pre: Mapping[int, np.ndarray]
+    """step -> [layers, G] seconds before dispatch."""
+    links: Sequence[tuple[str, str]]
+    """Link directions ``(from, to)`` (none on one GPU)."""
+    dispatch_bytes: np.ndarray
+    """[kept steps, MoE layers, links] bytes each dispatch puts on each link direction."""
+    combine_bytes: np.ndarray
+    overlapped: Mapping[tuple[int, int], MicroBatches] = field(default_factory=dict)
+    """(step, layer column) -> its micro-batches, for layers run with overlap."""
+
+    def spans(self, rec: Recorder) -> list[Span]:
+        """Per GPU its pre-dispatch work and its experts, per link direction each all-to-all."""
+        r = rec
+        out: list[Span] = []
+        moe_pos = {int(c): m for m, c in enumerate(self.moe_cols)}
+        for s in range(min(r.timeline_steps, r.step_end_s.size)):
+            pre_g = self.pre.get(s)
+            if pre_g is None:
+                continue
+            for col in range(r.layer_start_s.shape[1]):
+                t = float(r.layer_start_s[s, col])
+                pre_s, disp, exp, comb = (float(x) for x in r.phase_s[s, col])
+                for g, dev in enumerate(self.devices):
+                    if pre_g[col, g] > 0:
+                        out.append(Span(dev, f"attention L{col}", t, float(pre_g[col, g]), {"step": s}))
+                m = moe_pos.get(col)
+                if m is None:
+                    continue
+                if (s, col) in self.overlapped:
+                    out += self._micro_batch_spans(s, col, m, self.overlapped[s, col])
+                    continue
+                if s < len(self.dispatch_bytes):
+                    row = self.dispatch_bytes[s, m]
+                    for i in np.flatnonzero(row):
+                        a, b = self.links[i]
+                        out.append(Span(f"{a}->{b}", f"dispatch L{col}", t + pre_s, disp,
+                                        {"step": s, "bytes": float(row[i])}))
+                    row = self.combine_bytes[s, m]
+                    for i in np.flatnonzero(row):
+                        a, b = self.links[i]
+                        out.append(Span(f"{a}->{b}", f"combine L{col}", t + pre_s + disp + exp, comb,
+                                        {"step": s, "bytes": float(row[i])}))
+                for g, dev in enumerate(self.devices):
+                    busy = float(r.busy_s[s, col, g] - pre_g[col, g])
+                    if busy > 0:
+                        out.append(Span(dev, f"experts L{col}", t + pre_s + disp, busy,
+                                        {"step": s, "tokens": int(r.tokens[s, col, g])}))
+        return out
+
+    def _micro_batch_spans(self, s: int, col: int, m: int, mb: MicroBatches) -> list[Span]:
+        """Each micro-batch's dispatch and combine on the link tracks with its share of the bytes,
+        and its experts on every GPU that has work."""
+        n = 1 + max((i for _, i, _, _ in mb.slices), default=0)
+        out: list[Span] = []
+        for kind, i, start, dur in mb.slices:
+            if kind == "experts":
+                out += [Span(dev, f"experts L{col} mb{i}", start, float(mb.expert_s[g]),
+                             {"step": s, "micro_batch": i})
+                        for g, dev in enumerate(self.devices) if mb.expert_s[g] > 0]
+                continue
+            if s >= len(self.dispatch_bytes):
+                continue
+            row = (self.dispatch_bytes if kind == "dispatch" else self.combine_bytes)[s, m]
+            for j in np.flatnonzero(row):
+                a, b = self.links[j]
+                out.append(Span(f"{a}->{b}", f"{kind} L{col} mb{i}", start, dur,
+                                {"step": s, "bytes": float(row[j]) / n, "micro_batch": i}))
+        return out

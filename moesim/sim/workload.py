@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
 from moesim.errors import UserError
+from moesim.traces.trace import RoutingTrace
 
 
 @dataclass(frozen=True)
@@ -63,7 +63,7 @@ def prefill_steps(seq_id: np.ndarray, prompts_per_step: int) -> list[np.ndarray]
     return [np.arange(a, b) for a, b in itertools.pairwise(cuts.tolist())]
 
 
-def build_workload(trace: Any, *, phase: str, batch_size: int, steps: int | None,
+def build_workload(trace: RoutingTrace, *, phase: str, batch_size: int, steps: int | None,
                    batch_key: str | None = None) -> Workload:
     """Steps of ``trace`` for ``phase``: decode batches of ``batch_size`` tokens (or one step per
     ``batch_key`` value), or prefill steps of ``batch_size`` whole prompts."""

@@ -25,11 +25,13 @@ import numpy as np
 
 from moesim.errors import UserError
 from moesim.traces.npz import release_pages
+from moesim.vocab import CachePolicy
 
 if TYPE_CHECKING:
     from moesim.traces.trace import RoutingTrace
 
-POLICIES = ("lru", "lfu", "belady")
+POLICIES = (CachePolicy.LRU, CachePolicy.LFU, CachePolicy.BELADY)
+"""The policies that evict (``static`` pins a fixed set, ``none`` holds everything)."""
 _TIER = np.int64(1) << 62  # added to the score of requested experts: they are evicted last
 
 
@@ -269,5 +271,5 @@ def hit_rates(
     out: dict[str, dict[int, float]] = {}
     for policy in policies:
         h, r = simulate_hits(trace, list(sizes), policy, batch_size=batch_size, max_tokens=max_tokens)
-        out[policy] = {int(c): (float(h[i]) / r if r else float("nan")) for i, c in enumerate(sizes)}
+        out[str(policy)] = {int(c): (float(h[i]) / r if r else float("nan")) for i, c in enumerate(sizes)}
     return out

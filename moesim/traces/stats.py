@@ -15,6 +15,7 @@ import numpy as np
 from moesim.traces.cache import POLICIES, hit_rates
 from moesim.traces.npz import release_pages
 from moesim.traces.trace import RoutingTrace, row_chunks
+from moesim.traces.transitions import Transitions
 
 REUSE_CLIP = 1 << 14
 """Reuse distances are histogrammed exactly up to this many tokens (larger ones share one bin)."""
@@ -156,23 +157,9 @@ def _reuse_and_overlap(trace: RoutingTrace) -> tuple[np.ndarray, np.ndarray, np.
 
 
 def cross_layer(trace: RoutingTrace, max_tokens: int | None = None) -> dict[str, Any]:
-    """Affinity of adjacent layer columns from all K x K (this layer, next layer) expert pairs per token."""
-    e, layers, k = trace.num_experts, trace.num_layers, trace.top_k
-    rows = trace.num_tokens if max_tokens is None else min(trace.num_tokens, max_tokens)
-    pairs = max(layers - 1, 0)
-    co = np.zeros(pairs * e * e, np.int64)
-    offset = (np.arange(pairs, dtype=np.int64) * e * e)[None, :, None, None]
-    # rows per chunk: ~64 MB of int64 pair keys, and enough pairs to amortise the histogram's zero-fill
-    for a, b in row_chunks(rows, max(1, pairs * k * k * 8), 64 << 20):
-        ids = np.asarray(trace.expert_ids[a:b], np.int64)
-        release_pages(trace.expert_ids)
-        if not pairs:
-            break
-        x, y = ids[:, :-1, :, None], ids[:, 1:, None, :]
-        ok = (x >= 0) & (y >= 0)
-        co += np.bincount((offset + x * e + y)[ok], minlength=pairs * e * e)
-    co = co.reshape(pairs, e, e)
-    return {"cooccurrence": co, **affinity_summary(co, k)}
+    """Affinity of adjacent layer columns from their transition counts (:mod:`moesim.traces.transitions`)."""
+    co = Transitions.fit(trace.expert_ids, trace.num_experts, stop=max_tokens).counts
+    return {"cooccurrence": co, **affinity_summary(co, trace.top_k)}
 
 
 def affinity_summary(co: np.ndarray, k: int) -> dict[str, list[float]]:

@@ -1,93 +1,94 @@
 """OffloadedExperts: one GPU's experts of one (step, MoE layer) when not every expert is resident.
 
-Hits run on the GPU once their weights have arrived; misses are fetched over PCIe first (``fetch``,
-``lowbit``) or run on the host CPU / a PIM device while the GPU runs the hits (``cpu``, ``pim``),
-their weights then copied in the background so the cache holds them as its policy says.
+Hits run on the GPU once their weights have arrived; misses are copied first when the miss mode
+waits for fetches (``fetch``, ``lowbit``), or run beside the GPU while it runs the hits (``cpu``,
+``pim``), their weights then copied in the background so the cache holds them as its policy says.
 """
 
 from __future__ import annotations
 
-from collections.abc import Generator
+from collections.abc import Generator, Sequence
 from typing import Any
 
 import numpy as np
 import simpy
 
-
-def _wait_ready(ctx: Any, layer: int, g: int, experts: np.ndarray) -> list[simpy.Event]:
-    pending = []
-    for e in experts.tolist():
-        ev = ctx.ready.get((layer, g, e))
-        if ev is not None and not ev.triggered:
-            pending.append(ev)
-    return pending
+from moesim.sim.costs import OffloadCosts
+from moesim.sim.fetcher import WeightFetcher
+from moesim.sim.misses import MissHandler
+from moesim.sim.recorder import Recorder
+from moesim.sim.resources import Executors
+from moesim.sim.stores import ExpertStore
 
 
-def _side_executor(env: simpy.Environment, ctx: Any, step: int, col: int, g: int, tokens: np.ndarray,
-                   experts: np.ndarray) -> Generator[Any, Any, None]:
-    """Misses on the host CPU (activations over PCIe both ways) or on a PIM device (in place)."""
-    gpu = ctx.devices[g]
-    side = ctx.side_device(gpu)
-    nbytes = float(tokens.sum()) * ctx.act_bytes
-    with ctx.executor(side).request() as req:
-        yield req
-        start = env.now
-        key = tuple(tokens.tolist())
-        if ctx.miss == "cpu":
-            t_in, t_out = ctx.transfer_s(gpu, side, nbytes), ctx.transfer_s(side, gpu, nbytes)
-            run_s = ctx.memo(("cpu", side, key), lambda: float(ctx.cost.cpu_expert_s(side, tokens)))
-            ctx.rec.add_link_bytes(ctx.path(gpu, side), nbytes)
-            ctx.rec.add_link_bytes(ctx.path(side, gpu), nbytes)
+class OffloadedExperts:
+    """The SimPy process of an offloaded expert call, with the objects it works through."""
+
+    def __init__(self, env: simpy.Environment, store: ExpertStore, fetcher: WeightFetcher, miss: MissHandler,
+                 executors: Executors, costs: OffloadCosts, rec: Recorder, *, devices: Sequence[str],
+                 moe_cols: Sequence[int], act_bytes: float):
+        self.env, self.store, self.fetcher, self.miss = env, store, fetcher, miss
+        self.executors, self.costs, self.rec = executors, costs, rec
+        self.devices, self.moe_cols, self.act_bytes = devices, moe_cols, act_bytes
+        self.causality: list[tuple[float, float]] = []
+        """Per GPU call: (its start, arrival of its experts' last weights; 0: resident from the start)."""
+
+    def run(self, step: int, m: int, g: int, experts: np.ndarray, tokens: np.ndarray,
+            phase_start: float) -> Generator[Any, Any, None]:
+        """Run ``experts`` (unique ids) with ``tokens`` pairs each on GPU ``g`` at MoE layer row
+        ``m``; ``phase_start`` (when the layer's dispatch ended) dates the wait on the timeline."""
+        env, fetcher = self.env, self.fetcher
+        col = int(self.moe_cols[m])
+        hit = self.store.access(m, g, experts)
+        gpu = self.devices[g]
+        keep = self.store.keeps_misses
+        on_gpu = np.ones(len(experts), dtype=bool)
+        waits: list[simpy.Event] = []
+        side = None
+        if self.miss.waits_for_fetch:
+            for e in experts[~hit].tolist():
+                waits.append(fetcher.fetch(step, m, g, e, keep=keep))
+            waits += [ev for e in experts[hit].tolist() if (ev := fetcher.pending(m, g, e)) is not None]
         else:
-            t_in = t_out = 0.0
-            run_s = ctx.memo(("pim", side, key), lambda: float(ctx.cost.pim_expert_s(side, tokens)))
-        yield env.timeout(t_in + run_s + t_out)
-    i = ctx.rec.device_index(side)
-    ctx.rec.busy_s[step, col, i] += run_s
-    ctx.rec.tokens[step, col, i] += int(tokens.sum())
-    ctx.rec.span(step, side, f"experts L{ctx.layer_ids[col]}", start, env.now - start,
-                 experts=experts.tolist(), gpu=gpu)
+            # a hit still on the wire also runs beside the GPU rather than waiting for its weights
+            late = {e for e in experts[hit].tolist() if fetcher.pending(m, g, e) is not None}
+            on_gpu = hit & np.array([e not in late for e in experts.tolist()], dtype=bool)
+            for e in experts[~hit].tolist():
+                if keep:
+                    fetcher.fetch(step, m, g, e, keep=True)  # background copy; nobody waits for it now
+            if (~on_gpu).any():
+                side = env.process(self._beside(step, col, gpu, tokens[~on_gpu], experts[~on_gpu]))
+        if waits:
+            yield env.all_of(waits)
+        start = env.now
+        arrived = [ev.value if ev.triggered else float("inf") for e in experts[on_gpu].tolist()
+                   if (ev := fetcher.arrival(m, g, e)) is not None]
+        self.causality.append((start, max(arrived, default=0.0)))
+        run = tokens[on_gpu]
+        gpu_s = self.costs.gpu_experts_s(gpu, run) if run.size else 0.0
+        if gpu_s > 0:
+            yield env.timeout(gpu_s)
+            self.rec.span(step, gpu, f"experts L{col}", start, gpu_s,
+                          experts=experts[on_gpu].tolist(), waited_s=start - phase_start)
+        self.rec.busy_s[step, col, g] += gpu_s
+        self.rec.tokens[step, col, g] += int(tokens[on_gpu].sum())
+        if side is not None:
+            yield side
 
-
-def offloaded_experts(env: simpy.Environment, ctx: Any, step: int, m: int, g: int, experts: np.ndarray,
-                      tokens: np.ndarray) -> Generator[Any, Any, None]:
-    """Run ``experts`` (unique ids) with ``tokens`` pairs each on GPU ``g`` at MoE layer row ``m``."""
-    col = int(ctx.moe_cols[m])
-    hit = ctx.store.access(m, g, experts)
-    gpu = ctx.devices[g]
-    keep = ctx.store.policy != "static"
-    on_gpu = np.ones(len(experts), dtype=bool)
-    waits: list[simpy.Event] = []
-    side = None
-    if ctx.miss in ("fetch", "lowbit"):
-        for e in experts[~hit].tolist():
-            waits.append(ctx.fetch(step, m, g, e, keep=keep))
-        waits += _wait_ready(ctx, m, g, experts[hit])
-    else:
-        # a hit still on the wire also runs beside the GPU rather than waiting for its weights
-        late = {e for e in experts[hit].tolist() if (ev := ctx.ready.get((m, g, e))) is not None
-                and not ev.triggered}
-        on_gpu = hit & np.array([e not in late for e in experts.tolist()], dtype=bool)
-        for e in experts[~hit].tolist():
-            if keep:
-                ctx.fetch(step, m, g, e, keep=True)  # background copy; nobody waits for it now
-        if (~on_gpu).any():
-            side = env.process(_side_executor(env, ctx, step, col, g, tokens[~on_gpu], experts[~on_gpu]))
-    if waits:
-        yield env.all_of(waits)
-    start = env.now
-    # causality record: when did the weights of each expert run here arrive (0: resident from the start)
-    arrived = [ev.value if ev.triggered else float("inf") for e in experts[on_gpu].tolist()
-               if (ev := ctx.ready.get((m, g, e), ctx.scratch.get((m, g, e)))) is not None]
-    ctx.causality.append((start, max(arrived, default=0.0)))
-    run = tokens[on_gpu]
-    gpu_s = ctx.memo(("gpu", gpu, tuple(run.tolist())), lambda: float(ctx.cost.expert_compute_s(gpu, run))) \
-        if run.size else 0.0
-    if gpu_s > 0:
-        yield env.timeout(gpu_s)
-        ctx.rec.span(step, gpu, f"experts L{ctx.layer_ids[col]}", start, gpu_s,
-                     experts=experts[on_gpu].tolist(), waited_s=start - ctx.phase_start)
-    ctx.rec.busy_s[step, col, g] += gpu_s
-    ctx.rec.tokens[step, col, g] += int(tokens[on_gpu].sum())
-    if side is not None:
-        yield side
+    def _beside(self, step: int, col: int, gpu: str, tokens: np.ndarray,
+                experts: np.ndarray) -> Generator[Any, Any, None]:
+        """Misses on the device the miss mode names (one call at a time there)."""
+        env = self.env
+        side = self.miss.side_device(gpu)
+        with self.executors.of(side).request() as req:
+            yield req
+            start = env.now
+            cost = self.miss.side_run(self.costs, gpu, side, tokens, self.act_bytes)
+            for path, nbytes in cost.moved:
+                self.rec.add_link_bytes(path, nbytes)
+            yield env.timeout(cost.in_s + cost.run_s + cost.out_s)
+        i = self.rec.device_index(side)
+        self.rec.busy_s[step, col, i] += cost.run_s
+        self.rec.tokens[step, col, i] += int(tokens.sum())
+        self.rec.span(step, side, f"experts L{col}", start, env.now - start,
+                      experts=experts.tolist(), gpu=gpu)

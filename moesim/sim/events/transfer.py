@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from typing import Any
 
 import simpy
 
+from moesim.sim.recorder import Recorder
+
 
 def weight_fetch(env: simpy.Environment, link: simpy.PriorityResource, duration_s: float,
-                 done: simpy.Event, log: Any, step: int, track: str, label: str, *,
-                 priority: int = 0, wanted: Any = None, on_start: Any = None,
+                 done: simpy.Event, log: Recorder, step: int, track: str, label: str, *,
+                 priority: int = 0, wanted: Callable[[], bool] | None = None,
+                 on_start: Callable[[], None] | None = None,
                  nbytes: float | None = None) -> Generator[Any, Any, None]:
     """Wait for the link (lower ``priority`` first: demand fetches before prefetches), hold it
     ``duration_s``, then trigger ``done`` (the weights have arrived). A copy whose expert was

@@ -1,0 +1,64 @@
+"""What the engine fills while it runs: per step x layer x device arrays and timeline spans.
+
+No simulated-time logic here; column and field meanings with units are in docs/results.md.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+PHASE_NAMES = ("pre", "dispatch", "experts", "combine")
+
+
+@dataclass
+class Span:
+    """One interval on a timeline track (a device or a link direction), seconds."""
+
+    track: str
+    name: str
+    start_s: float
+    dur_s: float
+    args: dict[str, Any] = field(default_factory=dict)
+
+
+class Recorder:
+    """Arrays the engine fills while it runs (no simulated-time logic here)."""
+
+    def __init__(self, steps: int, layers: int, devices: list[str], timeline_steps: int):
+        self.devices = devices
+        shape = (steps, layers, len(devices))
+        self.busy_s = np.zeros(shape)
+        self.tokens = np.zeros(shape, dtype=np.int64)
+        self.bytes_sent = np.zeros(shape)
+        self.bytes_received = np.zeros(shape)
+        self.fetch_bytes = np.zeros(shape)
+        self.phase_s = np.zeros((steps, layers, len(PHASE_NAMES)))
+        self.layer_start_s = np.zeros((steps, layers))
+        self.step_start_s = np.zeros(steps)
+        self.step_end_s = np.zeros(steps)
+        self.step_tokens = np.zeros(steps, dtype=np.int64)
+        self.link_bytes: dict[tuple[str, str], float] = {}
+        self.spans: list[Span] = []
+        self.timeline_steps = timeline_steps
+
+    def device_index(self, device_id: str) -> int:
+        """Column of ``device_id`` (CPU/PIM executors are added on first use)."""
+        try:
+            return self.devices.index(device_id)
+        except ValueError:
+            self.devices.append(device_id)
+            for name in ("busy_s", "tokens", "bytes_sent", "bytes_received", "fetch_bytes"):
+                arr = getattr(self, name)
+                setattr(self, name, np.concatenate([arr, np.zeros((*arr.shape[:2], 1), arr.dtype)], axis=2))
+            return len(self.devices) - 1
+
+    def add_link_bytes(self, links: list[tuple[str, str]], nbytes: float) -> None:
+        for ln in links:
+            self.link_bytes[ln] = self.link_bytes.get(ln, 0.0) + float(nbytes)
+
+    def span(self, step: int, track: str, name: str, start_s: float, dur_s: float, **args: Any) -> None:
+        if step < self.timeline_steps:
+            self.spans.append(Span(track, name, float(start_s), float(dur_s), args))

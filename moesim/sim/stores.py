@@ -1,0 +1,201 @@
+"""Expert stores: which experts each GPU holds per MoE layer, one class per cache policy.
+
+Cache semantics are those of ``moesim.traces.cache`` (one cache per MoE layer and GPU; a step's
+experts requested together; the cache starts empty), so a one-GPU run at batch 1 with no prefetch
+gives exactly the hit rate of ``moesim trace stats``. Timing is the engine's; a store only decides
+hits, misses and what a prefetch loads.
+
+A new policy is one :class:`ExpertStore` subclass plus one entry in :data:`STORES`.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+
+from moesim.errors import UserError
+from moesim.plans.plan import CachePlan
+from moesim.traces.cache import ExpertCache, make_cache
+from moesim.vocab import CachePolicy
+
+
+@dataclass(frozen=True)
+class StoreInputs:
+    """What a store may know before the run: its shape, the plan's placement and every step's
+    requests (Belady reads the future), and the rows static pinning defaults to."""
+
+    num_layers: int
+    num_devices: int
+    placement: np.ndarray
+    """[MoE layers, devices, slots] logical expert per slot."""
+    slot_tokens: Sequence[np.ndarray]
+    """Per step, [MoE layers, devices, slots] tokens per slot (> 0: requested)."""
+    warmup_load: Callable[[], np.ndarray]
+    """[MoE layers, experts] requests of the rows static pinning defaults to (asked only then)."""
+
+    def future(self, layer: int, device: int) -> list[np.ndarray]:
+        """The experts ``device`` requests at ``layer``, step by step."""
+        row = self.placement[layer, device]
+        return [row[np.flatnonzero(st[layer, device] > 0)] for st in self.slot_tokens]
+
+
+class ExpertStore(ABC):
+    """Hit/miss bookkeeping shared by every policy; subclasses say what is resident."""
+
+    keeps_misses: ClassVar[bool] = True
+    """A missed expert's weights stay once copied (False: they go to a scratch buffer)."""
+
+    def __init__(self) -> None:
+        self.hits = 0
+        self.requests = 0
+        self.audit = False
+        """Check the capacity after every access and prefetch (``SimConfig.check_invariants``)."""
+        self.overfull: list[tuple[int, int, int, int]] = []
+        """Audit findings: ``(layer, device, resident experts, capacity)`` whenever a cache held too many."""
+
+    @classmethod
+    @abstractmethod
+    def build(cls, cache: CachePlan, inputs: StoreInputs) -> ExpertStore:
+        """The store for ``cache`` on a run shaped like ``inputs``."""
+
+    @abstractmethod
+    def _lookup(self, layer: int, device: int, experts: np.ndarray) -> np.ndarray:
+        """Bool hit mask of ``experts`` (unique ids, requested together); updates the cache."""
+
+    @abstractmethod
+    def resident(self, layer: int, device: int, expert: int) -> bool:
+        """Whether ``expert``'s weights are (or are being copied) in ``device``'s memory."""
+
+    def access(self, layer: int, device: int, experts: np.ndarray) -> np.ndarray:
+        """Request ``experts`` (unique ids) together; bool hit mask aligned with them."""
+        mask = self._lookup(layer, device, experts)
+        self.hits += int(mask.sum())
+        self.requests += len(experts)
+        if self.audit:
+            self._audit(layer, device)
+        return mask
+
+    def prefetch(self, layer: int, device: int, expert: int) -> bool:
+        """Load ``expert`` ahead of its request; True if a transfer is needed (it was not resident)."""
+        return False
+
+    def _audit(self, layer: int, device: int) -> None:  # noqa: B027 (a fixed set cannot overflow)
+        """Record in :attr:`overfull` a cache holding more experts than its capacity."""
+
+    @property
+    def hit_rate(self) -> float | None:
+        return self.hits / self.requests if self.requests else None
+
+
+class AllResident(ExpertStore):
+    """``none``: every expert is in GPU memory; every request hits."""
+
+    @classmethod
+    def build(cls, cache: CachePlan, inputs: StoreInputs) -> ExpertStore:
+        return cls()
+
+    def _lookup(self, layer: int, device: int, experts: np.ndarray) -> np.ndarray:
+        return np.ones(len(experts), dtype=bool)
+
+    def resident(self, layer: int, device: int, expert: int) -> bool:
+        return True
+
+    @property
+    def hit_rate(self) -> float | None:
+        return None  # nothing is cached, so there is no rate to report
+
+
+def top_experts(load: np.ndarray, capacity: Sequence[int]) -> list[list[int]]:
+    """Static pinning default: the ``capacity[m]`` most requested experts of each layer (ties: lowest id)."""
+    order = np.argsort(-np.asarray(load), axis=1, kind="stable")
+    return [sorted(order[m, : int(capacity[m])].tolist()) for m in range(order.shape[0])]
+
+
+class PinnedStore(ExpertStore):
+    """``static``: a fixed resident set per layer (the plan's, else the most requested experts of
+    the warm-up rows); misses never evict, their weights go to a scratch buffer."""
+
+    keeps_misses = False
+
+    def __init__(self, pinned: Sequence[Sequence[int]]):
+        super().__init__()
+        self.pinned = [frozenset(int(e) for e in r) for r in pinned]
+
+    @classmethod
+    def build(cls, cache: CachePlan, inputs: StoreInputs) -> ExpertStore:
+        resident = ([list(r) for r in cache.resident]
+                    or top_experts(inputs.warmup_load(), cache.capacity_experts))
+        if len(resident) != inputs.num_layers:
+            raise UserError(f"the static cache needs a resident set for each of the {inputs.num_layers} MoE "
+                            "layers", field="cache.resident")
+        return cls(resident)
+
+    def _lookup(self, layer: int, device: int, experts: np.ndarray) -> np.ndarray:
+        pinned = self.pinned[layer]
+        return np.array([int(e) in pinned for e in experts], dtype=bool)
+
+    def resident(self, layer: int, device: int, expert: int) -> bool:
+        return int(expert) in self.pinned[layer]
+
+
+class EvictingStore(ExpertStore):
+    """``lru``/``lfu``: one ``moesim.traces.cache`` cache per (layer, GPU); misses are loaded and
+    evict by the policy; prefetches load too."""
+
+    needs_future: ClassVar[bool] = False
+
+    def __init__(self, caches: list[list[ExpertCache]]):
+        super().__init__()
+        self.caches = caches
+
+    @classmethod
+    def build(cls, cache: CachePlan, inputs: StoreInputs) -> ExpertStore:
+        return cls([[make_cache(cache.policy, int(cache.capacity_experts[m]),
+                                inputs.future(m, g) if cls.needs_future else None)
+                     for g in range(inputs.num_devices)] for m in range(inputs.num_layers)])
+
+    def _lookup(self, layer: int, device: int, experts: np.ndarray) -> np.ndarray:
+        return self.caches[layer][device].access(experts)
+
+    def resident(self, layer: int, device: int, expert: int) -> bool:
+        return self.caches[layer][device].contains(expert)
+
+    def prefetch(self, layer: int, device: int, expert: int) -> bool:
+        cache = self.caches[layer][device]
+        if cache.contains(expert):
+            return False
+        cache.insert(expert)
+        if self.audit:
+            self._audit(layer, device)
+        return True
+
+    def _audit(self, layer: int, device: int) -> None:
+        cache = self.caches[layer][device]
+        held = len(cache.resident())
+        if held > cache.capacity:
+            self.overfull.append((layer, device, held, cache.capacity))
+
+
+class BeladyStore(EvictingStore):
+    """``belady``: evicts the expert requested furthest in the future (each cache is given its
+    layer's and GPU's request sequence up front)."""
+
+    needs_future = True
+
+
+STORES: dict[CachePolicy, type[ExpertStore]] = {
+    CachePolicy.NONE: AllResident,
+    CachePolicy.STATIC: PinnedStore,
+    CachePolicy.LRU: EvictingStore,
+    CachePolicy.LFU: EvictingStore,
+    CachePolicy.BELADY: BeladyStore,
+}
+
+
+def make_store(cache: CachePlan, inputs: StoreInputs) -> ExpertStore:
+    """The store of ``cache.policy``."""
+    return STORES[cache.policy].build(cache, inputs)
