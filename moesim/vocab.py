@@ -69,6 +69,17 @@ class Prefetch(StrEnum):
     PREDICTOR = "predictor"
 
 
+class CpuNuma(StrEnum):
+    """How a multi-socket host runs CPU experts: each expert split over every socket from local DDR
+    (KTransformers' NUMA tensor parallelism), whole experts spread over the sockets, the host socket
+    alone with pages interleaved over all sockets, or the host socket alone from its own DDR."""
+
+    TENSOR_PARALLEL = "tensor-parallel"
+    PARTITION = "partition"
+    INTERLEAVE = "interleave"
+    ONE_SOCKET = "one-socket"
+
+
 AUTO = "auto"
 """The cache planner may also be asked to choose a policy, miss mode or prefetch itself."""
 

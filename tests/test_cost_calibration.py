@@ -130,10 +130,13 @@ def test_calibration_by_folder_and_explicit_devices(tmp_path: Path, mixtral) -> 
     assert inf.weight_fetch_s("n0.gpu3", 2**25) == pytest.approx(cluster.path_latency("n0.cpu0", "n0.gpu3"))
 
 
-def test_calibrated_devices_must_be_gpus_of_the_cluster(tmp_path: Path, mixtral) -> None:
+def test_calibrated_devices_must_be_devices_of_the_cluster(tmp_path: Path, mixtral) -> None:
     folder = write_tables(tmp_path, "SYNTHETIC-TEST-GPU")
-    with pytest.raises(UserError, match="expected GPU ids"):
-        CostModel(load_cluster("h100x8"), mixtral, calibration=folder, calibrated_devices=["n0.cpu0"])
+    with pytest.raises(UserError, match="expected GPU or CPU ids"):
+        CostModel(load_cluster("h100x8"), mixtral, calibration=folder, calibrated_devices=["n9.gpu0"])
+    # a CPU id is a device of the cluster, but GPU tables never apply to it
+    cpu_only = CostModel(load_cluster("h100x8"), mixtral, calibration=folder, calibrated_devices=["n0.cpu0"])
+    assert cpu_only.calibrated_devices == frozenset()
     cost = CostModel(load_cluster("h100x8"), mixtral, calibration=folder, calibrated_devices=["n0.gpu1"])
     assert cost.calibrated_devices == frozenset({"n0.gpu1"})
     assert CostModel(load_cluster("h100x8"), mixtral).calibrated_devices == frozenset()

@@ -124,14 +124,6 @@ def test_curve_validation() -> None:
     np.testing.assert_allclose(c(np.array([-1, 5, 100])), [0.2, 0.3, 0.4])
 
 
-def test_cpu_gemv_rows_curve_keeps_few_tokens_flat() -> None:
-    roof = CostModel(make_cluster(1, 1), MIXTRAL).roofline("n0.cpu0")
-    per_row = 2 * MIXTRAL.expert_params
-    times = [float(roof.compute_s(per_row * n, "bf16", rows=n)) for n in (1, 2, 4, 16, 64)]
-    assert times[0] == pytest.approx(times[1]) == pytest.approx(times[2])  # GEMV-like up to 4 rows
-    assert times[2] < times[3] < times[4]
-
-
 def test_pim_uses_internal_bandwidth() -> None:
     cost = CostModel(make_cluster(1, 1, pim=PIM), MIXTRAL)
     t = cost.pim_expert_s("n0.pim0", np.array([1]))

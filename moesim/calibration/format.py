@@ -42,6 +42,8 @@ class OpSchema:
     defaults: Mapping[str, Any] = field(default_factory=dict)
     """Values of keys a lookup may leave out (e.g. ``impl="triton"``)."""
     description: str = ""
+    device: str = "gpu"
+    """What measured it: ``gpu`` tables carry the GPU header, ``cpu`` tables the CPU header."""
 
     @property
     def shape_columns(self) -> tuple[str, ...]:
@@ -71,16 +73,29 @@ OPS: dict[str, OpSchema] = {
     "d2h": OpSchema(axes=("bytes",), keys=("pinned",), defaults={"pinned": True},
                     description="device-to-host copy into pinned or pageable host memory"),
     "p2p": OpSchema(axes=("bytes",), description="peer copy between two GPUs of one node"),
+    "cpu_expert": OpSchema(
+        axes=("rows",), keys=("hidden", "ffn", "dtype", "impl"), scaled=("hidden", "ffn"),
+        defaults={"impl": "torch"}, device="cpu",
+        description="one gated expert on the CPU (gate/up GEMM, SiLU x up, down GEMM) on `rows` rows, "
+                    "its weights cold (rotated through more copies than the last-level cache holds)"),
+    "host_copy": OpSchema(axes=("bytes",), keys=("threads",), device="cpu",
+                          description="host memcpy of `bytes` bytes between two buffers, `threads` threads"),
 }
 
 TIME_COLUMNS = ("device", "seconds_median", "repeats")
 OPTIONAL_COLUMNS = ("seconds_p10", "seconds_p90", "method", "config", "flops", "bytes_moved",
                     "tflops_per_s", "gbytes_per_s", "src", "dst")
-INT_COLUMNS = {"tokens", "num_experts", "top_k", "hidden", "ffn", "m", "n", "k", "repeats"}
+INT_COLUMNS = {"tokens", "num_experts", "top_k", "hidden", "ffn", "m", "n", "k", "repeats", "rows", "threads"}
 FLOAT_COLUMNS = {"tokens_per_expert", "bytes", "seconds_median", "seconds_p10", "seconds_p90", "flops",
                  "bytes_moved", "tflops_per_s", "gbytes_per_s"}
 BOOL_COLUMNS = {"pinned"}
 HEADER_REQUIRED = ("schema", "op", "gpu", "driver", "cuda", "torch", "triton", "date")
+HEADER_REQUIRED_CPU = ("schema", "op", "cpu", "cores", "threads", "torch", "date", "command")
+
+
+def header_required(op: str) -> tuple[str, ...]:
+    """Header fields a table of ``op`` must carry (GPU tables and CPU tables differ)."""
+    return HEADER_REQUIRED_CPU if OPS[op].device == "cpu" else HEADER_REQUIRED
 
 
 def columns(op: str) -> list[str]:
@@ -113,7 +128,7 @@ def render_table(op: str, header: Mapping[str, Any], rows: Iterable[Mapping[str,
     if op not in OPS:
         raise UserError(f"unknown calibration op {op!r}; expected one of {sorted(OPS)}", field="op")
     head = {"schema": SCHEMA, "op": op, **{k: v for k, v in header.items() if k not in ("schema", "op")}}
-    missing = [k for k in HEADER_REQUIRED if k not in head]
+    missing = [k for k in header_required(op) if k not in head]
     if missing:
         raise UserError(f"calibration header lacks {missing}", field="header")
     text = yaml.safe_dump(head, sort_keys=False, default_flow_style=False, allow_unicode=False)
@@ -182,13 +197,14 @@ def parse_table(text: str, *, path: str = "<text>") -> Table:
     if header.get("schema") != SCHEMA:
         raise UserError(f"expected schema {SCHEMA!r}, found {header.get('schema')!r}", file=path,
                         field="schema")
-    missing = [k for k in HEADER_REQUIRED if k not in header]
-    if missing:
-        raise UserError(f"expected header fields {list(HEADER_REQUIRED)}, missing {missing}", file=path,
-                        field="header")
-    op = header["op"]
-    if op not in OPS:
+    op = header.get("op")
+    if not isinstance(op, str) or op not in OPS:
         raise UserError(f"unknown op {op!r}; expected one of {sorted(OPS)}", file=path, field="op")
+    required = header_required(op)
+    missing = [k for k in required if k not in header]
+    if missing:
+        raise UserError(f"expected header fields {list(required)}, missing {missing}", file=path,
+                        field="header")
     reader = csv.reader(lines[first:])
     try:
         names = next(reader)

@@ -75,12 +75,14 @@ def _same(a: Any, b: Any) -> bool:
 
 @dataclass(frozen=True)
 class Calibration:
-    """Measured tables of one GPU model (one file per op)."""
+    """Measured tables of one GPU model and/or one CPU model (one file per op)."""
 
     device: str
-    """GPU name as the driver reports it (``NVIDIA H100 80GB HBM3``)."""
+    """GPU name as the driver reports it (``NVIDIA H100 80GB HBM3``); empty without GPU tables."""
     tables: dict[str, Table]
     path: str = ""
+    cpu: str = ""
+    """CPU model name from /proc/cpuinfo (``Intel(R) Xeon(R) Gold 6454S``); empty without CPU tables."""
 
     @property
     def ops(self) -> tuple[str, ...]:
@@ -168,15 +170,18 @@ def load_calibration(path_or_name: str | Path) -> Calibration:
     if not files:
         raise UserError("expected calibration tables (*.csv) in this folder, found none", file=str(path))
     tables: dict[str, Table] = {}
-    devices: set[str] = set()
+    names: dict[str, set[str]] = {"gpu": set(), "cpu": set()}
     for f in files:
         table = read_table(f)
         if table.op in tables:
             raise UserError(f"a second table for op {table.op!r} (first: {tables[table.op].path})",
                             file=str(f))
         tables[table.op] = table
-        devices.add(str(table.header["gpu"]))
-    if len(devices) > 1:
-        raise UserError(f"expected tables of one GPU model, found {sorted(devices)}", file=str(path),
-                        field="gpu")
-    return Calibration(device=devices.pop(), tables=tables, path=str(path))
+        kind = OPS[table.op].device
+        names[kind].add(str(table.header[kind]))
+    for kind, found in names.items():
+        if len(found) > 1:
+            raise UserError(f"expected tables of one {kind.upper()} model, found {sorted(found)}",
+                            file=str(path), field=kind)
+    gpu, cpu = (next(iter(names[k]), "") for k in ("gpu", "cpu"))
+    return Calibration(device=gpu, tables=tables, path=str(path), cpu=cpu)

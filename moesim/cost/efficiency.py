@@ -1,7 +1,7 @@
 """Size-dependent efficiency: the achieved fraction of a device's peak, as Calculon models it.
 
-A curve is a tuple of ``(size, fraction)`` points. Sizes are FLOP for ``compute`` curves, bytes for
-``memory`` curves and GEMM rows (tokens per expert) for ``compute_rows`` curves. Between points the
+A curve is a tuple of ``(size, fraction)`` points. Sizes are FLOP for ``compute`` curves and bytes
+for ``memory`` curves (CPU expert kernels have rows curves: moesim.cost.cpu_kernels). Between points the
 fraction is interpolated linearly in size; below the first point and above the last it is held
 constant. (Calculon itself uses a step function, ``calculon/processor.py``; interpolation keeps an
 op's time continuous in its size, so a simulator sweep over batch sizes has no jumps.)
@@ -9,7 +9,7 @@ op's time continuous in its size, so a simulator sweep over batch sizes has no j
 Curves given in a hardware profile (``DeviceSpec.efficiency_curves``) are *absolute* fractions of
 the peak and replace the device's scalar factor. Where the profile has none, a named default shape
 per device kind (below, normalised to 1.0 at large sizes) is multiplied by the device's scalar
-``compute_efficiency`` / ``memory_efficiency``. ``compute_rows`` curves are always multipliers.
+``compute_efficiency`` / ``memory_efficiency``.
 
 Every curve must keep time monotonic: an op of size ``s2 > s1`` may not finish sooner than one of
 size ``s1`` (time = size / fraction). :func:`validate_curve` enforces that.
@@ -54,12 +54,6 @@ HOST_MEMORY_SHAPE: EfficiencyCurve = (
     (100 * MB, 1.0),
 )
 
-# CPU experts: KTransformers runs AVX-512 GEMV kernels up to ~4 tokens per expert and AMX tiles
-# (16 rows of 64 B) above (kvcache-ai/ktransformers doc/en/AMX.md @073ce60). AVX-512
-# BF16 does ~1/8 of AMX's 1024 ops/cycle/core. As a multiplier on the rows of the GEMM: 1/8 of the
-# AMX rate for one row (time of 1..4 rows stays flat, GEMV-like), full rate from one 16-row tile.
-CPU_ROWS_SHAPE: EfficiencyCurve = ((1.0, 0.125), (4.0, 0.5), (16.0, 1.0))
-
 FLAT: EfficiencyCurve = ((0.0, 1.0),)
 
 # GPU grouped GEMMs pad each expert's rows to the kernel's M tile: vLLM's fused_moe uses
@@ -67,7 +61,7 @@ FLAT: EfficiencyCurve = ((0.0, 1.0),)
 # vllm/model_executor/layers/fused_moe/fused_moe.py @000d145: BM16 when M <= E).
 GPU_TILE_ROWS = 16
 
-CURVE_KEYS = ("compute", "memory", "compute_rows")
+CURVE_KEYS = ("compute", "memory")
 
 
 def validate_curve(curve: Sequence[Sequence[float]], *, what: str = "efficiency curve") -> EfficiencyCurve:
@@ -123,29 +117,25 @@ class Curve:
     def _points(self) -> tuple[list[float], list[float]]:
         return self.sizes.tolist(), self.fractions.tolist()
 
-    @property
-    def is_flat(self) -> bool:
-        return len(self.fractions) == 1 or bool(np.all(self.fractions == self.fractions[0]))
-
 
 @dataclass(frozen=True)
 class DeviceEfficiency:
-    """The three curves of one device spec plus its GEMM tile rows."""
+    """The two curves of one device spec plus its GEMM tile rows."""
 
     compute: Curve
     memory: Curve
-    compute_rows: Curve
     tile_rows: int
 
 
 def default_shapes(kind: str) -> Mapping[str, EfficiencyCurve]:
     """The named default curve shapes of a device kind (multiplied by the spec's scalar factors)."""
     if kind == "gpu":
-        return {"compute": GPU_COMPUTE_SHAPE, "memory": GPU_MEMORY_SHAPE, "compute_rows": FLAT}
+        return {"compute": GPU_COMPUTE_SHAPE, "memory": GPU_MEMORY_SHAPE}
     if kind == "cpu":
-        return {"compute": GPU_COMPUTE_SHAPE, "memory": HOST_MEMORY_SHAPE, "compute_rows": CPU_ROWS_SHAPE}
+        # CPU experts take their compute rate from their kernel (moesim.cost.cpu_kernels), flat in FLOPs.
+        return {"compute": FLAT, "memory": HOST_MEMORY_SHAPE}
     # PIM streams from its own banks through wide internal paths: no size ramp is documented.
-    return {"compute": FLAT, "memory": FLAT, "compute_rows": FLAT}
+    return {"compute": FLAT, "memory": FLAT}
 
 
 def device_efficiency(spec: DeviceSpec) -> DeviceEfficiency:
@@ -157,7 +147,7 @@ def device_efficiency(spec: DeviceSpec) -> DeviceEfficiency:
             f"got {', '.join(sorted(unknown))}"
         )
     defaults = default_shapes(spec.kind)
-    scalars = {"compute": spec.compute_efficiency, "memory": spec.memory_efficiency, "compute_rows": 1.0}
+    scalars = {"compute": spec.compute_efficiency, "memory": spec.memory_efficiency}
     curves = {}
     for key in CURVE_KEYS:
         what = f"efficiency_curves.{key} of {spec.model}"
@@ -168,6 +158,5 @@ def device_efficiency(spec: DeviceSpec) -> DeviceEfficiency:
     return DeviceEfficiency(
         compute=curves["compute"],
         memory=curves["memory"],
-        compute_rows=curves["compute_rows"],
         tile_rows=GPU_TILE_ROWS if spec.kind == "gpu" else 1,
     )

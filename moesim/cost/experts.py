@@ -1,8 +1,9 @@
 """Roofline times of routed experts: one grouped call on a GPU, one expert at a time on CPU/PIM.
 
 GPU: a single grouped call over the device's experts (vLLM ``fused_moe``), so the efficiency curves
-are read at the call's total FLOPs and bytes and the call pays its launches once. CPU (Fiddler) and
-PIM run experts one after another: each expert is its own roofline and the times add up.
+are read at the call's total FLOPs and bytes and the call pays its launches once. PIM runs experts
+one after another: each expert is its own roofline and the times add up. CPU experts are priced by
+their kernels in :mod:`moesim.cost.cpu_experts`.
 """
 
 from __future__ import annotations
@@ -87,11 +88,11 @@ def standalone_s(
 ) -> np.ndarray:
     """Each expert as its own roofline (0 for experts with no tokens)."""
     per = ops.expert_counts(model, tokens_per_expert, coef.weight_dtype, coef.tile_rows)
-    return roof.time_s(per.flops, per.nbytes, coef.compute_dtype, launches=launches, rows=per.rows)
+    return roof.time_s(per.flops, per.nbytes, coef.compute_dtype, launches=launches)
 
 
 def sequential_s(
     roof: Roofline, model: MoEModel, coef: ExpertCoefficients, tokens_per_expert: np.ndarray
 ) -> float:
-    """Experts one after another (CPU, PIM): each its own roofline with one launch, summed."""
+    """Experts one after another (PIM): each its own roofline with one launch, summed."""
     return float(np.sum(standalone_s(roof, model, coef, tokens_per_expert, launches=1)))

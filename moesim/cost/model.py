@@ -18,10 +18,11 @@ import numpy as np
 
 from moesim.cost import experts, ops
 from moesim.cost.collectives import CollectiveCosts
+from moesim.cost.cpu_experts import CpuExperts, CpuOptions
 from moesim.cost.experts import ExpertCoefficients
 from moesim.cost.roofline import Roofline
 from moesim.cost.sources import SourceLog, Tables
-from moesim.cost.transfers import host_of, lowbit_bytes, point_to_point_s
+from moesim.cost.transfers import host_of, lowbit_bytes, path_pinned, point_to_point_s
 from moesim.errors import UserError
 from moesim.specs.hardware import Cluster
 from moesim.specs.model import DTYPE_BYTES, MoEModel
@@ -45,11 +46,13 @@ class CostModel(CollectiveCosts):
         *,
         infinite_bandwidth: bool = False,
         calibrated_devices: Sequence[str] | None = None,
+        cpu: CpuOptions | None = None,
     ):
         """``calibration``: a ``moesim.calibration.tables.Calibration`` (anything with
         ``time_s(op, **shape)``), or a folder / built-in name to load one from. Its tables apply to
-        the GPUs whose model matches ``calibration.device``, or to ``calibrated_devices`` if given.
-        Without one, the profile's own ``calibration:`` folder is used when it names one."""
+        the GPUs whose model matches ``calibration.device`` (CPU tables: ``calibration.cpu``), or to
+        ``calibrated_devices`` if given. Without one, the profile's own ``calibration:`` folder is
+        used when it names one. ``cpu``: the CPU expert kernel and NUMA mode (docs/cost.md)."""
         if calibration is None and cluster.calibration_dir:
             calibration = cluster.calibration_dir
         if isinstance(calibration, (str, Path)):
@@ -71,6 +74,9 @@ class CostModel(CollectiveCosts):
         self._log = SourceLog()
         self._hosts: dict[str, str] = {}
         self._tables = Tables(cluster, calibration, self._explicit_devices)
+        self.cpu_options = cpu or CpuOptions()
+        self.cpu = CpuExperts(cluster, model, self.roofline, self._tables, self.cpu_options,
+                              infinite_bandwidth=infinite_bandwidth)
 
     # ---------------------------------------------------------------- bookkeeping
 
@@ -106,6 +112,7 @@ class CostModel(CollectiveCosts):
             self.calibration,
             infinite_bandwidth=True,
             calibrated_devices=self._explicit_devices,
+            cpu=self.cpu_options,
         )
 
     def roofline(self, device_id: str) -> Roofline:
@@ -216,11 +223,17 @@ class CostModel(CollectiveCosts):
         t = np.asarray(tokens_per_expert, dtype=float)
         return experts.sequential_s(roof, self.model, self._coefficients(roof, dtype), t)
 
-    def cpu_expert_s(self, cpu_id: str, tokens_per_expert: np.ndarray, dtype: str | None = None) -> float:
-        """Experts executed on a CPU from its DDR (Fiddler): per expert, max(FLOPs at the AMX/AVX
-        rate for its row count, weight + activation bytes at DDR bandwidth), summed."""
+    def cpu_expert_s(
+        self, cpu_id: str, tokens_per_expert: np.ndarray, dtype: str | None = None,
+        *, experts: np.ndarray | None = None,
+    ) -> float:
+        """Experts executed on a CPU host (Fiddler, KTransformers): one after another per socket with
+        the CPU's kernel for the dtype, the node's sockets shared as the NUMA mode says
+        (:mod:`moesim.cost.cpu_experts`); ``experts``: their ids (default 0..n-1)."""
         self._device(cpu_id, "cpu")
-        return self._sequential_experts_s(cpu_id, tokens_per_expert, dtype, "cpu_expert")
+        seconds, source = self.cpu.time_s(cpu_id, tokens_per_expert, dtype, experts)
+        self._note("cpu_expert", source)
+        return seconds
 
     def pim_expert_s(self, pim_id: str, tokens_per_expert: np.ndarray, dtype: str | None = None) -> float:
         """Experts executed near memory (Duplex Logic-PIM): bytes at the internal bandwidth."""
@@ -343,7 +356,7 @@ class CostModel(CollectiveCosts):
         a, b = self._device(src), self._device(dst)
         nb = np.asarray(nbytes, dtype=float)
         if not self.infinite_bandwidth and nb.ndim == 0 and nb > 0 and src != dst:
-            value = self._tables.transfer_s(a, b, float(nb), pinned)
+            value = self._tables.transfer_s(a, b, float(nb), pinned and path_pinned(self.cluster, src, dst))
             if value is not None:
                 self._note("transfer", "table")
                 return value
@@ -372,7 +385,8 @@ class CostModel(CollectiveCosts):
         )
         nb = lowbit_bytes(nbytes, self.model.weight_dtype, lowbit_dtype)
         if not self.infinite_bandwidth and nb.ndim == 0 and nb > 0:
-            value = self._tables.time_s(dst_gpu, "h2d", bytes=float(nb), pinned=pinned)
+            staged = not (pinned and path_pinned(self.cluster, host, dst_gpu))
+            value = self._tables.time_s(dst_gpu, "h2d", bytes=float(nb), pinned=not staged)
             if value is not None:
                 self._note("weight_fetch", "table")
                 return value

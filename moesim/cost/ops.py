@@ -36,8 +36,6 @@ class OpCount:
     flops: Array
     nbytes: Array
     launches: Array
-    rows: Array | None = None
-    """Rows of the op's GEMMs (tokens per expert), for the ``compute_rows`` efficiency curve."""
 
 
 def _act(model: MoEModel) -> float:
@@ -71,7 +69,7 @@ def expert_counts(
     flops = 2.0 * model.expert_params * padded_rows(t, tile_rows)
     weights = model.expert_bytes(weight_dtype) * active
     acts = t * ffn_activation_elements_per_token(model, model.expert_intermediate_size) * _act(model)
-    return OpCount(flops=flops, nbytes=weights + acts, launches=0.0, rows=t)
+    return OpCount(flops=flops, nbytes=weights + acts, launches=0.0)
 
 
 def grouped_expert_counts(

@@ -51,15 +51,9 @@ class Roofline:
             return weight_dtype
         return activation_dtype
 
-    def compute_s(
-        self, flops: np.ndarray | float, dtype: str, rows: np.ndarray | float | None = None
-    ) -> np.ndarray:
-        """Compute-bound time. With ``rows`` (GEMM M), the ``compute_rows`` curve scales the work up
-        to what the hardware really executes (a GEMV on a 16-row AMX tile does a tile's work) and
-        the size curve is read at that work, so time stays monotonic in both."""
+    def compute_s(self, flops: np.ndarray | float, dtype: str) -> np.ndarray:
+        """Compute-bound time at the size curve's fraction of the dtype's peak."""
         flops = np.asarray(flops, dtype=float)
-        if rows is not None and not self.efficiency.compute_rows.is_flat:
-            flops = flops / self.efficiency.compute_rows(np.asarray(rows, dtype=float))
         rate = self.peak(dtype) * self.efficiency.compute(flops)
         return np.divide(flops, rate, out=np.zeros_like(flops), where=flops > 0)
 
@@ -75,11 +69,10 @@ class Roofline:
         dtype: str,
         *,
         launches: np.ndarray | float = 1,
-        rows: np.ndarray | float | None = None,
     ) -> np.ndarray:
         """Roofline time (seconds) of ops with ``flops`` FLOP and ``nbytes`` bytes each."""
         flops = np.asarray(flops, dtype=float)
         nbytes = np.asarray(nbytes, dtype=float)
-        busy = np.maximum(self.compute_s(flops, dtype, rows), self.memory_s(nbytes))
+        busy = np.maximum(self.compute_s(flops, dtype), self.memory_s(nbytes))
         active = (flops > 0) | (nbytes > 0)
         return np.where(active, busy + np.asarray(launches, dtype=float) * self.launch_overhead_s, 0.0)

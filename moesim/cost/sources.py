@@ -41,7 +41,9 @@ TABLE_OPS: dict[str, tuple[tuple[str, ...], ...]] = {
     "dense_ffn": (("gemm",),),
     "transfer": (("p2p",), ("h2d",), ("d2h",)),
     "weight_fetch": (("h2d",),),
+    "cpu_expert": (("cpu_expert",),),
 }
+CPU_TABLE_OPS = frozenset({"cpu_expert"})
 
 
 def gpu_family(name: str) -> set[str]:
@@ -52,11 +54,12 @@ def gpu_family(name: str) -> set[str]:
 
 
 class Tables:
-    """A calibration restricted to the GPUs it applies to."""
+    """A calibration restricted to the GPUs (``devices``) and CPUs (``cpu_devices``) it applies to."""
 
     def __init__(self, cluster: Cluster, calibration: Any | None, explicit: Sequence[str] | None = None):
         self.calibration = calibration
         self.devices = self._devices(cluster, calibration, explicit)
+        self.cpu_devices = self._cpu_devices(cluster, calibration, explicit)
 
     @staticmethod
     def _devices(cluster: Cluster, calibration: Any | None, explicit: Sequence[str] | None) -> frozenset[str]:
@@ -64,16 +67,18 @@ class Tables:
             return frozenset()
         gpus = cluster.gpus
         if explicit is not None:
-            ids = {d.id for d in gpus}
+            ids = {d.id for d in gpus} | {d.id for d in cluster.devices_of("cpu")}
             unknown = [d for d in explicit if d not in ids]
             if unknown:
                 example = gpus[0].id if gpus else "n0.gpu0"
                 raise UserError(
-                    f"expected GPU ids of cluster {cluster.name} (such as {example}), "
+                    f"expected GPU or CPU ids of cluster {cluster.name} (such as {example}), "
                     f"got {', '.join(unknown)}",
                     field="calibrated_devices",
                 )
-            return frozenset(explicit)
+            return frozenset(d for d in explicit if cluster.device(d).kind == "gpu")
+        if getattr(calibration, "cpu", "") and not getattr(calibration, "device", ""):
+            return frozenset()  # CPU tables only
         measured = getattr(calibration, "device", None)
         if not measured:
             return frozenset(d.id for d in gpus)
@@ -88,11 +93,49 @@ class Tables:
             )
         return hits
 
+    @staticmethod
+    def _cpu_devices(
+        cluster: Cluster, calibration: Any | None, explicit: Sequence[str] | None
+    ) -> frozenset[str]:
+        """CPUs whose model number matches the measured CPU's; every CPU when the measured name has no
+        model number (virtual machines report 'Intel(R) Xeon(R) Processor')."""
+        measured = str(getattr(calibration, "cpu", "") or "")
+        if not measured:
+            return frozenset()
+        cpus = cluster.devices_of("cpu")
+        if explicit is not None:
+            return frozenset(d for d in explicit if cluster.device(d).kind == "cpu")
+        family = gpu_family(measured)
+        if not family:
+            return frozenset(d.id for d in cpus)
+        hits = frozenset(d.id for d in cpus if family & gpu_family(d.spec.model))
+        if cpus and not hits:
+            models = sorted({d.spec.model for d in cpus})
+            raise UserError(
+                f"CPU tables were measured on {measured!r}, expected one of the cluster's CPUs "
+                f"({', '.join(models)}); name the CPUs they should apply to to override",
+                field="calibration.cpu",
+            )
+        return hits
+
     def __bool__(self) -> bool:
-        return bool(self.devices)
+        return bool(self.devices or self.cpu_devices)
 
     def covers(self, device_id: str) -> bool:
         return device_id in self.devices
+
+    def covers_cpu(self, cpu_id: str) -> bool:
+        """True where a ``cpu_expert`` table applies to this CPU."""
+        return cpu_id in self.cpu_devices and bool(getattr(self.calibration, "covers", lambda op: True)(
+            "cpu_expert"))
+
+    def cpu_expert_s(self, cpu_id: str, **shape: Any) -> float | None:
+        """The ``cpu_expert`` table's seconds at ``shape`` (rows, hidden, ffn, dtype, impl) on
+        ``cpu_id``; None where no table applies or the shape is outside the measured range."""
+        if cpu_id not in self.cpu_devices:
+            return None
+        value = self.calibration.time_s("cpu_expert", **shape)
+        return None if value is None else float(value)
 
     def time_s(self, device_id: str, table_op: str, **shape: Any) -> float | None:
         """The table's seconds for ``table_op`` at ``shape`` on ``device_id``; None where no table
@@ -166,11 +209,13 @@ class Tables:
         return None
 
     def usable_ops(self) -> set[str]:
-        """Cost ops whose tables the calibration holds."""
-        if not self.devices:
-            return set()
+        """Cost ops whose tables the calibration holds, for devices they apply to."""
         listed = set(getattr(self.calibration, "ops", ()) or ())
-        return {op for op, groups in TABLE_OPS.items() if any(all(t in listed for t in g) for g in groups)}
+        return {
+            op for op, groups in TABLE_OPS.items()
+            if (self.cpu_devices if op in CPU_TABLE_OPS else self.devices)
+            and any(all(t in listed for t in g) for g in groups)
+        }
 
 
 # Memoised results per log (the simulator asks for the same shapes step after step).

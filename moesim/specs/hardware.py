@@ -23,6 +23,27 @@ EfficiencyCurve = tuple[tuple[float, float], ...]
 
 
 @dataclass(frozen=True)
+class CpuKernelSpec:
+    """One way a CPU runs an expert (AMX BF16 tiles, llamafile's Q4 AVX-512 path, plain torch):
+    its own peak and its achieved fraction of that peak as a function of the rows (tokens) per expert."""
+
+    name: str
+    """The kernel kind: ``amx-bf16``, ``amx-int8``, ``avx512-q4``, ``torch-bf16``..."""
+    dtype: str
+    """The dtype it computes in (``bf16``, ``int8``, ``fp32``); a calibration table measures it under it."""
+    peak_flops_per_s: float
+    efficiency: EfficiencyCurve
+    """(rows per expert, fraction of ``peak_flops_per_s``) points, interpolated, held outside."""
+    weight_bits: float
+    """Bits per weight it streams from DDR (16 bf16, 8 int8, ~4.84 GGUF Q4_K_M)."""
+    serves: tuple[str, ...] = ()
+    """Model weight dtypes it is chosen for when the run names no kernel (first listed wins)."""
+    impl: str = ""
+    """``torch`` for kernels a ``moesim calibrate --device cpu`` table measures."""
+    source: str = ""
+
+
+@dataclass(frozen=True)
 class DeviceSpec:
     """One kind of device (a datasheet), not yet placed in a cluster."""
 
@@ -42,6 +63,10 @@ class DeviceSpec:
     """Fixed cost of one kernel launch or one op on this device."""
     internal_bandwidth_bytes_per_s: float | None = None
     """PIM only: bandwidth between the DRAM and the compute on the logic die."""
+    cpu_kernels: Mapping[str, CpuKernelSpec] = field(default_factory=lambda: MappingProxyType({}))
+    """CPU only: its expert kernels by kind, in order of preference."""
+    memcpy_bandwidth_bytes_per_s: float | None = None
+    """CPU only: one thread's host memcpy rate, the staging copy of a pageable host<->GPU transfer."""
     estimated: bool = False
     """True where the numbers are estimates rather than datasheet or measured values."""
     sources: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
@@ -104,6 +129,8 @@ class Link:
     src: str
     dst: str
     spec: LinkSpec
+    host_memory: Literal["pinned", "pageable"] = "pinned"
+    """Host buffers of copies over this link (host<->GPU only): pageable ones are staged."""
 
 
 @dataclass(frozen=True)

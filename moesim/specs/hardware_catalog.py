@@ -16,7 +16,8 @@ from typing import Any
 
 from moesim.errors import UserError
 from moesim.resources import CATALOGS, resolve
-from moesim.specs.hardware import DeviceSpec, LinkSpec
+from moesim.specs.cpu_kernels import parse_kernels
+from moesim.specs.hardware import CpuKernelSpec, DeviceSpec, LinkSpec
 from moesim.specs.yaml_fields import (
     Document,
     Fields,
@@ -40,6 +41,7 @@ _DEVICE_KEYS = frozenset(
         "compute",
         "overheads",
         "efficiency_curves",
+        "kernels",
         "source",
         "verified",
         "estimated",
@@ -47,7 +49,8 @@ _DEVICE_KEYS = frozenset(
     }
 )
 _MEMORY_KEYS = frozenset(
-    {"capacity", "bandwidth", "internal_bandwidth", "efficiency", "source", "verified", "estimated", "notes"}
+    {"capacity", "bandwidth", "internal_bandwidth", "memcpy_bandwidth", "efficiency", "source", "verified",
+     "estimated", "notes"}
 )
 _COMPUTE_KEYS = frozenset({"peak", "efficiency", "source", "verified", "estimated", "notes"})
 _OVERHEAD_KEYS = frozenset({"launch", "source", "verified", "estimated", "notes"})
@@ -225,6 +228,13 @@ def parse_device(name: str, f: Fields) -> DeviceSpec:
         internal = mem.quantity("internal_bandwidth", "bandwidth")
     elif "internal_bandwidth" in mem:
         raise mem.error("internal_bandwidth", f"expected only on a pim device, this one is a {kind}")
+    memcpy: float | None = None
+    if "memcpy_bandwidth" in mem:
+        if kind != "cpu":
+            raise mem.error("memcpy_bandwidth", f"expected only on a cpu device, this one is a {kind}")
+        memcpy = mem.quantity("memcpy_bandwidth", "bandwidth")
+        if memcpy <= 0:
+            raise mem.error("memcpy_bandwidth", "expected a bandwidth greater than zero")
     sources["memory"] = _provenance(mem)
 
     comp = f.mapping("compute")
@@ -258,6 +268,12 @@ def parse_device(name: str, f: Fields) -> DeviceSpec:
                 curves[curve] = _parse_curve(cf, curve, dim)
         sources["efficiency_curves"] = _provenance(cf)
 
+    kernels: dict[str, CpuKernelSpec] = {}
+    if "kernels" in f:
+        if kind != "cpu":
+            raise f.error("kernels", f"expected only on a cpu device, this one is a {kind}")
+        kernels, sources["kernels"] = parse_kernels(f.mapping("kernels"), _provenance)
+
     estimated = any(s.bool("estimated", False) for s in (f, mem, comp))
     return DeviceSpec(
         model=name,
@@ -270,6 +286,8 @@ def parse_device(name: str, f: Fields) -> DeviceSpec:
         efficiency_curves=MappingProxyType(curves),
         launch_overhead_s=launch,
         internal_bandwidth_bytes_per_s=internal,
+        cpu_kernels=MappingProxyType(kernels),
+        memcpy_bandwidth_bytes_per_s=memcpy,
         estimated=estimated,
         sources=MappingProxyType(sources),
     )

@@ -27,7 +27,7 @@ _TOP_KEYS = frozenset(_COMMON_KEYS | {"extends", "nodes", "node", "fabric", "cal
 _CATALOG_KEYS = frozenset(_COMMON_KEYS)
 _NODE_KEYS = frozenset({"devices", "switches", "links"})
 _NODE_DEVICE_KEYS = frozenset({"model", "count"})
-_LINK_USE_KEYS = frozenset({"link", "from", "to", "mesh"})
+_LINK_USE_KEYS = frozenset({"link", "from", "to", "mesh", "host_memory"})
 _FABRIC_KEYS = frozenset({"switches", "links"})
 _PATTERN = re.compile(r"^(?P<stem>[A-Za-z_][A-Za-z0-9_-]*?)(?:\[(?P<range>[0-9,\- ]+)\]|(?P<star>\*))?$")
 _DEVICE_NAME = re.compile(r"^(gpu|cpu|pim)\d+$")
@@ -182,24 +182,26 @@ def _pairs(a: list[str], b: list[str], where: Fields) -> list[tuple[str, str]]:
 
 def _link_uses(
     section: Fields, local: list[str], fabric: list[str], catalog: Catalog, allow_fabric: bool
-) -> list[tuple[str, bool, str, bool, LinkSpec]]:
-    """(src, src_is_fabric, dst, dst_is_fabric, spec) for each link a ``links:`` list describes."""
+) -> list[tuple[str, bool, str, bool, LinkSpec, str]]:
+    """(src, src_is_fabric, dst, dst_is_fabric, spec, host_memory) for each link a ``links:`` list
+    describes (``host_memory``: whether host<->GPU copies over it use pinned or pageable buffers)."""
     out = []
     for use in section.list_of_mappings("links", []):
         use.check_keys(_LINK_USE_KEYS, required=("link",))
         spec = catalog.link_spec(use.raw("link"), where=use, key="link")
+        host = use.str("host_memory", "pinned", choices=("pinned", "pageable"))
         if "mesh" in use:
             if "from" in use or "to" in use:
                 raise use.error("mesh", "expected either mesh: or from:/to:, not both")
             names, fab = _resolve_end(use.raw("mesh"), local, fabric, use, "mesh", False)
-            out += [(a, fab, b, fab, spec) for i, a in enumerate(names) for b in names[i + 1 :]]
+            out += [(a, fab, b, fab, spec, host) for i, a in enumerate(names) for b in names[i + 1 :]]
             continue
         src, src_fab = _resolve_end(use.raw("from"), local, fabric, use, "from", allow_fabric)
         dst, dst_fab = _resolve_end(use.raw("to"), local, fabric, use, "to", allow_fabric)
         for a, b in _pairs(src, dst, use):
             if a == b and src_fab == dst_fab:
                 raise use.error("to", f"expected two different vertices, got {a!r} at both ends")
-            out.append((a, src_fab, b, dst_fab, spec))
+            out.append((a, src_fab, b, dst_fab, spec, host))
     return out
 
 
@@ -223,25 +225,25 @@ def _build(name: str, nodes: int, top: Fields, catalog: Catalog, file: str) -> C
     links: list[Link] = []
     seen: dict[frozenset[str], str] = {}
 
-    def add(src: str, dst: str, spec: LinkSpec, section: Fields) -> None:
+    def add(src: str, dst: str, spec: LinkSpec, section: Fields, host: str) -> None:
         pair = frozenset((src, dst))
         if pair in seen:
             raise section.error(
                 "links", f"expected one link per pair of vertices, got two between {src} and {dst}"
             )
         seen[pair] = spec.kind
-        links.append(Link(src, dst, spec))
+        links.append(Link(src, dst, spec, "pageable" if host == "pageable" else "pinned"))
 
     for k in range(nodes):
-        for a, _, b, _, spec in node_links:
-            add(f"n{k}.{a}", f"n{k}.{b}", spec, node)
+        for a, _, b, _, spec, host in node_links:
+            add(f"n{k}.{a}", f"n{k}.{b}", spec, node, host)
     for k in range(nodes):
-        for a, a_fab, b, b_fab, spec in fabric_links:
+        for a, a_fab, b, b_fab, spec, host in fabric_links:
             if a_fab and b_fab:
                 if k == 0:
-                    add(a, b, spec, fabric_f)
+                    add(a, b, spec, fabric_f, host)
                 continue
-            add(a if a_fab else f"n{k}.{a}", b if b_fab else f"n{k}.{b}", spec, fabric_f)
+            add(a if a_fab else f"n{k}.{a}", b if b_fab else f"n{k}.{b}", spec, fabric_f, host)
 
     cluster = Cluster(
         name=name, nodes=nodes, devices=devices, switches=switches, links=tuple(links), source_file=file
