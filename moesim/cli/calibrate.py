@@ -1,4 +1,5 @@
-"""``moesim calibrate``: measure kernel and copy times on a GPU into calibration tables, or validate them."""
+"""``moesim calibrate``: measure kernel and copy times on a GPU (or CPU experts and host copies on the
+CPU, ``--device cpu``) into calibration tables, or validate them."""
 
 from __future__ import annotations
 
@@ -13,7 +14,9 @@ EXAMPLES = """\
   moesim calibrate --out hardware/calibration/h100-sxm --quick
   moesim calibrate --out /tmp/calib --device cuda:1 --models mixtral-8x7b,qwen3-30b-a3b
   moesim calibrate --validate hardware/calibration/h100-sxm --batches 1,32,512
+  moesim calibrate --device cpu --out hardware/calibration/cpu-my-xeon --quick
 """
+CPU_DEFAULT_MODEL = "deepseek-v2-lite"
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -24,19 +27,30 @@ def register(sub: argparse._SubParsersAction) -> None:
             "copies, host<->device copies (pinned and pageable) and peer copies on a CUDA GPU, over the\n"
             "shapes of the built-in models, and write CSV tables that 'moesim simulate --calibration DIR'\n"
             "interpolates (format: docs/calibration.md). With --validate, time whole MoE layers and print\n"
-            "predicted vs measured. Needs a CUDA GPU: exits 2 without one."),
+            "predicted vs measured. Needs a CUDA GPU: exits 2 without one.\n"
+            "With --device cpu (no GPU, no Triton): time one model's expert (gate/up GEMM, SiLU, down\n"
+            "GEMM) with torch in fp32, bf16 and int8 over 1..2048 rows (--quick, under 2 minutes) or\n"
+            "1..8192 rows, plus host memcpy bandwidth, into cpu_expert.csv and host_copy.csv; simulate\n"
+            "--calibration DIR then prices CPU experts from them."),
         examples=EXAMPLES)
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--out", metavar="DIR",
                       help="folder to write the tables (<op>.csv), figures.json and skipped.json into")
     mode.add_argument("--validate", metavar="DIR",
                       help="calibration folder to check against whole-layer timings")
-    p.add_argument("--device", default="cuda:0", help="CUDA device to measure on")
+    p.add_argument("--device", default="cuda:0",
+                   help="CUDA device to measure on, or 'cpu' for this machine's CPU experts and host copies")
     p.add_argument("--quick", action="store_true",
-                   help="a small sweep (3 models, 5 token counts, bf16) that takes minutes")
+                   help="a small sweep (3 models, 5 token counts, bf16) that takes minutes; with --device "
+                        "cpu: 12 row counts and 3 copy sizes, under 2 minutes on 2 cores")
     p.add_argument("--models", default=None,
-                   help="comma-separated built-in model names (None: all gated MoE models; 3 with --quick)")
-    p.add_argument("--repeats", type=int, default=30, help="timed repetitions per shape (median reported)")
+                   help="comma-separated built-in model names (None: all gated MoE models; 3 with --quick); "
+                        f"with --device cpu one model (None: {CPU_DEFAULT_MODEL})")
+    p.add_argument("--repeats", type=int, default=None,
+                   help="timed repetitions per shape, median reported (None: 30 on a GPU, 5 on the CPU)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="with --device cpu: torch threads (None: torch's default, one per core); on a "
+                        "machine shared with other jobs 1 thread times stably")
     p.add_argument("--tune", action="store_true",
                    help="first search kernel block sizes per model shape (slow: ~35 configs per token "
                         "bucket), save them as kernel_configs.json in --out and use them for the sweep")
@@ -79,9 +93,12 @@ def _require_gpu(device: str) -> None:
 def run(args: argparse.Namespace) -> int:
     if not args.out and not args.validate:
         raise UserError("expected --out DIR (measure) or --validate DIR (check a calibration)")
-    if args.repeats < 3:
+    if args.repeats is not None and args.repeats < 3:
         raise UserError(f"expected at least 3 repeats, found {args.repeats}", field="--repeats")
     models = _names(args.models)
+    if args.device == "cpu":
+        return _run_cpu(args, models)
+    args.repeats = args.repeats or 30
     if args.validate:
         from moesim.calibration.tables import load_calibration
 
@@ -161,6 +178,58 @@ def _run_measure(args: argparse.Namespace, out: Path, models: list[str] | None, 
         suffix = f" ({ratios})" if ratios else ""
         print(f"  fused_moe E={rec['num_experts']} K={rec['top_k']} H={rec['hidden']} F={rec['ffn']} "
               f"{rec['dtype']} T={rec['tokens']}: {rec['triton_s'] * 1e6:.1f} us{suffix}")
+    return 0
+
+
+def _run_cpu(args: argparse.Namespace, models: list[str] | None) -> int:
+    """``--device cpu``: the CPU expert and host copy tables (moesim.calibration.cpu_runner)."""
+    if args.validate or args.tune or args.configs:
+        flag = "--validate" if args.validate else "--tune" if args.tune else "--configs"
+        raise UserError(f"{flag} needs a GPU; with --device cpu only --out is measured", field=flag)
+    if not args.out:
+        raise UserError("expected --out DIR for the CPU tables", field="--out")
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise UserError("expected a folder for the tables, found a file", file=str(out), field="--out")
+    if models and len(models) > 1:
+        raise UserError(f"expected one model with --device cpu, found {len(models)}", field="--models")
+    from moesim.specs import load_model
+
+    model = load_model((models or [CPU_DEFAULT_MODEL])[0])
+    try:
+        import torch
+    except ImportError:
+        raise UserError("torch is not installed (pip install 'moesim[kernels]')") from None
+    if args.threads is not None:
+        import os
+
+        if not 1 <= args.threads <= (os.cpu_count() or 1):
+            raise UserError(f"expected 1 to {os.cpu_count()} threads, found {args.threads}",
+                            field="--threads")
+        torch.set_num_threads(args.threads)
+    from moesim.calibration.cpu_runner import run_cpu_calibration
+
+    result = run_cpu_calibration(
+        out, hidden=model.hidden_size, ffn=model.expert_intermediate_size, model=model.name,
+        quick=args.quick, repeats=args.repeats or 5,
+        progress=lambda jobs: progress(jobs, desc="calibrate cpu", total=len(jobs)))
+    head = result["header"]
+    if args.json:
+        print_json({"out": str(out), "cpu": head["cpu"], "threads": head["threads"],
+                    "duration_s": head["duration_s"], "cpu_expert": result["cpu_expert"],
+                    "host_copy": result["host_copy"]})
+        return 0
+    experts, copies = result["cpu_expert"], result["host_copy"]
+    print(f"{head['cpu']} ({head['threads']} threads): wrote cpu_expert.csv ({len(experts)} rows) and "
+          f"host_copy.csv ({len(copies)} rows) to {out} in {head['duration_s']} s")
+    largest = max(r["rows"] for r in experts)
+    for r in experts:
+        if r["rows"] in (1, 16, 256, largest):
+            print(f"  expert {model.name} {r['dtype']:>4} {r['rows']:>5} rows: "
+                  f"{r['seconds_median'] * 1e3:9.3f} ms {r['tflops_per_s'] * 1e3:8.1f} GFLOP/s")
+    for r in copies:
+        mib = int(r["bytes"]) >> 20
+        print(f"  copy {mib:>5} MiB, {r['threads']} thread(s): {r['gbytes_per_s']:.2f} GB/s")
     return 0
 
 

@@ -8,7 +8,7 @@ from typing import Any
 from moesim.cli.common import add_json_flag, add_verb, print_json
 from moesim.errors import UserError
 from moesim.io import check_parquet_writable
-from moesim.vocab import CachePolicy, Dispatch, MissMode, Overlap, Phase, Prefetch, choices
+from moesim.vocab import CachePolicy, CpuNuma, Dispatch, MissMode, Overlap, Phase, Prefetch, choices
 
 EXAMPLES = """\
   moesim simulate --hw h100x8 --model mixtral-8x7b --trace mixtral-8x7b-synth --batch 64
@@ -63,6 +63,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--nodes", type=int, default=None, metavar="N", help="override the profile's node count")
     p.add_argument("--seed", type=int, default=0, help="random seed (same inputs and seed, same results)")
     p.add_argument("--calibration", default=None, metavar="DIR", help="calibration tables for the cost model")
+    p.add_argument("--cpu-kernel", default=None, metavar="KIND",
+                   help="CPU expert kernel of the profile's CPU entry (amx-bf16, amx-int8, avx512-q4, "
+                        "torch-bf16...; None: by the expert dtype), e.g. --cpu-kernel avx512-q4")
+    p.add_argument("--cpu-numa", default=None, choices=choices(CpuNuma),
+                   help="how a multi-socket host shares CPU experts (None: tensor-parallel)")
     p.add_argument("--timeline", default=None, metavar="FILE", help="write a Perfetto/Chrome trace JSON")
     p.add_argument("--out", default=None, metavar="FILE",
                    help="write the per step x layer x device table (.csv or .parquet)")
@@ -109,10 +114,12 @@ def run(args: argparse.Namespace) -> int:
     check_parquet_writable(args.out or "", field="--out")
     cfg = _config(args)
     cost = None
-    if args.calibration:
+    if args.calibration or args.cpu_kernel or args.cpu_numa:
         from moesim.cost import CostModel
+        from moesim.cost.cpu_experts import CpuOptions
 
-        cost = CostModel(cfg.cluster, cfg.model, args.calibration)
+        cpu = CpuOptions.of(args.cpu_kernel, args.cpu_numa)
+        cost = CostModel(cfg.cluster, cfg.model, args.calibration, cpu=cpu)
     result = simulate(cfg, cost)
     if args.out:
         result.write_frame(args.out)

@@ -7,7 +7,8 @@ node, the GPU's host socket first. How a multi-socket node shares the work (``--
 
 - ``tensor-parallel`` (default): every expert is split over the S sockets, each computing 1/S of
   its columns from its own DDR (KTransformers' NUMA-aware tensor parallelism); the sockets run in
-  parallel; the rows go to every other socket and the partial outputs come back over UPI/xGMI.
+  parallel, each added socket adding TP_SOCKET_GAIN of one socket's rate; the rows go to every other
+  socket and the partial outputs come back over UPI/xGMI.
 - ``partition``: whole experts live on socket ``expert_id mod S`` and run there, the sockets in
   parallel; the rows of a remote socket's experts cross UPI/xGMI both ways.
 - ``interleave``: the host socket runs every expert; pages are interleaved over the S sockets, so
@@ -31,6 +32,12 @@ from moesim.errors import UserError
 from moesim.specs.hardware import Cluster, CpuKernelSpec
 from moesim.specs.model import DTYPE_BYTES, MoEModel
 from moesim.vocab import CpuNuma, parse
+
+# Each socket beyond the first adds this fraction of one socket's rate under NUMA tensor parallelism:
+# KTransformers' NUMA-aware TP "yields up to 63% decoding throughput improvement on dual-socket
+# servers" (lmsys.org/blog/2025-10-22-KTransformers). Its v0.2 prefill went 54.21 -> 82.94 tokens/s
+# from one socket to two (+53%, kvcache-ai/ktransformers doc/en/DeepseekR1_V3_tutorial.md @034a116).
+TP_SOCKET_GAIN = 0.63
 
 
 @dataclass(frozen=True)
@@ -67,6 +74,12 @@ class CpuExperts:
         self.options = options or CpuOptions()
         self.infinite_bandwidth = infinite_bandwidth
         self._kernels: dict[tuple[str, str], CpuKernel] = {}
+        wanted = self.options.kernel
+        for spec in {d.spec.model: d.spec for d in cluster.devices_of("cpu")}.values():
+            if wanted is not None and wanted not in spec.cpu_kernels:
+                known = ", ".join(spec.cpu_kernels) or "none (the entry has no kernels: section)"
+                raise UserError(f"CPU {spec.model} has no kernel {wanted!r}; expected one of: {known}",
+                                field="--cpu-kernel")
 
     # ------------------------------------------------------------------ kernels and sockets
 
@@ -128,6 +141,7 @@ class CpuExperts:
         elif mode == CpuNuma.TENSOR_PARALLEL:
             share = 1.0 / len(sockets)
             per = np.max([self._per_expert(s, kernel, t, share, used) for s in sockets], axis=0)
+            per *= len(sockets) / (1.0 + TP_SOCKET_GAIN * (len(sockets) - 1))
             rows_bytes = float(t.sum()) * self.model.activation_bytes_per_token
             seconds = float(per.sum()) + max(self._round_trip_s(cpu_id, s, rows_bytes) for s in sockets[1:])
         elif mode == CpuNuma.PARTITION:

@@ -10,9 +10,10 @@ expert this socket computes (1, or 1/S under NUMA tensor parallelism) and eff_m 
 curve of :mod:`moesim.cost.efficiency`. No FLOP-size curve: the rows curve is the kernel's own
 measured shape (a GPU-shaped size curve made CPU prefill speed up with prompt length).
 
-Which kernel: the one the run names (``--cpu-kernel``); else the first kernel whose ``serves`` lists
-the model's expert dtype (the catalog lists AMX before torch, so bf16 runs ``amx-bf16`` where the
-CPU has AMX and ``torch-bf16`` where it does not); else a kernel made from the entry's scalar
+Which kernel: the one the run names (``--cpu-kernel``); else, where a torch calibration table covers
+the CPU, the torch kernel serving the model's expert dtype (so the table prices what it measured);
+else the first kernel whose ``serves`` lists the dtype (the catalog lists AMX before torch: bf16 runs
+``amx-bf16`` where the CPU has AMX); else a kernel made from the entry's scalar
 ``compute.peak``/``compute.efficiency`` (flat in rows), for catalogs without ``kernels:``.
 """
 
@@ -33,18 +34,20 @@ from moesim.specs.model import DTYPE_BYTES, MoEModel
 _NATIVE = ("fp32", "bf16", "fp16", "int8")
 
 
-def scalar_kernel(spec: DeviceSpec, model: MoEModel, weight_dtype: str) -> CpuKernelSpec:
+def scalar_kernel(spec: DeviceSpec, model: MoEModel, weight_dtype: str, impl: str = "") -> CpuKernelSpec:
     """A kernel from a CPU entry's scalar fields: ``compute.efficiency`` of the peak of the dtype it
-    computes in, flat in rows, streaming the model's own weight dtype."""
+    computes in, flat in rows, streaming the model's own weight dtype. ``impl="torch"``: the kernel a
+    torch calibration table of this CPU measured (named ``torch-<dtype>``)."""
     dtype = weight_dtype if weight_dtype in _NATIVE and weight_dtype in spec.peak_flops_per_s else (
         model.activation_dtype)
     return CpuKernelSpec(
-        name="roofline",
+        name=f"{impl}-{dtype}" if impl else "roofline",
         dtype=dtype,
         peak_flops_per_s=spec.peak_flops(dtype),
         efficiency=((1.0, spec.compute_efficiency),),
         weight_bits=8.0 * DTYPE_BYTES[weight_dtype],
         serves=(weight_dtype,),
+        impl=impl,
         source=f"scalar compute.efficiency of {spec.model} (no kernels: section)",
     )
 
@@ -67,9 +70,8 @@ def choose_kernel(
         return kernels[requested]
     serving = [k for k in kernels.values() if weight_dtype in k.serves]
     if measured_impl is not None:
-        for k in serving:
-            if k.impl == measured_impl:
-                return k
+        measured = [k for k in serving if k.impl == measured_impl]
+        return measured[0] if measured else scalar_kernel(spec, model, weight_dtype, measured_impl)
     if serving:
         return serving[0]
     return scalar_kernel(spec, model, weight_dtype)
