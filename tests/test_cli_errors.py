@@ -71,7 +71,7 @@ def test_missing_field(capsys, tmp_path: Path) -> None:
     assert one_error_line(capsys, "hw", "show", str(p)) == f"{p}: source: missing required field"
     p = write(tmp_path, CLUSTER.replace("    - {link: nvlink4", "    - {kind: nvlink4"))
     assert one_error_line(capsys, "hw", "show", str(p)).startswith(
-        f"{p}: node.links[0].kind: unknown field; expected one of: from, link, mesh, to"
+        f"{p}: node.links[0].kind: unknown field; expected one of: from, host_memory, link, mesh, to"
     )
 
 
