@@ -90,6 +90,7 @@ def cluster_json(cluster: Cluster) -> dict[str, Any]:
                 "compute_efficiency": d.spec.compute_efficiency,
                 "launch_overhead_s": d.spec.launch_overhead_s,
                 "estimated": d.spec.estimated,
+                **_cpu_json(d.spec),
             }
             for d in cluster.devices
         ],
@@ -102,10 +103,24 @@ def cluster_json(cluster: Cluster) -> dict[str, Any]:
                 "bandwidth_bytes_per_s": ln.spec.bandwidth_bytes_per_s,
                 "efficiency": ln.spec.efficiency,
                 "latency_s": ln.spec.latency_s,
+                "host_memory": ln.host_memory,
             }
             for ln in cluster.links
         ],
     }
+
+
+def _cpu_json(spec: Any) -> dict[str, Any]:
+    """CPU only: the expert kernels (in preference order) and the staging memcpy rate."""
+    if spec.kind != "cpu":
+        return {}
+    kernels = [
+        {"kind": k.name, "dtype": k.dtype, "weight_bits": k.weight_bits, "serves": list(k.serves),
+         "impl": k.impl, "peak_flops_per_s": k.peak_flops_per_s,
+         "efficiency_by_rows": [list(p) for p in k.efficiency]}
+        for k in spec.cpu_kernels.values()
+    ]
+    return {"cpu_kernels": kernels, "memcpy_bandwidth_bytes_per_s": spec.memcpy_bandwidth_bytes_per_s}
 
 
 def run_show(args: argparse.Namespace) -> int:
@@ -169,6 +184,15 @@ def render_cluster(cluster: Cluster) -> str:
             ]
         )
     out += [_table(rows, ["devices", "kind", "model", "memory", "bandwidth", "peak (dense)"]), ""]
+    cpus = {d.spec.model: d.spec for d in cluster.devices_of("cpu") if d.spec.cpu_kernels}
+    rows = [
+        [model, k.name, k.dtype, f"{k.weight_bits:g}", format_quantity(k.peak_flops_per_s, "flops"),
+         " ".join(f"{r:g}:{f:g}" for r, f in k.efficiency), ",".join(k.serves)]
+        for model, spec in cpus.items() for k in spec.cpu_kernels.values()
+    ]
+    if rows:
+        header = ["cpu", "expert kernel", "dtype", "bits", "peak", "efficiency (rows:fraction)", "serves"]
+        out += [_table(rows, header), ""]
 
     kinds: dict[str, list] = {}
     for ln in cluster.links:
