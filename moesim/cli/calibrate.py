@@ -217,7 +217,7 @@ def _run_cpu(args: argparse.Namespace, models: list[str] | None) -> int:
     if args.json:
         print_json({"out": str(out), "cpu": head["cpu"], "threads": head["threads"],
                     "duration_s": head["duration_s"], "cpu_expert": result["cpu_expert"],
-                    "host_copy": result["host_copy"]})
+                    "host_copy": result["host_copy"]}, verb="calibrate")
         return 0
     experts, copies = result["cpu_expert"], result["host_copy"]
     print(f"{head['cpu']} ({head['threads']} threads): wrote cpu_expert.csv ({len(experts)} rows) and "
