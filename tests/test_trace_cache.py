@@ -8,8 +8,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from moesim.errors import UserError
-from moesim.traces import RoutingTrace
-from moesim.traces.cache import hit_rates, make_cache
+from moesim.traces import RoutingTrace, cache_compiled
+from moesim.traces.cache import hit_rates, make_cache, simulate_hits
+
+METHODS = ["steps", "stack", pytest.param("compiled", marks=pytest.mark.skipif(
+    not cache_compiled.available(), reason="numba not installed (the [fast] extra)"))]
 
 
 def brute_force(ids: np.ndarray, capacity: int, policy: str, batch: int = 1) -> tuple[int, int]:
@@ -66,19 +69,68 @@ trace_params = st.tuples(
 )
 
 
+@pytest.mark.parametrize("method", METHODS)
 @settings(max_examples=40, deadline=None)
-@given(trace_params, st.integers(0, 6), st.sampled_from([1, 1, 3]))
-def test_fast_path_matches_brute_force(params, extra, batch):
+@given(params=trace_params, extra=st.integers(0, 6), batch=st.sampled_from([1, 1, 3]))
+def test_fast_path_matches_brute_force(method, params, extra, batch):
     n, layers, k, e, missing, seed = params
     trace = random_trace(np.random.default_rng(seed), n, layers, min(k, e), e, missing)
-    sizes = sorted({min(trace.top_k + extra, e), trace.top_k})
-    got = hit_rates(trace, sizes, batch_size=batch)
-    for policy, by_size in got.items():
-        for c, rate in by_size.items():
-            h, r = brute_force(trace.expert_ids, c, policy, batch)
-            assert r > 0 or np.isnan(rate)
-            if r:
-                assert rate == pytest.approx(h / r, abs=1e-12), (policy, c)
+    sizes = sorted({min(trace.top_k + extra, e), trace.top_k, e})
+    policies = ["lru"] if method == "stack" else ["lru", "lfu", "belady"]
+    for policy in policies:
+        hits, r = simulate_hits(trace, sizes, policy, batch_size=batch, method=method)
+        for c, h in zip(sizes, hits.tolist(), strict=True):
+            assert (h, r) == brute_force(trace.expert_ids, c, policy, batch), (policy, c)
+
+
+@settings(max_examples=25, deadline=None)
+@given(trace_params, st.sampled_from([1, 2, 5]), st.sampled_from([1, 2, 7]))
+def test_lru_stack_chunks_match_steps(params, batch, chunk_steps):
+    """The stack-distance LRU carries state across chunks of steps: any chunking, same counts."""
+    from moesim.traces.cache_lru import lru_hits
+
+    n, layers, k, e, missing, seed = params
+    trace = random_trace(np.random.default_rng(seed), n, layers, min(k, e), e, missing)
+    sizes = list(range(1, e + 1))
+    h, r = lru_hits(trace, sizes, batch_size=batch, chunk_steps=chunk_steps)
+    h2, r2 = simulate_hits(trace, sizes, "lru", batch_size=batch, method="steps")
+    assert r == r2 and h.tolist() == h2.tolist()
+
+
+def test_methods_identical_on_wide_real_shaped_trace(shared_traces):
+    """All methods give the same counts on the first 3,000 rows of a real trace (64 experts: the
+    bitmask path's word boundary), for batch 1 and 16."""
+    path = shared_traces / "deepseek-v2-lite-chat-prefill" / "deepseek_v2_lite_puffin_prefill.npz"
+    if not path.exists():
+        pytest.skip(f"shared trace {path} not found")
+    trace = RoutingTrace.load(path).rows(0, 3000)
+    for batch in (1, 16):
+        for policy in ("lru", "lfu", "belady"):
+            ref = simulate_hits(trace, [6, 12, 24, 64], policy, batch_size=batch, method="steps")
+            methods = (["stack"] if policy == "lru" else []) + (
+                ["compiled"] if cache_compiled.available() else [])
+            for method in methods:
+                got = simulate_hits(trace, [6, 12, 24, 64], policy, batch_size=batch, method=method)
+                assert got[1] == ref[1] and got[0].tolist() == ref[0].tolist(), (policy, batch, method)
+
+
+def test_wide_layers_over_64_experts():
+    """Experts 64 and above use the bitmask's second word: stack LRU still equals the steps path."""
+    rng = np.random.default_rng(3)
+    trace = random_trace(rng, 300, 2, 4, 130, 0.05)
+    for batch in (1, 4):
+        sizes = [4, 9, 33, 65, 130]
+        a = simulate_hits(trace, sizes, "lru", batch_size=batch, method="stack")
+        b = simulate_hits(trace, sizes, "lru", batch_size=batch, method="steps")
+        assert a[1] == b[1] and a[0].tolist() == b[0].tolist()
+
+
+def test_unknown_method_refused():
+    trace = random_trace(np.random.default_rng(0), 5, 1, 2, 4, 0.0)
+    with pytest.raises(UserError):
+        simulate_hits(trace, [2], "lru", method="magic")
+    with pytest.raises(UserError):
+        simulate_hits(trace, [2], "lfu", method="stack")
 
 
 @settings(max_examples=40, deadline=None)

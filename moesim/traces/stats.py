@@ -195,7 +195,7 @@ def trace_stats(
     cache_sizes: Sequence[int] = (),
     policies: Sequence[str] = POLICIES,
     segment_lengths: Sequence[int] = (4, 16, 64),
-    cache_tokens: int | None = 200_000,
+    cache_tokens: int | None = None,
     pair_tokens: int | None = 500_000,
 ) -> dict[str, Any]:
     """All statistics of ``trace`` as one JSON-ready dict (see docs/traces.md for every key)."""
