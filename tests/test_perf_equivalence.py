@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from moesim.cost.collectives import CollectiveCosts
 from moesim.plans.plan import Plan
@@ -155,3 +157,26 @@ def test_packed_expert_memo_matches_the_cost_model() -> None:
         got = coster._expert_rows(0, rows)
         want = cost.expert_compute_batch_s([devices[0]] * len(rows), rows)
         np.testing.assert_allclose(got, want, rtol=1e-12, atol=0.0)
+
+
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 10_000), n=st.integers(1, 3000), bits=st.sampled_from([1, 5, 16, 17, 31, 40]))
+def test_group_ranks_match_the_argsort_reference(seed: int, n: int, bits: int) -> None:
+    """The O(n) running counter per key (radix passes) equals the int64 stable-argsort ranks it replaced."""
+    from moesim.sim.dispatch import group_ranks
+
+    rng = np.random.default_rng(seed)
+    key_max = (1 << bits) - 1
+    # few distinct values per 16-bit digit, so distinct keys share digits (each radix pass matters)
+    key = np.zeros(n, dtype=np.int64)
+    for shift in range(0, bits, 16):
+        digit = rng.integers(0, 3, n) * (((1 << min(16, bits - shift)) - 1) // 2)
+        key |= digit << shift
+    key = np.minimum(key, key_max)
+    order = np.argsort(key, kind="stable")
+    sorted_keys = key[order]
+    start = np.r_[True, sorted_keys[1:] != sorted_keys[:-1]]
+    idx = np.arange(n)
+    want = np.empty_like(idx)
+    want[order] = idx - np.maximum.accumulate(np.where(start, idx, 0))
+    assert group_ranks(key, key_max).tolist() == want.tolist()

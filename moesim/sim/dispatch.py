@@ -89,6 +89,38 @@ class Dispatch:
         return self.slot_tokens.sum(axis=3)
 
 
+def radix_argsort(key: np.ndarray, key_max: int) -> np.ndarray:
+    """Stable argsort of non-negative int keys <= ``key_max`` in O(n): least-significant-digit radix
+    passes over 16-bit digits (numpy's stable argsort is a radix sort for 16-bit types, a merge
+    sort for int64)."""
+    order: np.ndarray | None = None
+    shift = 0
+    while True:
+        digit = ((key >> shift) & 0xFFFF).astype(np.uint16)
+        if order is None:
+            order = np.argsort(digit, kind="stable")
+        else:
+            order = order[np.argsort(digit[order], kind="stable")]
+        shift += 16
+        if (int(key_max) >> shift) == 0:
+            return order
+
+
+def group_ranks(key: np.ndarray, key_max: int) -> np.ndarray:
+    """Rank of each entry among the entries with the same key that come before it (flat order):
+    a running counter per key, in O(n)."""
+    key = key.ravel()
+    order = radix_argsort(key, key_max)
+    sorted_keys = key[order]
+    start = np.empty(key.size, dtype=bool)
+    start[:1] = True
+    np.not_equal(sorted_keys[1:], sorted_keys[:-1], out=start[1:])
+    pos = np.arange(key.size, dtype=np.int64)
+    rank = np.empty_like(pos)
+    rank[order] = pos - np.maximum.accumulate(np.where(start, pos, 0))
+    return rank
+
+
 def owners(batch: int, num_devices: int) -> np.ndarray:
     """[batch] device of each token of a step: the batch cut into equal contiguous blocks (DP attention)."""
     return (np.arange(batch, dtype=np.int64) * num_devices) // max(batch, 1)
@@ -117,13 +149,8 @@ def dispatch(ids: np.ndarray, owner: np.ndarray, table: ReplicaTable,
             rep = (rng.random(le.shape) * table.counts.ravel()[le]).astype(np.int64)
         else:
             # rank of each pair among the pairs of its (step, layer, expert), in token order
-            key = ((np.arange(S, dtype=np.int64) * (L * E1))[:, None, None, None] + le).ravel()
-            order = np.argsort(key, kind="stable")
-            sorted_keys = key[order]
-            start = np.r_[True, sorted_keys[1:] != sorted_keys[:-1]]
-            idx = np.arange(key.size)
-            rank = np.empty_like(idx)
-            rank[order] = idx - np.maximum.accumulate(np.where(start, idx, 0))
+            key = (np.arange(S, dtype=np.int64) * (L * E1))[:, None, None, None] + le
+            rank = group_ranks(key, S * L * E1 - 1)
             rep = rank.reshape(le.shape) % table.counts.ravel()[le]
         flat = le * R + rep
     dst = table.device.reshape(-1)[flat] if R > 1 else table.device[:, :, 0].ravel()[flat]

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from moesim.sim.dispatch import Dispatch, ReplicaTable, count_routed
+from moesim.sim.dispatch import Dispatch, ReplicaTable, count_routed, group_ranks
 from moesim.specs.hardware import Cluster
 
 
@@ -69,13 +69,8 @@ class LocalRouting:
         else:
             LE1 = self.count.size // num_devices
             key = ((np.arange(S, dtype=np.int64)[:, None, None, None] * LE1 + le) * self.num_groups
-                   + self.group[idx]).ravel()
-            order = np.argsort(key, kind="stable")
-            sorted_keys = key[order]
-            start = np.r_[True, sorted_keys[1:] != sorted_keys[:-1]]
-            pos = np.arange(key.size)
-            rank = np.empty_like(pos)
-            rank[order] = pos - np.maximum.accumulate(np.where(start, pos, 0))
+                   + self.group[idx])
+            rank = group_ranks(key, S * LE1 * self.num_groups - 1)
             pick = rank.reshape(le.shape) % n
         return self.candidates[idx, pick].astype(np.int64)
 
