@@ -159,32 +159,39 @@ def lpt_pack(items: np.ndarray, sizes: np.ndarray, num_devices: int, slots: int,
     first, to the lightest device that has a free slot (and, with ``forbid_duplicates``, no copy of
     that expert yet). Returns ``[G, S]`` expert ids, ``-1`` for unused slots.
     """
-    order = np.lexsort((items, -np.asarray(sizes, dtype=np.float64)))
-    load = np.zeros(num_devices)
-    fill = np.zeros(num_devices, dtype=np.int64)
+    sizes = np.asarray(sizes, dtype=np.float64)
+    order = np.lexsort((items, -sizes))
+    load = [0.0] * num_devices
+    fill = [0] * num_devices
     out = np.full((num_devices, slots), -1, dtype=np.int64)
-    held = np.zeros((num_devices, int(np.max(items, initial=0)) + 1), dtype=bool)
-    for i in order:
-        e = int(items[i])
-        ok = fill < slots
-        if forbid_duplicates and (ok & ~held[:, e]).any():
-            ok &= ~held[:, e]  # otherwise unavoidable: repair_duplicates() fixes it afterwards
-        cand = np.flatnonzero(ok)
-        g = int(cand[np.argmin(load[cand])])
+    held: list[set[int]] = [set() for _ in range(num_devices)]
+    # devices with a free slot by (load, index): the heap's top is numpy's first argmin
+    heap = [(0.0, g) for g in range(num_devices)] if slots > 0 else []
+    item_list, size_list = np.asarray(items).tolist(), sizes.tolist()
+    for i in order.tolist():
+        e = item_list[i]
+        skipped = []
+        while heap and forbid_duplicates and e in held[heap[0][1]]:
+            skipped.append(heapq.heappop(heap))
+        if heap:
+            _, g = heapq.heappop(heap)
+        else:  # every free device holds e: unavoidable, repair_duplicates() fixes it afterwards
+            g = skipped.pop(0)[1]
+        for entry in skipped:
+            heapq.heappush(heap, entry)
         out[g, fill[g]] = e
         fill[g] += 1
-        load[g] += sizes[i]
-        held[g, e] = True
+        load[g] += size_list[i]
+        held[g].add(e)
+        if fill[g] < slots:
+            heapq.heappush(heap, (load[g], g))
     return out
 
 
 def duplicate_slots(placement: np.ndarray) -> int:
     """Slots holding a second (third...) copy of an expert already on the same device."""
-    total = 0
-    for row in np.asarray(placement).reshape(-1, placement.shape[-1]):
-        ids = row[row >= 0]
-        total += int(ids.size - np.unique(ids).size)
-    return total
+    rows = np.sort(np.asarray(placement).reshape(-1, placement.shape[-1]), axis=1)
+    return int(((rows[:, 1:] == rows[:, :-1]) & (rows[:, 1:] >= 0)).sum())
 
 
 def layer_device_load(layer_placement: np.ndarray, weights: np.ndarray) -> np.ndarray:

@@ -6,6 +6,7 @@ when e has c replicas, on a GPU of node n, in window w.
 
 from __future__ import annotations
 
+import heapq
 import time
 
 import numpy as np
@@ -77,22 +78,62 @@ def cost_lpt(counts: np.ndarray, tau: np.ndarray, node_of: np.ndarray, slots: in
     per = tau.mean(axis=0)[np.arange(E), np.maximum(counts, 1) - 1]  # [E, N]
     items = np.repeat(np.arange(E), counts)
     order = np.argsort(-per[items].min(axis=1), kind="stable")
-    busy = np.zeros(G)
-    fill = np.zeros(G, dtype=np.int64)
-    held = np.zeros((G, E), dtype=bool)
+    nodes = node_of.tolist()
+    N = max(nodes) + 1 if nodes else 0
+    busy = [0.0] * G
+    fill = [0] * G
+    held: list[set[int]] = [set() for _ in range(G)]
     out = np.full((G, slots), -1, dtype=np.int64)
-    for i in order:
-        e = items[i]
-        ok = (fill < slots) & ~held[:, e]
-        if not ok.any():
-            ok = fill < slots
-        cand = np.flatnonzero(ok)
-        g = int(cand[np.argmin(busy[cand] + per[e, node_of[cand]])])
+    # per node, its GPUs with a free slot by (busy, index); a node adds the same per[e, n] to all
+    heaps: list[list[tuple[float, int]]] = [[] for _ in range(N)]
+    if slots > 0:
+        for g in range(G):
+            heaps[nodes[g]].append((0.0, g))
+    per_list, item_list = per.tolist(), items.tolist()
+    for i in order.tolist():
+        e = item_list[i]
+        g = _cheapest_gpu(heaps, per_list[e], held, e, avoid=True)
+        if g < 0:  # every free GPU holds e already
+            g = _cheapest_gpu(heaps, per_list[e], held, e, avoid=False)
+        n = nodes[g]
+        heaps[n].remove((busy[g], g))
+        heapq.heapify(heaps[n])
         out[g, fill[g]] = e
         fill[g] += 1
-        busy[g] += per[e, node_of[g]]
-        held[g, e] = True
+        busy[g] += per_list[e][n]
+        held[g].add(e)
+        if fill[g] < slots:
+            heapq.heappush(heaps[n], (busy[g], g))
     return out
+
+
+def _cheapest_gpu(heaps: list[list[tuple[float, int]]], cost: list[float], held: list[set[int]], e: int,
+                  *, avoid: bool) -> int:
+    """numpy's ``argmin(busy[cand] + cost[node[cand]])`` over the free GPUs (lowest index on ties),
+    from per-node heaps: within a node the sum is monotone in busy, so only each heap's front
+    (the GPUs whose sum equals the front's, after rounding) can win. -1 when none qualifies."""
+    best_v, best_g = np.inf, -1
+    for n, heap in enumerate(heaps):
+        if not heap:
+            continue
+        c = cost[n]
+        popped = []
+        v_node = None
+        while heap:
+            b, g = heap[0]
+            v = b + c
+            if v_node is not None and v > v_node:
+                break
+            popped.append(heapq.heappop(heap))
+            if avoid and e in held[g]:
+                continue
+            if v_node is None:
+                v_node = v
+            if v < best_v or (v == best_v and g < best_g):
+                best_v, best_g = v, g
+        for entry in popped:
+            heapq.heappush(heap, entry)
+    return best_g
 
 
 def _recount_move(p: np.ndarray, counts: np.ndarray, tau: np.ndarray, node_of: np.ndarray, times: np.ndarray,
