@@ -117,6 +117,16 @@ def _cheapest_gpu(heaps: list[list[tuple[float, int]]], cost: list[float], held:
         if not heap:
             continue
         c = cost[n]
+        b, g = heap[0]
+        v = b + c
+        size = len(heap)
+        if (not (avoid and e in held[g]) and (size < 2 or heap[1][0] + c > v)
+                and (size < 3 or heap[2][0] + c > v)):
+            # the usual case, without popping: the front is free of e and nothing ties with it
+            # (heap[1], heap[2] are the next smallest)
+            if v < best_v or (v == best_v and g < best_g):
+                best_v, best_g = v, g
+            continue
         popped = []
         v_node = None
         while heap:
