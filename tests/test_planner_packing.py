@@ -98,3 +98,24 @@ def test_duplicate_slots_counts_second_copies(seed):
     p = rng.integers(-1, 5, (3, 4, 5))
     want = sum(int(r[r >= 0].size - np.unique(r[r >= 0]).size) for r in p.reshape(-1, 5))
     assert duplicate_slots(p) == want
+
+
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 10_000), W=st.integers(1, 3), G=st.integers(2, 7), objective=st.sampled_from(
+    ["worst", "mean"]), ties=st.booleans())
+def test_swap_values_equal_aggregate_of_each_swapped_matrix(seed, W, G, objective, ties):
+    """The vectorised swap scores equal the per-candidate loop they replaced."""
+    from moesim.planners.placement_search import _swap_values, aggregate
+
+    rng = np.random.default_rng(seed)
+    times = rng.integers(0, 4, (W, G)).astype(float) if ties else rng.random((W, G))
+    a = int(rng.integers(G))
+    bs = np.array([b for b in range(G) if b != a] * 2)
+    new_a = rng.random((W, bs.size))
+    new_b = rng.integers(0, 4, (W, bs.size)).astype(float) if ties else rng.random((W, bs.size))
+    want = []
+    for i, b in enumerate(bs):
+        m = times.copy()
+        m[:, a], m[:, b] = new_a[:, i], new_b[:, i]
+        want.append(aggregate(m, objective))
+    assert _swap_values(times, a, bs, new_a, new_b, objective).tolist() == want

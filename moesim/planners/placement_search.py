@@ -180,13 +180,38 @@ def _recount_move(p: np.ndarray, counts: np.ndarray, tau: np.ndarray, node_of: n
     return float(vals[k]), int(cand[k])
 
 
+def _swap_values(times: np.ndarray, a: int, bs: np.ndarray, new_a: np.ndarray, new_b: np.ndarray,
+                 objective: str) -> np.ndarray:
+    """The layer objective after each candidate swap: GPU a's times become ``new_a[:, i]`` and GPU
+    ``bs[i]``'s ``new_b[:, i]`` (``[W, n]``); every other GPU keeps ``times`` [W, G]. Equal to
+    ``aggregate`` of each modified matrix: the other GPUs' maximum is the largest, second or
+    third largest of ``times`` per window, whichever is neither a nor b."""
+    W, G = times.shape
+    k = min(3, G)
+    top = np.argsort(-times, axis=1, kind="stable")[:, :k]  # [W, k]
+    rest = np.full((W, bs.size), -np.inf)
+    for j in range(k - 1, -1, -1):  # the first top entry that is neither a nor b wins
+        g = top[:, j][:, None]
+        use = (g != a) & (g != bs[None, :])
+        rest = np.where(use, times[np.arange(W)[:, None], g], rest)
+    slowest = np.maximum(np.maximum(new_a, new_b), rest)  # [W, n]
+    if objective == "mean":
+        total = slowest[0].copy()
+        for w in range(1, W):  # in window order, like np.mean of a short vector
+            total += slowest[w]
+        return total / W
+    return slowest.max(axis=0)
+
+
 def polish(placement: np.ndarray, tau: np.ndarray, node_of: np.ndarray, objective: str,
-           deadline: float, seed: int = 0) -> np.ndarray:
+           deadline: float, seed: int = 0, max_steps: int | None = None) -> np.ndarray:
     """Local search on the model's own objective, moving slots off a slowest GPU.
 
     Two moves: swap a slot with a slot of another GPU (counts fixed), or hand the slot to another
     expert (its old expert keeps at least one replica). Neither creates a duplicate. Each move scores
-    all its candidates at once in numpy, so this refines CP-SAT's answer cheaply.
+    all its candidates at once in numpy, so this refines CP-SAT's answer cheaply. It stops after
+    ``4 * G * S`` tries in a row without improvement, after ``max_steps`` tries in all
+    (deterministic), or at the wall-clock ``deadline`` (a safety net).
     """
     p = placement.copy()
     G, S = p.shape
@@ -201,8 +226,9 @@ def polish(placement: np.ndarray, tau: np.ndarray, node_of: np.ndarray, objectiv
     per = slot_times(p)
     times = per.sum(axis=2)
     cur = aggregate(times, objective)
-    stale = 0
-    while time.perf_counter() < deadline and stale < 4 * G * S:
+    stale = steps = 0
+    while time.perf_counter() < deadline and stale < 4 * G * S and (max_steps is None or steps < max_steps):
+        steps += 1
         slowest = times.argmax(axis=1)
         a = int(slowest[times.max(axis=1).argmax()] if objective != "mean" else rng.choice(slowest))
         s = int(rng.integers(S))
@@ -219,15 +245,11 @@ def polish(placement: np.ndarray, tau: np.ndarray, node_of: np.ndarray, objectiv
             e_on_b = tau[:, e, counts[e] - 1, node_of][:, :, None]  # [W, G, 1]
             new_a = times[:, a][:, None, None] - per[:, a, s][:, None, None] + in_a
             new_b = times[:, :, None] - per + e_on_b
-            others = times.copy()
-            for b, t in zip(*np.nonzero(ok), strict=True):
-                others[:, a] = new_a[:, b, t]
-                others[:, b] = new_b[:, b, t]
-                val = aggregate(others, objective)
-                others[:, a] = times[:, a]
-                others[:, b] = times[:, b]
+            bs, ts = np.nonzero(ok)
+            vals = _swap_values(times, a, bs, new_a[:, bs, ts], new_b[:, bs, ts], objective)
+            for i, val in enumerate(vals.tolist()):  # the first strictly better, then better still
                 if val < swap_val * (1 - 1e-12):
-                    swap_val, best_bt = val, (int(b), int(t))
+                    swap_val, best_bt = val, (int(bs[i]), int(ts[i]))
         recount = _recount_move(p, counts, tau, node_of, times, per, a, s, objective)
         if recount is not None and recount[0] < swap_val * (1 - 1e-12):
             counts[e] -= 1
