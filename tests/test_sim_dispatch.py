@@ -87,3 +87,10 @@ def test_workload_cuts():
     assert [r.tolist() for r in decode_steps(5, 2)] == [[0, 1], [2, 3], [4]]
     assert [r.tolist() for r in prefill_steps(np.array([0, 0, 1, 2, 2, 2]), 2)] == [[0, 1, 2], [3, 4, 5]]
     assert [r.tolist() for r in key_steps(np.array([7, 3, 7, 3, 9]))] == [[0, 2], [1, 3], [4]]
+
+
+def test_decode_steps_builds_only_the_simulated_steps():
+    assert [r.tolist() for r in decode_steps(5, 2, 2)] == [[0, 1], [2, 3]]
+    assert [r.tolist() for r in decode_steps(5, 2, 9)] == [[0, 1], [2, 3], [4]]
+    full = decode_steps(10_000, 3)
+    assert [r.tolist() for r in decode_steps(10_000, 3, 40)] == [r.tolist() for r in full[:40]]

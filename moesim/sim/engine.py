@@ -40,7 +40,10 @@ from moesim.vocab import CachePolicy, Overlap, ReplicaSplit
 from moesim.vocab import Dispatch as DispatchMode
 
 CHUNK_ENTRIES = 2_000_000
-"""Steps are costed in chunks of about this many (step, layer, device, device) entries."""
+"""Steps are costed in chunks of about this many (step, layer, device, device) entries ..."""
+CHUNK_ROUTED = 2_000_000
+"""... and about this many routed (step, token, layer, top-k) entries (bounds the int64 temporaries
+of dispatch at large batches: peak memory, page faults)."""
 
 OVERLAP_CHUNKS = {Overlap.NONE: 1, Overlap.LAYER: 2}
 """Micro-batches per MoE layer of each overlap mode (``chunked``: ``SimConfig.chunks``)."""
@@ -111,7 +114,8 @@ class Machine:
         """(first step, ids [S, B, L, K], dispatch, costs) for consecutive chunks of steps."""
         wl, trace = self.workload, self.cfg.trace
         L = self.model.num_moe_layers
-        size = max(1, CHUNK_ENTRIES // max(1, L * self.G * self.G))
+        routed = L * trace.top_k * max(1, int(wl.tokens().max(initial=1)))
+        size = max(1, min(CHUNK_ENTRIES // max(1, L * self.G * self.G), CHUNK_ROUTED // routed))
         for a in range(0, wl.num_steps, size):
             rows = wl.steps[a:a + size]
             bmax = max(len(r) for r in rows)

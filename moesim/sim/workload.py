@@ -38,9 +38,12 @@ def _cycle(groups: list[np.ndarray], steps: int | None) -> list[np.ndarray]:
     return [groups[s % len(groups)] for s in range(steps)]
 
 
-def decode_steps(num_rows: int, batch_size: int) -> list[np.ndarray]:
-    """Consecutive batches of ``batch_size`` rows in stream order (the last may be shorter)."""
-    return [np.arange(a, min(a + batch_size, num_rows)) for a in range(0, num_rows, batch_size)]
+def decode_steps(num_rows: int, batch_size: int, steps: int | None = None) -> list[np.ndarray]:
+    """Consecutive batches of ``batch_size`` rows in stream order (the last may be shorter); with
+    ``steps``, only the first ``steps`` of them (the replay never builds the rest)."""
+    count = -(-num_rows // batch_size)
+    count = count if steps is None else min(count, steps)
+    return [np.arange(a, min(a + batch_size, num_rows)) for a in range(0, count * batch_size, batch_size)]
 
 
 def key_steps(keys: np.ndarray) -> list[np.ndarray]:
@@ -75,7 +78,7 @@ def build_workload(trace: RoutingTrace, *, phase: str, batch_size: int, steps: i
     elif phase == "prefill":
         groups = prefill_steps(np.asarray(trace.seq_id), batch_size)
     else:
-        groups = decode_steps(n, batch_size)
+        groups = decode_steps(n, batch_size, steps)
     groups = _cycle(groups, steps)
     pos = np.asarray(trace.pos, dtype=np.int64)
     seq = np.asarray(trace.seq_id)
