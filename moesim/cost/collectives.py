@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from moesim.cost.linkloads import LinkAggregation
+from moesim.cost.linkloads import LinkAggregation, NodeBlocks
 from moesim.errors import UserError
 from moesim.specs.hardware import Cluster, Device
 
@@ -241,6 +241,32 @@ class CollectiveCosts:
         loads, latency = r.loads_and_latency(b, node_bytes)
         t = latency if self.infinite_bandwidth else np.max(loads / self._link_bw[None, :], axis=1) + latency
         return t if b.ndim == 3 else float(t[0])
+
+    def node_blocks(self, device_ids: Sequence[str]) -> NodeBlocks | None:
+        """The node-level form of the flat all-to-all among ``device_ids`` (memoised), or None when
+        some link's pairs are not whole node blocks (then only :meth:`all_to_all_s` applies)."""
+        memo: dict[tuple[str, ...], NodeBlocks | None] = self.__dict__.setdefault("_node_blocks", {})
+        key = tuple(device_ids)
+        if key not in memo:
+            r = self.routes(key)
+            seen: dict[int, int] = {}
+            node_of = np.array([seen.setdefault(self.cluster.device(d).node, len(seen)) for d in key])
+            memo[key] = NodeBlocks.build(r.pair_of_hop, r.link_of_hop, len(key), r.num_links,
+                                         r.pair_latency_s, node_of)
+        return memo[key]
+
+    def all_to_all_node_s(self, device_ids: Sequence[str], rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+        """:meth:`all_to_all_s` of a batch given as node-level aggregates: ``rows`` [S, G, N] bytes
+        from each device to each node, ``cols`` [S, N, G] from each node to each device (a
+        device's bytes to itself excluded); needs :meth:`node_blocks` to be not None."""
+        nb = self.node_blocks(device_ids)
+        if nb is None:
+            raise ValueError("the links of these devices are not node blocks; use all_to_all_s")
+        self._note("all_to_all", "roofline")
+        loads, latency = nb.loads(rows, cols), nb.latency_s(rows)
+        if self.infinite_bandwidth:
+            return latency
+        return np.max(loads / self._link_bw[None, :], axis=1) + latency
 
     def link_bytes(
         self,

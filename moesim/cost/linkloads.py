@@ -176,3 +176,103 @@ class LinkAggregation:
         levels = self.levels_s[self.lat_levels]
         first = np.argmax(used, axis=1)  # levels are descending: the first used is the longest
         return np.where(used.any(axis=1), levels[first], 0.0)
+
+
+@dataclass(frozen=True)
+class NodeBlocks:
+    """All-to-all link loads and latency from node-level aggregates, for topologies where every
+    link direction carries whole *node blocks*: a row block (i, n) is the pairs from GPU i to the
+    GPUs of node n, a column block (n, j) the pairs from node n's GPUs to GPU j (the pair (i, i)
+    excluded). Then, with ``R[i, n]`` the bytes GPU i sends to node n and ``C[n, j]`` the bytes
+    node n sends to GPU j, a link's load is a sum of a few R or C entries: [G, N] numbers per
+    matrix instead of [G, G] (64 GPUs on 8 nodes: 8x fewer), and no [G, G] matrix is ever built.
+    ``build`` returns None when some link is neither (the general :class:`LinkAggregation` path)."""
+
+    node_of: np.ndarray
+    """[G] node index 0..N-1 of each device."""
+    num_nodes: int
+    row_index: np.ndarray
+    """Gathers into R flattened as ``i * N + n``, grouped by link (starts, link of each group)."""
+    row_starts: np.ndarray
+    row_links: np.ndarray
+    col_index: np.ndarray
+    """Gathers into C flattened as ``n * G + j``, grouped by link."""
+    col_starts: np.ndarray
+    col_links: np.ndarray
+    lat_index: np.ndarray
+    """Gathers into R grouped by latency level (descending), as in :class:`LinkAggregation`."""
+    lat_starts: np.ndarray
+    lat_levels: np.ndarray
+    levels_s: np.ndarray
+    num_links: int
+
+    @classmethod
+    def build(cls, pairs: np.ndarray, links: np.ndarray, g: int, num_links: int,
+              pair_latency_s: np.ndarray, node_of: np.ndarray) -> NodeBlocks | None:
+        node_of = np.asarray(node_of, dtype=np.int64)
+        n_nodes = int(node_of.max()) + 1 if node_of.size else 1
+        members = [np.flatnonzero(node_of == n) for n in range(n_nodes)]
+        by_link: dict[int, set[int]] = {}
+        for p, ln in zip(pairs.tolist(), links.tolist(), strict=True):
+            by_link.setdefault(ln, set()).add(p)
+
+        def row_block(i: int, n: int) -> set[int]:
+            return {i * g + int(j) for j in members[n] if j != i}
+
+        def col_block(n: int, j: int) -> set[int]:
+            return {int(i) * g + j for i in members[n] if i != j}
+
+        row_items: list[tuple[int, int]] = []
+        col_items: list[tuple[int, int]] = []
+        for ln in sorted(by_link):
+            plist = by_link[ln]
+            rows = sorted({(p // g, int(node_of[p % g])) for p in plist})
+            if set().union(*(row_block(i, n) for i, n in rows)) == plist:
+                row_items += [(ln, i * n_nodes + n) for i, n in rows]
+                continue
+            cols = sorted({(int(node_of[p // g]), p % g) for p in plist})
+            if set().union(*(col_block(n, j) for n, j in cols)) == plist:
+                col_items += [(ln, n * g + j) for n, j in cols]
+                continue
+            return None
+        latency = np.asarray(pair_latency_s, dtype=np.float64).reshape(g, g)
+        lat_items: list[tuple[int, int]] = []
+        levels = np.unique(latency)[::-1].copy()
+        level_of = {float(v): k for k, v in enumerate(levels.tolist())}
+        for i in range(g):
+            for n in range(n_nodes):
+                block = [int(j) for j in members[n] if j != i]
+                if not block:
+                    continue
+                values = set(latency[i, block].tolist())
+                if len(values) != 1:
+                    return None  # a block whose pairs differ in latency: not node-level
+                lat_items.append((level_of[values.pop()], i * n_nodes + n))
+        r_idx, r_starts, r_links = LinkAggregation._groups(row_items)
+        c_idx, c_starts, c_links = LinkAggregation._groups(col_items)
+        l_idx, l_starts, l_levels = LinkAggregation._groups(lat_items)
+        return cls(node_of=node_of, num_nodes=n_nodes, row_index=r_idx, row_starts=r_starts,
+                   row_links=r_links, col_index=c_idx, col_starts=c_starts, col_links=c_links,
+                   lat_index=l_idx, lat_starts=l_starts, lat_levels=l_levels, levels_s=levels,
+                   num_links=num_links)
+
+    def loads(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+        """[S, num_links] bytes per directed link from ``rows`` R [S, G, N] and ``cols`` C [S, N, G]
+        (non-negative, the pairs (i, i) not counted)."""
+        s = rows.shape[0]
+        out = np.zeros((s, self.num_links))
+        if len(self.row_index):
+            out[:, self.row_links] = _sum_groups(rows.reshape(s, -1)[:, self.row_index], self.row_starts)
+        if len(self.col_index):
+            out[:, self.col_links] = _sum_groups(cols.reshape(s, -1)[:, self.col_index], self.col_starts)
+        return out
+
+    def latency_s(self, rows: np.ndarray) -> np.ndarray:
+        """[S] longest path latency among the blocks that send bytes (R > 0)."""
+        s = rows.shape[0]
+        if not len(self.lat_index):
+            return np.zeros(s)
+        used = _sum_groups(rows.reshape(s, -1)[:, self.lat_index], self.lat_starts) > 0
+        levels = self.levels_s[self.lat_levels]
+        first = np.argmax(used, axis=1)
+        return np.where(used.any(axis=1), levels[first], 0.0)

@@ -78,10 +78,20 @@ class ReplicaTable:
 @dataclass(frozen=True)
 class Dispatch:
     """Routing of a chunk of steps: ``slot_tokens[s, l, g, j]`` (token, expert) pairs computed in
-    slot j of device g, ``pair_tokens[s, l, i, g]`` pairs sent from the token's device i to g."""
+    slot j of device g, ``pair_tokens[s, l, i, g]`` pairs sent from the token's device i to g.
+
+    Node-level form (:class:`NodeCounting`): ``pair_tokens`` is None and the all-to-all is given by
+    ``node_rows[s, l, i, n]`` pairs device i sends to node n's devices and ``node_cols[s, l, n, g]``
+    pairs node n's devices send to g (a device's own pairs excluded), ``pair_total`` [G, G] the
+    chunk's pairs summed over steps and layers, and ``pair_head`` [k, L, G, G] the full pairs of
+    the chunk's first k steps (the timeline's)."""
 
     slot_tokens: np.ndarray
-    pair_tokens: np.ndarray
+    pair_tokens: np.ndarray | None
+    node_rows: np.ndarray | None = None
+    node_cols: np.ndarray | None = None
+    pair_total: np.ndarray | None = None
+    pair_head: np.ndarray | None = None
 
     @property
     def device_tokens(self) -> np.ndarray:
@@ -126,8 +136,21 @@ def owners(batch: int, num_devices: int) -> np.ndarray:
     return (np.arange(batch, dtype=np.int64) * num_devices) // max(batch, 1)
 
 
+@dataclass(frozen=True)
+class NodeCounting:
+    """Count the all-to-all per (device, node) instead of per device pair: ``node_of`` [G] node of
+    each device, ``head_steps`` how many first steps of a chunk also get their full pair counts."""
+
+    node_of: np.ndarray
+    head_steps: int = 0
+
+    @property
+    def num_nodes(self) -> int:
+        return int(self.node_of.max()) + 1 if self.node_of.size else 1
+
+
 def dispatch(ids: np.ndarray, owner: np.ndarray, table: ReplicaTable,
-             rng: np.random.Generator | None = None) -> Dispatch:
+             rng: np.random.Generator | None = None, nodes: NodeCounting | None = None) -> Dispatch:
     """Route ``ids`` [S, B, L, K] (-1 = none) of tokens on devices ``owner`` [S, B].
 
     A replicated expert's pairs go round-robin over its replicas in token order (an even split);
@@ -136,7 +159,7 @@ def dispatch(ids: np.ndarray, owner: np.ndarray, table: ReplicaTable,
     S, _B, L, _K = ids.shape
     G, J = table.num_devices, table.slots_per_device
     E1 = table.counts.shape[1]
-    if rng is None and not table.has_replicas:
+    if rng is None and not table.has_replicas and nodes is None:
         return _dispatch_single(ids, owner, table)
     le = ids.astype(np.int64)
     np.putmask(le, le < 0, E1 - 1)  # -1 -> the dummy expert
@@ -155,12 +178,16 @@ def dispatch(ids: np.ndarray, owner: np.ndarray, table: ReplicaTable,
         flat = le * R + rep
     dst = table.device.reshape(-1)[flat] if R > 1 else table.device[:, :, 0].ravel()[flat]
     dst_slot = dst * J + (table.slot.reshape(-1)[flat] if R > 1 else table.slot[:, :, 0].ravel()[flat])
-    return count_routed(dst, dst_slot, owner, G, J)
+    return count_routed(dst, dst_slot, owner, G, J, nodes)
 
 
-def count_routed(dst: np.ndarray, dst_slot: np.ndarray, owner: np.ndarray, G: int, J: int) -> Dispatch:
+def count_routed(dst: np.ndarray, dst_slot: np.ndarray, owner: np.ndarray, G: int, J: int,
+                 nodes: NodeCounting | None = None) -> Dispatch:
     """Tokens per (step, layer, device, slot) and per (step, layer, source, destination) from the
-    destination device (G = none) and device*J+slot of every routed entry ``[S, B, L, K]``."""
+    destination device (G = none) and device*J+slot of every routed entry ``[S, B, L, K]`` (with
+    ``nodes``: per (source, node) and (node, destination) instead, see :class:`Dispatch`)."""
+    if nodes is not None:
+        return _count_nodes(dst, dst_slot, owner, G, J, nodes)
     S, _B, L, _K = dst.shape
     sl = (np.arange(S, dtype=np.int64)[:, None] * L + np.arange(L, dtype=np.int64)[None, :])[:, None, :, None]
     dst_slot += sl * ((G + 1) * J)
@@ -194,3 +221,33 @@ def _dispatch_single(ids: np.ndarray, owner: np.ndarray, table: ReplicaTable) ->
     pair = np.bincount(pair_bins.ravel(), minlength=S * L * G * width).reshape(S, L, G, width)[..., :G]
     del B, K
     return Dispatch(slot_tokens=slot_tokens, pair_tokens=pair)
+
+
+def _count_nodes(dst: np.ndarray, dst_slot: np.ndarray, owner: np.ndarray, G: int, J: int,
+                 nodes: NodeCounting) -> Dispatch:
+    """:func:`count_routed` in node-level form: three ``bincount`` calls over the routed entries
+    into [S, L, G, N] + [S, L, N, G] + [G, G] bins (no [S, L, G, G] array)."""
+    S, B, L, K = dst.shape
+    N = nodes.num_nodes
+    sl = (np.arange(S, dtype=np.int64)[:, None] * L + np.arange(L, dtype=np.int64)[None, :])[:, None, :, None]
+    slot_bins = dst_slot + sl * ((G + 1) * J)
+    slot_tokens = np.bincount(slot_bins.ravel(), minlength=S * L * (G + 1) * J)
+    slot_tokens = slot_tokens.reshape(S, L, G + 1, J)[:, :, :G]
+    own = np.broadcast_to(owner[:, :, None, None], dst.shape)
+    moved = (dst < G) & (dst != own)  # pairs that cross a link (not to none, not to itself)
+    d, o = dst[moved], own[moved]
+    step_layer = np.broadcast_to(sl, dst.shape)[moved]
+    node_ext = np.asarray(nodes.node_of, dtype=np.int64)
+    rows = np.bincount((step_layer * G + o) * N + node_ext[d], minlength=S * L * G * N).reshape(S, L, G, N)
+    cols = np.bincount((step_layer * N + node_ext[o]) * G + d, minlength=S * L * N * G).reshape(S, L, N, G)
+    total = np.bincount(o * G + d, minlength=G * G).reshape(G, G)
+    head = None
+    k = min(S, nodes.head_steps)
+    if k:
+        sub = (np.arange(S) < k)[:, None, None, None]
+        first = moved & sub
+        bins = (np.broadcast_to(sl, dst.shape)[first] * G + own[first]) * G + dst[first]
+        head = np.bincount(bins, minlength=k * L * G * G).reshape(k, L, G, G)
+    del B, K
+    return Dispatch(slot_tokens=slot_tokens, pair_tokens=None, node_rows=rows, node_cols=cols,
+                    pair_total=total, pair_head=head)

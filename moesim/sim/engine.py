@@ -23,7 +23,7 @@ from moesim.plans.default import default_plan
 from moesim.plans.plan import CachePlan, Plan
 from moesim.sim.config import SimConfig
 from moesim.sim.costs import SimCost
-from moesim.sim.dispatch import Dispatch, ReplicaTable, dispatch, owners
+from moesim.sim.dispatch import Dispatch, NodeCounting, ReplicaTable, dispatch, owners
 from moesim.sim.events.overlap import overlapped_moe
 from moesim.sim.invariants import check_all, expected_pairs
 from moesim.sim.misses import MissSetup, make_miss_handler
@@ -116,8 +116,11 @@ class Machine:
         L = self.model.num_moe_layers
         routed = L * trace.top_k * max(1, int(wl.tokens().max(initial=1)))
         size = max(1, min(CHUNK_ENTRIES // max(1, L * self.G * self.G), CHUNK_ROUTED // routed))
+        nodes = (NodeCounting(node_index(self.cluster, self.devices))
+                 if self.coster.node_blocks is not None else None)
         for a in range(0, wl.num_steps, size):
             rows = wl.steps[a:a + size]
+            count = None if nodes is None else replace(nodes, head_steps=max(0, self.rec.timeline_steps - a))
             bmax = max(len(r) for r in rows)
             ids = np.full((len(rows), bmax, L, trace.top_k), -1, dtype=np.int16)
             owner = np.zeros((len(rows), bmax), dtype=np.int64)
@@ -125,8 +128,8 @@ class Machine:
                 contiguous = len(r) and r[-1] - r[0] + 1 == len(r)
                 ids[i, :len(r)] = trace.expert_ids[r[0]:r[-1] + 1] if contiguous else trace.expert_ids[r]
                 owner[i, :len(r)] = owners(len(r), self.G)
-            d = (dispatch(ids, owner, self.table, self.rng) if self.routing is None
-                 else local_dispatch(ids, owner, self.table, self.routing, self.rng))
+            d = (dispatch(ids, owner, self.table, self.rng, count) if self.routing is None
+                 else local_dispatch(ids, owner, self.table, self.routing, self.rng, count))
             batch = np.array([len(r) for r in rows])
             yield a, ids, d, self.coster.chunk(a, d, batch, wl.context_tokens[a:a + len(rows)])
 
@@ -149,14 +152,20 @@ class Machine:
         """Fill the recorder's arrays for a chunk (the parts that do not depend on the schedule)."""
         r, b, m = self.rec, a + d.slot_tokens.shape[0], self.moe_cols
         pair = c.pair_bytes
-        self.total_pairs += pair.sum(axis=(0, 1))
+        if pair is None:  # node-level counts: the [G, G] totals and the timeline's steps only
+            assert d.pair_total is not None and d.node_rows is not None and d.node_cols is not None
+            self.total_pairs += d.pair_total * self.coster.act_bytes
+            sent = (d.node_rows.sum(axis=3) + d.node_cols.sum(axis=2)) * self.coster.act_bytes
+        else:
+            self.total_pairs += pair.sum(axis=(0, 1))
+            sent = pair.sum(axis=3) + pair.sum(axis=2)
         for s in range(a, min(b, r.timeline_steps)):
-            self.keep_pairs[s] = pair[s - a]
+            head = pair if pair is not None else d.pair_head * self.coster.act_bytes
+            self.keep_pairs[s] = head[s - a]
             self.keep_pre[s] = c.pre[s - a]
         G = self.G
         r.busy_s[a:b, :, :G] = c.pre
         r.phase_s[a:b, :, 0] = c.pre.max(axis=2)
-        sent = pair.sum(axis=3) + pair.sum(axis=2)
         r.bytes_sent[a:b][:, m, :G] = sent
         r.bytes_received[a:b][:, m, :G] = sent
         if self.offloaded is None:

@@ -21,8 +21,9 @@ class ChunkCosts:
     ``combine[s, m]`` the all-to-alls; ``*_chunk`` the same for one of ``chunks`` micro-batches."""
 
     first: int
-    pair_bytes: np.ndarray
-    """[S, L, G, G] dispatch bytes from device i to device j (zero diagonal: a device's own tokens)."""
+    pair_bytes: np.ndarray | None
+    """[S, L, G, G] dispatch bytes from device i to device j (zero diagonal: a device's own tokens);
+    None when the dispatch was counted per node (``Dispatch.node_rows``)."""
     pre: np.ndarray
     expert: np.ndarray
     dispatch: np.ndarray
@@ -88,6 +89,10 @@ class StepCoster:
         self.is_moe[self.moe_layers] = True
         self.act_bytes = float(self.model.activation_bytes_per_token)
         self.mirrored = len(devices) > 1 and mirrored_routes(cost, devices)
+        # node-level all-to-all (per device and node, not per pair) where every link carries whole
+        # node blocks; other topologies keep the [G, G] pair matrices
+        self.node_blocks = (cost.node_blocks(devices) if len(devices) > 1 and hasattr(cost, "node_blocks")
+                            else None)
         self._expert_memo: dict[int, dict[bytes, float]] = {}
         self._packed_memo: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         """Per spec: (sorted packed row keys, their times): the memo without Python loops."""
@@ -187,7 +192,16 @@ class StepCoster:
             return np.zeros((S, L))
         return np.asarray(self.cost.all_to_all_s(self.devices, pair_bytes.reshape(S * L, G, G))).reshape(S, L)
 
+    def all_to_all_nodes(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+        """[S, L] seconds of all-to-alls given per node: ``rows`` [S, L, G, N] and ``cols``
+        [S, L, N, G] bytes."""
+        S, L, G, N = rows.shape
+        return np.asarray(self.cost.all_to_all_node_s(self.devices, rows.reshape(S * L, G, N),
+                                                      cols.reshape(S * L, N, G))).reshape(S, L)
+
     def chunk(self, first: int, d: Dispatch, batch: np.ndarray, context: np.ndarray) -> ChunkCosts:
+        if d.pair_tokens is None:
+            return self._chunk_nodes(first, d, batch, context)
         pair_bytes = d.pair_tokens * self.act_bytes
         diag = np.arange(pair_bytes.shape[2])
         pair_bytes[:, :, diag, diag] = 0.0
@@ -206,4 +220,21 @@ class StepCoster:
             out["dispatch_chunk"] = self.all_to_all(pair_bytes / n)
             out["combine_chunk"] = (out["dispatch_chunk"] if self.mirrored
                                     else self.all_to_all(pair_bytes.transpose(0, 1, 3, 2) / n))
+        return ChunkCosts(**out)
+
+    def _chunk_nodes(self, first: int, d: Dispatch, batch: np.ndarray, context: np.ndarray) -> ChunkCosts:
+        """:meth:`chunk` from node-level dispatch counts (the combine is the transposed matrix:
+        its per-node rows are the dispatch's per-node columns, and the other way round)."""
+        assert d.node_rows is not None and d.node_cols is not None
+        rows, cols = d.node_rows * self.act_bytes, d.node_cols * self.act_bytes
+        rows_t, cols_t = cols.transpose(0, 1, 3, 2), rows.transpose(0, 1, 3, 2)
+        out = dict(first=first, pair_bytes=None, pre=self.pre_times(batch, context),
+                   expert=self.expert_times(d.slot_tokens), dispatch=self.all_to_all_nodes(rows, cols))
+        out["combine"] = out["dispatch"] if self.mirrored else self.all_to_all_nodes(rows_t, cols_t)
+        if self.chunks > 1:
+            n = self.chunks
+            out["expert_chunk"] = self.expert_times(d.slot_tokens / n)
+            out["dispatch_chunk"] = self.all_to_all_nodes(rows / n, cols / n)
+            out["combine_chunk"] = (out["dispatch_chunk"] if self.mirrored
+                                    else self.all_to_all_nodes(rows_t / n, cols_t / n))
         return ChunkCosts(**out)
