@@ -50,8 +50,22 @@ CASES = [
 ]
 
 
+def _have_numba() -> bool:
+    from moesim.sim import counting
+
+    return counting.available()
+
+
+@pytest.mark.parametrize("path", ["numpy", pytest.param("compiled", marks=pytest.mark.skipif(
+    not _have_numba(), reason="numba not installed (the [fast] extra)"))])
 @pytest.mark.parametrize(("hw", "nodes", "cfg_kw", "plan_kw"), CASES)
-def test_node_level_equals_pair_matrices(hw, nodes, cfg_kw, plan_kw):
+def test_node_level_equals_pair_matrices(hw, nodes, cfg_kw, plan_kw, path, monkeypatch):
+    if path == "numpy":  # the numpy node-level counting and link evaluation, even with numba installed
+        from moesim.cost import linkloads
+        from moesim.sim import counting
+
+        monkeypatch.setattr(counting, "numba", None)
+        monkeypatch.setattr(linkloads, "_node_times", None)
     model = load_model("deepseek-v2-lite")
     cluster = load_cluster(hw, nodes=nodes)
     trace = _trace(model, 900, seed=len(cfg_kw))

@@ -263,10 +263,7 @@ class CollectiveCosts:
         if nb is None:
             raise ValueError("the links of these devices are not node blocks; use all_to_all_s")
         self._note("all_to_all", "roofline")
-        loads, latency = nb.loads(rows, cols), nb.latency_s(rows)
-        if self.infinite_bandwidth:
-            return latency
-        return np.max(loads / self._link_bw[None, :], axis=1) + latency
+        return nb.times_s(rows, cols, self._link_bw, self.infinite_bandwidth)
 
     def link_bytes(
         self,

@@ -276,3 +276,64 @@ class NodeBlocks:
         levels = self.levels_s[self.lat_levels]
         first = np.argmax(used, axis=1)
         return np.where(used.any(axis=1), levels[first], 0.0)
+
+    def times_s(self, rows: np.ndarray, cols: np.ndarray, bandwidth: np.ndarray,
+                infinite: bool) -> np.ndarray:
+        """[S] all-to-all seconds: max over links of load / bandwidth, plus the latency term (only
+        the latency with ``infinite`` bandwidth). Compiled when numba is installed (one pass, no
+        [S, links] temporaries), else numpy; the same float operations either way."""
+        s = rows.shape[0]
+        if _node_times is None:
+            latency = self.latency_s(rows)
+            if infinite:
+                return latency
+            return np.max(self.loads(rows, cols) / bandwidth[None, :], axis=1) + latency
+        out = np.empty(s)
+        _node_times(np.ascontiguousarray(rows, dtype=np.float64).reshape(s, -1),
+                    np.ascontiguousarray(cols, dtype=np.float64).reshape(s, -1),
+                    self.row_index, np.r_[self.row_starts, len(self.row_index)], self.row_links,
+                    self.col_index, np.r_[self.col_starts, len(self.col_index)], self.col_links,
+                    self.lat_index, np.r_[self.lat_starts, len(self.lat_index)],
+                    self.levels_s[self.lat_levels] if len(self.lat_levels) else np.zeros(0),
+                    np.asarray(bandwidth, dtype=np.float64), bool(infinite), out)
+        return out
+
+
+def _node_times_py(rows: np.ndarray, cols: np.ndarray, r_idx: np.ndarray, r_bounds: np.ndarray,
+                   r_links: np.ndarray, c_idx: np.ndarray, c_bounds: np.ndarray, c_links: np.ndarray,
+                   l_idx: np.ndarray, l_bounds: np.ndarray, l_values: np.ndarray, bandwidth: np.ndarray,
+                   infinite: bool, out: np.ndarray) -> None:
+    """:meth:`NodeBlocks.times_s` for each row: group sums (a link's blocks, a latency level's
+    blocks) in the order numpy's ``reduceat`` adds them."""
+    for s in range(rows.shape[0]):
+        latency = 0.0
+        for q in range(l_bounds.shape[0] - 1):  # levels descending: the first used is the longest
+            total = 0.0
+            for p in range(l_bounds[q], l_bounds[q + 1]):
+                total += rows[s, l_idx[p]]
+            if total > 0:
+                latency = l_values[q]
+                break
+        worst = 0.0
+        if not infinite:
+            worst = -np.inf
+            for q in range(r_bounds.shape[0] - 1):
+                total = 0.0
+                for p in range(r_bounds[q], r_bounds[q + 1]):
+                    total += rows[s, r_idx[p]]
+                worst = max(worst, total / bandwidth[r_links[q]])
+            for q in range(c_bounds.shape[0] - 1):
+                total = 0.0
+                for p in range(c_bounds[q], c_bounds[q + 1]):
+                    total += cols[s, c_idx[p]]
+                worst = max(worst, total / bandwidth[c_links[q]])
+            worst = max(worst, 0.0)  # links no block crosses carry nothing
+        out[s] = latency if infinite else worst + latency
+
+
+try:  # optional: the [fast] extra
+    import numba
+
+    _node_times = numba.njit(cache=True, nogil=True)(_node_times_py)
+except ImportError:  # pragma: no cover - exercised where numba is absent
+    _node_times = None

@@ -159,8 +159,15 @@ def dispatch(ids: np.ndarray, owner: np.ndarray, table: ReplicaTable,
     S, _B, L, _K = ids.shape
     G, J = table.num_devices, table.slots_per_device
     E1 = table.counts.shape[1]
-    if rng is None and not table.has_replicas and nodes is None:
-        return _dispatch_single(ids, owner, table)
+    if rng is None and not table.has_replicas:
+        if nodes is None:
+            return _dispatch_single(ids, owner, table)
+        from moesim.sim import counting
+
+        if counting.available():
+            return _node_dispatch(counting.count_nodes_single(
+                ids, table.device[:, :, 0], table.slot[:, :, 0], owner, nodes.node_of, G, J,
+                nodes.head_steps))
     le = ids.astype(np.int64)
     np.putmask(le, le < 0, E1 - 1)  # -1 -> the dummy expert
     le += (np.arange(L, dtype=np.int64) * E1)[None, None, :, None]  # index into [L, E+1]
@@ -187,6 +194,11 @@ def count_routed(dst: np.ndarray, dst_slot: np.ndarray, owner: np.ndarray, G: in
     destination device (G = none) and device*J+slot of every routed entry ``[S, B, L, K]`` (with
     ``nodes``: per (source, node) and (node, destination) instead, see :class:`Dispatch`)."""
     if nodes is not None:
+        from moesim.sim import counting
+
+        if counting.available():
+            return _node_dispatch(counting.count_nodes(dst, dst_slot, owner, nodes.node_of, G, J,
+                                                       nodes.head_steps))
         return _count_nodes(dst, dst_slot, owner, G, J, nodes)
     S, _B, L, _K = dst.shape
     sl = (np.arange(S, dtype=np.int64)[:, None] * L + np.arange(L, dtype=np.int64)[None, :])[:, None, :, None]
@@ -225,29 +237,44 @@ def _dispatch_single(ids: np.ndarray, owner: np.ndarray, table: ReplicaTable) ->
 
 def _count_nodes(dst: np.ndarray, dst_slot: np.ndarray, owner: np.ndarray, G: int, J: int,
                  nodes: NodeCounting) -> Dispatch:
-    """:func:`count_routed` in node-level form: three ``bincount`` calls over the routed entries
-    into [S, L, G, N] + [S, L, N, G] + [G, G] bins (no [S, L, G, G] array)."""
+    """:func:`count_routed` in node-level form: ``bincount`` calls over the routed entries into
+    [S, L, G, N+1] + [S, L, N, G+1] + [S, L, G, 2] + [G, G+1] bins (no [S, L, G, G] array). No
+    entry is masked out: "none" (G) has its own bin column, and the pairs a device sends itself
+    are counted apart and subtracted."""
     S, B, L, K = dst.shape
     N = nodes.num_nodes
     sl = (np.arange(S, dtype=np.int64)[:, None] * L + np.arange(L, dtype=np.int64)[None, :])[:, None, :, None]
     slot_bins = dst_slot + sl * ((G + 1) * J)
     slot_tokens = np.bincount(slot_bins.ravel(), minlength=S * L * (G + 1) * J)
     slot_tokens = slot_tokens.reshape(S, L, G + 1, J)[:, :, :G]
-    own = np.broadcast_to(owner[:, :, None, None], dst.shape)
-    moved = (dst < G) & (dst != own)  # pairs that cross a link (not to none, not to itself)
-    d, o = dst[moved], own[moved]
-    step_layer = np.broadcast_to(sl, dst.shape)[moved]
-    node_ext = np.asarray(nodes.node_of, dtype=np.int64)
-    rows = np.bincount((step_layer * G + o) * N + node_ext[d], minlength=S * L * G * N).reshape(S, L, G, N)
-    cols = np.bincount((step_layer * N + node_ext[o]) * G + d, minlength=S * L * N * G).reshape(S, L, N, G)
-    total = np.bincount(o * G + d, minlength=G * G).reshape(G, G)
+    node_of = np.asarray(nodes.node_of, dtype=np.int64)
+    node_ext = np.r_[node_of, N]  # "none" -> column N (dropped)
+    src = sl * G + owner[:, :, None, None]  # (step, layer, source device) of each entry
+    rows = np.bincount((src * (N + 1) + node_ext[dst]).ravel(), minlength=S * L * G * (N + 1))
+    rows = rows.reshape(S, L, G, N + 1)[..., :N]
+    src_node = (sl * N + node_of[owner][:, :, None, None]) * (G + 1)
+    cols = np.bincount((src_node + dst).ravel(), minlength=S * L * N * (G + 1))
+    cols = cols.reshape(S, L, N, G + 1)[..., :G]
+    stay = dst == owner[:, :, None, None]
+    own = np.bincount((src * 2 + stay).ravel(), minlength=S * L * G * 2).reshape(S, L, G, 2)[..., 1]
+    g = np.arange(G)
+    rows[:, :, g, node_of] -= own  # a device's own pairs cross no link
+    cols[:, :, node_of, g] -= own
+    total = np.bincount((owner[:, :, None, None] * (G + 1) + dst).ravel(), minlength=G * (G + 1))
+    total = total.reshape(G, G + 1)[:, :G].copy()
+    total[g, g] = 0
     head = None
     k = min(S, nodes.head_steps)
     if k:
-        sub = (np.arange(S) < k)[:, None, None, None]
-        first = moved & sub
-        bins = (np.broadcast_to(sl, dst.shape)[first] * G + own[first]) * G + dst[first]
-        head = np.bincount(bins, minlength=k * L * G * G).reshape(k, L, G, G)
+        bins = (src[:k] * (G + 1) + dst[:k]).ravel()
+        head = np.bincount(bins, minlength=k * L * G * (G + 1)).reshape(k, L, G, G + 1)[..., :G].copy()
+        head[:, :, g, g] = 0
     del B, K
     return Dispatch(slot_tokens=slot_tokens, pair_tokens=None, node_rows=rows, node_cols=cols,
                     pair_total=total, pair_head=head)
+
+
+def _node_dispatch(counts: tuple[np.ndarray, ...]) -> Dispatch:
+    slot_tokens, rows, cols, total, head = counts
+    return Dispatch(slot_tokens=slot_tokens, pair_tokens=None, node_rows=rows, node_cols=cols,
+                    pair_total=total, pair_head=head if head.shape[0] else None)

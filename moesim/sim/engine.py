@@ -115,9 +115,11 @@ class Machine:
         wl, trace = self.workload, self.cfg.trace
         L = self.model.num_moe_layers
         routed = L * trace.top_k * max(1, int(wl.tokens().max(initial=1)))
-        size = max(1, min(CHUNK_ENTRIES // max(1, L * self.G * self.G), CHUNK_ROUTED // routed))
         nodes = (NodeCounting(node_index(self.cluster, self.devices))
                  if self.coster.node_blocks is not None else None)
+        # per step: [L, G, G] pair counts, or per node [L, G, N+1] + [L, N, G+1] (+ [L, G, 2])
+        per_step = L * self.G * (self.G if nodes is None else 2 * (nodes.num_nodes + 2))
+        size = max(1, min(CHUNK_ENTRIES // max(1, per_step), CHUNK_ROUTED // routed))
         for a in range(0, wl.num_steps, size):
             rows = wl.steps[a:a + size]
             count = None if nodes is None else replace(nodes, head_steps=max(0, self.rec.timeline_steps - a))
