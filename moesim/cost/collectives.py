@@ -255,15 +255,16 @@ class CollectiveCosts:
                                          r.pair_latency_s, node_of)
         return memo[key]
 
-    def all_to_all_node_s(self, device_ids: Sequence[str], rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
-        """:meth:`all_to_all_s` of a batch given as node-level aggregates: ``rows`` [S, G, N] bytes
-        from each device to each node, ``cols`` [S, N, G] from each node to each device (a
-        device's bytes to itself excluded); needs :meth:`node_blocks` to be not None."""
+    def all_to_all_node_s(self, device_ids: Sequence[str], rows: np.ndarray, cols: np.ndarray,
+                          scale: float = 1.0) -> np.ndarray:
+        """:meth:`all_to_all_s` of a batch given as node-level aggregates: ``rows * scale`` [S, G, N]
+        bytes from each device to each node, ``cols * scale`` [S, N, G] from each node to each
+        device (a device's bytes to itself excluded); needs :meth:`node_blocks` to be not None."""
         nb = self.node_blocks(device_ids)
         if nb is None:
             raise ValueError("the links of these devices are not node blocks; use all_to_all_s")
         self._note("all_to_all", "roofline")
-        return nb.times_s(rows, cols, self._link_bw, self.infinite_bandwidth)
+        return nb.times_s(rows, cols, self._link_bw, self.infinite_bandwidth, scale)
 
     def link_bytes(
         self,

@@ -278,19 +278,23 @@ class NodeBlocks:
         return np.where(used.any(axis=1), levels[first], 0.0)
 
     def times_s(self, rows: np.ndarray, cols: np.ndarray, bandwidth: np.ndarray,
-                infinite: bool) -> np.ndarray:
-        """[S] all-to-all seconds: max over links of load / bandwidth, plus the latency term (only
-        the latency with ``infinite`` bandwidth). Compiled when numba is installed (one pass, no
-        [S, links] temporaries), else numpy; the same float operations either way."""
+                infinite: bool, scale: float = 1.0) -> np.ndarray:
+        """[S] all-to-all seconds of ``rows * scale``, ``cols * scale`` bytes: max over links of
+        load / bandwidth, plus the latency term (only the latency with ``infinite`` bandwidth).
+        Compiled when numba is installed (one pass, no [S, links] temporaries; integer counts are
+        summed before scaling, which for integer bytes gives the same floats), else numpy."""
         s = rows.shape[0]
-        if _node_times is None:
+        if _node_times is None or (scale != 1.0 and rows.dtype.kind == "f"):
+            rows, cols = rows * scale, cols * scale
             latency = self.latency_s(rows)
             if infinite:
                 return latency
             return np.max(self.loads(rows, cols) / bandwidth[None, :], axis=1) + latency
         out = np.empty(s)
-        _node_times(np.ascontiguousarray(rows, dtype=np.float64).reshape(s, -1),
-                    np.ascontiguousarray(cols, dtype=np.float64).reshape(s, -1),
+        if rows.dtype.kind != "f":
+            rows, cols = rows.astype(np.int64, copy=False), cols.astype(np.int64, copy=False)
+        _node_times(np.ascontiguousarray(rows).reshape(s, -1), np.ascontiguousarray(cols).reshape(s, -1),
+                    float(scale) if rows.dtype.kind != "f" else 1.0,
                     self.row_index, np.r_[self.row_starts, len(self.row_index)], self.row_links,
                     self.col_index, np.r_[self.col_starts, len(self.col_index)], self.col_links,
                     self.lat_index, np.r_[self.lat_starts, len(self.lat_index)],
@@ -299,7 +303,7 @@ class NodeBlocks:
         return out
 
 
-def _node_times_py(rows: np.ndarray, cols: np.ndarray, r_idx: np.ndarray, r_bounds: np.ndarray,
+def _node_times_py(rows: np.ndarray, cols: np.ndarray, scale: float, r_idx: np.ndarray, r_bounds: np.ndarray,
                    r_links: np.ndarray, c_idx: np.ndarray, c_bounds: np.ndarray, c_links: np.ndarray,
                    l_idx: np.ndarray, l_bounds: np.ndarray, l_values: np.ndarray, bandwidth: np.ndarray,
                    infinite: bool, out: np.ndarray) -> None:
@@ -308,25 +312,26 @@ def _node_times_py(rows: np.ndarray, cols: np.ndarray, r_idx: np.ndarray, r_boun
     for s in range(rows.shape[0]):
         latency = 0.0
         for q in range(l_bounds.shape[0] - 1):  # levels descending: the first used is the longest
-            total = 0.0
+            used = False
             for p in range(l_bounds[q], l_bounds[q + 1]):
-                total += rows[s, l_idx[p]]
-            if total > 0:
+                if rows[s, l_idx[p]] > 0:  # non-negative: "the sum is positive" = "one is"
+                    used = True
+            if used:
                 latency = l_values[q]
                 break
         worst = 0.0
         if not infinite:
             worst = -np.inf
             for q in range(r_bounds.shape[0] - 1):
-                total = 0.0
+                total = rows[s, 0] * 0  # the input's type: integer counts sum exactly
                 for p in range(r_bounds[q], r_bounds[q + 1]):
                     total += rows[s, r_idx[p]]
-                worst = max(worst, total / bandwidth[r_links[q]])
+                worst = max(worst, total * scale / bandwidth[r_links[q]])
             for q in range(c_bounds.shape[0] - 1):
-                total = 0.0
+                total = cols[s, 0] * 0
                 for p in range(c_bounds[q], c_bounds[q + 1]):
                     total += cols[s, c_idx[p]]
-                worst = max(worst, total / bandwidth[c_links[q]])
+                worst = max(worst, total * scale / bandwidth[c_links[q]])
             worst = max(worst, 0.0)  # links no block crosses carry nothing
         out[s] = latency if infinite else worst + latency
 

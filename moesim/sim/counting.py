@@ -27,11 +27,11 @@ def _count_py(dst: np.ndarray, dst_slot: np.ndarray, owner: np.ndarray, node_of:
     tokens on ``owner`` [S, B] into slot_tokens [S, L, G, J], rows [S, L, G, N], cols [S, L, N, G],
     total [G, G] and head [head_steps, L, G, G]; a device's own pairs count in slots only."""
     S, B, L, K = dst.shape
-    for s in range(S):
-        for b in range(B):
-            i = owner[s, b]
-            ni = node_of[i]
-            for layer in range(L):
+    for s in range(S):  # (step, layer) outermost: the tables one step-layer touches stay in cache
+        for layer in range(L):
+            for b in range(B):
+                i = owner[s, b]
+                ni = node_of[i]
                 for k in range(K):
                     g = dst[s, b, layer, k]
                     if g >= G:
@@ -56,11 +56,11 @@ def _count_single_py(ids: np.ndarray, dev_code: np.ndarray, slot_code: np.ndarra
     layer is the dummy of -1 ids, on device G)."""
     S, B, L, K = ids.shape
     for s in range(S):
-        for b in range(B):
-            i = owner[s, b]
-            ni = node_of[i]
-            for layer in range(L):
-                base = layer * E1
+        for layer in range(L):
+            base = layer * E1
+            for b in range(B):
+                i = owner[s, b]
+                ni = node_of[i]
                 for k in range(K):
                     e = ids[s, b, layer, k]
                     if e < 0:

@@ -192,12 +192,12 @@ class StepCoster:
             return np.zeros((S, L))
         return np.asarray(self.cost.all_to_all_s(self.devices, pair_bytes.reshape(S * L, G, G))).reshape(S, L)
 
-    def all_to_all_nodes(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
-        """[S, L] seconds of all-to-alls given per node: ``rows`` [S, L, G, N] and ``cols``
-        [S, L, N, G] bytes."""
+    def all_to_all_nodes(self, rows: np.ndarray, cols: np.ndarray, scale: float) -> np.ndarray:
+        """[S, L] seconds of all-to-alls given per node: ``rows * scale`` [S, L, G, N] and
+        ``cols * scale`` [S, L, N, G] bytes."""
         S, L, G, N = rows.shape
         return np.asarray(self.cost.all_to_all_node_s(self.devices, rows.reshape(S * L, G, N),
-                                                      cols.reshape(S * L, N, G))).reshape(S, L)
+                                                      cols.reshape(S * L, N, G), scale)).reshape(S, L)
 
     def chunk(self, first: int, d: Dispatch, batch: np.ndarray, context: np.ndarray) -> ChunkCosts:
         if d.pair_tokens is None:
@@ -226,15 +226,15 @@ class StepCoster:
         """:meth:`chunk` from node-level dispatch counts (the combine is the transposed matrix:
         its per-node rows are the dispatch's per-node columns, and the other way round)."""
         assert d.node_rows is not None and d.node_cols is not None
-        rows, cols = d.node_rows * self.act_bytes, d.node_cols * self.act_bytes
+        rows, cols, a = d.node_rows, d.node_cols, self.act_bytes  # token counts; bytes = count * a
         rows_t, cols_t = cols.transpose(0, 1, 3, 2), rows.transpose(0, 1, 3, 2)
         out = dict(first=first, pair_bytes=None, pre=self.pre_times(batch, context),
-                   expert=self.expert_times(d.slot_tokens), dispatch=self.all_to_all_nodes(rows, cols))
-        out["combine"] = out["dispatch"] if self.mirrored else self.all_to_all_nodes(rows_t, cols_t)
+                   expert=self.expert_times(d.slot_tokens), dispatch=self.all_to_all_nodes(rows, cols, a))
+        out["combine"] = out["dispatch"] if self.mirrored else self.all_to_all_nodes(rows_t, cols_t, a)
         if self.chunks > 1:
             n = self.chunks
             out["expert_chunk"] = self.expert_times(d.slot_tokens / n)
-            out["dispatch_chunk"] = self.all_to_all_nodes(rows / n, cols / n)
+            out["dispatch_chunk"] = self.all_to_all_nodes(rows * a / n, cols * a / n, 1.0)
             out["combine_chunk"] = (out["dispatch_chunk"] if self.mirrored
-                                    else self.all_to_all_nodes(rows_t / n, cols_t / n))
+                                    else self.all_to_all_nodes(rows_t * a / n, cols_t * a / n, 1.0))
         return ChunkCosts(**out)
