@@ -33,10 +33,9 @@ def _trace(model, rows: int, seed: int) -> RoutingTrace:
 
 def _run(cfg: SimConfig, cost, node_level: bool) -> Machine:
     m = Machine(cfg, cost)
-    if not node_level:
-        m.coster.node_blocks = None
-    else:
-        assert m.coster.node_blocks is not None
+    # the engine picks the node-level form only with numba; set it either way to compare
+    m.coster.node_blocks = cost.node_blocks(m.devices) if node_level else None
+    assert (m.coster.node_blocks is not None) == node_level
     m.run()
     return m
 
@@ -103,3 +102,15 @@ def test_links_that_are_not_node_blocks_keep_the_pair_path():
     assert NodeBlocks.build(pairs, links, g, 2, np.zeros(g * g), np.zeros(g, dtype=np.int64)) is None
     links = np.array([0, 0, 0], dtype=np.int64)
     assert NodeBlocks.build(pairs, links, g, 1, np.zeros(g * g), np.zeros(g, dtype=np.int64)) is not None
+
+
+@pytest.mark.parametrize("hw", ["mi300x8", "l4-server"])
+def test_point_to_point_and_switch_pair_topologies_use_the_pair_path(hw):
+    """Fully connected xGMI (one link per pair) and PCIe switches shared by GPU pairs are not node
+    blocks: the engine keeps the [G, G] pair matrices there."""
+    model = load_model("mixtral-8x7b")
+    cluster = load_cluster(hw)
+    cost = CostModel(cluster, model)
+    assert cost.node_blocks(tuple(d.id for d in cluster.gpus)) is None
+    m = Machine(SimConfig(cluster, model, _trace(model, 40, 0), steps=3), cost)
+    assert m.coster.node_blocks is None

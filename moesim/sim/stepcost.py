@@ -90,9 +90,12 @@ class StepCoster:
         self.act_bytes = float(self.model.activation_bytes_per_token)
         self.mirrored = len(devices) > 1 and mirrored_routes(cost, devices)
         # node-level all-to-all (per device and node, not per pair) where every link carries whole
-        # node blocks; other topologies keep the [G, G] pair matrices
+        # node blocks, when the compiled counting is installed (its numpy form measured no faster
+        # than the pair path at batch 256); other topologies keep the [G, G] pair matrices
+        from moesim.sim import counting
+
         self.node_blocks = (cost.node_blocks(devices) if len(devices) > 1 and hasattr(cost, "node_blocks")
-                            else None)
+                            and counting.available() else None)
         self._expert_memo: dict[int, dict[bytes, float]] = {}
         self._packed_memo: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         """Per spec: (sorted packed row keys, their times): the memo without Python loops."""
