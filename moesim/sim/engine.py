@@ -161,8 +161,9 @@ class Machine:
         else:
             self.total_pairs += pair.sum(axis=(0, 1))
             sent = pair.sum(axis=3) + pair.sum(axis=2)
-        for s in range(a, min(b, r.timeline_steps)):
+        if a < r.timeline_steps:
             head = pair if pair is not None else d.pair_head * self.coster.act_bytes
+        for s in range(a, min(b, r.timeline_steps)):
             self.keep_pairs[s] = head[s - a]
             self.keep_pre[s] = c.pre[s - a]
         G = self.G
