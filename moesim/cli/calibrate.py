@@ -7,8 +7,9 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from moesim.cli.common import add_json_flag, add_verb, print_json, progress
+from moesim.cli.common import add_json_flag, add_verb, print_json
 from moesim.errors import UserError
+from moesim.progress import progress
 
 EXAMPLES = """\
   moesim calibrate --out hardware/calibration/h100-sxm --quick

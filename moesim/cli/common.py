@@ -1,15 +1,13 @@
-"""What every verb shares: JSON output, progress bars, help formatting."""
+"""What every verb shares: JSON output and help formatting."""
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
-from collections.abc import Iterable
-from typing import Any, TypeVar
+from typing import Any
 
-T = TypeVar("T")
+from moesim.jsonable import to_jsonable
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
@@ -27,19 +25,6 @@ def add_json_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON object on stdout instead of text")
 
 
-def to_jsonable(obj: Any) -> Any:
-    """numpy/pandas scalars and arrays to plain Python; non-finite floats to None (strict JSON)."""
-    if isinstance(obj, dict):
-        return {str(k): to_jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [to_jsonable(v) for v in obj]
-    if hasattr(obj, "tolist"):
-        return to_jsonable(obj.tolist())
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    return obj
-
-
 def json_schema(verb: str) -> str:
     """The ``schema`` every ``--json`` object carries: ``moesim-<verb>/1`` (bump on breaking changes)."""
     return f"moesim-{verb}/1"
@@ -51,12 +36,3 @@ def print_json(obj: Any, *, verb: str | None = None) -> None:
         obj = {"schema": json_schema(verb), **obj}
     json.dump(to_jsonable(obj), sys.stdout, indent=1, allow_nan=False)
     sys.stdout.write("\n")
-
-
-def progress(items: Iterable[T], *, desc: str, total: int | None = None, enabled: bool = True) -> Iterable[T]:
-    """A progress bar on stderr when it is a terminal; the items unchanged otherwise."""
-    if not enabled or not sys.stderr.isatty():
-        return items
-    from tqdm import tqdm
-
-    return tqdm(items, desc=desc, total=total, file=sys.stderr, leave=False)

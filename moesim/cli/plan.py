@@ -3,19 +3,15 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import time
 from typing import Any
 
-from moesim.cli.common import add_json_flag, add_verb, print_json, progress
-from moesim.errors import UserError
-from moesim.planners import PLANNERS
+from moesim.cli.common import add_json_flag, add_verb, print_json
+from moesim.io import write_table_csv
 from moesim.planners.cache_ilp import MISS_CHOICES, POLICY_CHOICES, PREFETCH_CHOICES
+from moesim.plans.export import export_for_engines
 from moesim.vocab import Dispatch, choices
-
-PLANNER_NAMES = tuple(PLANNERS)
-DEFAULT_MODEL = "deepseek-v2-lite"
-DEFAULT_TRACE = "deepseek-v2-lite-synth"
+from moesim.workflows.inputs import DEFAULT_MODEL, DEFAULT_TRACE
+from moesim.workflows.placement import PLANNER_NAMES, PlacementRequest, PlannerComparison, compare_planners
 
 _EXAMPLES = """\
   moesim plan --hw h100x8                  every planner on the shipped DeepSeek-V2-Lite trace
@@ -53,7 +49,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     slots.add_argument("--replicas", type=int, default=None, metavar="R",
                        help="physical expert slots per layer in total; must be a multiple of the GPU count")
     p.add_argument("--gpu-memory", default=None, metavar="BYTES",
-                   help="GPU memory budget for expert weights (e.g. 20GiB): adds a cache/offload plan")
+                   help="whole GPU memory budget per GPU (e.g. 20GiB): adds a cache/offload plan for the "
+                   "experts that fit beside the non-expert weights, KV cache, activations and staging")
     p.add_argument("--cache-policy", default="static", choices=POLICY_CHOICES,
                    help="with --gpu-memory: pin experts chosen by the ILP (static), size per-layer LRU/LFU "
                    "caches, or pick whichever stalls less on held-out tokens (auto)")
@@ -96,249 +93,66 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import numpy as np
-
-    from moesim.planners import PLANNERS, PlanRequest
-    from moesim.planners.base import check_request, gpu_imbalance
-    from moesim.specs import load_cluster, load_model, with_weight_dtype
-    from moesim.traces.counts import LoadCounts, load_routing_data
-
-    if not 0.0 < args.train_fraction < 1.0:
-        raise UserError(f"expected a fraction between 0 and 1 (exclusive), got {args.train_fraction}",
-                        field="--train-fraction")
-    if args.windows < 1:
-        raise UserError(f"expected at least 1 window, got {args.windows}", field="--windows")
-    if args.time_limit <= 0:
-        raise UserError(f"expected a positive time limit, got {args.time_limit}", field="--time-limit")
-    cluster = load_cluster(args.hw, nodes=args.nodes)
-    trace_name = args.trace or DEFAULT_TRACE
-    if args.model is None and args.trace is None:
-        model = load_model(DEFAULT_MODEL)
-    elif args.model is None:
-        probe = load_routing_data(trace_name)
-        try:
-            model = load_model(probe.model_name)
-        except UserError:
-            raise UserError(f"trace model {probe.model_name!r} is not a built-in model; give --model",
-                            field="--model") from None
-    else:
-        model = load_model(args.model)
-    if args.weight_dtype is not None:
-        model = with_weight_dtype(model, args.weight_dtype)
-    trace = load_routing_data(trace_name, model=model)
-    counts_only = isinstance(trace, LoadCounts)  # loads without tokens: no replay, no token statistics
-    train, evaluation = trace.split(args.train_fraction)
-    size = (lambda t: t.num_steps) if counts_only else (lambda t: t.num_tokens)
-    if size(train) == 0 or size(evaluation) == 0:
-        raise UserError(f"{size(trace)} {'steps' if counts_only else 'tokens'} cannot be split at "
-                        f"{args.train_fraction}", field="--train-fraction")
-    gpus = tuple(d.id for d in cluster.gpus)
-    G, E = len(gpus), model.num_experts
-    if args.ep_size is not None and args.ep_size != G:
-        raise UserError(f"the engine's EP size must be the number of GPUs planned for ({G} on "
-                        f"{cluster.name}); got {args.ep_size}", field="--ep-size")
-    if args.replicas is not None:
-        if args.replicas % G:
-            raise UserError(f"{args.replicas} replicas do not divide evenly over {G} GPUs",
-                            field="--replicas")
-        slots = args.replicas // G
-    else:
-        # One spare slot per GPU for a replica of a hot expert, when there are experts to spare.
-        slots = args.slots_per_gpu if args.slots_per_gpu is not None else min(E, -(-E // G) + 1)
-    load = _layer_matrix(train.load_matrix(windows=args.windows), train, model)
-    eval_load = _layer_matrix(evaluation.load_matrix(windows=1), evaluation, model)[0]
-    from moesim.cost import CostModel
-
-    cost = CostModel(cluster, model)
-    names = list(PLANNER_NAMES) if args.planner == "all" else [args.planner]
-    request = PlanRequest(model=model, cluster=cluster, devices=gpus, slots_per_device=slots, load=load,
-                          trace=None if counts_only else train, cost=cost, time_limit_s=args.time_limit,
-                          seed=args.seed,
-                          params={"objective": args.objective, "origin": args.origin,
-                                  "batch_tokens": args.batch_size, "dispatch": args.dispatch})
-    try:
-        check_request(request)
-    except UserError as e:
-        flag = "--replicas" if args.replicas is not None else "--slots-per-gpu"
-        raise UserError(e.message, field=flag if e.field == "slots_per_device" else e.field) from None
-    cache_plan = _cache_plan(args, model, cluster, load if counts_only else train, cost)
-    plans, rows = {}, {}
-    for name in progress(names, desc="planning", total=len(names)):
-        t0 = time.perf_counter()
-        plan = PLANNERS[name](request)
-        solve_s = time.perf_counter() - t0
-        if cache_plan is not None:
-            plan = dataclasses.replace(plan, cache=cache_plan)
-        plan.validate(model, cluster)
-        plans[name] = plan
-        rows[name] = {
-            "gpu_imbalance_train": gpu_imbalance(plan, load),
-            "gpu_imbalance_eval": gpu_imbalance(plan, eval_load),
-            "solve_s": solve_s,
-            "gap": plan.gap,
-            "bound": plan.bound,
-            "objective": plan.objective,
-        }
-        if "eplb_duplicate_slots" in plan.params:
-            rows[name]["eplb_duplicate_slots"] = int(plan.params["eplb_duplicate_slots"])
-    from moesim.planners.placement_ilp import predict_moe_step
-
-    eval_request = dataclasses.replace(request, load=eval_load, trace=None if counts_only else evaluation)
-    for name in progress(names, desc="simulating", total=len(names)):
-        predicted, units = predict_moe_step(eval_request, plans[name].placement)
-        rows[name]["predicted_moe_step_s_eval"] = predicted if units.startswith("seconds") else None
-        rows[name].update(_simulate(cluster, model, evaluation, plans[name], cost, args) if not counts_only
-                          else {"step_time_s_eval": None, "tokens_per_s_eval": None, "a2a_bytes": {},
-                                "note": "load counts only: no token-level simulation"})
-    base = rows.get("contiguous", {}).get("step_time_s_eval")
-    for row in rows.values():
-        st = row.get("step_time_s_eval")
-        row["speedup_vs_contiguous"] = base / st if base and st else None
-    chosen = plans["ilp"] if "ilp" in plans else plans[names[0]]
-    launches = _write_outputs(args, chosen, model)
-    info = {"hw": cluster.name, "model": model.name, "trace": str(trace_name), "gpus": G,
-            "slots_per_gpu": slots, "train_tokens": None if counts_only else train.num_tokens,
-            "eval_tokens": None if counts_only else evaluation.num_tokens,
-            "windows": int(np.shape(load)[0]), "dispatch": args.dispatch}
-    if counts_only:
-        info.update(train_steps=train.num_steps, eval_steps=evaluation.num_steps)
+    req = PlacementRequest(
+        hw=args.hw, model=args.model, trace=args.trace,
+        planners=PLANNER_NAMES if args.planner == "all" else (args.planner,), nodes=args.nodes,
+        slots_per_gpu=args.slots_per_gpu, replicas=args.replicas, weight_dtype=args.weight_dtype,
+        train_fraction=args.train_fraction, windows=args.windows, objective=args.objective,
+        origin=args.origin, dispatch=args.dispatch, time_limit_s=args.time_limit,
+        batch_tokens=args.batch_size, steps=args.steps, seed=args.seed, gpu_memory=args.gpu_memory,
+        cache_policy=args.cache_policy, miss=args.miss, prefetch=args.prefetch, ep_size=args.ep_size,
+    )
+    comparison = compare_planners(req, show_progress=True)
+    launches = _write_outputs(args, comparison.chosen, comparison.inputs.model)
     if args.csv:
-        from moesim.io import write_table_csv
-
+        rows = {n: {**r.as_dict(), "solve_s": r.solve_s} for n, r in comparison.rows.items()}
         write_table_csv(args.csv, rows, key="planner")
     if args.json:
-        launch = [x.to_dict() for x in launches]
-        print_json({**info, "planners": rows, "engine_launch": launch}, verb="plan")
+        data = comparison.as_dict()
+        timing = data.pop("timing")  # last, so that it is easy to leave out
+        print_json({**data, "engine_launch": [x.to_dict() for x in launches], "timing": timing}, verb="plan")
     else:
-        _print_table(info, rows)
+        _print_table(comparison)
         for x in launches:
             print(f"{x.engine}: launch with {x.command_line()}\n  (also in {x.file}.flags.txt)")
     return 0
 
 
-def _layer_matrix(load: Any, trace: Any, model: Any) -> Any:
-    """``[W, L, E]`` in the model's MoE-layer order; the trace must record every MoE layer."""
-    import numpy as np
-
-    load = np.asarray(load, dtype=np.float64)
-    layer_ids = [int(x) for x in np.asarray(trace.layer_ids)]
-    if layer_ids == list(model.moe_layers):
-        return load
-    if sorted(layer_ids) == sorted(model.moe_layers):
-        return load[:, [layer_ids.index(x) for x in model.moe_layers]]
-    raise UserError(f"the trace records layers {layer_ids[:6]}{'...' if len(layer_ids) > 6 else ''}, "
-                    f"the model's MoE layers are {list(model.moe_layers)[:6]}...; a placement plan needs "
-                    "every MoE layer", field="layer_ids")
-
-
-def _cache_plan(args: argparse.Namespace, model: Any, cluster: Any, train: Any, cost: Any) -> Any:
-    if args.gpu_memory is None:
-        return None
-    from moesim.units import parse_quantity
-
-    budget = parse_quantity(args.gpu_memory, "bytes", field="--gpu-memory")
-    from moesim.planners.cache_ilp import plan_cache
-
-    return plan_cache(model, cluster, train, budget, cost, miss=args.miss, prefetch=args.prefetch,
-                      policy=args.cache_policy, time_limit_s=args.time_limit)
-
-
-def _simulate(cluster: Any, model: Any, evaluation: Any, plan: Any, cost: Any,
-              args: argparse.Namespace) -> dict[str, Any]:
-    """Replay the evaluation tokens with ``plan``; the figures the comparison table needs.
-
-    Without the simulator (``moesim.sim.simulate``) the simulated figures are None, and say so.
-    """
-    import numpy as np
-
-    try:
-        from moesim.sim.config import SimConfig
-        from moesim.sim.engine import simulate
-    except ImportError:
-        return {"step_time_s_eval": None, "tokens_per_s_eval": None, "a2a_bytes": {},
-                "note": "simulator not available"}
-
-    phase = "decode" if (getattr(evaluation, "phase", None) is not None
-                         and (evaluation.phase == 1).mean() > 0.5) else "prefill"
-    batch = args.batch_size
-    if phase == "prefill":  # the simulator's prefill steps hold whole prompts: about batch-size tokens
-        mean_prompt = evaluation.num_tokens / max(1, len(np.unique(np.asarray(evaluation.seq_id))))
-        batch = max(1, round(args.batch_size / mean_prompt))
-    kwargs: dict[str, Any] = {"cluster": cluster, "model": model, "trace": evaluation, "plan": plan,
-                              "batch_size": batch, "phase": phase, "seed": args.seed,
-                              "dispatch": getattr(args, "dispatch", "even")}
-    if args.steps is not None:
-        kwargs["steps"] = args.steps
-    summary = simulate(SimConfig(**kwargs), cost).summary()
-    return _sim_figures(summary, cluster)
-
-
-def _sim_figures(summary: dict[str, Any], cluster: Any) -> dict[str, Any]:
-    """Mean step time, tokens/s and link bytes by class (summed over the links of each class)."""
-    latency = summary.get("step_latency_s") or {}
-    out: dict[str, Any] = {
-        "step_time_s_eval": latency.get("mean") if isinstance(latency, dict) else None,
-        "tokens_per_s_eval": summary.get("tokens_per_s"),
-    }
-    by_class = {"nvlink": 0.0, "ib": 0.0, "pcie": 0.0}
-    graph = cluster.graph
-    for entry in summary.get("per_link") or []:
-        src, dst = entry.get("src"), entry.get("dst")
-        if graph.has_edge(src, dst):
-            cls = _link_class(graph.edges[src, dst]["link"].spec.kind)
-            if cls in by_class:
-                by_class[cls] += float(entry.get("bytes", 0.0))
-    out["a2a_bytes"] = by_class
-    return out
-
-
-def _link_class(kind: str) -> str:
-    k = kind.lower()
-    if "nvlink" in k or "nvswitch" in k:
-        return "nvlink"
-    if "ib" in k or "infiniband" in k or "roce" in k or "ethernet" in k:
-        return "ib"
-    return "pcie" if "pcie" in k else "other"
-
-
 def _write_outputs(args: argparse.Namespace, plan: Any, model: Any) -> list[Any]:
     """Write the plan and engine files; the engine launch flags (also written beside each file)."""
-    from moesim.plans.export import export_for_engines
-
     if args.out:
         plan.save(args.out)
     return export_for_engines(plan, model, sglang=args.export_sglang, vllm_ascend=args.export_vllm_ascend,
                               ep_size=args.ep_size, dispatch=args.dispatch)
 
 
-def _print_table(info: dict[str, Any], rows: dict[str, dict[str, Any]]) -> None:
-    unit = "tokens" if info["train_tokens"] is not None else "steps"
-    print(f"{info['model']} on {info['hw']} ({info['gpus']} GPUs x {info['slots_per_gpu']} slots); trace "
-          f"{info['trace']}: planned on {info.get(f'train_{unit}')} {unit} ({info['windows']} window(s)), "
-          f"evaluated on {info.get(f'eval_{unit}')}")
+def _print_table(c: PlannerComparison) -> None:
+    unit, train, evaluation = (("tokens", c.train_tokens, c.eval_tokens) if c.train_tokens is not None
+                               else ("steps", c.train_steps, c.eval_steps))
+    print(f"{c.model} on {c.hw} ({c.gpus} GPUs x {c.slots_per_gpu} slots); trace {c.trace}: planned on "
+          f"{train} {unit} ({c.windows} window(s)), evaluated on {evaluation}")
     head = (f"{'planner':<18}{'imb train':>10}{'imb eval':>10}{'pred ms':>9}{'step ms':>10}{'tok/s':>12}"
             f"{'NVLink GB':>11}{'IB GB':>9}{'PCIe GB':>9}{'solve s':>9}{'gap':>8}{'speedup':>9}")
     print(head)
     print("-" * len(head))
-    for name, r in rows.items():
-        b = r.get("a2a_bytes", {})
-        print(f"{name:<18}{r['gpu_imbalance_train']:>10.4f}{r['gpu_imbalance_eval']:>10.4f}"
-              f"{_fmt(r.get('predicted_moe_step_s_eval'), 1e3, '.3f'):>9}"
-              f"{_fmt(r.get('step_time_s_eval'), 1e3, '.3f'):>10}"
-              f"{_fmt(r.get('tokens_per_s_eval'), 1, ',.0f'):>12}"
+    for name, r in c.rows.items():
+        b = r.a2a_bytes
+        print(f"{name:<18}{r.gpu_imbalance_train:>10.4f}{r.gpu_imbalance_eval:>10.4f}"
+              f"{_fmt(r.predicted_moe_step_s_eval, 1e3, '.3f'):>9}"
+              f"{_fmt(r.step_time_s_eval, 1e3, '.3f'):>10}"
+              f"{_fmt(r.tokens_per_s_eval, 1, ',.0f'):>12}"
               f"{_fmt(b.get('nvlink'), 1e-9, '.2f'):>11}{_fmt(b.get('ib'), 1e-9, '.2f'):>9}"
-              f"{_fmt(b.get('pcie'), 1e-9, '.2f'):>9}{r['solve_s']:>9.2f}"
-              f"{_fmt(r.get('gap'), 100, '.2f', '%'):>8}"
-              f"{_fmt(r.get('speedup_vs_contiguous'), 1, '.3f', 'x'):>9}")
-    dup = {n: r["eplb_duplicate_slots"] for n, r in rows.items() if "eplb_duplicate_slots" in r}
+              f"{_fmt(b.get('pcie'), 1e-9, '.2f'):>9}{r.solve_s:>9.2f}"
+              f"{_fmt(r.gap, 100, '.2f', '%'):>8}"
+              f"{_fmt(r.speedup_vs_contiguous, 1, '.3f', 'x'):>9}")
+    dup = {n: r.eplb_duplicate_slots for n, r in c.rows.items() if r.eplb_duplicate_slots is not None}
     if dup:
         listed = ", ".join(f"{n}: {v}" for n, v in dup.items())
         print(f"EPLB put two copies of an expert on one GPU in {listed} slots "
               "(repaired by swapping; see docs/planners.md)")
     print("pred ms: MoE layers of one step by the ILP's cost model on the evaluation load; "
           "step ms, tok/s, bytes: simulated on the evaluation tokens"
-          + ("" if all(r.get("step_time_s_eval") is not None for r in rows.values())
-             else " (simulator not available: '-')"))
+          + ("" if c.train_tokens is not None else " (load counts only: not simulated, '-')"))
 
 
 def _fmt(value: Any, scale: float, spec: str, suffix: str = "") -> str:

@@ -14,7 +14,7 @@ EXAMPLES = """\
   moesim report --out out/h200 --hw h200x8 --model deepseek-v2-lite --trace deepseek-v2-lite-synth \\
       --planners contiguous eplb ilp
   moesim report --out out/offload --hw rtx4090-workstation --model mixtral-8x7b \\
-      --trace mixtral-8x7b-synth --cache-policies lru belady --gpu-memory 16GiB 24GiB
+      --trace mixtral-8x7b-synth --cache-policies lru belady --expert-cache 11GiB 16GiB
   moesim report --config reports/default.yaml --out reports/default
 """
 
@@ -24,7 +24,7 @@ _GRID_FLAGS = (
     "trace",
     "planners",
     "cache_policies",
-    "gpu_memory",
+    "expert_cache",
     "cache_sizes",
     "miss",
     "slots_per_gpu",
@@ -38,7 +38,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         sub,
         "report",
         help="compare planners and cache policies in an HTML/Markdown/CSV report",
-        description="Run a grid of hardware x model x trace x planner / cache policy x GPU memory "
+        description="Run a grid of hardware x model x trace x planner / cache policy x expert cache "
         "through the same functions as 'moesim plan' and 'moesim simulate', then write "
         "DIR/index.html (self-contained), DIR/report.md, the PNG plots and DIR/results.csv. "
         "Finished cells are cached in DIR/.cells, so a rerun only computes what changed. "
@@ -76,11 +76,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="cache policies (lru lfu belady static)",
     )
     p.add_argument(
-        "--gpu-memory",
+        "--expert-cache",
         nargs="+",
         action="extend",
         metavar="SIZE",
-        help="GPU memory budgets of the tokens/s curve, e.g. 16GiB 24GiB",
+        help="expert-cache budgets per GPU of the tokens/s curve (as moesim simulate --expert-cache), "
+        "e.g. 11GiB 16GiB",
     )
     p.add_argument(
         "--cache-sizes",
@@ -144,7 +145,7 @@ def run(args: argparse.Namespace) -> int:
             trace=args.trace,
             planners=args.planners,
             cache_policies=args.cache_policies,
-            gpu_memory=args.gpu_memory,
+            expert_cache=args.expert_cache,
             cache_sizes=args.cache_sizes,
             miss_modes=args.miss,
             slots_per_gpu=args.slots_per_gpu,

@@ -3,19 +3,21 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any
 
 from moesim.cli.common import add_json_flag, add_verb, print_json
 from moesim.errors import UserError
 from moesim.io import check_parquet_writable
 from moesim.vocab import CachePolicy, CpuNuma, Dispatch, MissMode, Overlap, Phase, Prefetch, choices
+from moesim.workflows.simulation import simulate_run
 
 EXAMPLES = """\
   moesim simulate --hw h100x8 --model mixtral-8x7b --trace mixtral-8x7b-synth --batch 64
   moesim simulate --hw h100x8x4 --nodes 2 --model deepseek-v2-lite --trace deepseek-v2-lite-synth \\
       --plan plan.yaml --batch 256 --overlap layer --timeline run.json
   moesim simulate --hw rtx4090-workstation --model mixtral-8x7b --trace mixtral-8x7b-synth --batch 1 \\
-      --cache lru --gpu-memory 20GiB --miss cpu --json
+      --cache lru --expert-cache 20GiB --miss cpu --json
+  moesim simulate --hw rtx4090-workstation --model mixtral-8x7b --weight-dtype fp8 \\
+      --trace mixtral-8x7b-synth --cache lru --gpu-memory 24GB --miss fetch
 """
 
 
@@ -46,8 +48,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     size = p.add_mutually_exclusive_group()
     size.add_argument("--cache-size", type=int, default=None, metavar="C",
                       help="experts cached per MoE layer")
+    size.add_argument("--expert-cache", default=None, metavar="BYTES",
+                      help="expert-cache budget per GPU, e.g. 20GiB: the most experts per layer that fit")
     size.add_argument("--gpu-memory", default=None, metavar="BYTES",
-                      help="expert-cache budget per GPU, e.g. 20GiB (sets the cache size)")
+                      help="whole memory per GPU, e.g. 24GB: the expert cache gets what the model's "
+                      "non-expert weights, KV cache, activations and staging leave (docs/results.md)")
     p.add_argument("--miss", default=None, choices=choices(MissMode),
                    help="on a miss: fetch over PCIe, run on the CPU (Fiddler), fetch in low precision "
                    "(HOBBIT), run on PIM (Duplex); default: the plan's, else fetch")
@@ -80,47 +85,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def _config(args: argparse.Namespace) -> Any:
-    from moesim.plans.plan import Plan
-    from moesim.sim.config import SimConfig
-    from moesim.specs import load_cluster, load_model, with_weight_dtype
-    from moesim.traces import RoutingTrace
-    from moesim.units import parse_quantity
-
-    if args.nodes is not None and args.nodes < 1:
-        raise UserError(f"expected at least 1 node, got {args.nodes}", field="--nodes")
-    cluster = load_cluster(args.hw, nodes=args.nodes)
-    model = load_model(args.model)
-    if args.weight_dtype is not None:
-        model = with_weight_dtype(model, args.weight_dtype)
-    trace = RoutingTrace.load(args.trace, model=model)
-    plan = Plan.load(args.plan) if args.plan else None
-    if plan is not None:
-        plan.validate(model, file=args.plan)
-    memory = parse_quantity(args.gpu_memory, "bytes", field="--gpu-memory") if args.gpu_memory else None
-    return SimConfig(
-        cluster=cluster, model=model, trace=trace, plan=plan, batch_size=args.batch, steps=args.steps,
-        phase=args.phase, overlap=args.overlap, seed=args.seed, dispatch=args.dispatch,
-        cache_policy=args.cache, cache_size=args.cache_size, gpu_memory_bytes=memory, miss=args.miss,
-        prefetch=args.prefetch, check_invariants=args.check_invariants,
-    )
-
-
 def run(args: argparse.Namespace) -> int:
-    from moesim.sim.engine import simulate
-
     if args.out and not str(args.out).endswith((".csv", ".parquet")):
         raise UserError(f"expected a .csv or .parquet file, got {args.out!r}", field="--out")
     check_parquet_writable(args.out or "", field="--out")
-    cfg = _config(args)
-    cost = None
-    if args.calibration or args.cpu_kernel or args.cpu_numa:
-        from moesim.cost import CostModel
-        from moesim.cost.cpu_experts import CpuOptions
-
-        cpu = CpuOptions.of(args.cpu_kernel, args.cpu_numa)
-        cost = CostModel(cfg.cluster, cfg.model, args.calibration, cpu=cpu)
-    result = simulate(cfg, cost)
+    sim = simulate_run(
+        hw=args.hw, model=args.model, trace=args.trace, plan=args.plan, weight_dtype=args.weight_dtype,
+        nodes=args.nodes, batch=args.batch, steps=args.steps, phase=args.phase, cache=args.cache,
+        cache_size=args.cache_size, expert_cache=args.expert_cache, gpu_memory=args.gpu_memory,
+        miss=args.miss, prefetch=args.prefetch, overlap=args.overlap, dispatch=args.dispatch, seed=args.seed,
+        calibration=args.calibration, check_invariants=args.check_invariants,
+        cpu_kernel=args.cpu_kernel, cpu_numa=args.cpu_numa,
+    )
+    result = sim.result
     if args.out:
         result.write_frame(args.out)
     if args.timeline:

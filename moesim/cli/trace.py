@@ -284,40 +284,11 @@ def run_validate(args: argparse.Namespace) -> int:
 
 
 def run_stats(args: argparse.Namespace) -> int:
-    import numpy as np
+    from moesim.workflows.traces import trace_statistics
 
-    from moesim.traces.counts import LoadCounts
-    from moesim.traces.stats import entropy_bits, gini, trace_stats
-
-    trace = _trace_or_counts(args.trace, args.model, args.key)
-    if isinstance(trace, LoadCounts):
-        load = trace.load_matrix(1)[0]
-        mean = load.mean(1)
-        out = {
-            "path": trace.source,
-            "kind": "load-counts",
-            "layers": trace.num_layers,
-            "num_experts": trace.num_experts,
-            "steps": trace.num_steps,
-            "load": load.tolist(),
-            "per_layer": {
-                "max_over_mean": (load.max(1) / np.maximum(mean, 1e-300)).tolist(),
-                "gini": gini(load).tolist(),
-                "entropy_bits": entropy_bits(load).tolist(),
-            },
-        }
-    else:
-        bad = [c for c in args.cache_sizes if c < trace.top_k]
-        if bad:
-            raise UserError(f"cache sizes must be >= top-k ({trace.top_k}), got {bad}", field="--cache-sizes")
-        policies = [p.strip() for p in args.policies.split(",") if p.strip()]
-        out = trace_stats(
-            trace,
-            cache_sizes=args.cache_sizes,
-            policies=policies,
-            segment_lengths=args.segment_lengths,
-            cache_tokens=args.cache_tokens or None,
-        )
+    out = trace_statistics(args.trace, model=args.model, key=args.key, cache_sizes=args.cache_sizes,
+                           policies=[p.strip() for p in args.policies.split(",") if p.strip()],
+                           segment_lengths=args.segment_lengths, cache_tokens=args.cache_tokens or None)
     if args.json:
         print_json(out, verb="trace-stats")
     else:

@@ -1,11 +1,11 @@
 """CostModel: seconds for each op of an MoE layer on each device of a cluster, and for moving bytes.
 
 Compute ops use the roofline of :mod:`moesim.cost.roofline` with the size-dependent efficiency of
-:mod:`moesim.cost.efficiency`, or a measured calibration table (``moesim.calibration.tables``)
-where one covers the op's shape on that GPU. Communication uses the topology
-(:mod:`moesim.cost.collectives`, :mod:`moesim.cost.transfers`). All times are seconds; array
-arguments are vectorised. ``sources()`` says, per op, whether results came from a table or the
-roofline. See docs/cost.md for the formulas and the named factors.
+:mod:`moesim.cost.efficiency`, or a measured calibration table (a loaded
+``moesim.calibration.Calibration``, given by the caller) where one covers the op's shape on that
+GPU. Communication uses the topology (:mod:`moesim.cost.collectives`, :mod:`moesim.cost.transfers`).
+All times are seconds; array arguments are vectorised. ``sources()`` says, per op, whether results
+came from a table or the roofline. See docs/cost.md for the formulas and the named factors.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from moesim.cost.collectives import CollectiveCosts
 from moesim.cost.cpu_experts import CpuExperts, CpuOptions
 from moesim.cost.experts import ExpertCoefficients
 from moesim.cost.roofline import Roofline
-from moesim.cost.sources import SourceLog, Tables
+from moesim.cost.sources import MeasuredTables, SourceLog, Tables
 from moesim.cost.transfers import host_of, lowbit_bytes, path_pinned, point_to_point_s
 from moesim.errors import UserError
 from moesim.specs.hardware import Cluster
@@ -42,23 +42,20 @@ class CostModel(CollectiveCosts):
         self,
         cluster: Cluster,
         model: MoEModel,
-        calibration: Any | None = None,
+        calibration: MeasuredTables | None = None,
         *,
         infinite_bandwidth: bool = False,
         calibrated_devices: Sequence[str] | None = None,
         cpu: CpuOptions | None = None,
     ):
-        """``calibration``: a ``moesim.calibration.tables.Calibration`` (anything with
-        ``time_s(op, **shape)``), or a folder / built-in name to load one from. Its tables apply to
-        the GPUs whose model matches ``calibration.device`` (CPU tables: ``calibration.cpu``), or to
-        ``calibrated_devices`` if given. Without one, the profile's own ``calibration:`` folder is
-        used when it names one. ``cpu``: the CPU expert kernel and NUMA mode (docs/cost.md)."""
-        if calibration is None and cluster.calibration_dir:
-            calibration = cluster.calibration_dir
+        """``calibration``: loaded tables (``moesim.calibration.load_calibration(folder)``; the
+        workflows' ``cost_model`` also loads a profile's ``calibration:`` folder). They apply to the
+        GPUs whose model matches ``calibration.device`` (CPU tables: ``calibration.cpu``), or to
+        ``calibrated_devices`` if given; without them every op uses the roofline. ``cpu``: the CPU
+        expert kernel and NUMA mode (docs/cost.md)."""
         if isinstance(calibration, (str, Path)):
-            from moesim.calibration.tables import load_calibration  # lazy: only when asked for
-
-            calibration = load_calibration(calibration)
+            raise TypeError("CostModel takes loaded tables: moesim.calibration.load_calibration(folder), "
+                            "or moesim.workflows.cost_model(cluster, model, folder)")
         super().__init__(cluster, infinite_bandwidth=infinite_bandwidth)
         self.model = model
         self.calibration = calibration

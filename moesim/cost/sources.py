@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import numpy as np
 
@@ -17,6 +17,18 @@ from moesim.specs.hardware import Cluster, Device
 from moesim.specs.model import MoEModel
 
 Source = Literal["table", "roofline"]
+
+
+class MeasuredTables(Protocol):
+    """What the cost model needs of a loaded calibration (``moesim.calibration.Calibration``)."""
+
+    device: str
+    """GPU name the tables were measured on."""
+
+    @property
+    def ops(self) -> tuple[str, ...]: ...
+
+    def time_s(self, op: str, *, exact: bool = False, **shape: Any) -> float | None: ...
 
 OPS = (
     "expert",
@@ -56,7 +68,8 @@ def gpu_family(name: str) -> set[str]:
 class Tables:
     """A calibration restricted to the GPUs (``devices``) and CPUs (``cpu_devices``) it applies to."""
 
-    def __init__(self, cluster: Cluster, calibration: Any | None, explicit: Sequence[str] | None = None):
+    def __init__(self, cluster: Cluster, calibration: MeasuredTables | None,
+                 explicit: Sequence[str] | None = None):
         self.calibration = calibration
         self.devices = self._devices(cluster, calibration, explicit)
         self.cpu_devices = self._cpu_devices(cluster, calibration, explicit)

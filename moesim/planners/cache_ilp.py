@@ -13,10 +13,11 @@ per-layer cache sizes - minimising the expected stall per decode step the misses
   ``(1 - a_l) M_l + max(0, M_l - O_l)`` (mispredicted fetches wait in full; the rest only where the
   window is too short). ``prefetch="none"`` gives ``M_l``: the objective is then exactly "expected
   hits weighted by the per-layer miss cost".
-- Bytes: each GPU holds its share of the non-expert weights (attention, embeddings, router, shared
-  experts, dense FFNs), the KV cache of the batch, a staging buffer of K experts for fetched misses
-  (2K with prefetch: double buffering) and the pinned experts of its layers (layers are split over
-  the GPUs in contiguous pipeline stages).
+- Bytes (:class:`moesim.memory.MemoryModel`): each GPU holds its share of the non-expert weights
+  (attention, embeddings, router, shared experts, dense FFNs), of the KV cache of the batch, the
+  activations of a layer, a staging buffer of K experts for fetched misses (2K with prefetch: double
+  buffering) and the pinned experts of its layers (layers are split over the GPUs in contiguous
+  pipeline stages).
 
 The result is a ``CachePlan(policy="static")`` whose ``params`` hold the objective, bound, gap,
 expected hit rate, the memory breakdown and the prefetch predictor's measured accuracy.
@@ -24,7 +25,6 @@ expected hit rate, the memory breakdown and the prefetch predictor's measured ac
 
 from __future__ import annotations
 
-import math
 import time
 from types import MappingProxyType
 from typing import Any
@@ -32,14 +32,8 @@ from typing import Any
 import numpy as np
 
 from moesim.errors import UserError
-from moesim.planners.cache_stats import (  # noqa: F401  (re-exported: part of this module's API)
-    GIB,
-    non_expert_bytes,
-    prefetch_accuracy,
-    prefetch_window_s,
-    request_stats,
-    trace_columns,
-)
+from moesim.memory import MemoryBreakdown, MemoryModel, gib, staging_experts
+from moesim.planners.cache_stats import prefetch_accuracy, prefetch_window_s, request_stats
 from moesim.plans.plan import CachePlan
 from moesim.specs.hardware import Cluster
 from moesim.specs.model import MoEModel
@@ -96,20 +90,20 @@ def plan_cache(model: MoEModel, cluster: Cluster, trace_or_load: Any, gpu_memory
     pred_acc, freq_acc = (prefetch_accuracy(trace_or_load, model) if token_level
                           else (np.zeros(L), np.zeros(L)))
 
-    mem = non_expert_bytes(model, batch_size=batch_size, context_tokens=context_tokens)
-    fetches = miss in ("fetch", "lowbit", "auto")
-    stage_eb = eb if miss != "lowbit" else model.expert_bytes(lowbit_dtype)
+    layout = MemoryModel(model, gpus=G, batch_size=batch_size, context_tokens=context_tokens)
+    stage_dtype = lowbit_dtype if miss == "lowbit" else None
 
     def staging_of(pf: str) -> int:
-        return K * (2 if pf != "none" else 1) if fetches else 0
+        return staging_experts("static", miss, pf, K)
 
     candidates = ["none", "predictor"] if prefetch == "auto" and token_level else \
         ["none"] if prefetch == "auto" else [prefetch]
     slots_of: dict[str, list[int]] = {}
+    memory_of: dict[str, MemoryBreakdown] = {}
     for pf in candidates:
         try:
-            slots_of[pf] = _expert_slots(cluster, gpus, stage, E, eb, sum(mem.values()), staging_of(pf),
-                                         staging_of(pf) * stage_eb, gpu_memory_bytes)
+            slots_of[pf], memory_of[pf] = _expert_slots(cluster, gpus, stage, layout, staging_of(pf),
+                                                        stage_dtype, gpu_memory_bytes)
         except UserError:
             if prefetch != "auto" or pf == "none":
                 raise  # "auto" only drops prefetch when its double buffer does not fit
@@ -173,7 +167,7 @@ def plan_cache(model: MoEModel, cluster: Cluster, trace_or_load: Any, gpu_memory
         "expert_slots_per_device": slots_of[chosen],
         "expert_bytes": eb,
         "staging_experts": staging_of(chosen),
-        "memory_bytes": {**mem, "staging": staging_of(chosen) * stage_eb},
+        "memory_bytes": memory_of[chosen].parts(),
         "miss_requested": miss,
         "miss_fetch_s": [None if not np.isfinite(v) else float(v) for v in fetch_s],
         "prefetch_window_s": window_s.tolist(),
@@ -205,35 +199,33 @@ def plan_cache(model: MoEModel, cluster: Cluster, trace_or_load: Any, gpu_memory
                      miss=plan.miss, prefetch=plan.prefetch, params=MappingProxyType(params))
 
 
-def _gib(nbytes: float) -> str:
-    return f"{nbytes / GIB:.4g} GiB"
-
-
 def _complement(resident: tuple[tuple[int, ...], ...], num_experts: int) -> list[list[int]]:
     return [[e for e in range(num_experts) if e not in set(r)] for r in resident]
 
 
-def _expert_slots(cluster: Cluster, gpus: tuple[str, ...], stage: list[int], num_experts: int, eb: float,
-                  non_expert: float, staging: int, staging_bytes: float,
-                  gpu_memory_bytes: float | None) -> list[int]:
-    """Experts each GPU can pin: (budget - its share of non-expert bytes - staging) // expert bytes."""
+def _expert_slots(cluster: Cluster, gpus: tuple[str, ...], stage: list[int], layout: MemoryModel,
+                  staging: int, staging_dtype: str | None,
+                  gpu_memory_bytes: float | None) -> tuple[list[int], MemoryBreakdown]:
+    """Experts each GPU can pin (:meth:`MemoryModel.expert_slots` of its budget, at most all experts of
+    its layers), and the first GPU's memory breakdown."""
     G = len(gpus)
-    slots = []
+    slots, first = [], None
     for g, dev in enumerate(gpus):
         capacity = cluster.device(dev).spec.memory_bytes
         budget = capacity if gpu_memory_bytes is None else float(gpu_memory_bytes)
         if budget > capacity:
-            raise UserError(f"device {dev}: a budget of {_gib(budget)} exceeds its memory of "
-                            f"{_gib(capacity)}", field="gpu_memory")
-        fixed = non_expert / G + staging_bytes
-        if fixed > budget:
+            raise UserError(f"device {dev}: a budget of {gib(budget)} exceeds its memory of "
+                            f"{gib(capacity)}", field="gpu_memory")
+        b = layout.device(dev, budget, staging_experts=staging, staging_dtype=staging_dtype)
+        if b.fixed_bytes > budget:
             raise UserError(
-                f"device {dev} needs {_gib(fixed)} (its 1/{G} share of non-expert weights and KV "
-                f"cache {_gib(non_expert / G)} + staging for {staging} experts "
-                f"{_gib(staging_bytes)}) but the budget is {_gib(budget)}",
-                field="gpu_memory")
-        slots.append(min(stage.count(g) * num_experts, math.floor((budget - fixed) / eb + 1e-9)))
-    return slots
+                f"device {dev} needs {gib(b.fixed_bytes)} (its 1/{G} share of non-expert weights, KV cache "
+                f"and activations {gib(b.fixed_bytes - b.staging_bytes)} + staging for {staging} experts "
+                f"{gib(b.staging_bytes)}) but the budget is {gib(budget)}", field="gpu_memory")
+        slots.append(min(stage.count(g) * layout.model.num_experts, layout.expert_slots(b)))
+        first = first or b
+    assert first is not None
+    return slots, first
 
 
 def _exec_times(cluster: Cluster, cost: Any, gpus: tuple[str, ...], stage: list[int], n: np.ndarray,

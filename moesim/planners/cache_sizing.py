@@ -11,7 +11,6 @@ fills from its fetches, so there is no staging buffer, but every layer needs at 
 
 from __future__ import annotations
 
-import math
 import time
 from types import MappingProxyType
 from typing import Any
@@ -19,13 +18,8 @@ from typing import Any
 import numpy as np
 
 from moesim.errors import UserError
-from moesim.planners.cache_stats import (
-    GIB,
-    non_expert_bytes,
-    prefetch_accuracy,
-    prefetch_window_s,
-    trace_columns,
-)
+from moesim.memory import MemoryModel, gib
+from moesim.planners.cache_stats import prefetch_accuracy, prefetch_window_s, trace_columns
 from moesim.plans.plan import CachePlan
 from moesim.specs.hardware import Cluster
 from moesim.specs.model import MoEModel
@@ -94,23 +88,23 @@ def size_dynamic_cache(model: MoEModel, cluster: Cluster, trace: Any, gpu_memory
     G = len(gpus)
     stage = [i * G // L for i in range(L)]
     eb = model.expert_bytes()
-    mem = non_expert_bytes(model, batch_size=batch_size, context_tokens=context_tokens)
-    non_expert = sum(mem.values())
-    slots = []
+    layout = MemoryModel(model, gpus=G, batch_size=batch_size, context_tokens=context_tokens)
+    slots, first = [], None
     for g, dev in enumerate(gpus):
         capacity = cluster.device(dev).spec.memory_bytes
         budget = capacity if gpu_memory_bytes is None else float(gpu_memory_bytes)
         if budget > capacity:
-            raise UserError(f"device {dev}: a budget of {budget / GIB:.4g} GiB exceeds its memory of "
-                            f"{capacity / GIB:.4g} GiB", field="gpu_memory")
-        need = non_expert / G + K * stage.count(g) * eb
+            raise UserError(f"device {dev}: a budget of {gib(budget)} exceeds its memory of "
+                            f"{gib(capacity)}", field="gpu_memory")
+        b = layout.device(dev, budget)  # a dynamic cache loads its fetches itself: no staging
+        need = b.fixed_bytes + K * stage.count(g) * eb
         if need > budget:
             raise UserError(
-                f"device {dev} needs {need / GIB:.4g} GiB (its 1/{G} share of non-expert weights and KV "
-                f"cache {non_expert / G / GIB:.4g} GiB + {K} experts for each of its "
-                f"{stage.count(g)} layers' {policy} caches) but the budget is {budget / GIB:.4g} GiB",
-                field="gpu_memory")
-        slots.append(math.floor((budget - non_expert / G) / eb + 1e-9))
+                f"device {dev} needs {gib(need)} (its 1/{G} share of non-expert weights, KV cache and "
+                f"activations {gib(b.fixed_bytes)} + {K} experts for each of its {stage.count(g)} layers' "
+                f"{policy} caches) but the budget is {gib(budget)}", field="gpu_memory")
+        slots.append(layout.expert_slots(b))
+        first = first or b
 
     caps = capacity_grid(K, E)
     hits, requests, steps = layer_hit_curves(trace, model, policy, caps, batch_size=batch_size,
@@ -143,7 +137,7 @@ def size_dynamic_cache(model: MoEModel, cluster: Cluster, trace: Any, gpu_memory
         "replayed_tokens": int(min(trace.num_tokens, max_tokens)), "capacity_grid": caps,
         "batch_size": batch_size, "context_tokens": context_tokens, "devices": list(gpus),
         "layer_stage": stage, "expert_slots_per_device": slots, "expert_bytes": eb,
-        "memory_bytes": {**mem, "staging": 0.0}, "miss_fetch_s": fetch_s.tolist(),
+        "memory_bytes": first.parts(), "miss_fetch_s": fetch_s.tolist(),
         "prefetch_window_s": window_s.tolist(), "prefetch_requested": prefetch,
         "prefetch_objectives": {k: v["objective"] for k, v in results.items()},
         "prefetch_accuracy": float(pred_acc[1:].mean()) if L > 1 else None,

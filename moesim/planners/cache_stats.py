@@ -1,5 +1,5 @@
-"""What the cache planners measure before they optimise: non-expert memory, per-step expert
-requests, next-layer predictability, and the window a prefetch can hide behind."""
+"""What the cache planners measure before they optimise: per-step expert requests, next-layer
+predictability, and the window a prefetch can hide behind (memory: :mod:`moesim.memory`)."""
 
 from __future__ import annotations
 
@@ -9,42 +9,8 @@ from typing import Any
 import numpy as np
 
 from moesim.errors import UserError
-from moesim.specs.model import DTYPE_BYTES, MoEModel
+from moesim.specs.model import MoEModel
 from moesim.traces.transitions import Transitions
-
-GIB = 1024**3
-
-
-# ---- memory ----------------------------------------------------------------------------------------
-
-
-def non_expert_bytes(model: MoEModel, *, batch_size: int = 1, context_tokens: int = 4096) -> dict[str, float]:
-    """Bytes a GPU must hold besides the routed experts, summed over the model (biases and norms
-    ignored). Non-expert weights are taken in the model's weight dtype when it is 8 or 16 bit, else bf16
-    (4-bit releases keep attention in bf16); embeddings and LM head counted separately (untied)."""
-    wb = DTYPE_BYTES[model.weight_dtype] if model.weight_dtype in ("bf16", "fp16", "fp8") else 2.0
-    a, h = model.attention, model.hidden_size
-    if a.kind == "mla":
-        rope, nope, v = a.qk_rope_head_dim or 0, a.qk_nope_head_dim or 0, a.v_head_dim or a.head_dim
-        q = h * a.num_heads * (nope + rope) if not a.q_lora_rank else \
-            h * a.q_lora_rank + a.q_lora_rank * a.num_heads * (nope + rope)
-        attn = q + h * ((a.kv_lora_rank or 0) + rope) + (a.kv_lora_rank or 0) * a.num_heads * (nope + v) \
-            + a.num_heads * v * h
-    else:
-        attn = h * a.head_dim * (2 * a.num_heads + 2 * a.num_kv_heads)
-    ffn_mats = 3 if model.gated else 2
-    dense_layers = model.num_layers - model.num_moe_layers
-    return {
-        "attention": float(attn * model.num_layers * wb),
-        "embeddings": float(2 * model.vocab_size * h * wb),
-        "router": float(h * model.num_experts * model.num_moe_layers * wb),
-        "shared_experts": float(
-            model.num_shared_experts * model.shared_expert_params * model.num_moe_layers * wb
-        ),
-        "dense_ffn": float(ffn_mats * h * model.dense_intermediate_size * dense_layers * wb),
-        "kv_cache": float(model.kv_cache_bytes_per_token() * batch_size * context_tokens),
-    }
-
 
 # ---- routing statistics ----------------------------------------------------------------------------
 

@@ -1,7 +1,8 @@
 """The experiment grid: a sweep expanded into cells, each computed once and cached on disk.
 
-A *cell* is one call of the functions behind ``moesim plan --json`` / ``moesim simulate --json`` /
-``moesim trace stats`` (see :mod:`moesim.reports.cells`), named by its kind and parameters. Cells
+A *cell* is one call of a workflow (:mod:`moesim.workflows`, the functions behind ``moesim plan`` /
+``moesim simulate`` / ``moesim trace stats``; see :mod:`moesim.reports.cells`), named by its kind and
+parameters. Cells
 are computed in a stable order with a progress bar; finished cells are read back from the
 :class:`~moesim.reports.cellcache.CellCache`, so a rerun only computes what changed.
 """
@@ -14,8 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from moesim.cli.common import progress, to_jsonable
 from moesim.errors import UserError
+from moesim.jsonable import to_jsonable
+from moesim.progress import progress
 from moesim.reports.cellcache import CellCache, cell_key, code_digest
 from moesim.reports.sweep import OffloadStudy, PlacementStudy, Sweep
 from moesim.resources import resolve
@@ -110,13 +112,13 @@ def static_cell(s: OffloadStudy, size: int, seed: int) -> Cell:
                      weight_dtype=s.weight_dtype)
 
 
-def offload_cell(s: OffloadStudy, gpu_memory: str, miss: str, seed: int) -> Cell:
+def offload_cell(s: OffloadStudy, expert_cache: str, miss: str, seed: int) -> Cell:
     return Cell.make(
         "offload",
         hw=s.hw,
         model=s.model,
         trace=s.trace,
-        gpu_memory=gpu_memory,
+        expert_cache=expert_cache,
         miss=miss,
         policy=s.memory_policy,
         batch=s.batch,
@@ -170,7 +172,7 @@ def expand(sweep: Sweep, shape: Callable[[str, str], tuple[int, int]]) -> list[C
         if "static" in o.policies:
             for c in sizes:
                 add(static_cell(o, c, sweep.seed))
-        for mem in o.gpu_memory:
+        for mem in o.expert_cache:
             for miss in o.miss_modes:
                 add(offload_cell(o, mem, miss, sweep.seed))
     return cells

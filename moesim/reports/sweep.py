@@ -2,7 +2,7 @@
 
 A sweep holds *placement studies* (one hardware profile, model and trace; several placement
 planners) and *offload studies* (one hardware profile, model and trace; several cache policies,
-cache sizes, GPU memory budgets and miss modes). ``moesim report`` with no flags uses
+cache sizes, expert-cache budgets and miss modes). ``moesim report`` with no flags uses
 :data:`DEFAULT_SWEEP`.
 """
 
@@ -59,11 +59,12 @@ class OffloadStudy:
     policies: tuple[str, ...] = CACHE_POLICIES
     cache_sizes: tuple[int, ...] = ()
     """Cache sizes (experts per MoE layer) of the hit-rate curve; empty: top-k .. all experts."""
-    gpu_memory: tuple[str, ...] = ()
-    """GPU memory budgets (``"20 GiB"``) of the tokens/s curve; empty: none."""
+    expert_cache: tuple[str, ...] = ()
+    """Expert-cache budgets per GPU (``"20 GiB"``, ``moesim simulate --expert-cache``) of the tokens/s
+    curve; empty: none."""
     miss_modes: tuple[str, ...] = MISS_MODES
     memory_policy: str = "lru"
-    """Cache policy used in the tokens/s vs GPU memory curve."""
+    """Cache policy used in the tokens/s vs expert-cache curve."""
     batch: int = 1
     steps: int | None = None
     """Simulated decode steps of the tokens/s curve (None: the whole trace)."""
@@ -110,7 +111,7 @@ DEFAULT_SWEEP: dict[str, Any] = {
             "trace": "mixtral-8x7b-synth",
             "policies": ["lru", "lfu", "belady", "static"],
             "cache_sizes": [2, 3, 4, 5, 6, 7, 8],
-            "gpu_memory": ["11 GiB", "16 GiB", "21.1 GiB"],
+            "expert_cache": ["11 GiB", "16 GiB", "21.1 GiB"],
             "miss_modes": ["fetch", "cpu", "lowbit", "pim"],
             "memory_policy": "lru",
             "batch": 1,
@@ -180,6 +181,9 @@ def _known_keys(d: Any, cls: type, file: str | None, fld: str) -> Mapping[str, A
     if not isinstance(d, Mapping):
         raise _fail(f"expected a mapping, got {d!r}", file, fld)
     allowed = {f.name for f in fields(cls)}
+    if "gpu_memory" in d and "expert_cache" in allowed:
+        raise _fail("gpu_memory is now expert_cache (the budget for expert weights alone, as "
+                    "'moesim simulate --expert-cache' takes it)", file, f"{fld}.gpu_memory")
     for key in d:
         if key not in allowed:
             raise _fail(f"unknown key {key!r}; expected some of {', '.join(sorted(allowed))}", file, fld)
@@ -230,8 +234,8 @@ def _offload(d: Any, file: str | None, fld: str, base: Path) -> OffloadStudy:
         kw["policies"] = _choices(d["policies"], CACHE_POLICIES, file, f"{fld}.policies", allow_empty=True)
     if "cache_sizes" in d:
         kw["cache_sizes"] = _ints(d["cache_sizes"], file, f"{fld}.cache_sizes")
-    if "gpu_memory" in d:
-        kw["gpu_memory"] = _quantities(d["gpu_memory"], file, f"{fld}.gpu_memory")
+    if "expert_cache" in d:
+        kw["expert_cache"] = _quantities(d["expert_cache"], file, f"{fld}.expert_cache")
     if "miss_modes" in d:
         kw["miss_modes"] = _choices(d["miss_modes"], MISS_MODES, file, f"{fld}.miss_modes")
     if "memory_policy" in d:
@@ -324,7 +328,7 @@ def sweep_from_flags(
     trace: Sequence[str] | None,
     planners: Sequence[str] | None,
     cache_policies: Sequence[str] | None,
-    gpu_memory: Sequence[str] | None,
+    expert_cache: Sequence[str] | None,
     cache_sizes: Sequence[int] | None = None,
     miss_modes: Sequence[str] | None = None,
     slots_per_gpu: int | None = None,
@@ -332,7 +336,7 @@ def sweep_from_flags(
     steps: int | None = None,
     seed: int = 0,
 ) -> Sweep:
-    """The grid hardware x (model, trace) x planners / policies x GPU memory from command-line flags.
+    """The grid hardware x (model, trace) x planners / policies x expert cache from command-line flags.
 
     Flags left out take the defaults' values. A hardware profile with one GPU gets only the
     offloading study (placement needs at least two GPUs to differ).
@@ -390,9 +394,9 @@ def sweep_from_flags(
         sizes = cache_sizes or (o0.cache_sizes if same else ())
         if sizes:
             entry["cache_sizes"] = list(sizes)
-        mem = gpu_memory or (o0.gpu_memory if same and h == o0.hw else ())
+        mem = expert_cache or (o0.expert_cache if same and h == o0.hw else ())
         if mem:
-            entry["gpu_memory"] = list(mem)
+            entry["expert_cache"] = list(mem)
         d["offload"].append(entry)
     return sweep_from_dict(d, file=None, source="flags")
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from moesim.errors import UserError
+from moesim.memory import MemoryModel, gib, staging_experts
 from moesim.plans.plan import CachePlan, Plan
 from moesim.specs.hardware import Cluster
 from moesim.specs.model import DTYPE_BYTES, MoEModel
@@ -54,8 +55,11 @@ class SimConfig:
     cache_policy: CachePolicy | None = None
     cache_size: int | None = None
     """Experts cached per MoE layer (per GPU)."""
-    gpu_memory_bytes: float | None = None
+    expert_cache_bytes: float | None = None
     """Expert-cache budget per GPU; the cache size is the most experts per layer that fit."""
+    gpu_memory_bytes: float | None = None
+    """Whole memory per GPU: the expert cache gets what the model's non-expert weights, KV cache,
+    activations and staging leave of it (:mod:`moesim.memory`)."""
     miss: MissMode | None = None
     prefetch: Prefetch | None = None
     lowbit_dtype: str = "int4"
@@ -86,31 +90,29 @@ class SimConfig:
         if self.lowbit_dtype not in DTYPE_BYTES:
             raise UserError(f"expected a dtype among {', '.join(DTYPE_BYTES)}, got {self.lowbit_dtype!r}",
                             field="lowbit_dtype")
-        if self.cache_size is not None and self.gpu_memory_bytes is not None:
-            raise UserError("give either a cache size or a GPU memory budget, not both", field="--cache-size")
+        sizes = [f for f, v in (("--cache-size", self.cache_size),
+                                ("--expert-cache", self.expert_cache_bytes),
+                                ("--gpu-memory", self.gpu_memory_bytes)) if v is not None]
+        if len(sizes) > 1:
+            raise UserError(f"give one of --cache-size, --expert-cache and --gpu-memory, got "
+                            f"{' and '.join(sizes)}", field=sizes[0])
 
     def cache_plan(self, plan: Plan) -> CachePlan:
         """The effective cache: flags override the plan's CachePlan; ``none`` when neither sets one."""
         base = plan.cache or CachePlan()
         policy = self.cache_policy or base.policy
-        if policy == "none" and (self.cache_size is not None or self.gpu_memory_bytes is not None):
+        budgeted = self.expert_cache_bytes is not None or self.gpu_memory_bytes is not None
+        if policy == "none" and (self.cache_size is not None or budgeted):
             policy = "lru"  # a size or a budget alone asks for a cache
         L = self.model.num_moe_layers
         capacity: tuple[int, ...] = tuple(base.capacity_experts)
         if self.cache_size is not None:
             capacity = (int(self.cache_size),) * L
-        elif self.gpu_memory_bytes is not None:
-            per_layer = int(self.gpu_memory_bytes // (self.model.expert_bytes() * L))
-            K = self.model.top_k
-            if per_layer < K and policy != "static":
-                need = self.model.expert_bytes() * L * K
-                raise UserError(
-                    f"a budget of {self.gpu_memory_bytes / 1e9:.2f} GB holds {per_layer} experts per layer; "
-                    f"a cache needs at least top-k = {K} ({need / 1e9:.2f} GB)", field="--gpu-memory")
-            capacity = (per_layer,) * L
+        elif budgeted:
+            capacity = (self._experts_per_layer(plan, policy),) * L
         if policy not in ("none", "static") and len(capacity) != L:
-            raise UserError(f"cache policy {policy!r} needs a cache size (--cache-size or --gpu-memory)",
-                            field="--cache-size")
+            raise UserError(f"cache policy {policy!r} needs a cache size (--cache-size, --expert-cache or "
+                            "--gpu-memory)", field="--cache-size")
         if policy not in ("none", "static") and min(capacity) < self.model.top_k:
             # A token's K experts are requested together and must all be resident at once.
             raise UserError(f"expected a cache of at least top-k = {self.model.top_k} experts per layer, "
@@ -123,3 +125,23 @@ class SimConfig:
             prefetch=self.prefetch or base.prefetch,
             params=base.params,
         )
+
+    def _experts_per_layer(self, plan: Plan, policy: str) -> int:
+        """Experts per MoE layer the expert budget holds: ``--expert-cache``, or what the model leaves of
+        ``--gpu-memory`` (:class:`moesim.memory.MemoryModel`)."""
+        base = plan.cache or CachePlan()
+        layout = MemoryModel(self.model, gpus=len(plan.devices), batch_size=self.batch_size)
+        flag, budget = "--expert-cache", self.expert_cache_bytes
+        if budget is None:
+            flag, miss = "--gpu-memory", self.miss or base.miss
+            staging = staging_experts(policy, miss, self.prefetch or base.prefetch, self.model.top_k)
+            budget = layout.expert_budget(plan.devices[0], float(self.gpu_memory_bytes or 0.0),
+                                          staging_experts=staging,
+                                          staging_dtype=self.lowbit_dtype if miss == "lowbit" else None)
+        per_layer = layout.experts_per_layer(budget)
+        K = self.model.top_k
+        if per_layer < K and policy != "static":
+            need = self.model.expert_bytes() * self.model.num_moe_layers * K
+            raise UserError(f"an expert budget of {gib(budget)} holds {per_layer} experts per layer; a cache "
+                            f"needs at least top-k = {K} ({gib(need)})", field=flag)
+        return per_layer

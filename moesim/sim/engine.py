@@ -19,6 +19,7 @@ import numpy as np
 import simpy
 
 from moesim.errors import UserError
+from moesim.memory import fit_devices, staging_experts
 from moesim.plans.default import default_plan
 from moesim.plans.plan import CachePlan, Plan
 from moesim.sim.config import SimConfig
@@ -102,13 +103,17 @@ class Machine:
 
     # ------------------------------------------------------------------ setup
     def _check_memory(self) -> dict[str, float]:
-        """Resident expert bytes + the largest step's KV cache per GPU; refuse a plan that does not fit."""
-        wl = self.workload
+        """Bytes per GPU (:func:`moesim.memory.fit_devices`); refuse a plan that does not fit."""
+        wl, cache = self.workload, self.cache
         owned = device_token_counts(wl.tokens(), self.G)
         kv = (owned * wl.context_tokens[:, None]).max(axis=0) * self.model.kv_cache_bytes_per_token()
-        self.plan.check_memory(self.model, self.cluster, reserved_bytes=float(kv.max(initial=0.0)))
-        experts = self.plan.resident_expert_bytes(self.model)
-        return {d: experts.get(d, 0.0) + float(kv[g]) for g, d in enumerate(self.devices)}
+        fit = fit_devices(self.model, self.cluster, self.devices, self.plan.resident_expert_bytes(self.model),
+                          kv_cache_bytes=kv.tolist(), step_tokens=float(wl.tokens().max(initial=0)),
+                          staging_experts=staging_experts(cache.policy, cache.miss, cache.prefetch,
+                                                          self.model.top_k),
+                          staging_dtype=self.cfg.lowbit_dtype if cache.miss == "lowbit" else None,
+                          cached=cache.policy != CachePolicy.NONE)
+        return {d: b.total_bytes for d, b in fit.items()}
 
     def chunks(self) -> Iterator[tuple[int, np.ndarray, Dispatch, ChunkCosts]]:
         """(first step, ids [S, B, L, K], dispatch, costs) for consecutive chunks of steps."""

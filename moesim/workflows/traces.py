@@ -1,0 +1,50 @@
+"""Trace statistics as ``moesim trace stats`` computes them: load skew, reuse, affinity, hit rates."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from moesim.errors import UserError
+from moesim.specs import load_model
+from moesim.traces.cache import POLICIES
+from moesim.traces.counts import LoadCounts, load_routing_data
+from moesim.traces.stats import entropy_bits, gini, trace_stats
+from moesim.traces.trace import RoutingTrace
+
+SEGMENT_LENGTHS = (4, 16, 64)
+CACHE_TOKENS = 200_000
+"""Rows the cache hit rates replay by default (None or 0: all)."""
+
+
+def trace_statistics(trace: str | Path | RoutingTrace | LoadCounts, *, model: str | Path | None = None,
+                     key: str | None = None, cache_sizes: Sequence[int] = (),
+                     policies: Sequence[str] = POLICIES, segment_lengths: Sequence[int] = SEGMENT_LENGTHS,
+                     cache_tokens: int | None = CACHE_TOKENS) -> dict[str, Any]:
+    """All statistics of a trace (docs/traces.md); a counts-only file gets the load statistics only."""
+    loaded = trace if isinstance(trace, (RoutingTrace, LoadCounts)) else \
+        load_routing_data(trace, model=None if model is None else load_model(model), key=key)
+    if isinstance(loaded, LoadCounts):
+        load = loaded.load_matrix(1)[0]
+        mean = load.mean(1)
+        return {
+            "path": loaded.source,
+            "kind": "load-counts",
+            "layers": loaded.num_layers,
+            "num_experts": loaded.num_experts,
+            "steps": loaded.num_steps,
+            "load": load.tolist(),
+            "per_layer": {
+                "max_over_mean": (load.max(1) / np.maximum(mean, 1e-300)).tolist(),
+                "gini": gini(load).tolist(),
+                "entropy_bits": entropy_bits(load).tolist(),
+            },
+        }
+    bad = [c for c in cache_sizes if c < loaded.top_k]
+    if bad:
+        raise UserError(f"cache sizes must be >= top-k ({loaded.top_k}), got {bad}", field="--cache-sizes")
+    return trace_stats(loaded, cache_sizes=list(cache_sizes), policies=list(policies),
+                       segment_lengths=list(segment_lengths), cache_tokens=cache_tokens or None)
