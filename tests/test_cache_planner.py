@@ -10,10 +10,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from moesim.errors import UserError
-from moesim.planners.cache_ilp import non_expert_bytes, plan_cache, prefetch_accuracy, request_stats
+from moesim.planners.cache_ilp import plan_cache, prefetch_accuracy, request_stats
 from moesim.plans.plan import Plan
 from moesim.specs import load_cluster, load_model
 from moesim.specs.model import AttentionSpec, MoEModel
+from tests.conftest import MIXTRAL_FIXED_BYTES
 
 TINY = MoEModel(name="tiny", num_layers=2, moe_layers=(0, 1), hidden_size=64, expert_intermediate_size=128,
                 num_experts=4, top_k=1, attention=AttentionSpec("gqa", 4, 2, 16), vocab_size=100)
@@ -53,7 +54,12 @@ def ws():
 
 
 def _fixed(staging: int = 1, batch: int = 1) -> float:
-    return sum(non_expert_bytes(TINY, batch_size=batch, context_tokens=4096).values()) + staging * EB
+    """Bytes of one GPU besides the pinned experts, derived by hand for TINY in bf16 (docs/plan.md §2.1):
+    attention 2 layers x 64 x 16 x (2 x 4 + 2 x 2) x 2 B = 49,152; embedding + LM head 2 x 100 x 64 x 2 B
+    = 25,600; router 2 x 64 x 4 x 2 B = 1,024; per sequence a KV cache of 4,096 tokens x 2 layers x
+    (2 x 2 x 16) x 2 B = 1,048,576 and the activations of one layer (2 x 64 + 1 x (2 x 64 + 2 x 128)) x
+    2 B = 1,024; the staging buffer."""
+    return 49_152 + 25_600 + 1_024 + batch * (1_048_576 + 1_024) + staging * EB
 
 
 LOAD = np.array([[40.0, 30.0, 20.0, 10.0], [35.0, 25.0, 15.0, 25.0]])  # 100 tokens per layer, K = 1
@@ -228,7 +234,7 @@ def test_mixtral_static_hit_rate_in_sample_and_vs_lru(mixtral_setup):
     cost = CostModel(cluster, model)
     train, test = trace.split(0.5)
     C = 2  # per-layer capacity of the dynamic caches; the static plan gets the same total experts
-    fixed = sum(non_expert_bytes(model).values()) + model.top_k * model.expert_bytes()
+    fixed = MIXTRAL_FIXED_BYTES + model.top_k * model.expert_bytes()
     cp = plan_cache(model, cluster, train, fixed + C * model.num_moe_layers * model.expert_bytes(), cost,
                     devices=("n0.gpu0",))
     assert sum(cp.capacity_experts) == C * model.num_moe_layers

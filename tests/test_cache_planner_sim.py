@@ -8,9 +8,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from moesim.planners.cache_ilp import non_expert_bytes, plan_cache
+from moesim.planners.cache_ilp import plan_cache
 from moesim.plans.plan import Plan
 from moesim.specs import load_cluster, load_model
+from tests.conftest import MIXTRAL_FIXED_BYTES
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +44,7 @@ def test_static_ilp_vs_sized_lru_in_the_simulator(setup):
     model, cluster, trace, cost = setup
     train, test = trace.split(0.5)
     eb = model.expert_bytes()
-    budget = sum(non_expert_bytes(model).values()) + 3 * model.num_moe_layers * eb
+    budget = MIXTRAL_FIXED_BYTES + 3 * model.num_moe_layers * eb
     static = plan_cache(model, cluster, train, budget + 2 * eb, cost, devices=("n0.gpu0",))  # + staging
     lru = plan_cache(model, cluster, train, budget, cost, devices=("n0.gpu0",), policy="lru")
     assert sum(static.capacity_experts) == sum(lru.capacity_experts) == 3 * model.num_moe_layers

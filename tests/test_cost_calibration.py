@@ -13,6 +13,7 @@ from moesim.calibration import load_calibration, write_table
 from moesim.cost import CostModel
 from moesim.errors import UserError
 from moesim.specs import load_cluster, load_model
+from moesim.workflows import cost_model
 
 HEADER = {
     "driver": "none",
@@ -120,8 +121,11 @@ def test_calibration_by_folder_and_explicit_devices(tmp_path: Path, mixtral) -> 
     folder = write_tables(tmp_path, "SYNTHETIC-TEST-GPU")
     cluster = load_cluster("h100x8")
     with pytest.raises(UserError, match="SYNTHETIC-TEST-GPU"):
-        CostModel(cluster, mixtral, calibration=folder)
-    cost = CostModel(cluster, mixtral, calibration=str(folder), calibrated_devices=["n0.gpu3"])
+        cost_model(cluster, mixtral, folder)
+    with pytest.raises(TypeError, match="load_calibration"):  # the cost model takes loaded tables only
+        CostModel(cluster, mixtral, calibration=folder)  # type: ignore[arg-type]
+    cost = CostModel(cluster, mixtral, calibration=load_calibration(str(folder)),
+                     calibrated_devices=["n0.gpu3"])
     t = np.array([16, 0, 0, 0, 0, 0, 0, 0])
     assert cost.expert_compute_s("n0.gpu3", t) == pytest.approx(grouped_seconds(16, 1))
     assert cost.expert_compute_s("n0.gpu0", t) != pytest.approx(grouped_seconds(16, 1))
@@ -132,12 +136,13 @@ def test_calibration_by_folder_and_explicit_devices(tmp_path: Path, mixtral) -> 
 
 def test_calibrated_devices_must_be_devices_of_the_cluster(tmp_path: Path, mixtral) -> None:
     folder = write_tables(tmp_path, "SYNTHETIC-TEST-GPU")
+    tables = load_calibration(folder)
     with pytest.raises(UserError, match="expected GPU or CPU ids"):
-        CostModel(load_cluster("h100x8"), mixtral, calibration=folder, calibrated_devices=["n9.gpu0"])
+        CostModel(load_cluster("h100x8"), mixtral, calibration=tables, calibrated_devices=["n9.gpu0"])
     # a CPU id is a device of the cluster, but GPU tables never apply to it
-    cpu_only = CostModel(load_cluster("h100x8"), mixtral, calibration=folder, calibrated_devices=["n0.cpu0"])
+    cpu_only = CostModel(load_cluster("h100x8"), mixtral, calibration=tables, calibrated_devices=["n0.cpu0"])
     assert cpu_only.calibrated_devices == frozenset()
-    cost = CostModel(load_cluster("h100x8"), mixtral, calibration=folder, calibrated_devices=["n0.gpu1"])
+    cost = CostModel(load_cluster("h100x8"), mixtral, calibration=tables, calibrated_devices=["n0.gpu1"])
     assert cost.calibrated_devices == frozenset({"n0.gpu1"})
     assert CostModel(load_cluster("h100x8"), mixtral).calibrated_devices == frozenset()
 
@@ -158,7 +163,7 @@ def test_permute_combine_and_p2p_tables(tmp_path: Path, mixtral) -> None:
         [{"bytes": float(b), "seconds_median": 3e-6 + b / 300e9, **row} for b in (2**10, 2**30)],
     )
     cluster = load_cluster("h100x8")
-    copy_only = CostModel(cluster, mixtral, calibration=tmp_path)
+    copy_only = cost_model(cluster, mixtral, tmp_path)
     moved = 2 * 64 * 4096 * 2.0  # top-2 copies of 64 bf16 tokens
     expected = 2 * load_calibration(tmp_path).time_s("hbm_copy", bytes=moved)
     assert copy_only.permute_combine_s("n0.gpu0", 64) == pytest.approx(expected)
@@ -180,7 +185,7 @@ def test_permute_combine_and_p2p_tables(tmp_path: Path, mixtral) -> None:
             for t in (1, 4096)
         ],
     )
-    kernels = CostModel(cluster, mixtral, calibration=tmp_path)
+    kernels = cost_model(cluster, mixtral, tmp_path)
     assert kernels.permute_combine_s("n0.gpu0", 64) == pytest.approx(
         5e-6 + load_calibration(tmp_path).time_s("combine", tokens=64, top_k=2, hidden=4096, dtype="bf16")
     )
@@ -194,8 +199,10 @@ def test_a_profile_calibration_entry_is_used_by_default(tmp_path: Path, mixtral)
     cluster = load_cluster(profile)
     assert cluster.calibration_dir == str(tmp_path / "tables")
     t = np.array([4, 4, 0, 0, 0, 0, 0, 0])
-    assert CostModel(cluster, mixtral).expert_compute_s("n0.gpu0", t) == pytest.approx(grouped_seconds(4, 2))
-    assert CostModel(load_cluster("h100x8"), mixtral).sources().get("expert") != "table"
+    assert cost_model(cluster, mixtral).expert_compute_s("n0.gpu0", t) == pytest.approx(grouped_seconds(4, 2))
+    assert cost_model(load_cluster("h100x8"), mixtral).sources().get("expert") != "table"
+    # The cost model itself loads nothing: without tables it is the roofline, whatever the profile says.
+    assert CostModel(cluster, mixtral).sources().get("expert") != "table"
     profile.write_text("kind: cluster\nextends: h100x8\ncalibration: nowhere\n")
     with pytest.raises(UserError, match=r"mine\.yaml: calibration: expected a folder written by"):
         load_cluster(profile)
