@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass
 
 from moesim.errors import UserError
 from moesim.specs.hardware import Cluster
@@ -125,16 +125,6 @@ class MemoryBreakdown:
     @property
     def total_bytes(self) -> float:
         return self.fixed_bytes + self.expert_bytes
-
-    @property
-    def free_bytes(self) -> float:
-        return self.capacity_bytes - self.total_bytes
-
-    def with_experts(self, nbytes: float) -> MemoryBreakdown:
-        return replace(self, expert_bytes=float(nbytes))
-
-    def as_dict(self) -> dict[str, float | str]:
-        return {**asdict(self), "total_bytes": self.total_bytes}
 
     def parts(self) -> dict[str, float]:
         """The fixed bytes by part (what ``CachePlan.params["memory_bytes"]`` reports)."""

@@ -1,8 +1,12 @@
-"""``moesim plan``: the comparison on a real trace, plan files, and one-line errors."""
+"""``moesim plan``: the comparison workflow on a real trace, what the CLI prints of it, plan files,
+determinism across processes, and one-line errors."""
 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -43,9 +47,11 @@ def test_plan_compares_planners_as_json(capsys, v2_trace, tmp_path):
     assert set(data["planners"]) == names
     for row in data["planners"].values():
         for key in ("gpu_imbalance_eval", "gpu_imbalance_train", "step_time_s_eval", "tokens_per_s_eval",
-                    "solve_s", "gap"):
+                    "gap"):
             assert key in row
+        assert "solve_s" not in row  # wall time lives under "timing" only
         assert row["gpu_imbalance_train"] >= 1.0 and row["gpu_imbalance_eval"] >= 1.0
+    assert set(data["timing"]["solve_s"]) == names and all(v >= 0 for v in data["timing"]["solve_s"].values())
     rows = data["planners"]
     assert rows["ilp"]["gap"] is not None and 0 <= rows["ilp"]["gap"] < 0.15
     assert rows["eplb"]["gap"] is None
@@ -101,10 +107,6 @@ def test_memory_too_small_is_one_line(capsys, tmp_path):
 
 
 def test_only_hw_uses_the_shipped_model_and_trace(capsys):
-    from moesim.resources import builtin_names
-
-    if "deepseek-v2-lite-synth" not in builtin_names("trace"):
-        pytest.skip("shipped trace deepseek-v2-lite-synth.npz not built yet")
     code, out, err = run(capsys, "plan", "--hw", "h100x8", "--planner", "greedy", "--json")
     assert code == 0, err
     data = json.loads(out)
@@ -112,8 +114,43 @@ def test_only_hw_uses_the_shipped_model_and_trace(capsys):
     assert data["planners"]["greedy"]["gpu_imbalance_train"] < 1.05
 
 
+def test_the_cli_prints_what_the_workflow_returns(capsys):
+    from moesim.workflows import PlacementRequest, compare_planners
+
+    argv = ("plan", "--hw", "h100x8", "--planner", "eplb", "--steps", "2", "--batch-size", "1024", "--json")
+    code, out, err = run(capsys, *argv)
+    assert code == 0, err
+    printed = json.loads(out)
+    result = compare_planners(PlacementRequest(hw="h100x8", planners=("eplb",), steps=2, batch_tokens=1024))
+    want = json.loads(json.dumps(result.as_dict()))
+    printed.pop("timing"), want.pop("timing")
+    assert printed == want
+    row = result.rows["eplb"]
+    assert printed["planners"]["eplb"]["step_time_s_eval"] == row.step_time_s_eval
+    # The per-layer imbalance the report draws averages to the table's figure.
+    assert np.mean(row.imbalance_per_layer_eval) == pytest.approx(row.gpu_imbalance_eval, rel=1e-12)
+    assert len(row.imbalance_per_layer_eval) == len(result.moe_layers) == 26
+    assert result.chosen is result.plans["eplb"] and result.inputs.evaluation.num_tokens == result.eval_tokens
+
+
+def test_eplb_json_is_the_same_in_processes_with_different_hash_seeds(tmp_path):
+    """``moesim plan --planner eplb --json``: byte-identical across processes once ``timing`` is left out
+    (two nodes with local dispatch, so NVLink, InfiniBand and PCIe bytes are all summed)."""
+    argv = [sys.executable, "-m", "moesim", "plan", "--hw", "h100x8x4", "--nodes", "2", "--planner", "eplb",
+            "--dispatch", "local", "--steps", "3", "--json"]
+    outs = []
+    for seed in ("1", "2"):
+        proc = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=300,
+                              env={**os.environ, "PYTHONHASHSEED": seed})
+        assert proc.returncode == 0, proc.stderr
+        data = json.loads(proc.stdout)
+        assert data.pop("timing")["solve_s"]["eplb"] > 0
+        outs.append(json.dumps(data, indent=1))
+    assert outs[0] == outs[1]
+    assert json.loads(outs[0])["planners"]["eplb"]["a2a_bytes"]["ib"] > 0
+
+
 def test_gpu_memory_budget_adds_a_cache_plan_or_one_line_error(capsys, v2_trace, tmp_path):
-    pytest.importorskip("moesim.planners.cache_ilp")
     out_file = tmp_path / "plan.json"
     common = ("plan", "--hw", "h100x8", "--model", "deepseek-v2-lite", "--trace", v2_trace,
               "--planner", "contiguous", "--slots-per-gpu", "8", "--time-limit", "5")

@@ -34,9 +34,14 @@ def test_default_sweep_compares_enough() -> None:
             "expected one of",
         ),
         (
-            {"offload": [{"hw": "x", "model": "m", "trace": "t", "gpu_memory": ["20"]}]},
-            "offload[0].gpu_memory[0]",
+            {"offload": [{"hw": "x", "model": "m", "trace": "t", "expert_cache": ["20"]}]},
+            "offload[0].expert_cache[0]",
             "",
+        ),
+        (
+            {"offload": [{"hw": "x", "model": "m", "trace": "t", "gpu_memory": ["20 GiB"]}]},
+            "offload[0].gpu_memory",
+            "now expert_cache",
         ),
         ({"offload": [{"hw": "x", "model": "m", "trace": "t", "batch": 0}]}, "offload[0].batch", ">= 1"),
         ({"offload": [{"hw": "x", "model": "m", "trace": "t", "colour": 1}]}, "offload[0]", "unknown key"),
@@ -215,7 +220,7 @@ def test_sweep_from_flags_builds_the_grid() -> None:
         trace=["mixtral-8x7b-synth"],
         planners=["contiguous", "eplb"],
         cache_policies=["lru", "belady"],
-        gpu_memory=["21GiB"],
+        expert_cache=["21GiB"],
         cache_sizes=[2, 4],
         time_limit_s=5,
     )
@@ -225,7 +230,7 @@ def test_sweep_from_flags_builds_the_grid() -> None:
     ]
     assert [o.hw for o in s.offload] == ["h100x8", "rtx4090-workstation"]
     assert all(
-        o.policies == ("lru", "belady") and o.cache_sizes == (2, 4) and o.gpu_memory == ("21GiB",)
+        o.policies == ("lru", "belady") and o.cache_sizes == (2, 4) and o.expert_cache == ("21GiB",)
         for o in s.offload
     )
     assert s.source == "flags"
@@ -236,18 +241,16 @@ def test_sweep_from_flags_builds_the_grid() -> None:
             trace=["x", "y", "z"],
             planners=None,
             cache_policies=None,
-            gpu_memory=None,
+            expert_cache=None,
         )
     with pytest.raises(UserError, match="give --model with --trace"):
         sweep_from_flags(
-            hw=None, model=None, trace=["x"], planners=None, cache_policies=None, gpu_memory=None
+            hw=None, model=None, trace=["x"], planners=None, cache_policies=None, expert_cache=None
         )
 
 
 def test_committed_default_sweep_starts_with_the_built_in_defaults() -> None:
     cfg = Path(__file__).resolve().parents[1] / "reports" / "default.yaml"
-    if not cfg.exists():
-        pytest.skip("reports/default.yaml not in this checkout")
     committed, built_in = load_sweep(cfg), default_sweep()
     assert committed.placement == built_in.placement
     assert committed.offload[: len(built_in.offload)] == built_in.offload

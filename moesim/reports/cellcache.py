@@ -37,18 +37,16 @@ def file_digest(path: str | Path, *, memo: dict[tuple[str, int, int], str] | Non
 
 
 def code_digest() -> str:
-    """SHA-256 over moesim's Python sources (package, planners, kernels), in a stable order."""
+    """SHA-256 over moesim's Python sources (planners and kernels included), in a stable order."""
     import moesim
-    import moesim.planners
 
-    roots = {Path(moesim.__file__).parent, Path(moesim.planners.__file__).parent}
+    root = Path(moesim.__file__).parent
     h = hashlib.sha256()
-    for root in sorted(roots):
-        for f in sorted(root.rglob("*.py")):
-            if "__pycache__" in f.parts:
-                continue
-            h.update(str(f.relative_to(root)).encode())
-            h.update(f.read_bytes())
+    for f in sorted(root.rglob("*.py")):
+        if "__pycache__" in f.parts:
+            continue
+        h.update(str(f.relative_to(root)).encode())
+        h.update(f.read_bytes())
     return h.hexdigest()
 
 
