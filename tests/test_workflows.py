@@ -76,6 +76,7 @@ def test_simulate_prints_what_the_workflow_returns(capsys):
     want = json.loads(json.dumps(run.summary()))
     for d in (printed, want):
         d.pop("wall_seconds", None), d.pop("timing", None)
+    assert printed.pop("schema") == "moesim-simulate/1"
     assert printed == want and printed["cache"]["capacity_experts"] == [3]
 
 
@@ -98,5 +99,6 @@ def test_trace_stats_prints_what_the_workflow_returns(capsys):
     printed = json.loads(capsys.readouterr().out)
     from moesim.jsonable import to_jsonable
 
+    assert printed.pop("schema") == "moesim-trace-stats/1"
     assert printed == to_jsonable(trace_statistics("mixtral-8x7b-synth", cache_sizes=[2, 4]))
     assert set(printed["cache_hit_rate"]) == {"lru", "lfu", "belady"}
