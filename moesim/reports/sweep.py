@@ -348,9 +348,8 @@ def sweep_from_flags(
         offloads = [(o0.hw, o0.model, o0.trace)]
     else:
         if trace and not model:
-            raise UserError(
-                "give --model with --trace (the model the trace was recorded from)", field="--model"
-            )
+            raise UserError("give --model with --trace (the model the trace was recorded from)",
+                            field="--model")
         hws = list(hw or [p0.hw, o0.hw])
         work = _pairs(list(model), list(trace)) if model and trace else None
         if work is None:
@@ -365,30 +364,20 @@ def sweep_from_flags(
     d: dict[str, Any] = {"title": "moesim comparison report", "seed": seed, "placement": [], "offload": []}
     for h, m, t in placements if planners != [] else []:
         entry: dict[str, Any] = {
-            "hw": h,
-            "model": m,
-            "trace": t,
-            "planners": list(planners or p0.planners),
+            "hw": h, "model": m, "trace": t, "planners": list(planners or p0.planners),
             "train_fraction": p0.train_fraction,
             "time_limit_s": time_limit_s if time_limit_s is not None else p0.time_limit_s,
         }
-        sp = (
-            slots_per_gpu
-            if slots_per_gpu is not None
-            else (p0.slots_per_gpu if (m, t) == (p0.model, p0.trace) else None)
-        )
+        sp = slots_per_gpu if slots_per_gpu is not None else (
+            p0.slots_per_gpu if (m, t) == (p0.model, p0.trace) else None)
         if sp is not None:
             entry["slots_per_gpu"] = sp
         d["placement"].append(entry)
     for h, m, t in offloads if cache_policies != [] else []:
         same = (m, t) == (o0.model, o0.trace)
         entry = {
-            "hw": h,
-            "model": m,
-            "trace": t,
-            "policies": list(cache_policies or o0.policies),
-            "miss_modes": list(miss_modes or o0.miss_modes),
-            "batch": o0.batch,
+            "hw": h, "model": m, "trace": t, "policies": list(cache_policies or o0.policies),
+            "miss_modes": list(miss_modes or o0.miss_modes), "batch": o0.batch,
             "steps": steps if steps is not None else o0.steps,
         }
         sizes = cache_sizes or (o0.cache_sizes if same else ())
