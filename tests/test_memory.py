@@ -70,8 +70,8 @@ def test_plan_and_simulate_give_the_same_slots_for_the_same_gpu_memory():
     same experts per layer in B: one memory model."""
     from moesim.cost import CostModel
     from moesim.planners.cache_ilp import plan_cache
+    from moesim.plans.default import default_plan
     from moesim.sim.config import SimConfig
-    from moesim.sim.engine import default_plan
     from moesim.traces import RoutingTrace
 
     m = with_weight_dtype(load_model("mixtral-8x7b"), "fp8")

@@ -104,9 +104,9 @@ def test_bad_input_is_one_line(capsys, extra, field):
 
 
 def test_check_invariants_flag(capsys):
-    argv = ["simulate", "--hw", "rtx4090-workstation", "--model", "mixtral-8x7b", "--trace",
-            "mixtral-8x7b-synth", "--steps", "4", "--cache", "lru", "--cache-size", "2", "--miss", "cpu",
-            "--json"]
+    argv = ["simulate", "--hw", "rtx4090-workstation", "--model", "mixtral-8x7b", "--weight-dtype", "fp8",
+            "--trace", "mixtral-8x7b-synth", "--steps", "4", "--cache", "lru", "--cache-size", "2", "--miss",
+            "cpu", "--json"]
     code, out, _ = _run(capsys, [*argv, "--check-invariants"])
     checked = json.loads(out)["invariants_checked"]
     assert code == 0 and checked == ["token_conservation", "memory", "causality"]

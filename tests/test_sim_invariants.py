@@ -19,7 +19,7 @@ from moesim.sim import SimConfig, default_plan, invariants, simulate
 from moesim.sim.engine import Machine
 from moesim.sim.invariants import InvariantViolation
 from moesim.sim.recorder import Recorder
-from moesim.specs import load_cluster, load_model
+from moesim.specs import load_cluster, load_model, with_weight_dtype
 from moesim.traces import RoutingTrace
 from moesim.traces.cache import ExpertCache
 
@@ -238,8 +238,9 @@ def test_runtime_checks_pass_on_correct_runs(h100x8, mixtral, mixtral_trace):
 
 
 def test_runtime_check_catches_an_overfull_cache(monkeypatch, mixtral_trace):
-    """A cache that never evicts holds more experts than its capacity: the memory check says so."""
-    model = load_model("mixtral-8x7b")
+    """A cache that never evicts holds more experts than its capacity: the memory check says so (fp8:
+    2 bf16 experts per layer would not fit the 24 GB card beside the attention weights)."""
+    model = with_weight_dtype(load_model("mixtral-8x7b"), "fp8")
     cfg = SimConfig(load_cluster("rtx4090-workstation"), model, mixtral_trace.rows(0, 32), batch_size=4,
                     cache_policy="lru", cache_size=2)
     monkeypatch.setattr(ExpertCache, "_evict_to_capacity", lambda self, protected, now: None)

@@ -222,7 +222,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _trace_or_counts(name: str, model_name: str | None = None, key: str | None = None):
-    from moesim.traces.counts import load_routing_data
+    from moesim.traces.routing_data import load_routing_data
 
     return load_routing_data(name, model=_model(model_name), key=key)
 

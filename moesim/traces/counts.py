@@ -116,29 +116,6 @@ class LoadCounts:
         return lc
 
 
-def load_routing_data(name_or_path: str | Path, *, model: Any = None, key: str | None = None) -> Any:
-    """A routing trace or a counts file (``moe-load-counts/v1``) by path or shipped name.
-
-    Returns a ``RoutingTrace`` or a ``LoadCounts``, checked against ``model`` when given; ``key``
-    picks one count array of an aggregate ``.npz``. Planners take either (``load_matrix``).
-    """
-    from moesim.resources import resolve
-    from moesim.traces.trace import RoutingTrace
-
-    path = resolve("trace", str(name_or_path))
-    if is_counts_file(path):
-        counts = LoadCounts.load(path)
-    elif key is not None:
-        from moesim.traces.convert import convert
-
-        counts = convert([path], "counts-npz", key=key)
-    else:
-        return RoutingTrace.load(path, model=model)
-    if model is not None:
-        counts.check_model(model)
-    return counts
-
-
 def is_counts_file(path: str | Path) -> bool:
     """True for a ``.npz`` holding a ``counts`` member (checked by name only, nothing is read)."""
     import zipfile

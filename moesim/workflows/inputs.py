@@ -15,7 +15,8 @@ from moesim.errors import UserError
 from moesim.specs import load_cluster, load_model, with_weight_dtype
 from moesim.specs.hardware import Cluster
 from moesim.specs.model import MoEModel
-from moesim.traces.counts import LoadCounts, load_routing_data
+from moesim.traces.counts import LoadCounts
+from moesim.traces.routing_data import load_routing_data
 from moesim.traces.trace import RoutingTrace
 
 DEFAULT_MODEL = "deepseek-v2-lite"

@@ -11,7 +11,8 @@ import numpy as np
 from moesim.errors import UserError
 from moesim.specs import load_model
 from moesim.traces.cache import POLICIES
-from moesim.traces.counts import LoadCounts, load_routing_data
+from moesim.traces.counts import LoadCounts
+from moesim.traces.routing_data import load_routing_data
 from moesim.traces.stats import entropy_bits, gini, trace_stats
 from moesim.traces.trace import RoutingTrace
 
