@@ -62,12 +62,12 @@ def test_a_folder_may_hold_one_gpu_and_one_cpu(tmp_path: Path) -> None:
 def test_cpu_tables_apply_to_matching_cpus_only(tmp_path: Path) -> None:
     write_table(tmp_path / "cpu_expert.csv", "cpu_expert", CPU_HEAD, expert_rows({1: 1e-3, 64: 9e-3}))
     model = load_model("deepseek-v2-lite")
-    cost = CostModel(load_cluster("rtx4090-workstation"), model, calibration=str(tmp_path))
+    cost = CostModel(load_cluster("rtx4090-workstation"), model, calibration=load_calibration(tmp_path))
     assert cost.calibrated_devices == frozenset()  # no GPU tables
     assert cost.sources()["cpu_expert"] == "table"
     assert cost.cpu.kernel("n0.cpu0").name == "torch-bf16"  # the table measured torch
     with pytest.raises(UserError, match=r"6454S.*xeon-platinum-8480"):
-        CostModel(load_cluster("h100x8"), model, calibration=str(tmp_path))
+        CostModel(load_cluster("h100x8"), model, calibration=load_calibration(tmp_path))
 
 
 def test_cpu_expert_time_follows_the_measured_curve() -> None:
@@ -75,7 +75,8 @@ def test_cpu_expert_time_follows_the_measured_curve() -> None:
     table = read_table(EXAMPLE / "cpu_expert.csv")
     measured = {r["rows"]: r["seconds_median"] for r in table.rows if r["dtype"] == "bf16"}
     model = load_model("deepseek-v2-lite")  # the table's expert shape, bf16 weights
-    cost = CostModel(load_cluster("rtx3090-desktop"), model, calibration=str(EXAMPLE))  # one socket
+    # one socket
+    cost = CostModel(load_cluster("rtx3090-desktop"), model, calibration=load_calibration(EXAMPLE))
     assert cost.cpu.kernel("n0.cpu0").name == "torch-bf16"
     rows = sorted(measured)
     for r in rows:

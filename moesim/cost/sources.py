@@ -20,7 +20,8 @@ Source = Literal["table", "roofline"]
 
 
 class MeasuredTables(Protocol):
-    """What the cost model needs of a loaded calibration (``moesim.calibration.Calibration``)."""
+    """What the cost model needs of a loaded calibration (``moesim.calibration.Calibration``; CPU
+    tables also carry ``cpu``, the CPU they were measured on)."""
 
     device: str
     """GPU name the tables were measured on."""
@@ -29,6 +30,7 @@ class MeasuredTables(Protocol):
     def ops(self) -> tuple[str, ...]: ...
 
     def time_s(self, op: str, *, exact: bool = False, **shape: Any) -> float | None: ...
+
 
 OPS = (
     "expert",
