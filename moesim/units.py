@@ -1,14 +1,18 @@
 """Quantities with units: ``"3.35 TB/s"``, ``"80 GiB"``, ``"989.4 TFLOP/s"``, ``"2 us"`` → SI floats.
 
-Every quantity in a user file carries its unit as text. A bare number, an unknown unit or a unit
-of the wrong dimension is a :class:`~moesim.errors.UserError`. Decimal prefixes are powers of
-1000, binary ones (``KiB``, ``GiB``) powers of 1024; a lower-case ``b`` is a bit, ``B`` a byte.
+Every quantity in a user file carries its unit as text. A bare number, an unknown unit, a unit of
+the wrong dimension, a negative, infinite or NaN value (``1e400 GB`` overflows to infinity) is a
+:class:`~moesim.errors.UserError`. Decimal prefixes are powers of 1000, binary ones (``KiB``,
+``GiB``) powers of 1024; a lower-case ``b`` is a bit, ``B`` a byte. :data:`PHYSICAL` bounds each
+kind of hardware quantity to a generous physical range (docs/limits.md), so that ``bf16: 0 TFLOP/s``
+or ``1e-300 GB/s`` cannot simulate to ``inf s``.
 """
 
 from __future__ import annotations
 
 import math
 import re
+from dataclasses import dataclass
 
 from moesim.errors import UserError
 
@@ -80,7 +84,48 @@ def parse_quantity(
         raise UserError(f"{expected}, got {value!r} (unknown unit {unit!r})", file=file, field=field)
     if number < 0 or math.isnan(number):
         raise UserError(f"{expected}, got {value!r} (must not be negative)", file=file, field=field)
-    return number * units[unit]
+    si = number * units[unit]
+    if not math.isfinite(si):
+        raise UserError(f"{expected}, got {value!r} (must be finite)", file=file, field=field)
+    return si
+
+
+@dataclass(frozen=True)
+class PhysicalRange:
+    """The values one kind of quantity may take: ``low <= x <= high`` in SI units of ``dimension``."""
+
+    dimension: str
+    low: float
+    high: float
+    what: str
+    """In messages: ``a memory capacity``."""
+
+    def describe(self) -> str:
+        low = "0" if self.low == 0 else format_quantity(self.low, self.dimension)
+        return f"from {low} to {format_quantity(self.high, self.dimension)}"
+
+
+PHYSICAL: dict[str, PhysicalRange] = {
+    "memory": PhysicalRange("bytes", 1e6, 1e15, "a memory capacity"),
+    "bandwidth": PhysicalRange("bandwidth", 1e6, 1e15, "a bandwidth"),
+    "compute": PhysicalRange("flops", 1e6, 1e18, "a peak compute rate"),
+    "latency": PhysicalRange("time", 0.0, 1.0, "a latency"),
+    "overhead": PhysicalRange("time", 0.0, 1.0, "an overhead"),
+    "work": PhysicalRange("flop", 1.0, 1e21, "an amount of work"),
+    "size": PhysicalRange("bytes", 1.0, 1e15, "a size"),
+    "budget": PhysicalRange("bytes", 1.0, 1e15, "a memory budget"),
+}
+"""Generous physical ranges: a link or HBM above 1 PB/s, a device above 1e18 FLOP/s or 1 PB, a latency
+above 1 s is a typo (or an attack), as is anything at or near zero where a rate divides a size."""
+
+
+def parse_physical(value: object, kind: str, *, file: str | None = None, field: str | None = None) -> float:
+    """Parse ``value`` as a quantity of ``kind`` (a key of :data:`PHYSICAL`) and check its range."""
+    rng = PHYSICAL[kind]
+    si = parse_quantity(value, rng.dimension, file=file, field=field)
+    if not rng.low <= si <= rng.high:
+        raise UserError(f"expected {rng.what} {rng.describe()}, got {value!r}", file=file, field=field)
+    return si
 
 
 def format_quantity(value: float, dimension: str) -> str:
@@ -93,7 +138,8 @@ def format_quantity(value: float, dimension: str) -> str:
         for unit, f in (("s", 1.0), ("ms", 1e-3), ("us", 1e-6), ("ns", 1e-9)):
             if value >= f or unit == "ns":
                 return f"{value / f:.4g} {unit}"
-    suffix = {"bytes": "B", "bandwidth": "B/s", "flops": "FLOP/s", "frequency": "Hz"}[dimension]
+    suffixes = {"bytes": "B", "bandwidth": "B/s", "flops": "FLOP/s", "frequency": "Hz", "flop": "FLOP"}
+    suffix = suffixes[dimension]
     if dimension == "bytes" and value >= 2**30 and value % 2**30 == 0:
         return f"{value / 2**30:g} Gi{suffix}"
     for prefix, f in (("P", 1e15), ("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3), ("", 1.0)):

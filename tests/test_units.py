@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from moesim.errors import UserError
-from moesim.units import DIMENSIONS, format_quantity, parse_quantity
+from moesim.units import DIMENSIONS, PHYSICAL, format_quantity, parse_physical, parse_quantity
 
 _DEC = {"": 1.0, "k": 1e3, "K": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "P": 1e15}
 _BIN = {"Ki": 2.0**10, "Mi": 2.0**20, "Gi": 2.0**30, "Ti": 2.0**40, "Pi": 2.0**50}
@@ -89,7 +89,6 @@ def test_the_common_units_cover_what_profiles_use() -> None:
         ("  7 ms  ", "time", 7e-3),
         ("+3 ns", "time", 3e-9),
         ("0 B", "bytes", 0.0),
-        ("inf B/s", "bandwidth", math.inf),
     ],
 )
 def test_known_values(text: str, dimension: str, value: float) -> None:
@@ -150,6 +149,48 @@ def test_unknown_units_are_named(text: str) -> None:
 def test_malformed_values(value: object) -> None:
     with pytest.raises(UserError, match="expected a size"):
         parse_quantity(value, "bytes", file="x.yaml", field="memory.capacity")
+
+
+@pytest.mark.parametrize("text", ["inf B/s", "1e400 GB/s", "+inf B/s", "1e300 PB/s"])
+def test_infinite_quantities_are_rejected(text: str) -> None:
+    with pytest.raises(UserError, match="must be finite"):
+        parse_quantity(text, "bandwidth", file="hw.yaml", field="links.x.bandwidth")
+
+
+@pytest.mark.parametrize(
+    ("text", "kind", "message"),
+    [
+        ("0 TFLOP/s", "compute", "a peak compute rate from 1 MFLOP/s to 1000 PFLOP/s, got '0 TFLOP/s'"),
+        ("2e18 FLOP/s", "compute", "expected a peak compute rate from 1 MFLOP/s to 1000 PFLOP/s"),
+        ("1e-300 GB/s", "bandwidth", "expected a bandwidth from 1 MB/s to 1 PB/s, got '1e-300 GB/s'"),
+        ("2 PB/s", "bandwidth", "expected a bandwidth from 1 MB/s to 1 PB/s"),
+        ("0 GB", "memory", "expected a memory capacity from 1 MB to 1 PB, got '0 GB'"),
+        ("2 PB", "memory", "expected a memory capacity from 1 MB to 1 PB"),
+        ("2 s", "latency", "expected a latency from 0 to 1 s, got '2 s'"),
+        ("inf s", "latency", "must be finite"),
+        ("1e400 GB", "memory", "must be finite"),
+    ],
+)
+def test_physical_ranges(text: str, kind: str, message: str) -> None:
+    with pytest.raises(UserError) as err:
+        parse_physical(text, kind, file="hw.yaml", field="f")
+    assert str(err.value).startswith("hw.yaml: f: ") and message in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("text", "kind", "value"),
+    [("0 s", "latency", 0.0), ("1 s", "latency", 1.0), ("1 PB/s", "bandwidth", 1e15), ("1 MB", "memory", 1e6),
+     ("1000 PFLOP/s", "compute", 1e18), ("80 GiB", "memory", 80 * 2**30)],
+)
+def test_physical_range_bounds_are_inclusive(text: str, kind: str, value: float) -> None:
+    assert parse_physical(text, kind) == pytest.approx(value)
+
+
+def test_every_physical_range_is_finite_and_ordered() -> None:
+    for kind, rng in PHYSICAL.items():
+        assert rng.dimension in DIMENSIONS, kind
+        assert 0 <= rng.low < rng.high < math.inf, kind
+        assert rng.describe().startswith("from "), kind
 
 
 def test_unknown_dimension_is_a_programming_error() -> None:

@@ -26,6 +26,7 @@ from moesim.specs.yaml_fields import (
     load_document,
     resolve_reference,
 )
+from moesim.units import parse_physical
 
 DEVICE_KINDS = ("gpu", "cpu", "pim")
 # dtypes a peak FLOP/s may be given for (DeviceSpec.peak_flops falls back between them).
@@ -219,10 +220,8 @@ def parse_device(name: str, f: Fields) -> DeviceSpec:
 
     mem = f.mapping("memory")
     mem.check_keys(_MEMORY_KEYS, required=("capacity", "bandwidth", "source"))
-    capacity = mem.quantity("capacity", "bytes")
+    capacity = mem.quantity("capacity", "memory")
     bandwidth = mem.quantity("bandwidth", "bandwidth")
-    if capacity <= 0 or bandwidth <= 0:
-        raise mem.error("capacity" if capacity <= 0 else "bandwidth", "expected a value greater than zero")
     internal: float | None = None
     if kind == "pim":
         internal = mem.quantity("internal_bandwidth", "bandwidth")
@@ -249,23 +248,23 @@ def parse_device(name: str, f: Fields) -> DeviceSpec:
     for dtype in peak_fields.names():
         if dtype not in PEAK_DTYPES:
             raise peak_fields.error(dtype, f"unknown dtype; expected one of: {', '.join(PEAK_DTYPES)}")
-        peak[dtype] = peak_fields.quantity(dtype, "flops")
+        peak[dtype] = peak_fields.quantity(dtype, "compute")
     sources["compute"] = _provenance(comp)
 
     launch = 0.0
     if "overheads" in f:
         ov = f.mapping("overheads")
         ov.check_keys(_OVERHEAD_KEYS, required=("source",))
-        launch = ov.quantity("launch", "time", 0.0)
+        launch = ov.quantity("launch", "overhead", 0.0)
         sources["overheads"] = _provenance(ov)
 
     curves: dict[str, tuple[tuple[float, float], ...]] = {}
     if "efficiency_curves" in f:
         cf = f.mapping("efficiency_curves")
         cf.check_keys(_CURVE_KEYS, required=("source",))
-        for curve, dim in (("compute", "flop"), ("memory", "bytes")):
+        for curve, size_kind in (("compute", "work"), ("memory", "size")):
             if curve in cf:
-                curves[curve] = _parse_curve(cf, curve, dim)
+                curves[curve] = _parse_curve(cf, curve, size_kind)
         sources["efficiency_curves"] = _provenance(cf)
 
     kernels: dict[str, CpuKernelSpec] = {}
@@ -293,10 +292,10 @@ def parse_device(name: str, f: Fields) -> DeviceSpec:
     )
 
 
-def _parse_curve(cf: Fields, curve: str, dimension: str) -> tuple[tuple[float, float], ...]:
+def _parse_curve(cf: Fields, curve: str, kind: str) -> tuple[tuple[float, float], ...]:
     points: list[tuple[float, float]] = []
     field = cf.field(curve)
-    example = "['1 GFLOP', 0.3]" if dimension == "flop" else "['1 MiB', 0.4]"
+    example = "['1 GFLOP', 0.3]" if kind == "work" else "['1 MiB', 0.4]"
     for i, point in enumerate(cf.list(curve)):
         where = f"{field}[{i}]"
         if not isinstance(point, list) or len(point) != 2:
@@ -305,9 +304,7 @@ def _parse_curve(cf: Fields, curve: str, dimension: str) -> tuple[tuple[float, f
                 file=cf.file(curve),
                 field=where,
             )
-        from moesim.units import parse_quantity
-
-        size = parse_quantity(point[0], dimension, file=cf.file(curve), field=f"{where}[0]")
+        size = parse_physical(point[0], kind, file=cf.file(curve), field=f"{where}[0]")
         frac = check_fraction(
             point[1], lambda msg, w=where: UserError(msg, file=cf.file(curve), field=f"{w}[1]")
         )
@@ -322,13 +319,10 @@ def _parse_curve(cf: Fields, curve: str, dimension: str) -> tuple[tuple[float, f
 def parse_link(name: str, f: Fields) -> LinkSpec:
     """A link entry -> LinkSpec (bandwidth per direction; the entry name is the link kind)."""
     f.check_keys(_LINK_KEYS, required=("bandwidth", "latency", "source"))
-    bandwidth = f.quantity("bandwidth", "bandwidth")
-    if bandwidth <= 0:
-        raise f.error("bandwidth", "expected a bandwidth greater than zero")
     return LinkSpec(
         kind=name,
-        bandwidth_bytes_per_s=bandwidth,
-        latency_s=f.quantity("latency", "time"),
+        bandwidth_bytes_per_s=f.quantity("bandwidth", "bandwidth"),
+        latency_s=f.quantity("latency", "latency"),
         efficiency=f.fraction("efficiency", 1.0),
         source=_provenance(f),
     )

@@ -16,6 +16,7 @@ from typing import Any
 import networkx as nx
 
 from moesim.errors import UserError
+from moesim.limits import CLUSTER_LINKS, NODES, VERTICES_PER_NODE
 from moesim.resources import builtin_dir, builtin_names
 from moesim.specs.hardware import Cluster, Device, DeviceSpec, Link, LinkSpec
 from moesim.specs.hardware_catalog import DEVICE_KINDS, Catalog, validate_catalog
@@ -44,9 +45,11 @@ def load_cluster(name_or_path: str | Path, *, nodes: int | None = None) -> Clust
         )
     top.check_keys(_TOP_KEYS, required=("source", "node"))
     top.str("source")
-    if nodes is not None and (isinstance(nodes, bool) or not isinstance(nodes, int) or nodes < 1):
-        raise UserError(f"expected a node count >= 1, got {nodes!r}", field="--nodes")
-    count = nodes if nodes is not None else top.int("nodes", 1, minimum=1)
+    if nodes is not None:
+        if isinstance(nodes, bool) or not isinstance(nodes, int) or nodes < 1:
+            raise UserError(f"expected a node count >= 1, got {nodes!r}", field="--nodes")
+        NODES.check(nodes, field="--nodes")
+    count = nodes if nodes is not None else top.int("nodes", 1, minimum=1, maximum=NODES)
     # A profile that extends another keeps its own name, not its parent's.
     own_name = "name" in top and origin_of(doc.origins, "name", str(doc.path)) == str(doc.path)
     name = top.str("name") if own_name else doc.path.stem
@@ -94,7 +97,9 @@ def _node_template(node: Fields, catalog: Catalog) -> _NodeTemplate:
             raise entry.error(
                 "model", f"expected a {kind} device, got {spec.model!r}, which is a {spec.kind}"
             )
-        devices += [(f"{kind}{i}", spec) for i in range(entry.int("count", 1, minimum=1))]
+        count = entry.int("count", 1, minimum=1, maximum=VERTICES_PER_NODE)
+        VERTICES_PER_NODE.check(len(devices) + count, file=entry.file("count"), field=entry.field("count"))
+        devices += [(f"{kind}{i}", spec) for i in range(count)]
     for key in devs.names():
         if key not in DEVICE_KINDS:
             raise devs.error(key, f"unknown device kind; expected one of: {', '.join(DEVICE_KINDS)}")
@@ -109,6 +114,8 @@ def _node_template(node: Fields, catalog: Catalog) -> _NodeTemplate:
                     f"(devices are named gpu0, cpu0, pim0...)",
                 )
             switches.append(s)
+    VERTICES_PER_NODE.check(len(devices) + len(switches), file=node.file("switches"),
+                            field=node.field("switches"))
     return _NodeTemplate(tuple(devices), tuple(switches))
 
 
@@ -133,6 +140,8 @@ def _expand(m: re.Match[str], known: list[str], where: Fields, key: str) -> list
             raise where.error(
                 key, f"expected an index range such as [0-7] or [0,2,4], got [{m.group('range')}]"
             )
+        VERTICES_PER_NODE.check(len(out) + int(hi or lo) - int(lo) + 1, file=where.file(key),
+                                field=where.field(key))
         out += [f"{stem}{i}" for i in range(int(lo), int(hi or lo) + 1)]
     return out
 
@@ -219,6 +228,7 @@ def _build(name: str, nodes: int, top: Fields, catalog: Catalog, file: str) -> C
             fabric.append(s)
     node_links = _link_uses(node, local, fabric, catalog, allow_fabric=False)
     fabric_links = _link_uses(fabric_f, local, fabric, catalog, allow_fabric=True)
+    CLUSTER_LINKS.check((len(node_links) + len(fabric_links)) * nodes, file=file, field="node.links")
 
     devices = tuple(Device(f"n{k}.{v}", k, spec) for k in range(nodes) for v, spec in template.devices)
     switches = tuple(f"n{k}.{s}" for k in range(nodes) for s in template.switches) + tuple(fabric)

@@ -15,8 +15,9 @@ from typing import Any
 import yaml
 
 from moesim.errors import UserError
+from moesim.limits import MAX_WIDTH, Limit
 from moesim.resources import resolve
-from moesim.units import parse_quantity
+from moesim.units import parse_physical
 
 _MISSING: Any = object()
 
@@ -241,16 +242,22 @@ class Fields:
             raise self.error(key, f"expected one of {', '.join(choices)}, got {value!r}")
         return value
 
-    def int(self, key: str, default: Any = _MISSING, *, minimum: int = 0) -> int:
+    def int(self, key: str, default: Any = _MISSING, *, minimum: int = 0, maximum: int | Limit = MAX_WIDTH
+            ) -> int:
+        """A whole number in ``[minimum, maximum]``; ``maximum`` may be a :class:`Limit` (env-raisable)."""
         value = self.raw(key, default)
         if isinstance(value, bool) or not isinstance(value, int):
             raise self.error(key, f"expected a whole number >= {minimum}, got {_kind(value)}")
         if value < minimum:
             raise self.error(key, f"expected a whole number >= {minimum}, got {value}")
+        if isinstance(maximum, Limit):
+            maximum.check(value, file=self.file(key), field=self.field(key))
+        elif value > maximum:
+            raise self.error(key, f"expected a whole number from {minimum} to {maximum:,}, got {value:,}")
         return value
 
-    def optional_int(self, key: str, *, minimum: int = 0) -> int | None:
-        return None if self.data.get(key) is None else self.int(key, minimum=minimum)
+    def optional_int(self, key: str, *, minimum: int = 0, maximum: int | Limit = MAX_WIDTH) -> int | None:
+        return None if self.data.get(key) is None else self.int(key, minimum=minimum, maximum=maximum)
 
     def bool(self, key: str, default: Any = _MISSING) -> bool:
         value = self.raw(key, default)
@@ -263,11 +270,12 @@ class Fields:
         value = self.raw(key, default)
         return check_fraction(value, lambda msg: self.error(key, msg))
 
-    def quantity(self, key: str, dimension: str, default: Any = _MISSING) -> float:
+    def quantity(self, key: str, kind: str, default: Any = _MISSING) -> float:
+        """A quantity with its unit, within the physical range of ``kind`` (a key of ``units.PHYSICAL``)."""
         value = self.raw(key, default)
         if value is default and default is not _MISSING:
             return value
-        return parse_quantity(value, dimension, file=self.file(key), field=self.field(key))
+        return parse_physical(value, kind, file=self.file(key), field=self.field(key))
 
 
 def check_fraction(value: object, error: Callable[[str], UserError]) -> float:
