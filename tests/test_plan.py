@@ -121,6 +121,10 @@ def test_cache_plan_words_become_members() -> None:
         CachePlan("fifo")
 
 
+_PLAN = ("{planner: x, model: m, devices: [a], num_experts: 2, slots_per_device: 2, layers: [{layer: 1, "
+         "slots: [[0, 1]]}]}")
+
+
 @pytest.mark.parametrize(
     ("text", "message"),
     [
@@ -129,7 +133,20 @@ def test_cache_plan_words_become_members() -> None:
         ("schema: other/v9\n", "schema: expected schema 'moesim-plan/v1'"),
         ("{planner: x, model: m, devices: [a], num_experts: 2, slots_per_device: 2, layers: [{layer: 1, "
          "slots: [[0]]}]}", r"layers\[0\]\.slots: expected 1 lists of 2 integers"),
-        ("a: [", "not valid YAML/JSON"),
+        ("a: [", "expected valid YAML, got a syntax error"),
+        ("a: !!timestamp x", "not a valid !!timestamp value"),
+        ("[" * 20000, "levels of YAML/JSON nesting exceed the limit of 64"),
+        (_PLAN.replace("layer: 1,", "layer: abc,"),
+         r"layers\[0\]\.layer: expected a whole number, got 'abc'"),
+        (_PLAN.replace("}]}", "}], cache: [1, 2]}"), r"cache: expected a mapping"),
+        (_PLAN.replace("}]}", "}], cache: {policy: lru, capacity_experts: 3}}"),
+         r"cache\.capacity_experts: expected a list, got 3"),
+        (_PLAN.replace("}]}", "}], params: [1]}"), r"params: expected a mapping, got \[1\]"),
+        (_PLAN.replace("[[0, 1]]", "[[0, 70000000000]]"),
+         r"layers\[0\]\.slots: expected 1 lists of 2 integers"),
+        (_PLAN.replace("[[0, 1]]", "[[0, true]]"), r"layers\[0\]\.slots: expected 1 lists of 2 integers"),
+        (_PLAN.replace("num_experts: 2", "num_experts: 100000000000"),
+         "num_experts: 100,000,000,000 experts"),
     ],
 )
 def test_bad_plan_files_give_one_line(tmp_path: Path, text: str, message: str) -> None:

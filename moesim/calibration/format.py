@@ -25,6 +25,7 @@ import yaml
 
 from moesim.errors import UserError
 from moesim.io import atomic_write_text
+from moesim.safe_yaml import parse_yaml
 
 SCHEMA = "moesim-calibration/v1"
 
@@ -188,9 +189,9 @@ def parse_table(text: str, *, path: str = "<text>") -> Table:
         head_lines.append(lines[first][2:] if lines[first].startswith("# ") else lines[first][1:])
         first += 1
     try:
-        header = yaml.safe_load("\n".join(head_lines)) or {}
-    except yaml.YAMLError as e:
-        raise UserError(f"expected a YAML header in '# ' comment lines: {e}", file=path,
+        header = parse_yaml("\n".join(head_lines), file=path) or {}
+    except UserError as e:
+        raise UserError(f"expected a YAML header in '# ' comment lines: {e.message}", file=path,
                         field="header") from None
     if not isinstance(header, dict):
         raise UserError("expected the header to be a YAML mapping", file=path, field="header")

@@ -14,6 +14,8 @@ import yaml
 
 from moesim.errors import UserError
 from moesim.io import atomic_write_text
+from moesim.limits import EXPERTS
+from moesim.safe_yaml import read_yaml_file
 from moesim.specs.hardware import Cluster
 from moesim.specs.model import MoEModel
 from moesim.vocab import CachePolicy, MissMode, Prefetch, parse
@@ -259,7 +261,7 @@ class Plan:
         def need(key: str, kind: type | tuple[type, ...]) -> Any:
             if key not in d:
                 raise UserError("missing field", file=file, field=key)
-            if not isinstance(d[key], kind):
+            if not isinstance(d[key], kind) or isinstance(d[key], bool):
                 what = getattr(kind, "__name__", kind)
                 raise UserError(f"expected {what}, got {d[key]!r}", file=file, field=key)
             return d[key]
@@ -271,61 +273,103 @@ class Plan:
         layers = need("layers", list)
         devices = tuple(str(x) for x in need("devices", list))
         slots = need("slots_per_device", int)
-        rows = []
+        num_experts = EXPERTS.check(need("num_experts", int), file=file, field="num_experts")
+        rows, layer_ids = [], []
         for i, entry in enumerate(layers):
             if not isinstance(entry, Mapping) or "layer" not in entry or "slots" not in entry:
                 raise UserError("expected {layer: int, slots: [[int]]}", file=file, field=f"layers[{i}]")
-            arr = np.asarray(entry["slots"])
-            if arr.shape != (len(devices), slots) or not np.issubdtype(arr.dtype, np.integer):
-                raise UserError(
-                    f"expected {len(devices)} lists of {slots} integers, got shape {arr.shape}",
-                    file=file,
-                    field=f"layers[{i}].slots",
-                )
-            rows.append(arr)
-        placement = np.stack(rows).astype(np.int32) if rows else np.zeros((0, len(devices), slots), np.int32)
+            layer_ids.append(_whole(entry["layer"], file, f"layers[{i}].layer"))
+            rows.append(_id_grid(entry["slots"], (len(devices), slots), file, f"layers[{i}].slots"))
+        placement = np.stack(rows) if rows else np.zeros((0, len(devices), slots), np.int32)
         _check_legacy_execution(d.get("execution"), file)
         cache = None
         if d.get("cache") is not None:
             c = d["cache"]
+            if not isinstance(c, Mapping):
+                raise UserError(f"expected a mapping (policy, capacity_experts, ...), got {c!r}", file=file,
+                                field="cache")
+            capacity = _list(c.get("capacity_experts", []), file, "cache.capacity_experts")
+            resident = _list(c.get("resident", []), file, "cache.resident")
             cache = CachePlan(
                 policy=parse(CachePolicy, c.get("policy", "none"), field="cache.policy", file=file),
-                capacity_experts=tuple(int(x) for x in c.get("capacity_experts", [])),
-                resident=tuple(tuple(int(x) for x in r) for r in c.get("resident", [])),
+                capacity_experts=tuple(
+                    _whole(x, file, f"cache.capacity_experts[{i}]") for i, x in enumerate(capacity)
+                ),
+                resident=tuple(_resident(r, file, f"cache.resident[{i}]") for i, r in enumerate(resident)),
                 miss=parse(MissMode, c.get("miss", "fetch"), field="cache.miss", file=file),
                 prefetch=parse(Prefetch, c.get("prefetch", "none"), field="cache.prefetch", file=file),
-                params=MappingProxyType(dict(c.get("params", {}))),
+                params=MappingProxyType(_mapping(c.get("params"), file, "cache.params")),
             )
         return cls(
             planner=str(need("planner", str)),
             model=str(need("model", str)),
             devices=devices,
-            moe_layers=tuple(int(e["layer"]) for e in layers),
-            num_experts=need("num_experts", int),
+            moe_layers=tuple(layer_ids),
+            num_experts=num_experts,
             placement=placement,
             cache=cache,
-            params=MappingProxyType(dict(d.get("params") or {})),
-            objective=d.get("objective"),
-            bound=d.get("bound"),
-            gap=d.get("gap"),
-            solve_s=d.get("solve_s"),
-            predicted=MappingProxyType(dict(d.get("predicted") or {})),
+            params=MappingProxyType(_mapping(d.get("params"), file, "params")),
+            objective=_number(d.get("objective"), file, "objective"),
+            bound=_number(d.get("bound"), file, "bound"),
+            gap=_number(d.get("gap"), file, "gap"),
+            solve_s=_number(d.get("solve_s"), file, "solve_s"),
+            predicted=MappingProxyType(_mapping(d.get("predicted"), file, "predicted")),
         )
 
     @classmethod
     def load(cls, path: str | Path) -> Plan:
+        """Read a plan file (YAML or JSON, which YAML reads too); one-line UserError for any flaw."""
         path = Path(path)
-        try:
-            text = path.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            raise UserError("no such file", file=path) from None
-        except OSError as e:
-            raise UserError(f"cannot read: {e.strerror}", file=path) from None
-        try:
-            data = yaml.safe_load(text)  # JSON is YAML too
-        except yaml.YAMLError as e:
-            raise UserError(f"not valid YAML/JSON ({str(e).splitlines()[0]})", file=path) from None
-        return cls.from_dict(data, file=str(path))
+        return cls.from_dict(read_yaml_file(path), file=str(path))
+
+
+def _whole(value: Any, file: str | None, field_name: str) -> int:
+    """A whole number (a layer, an expert id, a cache size) within int32."""
+    if isinstance(value, bool) or not isinstance(value, int) or not -(2**31) <= value < 2**31:
+        raise UserError(f"expected a whole number, got {value!r}", file=file, field=field_name)
+    return value
+
+
+def _resident(value: Any, file: str | None, field_name: str) -> tuple[int, ...]:
+    return tuple(_whole(x, file, field_name) for x in _list(value, file, field_name))
+
+
+def _list(value: Any, file: str | None, field_name: str) -> list[Any]:
+    if not isinstance(value, list):
+        raise UserError(f"expected a list, got {value!r}", file=file, field=field_name)
+    return value
+
+
+def _mapping(value: Any, file: str | None, field_name: str) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise UserError(f"expected a mapping, got {value!r}", file=file, field=field_name)
+    return dict(value)
+
+
+def _number(value: Any, file: str | None, field_name: str) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise UserError(f"expected a number or null, got {value!r}", file=file, field=field_name)
+    return value
+
+
+def _id_grid(value: Any, shape: tuple[int, int], file: str | None, field_name: str) -> np.ndarray:
+    """``shape`` lists of expert ids (-1 = empty slot) as int32, every entry checked before the cast."""
+    rows = value if isinstance(value, list) else []
+    if not (isinstance(value, list) and len(value) == shape[0]
+            and all(isinstance(r, list) and len(r) == shape[1] for r in rows)):
+        got = [len(r) if isinstance(r, list) else r for r in rows] if isinstance(value, list) else value
+        raise UserError(f"expected {shape[0]} lists of {shape[1]} integers, got {str(got)[:60]}", file=file,
+                        field=field_name)
+    for r in rows:
+        for x in r:
+            if isinstance(x, bool) or not isinstance(x, int) or not -1 <= x < 2**31:
+                raise UserError(f"expected {shape[0]} lists of {shape[1]} integers (expert ids, -1 = empty), "
+                                f"got {x!r}", file=file, field=field_name)
+    return np.array(rows, dtype=np.int32).reshape(shape)
 
 
 def _check_legacy_execution(execution: Any, file: str | None) -> None:

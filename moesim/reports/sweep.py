@@ -14,10 +14,9 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from moesim.errors import UserError
 from moesim.planners import PLANNERS
+from moesim.safe_yaml import parse_yaml
 from moesim.specs.model import DTYPE_BYTES
 from moesim.vocab import CachePolicy, Dispatch, MissMode, choices
 
@@ -287,7 +286,7 @@ def sweep_from_dict(
 
 
 def load_sweep(path: str | Path) -> Sweep:
-    """Read a ``sweep.yaml`` (``yaml.safe_load``); relative paths inside are relative to its folder."""
+    """Read a ``sweep.yaml`` (moesim.safe_yaml); relative paths inside are relative to its folder."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -295,10 +294,7 @@ def load_sweep(path: str | Path) -> Sweep:
         raise UserError("no such sweep config file", file=path) from None
     except (OSError, UnicodeDecodeError) as e:
         raise UserError(f"cannot read the sweep config: {e}", file=path) from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        raise UserError(f"not valid YAML ({str(e).splitlines()[0]})", file=path) from None
+    data = parse_yaml(text, file=path)
     return sweep_from_dict(data, file=str(path), base_dir=path.resolve().parent, source=str(path))
 
 

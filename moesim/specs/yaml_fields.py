@@ -12,11 +12,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from moesim.errors import UserError
 from moesim.limits import MAX_WIDTH, Limit
 from moesim.resources import resolve
+from moesim.safe_yaml import read_yaml_file
 from moesim.units import parse_physical
 
 _MISSING: Any = object()
@@ -44,23 +43,7 @@ def origin_of(origins: Origins, path: str, default: str) -> str:
 
 def read_yaml(path: Path) -> dict[str, Any]:
     """The top-level mapping of a YAML file; UserError for a missing, unreadable or malformed file."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise UserError("no such file", file=path) from None
-    except IsADirectoryError:
-        raise UserError("expected a YAML file, got a directory", file=path) from None
-    except UnicodeDecodeError:
-        raise UserError("expected UTF-8 text, got binary data", file=path) from None
-    except OSError as e:
-        raise UserError(f"cannot read the file ({e.strerror})", file=path) from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        problem = getattr(e, "problem", None) or "syntax error"
-        raise UserError(f"expected valid YAML, got a syntax error{where}: {problem}", file=path) from None
+    data = read_yaml_file(path)
     if data is None:
         raise UserError("expected a YAML mapping, got an empty file", file=path)
     if not isinstance(data, dict):
