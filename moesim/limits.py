@@ -96,9 +96,10 @@ SYNTH_TOKENS = Limit(
     "tokens to synthesise", "MOESIM_MAX_SYNTH_TOKENS", 100_000_000,
     "rows 'trace synth --tokens' writes (the file is streamed, its sequence index is held in memory)",
 )
-NPZ_MEMBER_BYTES = Limit(
-    "bytes of decompressed .npz members", "MOESIM_MAX_NPZ_BYTES", 16 * 2**30,
-    "total size of the compressed members of one .npz once inflated (stored members are memory-mapped)",
+ARRAY_BYTES = Limit(
+    "bytes of arrays in memory", "MOESIM_MAX_ARRAY_BYTES", 16 * 2**30,
+    "bytes one input file may make moesim hold in memory: its decompressed (or small stored) .npz members "
+    "together, a dense count matrix (large stored members are memory-mapped and do not count)",
 )
 NPZ_INFLATION = Limit(
     "times the file size when decompressed", "MOESIM_MAX_NPZ_INFLATION", 100,
@@ -123,14 +124,14 @@ YAML_NODES = Limit(
 
 ALL: tuple[Limit, ...] = (
     TRACE_ROWS, LAYERS, EXPERTS, TOP_K, NODES, VERTICES_PER_NODE, CLUSTER_LINKS, SYNTH_TOKENS,
-    NPZ_MEMBER_BYTES, NPZ_INFLATION, YAML_BYTES, YAML_DEPTH, YAML_NODES,
+    ARRAY_BYTES, NPZ_INFLATION, YAML_BYTES, YAML_DEPTH, YAML_NODES,
 )
 
 
 def npz_inflated_bytes_allowed(file_bytes: int) -> int:
     """Total decompressed bytes the compressed members of an ``.npz`` of ``file_bytes`` may claim."""
     by_ratio = max(NPZ_INFLATION_FLOOR_BYTES, NPZ_INFLATION.value() * file_bytes)
-    return min(by_ratio, NPZ_MEMBER_BYTES.value())
+    return min(by_ratio, ARRAY_BYTES.value())
 
 
 def checked_int16(values: Iterable[int] | np.ndarray, field: str, file: str | Path | None = None, *,

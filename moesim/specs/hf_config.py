@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 from moesim.errors import UserError
+from moesim.limits import EXPERTS, LAYERS, MAX_WIDTH, TOP_K
 
 _TORCH_DTYPES = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
 
@@ -28,12 +29,20 @@ class _Config:
         self.data, self.file = data, file
         self.kind = str(data.get("model_type"))
 
-    def int(self, *keys: str, default: int | None = None) -> int:
+    def int(self, *keys: str, default: int | None = None, minimum: int = 1) -> int:
+        """The first of ``keys`` present, a whole number >= ``minimum`` (and within moesim.limits)."""
         for key in keys:
             value = self.data.get(key)
             if value is not None:
-                if isinstance(value, bool) or not isinstance(value, int):
-                    raise UserError(f"expected a whole number, got {value!r}", file=self.file, field=key)
+                if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+                    raise UserError(f"expected a whole number >= {minimum}, got {value!r}", file=self.file,
+                                    field=key)
+                limit = _LIMITS.get(key)
+                if limit is not None:
+                    limit.check(value, file=self.file, field=key)
+                elif value > MAX_WIDTH:
+                    raise UserError(f"expected a whole number from {minimum} to {MAX_WIDTH:,}, got {value:,}",
+                                    file=self.file, field=key)
                 return value
         if default is not None:
             return default
@@ -44,6 +53,27 @@ class _Config:
     def get(self, key: str, default: Any = None) -> Any:
         value = self.data.get(key)
         return default if value is None else value
+
+    def int_list(self, key: str) -> list[int]:
+        """A list of whole numbers (layer indices), empty when absent."""
+        value = self.get(key, [])
+        if not isinstance(value, list) or any(isinstance(v, bool) or not isinstance(v, int) for v in value):
+            raise UserError(f"expected a list of whole numbers, got {value!r}", file=self.file, field=key)
+        return value
+
+    def str_list(self, key: str) -> list[str]:
+        value = self.get(key, [])
+        if not isinstance(value, list) or any(not isinstance(v, str) for v in value):
+            raise UserError(f"expected a list of texts, got {value!r}", file=self.file, field=key)
+        return value
+
+
+# config.json keys bounded by a limit of moesim.limits (the others by MAX_WIDTH)
+_LIMITS = {
+    **dict.fromkeys(("num_hidden_layers", "num_layers", "num_decoder_layers"), LAYERS),
+    **dict.fromkeys(("num_local_experts", "num_experts", "n_routed_experts"), EXPERTS),
+    **dict.fromkeys(("num_experts_per_tok", "experts_per_token", "num_selected_experts"), TOP_K),
+}
 
 
 def _dtype(c: _Config) -> str:
@@ -90,10 +120,10 @@ def _olmoe(c: _Config) -> dict[str, Any]:
 def _qwen_moe(c: _Config) -> dict[str, Any]:
     h, layers = c.int("hidden_size"), c.int("num_hidden_layers")
     step = c.int("decoder_sparse_step", default=1)
-    dense_only = set(c.get("mlp_only_layers", []))
+    dense_only = set(c.int_list("mlp_only_layers"))
     # transformers' Qwen2/3-MoE: layer i is sparse unless listed in mlp_only_layers, when (i + 1) % step == 0.
     moe = [i for i in range(layers) if i not in dense_only and (i + 1) % step == 0]
-    shared_width = c.int("shared_expert_intermediate_size", default=0)
+    shared_width = c.int("shared_expert_intermediate_size", default=0, minimum=0)
     spec = {
         "num_layers": layers,
         "moe_layers": moe,
@@ -112,9 +142,9 @@ def _qwen_moe(c: _Config) -> dict[str, Any]:
 
 def _deepseek(c: _Config) -> dict[str, Any]:
     h, layers = c.int("hidden_size"), c.int("num_hidden_layers")
-    first, freq = c.int("first_k_dense_replace", default=0), c.int("moe_layer_freq", default=1)
+    first, freq = c.int("first_k_dense_replace", default=0, minimum=0), c.int("moe_layer_freq", default=1)
     moe = [i for i in range(layers) if i >= first and i % freq == 0]
-    shared = c.int("n_shared_experts", default=0)
+    shared = c.int("n_shared_experts", default=0, minimum=0)
     spec: dict[str, Any] = {
         "num_layers": layers,
         "moe_layers": moe,
@@ -144,8 +174,8 @@ def _deepseek(c: _Config) -> dict[str, Any]:
 
 def _gpt_oss(c: _Config) -> dict[str, Any]:
     h = c.int("hidden_size")
-    types = c.get("layer_types", [])
-    window = c.int("sliding_window", default=0)
+    types = c.str_list("layer_types")
+    window = c.int("sliding_window", default=0, minimum=0)
     extra = {"sliding_window": window} if window and (not types or "sliding_attention" in types) else {}
     return {
         "num_layers": c.int("num_hidden_layers"),
@@ -166,8 +196,8 @@ def _switch(c: _Config) -> dict[str, Any]:
     def sparse(count: int, step: int, first: int) -> list[int]:
         return [first + i for i in range(count) if step > 0 and (step == 1 or i % step == 1)]
 
-    moe = sparse(enc, c.int("encoder_sparse_step", default=1), 0) + sparse(
-        dec, c.int("decoder_sparse_step", default=1), enc
+    moe = sparse(enc, c.int("encoder_sparse_step", default=1, minimum=0), 0) + sparse(
+        dec, c.int("decoder_sparse_step", default=1, minimum=0), enc
     )
     return {
         "num_layers": enc + dec,
@@ -217,7 +247,7 @@ def spec_from_hf_config(data: dict[str, Any], *, file: str) -> dict[str, Any]:
     spec.update(
         weight_dtype={"fp8": "fp8", "mxfp4": "mxfp4"}.get(method, _dtype(c)),
         activation_dtype=_dtype(c),
-        vocab_size=c.int("vocab_size", default=0),
+        vocab_size=c.int("vocab_size", default=0, minimum=0),
         source=f"transformers config.json ({file})",
     )
     if c.get("_name_or_path"):

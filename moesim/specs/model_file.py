@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from moesim.errors import UserError
+from moesim.limits import EXPERTS, LAYERS, TOP_K
 from moesim.resources import builtin_dir, builtin_names
 from moesim.specs.hf_config import is_hf_config, spec_from_hf_config
 from moesim.specs.model import DTYPE_BYTES, AttentionSpec, MoEModel
@@ -90,10 +91,10 @@ def load_model(name_or_path: str | Path) -> MoEModel:
 
 def parse_model(f: Fields, name: str) -> MoEModel:
     f.check_keys(_TOP_KEYS, required=_REQUIRED)
-    num_layers = f.int("num_layers", minimum=1)
+    num_layers = f.int("num_layers", minimum=1, maximum=LAYERS)
     moe_layers = _moe_layers(f, num_layers)
-    num_experts = f.int("num_experts", minimum=1)
-    top_k = f.int("top_k", minimum=1)
+    num_experts = f.int("num_experts", minimum=1, maximum=EXPERTS)
+    top_k = f.int("top_k", minimum=1, maximum=TOP_K)
     if top_k > num_experts:
         raise f.error("top_k", f"expected at most num_experts ({num_experts}) experts per token, got {top_k}")
     shared = f.int("num_shared_experts", 0)

@@ -28,9 +28,10 @@ from typing import Any
 import numpy as np
 
 from moesim.errors import UserError
+from moesim.limits import TRACE_ROWS, checked_int16
 from moesim.specs.model import MoEModel
 from moesim.traces.counts import LoadCounts, counts_from_array, read_counts_csv
-from moesim.traces.trace import DECODE, PREFILL, UNKNOWN, RoutingTrace
+from moesim.traces.trace import DECODE, PREFILL, UNKNOWN, RoutingTrace, check_trace_dims
 
 FORMATS = (
     "jsonl", "deepseek-csv", "vllm-routed", "sglang-per-token", "sglang-per-pass", "sglang-stat", "counts",
@@ -98,7 +99,7 @@ def from_jsonl(
                 experts = [int(x) for x in r["experts"]]
                 probs = [float(x) for x in r["gating_probs"]] if "gating_probs" in r else None
                 recs.append((s, int(r["token_idx"]), int(r["layer"]), experts, probs))
-            except (KeyError, TypeError, ValueError) as e:
+            except (KeyError, TypeError, ValueError, OverflowError) as e:
                 raise UserError(
                     f"record {i}: expected dataset, problem_id, layer, token_idx, experts "
                     f"({type(e).__name__}: {e})",
@@ -112,9 +113,13 @@ def from_jsonl(
     for s, t, *_ in recs:
         if t < 0:
             raise UserError(f"negative token_idx {t}", file=paths[0])
+        TRACE_ROWS.check(t + 1, file=paths[0], field="token_idx")
         lengths[s] = max(lengths[s], t + 1)
     offsets = np.r_[0, np.cumsum(lengths)]
     n = int(offsets[-1])
+    check_trace_dims((n, len(layers), k), paths[0])  # before allocating [n, layers, k]
+    checked_int16(layers, "layer", paths[0], minimum=0)
+    checked_int16([x for r in recs for x in r[3]], "experts", paths[0])
     ids = np.full((n, len(layers), k), -1, np.int16)
     gw = np.full((n, len(layers), k), np.nan, np.float32)
     col = {int(layer): i for i, layer in enumerate(layers)}

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from moesim.errors import UserError
+from moesim.limits import ARRAY_BYTES, EXPERTS, LAYERS, TRACE_ROWS, checked_int16
 from moesim.traces.npz import read_npz, write_npz
 
 COUNTS_SCHEMA = "moe-load-counts/v1"
@@ -104,7 +105,12 @@ class LoadCounts:
         arrays = read_npz(path)
         if "counts" not in arrays:
             raise UserError("missing array 'counts' (not a moe-load-counts/v1 file)", file=path)
-        meta = json.loads(str(arrays["meta_json"][()])) if "meta_json" in arrays else {}
+        try:
+            meta = json.loads(str(arrays["meta_json"][()])) if "meta_json" in arrays else {}
+        except (ValueError, RecursionError) as e:  # JSONDecodeError is a ValueError
+            raise UserError(f"not valid JSON ({type(e).__name__})", file=path, field="meta_json") from None
+        if not isinstance(meta, dict):
+            raise UserError("expected a JSON object", file=path, field="meta_json")
         c = arrays["counts"]
         lc = cls(
             counts=c,
@@ -139,7 +145,8 @@ def counts_from_array(
             f"expected integer counts [steps, layers, experts], found {a.dtype} {a.shape}", file=file
         )
     lids = np.arange(a.shape[1]) if layer_ids is None else np.asarray(layer_ids)
-    lc = LoadCounts(a.astype(np.int64), lids.astype(np.int16), dict(meta or {}), file)
+    lids = checked_int16(lids, "layer_ids", file, minimum=0)
+    lc = LoadCounts(a.astype(np.int64), lids, dict(meta or {}), file)
     lc.validate()
     return lc
 
@@ -168,6 +175,11 @@ def read_counts_csv(path: str | Path, *, layer_ids: np.ndarray | None = None) ->
     col = np.searchsorted(layers, a[:, 1])
     if (col >= len(layers)).any() or (layers[np.minimum(col, len(layers) - 1)] != a[:, 1]).any():
         raise UserError("layer ids in the CSV are not in the given layer list", file=path)
-    counts = np.zeros((int(a[:, 0].max()) + 1, len(layers), int(a[:, 2].max()) + 1), np.int64)
+    steps, experts = int(a[:, 0].max()) + 1, int(a[:, 2].max()) + 1
+    TRACE_ROWS.check(steps, file=path, field="step")
+    EXPERTS.check(experts, file=path, field="expert")
+    LAYERS.check(len(layers), file=path, field="layer")
+    ARRAY_BYTES.check(steps * len(layers) * experts * 8, file=path)  # the dense [steps, L, E] int64
+    counts = np.zeros((steps, len(layers), experts), np.int64)
     np.add.at(counts, (a[:, 0], col, a[:, 2]), a[:, 3])
     return counts_from_array(counts, file=str(path), layer_ids=layers)

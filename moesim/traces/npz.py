@@ -4,10 +4,17 @@
 experts is ~10 GB of int16, so a member stored uncompressed (``ZIP_STORED``) and larger than
 ``MMAP_MIN_BYTES`` is opened as an ``np.memmap`` at its offset inside the zip file instead; writing
 streams arrays chunk by chunk into the archive (memmaps included) so nothing is held twice.
+
+Before anything is allocated, the sizes the archive claims are checked (moesim.limits): compressed
+members together may inflate to at most ``NPZ_INFLATION`` times the file size and ``ARRAY_BYTES``
+(a zip bomb is refused, not decompressed), and an array header must fit in the bytes its member
+holds (a header claiming shape (10^12, 32, 2) is refused, not preallocated). Encrypted members and
+compression methods other than stored/deflate (deflate64...) are refused by name.
 """
 
 from __future__ import annotations
 
+import math
 import struct
 import zipfile
 import zlib
@@ -19,12 +26,22 @@ import numpy as np
 
 from moesim.errors import UserError
 from moesim.io import atomic_open
+from moesim.limits import ARRAY_BYTES, NPZ_INFLATION, npz_inflated_bytes_allowed
 
 MMAP_MIN_BYTES = 32 * 2**20
 """Stored members at least this large are memory-mapped rather than read into memory."""
 
 _LOCAL_HEADER = struct.Struct("<4s5H3L2H")  # zip local file header, 30 bytes
-_READ_ERRORS = (zipfile.BadZipFile, EOFError, OSError, ValueError, zlib.error, struct.error)
+_READ_ERRORS = (
+    zipfile.BadZipFile, EOFError, OSError, ValueError, zlib.error, struct.error, NotImplementedError,
+    RuntimeError, OverflowError,
+)
+_METHODS = {zipfile.ZIP_STORED: "stored", zipfile.ZIP_DEFLATED: "deflate"}
+_METHOD_NAMES = {zipfile.ZIP_BZIP2: "bzip2", zipfile.ZIP_LZMA: "lzma", 9: "deflate64", 93: "zstandard"}
+
+HeaderCheck = Callable[[str, tuple[int, ...], np.dtype], None]
+"""Called with (member name, shape, dtype) after a member's header is read, before its data is:
+raises UserError to refuse it (RoutingTrace.load checks the trace's dimensions against the limits)."""
 
 
 def _read_header(fp: IO[bytes], file: str, key: str) -> tuple[tuple[int, ...], bool, np.dtype]:
@@ -53,17 +70,62 @@ def _stored_offset(path: Path, info: zipfile.ZipInfo) -> int:
     return info.header_offset + _LOCAL_HEADER.size + name_len + extra_len
 
 
-def _mmap_member(path: Path, info: zipfile.ZipInfo, key: str) -> np.ndarray:
+def _check_fits(shape: tuple[int, ...], dtype: np.dtype, room: int, file: str, key: str) -> None:
+    """Refuse a header whose array needs more bytes than its member holds (checked before allocating)."""
+    count = math.prod(shape)
+    need = count * max(1, dtype.itemsize)  # zero-width items (S0) still count: no 10^18-element arrays
+    if need > room:
+        raise UserError(
+            f"array header claims shape {shape} of {dtype} ({need:,} bytes) but the member holds "
+            f"{max(room, 0):,} bytes: truncated or forged",
+            file=file,
+            field=key,
+        )
+
+
+def _mmap_member(path: Path, info: zipfile.ZipInfo, key: str, check: HeaderCheck | None) -> np.ndarray:
     start = _stored_offset(path, info)
     with open(path, "rb") as fh:
         fh.seek(start)
         shape, fortran, dtype = _read_header(fh, str(path), key)
         data_offset = fh.tell()
-    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-    if data_offset + nbytes > path.stat().st_size or data_offset - start + nbytes > info.file_size:
-        raise UserError("member is truncated (file shorter than its array header says)", file=path, field=key)
+    if check is not None:
+        check(key, shape, dtype)
+    room = min(path.stat().st_size - data_offset, info.file_size - (data_offset - start))
+    _check_fits(shape, dtype, room, str(path), key)
     order = "F" if fortran else "C"
     return np.memmap(path, dtype=dtype, mode="r", offset=data_offset, shape=shape, order=order)
+
+
+def _check_members(path: Path, infos: list[zipfile.ZipInfo], mmap: bool) -> None:
+    """Refuse encrypted members, unknown compression and inflated sizes beyond the limits, up front."""
+    inflated = in_memory = 0
+    for info in infos:
+        key = info.filename[:-4]
+        if info.flag_bits & 0x1:
+            raise UserError("member is encrypted; expected a plain .npz (numpy.savez)", file=path, field=key)
+        if info.compress_type not in _METHODS:
+            method = _METHOD_NAMES.get(info.compress_type, f"method {info.compress_type}")
+            raise UserError(
+                f"member is compressed with {method}; expected stored or deflate (numpy.savez, "
+                "numpy.savez_compressed)",
+                file=path,
+                field=key,
+            )
+        if info.compress_type != zipfile.ZIP_STORED:
+            inflated += info.file_size
+        if not (mmap and info.compress_type == zipfile.ZIP_STORED and info.file_size >= MMAP_MIN_BYTES):
+            in_memory += info.file_size
+    size = path.stat().st_size
+    allowed = npz_inflated_bytes_allowed(size)
+    if inflated > allowed:
+        limit = NPZ_INFLATION if allowed < ARRAY_BYTES.value() else ARRAY_BYTES
+        raise UserError(
+            f"compressed members would inflate to {inflated:,} bytes, {inflated / max(size, 1):,.0f} times "
+            f"the file's {size:,}; the limit is {allowed:,} (set {limit.env} to raise it)",
+            file=path,
+        )
+    ARRAY_BYTES.check(in_memory, file=path)
 
 
 def release_pages(arr: np.ndarray) -> None:
@@ -79,8 +141,13 @@ def release_pages(arr: np.ndarray) -> None:
         mm.madvise(mmap.MADV_DONTNEED)
 
 
-def read_npz(path: str | Path, *, mmap: bool = True) -> dict[str, np.ndarray]:
-    """All members of an ``.npz`` as arrays (large stored ones memory-mapped); UserError if corrupt."""
+def read_npz(
+    path: str | Path, *, mmap: bool = True, check: HeaderCheck | None = None
+) -> dict[str, np.ndarray]:
+    """All members of an ``.npz`` as arrays (large stored ones memory-mapped); UserError if corrupt.
+
+    ``check`` sees each member's shape and dtype before its data is read (see :data:`HeaderCheck`).
+    """
     path = Path(path)
     try:
         zf = zipfile.ZipFile(path)
@@ -88,16 +155,19 @@ def read_npz(path: str | Path, *, mmap: bool = True) -> dict[str, np.ndarray]:
         raise UserError(f"not a readable .npz (zip) archive: truncated or corrupt ({e})", file=path) from None
     out: dict[str, np.ndarray] = {}
     with zf:
-        for info in zf.infolist():
-            if not info.filename.endswith(".npy"):
-                continue
+        infos = [info for info in zf.infolist() if info.filename.endswith(".npy")]
+        _check_members(path, infos, mmap)
+        for info in infos:
             key = info.filename[:-4]
             try:
                 if mmap and info.compress_type == zipfile.ZIP_STORED and info.file_size >= MMAP_MIN_BYTES:
-                    out[key] = _mmap_member(path, info, key)
+                    out[key] = _mmap_member(path, info, key, check)
                     continue
                 with zf.open(info) as fp:
-                    _read_header(fp, str(path), key)  # refuses object arrays before reading
+                    shape, _, dtype = _read_header(fp, str(path), key)  # refuses object arrays
+                    if check is not None:
+                        check(key, shape, dtype)
+                    _check_fits(shape, dtype, info.file_size - fp.tell(), str(path), key)
                     fp.seek(0)
                     out[key] = np.lib.format.read_array(fp, allow_pickle=False)
             except UserError:

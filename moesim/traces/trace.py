@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from moesim.errors import UserError
+from moesim.limits import EXPERTS, LAYERS, TOP_K, TRACE_ROWS, checked_int16
 from moesim.traces.npz import Chunks, read_npz, release_pages, write_npz
 
 if TYPE_CHECKING:
@@ -21,6 +22,13 @@ PREFILL, DECODE, UNKNOWN = 0, 1, -1
 CORE_KEYS = ("expert_ids", "gate_weights", "seq_id", "pos", "phase", "layer_ids", "meta_json")
 CHUNK_BYTES = 64 * 2**20
 """Rows are processed in chunks of about this many bytes of ``expert_ids`` (bounded memory)."""
+
+
+def check_trace_dims(shape: tuple[int, ...], file: str | None) -> None:
+    """Rows, layer columns and k of ``expert_ids`` within moesim.limits (before anything is read)."""
+    TRACE_ROWS.check(int(shape[0]), file=file, field="expert_ids")
+    LAYERS.check(int(shape[1]), file=file, field="expert_ids")
+    TOP_K.check(int(shape[2]), file=file, field="expert_ids")
 
 
 def row_chunks(num_rows: int, row_bytes: int, chunk_bytes: int = CHUNK_BYTES) -> Iterator[tuple[int, int]]:
@@ -71,6 +79,8 @@ class RoutingTrace:
         ids = np.asarray(expert_ids)
         if ids.ndim != 3:
             raise UserError(f"expected expert_ids of shape [tokens, layers, k], got shape {ids.shape}")
+        check_trace_dims(ids.shape, None)
+        EXPERTS.check(int(num_experts), field="num_experts")
         n, layers, k = ids.shape
         seq = np.zeros(n, np.int32) if seq_id is None else np.asarray(seq_id, np.int32)
         if pos is None:
@@ -92,11 +102,11 @@ class RoutingTrace:
             "has_gate_weights": gate_weights is not None,
         }
         trace = cls(
-            expert_ids=ids.astype(np.int16, copy=False),
+            expert_ids=checked_int16(ids, "expert_ids", minimum=-1),
             seq_id=seq,
             pos=pos_arr.astype(np.int32),
             phase=ph,
-            layer_ids=lids.astype(np.int16),
+            layer_ids=checked_int16(lids, "layer_ids", minimum=0),
             gate_weights=None if gate_weights is None else np.asarray(gate_weights, np.float32),
             meta=full_meta,
             extras=dict(extras or {}),
@@ -112,8 +122,16 @@ class RoutingTrace:
         from moesim.resources import resolve
 
         path = resolve("trace", path_or_name)
-        arrays = read_npz(path, mmap=mmap)
         file = str(path)
+
+        def check(key: str, shape: tuple[int, ...], dtype: np.dtype) -> None:
+            if key == "expert_ids":
+                if len(shape) != 3:
+                    raise UserError(f"expected int16 [tokens, layers, k], found shape {shape}", file=file,
+                                    field=key)
+                check_trace_dims(shape, file)
+
+        arrays = read_npz(path, mmap=mmap, check=check)
         if "expert_ids" not in arrays:
             others = ", ".join(sorted(arrays)[:4])
             msg = (f"missing array 'expert_ids' (not a moe-routing-trace/v1 file; it holds {others}, ...; "
@@ -129,6 +147,9 @@ class RoutingTrace:
                 meta = json.loads(str(raw[()]))
             except json.JSONDecodeError as e:
                 raise UserError(f"not valid JSON ({e})", file=file, field="meta_json") from None
+            except (RecursionError, ValueError) as e:  # nesting too deep, integers of 10^4 digits
+                msg = f"not readable JSON ({type(e).__name__})"
+                raise UserError(msg, file=file, field="meta_json") from None
             if not isinstance(meta, dict):
                 raise UserError("expected a JSON object", file=file, field="meta_json")
         ids = arrays["expert_ids"]
@@ -223,6 +244,8 @@ class RoutingTrace:
         e = self.meta.get("num_experts")
         if e is not None and (not isinstance(e, int) or isinstance(e, bool) or e < 1):
             raise bad(f"expected a positive integer, found {e!r}", "meta_json.num_experts")
+        if e is not None:
+            EXPERTS.check(e, file=file, field="meta_json.num_experts")
         top_k = self.meta.get("top_k")
         if top_k is not None and top_k != k:
             raise bad(f"meta top_k {top_k!r} differs from the expert_ids k dimension {k}", "meta_json.top_k")
