@@ -33,6 +33,8 @@ from typing import Any
 import numpy as np
 
 from moesim.errors import UserError
+from moesim.limits import EXPERTS, LAYERS, SYNTH_TOKENS, TRACE_ROWS
+from moesim.safe_yaml import read_yaml_file
 from moesim.traces.stats import affinity_summary, cross_layer, trace_stats
 from moesim.traces.trace import UNKNOWN, RoutingTrace
 
@@ -41,6 +43,8 @@ SRP_M = 16
 BANK = 1024
 """Pre-sampled draws per distribution row."""
 PROFILE_SCHEMA = "moesim-synth-profile/v1"
+MIN_TRIAL_TOKENS = 64
+"""Fewer tokens per calibration trial cannot measure SRP(16) and overlap."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -86,12 +90,14 @@ def _bank(rng: np.random.Generator, probs: np.ndarray) -> np.ndarray:
 
 
 def _seq_lengths(rng: np.random.Generator, p: SynthParams, tokens: int, seq_len: int | None) -> np.ndarray:
+    if seq_len is not None:  # no draws: whole sequences, then the remainder
+        full, rest = divmod(tokens, seq_len)
+        return np.r_[np.full(full, seq_len, np.int64), np.full(1 if rest else 0, rest, np.int64)]
     out: list[int] = []
     total = 0
     while total < tokens:
-        n = seq_len or int(
-            np.clip(round(np.exp(rng.normal(p.seq_len_log_mean, p.seq_len_log_std))), 1, p.seq_len_max)
-        )
+        # clip before rounding: the same lengths as round-then-clip, and a huge draw never meets round(inf)
+        n = round(np.clip(np.exp(rng.normal(p.seq_len_log_mean, p.seq_len_log_std)), 1, p.seq_len_max))
         n = min(n, tokens - total)
         out.append(n)
         total += n
@@ -103,7 +109,7 @@ class Generator:
 
     def __init__(self, params: SynthParams, seed: int):
         self.p = params
-        self.rng = np.random.default_rng(seed)
+        self.rng = np.random.default_rng(check_seed(seed))
         e, layers = params.num_experts, params.num_layers
         if params.top_k > e:
             raise UserError(f"top_k {params.top_k} exceeds the number of experts {e}")
@@ -174,7 +180,10 @@ def generate(
 ) -> tuple[np.ndarray, Iterator[np.ndarray]]:
     """``(seq_id [N], chunks of expert_ids)``; chunks end at sequence boundaries where possible."""
     if tokens < 1:
-        raise UserError(f"--tokens must be >= 1, got {tokens}")
+        raise UserError(f"expected at least 1 token, got {tokens}", field="--tokens")
+    SYNTH_TOKENS.check(tokens, field="--tokens")
+    if seq_len is not None and seq_len < 1:
+        raise UserError(f"expected a sequence length >= 1, got {seq_len}", field="--seq-len")
     gen = Generator(params, seed)
     lengths = _seq_lengths(gen.rng, params, tokens, seq_len)
     seq_id = np.repeat(np.arange(len(lengths), dtype=np.int32), lengths)
@@ -272,6 +281,7 @@ def fit_trace(
     trial_tokens: int = 4096,
 ) -> SynthParams:
     """Parameters fitted to ``trace``; the full conditional is used when the expert count is kept."""
+    _check_fit_args(trace, seed, trial_tokens)
     e_src, k_src = trace.num_experts, trace.top_k
     e, k = num_experts or e_src, top_k or k_src
     layers = num_layers or trace.num_layers
@@ -346,6 +356,7 @@ def _sharpen(measured: np.ndarray, pop: np.ndarray, gain: float) -> np.ndarray:
 
 def profile_from_trace(trace: RoutingTrace) -> dict[str, Any]:
     """Statistics only (no token data): the JSON profile of a real trace."""
+    _check_fit_args(trace, 0, MIN_TRIAL_TOKENS)
     st = trace_stats(trace, segment_lengths=(SRP_M,), cache_sizes=(), pair_tokens=200_000)
     load = np.asarray(st["load"], np.float64)
     curves = -np.sort(-load / np.maximum(load.sum(1, keepdims=True), 1), axis=1)
@@ -380,13 +391,79 @@ def load_profile(path_or_name: str | Path) -> dict[str, Any]:
         p = builtin_dir("trace") / f"synth-profile-{path_or_name}.json"
     if not p.exists():
         raise UserError(f"no synthesis profile {path_or_name!r} (a JSON file or a shipped profile name)")
-    try:
-        prof = json.loads(p.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise UserError(f"not valid JSON ({e.msg})", file=p) from None
+    prof = read_yaml_file(p)  # JSON is YAML too: bounded size, depth and one-line errors
     if not isinstance(prof, dict) or prof.get("schema") != PROFILE_SCHEMA:
         raise UserError(f"expected schema {PROFILE_SCHEMA}", file=p, field="schema")
+    check_profile(prof, str(p))
     return prof
+
+
+def check_profile(prof: dict[str, Any], file: str | None = None) -> None:
+    """UserError naming the field unless ``prof`` has every statistic :func:`from_profile` reads, in range."""
+
+    def bad(field: str, expected: str) -> UserError:
+        got = repr(prof.get(field))
+        return UserError(f"expected {expected}, got {got if len(got) <= 60 else got[:57] + '...'}", file=file,
+                         field=field)
+
+    def numbers(field: str, lo: float, hi: float, length: int | None = None) -> np.ndarray:
+        value = prof.get(field)
+        what = f"a list of {length or ''} numbers from {lo:g} to {hi:g}".replace("  ", " ")
+        if not isinstance(value, list) or not all(_is_number(v) for v in value):
+            raise bad(field, what)
+        arr = np.asarray(value, np.float64)
+        if (length is not None and len(arr) != length) or not np.all((arr >= lo) & (arr <= hi)):
+            raise bad(field, what)
+        return arr
+
+    curves = prof.get("popularity_sorted")
+    if (not isinstance(curves, list) or not curves or not all(isinstance(c, list) and c for c in curves)
+            or len({len(c) for c in curves}) != 1):
+        raise bad("popularity_sorted", "one non-empty list of expert shares per layer, all of one length")
+    LAYERS.check(len(curves), file=file, field="popularity_sorted")
+    EXPERTS.check(len(curves[0]), file=file, field="popularity_sorted")
+    for i, c in enumerate(curves):
+        if any(isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 1 for v in c):
+            raise UserError("expected shares from 0 to 1", file=file, field=f"popularity_sorted[{i}]")
+    numbers("consecutive_overlap", 0, 1, len(curves))
+    numbers("cross_layer_topk_mass", 0, 1)
+    for field, lo, hi in (("seq_len_log_mean", 0.0, 25.0), ("seq_len_log_std", 0.0, 5.0)):
+        v = prof.get(field)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not lo <= v <= hi:
+            raise bad(field, f"a number from {lo:g} to {hi:g} (natural log of tokens per sequence)")
+    mx = prof.get("seq_len_max")
+    if isinstance(mx, bool) or not isinstance(mx, int) or mx < 1:
+        raise bad("seq_len_max", "a whole number >= 1 (tokens of the longest sequence)")
+    TRACE_ROWS.check(mx, file=file, field="seq_len_max")
+    if prof.get("phase", UNKNOWN) not in (0, 1, UNKNOWN) or isinstance(prof.get("phase"), bool):
+        raise bad("phase", "0 (prefill), 1 (decode) or -1 (unknown)")
+    if not isinstance(prof.get("fitted_to", {}), dict):
+        raise bad("fitted_to", "a mapping")
+    srp = prof.get(f"srp_{SRP_M}")
+    if srp is not None and (isinstance(srp, bool) or not isinstance(srp, (int, float)) or not 0 <= srp <= 1):
+        raise bad(f"srp_{SRP_M}", "a number from 0 to 1")
+
+
+def _is_number(v: object) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def check_seed(seed: int) -> int:
+    """A seed numpy accepts: a whole number >= 0."""
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise UserError(f"expected a whole number >= 0, got {seed!r}", field="--seed")
+    return int(seed)
+
+
+def _check_fit_args(trace: RoutingTrace, seed: int, trial_tokens: int) -> None:
+    check_seed(seed)
+    if trial_tokens < MIN_TRIAL_TOKENS:
+        raise UserError(f"expected at least {MIN_TRIAL_TOKENS} tokens per trial, got {trial_tokens}",
+                        field="--trial-tokens")
+    SYNTH_TOKENS.check(trial_tokens, field="--trial-tokens")
+    if trace.num_tokens < 2:
+        raise UserError(f"expected a trace with at least 2 token rows to fit, got {trace.num_tokens}",
+                        file=trace.source)
 
 
 def from_profile(
@@ -399,7 +476,12 @@ def from_profile(
     trial_tokens: int = 4096,
 ) -> SynthParams:
     """Parameters for any (layers, experts, top-k) from a statistics profile, calibrated on trials."""
-    rng = np.random.default_rng(seed)
+    check_profile(profile)
+    if trial_tokens < MIN_TRIAL_TOKENS:
+        raise UserError(f"expected at least {MIN_TRIAL_TOKENS} tokens per trial, got {trial_tokens}",
+                        field="--trial-tokens")
+    SYNTH_TOKENS.check(trial_tokens, field="--trial-tokens")
+    rng = np.random.default_rng(check_seed(seed))
     curves = np.asarray(profile["popularity_sorted"], np.float64)
     m = _depth_map(num_layers, len(curves))
     pop = np.stack(
