@@ -60,6 +60,8 @@ class Limit:
 
 
 INT16_MAX = int(np.iinfo(np.int16).max)
+MAX_WINDOWS = 1024
+"""Most time windows 'plan --windows' plans against at once (each is a [layers, experts] load matrix)."""
 MAX_WIDTH = 2**24
 """Largest whole number any other field of a spec may hold (hidden size, FFN width, heads, vocabulary):
 a sanity range, not a limit to raise (the largest real vocabularies are about 2^18)."""

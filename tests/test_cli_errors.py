@@ -122,7 +122,7 @@ def test_disconnected_graph(capsys, tmp_path: Path) -> None:
 
 def test_bad_nodes_flag(capsys) -> None:
     assert one_error_line(capsys, "hw", "show", "h100x8", "--nodes", "0") == (
-        "--nodes: expected a node count >= 1, got 0"
+        "argument --nodes: expected a whole number >= 1, got '0' (see 'moesim hw show --help')"
     )
 
 

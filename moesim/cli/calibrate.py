@@ -7,7 +7,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from moesim.cli.common import add_json_flag, add_verb, print_json
+from moesim.cli.common import add_json_flag, add_verb, positive_int, print_json
 from moesim.errors import UserError
 from moesim.progress import progress
 
@@ -47,9 +47,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--models", default=None,
                    help="comma-separated built-in model names (None: all gated MoE models; 3 with --quick); "
                         f"with --device cpu one model (None: {CPU_DEFAULT_MODEL})")
-    p.add_argument("--repeats", type=int, default=None,
+    p.add_argument("--repeats", type=positive_int, default=None,
                    help="timed repetitions per shape, median reported (None: 30 on a GPU, 5 on the CPU)")
-    p.add_argument("--threads", type=int, default=None,
+    p.add_argument("--threads", type=positive_int, default=None,
                    help="with --device cpu: torch threads (None: torch's default, one per core); on a "
                         "machine shared with other jobs 1 thread times stably")
     p.add_argument("--tune", action="store_true",

@@ -7,8 +7,9 @@ import re
 import sys
 from typing import Any
 
-from moesim.cli.common import add_json_flag, add_verb, print_json
+from moesim.cli.common import add_json_flag, add_verb, int_range, print_json
 from moesim.errors import EXIT_BAD_INPUT, UserError
+from moesim.limits import NODES
 from moesim.specs.hardware import Cluster
 from moesim.units import format_quantity
 
@@ -42,7 +43,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     show.add_argument(
         "--nodes",
-        type=int,
+        type=int_range(1, NODES),
         default=None,
         metavar="N",
         help="number of nodes (overrides the profile's 'nodes')",

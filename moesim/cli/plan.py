@@ -5,8 +5,20 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from moesim.cli.common import add_json_flag, add_verb, print_json
+from moesim.cli.common import (
+    add_json_flag,
+    add_verb,
+    finite_positive_float,
+    int_range,
+    nonnegative_int,
+    open_fraction,
+    output_file,
+    positive_int,
+    print_json,
+    quantity,
+)
 from moesim.io import write_table_csv
+from moesim.limits import MAX_WINDOWS, NODES
 from moesim.planners.cache_ilp import MISS_CHOICES, POLICY_CHOICES, PREFETCH_CHOICES
 from moesim.plans.export import export_for_engines
 from moesim.vocab import Dispatch, choices
@@ -35,7 +47,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--hw", required=True, metavar="NAME|PATH",
                    help="hardware profile (built-in name or YAML)")
-    p.add_argument("--nodes", type=int, default=None, metavar="N", help="override the profile's node count")
+    p.add_argument("--nodes", type=int_range(1, NODES), default=None, metavar="N",
+                   help="override the profile's node count")
     p.add_argument("--model", default=None, metavar="NAME|PATH",
                    help=f"model spec (default: the trace's model, or {DEFAULT_MODEL} with the shipped trace)")
     p.add_argument("--trace", default=None, metavar="NAME|PATH",
@@ -44,11 +57,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--planner", default="all", choices=(*PLANNER_NAMES, "all"),
                    help="planner to run, or all of them")
     slots = p.add_mutually_exclusive_group()
-    slots.add_argument("--slots-per-gpu", type=int, default=None, metavar="S",
+    slots.add_argument("--slots-per-gpu", type=positive_int, default=None, metavar="S",
                        help="expert slots per GPU (default: experts/GPUs rounded up, plus one)")
-    slots.add_argument("--replicas", type=int, default=None, metavar="R",
+    slots.add_argument("--replicas", type=positive_int, default=None, metavar="R",
                        help="physical expert slots per layer in total; must be a multiple of the GPU count")
-    p.add_argument("--gpu-memory", default=None, metavar="BYTES",
+    p.add_argument("--gpu-memory", type=quantity("budget"), default=None, metavar="BYTES",
                    help="whole GPU memory budget per GPU (e.g. 20GiB): adds a cache/offload plan for the "
                    "experts that fit beside the non-expert weights, KV cache, activations and staging")
     p.add_argument("--cache-policy", default="static", choices=POLICY_CHOICES,
@@ -60,9 +73,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="with --gpu-memory: next-layer prefetch the cache plan assumes")
     p.add_argument("--weight-dtype", default=None, metavar="DTYPE",
                    help="serve the routed experts in this dtype instead of the spec's (e.g. fp8, int4)")
-    p.add_argument("--train-fraction", type=float, default=0.5, metavar="F",
+    p.add_argument("--train-fraction", type=open_fraction, default=0.5, metavar="F",
                    help="fraction of the trace's tokens (in row order) to plan on; the rest evaluates")
-    p.add_argument("--windows", type=int, default=1, metavar="W",
+    p.add_argument("--windows", type=int_range(1, MAX_WINDOWS), default=1, metavar="W",
                    help="plan against W consecutive windows of the training tokens at once (ilp)")
     p.add_argument("--objective", default="worst", choices=("worst", "mean"),
                    help="ilp: minimise the worst window's or the mean window's predicted step time")
@@ -71,23 +84,24 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dispatch", default="even", choices=choices(Dispatch),
                    help="replica choice in the simulations of every planner and in the ilp's model: even = "
                    "any replica; local = the token's own GPU, else its node, else any (saves InfiniBand)")
-    p.add_argument("--time-limit", type=float, default=60.0, metavar="SECONDS",
+    p.add_argument("--time-limit", type=finite_positive_float, default=60.0, metavar="SECONDS",
                    help="ilp solver time limit (the best plan found by then is used)")
-    p.add_argument("--batch-size", type=int, default=4096, metavar="TOKENS",
+    p.add_argument("--batch-size", type=positive_int, default=4096, metavar="TOKENS",
                    help="tokens per simulated step (prefill: whole prompts adding up to about this many) "
                    "and per step the ilp predicts")
-    p.add_argument("--steps", type=int, default=None, metavar="N",
+    p.add_argument("--steps", type=positive_int, default=None, metavar="N",
                    help="simulated steps on the evaluation tokens (default: as many as they fill)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (solver and simulator)")
-    p.add_argument("--out", default=None, metavar="FILE",
+    p.add_argument("--seed", type=nonnegative_int, default=0, help="random seed (solver and simulator)")
+    p.add_argument("--out", type=output_file, default=None, metavar="FILE",
                    help="write the plan (YAML or JSON by suffix); with --planner all, the ilp plan")
-    p.add_argument("--export-sglang", default=None, metavar="FILE",
+    p.add_argument("--export-sglang", type=output_file, default=None, metavar="FILE",
                    help="write SGLang's --init-expert-location file for that plan")
-    p.add_argument("--export-vllm-ascend", default=None, metavar="FILE",
+    p.add_argument("--export-vllm-ascend", type=output_file, default=None, metavar="FILE",
                    help="write vLLM-Ascend's expert map JSON for that plan")
-    p.add_argument("--ep-size", type=int, default=None, metavar="N",
+    p.add_argument("--ep-size", type=positive_int, default=None, metavar="N",
                    help="the EP size the engine will run with; refused unless it equals the GPU count")
-    p.add_argument("--csv", default=None, metavar="FILE", help="also write the comparison table as CSV")
+    p.add_argument("--csv", type=output_file, default=None, metavar="FILE",
+                   help="also write the comparison table as CSV")
     add_json_flag(p)
     p.set_defaults(func=run)
 

@@ -6,7 +6,16 @@ import argparse
 import shlex
 import sys
 
-from moesim.cli.common import add_json_flag, add_verb, print_json
+from moesim.cli.common import (
+    add_json_flag,
+    add_verb,
+    finite_positive_float,
+    nonnegative_int,
+    output_folder,
+    positive_int,
+    print_json,
+    quantity,
+)
 from moesim.errors import UserError
 
 EXAMPLES = """\
@@ -46,7 +55,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "the default cache policies on rtx4090-workstation with the shipped traces.",
         examples=EXAMPLES,
     )
-    p.add_argument("--out", required=True, metavar="DIR", help="folder to write the report into")
+    p.add_argument("--out", type=output_folder, required=True, metavar="DIR",
+                   help="folder to write the report into")
     p.add_argument(
         "--config",
         metavar="SWEEP_YAML",
@@ -79,6 +89,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--expert-cache",
         nargs="+",
         action="extend",
+        type=quantity("budget"),
         metavar="SIZE",
         help="expert-cache budgets per GPU of the tokens/s curve (as moesim simulate --expert-cache), "
         "e.g. 11GiB 16GiB",
@@ -87,7 +98,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--cache-sizes",
         nargs="+",
         action="extend",
-        type=int,
+        type=positive_int,
         metavar="C",
         help="cache sizes (experts per MoE layer) of the hit-rate curve",
     )
@@ -98,10 +109,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         metavar="MODE",
         help="miss handling modes of the tokens/s curve (fetch cpu lowbit pim)",
     )
-    p.add_argument("--slots-per-gpu", type=int, metavar="S", help="expert slots per GPU for placement")
-    p.add_argument("--time-limit", type=float, metavar="SECONDS", help="ILP solver time limit per plan")
-    p.add_argument("--steps", type=int, metavar="N", help="decode steps simulated per offloading cell")
-    p.add_argument("--seed", type=int, default=0, help="seed of every randomised step")
+    p.add_argument("--slots-per-gpu", type=positive_int, metavar="S",
+                   help="expert slots per GPU for placement")
+    p.add_argument("--time-limit", type=finite_positive_float, metavar="SECONDS",
+                   help="ILP solver time limit per plan")
+    p.add_argument("--steps", type=positive_int, metavar="N",
+                   help="decode steps simulated per offloading cell")
+    p.add_argument("--seed", type=nonnegative_int, default=0, help="seed of every randomised step")
     p.add_argument("--no-cache", action="store_true", help="recompute every cell (and store nothing)")
     add_json_flag(p)
     p.set_defaults(func=run)

@@ -4,9 +4,19 @@ from __future__ import annotations
 
 import argparse
 
-from moesim.cli.common import add_json_flag, add_verb, print_json
+from moesim.cli.common import (
+    add_json_flag,
+    add_verb,
+    int_range,
+    nonnegative_int,
+    output_file,
+    positive_int,
+    print_json,
+    quantity,
+)
 from moesim.errors import UserError
 from moesim.io import check_parquet_writable
+from moesim.limits import NODES
 from moesim.vocab import CachePolicy, CpuNuma, Dispatch, MissMode, Overlap, Phase, Prefetch, choices
 from moesim.workflows.simulation import simulate_run
 
@@ -38,19 +48,19 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "mxfp4): sets expert bytes for memory, fetches and the roofline")
     p.add_argument("--trace", required=True, metavar="NAME|PATH", help="routing trace (.npz or shipped name)")
     p.add_argument("--plan", default=None, metavar="PATH", help="plan file (YAML/JSON); default contiguous")
-    p.add_argument("--batch", type=int, default=1, metavar="B",
+    p.add_argument("--batch", type=positive_int, default=1, metavar="B",
                    help="decode: tokens per step; prefill: whole prompts per step")
-    p.add_argument("--steps", type=int, default=None, metavar="S",
+    p.add_argument("--steps", type=positive_int, default=None, metavar="S",
                    help="steps to simulate (default: the whole trace once; more replays it)")
     p.add_argument("--phase", default="decode", choices=choices(Phase), help="what a step is")
     p.add_argument("--cache", default=None, choices=choices(CachePolicy),
                    help="per-layer expert cache policy in GPU memory (default: the plan's, else none)")
     size = p.add_mutually_exclusive_group()
-    size.add_argument("--cache-size", type=int, default=None, metavar="C",
+    size.add_argument("--cache-size", type=positive_int, default=None, metavar="C",
                       help="experts cached per MoE layer")
-    size.add_argument("--expert-cache", default=None, metavar="BYTES",
+    size.add_argument("--expert-cache", type=quantity("budget"), default=None, metavar="BYTES",
                       help="expert-cache budget per GPU, e.g. 20GiB: the most experts per layer that fit")
-    size.add_argument("--gpu-memory", default=None, metavar="BYTES",
+    size.add_argument("--gpu-memory", type=quantity("budget"), default=None, metavar="BYTES",
                       help="whole memory per GPU, e.g. 24GB: the expert cache gets what the model's "
                       "non-expert weights, KV cache, activations and staging leave (docs/results.md)")
     p.add_argument("--miss", default=None, choices=choices(MissMode),
@@ -65,16 +75,19 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="which replicas a token may use: even = all replicas of its expert (split evenly); "
                    "local = the one on its own GPU, else those on its node, else all (SGLang static "
                    "dispatch; saves the InfiniBand hop when a replica is on the token's node)")
-    p.add_argument("--nodes", type=int, default=None, metavar="N", help="override the profile's node count")
-    p.add_argument("--seed", type=int, default=0, help="random seed (same inputs and seed, same results)")
+    p.add_argument("--nodes", type=int_range(1, NODES), default=None, metavar="N",
+                   help="override the profile's node count")
+    p.add_argument("--seed", type=nonnegative_int, default=0,
+                   help="random seed (same inputs and seed, same results)")
     p.add_argument("--calibration", default=None, metavar="DIR", help="calibration tables for the cost model")
     p.add_argument("--cpu-kernel", default=None, metavar="KIND",
                    help="CPU expert kernel of the profile's CPU entry (amx-bf16, amx-int8, avx512-q4, "
                         "torch-bf16...; None: by the expert dtype), e.g. --cpu-kernel avx512-q4")
     p.add_argument("--cpu-numa", default=None, choices=choices(CpuNuma),
                    help="how a multi-socket host shares CPU experts (None: tensor-parallel)")
-    p.add_argument("--timeline", default=None, metavar="FILE", help="write a Perfetto/Chrome trace JSON")
-    p.add_argument("--out", default=None, metavar="FILE",
+    p.add_argument("--timeline", type=output_file, default=None, metavar="FILE",
+                   help="write a Perfetto/Chrome trace JSON")
+    p.add_argument("--out", type=output_file, default=None, metavar="FILE",
                    help="write the per step x layer x device table (.csv or .parquet)")
     p.add_argument("--check-invariants", action="store_true",
                    help="check token conservation, memory and causality during the run (docs/invariants.md; "

@@ -8,8 +8,19 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from moesim.cli.common import add_json_flag, add_verb, print_json
+from moesim.cli.common import (
+    add_json_flag,
+    add_verb,
+    int_list,
+    int_range,
+    nonnegative_int,
+    output_file,
+    positive_int,
+    print_json,
+)
 from moesim.errors import UserError
+from moesim.limits import EXPERTS, INT16_MAX, MAX_WINDOWS, SYNTH_TOKENS, TOP_K
+from moesim.traces.synth import MIN_TRIAL_TOKENS
 
 _EXAMPLES = """\
   moesim trace info deepseek-v2-lite-synth                  a shipped trace: shape, sequences, phases
@@ -26,13 +37,6 @@ _EXAMPLES = """\
   moesim trace fit real.npz --out profile.json              statistics-only profile for synth
   moesim trace record --model MixtralForCausalLM --tiny --prompts "hi there" --max-new-tokens 4 --out r.npz
 """
-
-
-def _ints(text: str) -> list[int]:
-    try:
-        return [int(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
 
 
 def _model(name: str | None):
@@ -83,7 +87,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     st.add_argument("trace", metavar="NAME|PATH", help="trace file or shipped trace name")
     st.add_argument(
         "--cache-sizes",
-        type=_ints,
+        type=int_list(1),
         default=[],
         metavar="C,C,...",
         help="per-layer expert cache sizes for LRU/LFU/Belady hit rates (each >= top-k)",
@@ -91,14 +95,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     st.add_argument("--policies", default="lru,lfu,belady", help="cache policies to simulate")
     st.add_argument(
         "--segment-lengths",
-        type=_ints,
+        type=int_list(1),
         default=[4, 16, 64],
         metavar="M,M,...",
         help="segment lengths (tokens) of the local routing consistency metrics",
     )
     st.add_argument(
         "--cache-tokens",
-        type=int,
+        type=nonnegative_int,
         default=0,
         metavar="N",
         help="simulate the caches on the first N rows only (default 0 = all rows; e.g. --cache-tokens "
@@ -122,18 +126,21 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--model", help="built-in model name or spec: sets num_experts, top-k, layer ids, meta.model"
     )
     cv.add_argument(
-        "--num-experts", type=int, default=None, help="routed experts (default: from --model or ids)"
+        "--num-experts", type=int_range(1, EXPERTS), default=None,
+        help="routed experts (default: from --model or ids)"
     )
-    cv.add_argument("--layer-ids", type=_ints, default=None, help="model layer id of each column")
+    cv.add_argument("--layer-ids", type=int_list(0, INT16_MAX), default=None,
+                    help="model layer id of each column")
     cv.add_argument(
         "--phase",
         default="unknown",
         choices=["prefill", "decode", "unknown"],
         help="phase of every row, where the format does not say",
     )
-    cv.add_argument("--top-k", type=int, default=None, help="k of SGLang per_token dumps (padded to 8)")
+    cv.add_argument("--top-k", type=int_range(1, TOP_K), default=None,
+                    help="k of SGLang per_token dumps (padded to 8)")
     cv.add_argument("--key", default=None, help="array name inside a counts-npz file")
-    cv.add_argument("--passes", type=int, default=None, metavar="N",
+    cv.add_argument("--passes", type=positive_int, default=None, metavar="N",
                     help="sglang-stat: forward passes recorded since /start_expert_distribution_record "
                     "(restores the time order of a wrapped circular buffer)")
     cv.add_argument("--ranks", default="auto", choices=("auto", "sum", "first"),
@@ -150,20 +157,21 @@ def register(sub: argparse._SubParsersAction) -> None:
         "(--fit) or to a shipped statistics profile (--profile).",
     )
     sy.add_argument("--model", required=True, help="built-in model name or spec (experts, top-k, MoE layers)")
-    sy.add_argument("--tokens", type=int, required=True, help="number of token rows")
+    sy.add_argument("--tokens", type=int_range(1, SYNTH_TOKENS), required=True, help="number of token rows")
     sy.add_argument("--fit", default=None, metavar="REAL", help="real trace to fit the generator to")
     sy.add_argument(
         "--profile",
         default="deepseek-v2-lite",
         help="statistics profile when --fit is not given (shipped name or JSON)",
     )
-    sy.add_argument("--seed", type=int, default=0, help="random seed (same seed, same file)")
-    sy.add_argument("--trial-tokens", type=int, default=4096,
+    sy.add_argument("--seed", type=nonnegative_int, default=0, help="random seed (same seed, same file)")
+    sy.add_argument("--trial-tokens", type=int_range(MIN_TRIAL_TOKENS, SYNTH_TOKENS), default=4096,
                     help="tokens of each calibration trial (more: closer fit, slower)")
-    sy.add_argument("--seq-len", type=int, default=None, help="fixed sequence length (default: fitted)")
-    sy.add_argument("--out", required=True, help="output .npz")
+    sy.add_argument("--seq-len", type=positive_int, default=None,
+                    help="fixed sequence length (default: fitted)")
+    sy.add_argument("--out", type=output_file, required=True, help="output .npz")
     sy.add_argument("--report", action="store_true", help="print fit quality: statistics side by side")
-    sy.add_argument("--cache-sizes", type=_ints, default=None, help="cache sizes for the --report")
+    sy.add_argument("--cache-sizes", type=int_list(1), default=None, help="cache sizes for the --report")
     add_json_flag(sy)
     sy.set_defaults(func=run_synth)
 
@@ -173,7 +181,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Fit the generator's statistics profile (JSON, no token data).",
     )
     fit.add_argument("trace", metavar="NAME|PATH", help="real trace")
-    fit.add_argument("--out", required=True, help="output JSON profile")
+    fit.add_argument("--out", type=output_file, required=True, help="output JSON profile")
     add_json_flag(fit)
     fit.set_defaults(func=run_fit)
 
@@ -185,12 +193,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         "SGLang computes the placement at start-up), with the launch flags beside it (OUT.flags.txt).",
     )
     ex.add_argument("trace", metavar="NAME|PATH", help="routing trace or load-counts file")
-    ex.add_argument("out", metavar="OUT.json", help="output file")
+    ex.add_argument("out", type=output_file, metavar="OUT.json", help="output file")
     ex.add_argument("--model", required=True, help="model spec (rows = its hidden layers)")
-    ex.add_argument("--ep-size", type=int, default=None, metavar="G", help="EP size the engine will use")
-    ex.add_argument("--redundant-experts", type=int, default=0, metavar="R",
+    ex.add_argument("--ep-size", type=positive_int, default=None, metavar="G",
+                    help="EP size the engine will use")
+    ex.add_argument("--redundant-experts", type=nonnegative_int, default=0, metavar="R",
                     help="--ep-num-redundant-experts to launch with ((experts + R) divisible by G)")
-    ex.add_argument("--windows", type=int, default=1, metavar="W",
+    ex.add_argument("--windows", type=int_range(1, MAX_WINDOWS), default=1, metavar="W",
                     help="write W consecutive windows [W][layers][experts] (SGLang sums them)")
     add_json_flag(ex)
     ex.set_defaults(func=run_export)
@@ -213,10 +222,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     rec.add_argument("--prompts", nargs="+", default=None, help="prompt strings")
     rec.add_argument("--prompts-file", default=None, help="text file, one prompt per line")
-    rec.add_argument("--max-new-tokens", type=int, default=16, help="decode steps per prompt")
-    rec.add_argument("--seed", type=int, default=0, help="seed (random weights, token ids of --tiny)")
+    rec.add_argument("--max-new-tokens", type=int_range(0, 100_000), default=16,
+                     help="decode steps per prompt")
+    rec.add_argument("--seed", type=nonnegative_int, default=0,
+                     help="seed (random weights, token ids of --tiny)")
     rec.add_argument("--name", default=None, help="meta.model to write (e.g. a built-in model name)")
-    rec.add_argument("--out", required=True, help="output .npz")
+    rec.add_argument("--out", type=output_file, required=True, help="output .npz")
     add_json_flag(rec)
     rec.set_defaults(func=run_record)
 

@@ -117,6 +117,9 @@ class SimConfig:
             # A token's K experts are requested together and must all be resident at once.
             raise UserError(f"expected a cache of at least top-k = {self.model.top_k} experts per layer, "
                             f"got {min(capacity)}", field="--cache-size")
+        if self.cache_size is not None and self.cache_size > self.model.num_experts:
+            raise UserError(f"expected a cache of at most the {self.model.num_experts} experts of a layer, "
+                            f"got {self.cache_size}", field="--cache-size")
         return CachePlan(
             policy=policy,
             capacity_experts=capacity if policy != "none" else (),

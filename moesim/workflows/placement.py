@@ -229,6 +229,8 @@ def compare_planners(req: PlacementRequest, *, show_progress: bool = False) -> P
         raise UserError(f"{size(data)} {'steps' if counts_only else 'tokens'} cannot be split at "
                         f"{req.train_fraction}", field="--train-fraction")
     gpus = tuple(d.id for d in cluster.gpus)
+    if not gpus:
+        raise UserError(f"cluster {cluster.name} has no GPU to place experts on", file=cluster.source_file)
     if req.ep_size is not None and req.ep_size != len(gpus):
         raise UserError(f"the engine's EP size must be the number of GPUs planned for ({len(gpus)} on "
                         f"{cluster.name}); got {req.ep_size}", field="--ep-size")

@@ -44,8 +44,9 @@ def trace_statistics(trace: str | Path | RoutingTrace | LoadCounts, *, model: st
                 "entropy_bits": entropy_bits(load).tolist(),
             },
         }
-    bad = [c for c in cache_sizes if c < loaded.top_k]
+    bad = [c for c in cache_sizes if not loaded.top_k <= c <= loaded.num_experts]
     if bad:
-        raise UserError(f"cache sizes must be >= top-k ({loaded.top_k}), got {bad}", field="--cache-sizes")
+        raise UserError(f"expected cache sizes from top-k ({loaded.top_k}) to the number of experts "
+                        f"({loaded.num_experts}), got {bad}", field="--cache-sizes")
     return trace_stats(loaded, cache_sizes=list(cache_sizes), policies=list(policies),
                        segment_lengths=list(segment_lengths), cache_tokens=cache_tokens or None)
