@@ -178,7 +178,11 @@ class Cluster:
 
     def path(self, src: str, dst: str) -> tuple[Link, ...]:
         """The links a transfer from ``src`` to ``dst`` crosses (empty when ``src == dst``)."""
-        return self._paths[src][dst] if src != dst else ()
+        if src == dst:
+            return ()
+        if src not in self._path_cache:
+            self._path_cache[src] = self._paths_from(src)
+        return self._path_cache[src][dst]
 
     def bottleneck_bandwidth(self, src: str, dst: str) -> float:
         """Effective bytes/s of the slowest link on the path (inf when ``src == dst``)."""
@@ -189,24 +193,24 @@ class Cluster:
         return sum(ln.spec.latency_s for ln in self.path(src, dst))
 
     @cached_property
-    def _paths(self) -> dict[str, dict[str, tuple[Link, ...]]]:
+    def _path_cache(self) -> dict[str, dict[str, tuple[Link, ...]]]:
+        """Routes from each source asked for so far: a source's routes are found on first use, so
+        showing one path of a 1,000-node cluster does not route all 8,000 GPUs."""
+        return {}
+
+    def _paths_from(self, src: str) -> dict[str, tuple[Link, ...]]:
         g = self.graph
         devices = self._by_id
 
         def link_of(vertices: list[str]) -> tuple[Link, ...]:
             return tuple(g.edges[a, b]["link"] for a, b in itertools.pairwise(vertices))
 
-        out: dict[str, dict[str, tuple[Link, ...]]] = {}
-        for src in devices:
-            # Only switches and CPUs (the host bridge) route: a transfer does not hop through a GPU
-            # unless no other path exists (a PIM stack reached only through its GPU).
-            def no_transit(u: str, v: str, attrs: dict, src: str = src) -> float | None:
-                routes = u == src or u not in devices or devices[u].kind == "cpu"
-                return attrs["weight"] if routes else None
+        # Only switches and CPUs (the host bridge) route: a transfer does not hop through a GPU
+        # unless no other path exists (a PIM stack reached only through its GPU).
+        def no_transit(u: str, v: str, attrs: dict) -> float | None:
+            routes = u == src or u not in devices or devices[u].kind == "cpu"
+            return attrs["weight"] if routes else None
 
-            direct = nx.single_source_dijkstra_path(g, src, weight=no_transit)
-            fallback = nx.single_source_dijkstra_path(g, src, weight="weight")
-            out[src] = {
-                dst: link_of(direct.get(dst) or fallback[dst]) for dst in devices if dst in fallback
-            }
-        return out
+        direct = nx.single_source_dijkstra_path(g, src, weight=no_transit)
+        fallback = nx.single_source_dijkstra_path(g, src, weight="weight")
+        return {dst: link_of(direct.get(dst) or fallback[dst]) for dst in devices if dst in fallback}
