@@ -87,9 +87,20 @@ class _BoundedLoader(yaml.SafeLoader):
 
 
 def parse_yaml(text: str, *, file: str | Path | None = None) -> Any:
-    """The value of one YAML (or JSON) document, safe tags only; UserError for anything malformed."""
+    """The value of one YAML (or JSON) document, safe tags only; UserError for anything malformed.
+
+    libyaml (when PyYAML has it) reads the text about ten times faster than PyYAML's Python parser:
+    its event stream is checked against the limits first, then it builds the values. Anything it
+    refuses is read again by the Python parser, whose messages name the line and the problem.
+    """
     name = None if file is None else str(file)
     YAML_BYTES.check(len(text.encode("utf-8", errors="replace")), file=name)
+    if _CLoader is not None:
+        try:
+            _check_events(text)
+            return yaml.load(text, Loader=_CLoader)
+        except Exception:  # the Python parser below says what is wrong
+            pass
     loader = _BoundedLoader(text, name)
     try:
         return loader.get_single_data()
@@ -107,6 +118,55 @@ def parse_yaml(text: str, *, file: str | Path | None = None) -> Any:
                         f"{str(e)[:120]})", file=name) from None
     finally:
         loader.dispose()
+
+
+class _FastLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]
+    """libyaml's safe loader; a value its tag cannot hold fails here and is re-read for the message."""
+
+
+_CLoader = _FastLoader if getattr(yaml, "__with_libyaml__", False) else None
+
+
+def _check_events(text: str) -> None:
+    """Depth and expanded value count from libyaml's event stream, before any value is built."""
+    max_depth, max_nodes = YAML_DEPTH.value(), YAML_NODES.value()
+    stack: list[list[Any]] = []  # [values so far, anchor] per open collection
+    sizes: dict[str, int] = {}  # anchor -> values it stands for
+    open_anchors: set[str] = set()
+    total = 0
+
+    def add(n: int) -> None:
+        nonlocal total
+        if stack:
+            stack[-1][0] += n
+            if stack[-1][0] > max_nodes:
+                raise ValueError("too many values")
+        else:
+            total += n
+
+    for event in yaml.parse(text, Loader=_CLoader):
+        if isinstance(event, (yaml.SequenceStartEvent, yaml.MappingStartEvent)):
+            if len(stack) >= max_depth:
+                raise ValueError("too deep")
+            stack.append([1, event.anchor])
+            if event.anchor:
+                open_anchors.add(event.anchor)
+        elif isinstance(event, (yaml.SequenceEndEvent, yaml.MappingEndEvent)):
+            size, anchor = stack.pop()
+            if anchor:
+                sizes[anchor] = size
+                open_anchors.discard(anchor)
+            add(size)
+        elif isinstance(event, yaml.ScalarEvent):
+            if event.anchor:
+                sizes[event.anchor] = 1
+            add(1)
+        elif isinstance(event, yaml.AliasEvent):
+            if event.anchor in open_anchors or event.anchor not in sizes:
+                raise ValueError("recursive or unknown alias")
+            add(sizes[event.anchor])
+    if total > max_nodes:
+        raise ValueError("too many values")
 
 
 def read_yaml_file(path: str | Path) -> Any:

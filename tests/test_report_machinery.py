@@ -66,7 +66,7 @@ def test_sweep_yaml_paths_are_relative_to_the_file(tmp_path: Path) -> None:
     assert Path(s.offload[0].trace).resolve() == tmp_path / "t.npz"
     assert s.offload[0].hw == "rtx4090-workstation"
     cfg.write_text("offload: [\n")
-    with pytest.raises(UserError, match="not valid YAML"):
+    with pytest.raises(UserError, match="expected valid YAML"):
         load_sweep(cfg)
     with pytest.raises(UserError, match="no such"):
         load_sweep(tmp_path / "absent.yaml")

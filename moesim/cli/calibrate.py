@@ -13,8 +13,11 @@ from moesim.progress import progress
 
 EXAMPLES = """\
   moesim calibrate --out hardware/calibration/h100-sxm --quick
+      needs a CUDA GPU
   moesim calibrate --out /tmp/calib --device cuda:1 --models mixtral-8x7b,qwen3-30b-a3b
+      needs a CUDA GPU
   moesim calibrate --validate hardware/calibration/h100-sxm --batches 1,32,512
+      needs a CUDA GPU, hardware/calibration/h100-sxm: moesim calibrate --out hardware/calibration/h100-sxm
   moesim calibrate --device cpu --out hardware/calibration/cpu-my-xeon --quick
 """
 CPU_DEFAULT_MODEL = "deepseek-v2-lite"

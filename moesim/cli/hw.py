@@ -18,7 +18,8 @@ _EXAMPLES = """\
   moesim hw show h100x8                   devices, links and typical paths of a DGX H100
   moesim hw show h100x8 --nodes 4 --json  the same node template repeated 4 times, as JSON
   moesim hw show ./my-cluster.yaml        a profile of your own
-  moesim hw validate hardware/*.yaml      check files completely (units, references, connectivity)
+      needs my-cluster.yaml: your profile (docs/hardware.md), e.g. a copy of hardware/h100x8.yaml
+  moesim hw validate h100x8 links         check files completely (units, references, connectivity)
 """
 
 

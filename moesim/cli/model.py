@@ -13,6 +13,7 @@ _EXAMPLES = """\
   moesim model show deepseek-v3           layers, experts, attention shape and derived sizes
   moesim model show mixtral-8x7b --json   the same as one JSON object
   moesim model show ./my-model.yaml       a spec of your own (see docs/models.md)
+      needs my-model.yaml: your spec (docs/models.md) or a Hugging Face config.json
 """
 
 

@@ -21,10 +21,11 @@ from moesim.errors import UserError
 EXAMPLES = """\
   moesim report --out out/report
   moesim report --out out/h200 --hw h200x8 --model deepseek-v2-lite --trace deepseek-v2-lite-synth \\
-      --planners contiguous eplb ilp
-  moesim report --out out/offload --hw rtx4090-workstation --model mixtral-8x7b \\
-      --trace mixtral-8x7b-synth --cache-policies lru belady --expert-cache 11GiB 16GiB
+      --planners contiguous eplb ilp --time-limit 5
+  moesim report --out out/offload --hw rtx4090-workstation --model mixtral-8x7b --trace mixtral-8x7b-synth \\
+      --cache-policies lru belady --expert-cache 11GiB 16GiB --miss fetch cpu lowbit
   moesim report --config reports/default.yaml --out reports/default
+      needs reports/default.yaml: a sweep file (reports/README.md), here the one of a moesim checkout
 """
 
 _GRID_FLAGS = (

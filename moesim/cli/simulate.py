@@ -24,10 +24,11 @@ EXAMPLES = """\
   moesim simulate --hw h100x8 --model mixtral-8x7b --trace mixtral-8x7b-synth --batch 64
   moesim simulate --hw h100x8x4 --nodes 2 --model deepseek-v2-lite --trace deepseek-v2-lite-synth \\
       --plan plan.yaml --batch 256 --overlap layer --timeline run.json
-  moesim simulate --hw rtx4090-workstation --model mixtral-8x7b --trace mixtral-8x7b-synth --batch 1 \\
-      --cache lru --expert-cache 20GiB --miss cpu --json
+      needs plan.yaml: moesim plan --hw h100x8x4 --nodes 2 --planner eplb-hierarchical --out plan.yaml
   moesim simulate --hw rtx4090-workstation --model mixtral-8x7b --weight-dtype fp8 \\
-      --trace mixtral-8x7b-synth --cache lru --gpu-memory 24GB --miss fetch
+      --trace mixtral-8x7b-synth --batch 1 --steps 300 --cache lru --expert-cache 20GiB --miss cpu --json
+  moesim simulate --hw rtx4090-workstation --model mixtral-8x7b --weight-dtype fp8 \\
+      --trace mixtral-8x7b-synth --steps 300 --cache lru --gpu-memory 24GB --miss fetch
 """
 
 

@@ -26,16 +26,25 @@ _EXAMPLES = """\
   moesim trace info deepseek-v2-lite-synth                  a shipped trace: shape, sequences, phases
   moesim trace stats mixtral-8x7b-synth --cache-sizes 2,4,6 load skew, reuse, affinity, cache hit rates
   moesim trace stats run.npz --cache-sizes 8,16 --json      the same as one JSON object
+      needs run.npz: moesim trace synth --model deepseek-v2-lite --tokens 2000 --out run.npz
   moesim trace validate run.npz --model deepseek-v2-lite    check a file against a model spec
+      needs run.npz: moesim trace synth --model deepseek-v2-lite --tokens 2000 --out run.npz
   moesim trace convert a_routing.jsonl b_routing.jsonl out.npz --phase decode --model mixtral-8x7b
+      needs a_routing.jsonl, b_routing.jsonl: routing logs of a vLLM run (format: docs/traces.md)
   moesim trace convert dump.pt out.npz --format sglang-per-token --model deepseek-v3
+      needs dump.pt: SGLang's expert distribution recorder in per_token mode (docs/traces.md)
   moesim trace convert stat.pt counts.npz --model deepseek-v3 --passes 5000   SGLang stat dump -> counts
+      needs stat.pt: SGLang's expert distribution recorder in stat mode (docs/traces.md)
   moesim trace convert responses.jsonl out.npz --format vllm-routed --model qwen3-30b-a3b
+      needs responses.jsonl: vLLM responses with --enable-return-routed-experts (docs/traces.md)
   moesim trace export real.npz logical_count.json --model deepseek-v3 --ep-size 32 --redundant-experts 32
-  moesim trace synth --model deepseek-v3 --tokens 100000 --seed 1 --out v3.npz
-  moesim trace synth --model mixtral-8x7b --tokens 4000 --fit real.npz --report --out mx.npz
-  moesim trace fit real.npz --out profile.json              statistics-only profile for synth
+      needs real.npz: moesim trace synth --model deepseek-v3 --tokens 500 --trial-tokens 512 --out real.npz
+  moesim trace synth --model deepseek-v3 --tokens 20000 --seed 1 --trial-tokens 512 --out v3.npz
   moesim trace record --model MixtralForCausalLM --tiny --prompts "hi there" --max-new-tokens 4 --out r.npz
+  moesim trace synth --model mixtral-8x7b --tokens 4000 --fit real.npz --report --out mx.npz
+      needs real.npz: moesim trace record --model MixtralForCausalLM --tiny --prompts "hi" --out real.npz
+  moesim trace fit real.npz --out profile.json              statistics-only profile for synth
+      needs real.npz: moesim trace record --model MixtralForCausalLM --tiny --prompts "hi" --out real.npz
 """
 
 
