@@ -26,10 +26,10 @@ from moesim.workflows.inputs import DEFAULT_MODEL, DEFAULT_TRACE
 from moesim.workflows.placement import PLANNER_NAMES, PlacementRequest, PlannerComparison, compare_planners
 
 _EXAMPLES = """\
-  moesim plan --hw h100x8 --time-limit 10  every planner on the shipped DeepSeek-V2-Lite trace
+  moesim plan --hw h100x8 --time-limit 5   every planner on the shipped DeepSeek-V2-Lite trace
   moesim plan --hw h100x8 --model deepseek-v2-lite --trace my.npz --slots-per-gpu 9 --planner ilp \\
-      --time-limit 5 --out plan.yaml --export-sglang expert_location.json
-      needs my.npz: moesim trace synth --model deepseek-v2-lite --tokens 4000 --out my.npz
+      --time-limit 3 --out plan.yaml --export-sglang expert_location.json
+      needs my.npz: moesim trace synth --model deepseek-v2-lite --tokens 4000 --trial-tokens 512 --out my.npz
   moesim plan --hw h100x8x4 --nodes 2 --model mixtral-8x7b --trace mixtral-8x7b-synth --replicas 32 \\
       --planner eplb-hierarchical
   moesim plan --hw h100x8 --planner eplb --train-fraction 0.8 --json

@@ -19,9 +19,9 @@ from moesim.cli.common import (
 from moesim.errors import UserError
 
 EXAMPLES = """\
-  moesim report --out out/report
+  moesim report --out out/report --time-limit 2 --steps 32
   moesim report --out out/h200 --hw h200x8 --model deepseek-v2-lite --trace deepseek-v2-lite-synth \\
-      --planners contiguous eplb ilp --time-limit 5
+      --planners contiguous eplb ilp --time-limit 2 --cache-policies lru --cache-sizes 6 12 --steps 16
   moesim report --out out/offload --hw rtx4090-workstation --model mixtral-8x7b --trace mixtral-8x7b-synth \\
       --cache-policies lru belady --expert-cache 11GiB 16GiB --miss fetch cpu lowbit
   moesim report --config reports/default.yaml --out reports/default

@@ -24,11 +24,11 @@ from moesim.traces.synth import MIN_TRIAL_TOKENS
 
 _EXAMPLES = """\
   moesim trace info deepseek-v2-lite-synth                  a shipped trace: shape, sequences, phases
-  moesim trace stats mixtral-8x7b-synth --cache-sizes 2,4,6 load skew, reuse, affinity, cache hit rates
+  moesim trace stats mixtral-8x7b-synth --cache-sizes 2,4,6  skew, reuse, affinity, cache hit rates
   moesim trace stats run.npz --cache-sizes 8,16 --json      the same as one JSON object
-      needs run.npz: moesim trace synth --model deepseek-v2-lite --tokens 2000 --out run.npz
+      needs run.npz: moesim trace synth --model deepseek-v2-lite --tokens 500 --trial-tokens 512 --out run.npz
   moesim trace validate run.npz --model deepseek-v2-lite    check a file against a model spec
-      needs run.npz: moesim trace synth --model deepseek-v2-lite --tokens 2000 --out run.npz
+      needs run.npz: moesim trace synth --model deepseek-v2-lite --tokens 500 --trial-tokens 512 --out run.npz
   moesim trace convert a_routing.jsonl b_routing.jsonl out.npz --phase decode --model mixtral-8x7b
       needs a_routing.jsonl, b_routing.jsonl: routing logs of a vLLM run (format: docs/traces.md)
   moesim trace convert dump.pt out.npz --format sglang-per-token --model deepseek-v3

@@ -382,6 +382,8 @@ def sweep_from_flags(
         mem = expert_cache or (o0.expert_cache if same and h == o0.hw else ())
         if mem:
             entry["expert_cache"] = list(mem)
+        if same and o0.weight_dtype:  # the default budgets are sized for the default study's dtype
+            entry["weight_dtype"] = o0.weight_dtype
         d["offload"].append(entry)
     return sweep_from_dict(d, file=None, source="flags")
 
