@@ -402,6 +402,8 @@ def check_profile(prof: dict[str, Any], file: str | None = None) -> None:
     """UserError naming the field unless ``prof`` has every statistic :func:`from_profile` reads, in range."""
 
     def bad(field: str, expected: str) -> UserError:
+        if field not in prof:
+            return UserError(f"missing required field ({expected})", file=file, field=field)
         got = repr(prof.get(field))
         return UserError(f"expected {expected}, got {got if len(got) <= 60 else got[:57] + '...'}", file=file,
                          field=field)
