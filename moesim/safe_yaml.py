@@ -101,8 +101,9 @@ def parse_yaml(text: str, *, file: str | Path | None = None) -> Any:
             return yaml.load(text, Loader=_CLoader)
         except Exception:  # the Python parser below says what is wrong
             pass
-    loader = _BoundedLoader(text, name)
+    loader = None
     try:
+        loader = _BoundedLoader(text, name)  # its reader refuses control characters right away
         return loader.get_single_data()
     except _Refused as e:
         raise e.error from None
@@ -117,7 +118,8 @@ def parse_yaml(text: str, *, file: str | Path | None = None) -> Any:
         raise UserError(f"expected valid YAML, got a value its tag cannot hold ({type(e).__name__}: "
                         f"{str(e)[:120]})", file=name) from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
 
 
 class _FastLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]

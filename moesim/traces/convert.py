@@ -98,6 +98,8 @@ def from_jsonl(
                 s = seqs.setdefault(key, len(seqs))
                 experts = [int(x) for x in r["experts"]]
                 probs = [float(x) for x in r["gating_probs"]] if "gating_probs" in r else None
+                if probs is not None and len(probs) != len(experts):
+                    raise ValueError(f"{len(probs)} gating_probs for {len(experts)} experts")
                 recs.append((s, int(r["token_idx"]), int(r["layer"]), experts, probs))
             except (KeyError, TypeError, ValueError, OverflowError) as e:
                 raise UserError(

@@ -168,6 +168,8 @@ def read_counts_csv(path: str | Path, *, layer_ids: np.ndarray | None = None) ->
                 raise UserError(f"line {i}: expected integers, found {rec}", file=path) from None
     if not rows:
         raise UserError("no data rows", file=path)
+    if any(not -(2**62) <= v < 2**62 for row in rows for v in row):
+        raise UserError("expected integers that fit 64 bits", file=path)
     a = np.array(rows, np.int64)
     if (a[:, 2] < 0).any() or (a[:, 3] < 0).any() or (a[:, 0] < 0).any():
         raise UserError("step, expert and count must be >= 0", file=path)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import struct
+import tokenize
 import zipfile
 import zlib
 from collections.abc import Callable, Iterable
@@ -32,9 +33,11 @@ MMAP_MIN_BYTES = 32 * 2**20
 """Stored members at least this large are memory-mapped rather than read into memory."""
 
 _LOCAL_HEADER = struct.Struct("<4s5H3L2H")  # zip local file header, 30 bytes
+# what zipfile, zlib and numpy's header parser raise on a corrupt archive (a flipped byte in a header
+# reaches ast/tokenize: SyntaxError, TokenError)
 _READ_ERRORS = (
     zipfile.BadZipFile, EOFError, OSError, ValueError, zlib.error, struct.error, NotImplementedError,
-    RuntimeError, OverflowError,
+    RuntimeError, OverflowError, SyntaxError, TypeError, KeyError, tokenize.TokenError,
 )
 _METHODS = {zipfile.ZIP_STORED: "stored", zipfile.ZIP_DEFLATED: "deflate"}
 _METHOD_NAMES = {zipfile.ZIP_BZIP2: "bzip2", zipfile.ZIP_LZMA: "lzma", 9: "deflate64", 93: "zstandard"}
