@@ -103,13 +103,14 @@ ARRAY_BYTES = Limit(
     "bytes one input file may make moesim hold in memory: its decompressed (or small stored) .npz members "
     "together, a dense count matrix (large stored members are memory-mapped and do not count)",
 )
-NPZ_INFLATION = Limit(
-    "times the file size when decompressed", "MOESIM_MAX_NPZ_INFLATION", 100,
-    "ratio of inflated to on-disk size beyond NPZ_INFLATION_FLOOR_BYTES; real traces compress 2-5x, "
-    "a zip bomb about 1000x",
+INFLATION = Limit(
+    "times the file's size in memory", "MOESIM_MAX_INFLATION", 100,
+    "arrays built from a compressed or sparse file (inflated .npz members, a dense count matrix from a "
+    "CSV) relative to the file's size, beyond INFLATION_FLOOR_BYTES; real traces compress 2-5x, a zip "
+    "bomb about 1000x",
 )
-NPZ_INFLATION_FLOOR_BYTES = 64 * 2**20
-"""Inflated members up to this total are accepted whatever the ratio (a small file of mostly -1)."""
+INFLATION_FLOOR_BYTES = 64 * 2**20
+"""Arrays up to this total are accepted from any file whatever the ratio (a small file of mostly -1)."""
 YAML_BYTES = Limit(
     "bytes of YAML/JSON text", "MOESIM_MAX_YAML_BYTES", 16 * 2**20,
     "size of a hardware profile, model spec, plan, sweep or synthesis profile file",
@@ -126,13 +127,13 @@ YAML_NODES = Limit(
 
 ALL: tuple[Limit, ...] = (
     TRACE_ROWS, LAYERS, EXPERTS, TOP_K, NODES, VERTICES_PER_NODE, CLUSTER_LINKS, SYNTH_TOKENS,
-    ARRAY_BYTES, NPZ_INFLATION, YAML_BYTES, YAML_DEPTH, YAML_NODES,
+    ARRAY_BYTES, INFLATION, YAML_BYTES, YAML_DEPTH, YAML_NODES,
 )
 
 
-def npz_inflated_bytes_allowed(file_bytes: int) -> int:
-    """Total decompressed bytes the compressed members of an ``.npz`` of ``file_bytes`` may claim."""
-    by_ratio = max(NPZ_INFLATION_FLOOR_BYTES, NPZ_INFLATION.value() * file_bytes)
+def inflated_bytes_allowed(file_bytes: int) -> int:
+    """Bytes of arrays a file of ``file_bytes`` may inflate to (compressed .npz members, CSV counts)."""
+    by_ratio = max(INFLATION_FLOOR_BYTES, INFLATION.value() * file_bytes)
     return min(by_ratio, ARRAY_BYTES.value())
 
 

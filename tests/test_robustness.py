@@ -99,7 +99,7 @@ NPZ = "expected stored or deflate"
 CASES = [
     # 1. memory bombs
     Case("npz-bomb", ["trace", "info", "bomb.npz"],
-         ["inflate to 3,700,000,000 bytes", "MOESIM_MAX_NPZ_INFLATION"]),
+         ["inflate to 3,700,000,000 bytes", "MOESIM_MAX_INFLATION"]),
     Case("npz-forged-shape", ["trace", "info", "forged.npz"], ["expert_ids", "1,000,000,000,000 trace rows"]),
     Case("npz-forged-member", ["trace", "info", "forged-member.npz"],
          ["seq_id", "array header claims shape"]),

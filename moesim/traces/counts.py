@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from moesim.errors import UserError
-from moesim.limits import ARRAY_BYTES, EXPERTS, LAYERS, TRACE_ROWS, checked_int16
+from moesim.limits import EXPERTS, INFLATION, LAYERS, TRACE_ROWS, checked_int16, inflated_bytes_allowed
 from moesim.traces.npz import read_npz, write_npz
 
 COUNTS_SCHEMA = "moe-load-counts/v1"
@@ -181,7 +181,12 @@ def read_counts_csv(path: str | Path, *, layer_ids: np.ndarray | None = None) ->
     TRACE_ROWS.check(steps, file=path, field="step")
     EXPERTS.check(experts, file=path, field="expert")
     LAYERS.check(len(layers), file=path, field="layer")
-    ARRAY_BYTES.check(steps * len(layers) * experts * 8, file=path)  # the dense [steps, L, E] int64
+    dense = steps * len(layers) * experts * 8  # the [steps, L, E] int64 matrix the sparse rows fill
+    allowed = inflated_bytes_allowed(Path(path).stat().st_size)
+    if dense > allowed:
+        shape = f"[{steps}, {len(layers)}, {experts}]"
+        raise UserError(f"the counts would fill a {shape} matrix of {dense:,} bytes; the limit for this "
+                        f"file is {allowed:,} (set {INFLATION.env} to raise it)", file=path)
     counts = np.zeros((steps, len(layers), experts), np.int64)
     np.add.at(counts, (a[:, 0], col, a[:, 2]), a[:, 3])
     return counts_from_array(counts, file=str(path), layer_ids=layers)

@@ -6,7 +6,7 @@ experts is ~10 GB of int16, so a member stored uncompressed (``ZIP_STORED``) and
 streams arrays chunk by chunk into the archive (memmaps included) so nothing is held twice.
 
 Before anything is allocated, the sizes the archive claims are checked (moesim.limits): compressed
-members together may inflate to at most ``NPZ_INFLATION`` times the file size and ``ARRAY_BYTES``
+members together may inflate to at most ``INFLATION`` times the file size and ``ARRAY_BYTES``
 (a zip bomb is refused, not decompressed), and an array header must fit in the bytes its member
 holds (a header claiming shape (10^12, 32, 2) is refused, not preallocated). Encrypted members and
 compression methods other than stored/deflate (deflate64...) are refused by name.
@@ -27,7 +27,7 @@ import numpy as np
 
 from moesim.errors import UserError
 from moesim.io import atomic_open
-from moesim.limits import ARRAY_BYTES, NPZ_INFLATION, npz_inflated_bytes_allowed
+from moesim.limits import ARRAY_BYTES, INFLATION, inflated_bytes_allowed
 
 MMAP_MIN_BYTES = 32 * 2**20
 """Stored members at least this large are memory-mapped rather than read into memory."""
@@ -120,9 +120,9 @@ def _check_members(path: Path, infos: list[zipfile.ZipInfo], mmap: bool) -> None
         if not (mmap and info.compress_type == zipfile.ZIP_STORED and info.file_size >= MMAP_MIN_BYTES):
             in_memory += info.file_size
     size = path.stat().st_size
-    allowed = npz_inflated_bytes_allowed(size)
+    allowed = inflated_bytes_allowed(size)
     if inflated > allowed:
-        limit = NPZ_INFLATION if allowed < ARRAY_BYTES.value() else ARRAY_BYTES
+        limit = INFLATION if allowed < ARRAY_BYTES.value() else ARRAY_BYTES
         raise UserError(
             f"compressed members would inflate to {inflated:,} bytes, {inflated / max(size, 1):,.0f} times "
             f"the file's {size:,}; the limit is {allowed:,} (set {limit.env} to raise it)",
