@@ -78,6 +78,7 @@ def build_inputs(d: Path) -> None:
     spec = Path(__file__).resolve().parents[1] / "moesim" / "specs" / "models" / "mixtral-8x7b.yaml"
     text = spec.read_text(encoding="utf-8")
     ri.write(d, "layers-1e12.yaml", text.replace("num_layers: 32", "num_layers: 1000000000000"))
+    ri.write(d, "layers-1e12-text.yaml", text.replace("num_layers: 32", "num_layers: 1e12"))
     hf = {"model_type": "mixtral", "hidden_size": 4096, "num_hidden_layers": 2, "intermediate_size": 14336,
           "num_local_experts": 8, "num_experts_per_tok": 2, "num_attention_heads": 0, "vocab_size": 32000}
     ri.write(d, "config.json", json.dumps(hf))
@@ -115,6 +116,8 @@ CASES = [
     Case("device-count-1e7", ["hw", "show", "count-1e7.yaml"],
          ["node.devices.gpu.count", "devices and switches"]),
     Case("num-layers-1e12", ["model", "show", "layers-1e12.yaml"], ["num_layers", "MOESIM_MAX_LAYERS"]),
+    Case("num-layers-1e12-text", ["model", "show", "layers-1e12-text.yaml"],
+         ["num_layers", "expected a whole number >= 1, got '1e12'"]),
     Case("synth-tokens-1e11", [*SYNTH[:4], "--tokens", "100000000000", "--out", "s.npz"],
          ["--tokens", "MOESIM_MAX_SYNTH_TOKENS"]),
     # 3. impossible hardware
@@ -139,6 +142,8 @@ CASES = [
     Case("stats-segment-lengths-0", ["trace", "stats", "mixtral-8x7b-synth", "--segment-lengths", "0"],
          ["--segment-lengths"]),
     Case("synth-seq-len-0", [*SYNTH, "--seq-len", "0"], ["--seq-len"]),
+    Case("synth-report-cache-sizes-1", [*SYNTH, "--report", "--cache-sizes", "1"],
+         ["--cache-sizes", "top-k (2)"], no_output="s.npz"),
     # 5. silent corruption
     Case("jsonl-layer-70000", ["trace", "convert", "layer-70000.jsonl", "o.npz"],
          ["layer-70000.jsonl", "layer", "from 0 to 32767", "70000"], no_output="o.npz"),

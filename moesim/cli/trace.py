@@ -11,6 +11,7 @@ from typing import Any
 from moesim.cli.common import (
     add_json_flag,
     add_verb,
+    check_output,
     int_list,
     int_range,
     nonnegative_int,
@@ -46,6 +47,14 @@ _EXAMPLES = """\
   moesim trace fit real.npz --out profile.json              statistics-only profile for synth
       needs real.npz: moesim trace record --model MixtralForCausalLM --tiny --prompts "hi" --out real.npz
 """
+
+
+def _check_cache_sizes(sizes: list[int] | None, top_k: int, num_experts: int) -> None:
+    """A per-layer cache holds a token's top-k experts at least, and at most every expert."""
+    bad = [c for c in sizes or [] if not top_k <= c <= num_experts]
+    if bad:
+        raise UserError(f"expected cache sizes from top-k ({top_k}) to the number of experts "
+                        f"({num_experts}), got {bad}", field="--cache-sizes")
 
 
 def _model(name: str | None):
@@ -357,6 +366,7 @@ def run_convert(args: argparse.Namespace) -> int:
     if len(args.paths) < 2:
         raise UserError("expected at least one input and one output path")
     *inputs, out = args.paths
+    check_output(out, flag="OUT")  # before the conversion, not after it
     model = _model(args.model)
     num_experts = args.num_experts or (model.num_experts if model else None)
     result = convert(
@@ -413,6 +423,7 @@ def run_synth(args: argparse.Namespace) -> int:
     if args.tokens < 1:
         raise UserError(f"expected at least 1 token, got {args.tokens}", field="--tokens")
     model = _model(args.model)
+    _check_cache_sizes(args.cache_sizes, model.top_k, model.num_experts)
     shape = {"num_layers": model.num_moe_layers, "num_experts": model.num_experts, "top_k": model.top_k}
     real = None
     if args.fit:
