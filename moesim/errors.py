@@ -9,6 +9,11 @@ EXIT_FAILURE = 1
 EXIT_BAD_INPUT = 2
 
 
+# a field name or value from the user's file may hold a newline: escaped, so the error stays one line
+_ONE_LINE = {c: f"\\x{c:02x}" for c in (*range(32), 0x7F, 0x85)} | {10: "\\n", 13: "\\r", 9: "\\t",
+                                                                   0x2028: "\\u2028", 0x2029: "\\u2029"}
+
+
 class UserError(Exception):
     """Bad input from the user (file, flag or value).
 
@@ -24,7 +29,7 @@ class UserError(Exception):
 
     def __str__(self) -> str:
         parts = [p for p in (self.file, self.field) if p]
-        return ": ".join([*parts, self.message])
+        return ": ".join([*parts, self.message]).translate(_ONE_LINE)
 
     def at(self, *, file: str | Path | None = None, field: str | None = None) -> UserError:
         """The same error with the file (and a field prefix) filled in where still unknown."""

@@ -310,7 +310,7 @@ def _fuzz_here(target: Target, examples: int, derandomize: bool) -> int:
             try:
                 target.call(data, folder)
             except UserError as e:
-                assert "\n" not in str(e), f"a UserError of several lines: {e}"
+                assert len(str(e).splitlines()) == 1, f"a UserError of several lines: {e}"
 
         fuzz()
     return calls
