@@ -31,7 +31,9 @@ for name in sys.argv[1].split(","):
 from moesim.cli import main
 code = main(sys.argv[2:])
 usage = resource.getrusage(resource.RUSAGE_SELF)
-print(f"@@ {{usage.ru_maxrss}} {{usage.ru_utime + usage.ru_stime}}", file=sys.stderr)
+# VmHWM: this process's peak RSS since exec (ru_maxrss may carry the parent's from before the exec)
+hwm = next(int(ln.split()[1]) for ln in open("/proc/self/status") if ln.startswith("VmHWM:"))
+print(f"@@ {{hwm}} {{usage.ru_utime + usage.ru_stime}}", file=sys.stderr)
 sys.exit(code)
 """
 
