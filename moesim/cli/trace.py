@@ -39,8 +39,8 @@ _EXAMPLES = """\
   moesim trace convert responses.jsonl out.npz --format vllm-routed --model qwen3-30b-a3b
       needs responses.jsonl: vLLM responses with --enable-return-routed-experts (docs/traces.md)
   moesim trace export real.npz logical_count.json --model deepseek-v3 --ep-size 32 --redundant-experts 32
-      needs real.npz: moesim trace synth --model deepseek-v3 --tokens 500 --trial-tokens 512 --out real.npz
-  moesim trace synth --model deepseek-v3 --tokens 20000 --seed 1 --trial-tokens 512 --out v3.npz
+      needs real.npz: moesim trace synth --model deepseek-v3 --tokens 200 --trial-tokens 64 --out real.npz
+  moesim trace synth --model deepseek-v3 --tokens 5000 --seed 1 --trial-tokens 256 --out v3.npz
   moesim trace record --model MixtralForCausalLM --tiny --prompts "hi there" --max-new-tokens 4 --out r.npz
   moesim trace synth --model mixtral-8x7b --tokens 4000 --fit real.npz --report --out mx.npz
       needs real.npz: moesim trace record --model MixtralForCausalLM --tiny --prompts "hi" --out real.npz
