@@ -40,7 +40,7 @@ class Limit:
             return self.default
         try:
             value = int(float(text)) if "e" in text.lower() else int(text)
-        except ValueError:
+        except (ValueError, OverflowError):  # "many", "1e999"
             raise UserError(f"expected a whole number >= 1, got {text!r}", field=self.env) from None
         if value < 1:
             raise UserError(f"expected a whole number >= 1, got {text!r}", field=self.env)

@@ -29,7 +29,7 @@ def test_a_limit_names_itself_and_its_variable(monkeypatch: pytest.MonkeyPatch) 
     assert limits.LAYERS.check(1025) == 1025
     monkeypatch.setenv("MOESIM_MAX_LAYERS", "1e4")
     assert limits.LAYERS.value() == 10_000
-    for bad in ("many", "0", "-3"):
+    for bad in ("many", "0", "-3", "1e999"):
         monkeypatch.setenv("MOESIM_MAX_LAYERS", bad)
         with pytest.raises(UserError, match="MOESIM_MAX_LAYERS: expected a whole number >= 1"):
             limits.LAYERS.value()
