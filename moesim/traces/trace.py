@@ -126,9 +126,9 @@ class RoutingTrace:
 
         def check(key: str, shape: tuple[int, ...], dtype: np.dtype) -> None:
             if key == "expert_ids":
-                if len(shape) != 3:
-                    raise UserError(f"expected int16 [tokens, layers, k], found shape {shape}", file=file,
-                                    field=key)
+                if len(shape) != 3 or 0 in shape[1:]:
+                    raise UserError(f"expected int16 [tokens, layers, k] with layers, k >= 1, found shape "
+                                    f"{shape}", file=file, field=key)
                 check_trace_dims(shape, file)
 
         arrays = read_npz(path, mmap=mmap, check=check)
@@ -287,7 +287,8 @@ class RoutingTrace:
         row_bytes = int(np.prod(self.expert_ids.shape[1:])) * 2
         for a, b in row_chunks(self.num_tokens, row_bytes):
             chunk = self.expert_ids[a:b]
-            lo, hi = min(lo, int(chunk.min())), max(hi, int(chunk.max()))
+            if chunk.size:  # rows of zero layers or zero slots hold no id
+                lo, hi = min(lo, int(chunk.min())), max(hi, int(chunk.max()))
             release_pages(self.expert_ids)
         return lo, hi
 
