@@ -87,11 +87,20 @@ def test_examples_that_cannot_run_here_say_what_they_need() -> None:
 
 
 def _needs_packages(argv: list[str]) -> list[str]:
-    return ["torch", "transformers"] if argv[:2] == ["trace", "record"] else []
+    if argv[:2] == ["trace", "record"]:
+        return ["torch", "transformers"]
+    return ["torch"] if argv[:1] == ["calibrate"] else []
+
+
+def _is_slow(ex: Example) -> bool:
+    """The CPU calibration sweep: its smallest setting (--quick) times real kernels for ~20 s in 2 GB."""
+    return ex.argv[:1] == ["calibrate"] and "cpu" in ex.argv
 
 
 @pytest.mark.parametrize(
-    "example", [ex for ex in EXAMPLES if ex.why_not_runnable() is None],
+    "example",
+    [pytest.param(ex, marks=[pytest.mark.slow] if _is_slow(ex) else [])
+     for ex in EXAMPLES if ex.why_not_runnable() is None],
     ids=lambda ex: " ".join(ex.argv)[:60],
 )
 def test_runnable_example(example: Example, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
