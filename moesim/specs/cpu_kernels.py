@@ -56,9 +56,7 @@ def _parse_kernel(name: str, f: Fields, provenance: object) -> CpuKernelSpec:
     bits = f.raw("weight_bits")
     if isinstance(bits, bool) or not isinstance(bits, (int, float)) or not 1 <= bits <= 32:
         raise f.error("weight_bits", f"expected bits per weight from 1 to 32, such as 4.84, got {bits!r}")
-    peak = f.quantity("peak", "flops")
-    if peak <= 0:
-        raise f.error("peak", "expected a compute rate greater than zero")
+    peak = f.quantity("peak", "compute")
     serves = f.list("serves", [])
     for i, d in enumerate(serves):
         if not isinstance(d, str) or d not in DTYPE_BYTES:

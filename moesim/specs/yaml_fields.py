@@ -16,7 +16,7 @@ from moesim.errors import UserError
 from moesim.limits import MAX_WIDTH, Limit
 from moesim.resources import resolve
 from moesim.safe_yaml import read_yaml_file
-from moesim.units import parse_physical
+from moesim.units import PHYSICAL, parse_physical, parse_quantity
 
 _MISSING: Any = object()
 
@@ -254,10 +254,13 @@ class Fields:
         return check_fraction(value, lambda msg: self.error(key, msg))
 
     def quantity(self, key: str, kind: str, default: Any = _MISSING) -> float:
-        """A quantity with its unit, within the physical range of ``kind`` (a key of ``units.PHYSICAL``)."""
+        """A quantity with its unit, within the physical range of ``kind`` (a key of ``units.PHYSICAL``);
+        a bare dimension (``"bytes"``) only asks for a finite, non-negative quantity of it."""
         value = self.raw(key, default)
         if value is default and default is not _MISSING:
             return value
+        if kind not in PHYSICAL:
+            return parse_quantity(value, kind, file=self.file(key), field=self.field(key))
         return parse_physical(value, kind, file=self.file(key), field=self.field(key))
 
 
