@@ -69,6 +69,18 @@ class Prefetch(StrEnum):
     PREDICTOR = "predictor"
 
 
+class AllToAll(StrEnum):
+    """How the expert-parallel all-to-all moves tokens: one copy per (token, expert) over the
+    topology (``flat``); once per destination node over RDMA, then forwarded over NVLink inside the
+    node (``hierarchical``, DeepEP's normal kernels, for prefill); one RDMA message per (token,
+    expert) straight to every destination GPU with fixed buffers (``low-latency``, DeepEP's
+    low-latency kernels, for decode)."""
+
+    FLAT = "flat"
+    HIERARCHICAL = "hierarchical"
+    LOW_LATENCY = "low-latency"
+
+
 class CpuNuma(StrEnum):
     """How a multi-socket host runs CPU experts: each expert split over every socket from local DDR
     (KTransformers' NUMA tensor parallelism), whole experts spread over the sockets, the host socket

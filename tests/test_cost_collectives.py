@@ -90,14 +90,15 @@ def test_link_bytes_conserve_pair_bytes_times_hops(values: list[float], hierarch
     ids = [d.id for d in cost.cluster.gpus]
     b = np.array(values).reshape(8, 8)
     np.fill_diagonal(b, 0)
+    if hierarchical:
+        b = cost.hierarchical_matrix(ids, b)
     hops = np.array([[len(cost.cluster.path(s, d)) for d in ids] for s in ids])
-    if not hierarchical:
-        total = sum(cost.link_bytes(ids, b).values())
-        assert total == pytest.approx(float((b * hops).sum()), rel=1e-9)
+    total = sum(cost.link_bytes(ids, b).values())
+    assert total == pytest.approx(float((b * hops).sum()), rel=1e-9)
     # a batch gives the same times as one matrix at a time
     batch = np.stack([b, 2 * b, np.zeros_like(b)])
-    times = cost.all_to_all_s(ids, batch, hierarchical=hierarchical)
-    singles = [cost.all_to_all_s(ids, m, hierarchical=hierarchical) for m in batch]
+    times = cost.all_to_all_s(ids, batch)
+    singles = [cost.all_to_all_s(ids, m) for m in batch]
     np.testing.assert_allclose(times, singles, rtol=1e-12)
 
 
@@ -106,15 +107,17 @@ def test_hierarchical_goes_over_the_rail_peer_and_dedup_helps() -> None:
     ids = [d.id for d in cost.cluster.gpus]
     b = np.zeros((8, 8))
     b[0, 5] = b[0, 6] = MB  # n0.gpu0 -> n1.gpu1 and n1.gpu2
-    links = cost.link_bytes(ids, b, hierarchical=True)
+    links = cost.link_bytes(ids, cost.hierarchical_matrix(ids, b))
     assert links[("n0.gpu0", "n0.nic0")] == pytest.approx(2 * MB)
     assert links[("n1.nic0", "n1.gpu0")] == pytest.approx(2 * MB)  # lands on the rail peer n1.gpu0
-    assert links[("n1.nvswitch", "n1.gpu1")] == pytest.approx(MB)  # forwarded over NVLink
+    assert links[("n1.gpu0", "n1.nvswitch")] == pytest.approx(2 * MB)  # which forwards both
+    assert links[("n1.nvswitch", "n1.gpu1")] == pytest.approx(MB)  # over NVLink
     # the same token sent once to node 1 (DeepEP de-duplication) halves the fabric bytes
     node_bytes = np.zeros((8, 2))
     node_bytes[0, 1] = MB
-    dedup = cost.all_to_all_s(ids, b, hierarchical=True, node_bytes=node_bytes)
-    assert dedup < cost.all_to_all_s(ids, b, hierarchical=True)
+    dedup = cost.hierarchical_matrix(ids, b, node_bytes)
+    assert cost.link_bytes(ids, dedup)[("n0.nic0", "ib")] == pytest.approx(MB)
+    assert cost.all_to_all_s(ids, dedup) < cost.all_to_all_s(ids, cost.hierarchical_matrix(ids, b))
 
 
 def test_weight_fetch_pinned_pageable_and_lowbit() -> None:

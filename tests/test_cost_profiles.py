@@ -64,7 +64,7 @@ def test_ep_across_nodes_is_slower_than_inside_one() -> None:
     np.fill_diagonal(uniform, 0)
     t = nodes8.all_to_all_s(ids, uniform)
     assert 20e-6 < t < 2e-3
-    assert nodes8.all_to_all_s(ids, uniform, hierarchical=True) > 0
+    assert nodes8.all_to_all_s(ids, nodes8.hierarchical_matrix(ids, uniform)) > 0
 
 
 def test_cpu_beats_pcie_fetch_at_batch_one_on_the_workstation() -> None:

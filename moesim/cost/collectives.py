@@ -11,10 +11,9 @@ incidence is built once per device list (:class:`AllToAllRoutes`); evaluating a 
 matrices is two small set products (:mod:`moesim.cost.linkloads`), with a ``bincount`` over the
 (pair, hop) entries of any link whose pairs are not a rectangle; no Python loop over pairs.
 
-Hierarchical (DeepEP internode style): a cross-node pair (i -> j, j on node b) first goes from i to
-its *rail peer* on node b (the GPU with i's local index, over i's NIC and the fabric), then over the
-node's NVLink to j. With ``node_bytes`` ([G, nodes], bytes i sends to each node once, after
-de-duplicating tokens bound for several GPUs of one node) the fabric leg carries those bytes.
+The all-to-all modes (flat, hierarchical, low-latency: :mod:`moesim.cost.a2a`) are byte matrices on
+these same routes: the hierarchical one holds the RDMA copies to each node's rail peer and the
+NVLink forwards inside the node (:func:`moesim.cost.a2a.forwarded_matrix`).
 """
 
 from __future__ import annotations
@@ -25,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from moesim.cost.a2a import forwarded_matrix, forwarding
 from moesim.cost.linkloads import LinkAggregation, NodeBlocks
 from moesim.errors import UserError
 from moesim.specs.hardware import Cluster, Device
@@ -55,14 +55,6 @@ def link_tables(cluster: Cluster) -> tuple[dict[tuple[str, str], int], np.ndarra
     return index, bw, names
 
 
-def rail_peer(cluster: Cluster, device_id: str, node: int) -> str:
-    """The GPU on ``node`` with ``device_id``'s local GPU index (modulo that node's GPU count)."""
-    dev = cluster.device(device_id)
-    local = [d.id for d in cluster.devices_of(dev.kind, dev.node)].index(device_id)
-    peers = cluster.devices_of(dev.kind, node)
-    return peers[local % len(peers)].id
-
-
 @dataclass(frozen=True)
 class AllToAllRoutes:
     """Pair -> directed-link incidence for one ordered device list (built once, evaluated often)."""
@@ -75,52 +67,24 @@ class AllToAllRoutes:
     pair_latency_s: np.ndarray
     """[G*G] path latency of each pair (0 on the diagonal)."""
     num_links: int
-    hierarchical: bool = False
-    node_of: np.ndarray | None = None
-    """[G] node index of each device (hierarchical only)."""
-    fabric_pair_of_hop: np.ndarray | None = None
-    """Hierarchical: flat (src * nodes + node) index of each fabric-leg entry."""
-    fabric_link_of_hop: np.ndarray | None = None
-    num_nodes: int = 0
     aggregation: LinkAggregation | None = None
     _diag: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
 
     @classmethod
-    def build(
-        cls, cluster: Cluster, device_ids: tuple[str, ...], *, hierarchical: bool = False
-    ) -> AllToAllRoutes:
+    def build(cls, cluster: Cluster, device_ids: tuple[str, ...]) -> AllToAllRoutes:
         index, bw, _ = link_tables(cluster)
         g = len(device_ids)
         pairs: list[int] = []
         links: list[int] = []
         latency = np.zeros(g * g)
-        nodes = np.array([cluster.device(d).node for d in device_ids])
-        node_ids = sorted(set(nodes.tolist()))
-        node_pos = {n: i for i, n in enumerate(node_ids)}
-        f_pairs: list[int] = []
-        f_links: list[int] = []
         for i, src in enumerate(device_ids):
             for j, dst in enumerate(device_ids):
                 if i == j:
                     continue
-                if hierarchical and nodes[i] != nodes[j]:
-                    peer = rail_peer(cluster, src, int(nodes[j]))
-                    hops = directed_hops(cluster, peer, dst, index) if peer != dst else []
-                    latency[i * g + j] = cluster.path_latency(src, peer) + (
-                        cluster.path_latency(peer, dst) if peer != dst else 0.0
-                    )
-                else:
-                    hops = directed_hops(cluster, src, dst, index)
-                    latency[i * g + j] = cluster.path_latency(src, dst)
+                hops = directed_hops(cluster, src, dst, index)
+                latency[i * g + j] = cluster.path_latency(src, dst)
                 pairs += [i * g + j] * len(hops)
                 links += hops
-            if hierarchical:
-                for n in node_ids:
-                    if n == nodes[i]:
-                        continue
-                    hops = directed_hops(cluster, src, rail_peer(cluster, src, n), index)
-                    f_pairs += [i * len(node_ids) + node_pos[n]] * len(hops)
-                    f_links += hops
         pair_arr = np.array(pairs, dtype=np.int64)
         link_arr = np.array(links, dtype=np.int64)
         return cls(
@@ -129,11 +93,6 @@ class AllToAllRoutes:
             link_of_hop=link_arr,
             pair_latency_s=latency,
             num_links=len(bw),
-            hierarchical=hierarchical,
-            node_of=np.array([node_pos[int(n)] for n in nodes]) if hierarchical else None,
-            fabric_pair_of_hop=np.array(f_pairs, dtype=np.int64) if hierarchical else None,
-            fabric_link_of_hop=np.array(f_links, dtype=np.int64) if hierarchical else None,
-            num_nodes=len(node_ids),
             aggregation=LinkAggregation.build(pair_arr, link_arr, g, len(bw), latency),
             _diag=np.arange(g),
         )
@@ -147,47 +106,22 @@ class AllToAllRoutes:
             b3[:, self._diag, self._diag] = 0.0
         return b3
 
-    def loads_and_latency(
-        self, bytes_matrix: np.ndarray, node_bytes: np.ndarray | None = None
-    ) -> tuple[np.ndarray, np.ndarray]:
+    def loads_and_latency(self, bytes_matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """([S, L] bytes per directed link, [S] latency term) of a batch (or one matrix, S = 1),
         sharing the set products of :class:`LinkAggregation`."""
         assert self.aggregation is not None
         b3 = self._zero_diagonal(bytes_matrix)
         products = self.aggregation.products(b3)
         loads = self.aggregation.loads(b3, products)
-        if self.hierarchical:
-            loads += self._fabric_loads(b3, np.asarray(bytes_matrix, dtype=float), node_bytes)
         if b3.size and b3.min() < 0:  # the "sum > 0 means used" shortcut needs non-negative bytes
             return loads, self.latency_general_s(bytes_matrix)
         return loads, self.aggregation.latency_s(products[0])
 
-    def _fabric_loads(self, b3: np.ndarray, b: np.ndarray, node_bytes: np.ndarray | None) -> np.ndarray:
-        """Hierarchical: the fabric leg of each cross-node pair (src -> rail peer on the node)."""
-        assert self.fabric_pair_of_hop is not None and self.fabric_link_of_hop is not None
-        assert self.node_of is not None
-        s, g = b3.shape[0], len(self.device_ids)
-        offsets = (np.arange(s) * self.num_links)[:, None]
-        if node_bytes is None:
-            # No de-duplication known: the fabric leg carries every cross-node pair's bytes.
-            onehot = np.eye(self.num_nodes)[self.node_of]  # [G, nodes]
-            nb = b.reshape(s, g, g) @ onehot
-        else:
-            nb = np.asarray(node_bytes, dtype=float).reshape(s, g, self.num_nodes)
-        nb = nb.reshape(s, -1)
-        return np.bincount(
-            (self.fabric_link_of_hop[None, :] + offsets).ravel(),
-            weights=nb[:, self.fabric_pair_of_hop].ravel(),
-            minlength=s * self.num_links,
-        ).reshape(s, self.num_links)
-
-    def link_loads(self, bytes_matrix: np.ndarray, node_bytes: np.ndarray | None = None) -> np.ndarray:
+    def link_loads(self, bytes_matrix: np.ndarray) -> np.ndarray:
         """Bytes on each directed link; ``bytes_matrix`` is [G, G] or a batch [S, G, G] -> [S, L]."""
         assert self.aggregation is not None
         b3 = self._zero_diagonal(bytes_matrix)
         loads = self.aggregation.loads(b3)
-        if self.hierarchical:
-            loads += self._fabric_loads(b3, np.asarray(bytes_matrix, dtype=float), node_bytes)
         return loads if np.ndim(bytes_matrix) == 3 else loads[0]
 
     def latency_s(self, bytes_matrix: np.ndarray) -> np.ndarray:
@@ -211,34 +145,56 @@ class CollectiveCosts:
         self.cluster = cluster
         self.infinite_bandwidth = infinite_bandwidth
         self._link_index, self._link_bw, self._link_names = link_tables(cluster)
-        self._routes: dict[tuple[tuple[str, ...], bool], AllToAllRoutes] = {}
+        self._routes: dict[tuple[str, ...], AllToAllRoutes] = {}
 
-    def routes(self, device_ids: Sequence[str], *, hierarchical: bool = False) -> AllToAllRoutes:
+    def routes(self, device_ids: Sequence[str]) -> AllToAllRoutes:
         """The (memoised) pair->link incidence of an all-to-all among ``device_ids``."""
-        key = (tuple(device_ids), hierarchical)
+        key = tuple(device_ids)
         r = self._routes.get(key)
         if r is None:
-            for d in key[0]:
+            for d in key:
                 self._device(d)  # a UserError for unknown ids
-            r = AllToAllRoutes.build(self.cluster, key[0], hierarchical=hierarchical)
+            r = AllToAllRoutes.build(self.cluster, key)
             self._routes[key] = r
         return r
+
+    def forwarding(self, device_ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """``(node_of [G], rail peer [G, N])`` of the hierarchical all-to-all among ``device_ids``
+        (memoised; :func:`moesim.cost.a2a.forwarding`)."""
+        memo: dict[tuple[str, ...], tuple[np.ndarray, np.ndarray]]
+        memo = self.__dict__.setdefault("_forwarding", {})
+        key = tuple(device_ids)
+        if key not in memo:
+            for d in key:
+                self._device(d)
+            memo[key] = forwarding(self.cluster, key)
+        return memo[key]
+
+    def hierarchical_matrix(self, device_ids: Sequence[str], gpu_bytes: np.ndarray,
+                            node_bytes: np.ndarray | None = None) -> np.ndarray:
+        """The byte matrix of a hierarchical all-to-all (DeepEP normal kernels) whose tokens need
+        ``gpu_bytes[i, j]`` at GPU j (once per token and GPU) and ``node_bytes[i, n]`` on node n
+        (once per token and node; default: the sum over the node's GPUs, no de-duplication); pass
+        it to :meth:`all_to_all_s` or :meth:`link_bytes`."""
+        node_of, peer = self.forwarding(device_ids)
+        gpu_bytes = np.asarray(gpu_bytes, dtype=float)
+        if node_bytes is None:
+            node_bytes = gpu_bytes @ np.eye(peer.shape[1])[node_of]
+        return forwarded_matrix(gpu_bytes, np.asarray(node_bytes, dtype=float), node_of, peer)
 
     def all_to_all_s(
         self,
         device_ids: Sequence[str],
         bytes_matrix: np.ndarray,
-        *,
-        hierarchical: bool = False,
-        node_bytes: np.ndarray | None = None,
     ) -> Any:
         """All-to-all with ``bytes_matrix[i, j]`` bytes from ``device_ids[i]`` to ``device_ids[j]``:
         max over link directions of load / bandwidth + the longest path latency used. A batch
-        [S, G, G] gives [S] seconds."""
-        r = self.routes(device_ids, hierarchical=hierarchical)
+        [S, G, G] gives [S] seconds. (Link model only: the modes' overheads are in
+        :class:`moesim.cost.a2a.AllToAllSpec`.)"""
+        r = self.routes(device_ids)
         b = np.asarray(bytes_matrix, dtype=float)
         self._note("all_to_all", "roofline")
-        loads, latency = r.loads_and_latency(b, node_bytes)
+        loads, latency = r.loads_and_latency(b)
         t = latency if self.infinite_bandwidth else np.max(loads / self._link_bw[None, :], axis=1) + latency
         return t if b.ndim == 3 else float(t[0])
 
@@ -270,13 +226,10 @@ class CollectiveCosts:
         self,
         device_ids: Sequence[str],
         bytes_matrix: np.ndarray,
-        *,
-        hierarchical: bool = False,
-        node_bytes: np.ndarray | None = None,
     ) -> dict[tuple[str, str], float]:
         """Bytes on each link direction ``(from, to)`` that an all-to-all puts there (nonzero only)."""
-        r = self.routes(device_ids, hierarchical=hierarchical)
-        loads = r.link_loads(np.asarray(bytes_matrix, dtype=float), node_bytes)
+        r = self.routes(device_ids)
+        loads = r.link_loads(np.asarray(bytes_matrix, dtype=float))
         if loads.ndim == 2:
             loads = loads.sum(axis=0)
         return {self._link_names[i]: float(loads[i]) for i in np.flatnonzero(loads)}

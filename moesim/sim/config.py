@@ -10,7 +10,17 @@ from moesim.plans.plan import CachePlan, Plan
 from moesim.specs.hardware import Cluster
 from moesim.specs.model import DTYPE_BYTES, MoEModel
 from moesim.traces.trace import RoutingTrace
-from moesim.vocab import CachePolicy, Dispatch, MissMode, Overlap, Phase, Prefetch, ReplicaSplit, parse
+from moesim.vocab import (
+    AllToAll,
+    CachePolicy,
+    Dispatch,
+    MissMode,
+    Overlap,
+    Phase,
+    Prefetch,
+    ReplicaSplit,
+    parse,
+)
 
 _WORDS = (  # (field, its vocabulary, the name errors give it, None allowed: "take the plan's")
     ("phase", Phase, "phase", False),
@@ -20,6 +30,7 @@ _WORDS = (  # (field, its vocabulary, the name errors give it, None allowed: "ta
     ("cache_policy", CachePolicy, "cache", True),
     ("miss", MissMode, "miss", True),
     ("prefetch", Prefetch, "prefetch", True),
+    ("a2a", AllToAll, "a2a", True),
 )
 
 
@@ -50,6 +61,9 @@ class SimConfig:
     """even: every replica of an expert is a candidate for every token; local: a token uses the
     replica on its own GPU if any, else those on its node, else all (``moesim.sim.replica_routing``);
     ``replica_split`` then picks among the candidates."""
+    a2a: AllToAll | None = None
+    """How the all-to-all moves tokens (``moesim.cost.a2a``); None: as the engines choose, ``flat`` on
+    one node, else ``hierarchical`` for prefill and ``low-latency`` for decode."""
     batch_key: str | None = None
     """Cut steps by this per-row trace key (e.g. ``step_id``) instead of every ``batch_size`` rows."""
     cache_policy: CachePolicy | None = None

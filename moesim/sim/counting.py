@@ -78,11 +78,55 @@ def _count_single_py(ids: np.ndarray, dev_code: np.ndarray, slot_code: np.ndarra
                         head[s, layer, i, g] += 1
 
 
+def _count_forwarded_py(dst: np.ndarray, owner: np.ndarray, node_of: np.ndarray, peer: np.ndarray, G: int,
+                        head_steps: int, rows: np.ndarray, cols: np.ndarray, total: np.ndarray,
+                        head: np.ndarray) -> None:
+    """The hierarchical all-to-all's copies (:mod:`moesim.sim.forwarding`) of the entries ``dst``
+    [S, B, L, K] into rows [S, L, G, N], cols [S, L, N, G], total [G, G] and head: per token, each
+    destination GPU j once (forwarded by ``peer[i, node(j)]`` unless that is j) and each other
+    destination node n once (RDMA to ``peer[i, n]``); K is small, so duplicates are found by
+    looking back over the token's earlier entries."""
+    S, B, L, K = dst.shape
+    for s in range(S):
+        for layer in range(L):
+            for b in range(B):
+                i = owner[s, b]
+                ni = node_of[i]
+                for k in range(K):
+                    g = dst[s, b, layer, k]
+                    if g >= G:
+                        continue
+                    n = node_of[g]
+                    seen_gpu = False
+                    seen_node = False
+                    for q in range(k):
+                        h = dst[s, b, layer, q]
+                        if h < G:
+                            seen_gpu = seen_gpu or h == g
+                            seen_node = seen_node or node_of[h] == n
+                    if not seen_gpu:
+                        f = peer[i, n]
+                        if f != g:
+                            rows[s, layer, f, n] += 1
+                            cols[s, layer, n, g] += 1
+                            total[f, g] += 1
+                            if s < head_steps:
+                                head[s, layer, f, g] += 1
+                    if not seen_node and n != ni:
+                        p = peer[i, n]
+                        rows[s, layer, i, n] += 1
+                        cols[s, layer, ni, p] += 1
+                        total[i, p] += 1
+                        if s < head_steps:
+                            head[s, layer, i, p] += 1
+
+
 if numba is not None:
     _count = numba.njit(cache=True, nogil=True)(_count_py)
     _count_single = numba.njit(cache=True, nogil=True)(_count_single_py)
+    _count_forwarded = numba.njit(cache=True, nogil=True)(_count_forwarded_py)
 else:
-    _count = _count_single = None
+    _count = _count_single = _count_forwarded = None
 
 
 def _outputs(S: int, L: int, G: int, J: int, N: int, head_steps: int) -> tuple[np.ndarray, ...]:
@@ -118,3 +162,16 @@ def count_nodes_single(ids: np.ndarray, device: np.ndarray, slot: np.ndarray, ow
                   np.ascontiguousarray(owner, dtype=np.int64), np.asarray(node_of, dtype=np.int64), G, J, N,
                   min(S, head_steps), *out)
     return out
+
+
+def count_forwarded(dst: np.ndarray, owner: np.ndarray, node_of: np.ndarray, peer: np.ndarray, G: int,
+                    head_steps: int) -> tuple[np.ndarray, ...]:
+    """(rows, cols, total, head) of the hierarchical all-to-all of routed entries, compiled
+    (see :func:`_count_forwarded_py`)."""
+    S, _B, L, _K = dst.shape
+    N = int(peer.shape[1])
+    _, rows, cols, total, head = _outputs(S, L, G, 0, N, head_steps)
+    _count_forwarded(np.ascontiguousarray(dst, dtype=np.int64), np.ascontiguousarray(owner, dtype=np.int64),
+                     np.asarray(node_of, dtype=np.int64), np.ascontiguousarray(peer, dtype=np.int64), G,
+                     min(S, head_steps), rows, cols, total, head)
+    return rows, cols, total, head

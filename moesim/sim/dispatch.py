@@ -12,6 +12,7 @@ from functools import cached_property
 import numpy as np
 
 from moesim.plans.plan import Plan
+from moesim.sim.forwarding import Forwarding, forwarded_pairs, node_aggregates
 
 
 @dataclass(frozen=True)
@@ -150,16 +151,19 @@ class NodeCounting:
 
 
 def dispatch(ids: np.ndarray, owner: np.ndarray, table: ReplicaTable,
-             rng: np.random.Generator | None = None, nodes: NodeCounting | None = None) -> Dispatch:
+             rng: np.random.Generator | None = None, nodes: NodeCounting | None = None,
+             forward: Forwarding | None = None) -> Dispatch:
     """Route ``ids`` [S, B, L, K] (-1 = none) of tokens on devices ``owner`` [S, B].
 
     A replicated expert's pairs go round-robin over its replicas in token order (an even split);
-    with ``rng`` each pair picks a replica uniformly at random instead.
+    with ``rng`` each pair picks a replica uniformly at random instead. With ``forward`` the
+    all-to-all counts are the hierarchical mode's copies (:mod:`moesim.sim.forwarding`), else one
+    per (token, expert) pair.
     """
     S, _B, L, _K = ids.shape
     G, J = table.num_devices, table.slots_per_device
     E1 = table.counts.shape[1]
-    if rng is None and not table.has_replicas:
+    if rng is None and not table.has_replicas and forward is None:
         if nodes is None:
             return _dispatch_single(ids, owner, table)
         from moesim.sim import counting
@@ -185,14 +189,17 @@ def dispatch(ids: np.ndarray, owner: np.ndarray, table: ReplicaTable,
         flat = le * R + rep
     dst = table.device.reshape(-1)[flat] if R > 1 else table.device[:, :, 0].ravel()[flat]
     dst_slot = dst * J + (table.slot.reshape(-1)[flat] if R > 1 else table.slot[:, :, 0].ravel()[flat])
-    return count_routed(dst, dst_slot, owner, G, J, nodes)
+    return count_routed(dst, dst_slot, owner, G, J, nodes, forward)
 
 
 def count_routed(dst: np.ndarray, dst_slot: np.ndarray, owner: np.ndarray, G: int, J: int,
-                 nodes: NodeCounting | None = None) -> Dispatch:
+                 nodes: NodeCounting | None = None, forward: Forwarding | None = None) -> Dispatch:
     """Tokens per (step, layer, device, slot) and per (step, layer, source, destination) from the
     destination device (G = none) and device*J+slot of every routed entry ``[S, B, L, K]`` (with
-    ``nodes``: per (source, node) and (node, destination) instead, see :class:`Dispatch`)."""
+    ``nodes``: per (source, node) and (node, destination) instead, see :class:`Dispatch`; with
+    ``forward``: the hierarchical mode's copies instead of one per entry)."""
+    if forward is not None:
+        return _count_forwarded(dst, dst_slot, owner, G, J, nodes, forward)
     if nodes is not None:
         from moesim.sim import counting
 
@@ -278,3 +285,27 @@ def _node_dispatch(counts: tuple[np.ndarray, ...]) -> Dispatch:
     slot_tokens, rows, cols, total, head = counts
     return Dispatch(slot_tokens=slot_tokens, pair_tokens=None, node_rows=rows, node_cols=cols,
                     pair_total=total, pair_head=head if head.shape[0] else None)
+
+
+def _count_forwarded(dst: np.ndarray, dst_slot: np.ndarray, owner: np.ndarray, G: int, J: int,
+                     nodes: NodeCounting | None, fw: Forwarding) -> Dispatch:
+    """:func:`count_routed` of the hierarchical mode: slots as always, the all-to-all as its copies
+    (compiled in node-level form when numba is installed, else from the [S, L, G, G] pairs)."""
+    from moesim.sim import counting
+
+    S, _B, L, _K = dst.shape
+    sl = (np.arange(S, dtype=np.int64)[:, None] * L + np.arange(L, dtype=np.int64)[None, :])[:, None, :, None]
+    slot_tokens = np.bincount((dst_slot + sl * ((G + 1) * J)).ravel(), minlength=S * L * (G + 1) * J)
+    slot_tokens = slot_tokens.reshape(S, L, G + 1, J)[:, :, :G]
+    if nodes is not None and counting.available():
+        rows, cols, total, head = counting.count_forwarded(dst, owner, fw.node_of, fw.peer, G,
+                                                           nodes.head_steps)
+        return Dispatch(slot_tokens=slot_tokens, pair_tokens=None, node_rows=rows, node_cols=cols,
+                        pair_total=total, pair_head=head if head.shape[0] else None)
+    pairs = forwarded_pairs(dst, owner, G, fw)
+    if nodes is None:
+        return Dispatch(slot_tokens=slot_tokens, pair_tokens=pairs)
+    rows, cols = node_aggregates(pairs, fw.node_of, fw.num_nodes)
+    k = min(S, nodes.head_steps)
+    return Dispatch(slot_tokens=slot_tokens, pair_tokens=None, node_rows=rows, node_cols=cols,
+                    pair_total=pairs.sum(axis=(0, 1)), pair_head=pairs[:k].copy() if k else None)

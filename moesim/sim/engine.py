@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import simpy
 
+from moesim.cost.a2a import AllToAllSpec, default_mode, forwarding
 from moesim.errors import UserError
 from moesim.memory import fit_devices, staging_experts
 from moesim.plans.default import default_plan
@@ -26,6 +27,7 @@ from moesim.sim.config import SimConfig
 from moesim.sim.costs import SimCost
 from moesim.sim.dispatch import Dispatch, NodeCounting, ReplicaTable, dispatch, owners
 from moesim.sim.events.overlap import overlapped_moe
+from moesim.sim.forwarding import Forwarding
 from moesim.sim.invariants import check_all, expected_pairs
 from moesim.sim.misses import MissSetup, make_miss_handler
 from moesim.sim.offloaded import OffloadedRun, Step
@@ -79,7 +81,11 @@ class Machine:
         self.routing = (LocalRouting.of(self.table, node_index(self.cluster, self.devices))
                         if cfg.dispatch == DispatchMode.LOCAL and self.table.has_replicas else None)
         n_chunks = OVERLAP_CHUNKS.get(cfg.overlap, cfg.chunks)
-        self.coster = StepCoster(cost, self.devices, phase=cfg.phase, overlap_chunks=n_chunks)
+        self.a2a = AllToAllSpec.for_model(cfg.model, cfg.a2a or default_mode(
+            cfg.phase, len(set(node_index(self.cluster, self.devices).tolist()))))
+        self.forward = (Forwarding(*forwarding(self.cluster, self.devices))
+                        if self.a2a.forwards and self.G > 1 else None)
+        self.coster = StepCoster(cost, self.devices, phase=cfg.phase, overlap_chunks=n_chunks, a2a=self.a2a)
         self.layer_ids = np.arange(cfg.model.num_layers)
         self.moe_cols = np.asarray(cfg.model.moe_layers, dtype=np.int64)
         self.is_moe = self.coster.is_moe
@@ -135,8 +141,8 @@ class Machine:
                 contiguous = len(r) and r[-1] - r[0] + 1 == len(r)
                 ids[i, :len(r)] = trace.expert_ids[r[0]:r[-1] + 1] if contiguous else trace.expert_ids[r]
                 owner[i, :len(r)] = owners(len(r), self.G)
-            d = (dispatch(ids, owner, self.table, self.rng, count) if self.routing is None
-                 else local_dispatch(ids, owner, self.table, self.routing, self.rng, count))
+            d = (dispatch(ids, owner, self.table, self.rng, count, self.forward) if self.routing is None
+                 else local_dispatch(ids, owner, self.table, self.routing, self.rng, count, self.forward))
             batch = np.array([len(r) for r in rows])
             yield a, ids, d, self.coster.chunk(a, d, batch, wl.context_tokens[a:a + len(rows)])
 
@@ -158,16 +164,19 @@ class Machine:
     def record(self, a: int, d: Dispatch, c: ChunkCosts) -> None:
         """Fill the recorder's arrays for a chunk (the parts that do not depend on the schedule)."""
         r, b, m = self.rec, a + d.slot_tokens.shape[0], self.moe_cols
-        pair = c.pair_bytes
+        pair = c.pair_copies
         if pair is None:  # node-level counts: the [G, G] totals and the timeline's steps only
             assert d.pair_total is not None and d.node_rows is not None and d.node_cols is not None
-            self.total_pairs += d.pair_total * self.coster.act_bytes
-            sent = (d.node_rows.sum(axis=3) + d.node_cols.sum(axis=2)) * self.coster.act_bytes
+            self.total_pairs += d.pair_total
+            out, into = d.node_rows.sum(axis=3), d.node_cols.sum(axis=2)
         else:
             self.total_pairs += pair.sum(axis=(0, 1))
-            sent = pair.sum(axis=3) + pair.sum(axis=2)
+            out, into = pair.sum(axis=3), pair.sum(axis=2)
+        # a device sends its dispatch copies and, in the combine, returns the copies it received
+        sent = out * self.a2a.dispatch_bytes + into * self.a2a.combine_bytes
+        received = into * self.a2a.dispatch_bytes + out * self.a2a.combine_bytes
         if a < r.timeline_steps:
-            head = pair if pair is not None else d.pair_head * self.coster.act_bytes
+            head = pair if pair is not None else d.pair_head
         for s in range(a, min(b, r.timeline_steps)):
             self.keep_pairs[s] = head[s - a]
             self.keep_pre[s] = c.pre[s - a]
@@ -175,7 +184,7 @@ class Machine:
         r.busy_s[a:b, :, :G] = c.pre
         r.phase_s[a:b, :, 0] = c.pre.max(axis=2)
         r.bytes_sent[a:b][:, m, :G] = sent
-        r.bytes_received[a:b][:, m, :G] = sent
+        r.bytes_received[a:b][:, m, :G] = received
         if self.offloaded is None:
             r.busy_s[a:b][:, m, :G] += c.expert
             r.tokens[a:b][:, m, :G] = d.device_tokens
@@ -221,8 +230,9 @@ class Machine:
         else:
             self.env.process(self.lockstep(self.env))
         self.env.run()
-        if self.G > 1:  # dispatch, then combine (the same pairs reversed)
-            for matrix in (self.total_pairs, self.total_pairs.T):
+        if self.G > 1:  # dispatch, then combine (the same copies reversed)
+            a2a = self.a2a
+            for matrix in (self.total_pairs * a2a.dispatch_bytes, self.total_pairs.T * a2a.combine_bytes):
                 for ln, v in self.cost.link_bytes(self.devices, matrix).items():
                     self.rec.add_link_bytes([ln], v)
         if self.cfg.check_invariants:
@@ -241,8 +251,9 @@ class Machine:
         dispatch = combine = np.zeros((len(kept), L, 0))
         if self.G > 1 and kept:
             pairs = np.stack([self.keep_pairs[s] for s in kept]).reshape(-1, self.G, self.G)
-            names, loads = self.cost.link_loads_each(self.devices, pairs)
-            _, back = self.cost.link_loads_each(self.devices, pairs.transpose(0, 2, 1))
+            a2a = self.a2a
+            names, loads = self.cost.link_loads_each(self.devices, pairs * a2a.dispatch_bytes)
+            _, back = self.cost.link_loads_each(self.devices, pairs.transpose(0, 2, 1) * a2a.combine_bytes)
             dispatch, combine = loads.reshape(len(kept), L, -1), back.reshape(len(kept), L, -1)
         return LockstepTimeline(self.devices, tuple(int(c) for c in self.moe_cols), dict(self.keep_pre),
                                 names, dispatch, combine, dict(self.keep_slices))
@@ -262,6 +273,7 @@ class Machine:
             "cache": cache,
             "phase": str(cfg.phase), "batch_size": cfg.batch_size, "overlap": str(cfg.overlap),
             "replica_split": str(cfg.replica_split), "dispatch": str(cfg.dispatch), "seed": cfg.seed,
+            "a2a": str(self.a2a.mode),
             "cluster": self.cluster.name, "model": self.model.name, "plan": self.plan.planner,
             "devices": len(self.devices),
             "cost_sources": dict(sorted(self.cost.sources().items())),

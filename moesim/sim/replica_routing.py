@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from moesim.sim.dispatch import Dispatch, NodeCounting, ReplicaTable, count_routed, group_ranks
+from moesim.sim.forwarding import Forwarding
 from moesim.specs.hardware import Cluster
 
 
@@ -76,7 +77,8 @@ class LocalRouting:
 
 
 def local_dispatch(ids: np.ndarray, owner: np.ndarray, table: ReplicaTable, routing: LocalRouting,
-                   rng: np.random.Generator | None = None, nodes: NodeCounting | None = None) -> Dispatch:
+                   rng: np.random.Generator | None = None, nodes: NodeCounting | None = None,
+                   forward: Forwarding | None = None) -> Dispatch:
     """:func:`moesim.sim.dispatch.dispatch` with the replica of each pair chosen by ``routing``."""
     _S, _B, L, _K = ids.shape
     G, J = table.num_devices, table.slots_per_device
@@ -88,7 +90,7 @@ def local_dispatch(ids: np.ndarray, owner: np.ndarray, table: ReplicaTable, rout
     flat = le * R + routing.choose(le, owner, G, rng)
     dst = table.device.reshape(-1)[flat]
     dst_slot = dst * J + table.slot.reshape(-1)[flat]
-    return count_routed(dst, dst_slot, owner, G, J, nodes)
+    return count_routed(dst, dst_slot, owner, G, J, nodes, forward)
 
 
 def node_index(cluster: Cluster, devices: tuple[str, ...]) -> np.ndarray:

@@ -10,7 +10,10 @@ from typing import Any
 
 import numpy as np
 
+from moesim.cost.a2a import AllToAllSpec
+from moesim.sim.a2atimes import AllToAllTimer
 from moesim.sim.dispatch import Dispatch
+from moesim.vocab import AllToAll
 
 
 @dataclass(frozen=True)
@@ -21,9 +24,10 @@ class ChunkCosts:
     ``combine[s, m]`` the all-to-alls; ``*_chunk`` the same for one of ``chunks`` micro-batches."""
 
     first: int
-    pair_bytes: np.ndarray | None
-    """[S, L, G, G] dispatch bytes from device i to device j (zero diagonal: a device's own tokens);
-    None when the dispatch was counted per node (``Dispatch.node_rows``)."""
+    pair_copies: np.ndarray | None
+    """[S, L, G, G] token copies the dispatch sends from device i to device j (zero diagonal: a
+    device's own tokens; the combine sends them back); None when the dispatch was counted per node
+    (``Dispatch.node_rows``)."""
     pre: np.ndarray
     expert: np.ndarray
     dispatch: np.ndarray
@@ -52,22 +56,6 @@ def unique_rows(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return uniq.astype(rows.dtype, copy=False), np.asarray(inverse, dtype=np.int64)
 
 
-def mirrored_routes(cost: Any, devices: tuple[str, ...]) -> bool:
-    """True when every link direction has a reverse of equal bandwidth and latency and every route
-    ``j -> i`` is route ``i -> j`` reversed: then an all-to-all with the transposed byte matrix
-    (the combine) loads the reversed links exactly as the dispatch loads the forward ones, and
-    takes the same time, so it need not be evaluated twice."""
-    links = {name: (bw, lat) for name, bw, lat in cost.directed_links()}
-    if any(links.get((b, a)) != spec for (a, b), spec in links.items()):
-        return False
-    for i, src in enumerate(devices):
-        for dst in devices[i + 1:]:
-            forward = cost.path_links(src, dst)
-            if [(b, a) for a, b in reversed(forward)] != cost.path_links(dst, src):
-                return False
-    return True
-
-
 def device_token_counts(batch: np.ndarray, num_devices: int) -> np.ndarray:
     """[S, G] tokens each device owns for attention (contiguous equal blocks of each step's batch)."""
     g = np.arange(num_devices + 1, dtype=np.int64)
@@ -78,7 +66,8 @@ def device_token_counts(batch: np.ndarray, num_devices: int) -> np.ndarray:
 class StepCoster:
     """Turns a chunk of dispatched steps into :class:`ChunkCosts` with a few batched cost calls."""
 
-    def __init__(self, cost: Any, devices: tuple[str, ...], *, phase: str, overlap_chunks: int = 1):
+    def __init__(self, cost: Any, devices: tuple[str, ...], *, phase: str, overlap_chunks: int = 1,
+                 a2a: AllToAllSpec | None = None):
         self.cost = cost
         self.model = cost.model
         self.devices = devices
@@ -87,8 +76,9 @@ class StepCoster:
         self.moe_layers = np.asarray(self.model.moe_layers, dtype=np.int64)
         self.is_moe = np.zeros(self.model.num_layers, dtype=bool)
         self.is_moe[self.moe_layers] = True
-        self.act_bytes = float(self.model.activation_bytes_per_token)
-        self.mirrored = len(devices) > 1 and mirrored_routes(cost, devices)
+        self.a2a = a2a or AllToAllSpec.for_model(self.model, AllToAll.FLAT)
+        self.timer = AllToAllTimer(cost, devices, self.a2a)
+        self.mirrored = self.timer.mirrored
         # node-level all-to-all (per device and node, not per pair) where every link carries whole
         # node blocks, when the compiled counting is installed (its numpy form measured no faster
         # than the pair path at batch 256); other topologies keep the [G, G] pair matrices
@@ -188,56 +178,41 @@ class StepCoster:
             pos = np.searchsorted(known, keys)
         return times[pos]
 
-    def all_to_all(self, pair_bytes: np.ndarray) -> np.ndarray:
-        """[S, L] seconds of all-to-alls with ``pair_bytes`` [S, L, G, G]."""
-        S, L, G, _ = pair_bytes.shape
-        if G == 1:
-            return np.zeros((S, L))
-        return np.asarray(self.cost.all_to_all_s(self.devices, pair_bytes.reshape(S * L, G, G))).reshape(S, L)
-
-    def all_to_all_nodes(self, rows: np.ndarray, cols: np.ndarray, scale: float) -> np.ndarray:
-        """[S, L] seconds of all-to-alls given per node: ``rows * scale`` [S, L, G, N] and
-        ``cols * scale`` [S, L, N, G] bytes."""
-        S, L, G, N = rows.shape
-        return np.asarray(self.cost.all_to_all_node_s(self.devices, rows.reshape(S * L, G, N),
-                                                      cols.reshape(S * L, N, G), scale)).reshape(S, L)
-
     def chunk(self, first: int, d: Dispatch, batch: np.ndarray, context: np.ndarray) -> ChunkCosts:
         if d.pair_tokens is None:
             return self._chunk_nodes(first, d, batch, context)
-        pair_bytes = d.pair_tokens * self.act_bytes
-        diag = np.arange(pair_bytes.shape[2])
-        pair_bytes[:, :, diag, diag] = 0.0
-        out = dict(
-            first=first,
-            pair_bytes=pair_bytes,
-            pre=self.pre_times(batch, context),
-            expert=self.expert_times(d.slot_tokens),
-            dispatch=self.all_to_all(pair_bytes),
-        )
-        transposed = pair_bytes.transpose(0, 1, 3, 2)
-        out["combine"] = out["dispatch"] if self.mirrored else self.all_to_all(transposed)
+        pairs = d.pair_tokens
+        diag = np.arange(pairs.shape[2])
+        pairs[:, :, diag, diag] = 0
+        a = self.a2a
+        back = pairs.transpose(0, 1, 3, 2)
+        out = dict(first=first, pair_copies=pairs, pre=self.pre_times(batch, context),
+                   expert=self.expert_times(d.slot_tokens),
+                   dispatch=self.timer.pairs(pairs, a.dispatch_bytes))
+        out["combine"] = out["dispatch"] if self.mirrored else self.timer.pairs(back, a.combine_bytes)
         if self.chunks > 1:
             n = self.chunks
             out["expert_chunk"] = self.expert_times(d.slot_tokens / n)
-            out["dispatch_chunk"] = self.all_to_all(pair_bytes / n)
+            out["dispatch_chunk"] = self.timer.pairs(pairs, a.dispatch_bytes, n)
             out["combine_chunk"] = (out["dispatch_chunk"] if self.mirrored
-                                    else self.all_to_all(pair_bytes.transpose(0, 1, 3, 2) / n))
+                                    else self.timer.pairs(back, a.combine_bytes, n))
         return ChunkCosts(**out)
 
     def _chunk_nodes(self, first: int, d: Dispatch, batch: np.ndarray, context: np.ndarray) -> ChunkCosts:
         """:meth:`chunk` from node-level dispatch counts (the combine is the transposed matrix:
         its per-node rows are the dispatch's per-node columns, and the other way round)."""
         assert d.node_rows is not None and d.node_cols is not None
-        rows, cols, a = d.node_rows, d.node_cols, self.act_bytes  # token counts; bytes = count * a
+        rows, cols, a = d.node_rows, d.node_cols, self.a2a  # token copies; bytes = copies * copy bytes
         rows_t, cols_t = cols.transpose(0, 1, 3, 2), rows.transpose(0, 1, 3, 2)
-        out = dict(first=first, pair_bytes=None, pre=self.pre_times(batch, context),
-                   expert=self.expert_times(d.slot_tokens), dispatch=self.all_to_all_nodes(rows, cols, a))
-        out["combine"] = out["dispatch"] if self.mirrored else self.all_to_all_nodes(rows_t, cols_t, a)
+        out = dict(first=first, pair_copies=None, pre=self.pre_times(batch, context),
+                   expert=self.expert_times(d.slot_tokens),
+                   dispatch=self.timer.nodes(rows, cols, a.dispatch_bytes))
+        out["combine"] = (out["dispatch"] if self.mirrored
+                          else self.timer.nodes(rows_t, cols_t, a.combine_bytes))
         if self.chunks > 1:
             n = self.chunks
             out["expert_chunk"] = self.expert_times(d.slot_tokens / n)
-            out["dispatch_chunk"] = self.all_to_all_nodes(rows * a / n, cols * a / n, 1.0)
+            out["dispatch_chunk"] = self.timer.nodes(rows, cols, a.dispatch_bytes, n)
             out["combine_chunk"] = (out["dispatch_chunk"] if self.mirrored
-                                    else self.all_to_all_nodes(rows_t * a / n, cols_t * a / n, 1.0))
+                                    else self.timer.nodes(rows_t, cols_t, a.combine_bytes, n))
         return ChunkCosts(**out)

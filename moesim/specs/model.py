@@ -67,10 +67,20 @@ class MoEModel:
     weight_dtype: str = "bf16"
     """dtype of the routed expert weights as served (``fp8`` for DeepSeek-V3, ``mxfp4`` for gpt-oss)."""
     activation_dtype: str = "bf16"
+    dispatch_dtype: str | None = None
+    """dtype of the all-to-all dispatch payload (``fp8`` for DeepSeek-V3 with DeepEP); None: the
+    activation dtype. Issue 12's per-tensor precision will absorb it."""
+    combine_dtype: str | None = None
+    """dtype of the all-to-all combine payload; None: the activation dtype."""
     num_expert_groups: int = 1
     """DeepSeek-V3 group-limited routing: experts are split into this many groups."""
     topk_groups: int = 1
     source: str = ""
+
+    def __post_init__(self) -> None:
+        for name in ("dispatch_dtype", "combine_dtype"):
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, self.activation_dtype)
 
     @property
     def num_moe_layers(self) -> int:
