@@ -18,7 +18,7 @@ _EXTRAS = {
     "pyarrow": "pip install pyarrow (or write a .csv instead)",
 }
 
-VERBS = ("hw", "model", "trace", "simulate", "plan", "calibrate", "report")
+VERBS = ("hw", "model", "trace", "simulate", "plan", "calibrate", "report", "bench")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -17,7 +17,7 @@ from moesim.cli.common import (
 from moesim.errors import UserError
 from moesim.io import check_parquet_writable
 from moesim.limits import NODES
-from moesim.vocab import CachePolicy, CpuNuma, Dispatch, MissMode, Overlap, Phase, Prefetch, choices
+from moesim.vocab import AllToAll, CachePolicy, CpuNuma, Dispatch, MissMode, Overlap, Phase, Prefetch, choices
 from moesim.workflows.simulation import simulate_run
 
 EXAMPLES = """\
@@ -76,6 +76,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="which replicas a token may use: even = all replicas of its expert (split evenly); "
                    "local = the one on its own GPU, else those on its node, else all (SGLang static "
                    "dispatch; saves the InfiniBand hop when a replica is on the token's node)")
+    p.add_argument("--a2a", default=None, choices=choices(AllToAll),
+                   help="all-to-all mode: flat (a copy per token and expert), hierarchical (DeepEP normal: once "
+                   "per node over RDMA, then NVLink), low-latency (DeepEP: RDMA to every expert's GPU); default: "
+                   "flat on one node, else hierarchical for prefill and low-latency for decode, e.g. --a2a flat")
     p.add_argument("--nodes", type=int_range(1, NODES), default=None, metavar="N",
                    help="override the profile's node count")
     p.add_argument("--seed", type=nonnegative_int, default=0,
@@ -109,7 +113,7 @@ def run(args: argparse.Namespace) -> int:
         cache_size=args.cache_size, expert_cache=args.expert_cache, gpu_memory=args.gpu_memory,
         miss=args.miss, prefetch=args.prefetch, overlap=args.overlap, dispatch=args.dispatch, seed=args.seed,
         calibration=args.calibration, check_invariants=args.check_invariants,
-        cpu_kernel=args.cpu_kernel, cpu_numa=args.cpu_numa,
+        cpu_kernel=args.cpu_kernel, cpu_numa=args.cpu_numa, a2a=args.a2a,
     )
     result = sim.result
     if args.out:

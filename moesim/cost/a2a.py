@@ -58,14 +58,15 @@ class Overheads:
 OVERHEADS: dict[AllToAll, Overheads] = {
     AllToAll.FLAT: Overheads(0.0, 0.0, "none: an ideal all-to-all (the link model alone)"),
     AllToAll.HIERARCHICAL: Overheads(
-        25e-6, 0.0,
-        "fitted: DeepEP normal kernels, internode EP16 dispatch and combine on h800x8 --nodes 2 "
-        "(deepseek-ai/DeepEP @dd758ca docs/legacy.md); the other rows are predictions"),
+        0.0, 0.0,
+        "none: against DeepEP's normal kernels (deepseek-ai/DeepEP @dd758ca docs/legacy.md) the link model "
+        "alone is 6-28% fast and the gap grows with the bytes (the bf16 combine's is about twice the fp8 "
+        "dispatch's), a bandwidth shortfall of the kernels rather than a fixed cost per call or copy"),
     AllToAll.LOW_LATENCY: Overheads(
-        38e-6, 0.0,
-        "fitted: DeepEP low-latency kernels, EP16 and EP32 dispatch and combine on h800x8 --nodes 2, 4 "
-        "(deepseek-ai/DeepEP @dd758ca docs/legacy.md); per message 0: the published latencies do not "
-        "grow with the RDMA messages per NIC (512 at EP16 to 992 at EP256)"),
+        26e-6, 0.0,
+        "fitted: mean gap between DeepEP's low-latency kernels (deepseek-ai/DeepEP @dd758ca docs/legacy.md) "
+        "and the link model at EP16 and EP32, dispatch and combine, on h800x8; per copy 0: the busiest GPU "
+        "sends 128 x 8 copies at every EP size there, so a cost per copy cannot be told from one per call"),
 }
 """Defaults per mode (docs/cost.md "All-to-all modes" shows predicted vs published)."""
 
