@@ -77,9 +77,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "local = the one on its own GPU, else those on its node, else all (SGLang static "
                    "dispatch; saves the InfiniBand hop when a replica is on the token's node)")
     p.add_argument("--a2a", default=None, choices=choices(AllToAll),
-                   help="all-to-all mode: flat (a copy per token and expert), hierarchical (DeepEP normal: once "
-                   "per node over RDMA, then NVLink), low-latency (DeepEP: RDMA to every expert's GPU); default: "
-                   "flat on one node, else hierarchical for prefill and low-latency for decode, e.g. --a2a flat")
+                   help="all-to-all mode: flat (a copy per token and expert), hierarchical (DeepEP normal: "
+                   "once per node over RDMA, then NVLink), low-latency (DeepEP: RDMA to every expert's GPU); "
+                   "default: flat on one node, else hierarchical for prefill, low-latency for decode; "
+                   "e.g. --a2a flat")
     p.add_argument("--nodes", type=int_range(1, NODES), default=None, metavar="N",
                    help="override the profile's node count")
     p.add_argument("--seed", type=nonnegative_int, default=0,
