@@ -20,6 +20,7 @@ CLUSTERS = [
     "rtx3090-desktop",
     "l4-server",
     "h100-duplex",
+    "h800x8",
 ]
 
 
@@ -69,6 +70,7 @@ def kinds(cluster, src: str, dst: str) -> list[str]:
         ("b200x8", "nvlink5", 900e9),
         ("a100x8", "nvlink3", 300e9),
         ("h100-duplex", "nvlink4", 450e9),
+        ("h800x8", "nvlink4-h800", 200e9),
     ],
 )
 def test_gpu_to_gpu_inside_a_node_crosses_nvswitch(name: str, link: str, per_direction: float) -> None:

@@ -46,6 +46,12 @@ CASES = [
     ("h100x8x4", 2, {"batch_size": 64, "overlap": "chunked", "chunks": 3}, {"replicas": True}),
     ("h100x8x4", 2, {"batch_size": 64, "dispatch": "local"}, {"replicas": True}),
     ("h100x8x4", 2, {"batch_size": 33, "replica_split": "random"}, {"replicas": True}),
+    ("h100x8", None, {"batch_size": 16, "a2a": "hierarchical"}, {}),
+    ("h100x8x4", 2, {"batch_size": 96, "a2a": "hierarchical"}, {}),
+    ("h100x8x4", 2, {"batch_size": 64, "a2a": "hierarchical", "overlap": "chunked", "chunks": 3},
+     {"replicas": True}),
+    ("h100x8x4", 2, {"batch_size": 40, "a2a": "hierarchical", "dispatch": "local"}, {"replicas": True}),
+    ("h100x8x4", 2, {"batch_size": 48, "a2a": "low-latency", "phase": "prefill"}, {}),
 ]
 
 

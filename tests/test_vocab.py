@@ -14,7 +14,7 @@ from moesim.sim import SimConfig
 from moesim.sim.misses import MISS_HANDLERS
 from moesim.sim.prefetch import PREFETCHERS
 from moesim.sim.stores import STORES
-from moesim.vocab import CachePolicy, Dispatch, MissMode, Overlap, Phase, Prefetch, ReplicaSplit
+from moesim.vocab import AllToAll, CachePolicy, Dispatch, MissMode, Overlap, Phase, Prefetch, ReplicaSplit
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 
@@ -33,7 +33,8 @@ def _choices(verb: str, flag: str) -> list[str]:
 
 def test_cli_choices_are_the_vocabulary():
     for flag, enum in (("--phase", Phase), ("--cache", CachePolicy), ("--miss", MissMode),
-                       ("--prefetch", Prefetch), ("--overlap", Overlap), ("--dispatch", Dispatch)):
+                       ("--prefetch", Prefetch), ("--overlap", Overlap), ("--dispatch", Dispatch),
+                       ("--a2a", AllToAll)):
         assert _choices("simulate", flag) == [m.value for m in enum], flag
     assert _choices("plan", "--planner") == [*PLANNERS, "all"]
     assert _choices("plan", "--miss") == [*(m.value for m in MissMode), "auto"]
@@ -52,7 +53,7 @@ def test_docs_name_every_cache_word():
 @pytest.mark.parametrize("field, value, shown", [
     ("phase", "decoding", "phase"), ("overlap", "full", "overlap"), ("replica_split", "odd", "replica_split"),
     ("dispatch", "nearest", "dispatch"), ("cache_policy", "fifo", "cache"), ("miss", "disk", "miss"),
-    ("prefetch", "psychic", "prefetch"),
+    ("prefetch", "psychic", "prefetch"), ("a2a", "ring", "a2a"),
 ])
 def test_a_wrong_word_names_its_field(field, value, shown):
     with pytest.raises(UserError) as err:

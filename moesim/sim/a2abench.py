@@ -24,6 +24,8 @@ from moesim.vocab import AllToAll
 
 FABRIC_KINDS = ("ib-", "roce-")
 """Link kinds counted as the inter-node fabric (InfiniBand, RoCE)."""
+ROUTING_CHUNK = 8192
+"""Tokens whose scores are drawn at once."""
 
 
 @dataclass(frozen=True)
@@ -45,17 +47,22 @@ class BenchSetup:
 def routing(setup: BenchSetup, node_of_expert: np.ndarray, rng: np.random.Generator,
             tokens: int) -> np.ndarray:
     """[tokens, top_k] expert ids: top-k of |N(0,1)| + 1 scores, within the best ``topk_groups``
-    nodes (a node's score is its best expert's) when set."""
-    scores = np.abs(rng.standard_normal((tokens, setup.num_experts))) + 1.0
-    if setup.topk_groups is not None:
-        n_nodes = int(node_of_expert.max()) + 1
-        group = np.full((tokens, n_nodes), -np.inf)
-        np.maximum.at(group, (slice(None), node_of_expert), scores)
-        best = np.argsort(-group, axis=1, kind="stable")[:, : setup.topk_groups]
-        allowed = np.zeros((tokens, n_nodes), dtype=bool)
-        np.put_along_axis(allowed, best, True, axis=1)
-        scores = np.where(allowed[:, node_of_expert], scores, -np.inf)
-    return np.argsort(-scores, axis=1, kind="stable")[:, : setup.top_k]
+    nodes (a node's score is its best expert's) when set; drawn in chunks of tokens (bounded memory)."""
+    out = np.empty((tokens, setup.top_k), dtype=np.int64)
+    starts = np.flatnonzero(np.r_[True, node_of_expert[1:] != node_of_expert[:-1]])
+    run_of_expert = np.cumsum(np.isin(np.arange(setup.num_experts), starts)) - 1  # runs: one node each
+    for a in range(0, tokens, ROUTING_CHUNK):
+        n = min(ROUTING_CHUNK, tokens - a)
+        scores = np.abs(rng.standard_normal((n, setup.num_experts))) + 1.0
+        if setup.topk_groups is not None:
+            group = np.maximum.reduceat(scores, starts, axis=1)  # [n, runs of one node's experts]
+            best = np.argpartition(-group, setup.topk_groups - 1, axis=1)[:, : setup.topk_groups]
+            allowed = np.zeros(group.shape, dtype=bool)
+            np.put_along_axis(allowed, best, True, axis=1)
+            scores[~allowed[:, run_of_expert]] = -np.inf
+        top = np.argpartition(-scores, setup.top_k - 1, axis=1)[:, : setup.top_k]  # unsorted, as DeepEP's
+        out[a:a + n] = np.sort(top, axis=1)
+    return out
 
 
 def contiguous_table(num_experts: int, num_devices: int) -> ReplicaTable:
@@ -107,8 +114,8 @@ def bench_all_to_all(setup: BenchSetup, cost: Any, devices: tuple[str, ...]) -> 
     node_of, _ = cost.forwarding(devices)
     gpu_of = np.arange(setup.num_experts) // (setup.num_experts // G)
     selections = ids.size / G  # (token, expert) copies per GPU, its own GPU's included
-    token_gpus = np.array([len(set(r)) for r in gpu_of[ids]]).sum() / G  # (token, GPU) per GPU
-    token_nodes = np.array([len(set(r)) for r in node_of[gpu_of[ids]]]).sum() / G  # (token, node)
+    token_gpus = _distinct_per_row(gpu_of[ids]) / G  # (token, GPU) copies per GPU
+    token_nodes = _distinct_per_row(node_of[gpu_of[ids]]) / G  # (token, node) copies per GPU
     out: dict[str, Any] = {**asdict(setup), "mode": str(setup.mode), "ep": G, "nodes": int(node_of.max()) + 1,
                            "kernel_s": spec.kernel_s, "message_s": spec.message_s}
     kinds = {}
@@ -129,3 +136,9 @@ def bench_all_to_all(setup: BenchSetup, cost: Any, devices: tuple[str, ...]) -> 
         }
     return out
 
+
+
+def _distinct_per_row(values: np.ndarray) -> int:
+    """Sum over rows of the number of distinct values in each row."""
+    v = np.sort(values, axis=1)
+    return int(v.shape[0] + (v[:, 1:] != v[:, :-1]).sum())
