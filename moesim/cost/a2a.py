@@ -182,3 +182,24 @@ def uniform_dedup(num_experts: int, top_k: int, num_nodes: int) -> float:
     k = min(top_k, num_experts)
     miss = math.comb(round(num_experts - per_node), k) / math.comb(num_experts, k)
     return (1.0 - miss) / (k / num_nodes)
+
+
+@dataclass(frozen=True)
+class PlannerTerms:
+    """The placement planners' per-token view of an all-to-all mode: bytes of one token copy there
+    and back, fabric copies per cross-node (token, expert) pair, and whether a cross-node copy is
+    then forwarded over NVLink (docs/planners.md)."""
+
+    mode: AllToAll
+    bytes_per_token: float
+    fabric_copies: float
+    forwarded: bool
+
+
+def planner_terms(model: MoEModel, num_nodes: int, mode: AllToAll | str | None = None) -> PlannerTerms:
+    """:class:`PlannerTerms` of ``mode`` (None or ``auto``: the default for throughput-sized steps,
+    ``hierarchical`` across nodes, else ``flat``) under uniform routing."""
+    mode = default_mode(Phase.PREFILL, num_nodes) if mode in (None, "auto") else AllToAll(mode)
+    spec = AllToAllSpec.for_model(model, mode)
+    dedup = uniform_dedup(model.num_experts, model.top_k, num_nodes) if spec.forwards else 1.0
+    return PlannerTerms(mode, spec.bytes_per_token(), dedup, spec.forwards)

@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from moesim.cost.a2a import planner_terms
 from moesim.planners.base import (
     PlanRequest,
     apportion,
@@ -53,6 +54,7 @@ DEFAULTS: dict[str, Any] = {
     "objective": "worst",  # worst | mean  (over windows)
     "origin": "even",  # even | previous-layer: where a layer's tokens come from
     "dispatch": "even",  # even | local: which replicas a token may use (local: own GPU, node, any)
+    "a2a": "auto",  # auto | flat | hierarchical | low-latency: the all-to-all mode (moesim.cost.a2a)
     "units": "auto",  # auto (cost model if available) | tokens (ignore time, balance token counts)
     "batch_tokens": 8192,  # tokens per step the times are predicted for
     "workers": 2,  # CP-SAT workers, interleaved deterministically (fixed: same seed, same plan)
@@ -95,17 +97,19 @@ def _compute_fn(req: PlanRequest, units: str):
     return roofline, "seconds (roofline: no moesim.cost)"
 
 
-def _comm_per_token(req: PlanRequest, origin: np.ndarray, units: str) -> np.ndarray:
+def _comm_per_token(req: PlanRequest, origin: np.ndarray, units: str, a2a: str = "auto") -> np.ndarray:
     """``[E, N]`` seconds per token a replica on node n spends receiving and returning tokens of e.
 
     ``origin[e, n]`` is the fraction of e's tokens that start on node n; tokens from the same node
-    cross NVLink (except the 1/G_n already on the GPU), the rest the GPU's InfiniBand rail.
+    cross NVLink (except the 1/G_n already on the GPU), the rest the GPU's InfiniBand rail (in the
+    hierarchical mode fewer times, once per node, and then NVLink from the rail peer).
     """
     E, N = origin.shape
     if units == "tokens":
         return np.zeros((E, N))
     node_of = req.node_of_device()
-    nbytes = 2.0 * req.model.activation_bytes_per_token  # dispatch + combine
+    terms = planner_terms(req.model, N, a2a)
+    nbytes = terms.bytes_per_token  # dispatch + combine
     out = np.zeros((E, N))
     for n in range(N):
         gpus = [req.devices[g] for g in np.flatnonzero(node_of == n)]
@@ -113,7 +117,9 @@ def _comm_per_token(req: PlanRequest, origin: np.ndarray, units: str) -> np.ndar
         others = [req.devices[g] for g in np.flatnonzero(node_of != n)]
         inter = req.cluster.bottleneck_bandwidth(others[0], gpus[0]) if others else np.inf
         same = origin[:, n]
-        out[:, n] = nbytes * (same * (1 - 1 / len(gpus)) / intra + (1 - same) / inter)
+        nvlink = (1 - 1 / len(gpus)) / intra
+        cross = terms.fabric_copies / inter + terms.forwarded * nvlink  # forwarded on from the rail peer
+        out[:, n] = nbytes * (same * nvlink + (1 - same) * cross)
     return out
 
 
@@ -369,8 +375,9 @@ class _Tables:
         self.local = str(opts["dispatch"]) == "local" and self.N > 1
         if self.local:
             self.origin_mode = "even"
-            self.nv, self.ib = link_seconds(req, self.units)
+            self.nv, self.ib = link_seconds(req, self.units, str(opts["a2a"]))
         self.ids = np.asarray(req.trace.expert_ids) if self.origin_mode == "previous-layer" else None
+        self.a2a = str(opts["a2a"])
 
     def tau(self, layer: int, previous: np.ndarray | None) -> np.ndarray:
         """``[W, E, G, N]`` for ``layer``; ``previous`` is layer-1's ``[G, S]`` placement."""
@@ -382,7 +389,7 @@ class _Tables:
                                             self.node_of, E, N)
         else:
             origin = np.full((E, N), 1.0 / N)
-        return replica_table(self.wstep[:, layer], _comm_per_token(self.req, origin, self.units),
+        return replica_table(self.wstep[:, layer], _comm_per_token(self.req, origin, self.units, self.a2a),
                              self.compute, self.G)
 
     def times(self, layer: int, placement: np.ndarray, tau: np.ndarray) -> np.ndarray:

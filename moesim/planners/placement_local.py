@@ -22,22 +22,27 @@ from __future__ import annotations
 
 import numpy as np
 
+from moesim.cost.a2a import planner_terms
 from moesim.planners.base import PlanRequest, apportion
 
 
-def link_seconds(req: PlanRequest, units: str) -> tuple[np.ndarray, np.ndarray]:
-    """``(nv[N], ib[N])`` seconds per token sent there and back over NVLink / the InfiniBand rail."""
+def link_seconds(req: PlanRequest, units: str, a2a: str = "auto") -> tuple[np.ndarray, np.ndarray]:
+    """``(nv[N], ib[N])`` seconds per token sent there and back over NVLink / the InfiniBand rail
+    (the rail's share once per node and then NVLink in the hierarchical all-to-all mode)."""
     node_of = req.node_of_device()
     N = int(node_of.max()) + 1
     nv, ib = np.zeros(N), np.zeros(N)
     if units == "tokens":
         return nv, ib
-    nbytes = 2.0 * req.model.activation_bytes_per_token  # dispatch + combine
+    terms = planner_terms(req.model, N, a2a)
+    nbytes = terms.bytes_per_token  # dispatch + combine
     for n in range(N):
         gpus = [req.devices[g] for g in np.flatnonzero(node_of == n)]
         others = [req.devices[g] for g in np.flatnonzero(node_of != n)]
         nv[n] = nbytes / req.cluster.bottleneck_bandwidth(gpus[0], gpus[1]) if len(gpus) > 1 else 0.0
-        ib[n] = nbytes / req.cluster.bottleneck_bandwidth(others[0], gpus[0]) if others else 0.0
+        if others:  # hierarchical: forwarded on from the rail peer unless the replica is there
+            ib[n] = (nbytes * terms.fabric_copies / req.cluster.bottleneck_bandwidth(others[0], gpus[0])
+                     + terms.forwarded * nv[n] * (1 - 1 / len(gpus)))
     return nv, ib
 
 
