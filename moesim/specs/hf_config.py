@@ -250,6 +250,9 @@ def spec_from_hf_config(data: dict[str, Any], *, file: str) -> dict[str, Any]:
         vocab_size=c.int("vocab_size", default=0, minimum=0),
         source=f"transformers config.json ({file})",
     )
+    if method == "fp8" and isinstance(quant, dict) and quant.get("weight_block_size"):
+        # block-FP8 experts take FP8 activations: DeepEP dispatches them in FP8, combines in BF16
+        spec.update(dispatch_dtype="fp8", combine_dtype=_dtype(c))
     if c.get("_name_or_path"):
         spec["hf_id"] = str(c.get("_name_or_path"))
     return spec
