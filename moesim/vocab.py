@@ -52,13 +52,31 @@ class CachePolicy(StrEnum):
     STATIC = "static"
 
 
+class CacheScope(StrEnum):
+    """What an expert cache's capacity covers: one MoE layer (``layer``), or all layers of a GPU
+    together, over (layer, expert) keys (``global``)."""
+
+    LAYER = "layer"
+    GLOBAL = "global"
+
+
+class CacheReset(StrEnum):
+    """When the expert caches empty: never, or when a step starts a new sequence."""
+
+    NONE = "none"
+    SEQUENCE = "sequence"
+
+
 class MissMode(StrEnum):
-    """What a cache miss does: copy the weights, run on the CPU, copy in low precision, run on PIM."""
+    """What a cache miss does: copy the weights, run on the CPU, copy in low precision, run on PIM,
+    or choose among those per expert."""
 
     FETCH = "fetch"
     CPU = "cpu"
     LOWBIT = "lowbit"
     PIM = "pim"
+    AUTO = "auto"
+    """Per (step, layer, expert), whichever of the others the cluster can run is predicted fastest."""
 
 
 class Prefetch(StrEnum):

@@ -17,7 +17,19 @@ from moesim.cli.common import (
 from moesim.errors import UserError
 from moesim.io import check_parquet_writable
 from moesim.limits import NODES
-from moesim.vocab import AllToAll, CachePolicy, CpuNuma, Dispatch, MissMode, Overlap, Phase, Prefetch, choices
+from moesim.vocab import (
+    AllToAll,
+    CachePolicy,
+    CacheReset,
+    CacheScope,
+    CpuNuma,
+    Dispatch,
+    MissMode,
+    Overlap,
+    Phase,
+    Prefetch,
+    choices,
+)
 from moesim.workflows.simulation import simulate_run
 
 EXAMPLES = """\
@@ -64,9 +76,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     size.add_argument("--gpu-memory", type=quantity("budget"), default=None, metavar="BYTES",
                       help="whole memory per GPU, e.g. 24GB: the expert cache gets what the model's "
                       "non-expert weights, KV cache, activations and staging leave (docs/results.md)")
+    p.add_argument("--cache-scope", default="layer", choices=choices(CacheScope),
+                   help="layer: one cache of C experts per MoE layer; global: one cache per GPU of L x C "
+                   "(layer, expert) slots shared by all layers, e.g. --cache belady --cache-scope global")
+    p.add_argument("--cache-reset", default="none", choices=choices(CacheReset),
+                   help="sequence: empty the caches when a step starts a new sequence (seq_id), e.g. "
+                   "--cache lru --cache-reset sequence")
     p.add_argument("--miss", default=None, choices=choices(MissMode),
                    help="on a miss: fetch over PCIe, run on the CPU (Fiddler), fetch in low precision "
-                   "(HOBBIT), run on PIM (Duplex); default: the plan's, else fetch")
+                   "(HOBBIT), run on PIM (Duplex), or auto: per missed expert whichever of those the "
+                   "cluster can run is predicted fastest; default: the plan's, else fetch")
     p.add_argument("--prefetch", default=None, choices=choices(Prefetch),
                    help="next-layer prefetch: none, the true experts, or a cross-layer predictor fitted "
                    "on the first half of the trace")
@@ -114,7 +133,8 @@ def run(args: argparse.Namespace) -> int:
         cache_size=args.cache_size, expert_cache=args.expert_cache, gpu_memory=args.gpu_memory,
         miss=args.miss, prefetch=args.prefetch, overlap=args.overlap, dispatch=args.dispatch, seed=args.seed,
         calibration=args.calibration, check_invariants=args.check_invariants,
-        cpu_kernel=args.cpu_kernel, cpu_numa=args.cpu_numa, a2a=args.a2a,
+        cpu_kernel=args.cpu_kernel, cpu_numa=args.cpu_numa, a2a=args.a2a, cache_scope=args.cache_scope,
+        cache_reset=args.cache_reset,
     )
     result = sim.result
     if args.out:

@@ -39,7 +39,7 @@ from moesim.specs.hardware import Cluster
 from moesim.specs.model import MoEModel
 from moesim.vocab import AUTO, CachePolicy, MissMode, Prefetch, choices
 
-MISS_CHOICES = choices(MissMode, AUTO)
+MISS_CHOICES = choices(MissMode)  # auto (cheapest per expert) is a miss mode
 PREFETCH_CHOICES = choices(Prefetch, AUTO)
 POLICY_CHOICES = (*map(str, (CachePolicy.STATIC, CachePolicy.LRU, CachePolicy.LFU)), AUTO)
 """The policies this planner sizes (``belady`` needs the future; ``none`` has nothing to plan)."""

@@ -13,6 +13,8 @@ from moesim.traces.trace import RoutingTrace
 from moesim.vocab import (
     AllToAll,
     CachePolicy,
+    CacheReset,
+    CacheScope,
     Dispatch,
     MissMode,
     Overlap,
@@ -31,6 +33,8 @@ _WORDS = (  # (field, its vocabulary, the name errors give it, None allowed: "ta
     ("miss", MissMode, "miss", True),
     ("prefetch", Prefetch, "prefetch", True),
     ("a2a", AllToAll, "a2a", True),
+    ("cache_scope", CacheScope, "cache_scope", False),
+    ("cache_reset", CacheReset, "cache_reset", False),
 )
 
 
@@ -74,7 +78,13 @@ class SimConfig:
     gpu_memory_bytes: float | None = None
     """Whole memory per GPU: the expert cache gets what the model's non-expert weights, KV cache,
     activations and staging leave of it (:mod:`moesim.memory`)."""
+    cache_scope: CacheScope = CacheScope.LAYER
+    """layer: one cache per MoE layer and GPU; global: one per GPU holding the layers' capacities
+    summed, shared by all layers over (layer, expert) keys (``moesim.sim.stores``)."""
+    cache_reset: CacheReset = CacheReset.NONE
+    """sequence: the caches empty before a step whose first row starts a new sequence (``seq_id``)."""
     miss: MissMode | None = None
+    """Miss mode (None: the plan's); ``auto`` chooses fetch, lowbit, cpu or pim per missed expert."""
     prefetch: Prefetch | None = None
     lowbit_dtype: str = "int4"
     """Precision of experts fetched on a miss with ``miss == "lowbit"`` (HOBBIT)."""

@@ -39,7 +39,7 @@ from moesim.sim.stepcost import ChunkCosts, StepCoster, device_token_counts
 from moesim.sim.timeline import LockstepTimeline, MicroBatches
 from moesim.sim.workload import Workload, build_workload
 from moesim.traces.transitions import Transitions
-from moesim.vocab import CachePolicy, Overlap, ReplicaSplit
+from moesim.vocab import CachePolicy, CacheReset, Overlap, ReplicaSplit
 from moesim.vocab import Dispatch as DispatchMode
 
 CHUNK_ENTRIES = 2_000_000
@@ -151,15 +151,16 @@ class Machine:
         requested experts of the predictor's training rows)."""
         cfg, trace = self.cfg, self.cfg.trace
         assert self.miss is not None
-        steps = [Step(a + i, ids[i], d.slot_tokens[i], c, i) for a, ids, d, c in self.chunk_data
-                 for i in range(d.slot_tokens.shape[0])]
+        new_seq = self.workload.sequence_starts(trace) if cfg.cache_reset == CacheReset.SEQUENCE else None
+        steps = [Step(a + i, ids[i], d.slot_tokens[i], c, i, bool(new_seq is not None and new_seq[a + i]))
+                 for a, ids, d, c in self.chunk_data for i in range(d.slot_tokens.shape[0])]
         n_train = int(trace.num_tokens * cfg.predictor_train_fraction)
         return OffloadedRun(
             self.env, self.rec, self.cost, self.model, self.cache, self.plan.placement, self.devices, steps,
             hosts=self.hosts, miss=self.miss,
             warmup_load=lambda: trace.rows(0, max(1, n_train)).load_matrix()[0],
             fit_predictor=lambda: Transitions.fit(trace.expert_ids, self.model.num_experts, stop=n_train),
-            audit=cfg.check_invariants)
+            audit=cfg.check_invariants, scope=cfg.cache_scope)
 
     def record(self, a: int, d: Dispatch, c: ChunkCosts) -> None:
         """Fill the recorder's arrays for a chunk (the parts that do not depend on the schedule)."""
@@ -267,7 +268,7 @@ class Machine:
         cfg, off = self.cfg, self.offloaded
         cache: dict[str, Any] = {"policy": str(self.cache.policy)}
         if off is not None:
-            cache.update(off.info())
+            cache.update(off.info(), scope=str(cfg.cache_scope), reset=str(cfg.cache_reset))
         out: dict[str, Any] = {
             "cache_hit_rate": off.store.hit_rate if off is not None else None,
             "cache": cache,

@@ -6,7 +6,7 @@ a scratch buffer (static pinning's misses) separately, so the causality record c
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import simpy
 
@@ -25,11 +25,11 @@ class WeightFetcher:
 
     def __init__(self, env: simpy.Environment, hosts: HostLinks, costs: OffloadCosts, rec: Recorder,
                  store: ExpertStore, devices: Sequence[str], moe_cols: Sequence[int], *,
-                 nbytes: float, dtype: str | None):
-        """``nbytes``: one expert's bytes as copied (in ``dtype``; None: the model's own)."""
+                 bytes_of: Callable[[str | None], float]):
+        """``bytes_of(dtype)``: one expert's bytes as copied in ``dtype`` (None: the model's own)."""
         self.env, self.hosts, self.costs, self.rec, self.store = env, hosts, costs, rec, store
         self.devices, self.moe_cols = devices, moe_cols
-        self.nbytes, self.dtype = nbytes, dtype
+        self.bytes_of = bytes_of
         self.ready: dict[Key, simpy.Event] = {}
         self.scratch: dict[Key, simpy.Event] = {}
 
@@ -42,29 +42,33 @@ class WeightFetcher:
         """The latest copy of ``expert`` to GPU ``g`` (kept or scratch); None if never copied."""
         return self.ready.get((layer, g, expert), self.scratch.get((layer, g, expert)))
 
-    def fetch(self, step: int, layer: int, g: int, expert: int, *, keep: bool,
-              prefetch: bool = False) -> simpy.Event:
-        """Start copying ``expert``'s weights to GPU ``g``; the event fires on arrival. Demand
-        fetches go before queued prefetches."""
+    def fetch(self, step: int, layer: int, g: int, expert: int, *, keep: bool, dtype: str | None,
+              prefetch: bool = False, background: bool = False) -> simpy.Event:
+        """Start copying ``expert``'s weights to GPU ``g`` in ``dtype`` (None: the model's); the
+        event fires on arrival. Demand fetches (the GPU waits) go first, then prefetches, then
+        ``background`` copies of experts that ran elsewhere; a prefetch or background copy whose
+        expert was evicted while it queued is dropped, a demand fetch never."""
         pending = self.pending(layer, g, expert) if keep else None
         if pending is not None:
             return pending  # already queued: it will copy the expert if still wanted when its turn comes
+        nbytes = self.bytes_of(dtype)
         gpu = self.devices[g]
-        seconds = self.costs.fetch_s(gpu, self.dtype)
+        seconds = self.costs.fetch_s(gpu, dtype)
         done = self.env.event()
         (self.ready if keep else self.scratch)[(layer, g, expert)] = done
         host = self.hosts.host(gpu)
         col = self.moe_cols[layer]
 
         def account() -> None:  # when the copy starts: a dropped copy moved no bytes
-            self.rec.fetch_bytes[step, col, g] += self.nbytes
-            self.rec.add_link_bytes(self.costs.path(host, gpu), self.nbytes)
+            self.rec.fetch_bytes[step, col, g] += nbytes
+            self.rec.add_link_bytes(self.costs.path(host, gpu), nbytes)
 
         def wanted() -> bool:  # still resident when its turn comes (not evicted while it queued)
             return self.store.resident(layer, g, expert)
 
         self.env.process(weight_fetch(self.env, self.hosts.link(gpu), seconds, done, self.rec, step,
                                       f"{host}->{gpu}", f"fetch L{col} E{expert}",
-                                      priority=1 if prefetch else 0, wanted=wanted if keep else None,
-                                      on_start=account, nbytes=self.nbytes))
+                                      priority=2 if background else 1 if prefetch else 0,
+                                      wanted=wanted if keep and (prefetch or background) else None,
+                                      on_start=account, nbytes=nbytes))
         return done

@@ -3,7 +3,9 @@
 ``fetch`` and ``lowbit`` copy the weights over PCIe and the GPU waits for them (``lowbit`` in a
 smaller dtype, HOBBIT); ``cpu`` (Fiddler) and ``pim`` (Duplex) run the expert beside the GPU, on its
 host CPU (activations cross PCIe both ways) or on a PIM device (in place), while the GPU runs the
-hits. A new mode is one :class:`MissHandler` subclass plus one entry in :data:`MISS_HANDLERS`.
+hits; ``auto`` chooses one of those the cluster can run per (step, layer, expert) by predicted time
+(:mod:`moesim.sim.miss_lanes`). A new mode is one :class:`MissHandler` subclass plus one entry in
+:data:`MISS_HANDLERS`.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import numpy as np
 
 from moesim.errors import UserError
 from moesim.sim.costs import OffloadCosts
+from moesim.sim.miss_lanes import assign
 from moesim.sim.resources import HostLinks
 from moesim.specs.hardware import Cluster
 from moesim.vocab import MissMode
@@ -47,8 +50,15 @@ class SideRun:
 class MissHandler(ABC):
     """One miss mode."""
 
+    mode: ClassVar[MissMode]
     waits_for_fetch: ClassVar[bool]
     """True: a miss is copied to the GPU, which waits; False: it runs on :meth:`side_device`."""
+
+    def choose(self, costs: OffloadCosts, gpu: str, tokens: np.ndarray, hit_tokens: np.ndarray,
+               act_bytes: float) -> list[MissHandler]:
+        """The handler of each missed expert of one GPU call (``tokens`` each; the call's hits
+        have ``hit_tokens``): this one for every expert, except for ``auto``."""
+        return [self] * len(tokens)
 
     def fetch_dtype(self) -> str | None:
         """Dtype weights are copied in (None: the model's own)."""
@@ -72,6 +82,7 @@ class MissHandler(ABC):
 class FetchMiss(MissHandler):
     """``fetch``: copy the weights host -> GPU; the GPU waits."""
 
+    mode = MissMode.FETCH
     waits_for_fetch = True
 
     @classmethod
@@ -81,6 +92,8 @@ class FetchMiss(MissHandler):
 
 class LowbitMiss(FetchMiss):
     """``lowbit``: copy the weights in ``lowbit_dtype`` (fewer bytes, same wait)."""
+
+    mode = MissMode.LOWBIT
 
     def __init__(self, dtype: str):
         self.dtype = dtype
@@ -96,6 +109,7 @@ class LowbitMiss(FetchMiss):
 class CpuMiss(MissHandler):
     """``cpu``: run on the GPU's host CPU from its DDR; the activations cross PCIe both ways."""
 
+    mode = MissMode.CPU
     waits_for_fetch = False
 
     def __init__(self, hosts: HostLinks):
@@ -119,6 +133,7 @@ class CpuMiss(MissHandler):
 class PimMiss(MissHandler):
     """``pim``: run on a PIM device of the GPU's node (the first one; else of the cluster), in place."""
 
+    mode = MissMode.PIM
     waits_for_fetch = False
 
     def __init__(self, pim_of: dict[str, str]):
@@ -145,11 +160,54 @@ class PimMiss(MissHandler):
         return SideRun(0.0, costs.pim_experts_s(side, tokens), 0.0)
 
 
+class AutoMiss(MissHandler):
+    """``auto``: per missed expert, the mode whose predicted time (its tokens x that mode's cost)
+    finishes the GPU's call soonest, among those the cluster can run (Fiddler-style; the choice is
+    a makespan over lanes, :func:`moesim.sim.miss_lanes.assign`)."""
+
+    mode = MissMode.AUTO
+    waits_for_fetch = True
+    """Hits whose weights are still on the wire are waited for (the handlers it picks decide misses)."""
+
+    def __init__(self, handlers: Sequence[MissHandler]):
+        self.handlers = tuple(handlers)
+
+    @classmethod
+    def build(cls, setup: MissSetup) -> MissHandler:
+        handlers: list[MissHandler] = [FetchMiss(), LowbitMiss(setup.lowbit_dtype)]
+        if setup.cluster.devices_of("cpu"):
+            handlers.append(CpuMiss(setup.hosts))
+        if setup.cluster.devices_of("pim"):
+            handlers.append(PimMiss.build(setup))
+        return cls(handlers)
+
+    def choose(self, costs: OffloadCosts, gpu: str, tokens: np.ndarray, hit_tokens: np.ndarray,
+               act_bytes: float) -> list[MissHandler]:
+        if not len(tokens):
+            return []
+        link = [h for h in self.handlers if h.waits_for_fetch]
+        fetch_s = {h: costs.fetch_s(gpu, h.fetch_dtype()) for h in link}
+        best = min(link, key=lambda h: fetch_s[h])  # ties: the first, full-precision fetch
+        sides = [h for h in self.handlers if not h.waits_for_fetch]
+        side_s = np.array([[_side_s(h, costs, gpu, t, act_bytes) for t in tokens.tolist()] for h in sides])
+        link_s = np.array([fetch_s[best] + costs.gpu_experts_s(gpu, np.array([t])) for t in tokens.tolist()])
+        base = costs.gpu_experts_s(gpu, hit_tokens) if len(hit_tokens) else 0.0
+        lanes = assign(link_s, side_s.reshape(len(sides), len(tokens)), base)
+        return [best if lane == 0 else sides[lane - 1] for lane in lanes.tolist()]
+
+
+def _side_s(handler: MissHandler, costs: OffloadCosts, gpu: str, tokens: float, act_bytes: float) -> float:
+    """Seconds of one expert with ``tokens`` run beside ``gpu`` by ``handler`` (moves included)."""
+    run = handler.side_run(costs, gpu, handler.side_device(gpu), np.array([tokens]), act_bytes)
+    return run.in_s + run.run_s + run.out_s
+
+
 MISS_HANDLERS: dict[MissMode, type[MissHandler]] = {
     MissMode.FETCH: FetchMiss,
     MissMode.LOWBIT: LowbitMiss,
     MissMode.CPU: CpuMiss,
     MissMode.PIM: PimMiss,
+    MissMode.AUTO: AutoMiss,
 }
 
 

@@ -28,6 +28,14 @@ class Workload:
         """[S] tokens per step."""
         return np.array([len(r) for r in self.steps], dtype=np.int64)
 
+    def sequence_starts(self, trace: RoutingTrace) -> np.ndarray:
+        """[S] bool: step s's first row belongs to another sequence (``seq_id``) than step s-1's
+        last row (step 0: False, the caches start empty anyway)."""
+        seq = np.asarray(trace.seq_id)
+        first = np.array([seq[r[0]] if len(r) else -1 for r in self.steps])
+        last = np.array([seq[r[-1]] if len(r) else -1 for r in self.steps])
+        return np.r_[False, first[1:] != last[:-1]]
+
 
 def _cycle(groups: list[np.ndarray], steps: int | None) -> list[np.ndarray]:
     """The first ``steps`` groups, replaying from the start when more are asked than there are."""

@@ -93,8 +93,10 @@ class ExpertCache:
             victims += rest[: over - len(victims)]
         self._resident.difference_update(victims)
 
-    def access(self, requested: np.ndarray | Sequence[int]) -> np.ndarray:
-        """Request experts together; bool hit mask aligned with the unique ids >= 0 in first-seen order."""
+    def access(self, requested: np.ndarray | Sequence[int], protect: frozenset[int] | set[int] = frozenset()
+               ) -> np.ndarray:
+        """Request experts together; bool hit mask aligned with the unique ids >= 0 in first-seen order.
+        ``protect``: residents not to evict either (a simulator's experts held for later use)."""
         ids = _unique_valid(requested)
         now = self.step
         hits = np.array([e in self._resident for e in ids], dtype=bool)
@@ -102,16 +104,26 @@ class ExpertCache:
             self._last[e] = now
             self._count[e] = self._count.get(e, 0) + 1
         self._resident.update(ids)
-        self._evict_to_capacity(set(ids), now)
+        self._evict_to_capacity(set(ids) | set(protect), now)
         self.step += 1
         return hits
 
-    def insert(self, expert: int) -> None:
-        """Prefetch ``expert`` (not a request); evicts by the policy among all residents if full."""
+    def insert(self, expert: int, protect: frozenset[int] | set[int] = frozenset()) -> bool:
+        """Prefetch ``expert`` (not a request); evicts by the policy among the residents not in
+        ``protect`` if full. False (nothing loaded) when it is resident or every resident is protected."""
         if expert < 0 or expert in self._resident:
-            return
+            return False
+        if len(self._resident) >= self.capacity and self._resident <= set(protect):
+            return False
         self._resident.add(int(expert))
-        self._evict_to_capacity({int(expert)}, self.step - 1)
+        self._evict_to_capacity({int(expert)} | set(protect), self.step - 1)
+        return True
+
+    def clear(self) -> None:
+        """Empty the cache and forget its history (a cold start); the step clock goes on."""
+        self._resident.clear()
+        self._last.clear()
+        self._count.clear()
 
     def contains(self, expert: int) -> bool:
         return int(expert) in self._resident

@@ -58,13 +58,15 @@ def simulate_run(*, hw: str | Path | Cluster, model: str | Path | MoEModel,
                  prefetch: str | None = None, overlap: str = "none", dispatch: str = "even", seed: int = 0,
                  calibration: str | Path | MeasuredTables | None = None,
                  check_invariants: bool = False, cpu_kernel: str | None = None,
-                 cpu_numa: str | None = None, a2a: str | None = None) -> SimRun:
+                 cpu_numa: str | None = None, a2a: str | None = None, cache_scope: str = "layer",
+                 cache_reset: str = "none") -> SimRun:
     """What ``moesim simulate`` runs: load the inputs, build the :class:`SimConfig`, simulate.
 
     ``expert_cache`` is the expert-cache budget per GPU; ``gpu_memory`` the whole GPU's memory, of
     which the expert cache gets what the model's other bytes leave (:mod:`moesim.memory`).
     ``cpu_kernel`` / ``cpu_numa``: how the CPU runs missed experts (docs/cost.md); ``a2a``: the
-    all-to-all mode (None: the default for the phase and node count)."""
+    all-to-all mode (None: the default for the phase and node count); ``cache_scope`` / ``cache_reset``:
+    per-layer or global caches, emptied at sequence starts or never."""
     cluster = cluster_of(hw, nodes=nodes)
     spec = model_of(model, weight_dtype=weight_dtype)
     routing = trace_of(trace, spec)
@@ -76,7 +78,7 @@ def simulate_run(*, hw: str | Path | Cluster, model: str | Path | MoEModel,
         overlap=overlap, seed=seed, dispatch=dispatch, cache_policy=cache, cache_size=cache_size,
         expert_cache_bytes=byte_quantity(expert_cache, "--expert-cache"),
         gpu_memory_bytes=byte_quantity(gpu_memory, "--gpu-memory"), miss=miss, prefetch=prefetch,
-        check_invariants=check_invariants, a2a=a2a,
+        check_invariants=check_invariants, a2a=a2a, cache_scope=cache_scope, cache_reset=cache_reset,
     )
     cpu = CpuOptions.of(cpu_kernel, cpu_numa) if cpu_kernel or cpu_numa else None
     return SimRun(cfg, simulate(cfg, cost_model(cluster, spec, calibration, cpu=cpu)))

@@ -1,8 +1,9 @@
 """OffloadedExperts: one GPU's experts of one (step, MoE layer) when not every expert is resident.
 
-Hits run on the GPU once their weights have arrived; misses are copied first when the miss mode
-waits for fetches (``fetch``, ``lowbit``), or run beside the GPU while it runs the hits (``cpu``,
-``pim``), their weights then copied in the background so the cache holds them as its policy says.
+Hits run on the GPU once their weights have arrived; each miss is copied first when its mode waits
+for fetches (``fetch``, ``lowbit``), or runs beside the GPU while it runs the hits (``cpu``,
+``pim``), its weights then copied in the background so the cache holds them as its policy says;
+``auto`` picks the mode per missed expert.
 """
 
 from __future__ import annotations
@@ -32,32 +33,38 @@ class OffloadedExperts:
         self.devices, self.moe_cols, self.act_bytes = devices, moe_cols, act_bytes
         self.causality: list[tuple[float, float]] = []
         """Per GPU call: (its start, arrival of its experts' last weights; 0: resident from the start)."""
+        self.choices: dict[str, int] = {}
+        """How often each miss mode handled a missed expert (per step, layer, GPU and expert)."""
 
     def run(self, step: int, m: int, g: int, experts: np.ndarray, tokens: np.ndarray,
-            phase_start: float) -> Generator[Any, Any, None]:
+            phase_start: float, hit: np.ndarray) -> Generator[Any, Any, None]:
         """Run ``experts`` (unique ids) with ``tokens`` pairs each on GPU ``g`` at MoE layer row
-        ``m``; ``phase_start`` (when the layer's dispatch ended) dates the wait on the timeline."""
+        ``m``, ``hit`` their mask from the store's request; ``phase_start`` (when the layer's
+        dispatch ended) dates the wait on the timeline."""
         env, fetcher = self.env, self.fetcher
         col = int(self.moe_cols[m])
-        hit = self.store.access(m, g, experts)
         gpu = self.devices[g]
         keep = self.store.keeps_misses
+        late = np.array([fetcher.pending(m, g, e) is not None for e in experts.tolist()], dtype=bool) & hit
+        # a hit still on the wire is waited for, or (modes that run misses beside the GPU) run beside
+        chosen = np.flatnonzero(~hit | (late & (not self.miss.waits_for_fetch)))
         on_gpu = np.ones(len(experts), dtype=bool)
-        waits: list[simpy.Event] = []
-        side = None
-        if self.miss.waits_for_fetch:
-            for e in experts[~hit].tolist():
-                waits.append(fetcher.fetch(step, m, g, e, keep=keep))
-            waits += [ev for e in experts[hit].tolist() if (ev := fetcher.pending(m, g, e)) is not None]
-        else:
-            # a hit still on the wire also runs beside the GPU rather than waiting for its weights
-            late = {e for e in experts[hit].tolist() if fetcher.pending(m, g, e) is not None}
-            on_gpu = hit & np.array([e not in late for e in experts.tolist()], dtype=bool)
-            for e in experts[~hit].tolist():
-                if keep:
-                    fetcher.fetch(step, m, g, e, keep=True)  # background copy; nobody waits for it now
-            if (~on_gpu).any():
-                side = env.process(self._beside(step, col, gpu, tokens[~on_gpu], experts[~on_gpu]))
+        on_gpu[chosen] = False
+        handlers = self.miss.choose(self.costs, gpu, tokens[chosen], tokens[on_gpu], self.act_bytes)
+        waits = [ev for e in experts[on_gpu & late].tolist() if (ev := fetcher.pending(m, g, e)) is not None]
+        beside: dict[str, tuple[MissHandler, list[int]]] = {}
+        for i, h in zip(chosen.tolist(), handlers, strict=True):
+            self.choices[str(h.mode)] = self.choices.get(str(h.mode), 0) + 1
+            e = int(experts[i])
+            if h.waits_for_fetch:
+                on_gpu[i] = True
+                waits.append(fetcher.fetch(step, m, g, e, keep=keep, dtype=h.fetch_dtype()))
+                continue
+            beside.setdefault(h.side_device(gpu), (h, []))[1].append(i)
+            if keep and not hit[i]:  # the cache holds it: copied in the background, nobody waits
+                fetcher.fetch(step, m, g, e, keep=True, dtype=None, background=True)
+        sides = [env.process(self._beside(step, col, gpu, h, tokens[idx], experts[idx]))
+                 for h, idx in beside.values()]
         if waits:
             yield env.all_of(waits)
         start = env.now
@@ -72,18 +79,18 @@ class OffloadedExperts:
                           experts=experts[on_gpu].tolist(), waited_s=start - phase_start)
         self.rec.busy_s[step, col, g] += gpu_s
         self.rec.tokens[step, col, g] += int(tokens[on_gpu].sum())
-        if side is not None:
-            yield side
+        if sides:
+            yield env.all_of(sides)
 
-    def _beside(self, step: int, col: int, gpu: str, tokens: np.ndarray,
+    def _beside(self, step: int, col: int, gpu: str, handler: MissHandler, tokens: np.ndarray,
                 experts: np.ndarray) -> Generator[Any, Any, None]:
-        """Misses on the device the miss mode names (one call at a time there)."""
+        """Misses on the device ``handler`` names (one call at a time there)."""
         env = self.env
-        side = self.miss.side_device(gpu)
+        side = handler.side_device(gpu)
         with self.executors.of(side).request() as req:
             yield req
             start = env.now
-            cost = self.miss.side_run(self.costs, gpu, side, tokens, self.act_bytes)
+            cost = handler.side_run(self.costs, gpu, side, tokens, self.act_bytes)
             for path, nbytes in cost.moved:
                 self.rec.add_link_bytes(path, nbytes)
             yield env.timeout(cost.in_s + cost.run_s + cost.out_s)
