@@ -32,6 +32,12 @@ class WeightFetcher:
         self.bytes_of = bytes_of
         self.ready: dict[Key, simpy.Event] = {}
         self.scratch: dict[Key, simpy.Event] = {}
+        self._copying_until: dict[str, float] = {}
+        """Per GPU: when the copy on its host link now ends (a new copy waits at least that long)."""
+
+    def backlog_s(self, g: int) -> float:
+        """Seconds until GPU ``g``'s host link finishes the copy it is making now."""
+        return max(0.0, self._copying_until.get(self.devices[g], 0.0) - self.env.now)
 
     def pending(self, layer: int, g: int, expert: int) -> simpy.Event | None:
         """The not yet arrived copy of ``expert`` the cache keeps, if any."""
@@ -62,6 +68,7 @@ class WeightFetcher:
         def account() -> None:  # when the copy starts: a dropped copy moved no bytes
             self.rec.fetch_bytes[step, col, g] += nbytes
             self.rec.add_link_bytes(self.costs.path(host, gpu), nbytes)
+            self._copying_until[gpu] = self.env.now + seconds
 
         def wanted() -> bool:  # still resident when its turn comes (not evicted while it queued)
             return self.store.resident(layer, g, expert)

@@ -55,9 +55,10 @@ class MissHandler(ABC):
     """True: a miss is copied to the GPU, which waits; False: it runs on :meth:`side_device`."""
 
     def choose(self, costs: OffloadCosts, gpu: str, tokens: np.ndarray, hit_tokens: np.ndarray,
-               act_bytes: float) -> list[MissHandler]:
+               act_bytes: float, link_backlog_s: float = 0.0) -> list[MissHandler]:
         """The handler of each missed expert of one GPU call (``tokens`` each; the call's hits
-        have ``hit_tokens``): this one for every expert, except for ``auto``."""
+        have ``hit_tokens``; the GPU's host link is busy ``link_backlog_s`` more): this one for
+        every expert, except for ``auto``."""
         return [self] * len(tokens)
 
     def fetch_dtype(self) -> str | None:
@@ -167,7 +168,7 @@ class AutoMiss(MissHandler):
 
     mode = MissMode.AUTO
     waits_for_fetch = True
-    """Hits whose weights are still on the wire are waited for (the handlers it picks decide misses)."""
+    """Unused: the handlers it picks decide each expert."""
 
     def __init__(self, handlers: Sequence[MissHandler]):
         self.handlers = tuple(handlers)
@@ -182,7 +183,7 @@ class AutoMiss(MissHandler):
         return cls(handlers)
 
     def choose(self, costs: OffloadCosts, gpu: str, tokens: np.ndarray, hit_tokens: np.ndarray,
-               act_bytes: float) -> list[MissHandler]:
+               act_bytes: float, link_backlog_s: float = 0.0) -> list[MissHandler]:
         if not len(tokens):
             return []
         link = [h for h in self.handlers if h.waits_for_fetch]
@@ -192,7 +193,7 @@ class AutoMiss(MissHandler):
         side_s = np.array([[_side_s(h, costs, gpu, t, act_bytes) for t in tokens.tolist()] for h in sides])
         link_s = np.array([fetch_s[best] + costs.gpu_experts_s(gpu, np.array([t])) for t in tokens.tolist()])
         base = costs.gpu_experts_s(gpu, hit_tokens) if len(hit_tokens) else 0.0
-        lanes = assign(link_s, side_s.reshape(len(sides), len(tokens)), base)
+        lanes = assign(link_s, side_s.reshape(len(sides), len(tokens)), base, link_backlog_s)
         return [best if lane == 0 else sides[lane - 1] for lane in lanes.tolist()]
 
 

@@ -46,19 +46,23 @@ class OffloadedExperts:
         gpu = self.devices[g]
         keep = self.store.keeps_misses
         late = np.array([fetcher.pending(m, g, e) is not None for e in experts.tolist()], dtype=bool) & hit
-        # a hit still on the wire is waited for, or (modes that run misses beside the GPU) run beside
-        chosen = np.flatnonzero(~hit | (late & (not self.miss.waits_for_fetch)))
+        # misses, and hits whose weights are still on the wire, go where the miss mode says: a
+        # waiting mode copies a miss (waits for a late hit's copy), the others run them beside
+        chosen = np.flatnonzero(~hit | late)
         on_gpu = np.ones(len(experts), dtype=bool)
         on_gpu[chosen] = False
-        handlers = self.miss.choose(self.costs, gpu, tokens[chosen], tokens[on_gpu], self.act_bytes)
-        waits = [ev for e in experts[on_gpu & late].tolist() if (ev := fetcher.pending(m, g, e)) is not None]
+        handlers = self.miss.choose(self.costs, gpu, tokens[chosen], tokens[on_gpu], self.act_bytes,
+                                    fetcher.backlog_s(g))
+        waits: list[simpy.Event] = []
         beside: dict[str, tuple[MissHandler, list[int]]] = {}
         for i, h in zip(chosen.tolist(), handlers, strict=True):
-            self.choices[str(h.mode)] = self.choices.get(str(h.mode), 0) + 1
             e = int(experts[i])
+            if not hit[i]:
+                self.choices[str(h.mode)] = self.choices.get(str(h.mode), 0) + 1
             if h.waits_for_fetch:
                 on_gpu[i] = True
-                waits.append(fetcher.fetch(step, m, g, e, keep=keep, dtype=h.fetch_dtype()))
+                waits.append(fetcher.pending(m, g, e) if hit[i] else
+                             fetcher.fetch(step, m, g, e, keep=keep, dtype=h.fetch_dtype()))
                 continue
             beside.setdefault(h.side_device(gpu), (h, []))[1].append(i)
             if keep and not hit[i]:  # the cache holds it: copied in the background, nobody waits
