@@ -141,6 +141,8 @@ def test_belady_dominates_and_grows_with_size(params, extra):
     c = min(trace.top_k + extra, e)
     sizes = sorted({c, min(c + 1, e)})
     rates = hit_rates(trace, sizes)
+    if np.isnan(rates["belady"][sizes[0]]):  # every id missing: no requests, no rate to compare
+        return
     for s in sizes:
         assert rates["belady"][s] >= rates["lru"][s] - 1e-12
         assert rates["belady"][s] >= rates["lfu"][s] - 1e-12
