@@ -121,12 +121,61 @@ def _count_forwarded_py(dst: np.ndarray, owner: np.ndarray, node_of: np.ndarray,
                             head[s, layer, i, p] += 1
 
 
+def _count_forwarded_single_py(ids: np.ndarray, dev_code: np.ndarray, slot_code: np.ndarray, E1: int,
+                               owner: np.ndarray, node_of: np.ndarray, peer: np.ndarray, G: int,
+                               head_steps: int, slot_tokens: np.ndarray, rows: np.ndarray, cols: np.ndarray,
+                               total: np.ndarray, head: np.ndarray) -> None:
+    """:func:`_count_forwarded_py` and the slot counts in one pass straight from expert ids (one
+    replica per expert; ``dev_code`` / ``slot_code`` as in :func:`_count_single_py`)."""
+    S, B, L, K = ids.shape
+    gpus = np.empty(K, dtype=np.int64)
+    for s in range(S):
+        for layer in range(L):
+            base = layer * E1
+            for b in range(B):
+                i = owner[s, b]
+                ni = node_of[i]
+                n_seen = 0
+                for k in range(K):
+                    e = ids[s, b, layer, k]
+                    if e < 0:
+                        continue
+                    g = dev_code[base + e]
+                    if g >= G:
+                        continue
+                    slot_tokens[s, layer, g, slot_code[base + e]] += 1
+                    n = node_of[g]
+                    seen_gpu = False
+                    seen_node = False
+                    for q in range(n_seen):
+                        seen_gpu = seen_gpu or gpus[q] == g
+                        seen_node = seen_node or node_of[gpus[q]] == n
+                    gpus[n_seen] = g
+                    n_seen += 1
+                    if not seen_gpu:
+                        f = peer[i, n]
+                        if f != g:
+                            rows[s, layer, f, n] += 1
+                            cols[s, layer, n, g] += 1
+                            total[f, g] += 1
+                            if s < head_steps:
+                                head[s, layer, f, g] += 1
+                    if not seen_node and n != ni:
+                        p = peer[i, n]
+                        rows[s, layer, i, n] += 1
+                        cols[s, layer, ni, p] += 1
+                        total[i, p] += 1
+                        if s < head_steps:
+                            head[s, layer, i, p] += 1
+
+
 if numba is not None:
     _count = numba.njit(cache=True, nogil=True)(_count_py)
     _count_single = numba.njit(cache=True, nogil=True)(_count_single_py)
     _count_forwarded = numba.njit(cache=True, nogil=True)(_count_forwarded_py)
+    _count_forwarded_single = numba.njit(cache=True, nogil=True)(_count_forwarded_single_py)
 else:
-    _count = _count_single = _count_forwarded = None
+    _count = _count_single = _count_forwarded = _count_forwarded_single = None
 
 
 def _outputs(S: int, L: int, G: int, J: int, N: int, head_steps: int) -> tuple[np.ndarray, ...]:
@@ -175,3 +224,19 @@ def count_forwarded(dst: np.ndarray, owner: np.ndarray, node_of: np.ndarray, pee
                      np.asarray(node_of, dtype=np.int64), np.ascontiguousarray(peer, dtype=np.int64), G,
                      min(S, head_steps), rows, cols, total, head)
     return rows, cols, total, head
+
+
+def count_forwarded_single(ids: np.ndarray, device: np.ndarray, slot: np.ndarray, owner: np.ndarray,
+                           node_of: np.ndarray, peer: np.ndarray, G: int, J: int,
+                           head_steps: int) -> tuple[np.ndarray, ...]:
+    """(slot_tokens, rows, cols, total, head) of the hierarchical all-to-all from expert ids with
+    one replica per expert (:func:`count_nodes_single`'s inputs plus the rail ``peer`` table)."""
+    S, _B, L, _K = ids.shape
+    E1 = device.shape[1]
+    out = _outputs(S, L, G, J, int(peer.shape[1]), head_steps)
+    ids = np.ascontiguousarray(ids)
+    _count_forwarded_single(ids, np.ascontiguousarray(device, dtype=np.int64).ravel(),
+                            np.ascontiguousarray(slot, dtype=np.int64).ravel(), E1,
+                            np.ascontiguousarray(owner, dtype=np.int64), np.asarray(node_of, dtype=np.int64),
+                            np.ascontiguousarray(peer, dtype=np.int64), G, min(S, head_steps), *out)
+    return out

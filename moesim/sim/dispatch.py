@@ -163,6 +163,13 @@ def dispatch(ids: np.ndarray, owner: np.ndarray, table: ReplicaTable,
     S, _B, L, _K = ids.shape
     G, J = table.num_devices, table.slots_per_device
     E1 = table.counts.shape[1]
+    if rng is None and not table.has_replicas and forward is not None and nodes is not None:
+        from moesim.sim import counting
+
+        if counting.available():
+            return _node_dispatch(counting.count_forwarded_single(
+                ids, table.device[:, :, 0], table.slot[:, :, 0], owner, forward.node_of, forward.peer, G, J,
+                nodes.head_steps))
     if rng is None and not table.has_replicas and forward is None:
         if nodes is None:
             return _dispatch_single(ids, owner, table)
