@@ -4,7 +4,7 @@ Prints simulated seconds per wall second (the issue's target is >= 10 on a 2-cor
 same figure for a naive baseline measured in the same run (one cost call per (step, layer, device)
 and one all-to-all call per (step, layer), no chunking), and the top of a cProfile of the run.
 
-    python benchmarks/bench_sim.py [--steps 1000] [--trace /tmp/moesim-bench-v3.npz]
+    python benchmarks/bench_sim.py [--steps 1000] [--trace /tmp/moesim-bench-v3.npz] [--a2a MODE]
 
 The synthetic trace (moesim's generator with its default profile, fitted to real routing
 statistics) is generated into /tmp on the first run and reused afterwards. The same run is also
@@ -15,6 +15,10 @@ Measured 2026-12-05 (2-core VM, load average 4-5 from other jobs; numba installe
 batch 256: 8.5-9.9 simulated s per CPU s, pair path in the same run 4.0-4.8 (2.0-2.1x); batch 1:
 6.9-10.3, pair path 5.1-5.3 (1.4-1.9x). Commit adfe57f (before issue 15): 3.8-4.9 at batch 256,
 5.4 at batch 1. Batch 1024 on h200x8 (EP8, 200 steps): peak RSS 452 MiB (adfe57f: 3.2 GB).
+The figures above are the `flat` all-to-all (the default of this script). The other modes, 300
+steps at batch 256 in one process on the same VM (CPU seconds of the run): flat 0.79-0.90 s,
+low-latency 0.80-0.93 s (its fp8 dispatch and bf16 combine are evaluated apart), hierarchical
+1.40-1.42 s (per-token de-duplication in the compiled counting).
 """
 
 from __future__ import annotations
@@ -89,6 +93,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--trace", default="/tmp/moesim-bench-v3.npz")
     ap.add_argument("--baseline-steps", type=int, default=10)
+    ap.add_argument("--a2a", default="flat", help="all-to-all mode: flat, hierarchical, low-latency")
     args = ap.parse_args()
 
     from moesim.cost import CostModel
@@ -103,10 +108,10 @@ def main() -> None:
     trace = RoutingTrace.load(path, model=model)
     t0 = time.perf_counter()
     cost = CostModel(cluster, model)
-    warm = SimConfig(cluster, model, trace, batch_size=args.batch, steps=2)
+    warm = SimConfig(cluster, model, trace, batch_size=args.batch, steps=2, a2a=args.a2a)
     simulate(warm, cost)  # one-time setup: all-to-all routes of the 64 GPUs, memo of dense ops
     setup_s = time.perf_counter() - t0
-    cfg = SimConfig(cluster, model, trace, batch_size=args.batch, steps=args.steps)
+    cfg = SimConfig(cluster, model, trace, batch_size=args.batch, steps=args.steps, a2a=args.a2a)
     profiler = cProfile.Profile()
     t0, c0 = time.perf_counter(), time.process_time()
     result = simulate(cfg, cost)
@@ -129,7 +134,8 @@ def main() -> None:
     print(f"  baseline (per step/layer/device loop, {args.baseline_steps} steps): {base_ratio:.3f} "
           f"simulated s per wall s; engine / baseline = {ratio / base_ratio:.1f}x")
     profiler.enable()
-    simulate(SimConfig(cluster, model, trace, batch_size=args.batch, steps=min(args.steps, 200)), cost)
+    short = min(args.steps, 200)
+    simulate(SimConfig(cluster, model, trace, batch_size=args.batch, steps=short, a2a=args.a2a), cost)
     profiler.disable()
     stats = pstats.Stats(profiler)
     shares = profile_shares(stats)
