@@ -10,8 +10,9 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from moesim.cli.common import add_json_flag, add_verb, print_json
+from moesim.cli.common import add_json_flag, add_verb, int_range, nonnegative_int, positive_int, print_json
 from moesim.errors import UserError
+from moesim.limits import EXPERTS, MAX_WIDTH, NODES, TOP_K, TRACE_ROWS
 from moesim.specs.model import DTYPE_BYTES
 from moesim.vocab import AllToAll, Phase, choices
 
@@ -37,15 +38,20 @@ def register(sub: argparse._SubParsersAction) -> None:
         "Routing as DeepEP's tests draw it: top-k of random scores, experts contiguous on the GPUs.",
         epilog=f"examples:\n{EXAMPLES}", formatter_class=argparse.RawDescriptionHelpFormatter)
     a2a.add_argument("--hw", required=True, metavar="NAME|PATH", help="hardware profile, e.g. --hw h100x8x4")
-    a2a.add_argument("--nodes", type=int, default=None, metavar="N", help="override the profile's node count")
-    a2a.add_argument("--ep", type=int, default=None, metavar="G",
+    a2a.add_argument("--nodes", type=int_range(1, NODES), default=None, metavar="N",
+                     help="override the profile's node count")
+    a2a.add_argument("--ep", type=positive_int, default=None, metavar="G",
                      help="EP size: the first G GPUs of the cluster (default: all), e.g. --ep 16")
-    a2a.add_argument("--tokens", type=int, default=128, metavar="T", help="tokens per rank (default 128)")
+    a2a.add_argument("--tokens", type=positive_int, default=128, metavar="T",
+                     help="tokens per rank (default 128)")
     a2a.add_argument("--model", default=None, metavar="NAME|PATH",
                      help="take hidden size, top-k, experts and the dispatch/combine dtypes from this model")
-    a2a.add_argument("--hidden", type=int, default=None, metavar="H", help="hidden size (default 7168)")
-    a2a.add_argument("--top-k", type=int, default=None, metavar="K", help="experts per token (default 8)")
-    a2a.add_argument("--experts", type=int, default=None, metavar="E", help="routed experts (default 256)")
+    a2a.add_argument("--hidden", type=int_range(1, MAX_WIDTH), default=None, metavar="H",
+                     help="hidden size (default 7168)")
+    a2a.add_argument("--top-k", type=int_range(1, TOP_K), default=None, metavar="K",
+                     help="experts per token (default 8)")
+    a2a.add_argument("--experts", type=int_range(1, EXPERTS), default=None, metavar="E",
+                     help="routed experts (default 256)")
     a2a.add_argument("--dispatch-dtype", default=None, choices=tuple(DTYPE_BYTES),
                      help="dispatch payload dtype (default bf16, or the model's)")
     a2a.add_argument("--combine-dtype", default=None, choices=tuple(DTYPE_BYTES),
@@ -54,16 +60,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                      help="all-to-all mode (default: as the simulator picks for --phase and the node count)")
     a2a.add_argument("--phase", default="decode", choices=choices(Phase),
                      help="picks the default mode on several nodes: prefill hierarchical, decode low-latency")
-    a2a.add_argument("--topk-groups", type=int, default=None, metavar="N",
+    a2a.add_argument("--topk-groups", type=positive_int, default=None, metavar="N",
                      help="route each token within its N best nodes (DeepEP's internode test: min(nodes, 4))")
-    a2a.add_argument("--seed", type=int, default=0, help="routing seed")
+    a2a.add_argument("--seed", type=nonnegative_int, default=0, help="routing seed")
     add_json_flag(a2a)
     a2a.set_defaults(func=run_a2a)
-
-
-def _positive(value: int | None, flag: str) -> None:
-    if value is not None and value < 1:
-        raise UserError(f"expected at least 1, got {value}", field=flag)
 
 
 def run_a2a(args: argparse.Namespace) -> int:
@@ -72,10 +73,6 @@ def run_a2a(args: argparse.Namespace) -> int:
     from moesim.sim.a2abench import BenchSetup, bench_all_to_all
     from moesim.specs import load_cluster, load_model
 
-    for value, flag in ((args.nodes, "--nodes"), (args.ep, "--ep"), (args.tokens, "--tokens"),
-                        (args.hidden, "--hidden"), (args.top_k, "--top-k"), (args.experts, "--experts"),
-                        (args.topk_groups, "--topk-groups")):
-        _positive(value, flag)
     cluster = load_cluster(args.hw, nodes=args.nodes)
     gpus = [d.id for d in cluster.gpus]
     ep = args.ep or len(gpus)
@@ -86,6 +83,7 @@ def run_a2a(args: argparse.Namespace) -> int:
     hidden = args.hidden or (model.hidden_size if model else 7168)
     top_k = args.top_k or (model.top_k if model else 8)
     experts = args.experts or (model.num_experts if model else 256)
+    TRACE_ROWS.check(ep * args.tokens, field="--tokens")  # the benchmark routes EP x T token rows
     devices = tuple(gpus[:ep])
     cost = CostModel(cluster, model or load_model("deepseek-v3"))
     nodes = len({cluster.device(d).node for d in devices})
