@@ -16,6 +16,7 @@ _KINDS = {
     "hardware": ("moesim.data.hardware", (".yaml", ".yml"), "hardware profile"),
     "catalog": ("moesim.data.hardware", (".yaml", ".yml"), "hardware catalog"),
     "model": ("moesim.specs.models", (".yaml", ".yml"), "model spec"),
+    "runtime": ("moesim.specs.runtimes", (".yaml", ".yml"), "runtime profile"),
     "trace": ("moesim.data.traces", (".npz",), "trace"),
 }
 # The device and link catalogs share the hardware folder with the cluster profiles but are not

@@ -230,6 +230,20 @@ _CONVERTERS: dict[str, Callable[[_Config], dict[str, Any]]] = {
 }
 
 
+# Substrings of ``modules_to_not_convert`` entries that keep a tensor out of fp8 quantisation.
+_FP8_TENSORS = {"attention": ("attn",), "dense": ("mlp",), "shared_experts": ("shared_expert",)}
+
+
+def _fp8_precision(quant: dict[str, Any], spec: dict[str, Any]) -> dict[str, str]:
+    """An fp8 checkpoint quantises every Linear (DeepSeek-V3's README_WEIGHTS.md) but those its
+    ``modules_to_not_convert`` names; embeddings, LM head and router stay in ``torch_dtype``."""
+    skip = [str(m) for m in quant.get("modules_to_not_convert") or []]
+    present = {"attention": True, "dense": "dense_intermediate_size" in spec,
+               "shared_experts": "num_shared_experts" in spec}
+    return {t: "fp8" for t, keys in _FP8_TENSORS.items()
+            if present[t] and not any(k in m for m in skip for k in keys)}
+
+
 def spec_from_hf_config(data: dict[str, Any], *, file: str) -> dict[str, Any]:
     """The moesim spec fields (docs/models.md) equivalent to a transformers config.json."""
     c = _Config(data, file)
@@ -244,8 +258,11 @@ def spec_from_hf_config(data: dict[str, Any], *, file: str) -> dict[str, Any]:
     spec = convert(c)
     quant = c.get("quantization_config", {})
     method = str(quant.get("quant_method", "")) if isinstance(quant, dict) else ""
+    weight = {"fp8": "fp8", "mxfp4": "mxfp4"}.get(method, _dtype(c))
+    if method == "fp8":
+        spec["precision"] = _fp8_precision(quant, spec)
     spec.update(
-        weight_dtype={"fp8": "fp8", "mxfp4": "mxfp4"}.get(method, _dtype(c)),
+        weight_dtype=weight,
         activation_dtype=_dtype(c),
         vocab_size=c.int("vocab_size", default=0, minimum=0),
         source=f"transformers config.json ({file})",

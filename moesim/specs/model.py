@@ -2,22 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
-from moesim.errors import UserError
+from moesim.specs.precision import AUTO, DTYPE_BYTES, Precision, apply_overrides, dtype
 
-# Bytes per element of each weight/activation dtype (MXFP4: 4-bit values + one 8-bit scale per 32).
-DTYPE_BYTES: dict[str, float] = {
-    "fp32": 4.0,
-    "tf32": 4.0,
-    "bf16": 2.0,
-    "fp16": 2.0,
-    "fp8": 1.0,
-    "int8": 1.0,
-    "int4": 0.5,
-    "mxfp4": 4.25 / 8,
-}
+__all__ = ["DTYPE_BYTES", "AttentionSpec", "MoEModel", "Precision", "with_precision", "with_weight_dtype"]
 
 
 @dataclass(frozen=True)
@@ -69,13 +60,15 @@ class MoEModel:
     activation_dtype: str = "bf16"
     dispatch_dtype: str | None = None
     """dtype of the all-to-all dispatch payload (``fp8`` for DeepSeek-V3 with DeepEP); None: the
-    activation dtype. Issue 12's per-tensor precision will absorb it."""
+    activation dtype."""
     combine_dtype: str | None = None
     """dtype of the all-to-all combine payload; None: the activation dtype."""
     num_expert_groups: int = 1
     """DeepSeek-V3 group-limited routing: experts are split into this many groups."""
     topk_groups: int = 1
     source: str = ""
+    precision: Precision = field(default_factory=Precision)
+    """dtypes of the other tensors (attention, dense, shared experts, embeddings, KV cache, compute)."""
 
     def __post_init__(self) -> None:
         for name in ("dispatch_dtype", "combine_dtype"):
@@ -106,19 +99,68 @@ class MoEModel:
 
     @property
     def activation_bytes_per_token(self) -> float:
-        """Bytes of one token's hidden state, what an all-to-all moves per (token, expert)."""
+        """Bytes of one token's hidden state in the activation dtype."""
         return self.hidden_size * DTYPE_BYTES[self.activation_dtype]
 
+    @property
+    def dispatch_bytes_per_token(self) -> float:
+        """Bytes the dispatch all-to-all moves per (token, expert) copy."""
+        return self.hidden_size * DTYPE_BYTES[self.dispatch_dtype or self.activation_dtype]
+
+    @property
+    def combine_bytes_per_token(self) -> float:
+        """Bytes the combine all-to-all moves back per (token, expert) copy."""
+        return self.hidden_size * DTYPE_BYTES[self.combine_dtype or self.activation_dtype]
+
+    def weight_dtype_of(self, tensor: str) -> str:
+        """dtype of the weights of ``tensor`` (``attention``, ``dense``, ``shared_experts``,
+        ``routed_experts``, ``embeddings``; ``router`` is always the activation dtype)."""
+        if tensor == "routed_experts":
+            return self.weight_dtype
+        if tensor == "router":
+            return self.activation_dtype
+        return getattr(self.precision, tensor) or self.activation_dtype
+
+    @property
+    def kv_cache_dtype(self) -> str:
+        return self.precision.kv_cache or self.activation_dtype
+
+    def compute_dtype_of(self, op: str) -> str | None:
+        """The dtype ``op``'s GEMMs are pinned to, or None for ``auto`` (see :class:`Precision`)."""
+        value = self.precision.compute_of(op)
+        return None if value == AUTO else value
+
     def kv_cache_bytes_per_token(self) -> float:
-        """KV-cache bytes per token summed over all layers, in the activation dtype."""
-        per_layer = self.attention.kv_cache_elements_per_token() * DTYPE_BYTES[self.activation_dtype]
+        """KV-cache bytes per token summed over all layers, in the KV-cache dtype."""
+        per_layer = self.attention.kv_cache_elements_per_token() * DTYPE_BYTES[self.kv_cache_dtype]
         return per_layer * self.num_layers
 
 
-def with_weight_dtype(model: MoEModel, dtype: str) -> MoEModel:
-    """The same model with its routed experts served in ``dtype`` (``--weight-dtype fp8``)."""
-    if dtype not in DTYPE_BYTES:
-        raise UserError(f"expected one of {', '.join(DTYPE_BYTES)}, got {dtype!r}", field="--weight-dtype")
-    if dtype == model.weight_dtype:
+def with_weight_dtype(model: MoEModel, dtype_name: str) -> MoEModel:
+    """The same model with its routed experts served in ``dtype_name`` (``--weight-dtype fp8``)."""
+    dtype(dtype_name, field="--weight-dtype")
+    if dtype_name == model.weight_dtype:
         return model
-    return replace(model, name=f"{model.name}@{dtype}", weight_dtype=dtype)
+    return replace(model, name=f"{model.name}@{dtype_name}", weight_dtype=dtype_name)
+
+
+def with_precision(model: MoEModel, overrides: Mapping[str, str]) -> MoEModel:
+    """The same model with the tensors of ``overrides`` (``--precision attention=fp8,...``, keys of
+    :data:`moesim.specs.precision.PRECISION_KEYS`) in those dtypes; named ``name@key=dtype,...``."""
+    if not overrides:
+        return model
+    for key, value in overrides.items():
+        if value != AUTO or not key.startswith("compute"):
+            dtype(value, field=f"--precision {key}")
+    weight = overrides.get("routed_experts", overrides.get("weights", model.weight_dtype))
+    changed = replace(
+        model,
+        weight_dtype=weight,
+        dispatch_dtype=overrides.get("dispatch", model.dispatch_dtype),
+        combine_dtype=overrides.get("combine", model.combine_dtype),
+        precision=apply_overrides(model.precision, overrides),
+    )
+    if changed == model:
+        return model
+    tag = ",".join(f"{k}={v}" for k, v in overrides.items())
+    return replace(changed, name=f"{model.name}@{tag}")

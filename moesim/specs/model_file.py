@@ -14,6 +14,8 @@ from moesim.limits import EXPERTS, LAYERS, TOP_K
 from moesim.resources import builtin_dir, builtin_names
 from moesim.specs.hf_config import is_hf_config, spec_from_hf_config
 from moesim.specs.model import DTYPE_BYTES, AttentionSpec, MoEModel
+from moesim.specs.precision import AUTO, COMPUTE_OPS, WEIGHT_TENSORS, Precision
+from moesim.specs.sizes import tensor_sizes
 from moesim.specs.yaml_fields import Fields, load_document, origin_of
 
 _TOP_KEYS = frozenset(
@@ -40,6 +42,7 @@ _TOP_KEYS = frozenset(
         "activation_dtype",
         "dispatch_dtype",
         "combine_dtype",
+        "precision",
         "num_expert_groups",
         "topk_groups",
         "attention",
@@ -76,6 +79,8 @@ _ATTN_KEYS = frozenset(
 )
 _MOE_LAYER_KEYS = frozenset({"first_dense", "every", "offset"})
 _ROUTING_KEYS = frozenset({"scoring", "norm_topk_prob", "routed_scaling_factor", "expert_capacity"})
+_PRECISION_KEYS = frozenset({"attention", "dense", "shared_experts", "routed_experts", "embeddings",
+                             "kv_cache", "dispatch", "combine", "compute"})
 DTYPES = tuple(DTYPE_BYTES)
 
 
@@ -123,6 +128,8 @@ def parse_model(f: Fields, name: str) -> MoEModel:
     if "routing" in f:
         f.mapping("routing").check_keys(_ROUTING_KEYS)
     f.str("source")
+    activation = f.str("activation_dtype", "bf16", choices=DTYPES)
+    tensors = _precision(f, activation)
     return MoEModel(
         name=name,
         num_layers=num_layers,
@@ -137,14 +144,50 @@ def parse_model(f: Fields, name: str) -> MoEModel:
         dense_intermediate_size=dense_width,
         gated=f.bool("gated", True),
         vocab_size=f.int("vocab_size", 0),
-        weight_dtype=f.str("weight_dtype", "bf16", choices=DTYPES),
-        activation_dtype=f.str("activation_dtype", "bf16", choices=DTYPES),
-        dispatch_dtype=f.str("dispatch_dtype", f.str("activation_dtype", "bf16"), choices=DTYPES),
-        combine_dtype=f.str("combine_dtype", f.str("activation_dtype", "bf16"), choices=DTYPES),
+        weight_dtype=tensors.pop("routed_experts"),
+        activation_dtype=activation,
+        dispatch_dtype=tensors.pop("dispatch"),
+        combine_dtype=tensors.pop("combine"),
         num_expert_groups=groups,
         topk_groups=topk_groups,
         source=f.str("source"),
+        precision=tensors.pop("precision"),
     )
+
+
+def _precision(f: Fields, activation: str) -> dict:
+    """Routed-expert, dispatch and combine dtypes and the :class:`Precision` of the other tensors,
+    from the ``precision:`` block and the top-level ``weight_dtype``/``dispatch_dtype``/``combine_dtype``
+    (the block and a top-level field may both name a tensor only if they agree)."""
+    p = f.mapping("precision") if "precision" in f else None
+    if p is not None:
+        p.check_keys(_PRECISION_KEYS)
+    out: dict = {}
+    pairs = (("routed_experts", "weight_dtype", "bf16"), ("dispatch", "dispatch_dtype", activation),
+             ("combine", "combine_dtype", activation))
+    for key, top, default in pairs:
+        value = f.str(top, default, choices=DTYPES)
+        if p is not None and key in p:
+            inner = p.str(key, choices=DTYPES)
+            # a top-level field of the same file must agree; one inherited through extends is overridden
+            if top in f and inner != value and f.file(top) == p.file(key):
+                raise p.error(key, f"expected the same dtype as {top} ({value}), got {inner}")
+            value = inner
+        out[key] = value
+    if p is None:
+        out["precision"] = Precision()
+        return out
+    compute: dict[str, str] = {}
+    if "compute" in p:
+        if isinstance(p.raw("compute"), dict):
+            c = p.mapping("compute")
+            c.check_keys(frozenset(COMPUTE_OPS))
+            compute = {op: c.str(op, choices=(AUTO, *DTYPES)) for op in COMPUTE_OPS if op in c}
+        else:
+            compute = dict.fromkeys(COMPUTE_OPS, p.str("compute", choices=(AUTO, *DTYPES)))
+    names = ("attention", "dense", "shared_experts", "embeddings", "kv_cache")
+    out["precision"] = Precision(**{k: p.str(k, choices=DTYPES) for k in names if k in p}, compute=compute)
+    return out
 
 
 def _moe_layers(f: Fields, num_layers: int) -> tuple[int, ...]:
@@ -233,39 +276,47 @@ def _attention(a: Fields, hidden: int) -> AttentionSpec:
 
 # ---- derived numbers (helpers beside MoEModel, which the lead owns) -----------------------------------
 
-
-def attention_params(model: MoEModel) -> int:
-    """Weights of one attention block (projections only; biases and norms ignored)."""
-    a, h = model.attention, model.hidden_size
-    if a.kind == "mla":
-        assert a.kv_lora_rank and a.qk_nope_head_dim and a.qk_rope_head_dim and a.v_head_dim
-        qk = a.qk_nope_head_dim + a.qk_rope_head_dim
-        q = h * a.q_lora_rank + a.q_lora_rank * a.num_heads * qk if a.q_lora_rank else h * a.num_heads * qk
-        kv = h * (a.kv_lora_rank + a.qk_rope_head_dim) + a.kv_lora_rank * a.num_heads * (
-            a.qk_nope_head_dim + a.v_head_dim
-        )
-        return q + kv + a.num_heads * a.v_head_dim * h
-    return h * a.num_heads * a.head_dim * 2 + h * a.num_kv_heads * a.head_dim * 2
-
-
 def model_params(model: MoEModel) -> dict[str, int]:
     """Parameter counts: routed experts, shared experts, dense FFNs, attention, router, embeddings."""
-    m = model.num_moe_layers
-    dense_layers = model.num_layers - m
-    ffn = (3 if model.gated else 2) * model.hidden_size
+    t = tensor_sizes(model)
     counts = {
-        "routed_experts": model.expert_params * model.num_experts * m,
-        "shared_experts": model.shared_expert_params * model.num_shared_experts * m,
-        "dense_ffn": ffn * model.dense_intermediate_size * dense_layers,
-        "attention": attention_params(model) * model.num_layers,
-        "router": model.hidden_size * model.num_experts * m,
-        "embeddings": model.vocab_size * model.hidden_size * 2,  # input embedding + untied lm_head
+        "routed_experts": t["routed_experts"].params,
+        "shared_experts": t["shared_experts"].params,
+        "dense_ffn": t["dense"].params,
+        "attention": t["attention"].params,
+        "router": t["router"].params,
+        "embeddings": t["embedding"].params + t["lm_head"].params,  # input embedding + untied lm_head
     }
     counts["total"] = sum(counts.values())
     counts["active_per_token"] = (
-        counts["total"] - counts["routed_experts"] + model.expert_params * model.top_k * m
+        counts["total"] - counts["routed_experts"] + model.expert_params * model.top_k * model.num_moe_layers
     )
     return counts
+
+
+def precision_summary(model: MoEModel) -> dict[str, Any]:
+    """The dtype every tensor is served in, resolved (``auto`` where the compute dtype is not pinned)."""
+    return {
+        **{t: model.weight_dtype_of(t) for t in WEIGHT_TENSORS},
+        "kv_cache": model.kv_cache_dtype,
+        "dispatch": model.dispatch_dtype,
+        "combine": model.combine_dtype,
+        "compute": {op: model.precision.compute_of(op) for op in COMPUTE_OPS},
+    }
+
+
+def tensor_summary(model: MoEModel) -> dict[str, dict[str, Any]]:
+    """Per weight tensor: dtype, parameters and bytes per layer, layers, total bytes; plus the KV cache
+    per token and layer (what ``model show`` prints as bytes per layer)."""
+    out: dict[str, dict[str, Any]] = {
+        name: {"dtype": t.dtype, "params_per_layer": t.params_per_layer, "bytes_per_layer": t.bytes_per_layer,
+               "layers": t.layers, "total_bytes": t.total_bytes}
+        for name, t in tensor_sizes(model).items()
+    }
+    kv = model.kv_cache_bytes_per_token() / model.num_layers
+    out["kv_cache"] = {"dtype": model.kv_cache_dtype, "bytes_per_token_per_layer": kv,
+                       "layers": model.num_layers, "bytes_per_token": model.kv_cache_bytes_per_token()}
+    return out
 
 
 def model_summary(model: MoEModel) -> dict[str, Any]:
@@ -291,6 +342,7 @@ def model_summary(model: MoEModel) -> dict[str, Any]:
         "activation_dtype": model.activation_dtype,
         "dispatch_dtype": model.dispatch_dtype,
         "combine_dtype": model.combine_dtype,
+        "precision": precision_summary(model),
         "vocab_size": model.vocab_size,
         "attention": {
             "kind": a.kind,
@@ -312,6 +364,7 @@ def model_summary(model: MoEModel) -> dict[str, Any]:
         "expert_flops_per_token": model.expert_flops_per_token,
         "activation_bytes_per_token": model.activation_bytes_per_token,
         "kv_cache_bytes_per_token": model.kv_cache_bytes_per_token(),
+        "tensors": tensor_summary(model),
         "params": params,
         "source": model.source,
     }

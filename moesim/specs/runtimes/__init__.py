@@ -1,0 +1,1 @@
+"""Built-in runtime profiles (YAML): framework overheads and memory reserve, ``--runtime vllm``."""
