@@ -28,6 +28,7 @@ from moesim.cost.roofline import Roofline
 from moesim.errors import UserError
 from moesim.specs.hardware import CpuKernelSpec, DeviceSpec
 from moesim.specs.model import DTYPE_BYTES, MoEModel
+from moesim.specs.precision import kernel_dtype
 
 # The compute dtype a kernel made from scalar fields runs a weight dtype at (weight-only quantised
 # experts are dequantised to the activations' type, as on GPUs).
@@ -68,7 +69,9 @@ def choose_kernel(
             raise UserError(f"CPU {spec.model} has no kernel {requested!r}; expected one of: {known}",
                             field="--cpu-kernel")
         return kernels[requested]
-    serving = [k for k in kernels.values() if weight_dtype in k.serves]
+    family = kernel_dtype(weight_dtype)  # a GGUF q4_k_m expert is served like int4
+    serving = ([k for k in kernels.values() if weight_dtype in k.serves]
+               or [k for k in kernels.values() if family in k.serves])
     if measured_impl is not None:
         measured = [k for k in serving if k.impl == measured_impl]
         return measured[0] if measured else scalar_kernel(spec, model, weight_dtype, measured_impl)

@@ -33,11 +33,13 @@ class ExpertCoefficients:
     tile_rows: int
 
     @classmethod
-    def of(cls, model: MoEModel, roof: Roofline, dtype: str | None = None) -> ExpertCoefficients:
+    def of(cls, model: MoEModel, roof: Roofline, dtype: str | None = None,
+           compute: str | None = None) -> ExpertCoefficients:
+        """``compute``: the GEMMs' dtype when pinned (else the roofline's rule for the weights)."""
         weight = dtype or model.weight_dtype
         if weight not in DTYPE_BYTES:
             raise UserError(f"expected a weight dtype among {', '.join(DTYPE_BYTES)}, got {weight!r}")
-        compute = roof.compute_dtype(weight, model.activation_dtype)
+        compute = compute or roof.compute_dtype(weight, model.activation_dtype)
         act = ops.ffn_activation_elements_per_token(model, model.expert_intermediate_size)
         return cls(
             weight_dtype=weight,

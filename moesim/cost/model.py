@@ -11,29 +11,29 @@ came from a table or the roofline. See docs/cost.md for the formulas and the nam
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from moesim.cost import experts, ops
+from moesim.cost import experts
+from moesim.cost.allreduce import Ring
 from moesim.cost.collectives import CollectiveCosts
 from moesim.cost.cpu_experts import CpuExperts, CpuOptions
 from moesim.cost.experts import ExpertCoefficients
+from moesim.cost.layerops import LayerOps, _out, check_compute_dtypes
 from moesim.cost.roofline import Roofline
 from moesim.cost.sources import MeasuredTables, SourceLog, Tables
 from moesim.cost.transfers import host_of, lowbit_bytes, path_pinned, point_to_point_s
 from moesim.errors import UserError
 from moesim.specs.hardware import Cluster
-from moesim.specs.model import DTYPE_BYTES, MoEModel
+from moesim.specs.model import MoEModel
+from moesim.specs.precision import kernel_dtype
+from moesim.specs.runtime import Runtime
 
 
-def _out(x: np.ndarray) -> Any:
-    """A Python float for 0-d results, the array otherwise."""
-    return float(x) if np.ndim(x) == 0 else x
-
-
-class CostModel(CollectiveCosts):
+class CostModel(LayerOps, CollectiveCosts):
     """Op times for ``model`` on ``cluster``; ``calibration`` (a ``Calibration``) replaces the
     roofline where its tables cover a shape. Instances memoise routes and count table/roofline use;
     they hold no other state."""
@@ -47,12 +47,14 @@ class CostModel(CollectiveCosts):
         infinite_bandwidth: bool = False,
         calibrated_devices: Sequence[str] | None = None,
         cpu: CpuOptions | None = None,
+        runtime: Runtime | None = None,
     ):
         """``calibration``: loaded tables (``moesim.calibration.load_calibration(folder)``; the
         workflows' ``cost_model`` also loads a profile's ``calibration:`` folder). They apply to the
         GPUs whose model matches ``calibration.device`` (CPU tables: ``calibration.cpu``), or to
         ``calibrated_devices`` if given; without them every op uses the roofline. ``cpu``: the CPU
-        expert kernel and NUMA mode (docs/cost.md)."""
+        expert kernel and NUMA mode (docs/cost.md). ``runtime``: the serving framework's overheads
+        (:mod:`moesim.specs.runtime`; with CUDA graphs a GPU kernel launch costs its ``graph_launch``)."""
         if isinstance(calibration, (str, Path)):
             raise TypeError("CostModel takes loaded tables: moesim.calibration.load_calibration(folder), "
                             "or moesim.workflows.cost_model(cluster, model, folder)")
@@ -60,17 +62,23 @@ class CostModel(CollectiveCosts):
         self.model = model
         self.calibration = calibration
         self._explicit_devices = None if calibrated_devices is None else tuple(calibrated_devices)
+        self.runtime = runtime or Runtime()
         by_spec: dict[int, Roofline] = {}
         self._roof: dict[str, Roofline] = {}
         for d in cluster.devices:
             key = id(d.spec)
             if key not in by_spec:
-                by_spec[key] = Roofline.of(d.spec)
+                roof = Roofline.of(d.spec)
+                if d.kind == "gpu":
+                    launch = self.runtime.launch_overhead_s(roof.launch_overhead_s)
+                    roof = replace(roof, launch_overhead_s=launch)
+                by_spec[key] = roof
             self._roof[d.id] = by_spec[key]
         self._coef: dict[tuple[int, str | None], ExpertCoefficients] = {}
         self._log = SourceLog()
         self._hosts: dict[str, str] = {}
         self._tables = Tables(cluster, calibration, self._explicit_devices)
+        check_compute_dtypes(cluster, model)
         self.cpu_options = cpu or CpuOptions()
         self.cpu = CpuExperts(cluster, model, self.roofline, self._tables, self.cpu_options,
                               infinite_bandwidth=infinite_bandwidth)
@@ -110,6 +118,7 @@ class CostModel(CollectiveCosts):
             infinite_bandwidth=True,
             calibrated_devices=self._explicit_devices,
             cpu=self.cpu_options,
+            runtime=self.runtime,
         )
 
     def roofline(self, device_id: str) -> Roofline:
@@ -131,7 +140,9 @@ class CostModel(CollectiveCosts):
         key = (id(roof), dtype)
         coef = self._coef.get(key)
         if coef is None:
-            coef = self._coef[key] = ExpertCoefficients.of(self.model, roof, dtype)
+            pinned = self.model.compute_dtype_of("routed_experts")
+            coef = self._coef[key] = ExpertCoefficients.of(self.model, roof, dtype,
+                                                           compute=kernel_dtype(pinned) if pinned else None)
         return coef
 
     def expert_compute_s(
@@ -237,115 +248,23 @@ class CostModel(CollectiveCosts):
         self._device(pim_id, "pim")
         return self._sequential_experts_s(pim_id, tokens_per_expert, dtype, "pim_expert")
 
-    # ---------------------------------------------------------------- dense ops
-
-    def _roof_op(self, op: str, device_id: str, cnt: ops.OpCount, dtype: str) -> Any:
-        roof = self.roofline(device_id)
-        self._note(op, "roofline")
-        return _out(roof.time_s(cnt.flops, cnt.nbytes, dtype, launches=cnt.launches))
-
-    def _ffn_s(self, op: str, device_id: str, tokens: Any, width: int, count: int, weight_dtype: str) -> Any:
-        """Dense FFNs: two ``gemm`` table lookups (gate/up, down) + the activation's roofline when
-        calibrated, else the roofline of the whole FFN."""
-        roof = self.roofline(device_id)
-        t = np.asarray(tokens, dtype=float)
-        compute = roof.compute_dtype(weight_dtype, self.model.activation_dtype)
-        if self._tables.covers(device_id) and t.ndim == 0 and t > 0 and count == 1:
-            gemms = self._tables.ffn_gemms_s(device_id, self.model, float(t), width, weight_dtype)
-            if gemms is not None:
-                act = roof.time_s(0.0, 3 * t * width * DTYPE_BYTES[self.model.activation_dtype], compute)
-                self._note(op, "table")
-                return gemms + float(act)
-        cnt = ops.dense_ffn_counts(self.model, t, width, weight_dtype, count)
-        return self._roof_op(op, device_id, cnt, compute)
-
-    def attention_s(
-        self,
-        device_id: str,
-        tokens: Any,
-        context_tokens: Any,
-        phase: str = "decode",
-        *,
-        layer: int | None = None,
-    ) -> Any:
-        """Attention of ``tokens`` query tokens (GQA or MLA), each attending ``context_tokens`` keys
-        on average; decode reads the KV cache, prefill computes it. Sliding-window models (gpt-oss:
-        every other layer from layer 0, window ``attention.sliding_window``) clip the context on
-        sliding layers; with ``layer=None`` the result is the mean over a sliding and a full layer."""
-
-        def compute() -> Any:
-            keys = ops.attended_keys(self.model, context_tokens, layer)
-            cnt = ops.attention_counts(self.model, tokens, keys, phase)
-            return self._roof_op("attention", device_id, cnt, self.model.activation_dtype)
-
-        return self._memoised("attention", device_id, (tokens, context_tokens, phase, layer), compute)
-
-    def router_s(self, device_id: str, tokens: Any) -> Any:
-        """Gate GEMM and top-k for ``tokens`` tokens (the ``gemm`` table's [tokens, H] x [H, E] when
-        calibrated)."""
-        return self._memoised("router", device_id, (tokens,), lambda: self._router_s(device_id, tokens))
-
-    def _router_s(self, device_id: str, tokens: Any) -> Any:
-        t = np.asarray(tokens, dtype=float)
-        if self._tables.covers(device_id) and t.ndim == 0 and t > 0:
-            m = self.model
-            value = self._tables.gemm_s(device_id, float(t), m.num_experts, m.hidden_size, m.activation_dtype)
-            if value is not None:
-                self._note("router", "table")
-                return value
-        cnt = ops.router_counts(self.model, t)
-        return self._roof_op("router", device_id, cnt, self.model.activation_dtype)
-
-    def permute_combine_s(self, device_id: str, tokens: Any) -> Any:
-        """Permute ``tokens`` tokens by expert before the expert GEMMs and combine after."""
-        return self._memoised(
-            "permute_combine", device_id, (tokens,), lambda: self._permute_combine_s(device_id, tokens)
-        )
-
-    def _permute_combine_s(self, device_id: str, tokens: Any) -> Any:
-        t = np.asarray(tokens, dtype=float)
-        if self._tables.covers(device_id) and t.ndim == 0 and t > 0:
-            value = self._tables.permute_combine_s(device_id, self.model, float(t))
-            if value is not None:
-                self._note("permute_combine", "table")
-                return value
-        cnt = ops.permute_combine_counts(self.model, t)
-        return self._roof_op("permute_combine", device_id, cnt, self.model.activation_dtype)
-
-    def shared_expert_s(self, device_id: str, tokens: Any) -> Any:
-        """The model's shared experts on ``tokens`` tokens (0 when it has none)."""
-        m = self.model
-        if m.num_shared_experts == 0 or m.shared_expert_intermediate_size == 0:
-            return _out(np.zeros_like(np.asarray(tokens, dtype=float)))
-        return self._memoised(
-            "shared_expert",
-            device_id,
-            (tokens,),
-            lambda: self._ffn_s(
-                "shared_expert",
-                device_id,
-                tokens,
-                m.shared_expert_intermediate_size,
-                m.num_shared_experts,
-                m.weight_dtype,
-            ),
-        )
-
-    def dense_ffn_s(self, device_id: str, tokens: Any) -> Any:
-        """The FFN of a non-MoE layer on ``tokens`` tokens (0 when every layer is MoE)."""
-        m = self.model
-        if m.dense_intermediate_size == 0:
-            return _out(np.zeros_like(np.asarray(tokens, dtype=float)))
-        return self._memoised(
-            "dense_ffn",
-            device_id,
-            (tokens,),
-            lambda: self._ffn_s(
-                "dense_ffn", device_id, tokens, m.dense_intermediate_size, 1, m.activation_dtype
-            ),
-        )
-
     # ---------------------------------------------------------------- communication
+
+    def ring(self, device_ids: Sequence[str]) -> Ring:
+        """The (memoised) ring of a tensor-parallel group (:mod:`moesim.cost.allreduce`)."""
+        memo: dict[tuple[str, ...], Ring] = self.__dict__.setdefault("_rings", {})
+        key = tuple(device_ids)
+        if key not in memo:
+            for d in key:
+                self._device(d)
+            memo[key] = Ring.build(self, key)
+        return memo[key]
+
+    def all_reduce_s(self, device_ids: Sequence[str], nbytes: Any, kind: str = "all_reduce") -> Any:
+        """A ring ``all_reduce`` (or ``reduce_scatter``/``all_gather``) of ``nbytes`` per device among
+        ``device_ids`` on the topology (0 for one device or no bytes)."""
+        self._note("all_reduce", "roofline")
+        return self.ring(device_ids).time_s(nbytes, kind, infinite_bandwidth=self.infinite_bandwidth)
 
     def transfer_s(self, src: str, dst: str, nbytes: Any, *, pinned: bool = True) -> Any:
         """Path latency + bytes / bottleneck bandwidth from ``src`` to ``dst`` (a ``p2p``, ``h2d`` or
@@ -393,3 +312,4 @@ class CostModel(CollectiveCosts):
                 self.cluster, host, dst_gpu, nb, pinned=pinned, infinite_bandwidth=self.infinite_bandwidth
             )
         )
+

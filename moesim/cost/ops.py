@@ -1,9 +1,11 @@
 """FLOP and byte counts of the ops of one transformer-MoE layer (2 FLOP per multiply-add).
 
 Bytes are what the op moves through device memory: weights read once per call, activations read
-and written once per kernel. Token counts may be numpy arrays (results broadcast). Dtypes: routed
-and shared experts store weights in ``model.weight_dtype`` (``fp8`` for DeepSeek-V3, ``mxfp4`` for
-gpt-oss); attention, router and dense FFN weights and all activations use ``model.activation_dtype``.
+and written once per kernel. Token counts may be numpy arrays (results broadcast). Each tensor's
+weights are in its own dtype (``model.weight_dtype_of``: routed experts ``fp8`` for DeepSeek-V3,
+``mxfp4`` for gpt-oss...), the KV cache in ``model.kv_cache_dtype``, activations in
+``model.activation_dtype``. ``tp`` is the tensor-parallel degree of the op: each device holds
+1/tp of its heads or columns (:func:`attention_shard`).
 """
 
 from __future__ import annotations
@@ -13,6 +15,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from moesim.specs.model import DTYPE_BYTES, MoEModel
+from moesim.specs.sizes import AttentionShard, attention_params, attention_shard
+
+__all__ = ["AttentionShard", "attention_shard"]
 
 # Kernel launches per op. expert: vLLM's fused_experts_impl (vllm-project/vllm @000d145,
 # vllm/model_executor/layers/fused_moe/fused_moe.py): one fused_moe call = align + 2 grouped GEMMs
@@ -24,6 +29,8 @@ LAUNCHES = {
     "permute_combine": 2,  # permute (scatter by expert), un-permute + weighted sum
     "shared_expert": 3,  # gate/up GEMM, activation, down GEMM
     "dense_ffn": 3,
+    "lm_head": 2,  # final norm + logits GEMM
+    "embedding": 1,  # row gather
 }
 
 Array = np.ndarray | float
@@ -88,10 +95,12 @@ def grouped_expert_counts(
 
 
 def dense_ffn_counts(
-    model: MoEModel, tokens: Array, width: int, weight_dtype: str, count: int = 1
+    model: MoEModel, tokens: Array, width: int, weight_dtype: str, count: int = 1, tp: int = 1
 ) -> OpCount:
-    """``count`` dense FFNs of ``width`` applied to every token (shared experts, dense layers)."""
+    """``count`` dense FFNs of ``width`` applied to every token (shared experts, dense layers); with
+    ``tp`` > 1 one device's 1/tp of the columns (call it with ``width // tp``: the same)."""
     t = np.asarray(tokens, dtype=float)
+    width = width // tp
     params = (3 if model.gated else 2) * model.hidden_size * width * count
     flops = 2.0 * params * t
     nbytes = params * DTYPE_BYTES[weight_dtype] * (t > 0) + t * count * ffn_activation_elements_per_token(
@@ -121,19 +130,7 @@ def permute_combine_counts(model: MoEModel, tokens: Array) -> OpCount:
 def attention_weight_params(model: MoEModel) -> int:
     """Parameters of the attention projections of one layer (GQA: q, k, v, o; MLA: the low-rank
     q and kv projections, their up-projections and o)."""
-    a, h = model.attention, model.hidden_size
-    if a.kind == "mla":
-        assert a.kv_lora_rank is not None and a.qk_rope_head_dim is not None
-        nope = a.qk_nope_head_dim or 0
-        rope = a.qk_rope_head_dim
-        v = a.v_head_dim or a.head_dim
-        q_dim = a.num_heads * (nope + rope)
-        q = h * a.q_lora_rank + a.q_lora_rank * q_dim if a.q_lora_rank else h * q_dim
-        kv = h * (a.kv_lora_rank + rope) + a.kv_lora_rank * a.num_heads * (nope + v)
-        return q + kv + a.num_heads * v * h
-    q = h * a.num_heads * a.head_dim
-    kv = 2 * h * a.num_kv_heads * a.head_dim
-    return q + kv + a.num_heads * a.head_dim * h
+    return attention_params(model)
 
 
 def attention_core_flops_per_key(model: MoEModel, phase: str) -> int:
@@ -170,8 +167,10 @@ def attended_keys(model: MoEModel, context_tokens: Array, layer: int | None = No
     return clipped if layer % 2 == 0 else ctx
 
 
-def attention_counts(model: MoEModel, tokens: Array, context_tokens: Array, phase: str) -> OpCount:
-    """Attention of ``tokens`` query tokens, each attending ``context_tokens`` keys (the mean).
+def attention_counts(model: MoEModel, tokens: Array, context_tokens: Array, phase: str,
+                     tp: int = 1) -> OpCount:
+    """Attention of ``tokens`` query tokens, each attending ``context_tokens`` keys (the mean), on one
+    device of a ``tp``-way tensor-parallel group (its heads and weights, :func:`attention_shard`).
 
     Decode reads each query's cached KV (``tokens * context`` cache entries); prefill computes its
     keys once and flash attention reads them from on-chip tiles, so it moves ``tokens`` entries.
@@ -181,13 +180,32 @@ def attention_counts(model: MoEModel, tokens: Array, context_tokens: Array, phas
     t = np.asarray(tokens, dtype=float)
     ctx = np.asarray(context_tokens, dtype=float)
     act = _act(model)
-    params = attention_weight_params(model)
-    proj_flops = 2.0 * params * t
-    core_flops = attention_core_flops_per_key(model, phase) * t * ctx
-    kv_bytes_per_entry = model.attention.kv_cache_elements_per_token() * act
+    shard = attention_shard(model, tp)
+    proj_flops = 2.0 * shard.params * t
+    core_flops = attention_core_flops_per_key(model, phase) / tp * t * ctx
+    kv_bytes_per_entry = shard.kv_elements_per_token * DTYPE_BYTES[model.kv_cache_dtype]
     kv_entries = t * ctx if phase == "decode" else t
     h = model.hidden_size
     # q/k/v/o activations written and read around the core, plus the layer input and output.
-    act_bytes = t * (2 * h + 2 * model.attention.num_heads * model.attention.head_dim) * act
-    nbytes = (params * act + act_bytes + kv_entries * kv_bytes_per_entry) * (t > 0)
+    act_bytes = t * (2 * h + 2 * shard.heads * model.attention.head_dim) * act
+    weights = shard.params * DTYPE_BYTES[model.weight_dtype_of("attention")]
+    nbytes = (weights + act_bytes + kv_entries * kv_bytes_per_entry) * (t > 0)
     return OpCount(flops=proj_flops + core_flops, nbytes=nbytes, launches=LAUNCHES["attention"] * (t > 0))
+
+
+def lm_head_counts(model: MoEModel, tokens: Array, tp: int = 1) -> OpCount:
+    """Logits of ``tokens`` tokens (decode: every token; prefill: the last of each prompt): the
+    [tokens, H] x [H, V/tp] GEMM in the embeddings' dtype, logits written in the activation dtype."""
+    t = np.asarray(tokens, dtype=float)
+    h, v = model.hidden_size, model.vocab_size / tp
+    weights = h * v * DTYPE_BYTES[model.weight_dtype_of("embeddings")]
+    nbytes = (weights + t * (h + v) * _act(model)) * (t > 0)
+    return OpCount(flops=2.0 * t * h * v, nbytes=nbytes, launches=LAUNCHES["lm_head"] * (t > 0))
+
+
+def embedding_counts(model: MoEModel, tokens: Array) -> OpCount:
+    """The input embedding of ``tokens`` tokens: one row gathered per token, written as activations."""
+    t = np.asarray(tokens, dtype=float)
+    h = model.hidden_size
+    nbytes = t * h * (DTYPE_BYTES[model.weight_dtype_of("embeddings")] + _act(model))
+    return OpCount(flops=np.zeros_like(t), nbytes=nbytes, launches=LAUNCHES["embedding"] * (t > 0))

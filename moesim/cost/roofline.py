@@ -14,6 +14,7 @@ import numpy as np
 
 from moesim.cost.efficiency import DeviceEfficiency, device_efficiency
 from moesim.specs.hardware import DeviceSpec
+from moesim.specs.precision import kernel_dtype
 
 
 @dataclass(frozen=True)
@@ -43,12 +44,12 @@ class Roofline:
         return value
 
     def compute_dtype(self, weight_dtype: str, activation_dtype: str) -> str:
-        """The dtype the tensor cores run at: the weights' own type where the device has a native
-        rate for it (fp8 on Hopper), else the activations' type (weight-only int4/mxfp4 kernels
-        dequantise to bf16; an A100 runs fp8 weights as bf16)."""
-        peaks = self.spec.peak_flops_per_s
-        if weight_dtype in peaks or (weight_dtype == "mxfp4" and "fp4" in peaks):
-            return weight_dtype
+        """The dtype the tensor cores run at: the weights' kernel type where the device has a native
+        rate for it (fp8 on Hopper, fp4 for mxfp4 on Blackwell), else the activations' type
+        (weight-only int4/mxfp4/GGUF kernels dequantise to bf16; an A100 runs fp8 weights as bf16)."""
+        kernel = kernel_dtype(weight_dtype)
+        if kernel in self.spec.peak_flops_per_s:
+            return kernel if kernel != "fp4" else weight_dtype
         return activation_dtype
 
     def compute_s(self, flops: np.ndarray | float, dtype: str) -> np.ndarray:

@@ -41,9 +41,12 @@ OPS = (
     "permute_combine",
     "shared_expert",
     "dense_ffn",
+    "lm_head",
+    "embedding",
     "transfer",
     "weight_fetch",
     "all_to_all",
+    "all_reduce",
 )
 
 # Which calibration tables can answer each op (any one group; every table of the group needed).
