@@ -1,13 +1,19 @@
 """One memory model: the bytes each GPU holds for a model, and how many routed experts fit a budget.
 
 The cache planners (``moesim plan --gpu-memory``), the simulator (``moesim simulate --gpu-memory``
-and its memory check) and the reports all size GPU memory here. Per GPU it counts:
+and its memory check) and the reports all size GPU memory here. Per GPU it counts, each tensor in
+its own dtype (:mod:`moesim.specs.precision`):
 
-- its ``1/G`` share of the non-expert weights (attention, embeddings and LM head, router, shared
-  experts, dense FFNs; G GPUs split the layers in contiguous pipeline stages);
-- its ``1/G`` share of the KV cache of ``batch_size`` sequences of ``context_tokens`` tokens;
-- the activation workspace of one layer for the whole batch (every stage sees every token);
+- the non-expert weights it holds (attention, embedding and LM head, router, shared experts, dense
+  FFNs): with a :class:`~moesim.parallel.Parallelism` (the simulator) every GPU holds all layers,
+  1/tp of the attention heads, FFN columns and vocabulary and the whole router; without one (the
+  cache planner's layout) G GPUs split the layers in contiguous pipeline stages, ``1/G`` each;
+- the KV cache of its sequences (its share of ``batch_size`` sequences of ``context_tokens``
+  tokens; with TP the KV heads it holds, MLA's latent cache whole);
+- the activation workspace of one layer for the whole batch;
+- communication buffers (DeepEP's, :func:`comm_buffer_bytes`, when the all-to-all uses them);
 - a staging buffer for fetched misses (a static cache that fetches: K experts, 2K with prefetch);
+- the runtime's reserve (:mod:`moesim.specs.runtime`: vLLM leaves 10% of the GPU);
 - the routed experts it keeps resident (placement slots, or the expert cache).
 
 :class:`MemoryBreakdown` holds one device's figures in bytes, by name, so that per-tensor
@@ -22,8 +28,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from moesim.errors import UserError
+from moesim.parallel import Parallelism
 from moesim.specs.hardware import Cluster
 from moesim.specs.model import DTYPE_BYTES, MoEModel
+from moesim.specs.runtime import Runtime
+from moesim.specs.sizes import attention_shard, tensor_sizes
 
 GIB = float(1 << 30)
 DEFAULT_CONTEXT_TOKENS = 4096
@@ -51,30 +60,65 @@ class NonExpertWeights:
                 + self.dense_ffn_bytes)
 
 
-def non_expert_weights(model: MoEModel) -> NonExpertWeights:
-    """Attention, embedding/LM head, router, shared-expert and dense-FFN weight bytes (biases and norms
-    ignored), in the model's weight dtype when it is 8 or 16 bit, else bf16 (4-bit releases keep
-    attention in bf16)."""
-    wb = DTYPE_BYTES[model.weight_dtype] if model.weight_dtype in ("bf16", "fp16", "fp8") else 2.0
-    a, h = model.attention, model.hidden_size
-    if a.kind == "mla":
-        rope, nope, v = a.qk_rope_head_dim or 0, a.qk_nope_head_dim or 0, a.v_head_dim or a.head_dim
-        q = h * a.num_heads * (nope + rope) if not a.q_lora_rank else \
-            h * a.q_lora_rank + a.q_lora_rank * a.num_heads * (nope + rope)
-        attn = q + h * ((a.kv_lora_rank or 0) + rope) + (a.kv_lora_rank or 0) * a.num_heads * (nope + v) \
-            + a.num_heads * v * h
-    else:
-        attn = h * a.head_dim * (2 * a.num_heads + 2 * a.num_kv_heads)
-    ffn_mats = 3 if model.gated else 2
-    dense_layers = model.num_layers - model.num_moe_layers
+def non_expert_weights(model: MoEModel, tp: int = 1) -> NonExpertWeights:
+    """Attention, embedding + LM head, router, shared-expert and dense-FFN weight bytes over all layers,
+    each in its own dtype (biases and norms ignored); ``tp`` > 1: one GPU's shard of a tensor-parallel
+    group (1/tp of heads, columns and vocabulary; the router and MLA's down-projections whole)."""
+    t = tensor_sizes(model)
+    attention = t["attention"].total_bytes if tp == 1 else (
+        attention_shard(model, tp).params * model.num_layers * DTYPE_BYTES[t["attention"].dtype])
     return NonExpertWeights(
-        attention_bytes=float(attn * model.num_layers * wb),
-        embeddings_bytes=float(2 * model.vocab_size * h * wb),
-        router_bytes=float(h * model.num_experts * model.num_moe_layers * wb),
-        shared_experts_bytes=float(model.num_shared_experts * model.shared_expert_params
-                                   * model.num_moe_layers * wb),
-        dense_ffn_bytes=float(ffn_mats * h * model.dense_intermediate_size * dense_layers * wb),
+        attention_bytes=float(attention),
+        embeddings_bytes=float(t["embedding"].total_bytes + t["lm_head"].total_bytes) / tp,
+        router_bytes=float(t["router"].total_bytes),
+        shared_experts_bytes=float(t["shared_experts"].total_bytes) / tp,
+        dense_ffn_bytes=float(t["dense"].total_bytes) / tp,
     )
+
+
+def kv_bytes_per_token(model: MoEModel, tp: int = 1) -> float:
+    """KV-cache bytes one GPU holds per token of its sequences, over all layers (its KV heads under
+    ``tp``; MLA's latent cache is whole on every GPU)."""
+    shard = attention_shard(model, tp)
+    return shard.kv_elements_per_token * DTYPE_BYTES[model.kv_cache_dtype] * model.num_layers
+
+
+DEEPEP_SCHEMES = ("none", "deepep-normal", "deepep-low-latency")
+
+
+def comm_buffer_bytes(model: MoEModel, scheme: str, *, ep: int, max_tokens_per_rank: int = 128) -> float:
+    """Bytes of the all-to-all buffers one GPU registers, by DeepEP's own sizing (deepseek-ai/DeepEP
+    ``csrc/config.hpp`` @030cdf0; configs from ``deep_ep/buffer.py`` ``get_dispatch_config``, 20 SMs).
+
+    ``deepep-low-latency``: ``LowLatencyLayout`` for ``max_tokens_per_rank`` tokens: two symmetric
+    send, receive and signaling buffers, a dispatch message being 16 + max(2H, H + 4H/128) bytes and a
+    combine message 4H/128 + 2H. ``deepep-normal``: ``get_nvl_buffer_size_hint`` (10 channels x the
+    node's ranks x 256 receive tokens, 288 from 16 ranks on, of 2H bytes plus 128 top-k indices,
+    weights and scales) and, across nodes, ``get_rdma_buffer_size_hint`` (10 channels x the nodes x
+    128 tokens, doubled, plus 1 MiB). ``none``: NCCL's all-to-all, whose payload is the activation
+    workspace already counted."""
+    if scheme not in DEEPEP_SCHEMES:
+        raise UserError(f"expected one of {', '.join(DEEPEP_SCHEMES)}, got {scheme!r}", field="comm_buffer")
+    h, e = model.hidden_size, model.num_experts
+    if scheme == "none":
+        return 0.0
+    if scheme == "deepep-low-latency":
+        scales = h // 128
+        dispatch_msg = 16 + max(2 * h, h + 4 * scales)
+        combine_msg = 4 * scales + 2 * h
+        t = max_tokens_per_rank
+        send = max(t * dispatch_msg, e * t * combine_msg)
+        recv = max(e * t * dispatch_msg, e * t * combine_msg)
+        signaling = -(-(e * 4) // 128) * 128
+        return float(2 * (send + recv + signaling))
+    channels, nvl_ranks, rdma_ranks = 10, min(ep, 8), max(ep // 8, 1)
+    nvl_recv = 256 if ep <= 8 else 288 if ep <= 64 else 560 if ep <= 128 else 720
+    slots = 128 * 8 + 128 * 4 + 128 * 4  # top-k indices (int64), weights and scales (float) per token
+    nvl = channels * nvl_ranks * ((2 * rdma_ranks + 3) * 4 + nvl_recv * (2 * h + slots))
+    if ep <= 8:
+        return float(nvl)
+    rdma = channels * rdma_ranks * ((8 * 2 + 2) * 2 * 4 + 128 * (2 * h + slots + 16) * 2) + (1 << 20)
+    return float(nvl + rdma)
 
 
 def activation_bytes(model: MoEModel, tokens: float) -> float:
@@ -109,6 +153,10 @@ class MemoryBreakdown:
     kv_cache_bytes: float = 0.0
     activation_bytes: float = 0.0
     staging_bytes: float = 0.0
+    comm_buffer_bytes: float = 0.0
+    """All-to-all buffers (:func:`comm_buffer_bytes`)."""
+    reserve_bytes: float = 0.0
+    """What the runtime keeps for itself (:meth:`moesim.specs.runtime.Runtime.reserve_bytes`)."""
     expert_bytes: float = 0.0
     """Routed experts kept resident: placement slots or the expert cache."""
 
@@ -120,7 +168,8 @@ class MemoryBreakdown:
     @property
     def fixed_bytes(self) -> float:
         """Everything but the resident experts."""
-        return self.non_expert_weight_bytes + self.kv_cache_bytes + self.activation_bytes + self.staging_bytes
+        return (self.non_expert_weight_bytes + self.kv_cache_bytes + self.activation_bytes
+                + self.staging_bytes + self.comm_buffer_bytes + self.reserve_bytes)
 
     @property
     def total_bytes(self) -> float:
@@ -131,13 +180,21 @@ class MemoryBreakdown:
         return {"attention": self.attention_bytes, "embeddings": self.embeddings_bytes,
                 "router": self.router_bytes, "shared_experts": self.shared_experts_bytes,
                 "dense_ffn": self.dense_ffn_bytes, "kv_cache": self.kv_cache_bytes,
-                "activations": self.activation_bytes, "staging": self.staging_bytes}
+                "activations": self.activation_bytes, "staging": self.staging_bytes,
+                "comm_buffers": self.comm_buffer_bytes, "runtime_reserve": self.reserve_bytes}
+
+    def as_dict(self) -> dict[str, float]:
+        """Every part (the fixed ones and ``experts``), ``total`` and ``capacity`` in bytes: what
+        ``moesim simulate`` prints per device."""
+        return {**self.parts(), "experts": self.expert_bytes, "total": self.total_bytes,
+                "capacity": self.capacity_bytes}
 
     def describe_fixed(self, unit: str = "GiB") -> str:
         """``non-expert weights 2.99 GiB + KV cache 0.5 GiB + ...`` (the parts that are not experts),
         in GiB or decimal ``GB``."""
         parts = [("non-expert weights", self.non_expert_weight_bytes), ("KV cache", self.kv_cache_bytes),
-                 ("activations", self.activation_bytes), ("staging", self.staging_bytes)]
+                 ("activations", self.activation_bytes), ("staging", self.staging_bytes),
+                 ("communication buffers", self.comm_buffer_bytes), ("runtime reserve", self.reserve_bytes)]
         scale = GIB if unit == "GiB" else 1e9
         return " + ".join(f"{name} {v / scale:.4g} {unit}" for name, v in parts if v > 0) or "nothing"
 
@@ -151,6 +208,11 @@ class MemoryModel:
     batch_size: int = 1
     """Sequences (decode: tokens) per step."""
     context_tokens: int = DEFAULT_CONTEXT_TOKENS
+    parallel: Parallelism | None = None
+    """The simulator's layout (every GPU all layers, 1/tp shards); None: pipeline stages of layers."""
+    runtime: Runtime | None = None
+    comm_buffer_bytes: float = 0.0
+    """All-to-all buffers per GPU (:func:`comm_buffer_bytes`)."""
 
     def __post_init__(self) -> None:
         if self.gpus < 1:
@@ -163,10 +225,13 @@ class MemoryModel:
                step_tokens: float | None = None, expert_bytes: float = 0.0) -> MemoryBreakdown:
         """One GPU's breakdown. ``kv_cache_bytes`` (this device's) and ``step_tokens`` (the largest
         step's tokens) replace the batch-based estimates when the caller knows them."""
-        w = non_expert_weights(self.model)
-        share = 1.0 / self.gpus
-        kv = (self.model.kv_cache_bytes_per_token() * self.batch_size * self.context_tokens * share
-              if kv_cache_bytes is None else float(kv_cache_bytes))
+        p = self.parallel
+        w = non_expert_weights(self.model, p.tp if p is not None else 1)
+        share = 1.0 / self.gpus if p is None else 1.0
+        sequences = self.batch_size / self.gpus if p is None else self.batch_size / p.dp
+        per_token = (self.model.kv_cache_bytes_per_token() if p is None
+                     else kv_bytes_per_token(self.model, p.tp))
+        kv = per_token * sequences * self.context_tokens if kv_cache_bytes is None else float(kv_cache_bytes)
         return MemoryBreakdown(
             device=device_id, capacity_bytes=float(capacity_bytes),
             attention_bytes=w.attention_bytes * share, embeddings_bytes=w.embeddings_bytes * share,
@@ -175,6 +240,8 @@ class MemoryModel:
             activation_bytes=activation_bytes(self.model, self.batch_size if step_tokens is None
                                               else step_tokens),
             staging_bytes=staging_experts * self.model.expert_bytes(staging_dtype),
+            comm_buffer_bytes=float(self.comm_buffer_bytes),
+            reserve_bytes=(self.runtime or Runtime()).reserve_bytes(float(capacity_bytes)),
             expert_bytes=float(expert_bytes),
         )
 
@@ -206,11 +273,14 @@ class MemoryModel:
 def fit_devices(model: MoEModel, cluster: Cluster, devices: Sequence[str],
                 resident_expert_bytes: Mapping[str, float], *, kv_cache_bytes: Sequence[float],
                 step_tokens: float, staging_experts: int = 0, staging_dtype: str | None = None,
-                cached: bool = False) -> dict[str, MemoryBreakdown]:
+                cached: bool = False, parallel: Parallelism | None = None, runtime: Runtime | None = None,
+                comm_buffer_bytes: float = 0.0) -> dict[str, MemoryBreakdown]:
     """Each device's breakdown for a run (``kv_cache_bytes[i]``: device i's largest KV cache;
-    ``step_tokens``: the largest step); one :class:`UserError` naming the device, its need by part and
-    its capacity when one does not fit."""
-    layout = MemoryModel(model, gpus=len(devices))
+    ``step_tokens``: the largest step; ``parallel``/``runtime``/``comm_buffer_bytes`` as in
+    :class:`MemoryModel`); one :class:`UserError` naming the device, its need by part and its capacity
+    when one does not fit."""
+    layout = MemoryModel(model, gpus=len(devices), parallel=parallel, runtime=runtime,
+                         comm_buffer_bytes=comm_buffer_bytes)
     what = (f"{'its expert cache' if cached else 'expert weights'} "
             f"({model.expert_bytes() / 1e6:.1f} MB per {model.weight_dtype} expert)")
     hint = ("; cache fewer experts, use a smaller batch or a smaller --weight-dtype" if cached

@@ -14,6 +14,8 @@ _EXAMPLES = """\
   moesim model show mixtral-8x7b --json   the same as one JSON object
   moesim model show ./my-model.yaml       a spec of your own (see docs/models.md)
       needs my-model.yaml: your spec (docs/models.md) or a Hugging Face config.json
+  moesim model show mixtral-8x7b --precision routed_experts=q4_k_m,kv_cache=fp8
+                                          bytes per layer with per-tensor dtypes
 """
 
 
@@ -35,6 +37,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     show.add_argument(
         "model", metavar="NAME|PATH", help="built-in model name (see 'model list') or a YAML file"
     )
+    show.add_argument("--weight-dtype", default=None, metavar="DTYPE",
+                      help="routed experts in this dtype instead of the spec's, e.g. --weight-dtype q4_k_m")
+    show.add_argument("--precision", default=None, metavar="KEY=DTYPE,...",
+                      help="per-tensor dtypes (docs/models.md), e.g. --precision attention=fp8,kv_cache=fp8")
     add_json_flag(show)
     show.set_defaults(func=run_show)
     lst = actions.add_parser(
@@ -47,10 +53,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_show(args: argparse.Namespace) -> int:
-    from moesim.specs import load_model
     from moesim.specs.model_file import model_summary
+    from moesim.workflows.inputs import model_of
 
-    summary = model_summary(load_model(args.model))
+    summary = model_summary(model_of(args.model, weight_dtype=args.weight_dtype, precision=args.precision))
     if args.json:
         print_json(summary, verb="model-show")
     else:
@@ -119,8 +125,28 @@ def render_summary(s: dict[str, Any]) -> str:
         f"{s['name']}",
         *[f"  {k.ljust(width)}  {v}" for k, v in rows],
         f"  {'source'.ljust(width)}  {' '.join(s['source'].split())}",
+        *render_tensors(s),
     ]
     return "\n".join(lines)
+
+
+def render_tensors(s: dict[str, Any]) -> list[str]:
+    """The bytes-per-layer table: every weight tensor and the KV cache in its own dtype."""
+    p = s["precision"]
+    compute = {op: d for op, d in p["compute"].items() if d != "auto"}
+    lines = [f"  precision: activations {s['activation_dtype']}, dispatch {p['dispatch']}, combine "
+             f"{p['combine']}, compute {', '.join(f'{k} {v}' for k, v in compute.items()) or 'auto'}",
+             "  tensor          dtype   bytes per layer   layers   total"]
+    for name, t in s["tensors"].items():
+        if name == "kv_cache":
+            lines.append(f"  {'kv_cache':<15} {t['dtype']:<7} "
+                         f"{format_quantity(t['bytes_per_token_per_layer'], 'bytes') + '/token':>17}   "
+                         f"{t['layers']:>6}   {format_quantity(t['bytes_per_token'], 'bytes')}/token")
+        elif t["layers"] and t["params_per_layer"]:
+            per_layer = format_quantity(t["bytes_per_layer"], "bytes")
+            lines.append(f"  {name:<15} {t['dtype']:<7} {per_layer:>17}   "
+                         f"{t['layers']:>6}   {format_quantity(t['total_bytes'], 'bytes')}")
+    return lines
 
 
 def run_list(args: argparse.Namespace) -> int:

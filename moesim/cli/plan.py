@@ -73,6 +73,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="with --gpu-memory: what a cache miss does (auto: cheapest per expert)")
     p.add_argument("--prefetch", default="none", choices=PREFETCH_CHOICES,
                    help="with --gpu-memory: next-layer prefetch the cache plan assumes")
+    p.add_argument("--precision", default=None, metavar="KEY=DTYPE,...",
+                   help="per-tensor dtypes over the spec's (docs/models.md), e.g. --precision "
+                   "attention=fp8,kv_cache=fp8")
     p.add_argument("--weight-dtype", default=None, metavar="DTYPE",
                    help="serve the routed experts in this dtype instead of the spec's (e.g. fp8, int4)")
     p.add_argument("--train-fraction", type=open_fraction, default=0.5, metavar="F",
@@ -113,6 +116,7 @@ def run(args: argparse.Namespace) -> int:
         hw=args.hw, model=args.model, trace=args.trace,
         planners=PLANNER_NAMES if args.planner == "all" else (args.planner,), nodes=args.nodes,
         slots_per_gpu=args.slots_per_gpu, replicas=args.replicas, weight_dtype=args.weight_dtype,
+        precision=args.precision,
         train_fraction=args.train_fraction, windows=args.windows, objective=args.objective,
         origin=args.origin, dispatch=args.dispatch, time_limit_s=args.time_limit,
         batch_tokens=args.batch_size, steps=args.steps, seed=args.seed, gpu_memory=args.gpu_memory,

@@ -41,6 +41,10 @@ EXAMPLES = """\
       --trace mixtral-8x7b-synth --batch 1 --steps 300 --cache lru --expert-cache 20GiB --miss cpu --json
   moesim simulate --hw rtx4090-workstation --model mixtral-8x7b --weight-dtype fp8 \\
       --trace mixtral-8x7b-synth --steps 300 --cache lru --gpu-memory 24GB --miss fetch
+  moesim simulate --hw h100x8 --model mixtral-8x7b --trace mixtral-8x7b-synth --batch 64 --steps 20 \\
+      --tp 8 --runtime vllm --timeline tp8.json --step-out steps.csv
+  moesim simulate --hw h100x8 --model deepseek-v2-lite --trace deepseek-v2-lite-synth --batch 64 \\
+      --steps 20 --precision attention=fp8,kv_cache=fp8,dispatch=fp8
 """
 
 
@@ -59,6 +63,21 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--weight-dtype", default=None, metavar="DTYPE",
                    help="serve the routed experts in this dtype instead of the spec's (e.g. fp8, int4, "
                    "mxfp4): sets expert bytes for memory, fetches and the roofline")
+    p.add_argument("--precision", default=None, metavar="KEY=DTYPE,...",
+                   help="per-tensor dtypes over the spec's precision: block (docs/models.md): attention, "
+                   "dense, shared_experts, routed_experts, embeddings, kv_cache, dispatch, combine, weights "
+                   "(all weights but embeddings), compute / compute.<op> (fp8 GEMMs need a GPU with an fp8 "
+                   "rate), e.g. --precision attention=fp8,kv_cache=fp8,compute=fp8")
+    p.add_argument("--tp", type=positive_int, default=None, metavar="N",
+                   help="attention tensor-parallel degree: GPUs per attention group, each with 1/N of the "
+                   "heads, all-reducing over its ring (default 1); e.g. --tp 8 on h100x8")
+    p.add_argument("--dp", type=positive_int, default=None, metavar="N",
+                   help="attention data-parallel groups (default GPUs / --tp); --tp x --dp = the plan's GPUs")
+    p.add_argument("--ep", type=positive_int, default=None, metavar="N",
+                   help="expert-parallel degree: must be the plan's GPU count (experts over every GPU)")
+    p.add_argument("--runtime", default=None, metavar="NAME|PATH",
+                   help="runtime profile: framework overheads and memory reserve (kernels [default], vllm, "
+                   "vllm-eager, or a YAML file; docs/cost.md), e.g. --runtime vllm")
     p.add_argument("--trace", required=True, metavar="NAME|PATH", help="routing trace (.npz or shipped name)")
     p.add_argument("--plan", default=None, metavar="PATH", help="plan file (YAML/JSON); default contiguous")
     p.add_argument("--batch", type=positive_int, default=1, metavar="B",
@@ -114,6 +133,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="write a Perfetto/Chrome trace JSON")
     p.add_argument("--out", type=output_file, default=None, metavar="FILE",
                    help="write the per step x layer x device table (.csv or .parquet)")
+    p.add_argument("--step-out", type=output_file, default=None, metavar="FILE",
+                   help="write the per-step table: latency and time by op class (.csv or .parquet)")
     p.add_argument("--check-invariants", action="store_true",
                    help="check token conservation, memory and causality during the run (docs/invariants.md; "
                    "slower); a violation is a moesim bug and fails the run, e.g. "
@@ -124,9 +145,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.out and not str(args.out).endswith((".csv", ".parquet")):
-        raise UserError(f"expected a .csv or .parquet file, got {args.out!r}", field="--out")
-    check_parquet_writable(args.out or "", field="--out")
+    for flag, value in (("--out", args.out), ("--step-out", args.step_out)):
+        if value and not str(value).endswith((".csv", ".parquet")):
+            raise UserError(f"expected a .csv or .parquet file, got {value!r}", field=flag)
+        check_parquet_writable(value or "", field=flag)
     sim = simulate_run(
         hw=args.hw, model=args.model, trace=args.trace, plan=args.plan, weight_dtype=args.weight_dtype,
         nodes=args.nodes, batch=args.batch, steps=args.steps, phase=args.phase, cache=args.cache,
@@ -134,11 +156,14 @@ def run(args: argparse.Namespace) -> int:
         miss=args.miss, prefetch=args.prefetch, overlap=args.overlap, dispatch=args.dispatch, seed=args.seed,
         calibration=args.calibration, check_invariants=args.check_invariants,
         cpu_kernel=args.cpu_kernel, cpu_numa=args.cpu_numa, a2a=args.a2a, cache_scope=args.cache_scope,
-        cache_reset=args.cache_reset,
+        cache_reset=args.cache_reset, precision=args.precision, tp=args.tp, dp=args.dp, ep=args.ep,
+        runtime=args.runtime,
     )
     result = sim.result
     if args.out:
         result.write_frame(args.out)
+    if args.step_out:
+        result.write_step_frame(args.step_out)
     if args.timeline:
         result.write_timeline(args.timeline)
     summary = result.summary()
@@ -160,4 +185,29 @@ def run(args: argparse.Namespace) -> int:
               f"{c['prefetch']}): hit rate {summary['cache_hit_rate']:.4f}")
     busiest = max(summary["per_device"], key=lambda d: d["utilization"])
     print(f"busiest device {busiest['id']}: utilisation {busiest['utilization']:.3f}")
+    print(render_op_classes(summary["op_class_s"]))
+    print(render_memory(summary["memory_breakdown_bytes"]))
     return 0
+
+
+def render_op_classes(c: dict) -> str:
+    """``time per step by op class: experts_gpu 4.52 ms (67.6%), attention ...`` (largest first)."""
+    mean, share = c["mean_per_step_s"], c["share"]
+    items = sorted((k for k in mean if mean[k] > 0), key=lambda k: -mean[k])
+    return "time per step by op class: " + (", ".join(
+        f"{k} {mean[k] * 1e3:.4g} ms ({100 * share[k]:.1f}%)" for k in items) or "none")
+
+
+def render_memory(breakdown: dict) -> str:
+    """One line per group of GPUs with the same bytes: each part in GiB, then total / capacity."""
+    groups: dict[tuple, list[str]] = {}
+    for dev, parts in breakdown.items():
+        groups.setdefault(tuple(sorted(parts.items())), []).append(dev)
+    lines = ["memory per GPU (GiB):"]
+    for key, devs in groups.items():
+        parts = dict(key)
+        shown = [f"{k} {v / 2**30:.3g}" for k, v in parts.items() if k not in ("total", "capacity") and v > 0]
+        name = devs[0] if len(devs) == 1 else f"{devs[0]} (and {len(devs) - 1} more)"
+        lines.append(f"  {name}: {', '.join(shown)}; total {parts['total'] / 2**30:.4g} of "
+                     f"{parts['capacity'] / 2**30:.4g}")
+    return "\n".join(lines)

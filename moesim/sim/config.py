@@ -6,9 +6,11 @@ from dataclasses import dataclass
 
 from moesim.errors import UserError
 from moesim.memory import MemoryModel, gib, staging_experts
+from moesim.parallel import Parallelism
 from moesim.plans.plan import CachePlan, Plan
 from moesim.specs.hardware import Cluster
 from moesim.specs.model import DTYPE_BYTES, MoEModel
+from moesim.specs.runtime import Runtime
 from moesim.traces.trace import RoutingTrace
 from moesim.vocab import (
     AllToAll,
@@ -95,6 +97,15 @@ class SimConfig:
     check_invariants: bool = False
     """Check token conservation, memory and causality while and after running (docs/invariants.md);
     a violation raises ``moesim.sim.invariants.InvariantViolation``."""
+    tp: int | None = None
+    """Attention tensor-parallel degree (``--tp``; :mod:`moesim.parallel`); None: 1, or G / ``dp``."""
+    dp: int | None = None
+    """Attention data-parallel groups (``--dp``); None: G / ``tp``."""
+    ep: int | None = None
+    """Expert-parallel degree (``--ep``); None: every GPU of the plan."""
+    runtime: Runtime | None = None
+    """The serving framework's overheads and memory reserve (``--runtime``; None: kernels only). Give
+    the cost model the same one (``CostModel(..., runtime=...)``): its kernel launches follow it."""
 
     def __post_init__(self) -> None:
         # The plain words are accepted (``phase="prefill"``); the fields then hold the members.
@@ -120,6 +131,12 @@ class SimConfig:
         if len(sizes) > 1:
             raise UserError(f"give one of --cache-size, --expert-cache and --gpu-memory, got "
                             f"{' and '.join(sizes)}", field=sizes[0])
+
+    def parallelism(self, devices: int) -> Parallelism:
+        """The degrees of a run on ``devices`` GPUs, checked against the model."""
+        p = Parallelism.of(devices, tp=self.tp, dp=self.dp, ep=self.ep)
+        p.check_model(self.model)
+        return p
 
     def cache_plan(self, plan: Plan) -> CachePlan:
         """The effective cache: flags override the plan's CachePlan; ``none`` when neither sets one."""
@@ -157,7 +174,8 @@ class SimConfig:
         """Experts per MoE layer the expert budget holds: ``--expert-cache``, or what the model leaves of
         ``--gpu-memory`` (:class:`moesim.memory.MemoryModel`)."""
         base = plan.cache or CachePlan()
-        layout = MemoryModel(self.model, gpus=len(plan.devices), batch_size=self.batch_size)
+        layout = MemoryModel(self.model, gpus=len(plan.devices), batch_size=self.batch_size,
+                             parallel=self.parallelism(len(plan.devices)), runtime=self.runtime)
         flag, budget = "--expert-cache", self.expert_cache_bytes
         if budget is None:
             flag, miss = "--gpu-memory", self.miss or base.miss

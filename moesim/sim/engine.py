@@ -20,7 +20,7 @@ import simpy
 
 from moesim.cost.a2a import AllToAllSpec, default_mode, forwarding
 from moesim.errors import UserError
-from moesim.memory import fit_devices, staging_experts
+from moesim.memory import MemoryBreakdown, comm_buffer_bytes, fit_devices, kv_bytes_per_token, staging_experts
 from moesim.plans.default import default_plan
 from moesim.plans.plan import CachePlan, Plan
 from moesim.sim.config import SimConfig
@@ -38,6 +38,7 @@ from moesim.sim.results import SimResult
 from moesim.sim.stepcost import ChunkCosts, StepCoster, device_token_counts
 from moesim.sim.timeline import LockstepTimeline, MicroBatches
 from moesim.sim.workload import Workload, build_workload
+from moesim.specs.model_file import precision_summary
 from moesim.traces.transitions import Transitions
 from moesim.vocab import CachePolicy, CacheReset, Overlap, ReplicaSplit
 from moesim.vocab import Dispatch as DispatchMode
@@ -47,6 +48,10 @@ CHUNK_ENTRIES = 2_000_000
 CHUNK_ROUTED = 2_000_000
 """... and about this many routed (step, token, layer, top-k) entries (bounds the int64 temporaries
 of dispatch at large batches: peak memory, page faults)."""
+
+COMM_BUFFERS = {"flat": "none", "hierarchical": "deepep-normal", "low-latency": "deepep-low-latency"}
+"""The all-to-all buffers each mode registers (:func:`moesim.memory.comm_buffer_bytes`): NCCL's flat
+all-to-all moves the activation workspace; DeepEP's normal and low-latency kernels their own buffers."""
 
 OVERLAP_CHUNKS = {Overlap.NONE: 1, Overlap.LAYER: 2}
 """Micro-batches per MoE layer of each overlap mode (``chunked``: ``SimConfig.chunks``)."""
@@ -73,9 +78,10 @@ class Machine:
         self.plan = replace(plan, cache=self.cache if self.cache.policy != CachePolicy.NONE else None)
         self.devices: tuple[str, ...] = tuple(plan.devices)
         self.G = len(self.devices)
+        self.parallel = cfg.parallelism(self.G)
+        self.runtime = cfg.runtime or getattr(cost, "runtime", None)
         self.workload: Workload = build_workload(cfg.trace, phase=cfg.phase, batch_size=cfg.batch_size,
                                                  steps=cfg.steps, batch_key=cfg.batch_key)
-        self.memory = self._check_memory()
         self.table = ReplicaTable.of(self.plan)
         self.rng = np.random.default_rng(cfg.seed) if cfg.replica_split == ReplicaSplit.RANDOM else None
         self.routing = (LocalRouting.of(self.table, node_index(self.cluster, self.devices))
@@ -83,9 +89,12 @@ class Machine:
         n_chunks = OVERLAP_CHUNKS.get(cfg.overlap, cfg.chunks)
         self.a2a = AllToAllSpec.for_model(cfg.model, cfg.a2a or default_mode(
             cfg.phase, len(set(node_index(self.cluster, self.devices).tolist()))))
+        self.breakdown = self._check_memory()
+        self.memory = {d: b.total_bytes for d, b in self.breakdown.items()}
         self.forward = (Forwarding(*forwarding(self.cluster, self.devices))
                         if self.a2a.forwards and self.G > 1 else None)
-        self.coster = StepCoster(cost, self.devices, phase=cfg.phase, overlap_chunks=n_chunks, a2a=self.a2a)
+        self.coster = StepCoster(cost, self.devices, phase=cfg.phase, overlap_chunks=n_chunks, a2a=self.a2a,
+                                 parallel=self.parallel, runtime=self.runtime)
         self.layer_ids = np.arange(cfg.model.num_layers)
         self.moe_cols = np.asarray(cfg.model.moe_layers, dtype=np.int64)
         self.is_moe = self.coster.is_moe
@@ -95,6 +104,7 @@ class Machine:
         self.total_pairs = np.zeros((self.G, self.G))
         self.keep_pairs: dict[int, np.ndarray] = {}
         self.keep_pre: dict[int, np.ndarray] = {}
+        self.keep_parts: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # step -> ([L, G, P], [L, groups])
         self.keep_slices: dict[tuple[int, int], MicroBatches] = {}  # overlapped layers of kept steps
         self.env = simpy.Environment()
         offloading = self.cache.policy != CachePolicy.NONE
@@ -108,18 +118,23 @@ class Machine:
         self.invariants_checked: list[str] = []
 
     # ------------------------------------------------------------------ setup
-    def _check_memory(self) -> dict[str, float]:
-        """Bytes per GPU (:func:`moesim.memory.fit_devices`); refuse a plan that does not fit."""
-        wl, cache = self.workload, self.cache
+    def _check_memory(self) -> dict[str, MemoryBreakdown]:
+        """Each GPU's bytes by part (:func:`moesim.memory.fit_devices`); refuse a plan that does not fit."""
+        wl, cache, p = self.workload, self.cache, self.parallel
         owned = device_token_counts(wl.tokens(), self.G)
-        kv = (owned * wl.context_tokens[:, None]).max(axis=0) * self.model.kv_cache_bytes_per_token()
-        fit = fit_devices(self.model, self.cluster, self.devices, self.plan.resident_expert_bytes(self.model),
-                          kv_cache_bytes=kv.tolist(), step_tokens=float(wl.tokens().max(initial=0)),
-                          staging_experts=staging_experts(cache.policy, cache.miss, cache.prefetch,
-                                                          self.model.top_k),
-                          staging_dtype=self.cfg.lowbit_dtype if cache.miss == "lowbit" else None,
-                          cached=cache.policy != CachePolicy.NONE)
-        return {d: b.total_bytes for d, b in fit.items()}
+        group = p.group_tokens(owned)  # a GPU holds the KV of its TP group's sequences
+        kv = (group * wl.context_tokens[:, None]).max(axis=0) * kv_bytes_per_token(self.model, p.tp)
+        scheme = COMM_BUFFERS[str(self.a2a.mode)] if self.G > 1 else "none"
+        buffers = comm_buffer_bytes(self.model, scheme, ep=self.G,
+                                    max_tokens_per_rank=max(1, int(owned.max(initial=1))))
+        resident = self.plan.resident_expert_bytes(self.model)
+        return fit_devices(self.model, self.cluster, self.devices, resident,
+                           kv_cache_bytes=kv.tolist(), step_tokens=float(wl.tokens().max(initial=0)),
+                           staging_experts=staging_experts(cache.policy, cache.miss, cache.prefetch,
+                                                           self.model.top_k),
+                           staging_dtype=self.cfg.lowbit_dtype if cache.miss == "lowbit" else None,
+                           cached=cache.policy != CachePolicy.NONE, parallel=p, runtime=self.runtime,
+                           comm_buffer_bytes=buffers)
 
     def chunks(self) -> Iterator[tuple[int, np.ndarray, Dispatch, ChunkCosts]]:
         """(first step, ids [S, B, L, K], dispatch, costs) for consecutive chunks of steps."""
@@ -144,7 +159,13 @@ class Machine:
             d = (dispatch(ids, owner, self.table, self.rng, count, self.forward) if self.routing is None
                  else local_dispatch(ids, owner, self.table, self.routing, self.rng, count, self.forward))
             batch = np.array([len(r) for r in rows])
-            yield a, ids, d, self.coster.chunk(a, d, batch, wl.context_tokens[a:a + len(rows)])
+            outputs = self._outputs(rows) if self.cfg.phase == "prefill" else None
+            yield a, ids, d, self.coster.chunk(a, d, batch, wl.context_tokens[a:a + len(rows)], outputs)
+
+    def _outputs(self, rows: list[np.ndarray]) -> np.ndarray:
+        """Tokens the LM head scores in each prefill step: the last of each prompt in it."""
+        seq = np.asarray(self.cfg.trace.seq_id)
+        return np.array([len(np.unique(seq[r])) if len(r) else 0 for r in rows], dtype=np.int64)
 
     def _offloaded_run(self) -> OffloadedRun:
         """Caches, fetch queues and prefetch of an offloaded run (the static default pins the most
@@ -181,9 +202,13 @@ class Machine:
         for s in range(a, min(b, r.timeline_steps)):
             self.keep_pairs[s] = head[s - a]
             self.keep_pre[s] = c.pre[s - a]
+            if c.parts is not None:
+                self.keep_parts[s] = (c.parts.step(s - a), c.parts.step_edge_bytes(s - a))
         G = self.G
-        r.busy_s[a:b, :, :G] = c.pre
+        r.busy_s[a:b, :, :G] = c.pre if c.parts is None else c.parts.busy()
         r.phase_s[a:b, :, 0] = c.pre.max(axis=2)
+        if c.parts is not None:
+            r.pre_parts_s[a:b] = c.parts.critical()
         r.bytes_sent[a:b][:, m, :G] = sent
         r.bytes_received[a:b][:, m, :G] = received
         if self.offloaded is None:
@@ -192,6 +217,7 @@ class Machine:
             r.phase_s[a:b][:, m, 1] = c.dispatch
             r.phase_s[a:b][:, m, 2] = c.expert.max(axis=2)
             r.phase_s[a:b][:, m, 3] = c.combine
+            r.expert_gpu_s[a:b][:, m] = c.expert.max(axis=2)
 
     # ------------------------------------------------------------------ SimPy processes
     def lockstep(self, env: simpy.Environment) -> Any:
@@ -231,6 +257,8 @@ class Machine:
         else:
             self.env.process(self.lockstep(self.env))
         self.env.run()
+        if self.offloaded is not None:
+            self._offloaded_expert_split()
         if self.G > 1:  # dispatch, then combine (the same copies reversed)
             a2a = self.a2a
             for matrix in (self.total_pairs * a2a.dispatch_bytes, self.total_pairs.T * a2a.combine_bytes):
@@ -241,6 +269,17 @@ class Machine:
                 self.rec, self.moe_cols, expected_pairs(self.cfg.trace.expert_ids, self.workload.steps),
                 self.memory, {d: self.cluster.device(d).spec.memory_bytes for d in self.devices},
                 self.offloaded.store.overfull if self.offloaded is not None else [], self.causality)
+
+    def _offloaded_expert_split(self) -> None:
+        """Per (step, MoE layer) of an offloaded run: the longest GPU expert call (its busy time less
+        the pre-dispatch compute recorded before) and the longest CPU/PIM run beside it."""
+        r, m, G = self.rec, self.moe_cols, self.G
+        for a, _ids, d, c in self.chunk_data:
+            b = a + d.slot_tokens.shape[0]
+            pre = c.pre if c.parts is None else c.parts.busy()
+            r.expert_gpu_s[a:b][:, m] = (r.busy_s[a:b, :, :G] - pre)[:, m, :].max(axis=2)
+        if r.busy_s.shape[2] > G:
+            r.expert_side_s[:, m] = r.busy_s[:, :, G:][:, m, :].max(axis=2)
 
     def lockstep_timeline(self) -> LockstepTimeline | None:
         """Plain data to draw a lockstep run's first steps (None for an offloaded run)."""
@@ -256,8 +295,11 @@ class Machine:
             names, loads = self.cost.link_loads_each(self.devices, pairs * a2a.dispatch_bytes)
             _, back = self.cost.link_loads_each(self.devices, pairs.transpose(0, 2, 1) * a2a.combine_bytes)
             dispatch, combine = loads.reshape(len(kept), L, -1), back.reshape(len(kept), L, -1)
+        rings = [(self.cost.ring(g).links, self.cost.ring(g).edges_per_link)
+                 for g in self.parallel.groups(self.devices)] if self.parallel.tp > 1 else []
         return LockstepTimeline(self.devices, tuple(int(c) for c in self.moe_cols), dict(self.keep_pre),
-                                names, dispatch, combine, dict(self.keep_slices))
+                                names, dispatch, combine, dict(self.keep_slices), dict(self.keep_parts),
+                                rings)
 
     @property
     def causality(self) -> list[tuple[float, float]]:
@@ -276,7 +318,9 @@ class Machine:
             "replica_split": str(cfg.replica_split), "dispatch": str(cfg.dispatch), "seed": cfg.seed,
             "a2a": str(self.a2a.mode),
             "cluster": self.cluster.name, "model": self.model.name, "plan": self.plan.planner,
-            "devices": len(self.devices),
+            "devices": len(self.devices), "parallel": self.parallel.describe(),
+            "runtime": (self.runtime.name if self.runtime is not None else "kernels"),
+            "precision": precision_summary(self.model),
             "cost_sources": dict(sorted(self.cost.sources().items())),
         }
         if self.invariants_checked:
@@ -291,10 +335,11 @@ def simulate(cfg: SimConfig, cost: SimCost | None = None) -> SimResult:
     if cost is None:
         from moesim.cost import CostModel
 
-        cost = CostModel(cfg.cluster, cfg.model)
+        cost = CostModel(cfg.cluster, cfg.model, runtime=cfg.runtime)
     machine = Machine(cfg, cost)
     machine.run()
     wall = time.perf_counter() - t0
     return SimResult(rec=machine.rec, layer_ids=machine.layer_ids, info=machine.info(),
                      memory_bytes=machine.memory, causality=machine.causality,
+                     memory_breakdown={d: b.as_dict() for d, b in machine.breakdown.items()},
                      lockstep=machine.lockstep_timeline(), timing={"wall_seconds": wall})

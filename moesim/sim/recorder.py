@@ -10,7 +10,12 @@ from typing import Any
 
 import numpy as np
 
+from moesim.sim.precost import PRE_PARTS
+
 PHASE_NAMES = ("pre", "dispatch", "experts", "combine")
+OP_CLASSES = ("attention", "dense", "router", "lm_head", "experts_gpu", "experts_cpu", "communication",
+              "overhead")
+"""What a step's time is spent on, on the critical path (docs/results.md "Time by op class")."""
 
 
 @dataclass
@@ -36,6 +41,12 @@ class Recorder:
         self.bytes_received = np.zeros(shape)
         self.fetch_bytes = np.zeros(shape)
         self.phase_s = np.zeros((steps, layers, len(PHASE_NAMES)))
+        self.pre_parts_s = np.zeros((steps, layers, len(PRE_PARTS)))
+        """The pre phase of the slowest GPU by part (:data:`moesim.sim.precost.PRE_PARTS`)."""
+        self.expert_gpu_s = np.zeros((steps, layers))
+        """Longest GPU expert call of the (step, MoE layer) (its own compute, no waits)."""
+        self.expert_side_s = np.zeros((steps, layers))
+        """Longest run of missed experts on a CPU/PIM beside the GPUs (compute only)."""
         self.layer_start_s = np.zeros((steps, layers))
         self.step_start_s = np.zeros(steps)
         self.step_end_s = np.zeros(steps)

@@ -12,7 +12,8 @@ from typing import Any
 import numpy as np
 
 from moesim.io import atomic_open
-from moesim.sim.recorder import PHASE_NAMES, Recorder, Span
+from moesim.sim.precost import PRE_PARTS
+from moesim.sim.recorder import OP_CLASSES, PHASE_NAMES, Recorder, Span
 from moesim.sim.timeline import LockstepTimeline, write_timeline
 
 
@@ -33,6 +34,8 @@ class SimResult:
     info: dict[str, Any]
     """Run description (plan, cache, options, cost sources, memory) that goes into the summary."""
     memory_bytes: dict[str, float] = field(default_factory=dict)
+    memory_breakdown: dict[str, dict[str, float]] = field(default_factory=dict)
+    """Per GPU its bytes by part (:meth:`moesim.memory.MemoryBreakdown.as_dict`)."""
     causality: list[tuple[float, float]] = field(default_factory=list)
     """Offloading: (start of a GPU expert call, arrival of the last of its experts' weights)."""
     lockstep: LockstepTimeline | None = None
@@ -85,6 +88,53 @@ class SimResult:
             with atomic_open(path, "w", encoding="utf-8", newline="") as fh:
                 frame.to_csv(fh, index=False)
 
+    def op_class_s(self) -> np.ndarray:
+        """[steps, classes] seconds of each step's critical path by op class (:data:`OP_CLASSES`):
+        the slowest GPU's pre-dispatch parts, each MoE layer's expert phase split between the GPUs'
+        own expert time, the CPU/PIM's and waiting (counted as communication: weight fetches,
+        activations over PCIe), and the all-to-alls. The classes of a step add up to its latency."""
+        r = self.rec
+        out = np.zeros((r.step_end_s.size, len(OP_CLASSES)))
+        col = {c: i for i, c in enumerate(OP_CLASSES)}
+        parts = r.pre_parts_s.sum(axis=1)
+        for i, p in enumerate(PRE_PARTS):
+            out[:, col[p]] = parts[:, i]
+        # a pre phase recorded without parts (a cost object without them) counts as attention
+        out[:, col["attention"]] += r.phase_s[:, :, 0].sum(axis=1) - parts.sum(axis=1)
+        phase = r.phase_s[:, :, 2]
+        cpu_first = r.expert_side_s > r.expert_gpu_s  # the longer of the two is on the critical path
+        cpu = np.where(cpu_first, np.minimum(phase, r.expert_side_s), 0.0)
+        gpu = np.where(cpu_first, 0.0, np.minimum(phase, r.expert_gpu_s))
+        out[:, col["experts_gpu"]] = gpu.sum(axis=1)
+        out[:, col["experts_cpu"]] = cpu.sum(axis=1)
+        out[:, col["communication"]] += (phase - gpu - cpu).sum(axis=1) + r.phase_s[:, :, 1].sum(axis=1) \
+            + r.phase_s[:, :, 3].sum(axis=1)
+        return out
+
+    @property
+    def step_frame(self):  # -> pandas.DataFrame
+        """One row per step: ``step``, ``start_s``, ``latency_s``, ``tokens`` and ``<class>_s`` for every
+        op class (:meth:`op_class_s`)."""
+        import pandas as pd
+
+        r = self.rec
+        data = {"step": np.arange(r.step_end_s.size), "start_s": r.step_start_s,
+                "latency_s": self.step_latency_s, "tokens": r.step_tokens}
+        classes = self.op_class_s()
+        data.update({f"{c}_s": classes[:, i] for i, c in enumerate(OP_CLASSES)})
+        return pd.DataFrame(data)
+
+    def write_step_frame(self, path: str | Path) -> None:
+        """The per-step table as CSV, or Parquet when the name ends in ``.parquet``; atomically."""
+        path = Path(path)
+        frame = self.step_frame
+        if path.suffix == ".parquet":
+            with atomic_open(path, "wb") as fh:
+                frame.to_parquet(fh, index=False)
+        else:
+            with atomic_open(path, "w", encoding="utf-8", newline="") as fh:
+                frame.to_csv(fh, index=False)
+
     def write_timeline(self, path: str | Path) -> None:
         write_timeline(self.spans(), path, self.rec.devices)
 
@@ -106,6 +156,14 @@ class SimResult:
         ]
         per_link = [{"src": a, "dst": b, "bytes": float(v)} for (a, b), v in sorted(r.link_bytes.items())]
         breakdown = {name: float(r.phase_s[:, :, i].sum()) for i, name in enumerate(PHASE_NAMES)}
+        classes = self.op_class_s()
+        mean = classes.mean(axis=0) if classes.size else np.zeros(len(OP_CLASSES))
+        total = float(classes.sum())
+        op_classes = {
+            "mean_per_step_s": {c: float(mean[i]) for i, c in enumerate(OP_CLASSES)},
+            "share": {c: float(classes[:, i].sum() / total) if total > 0 else 0.0
+                      for i, c in enumerate(OP_CLASSES)},
+        }
         out: dict[str, Any] = {
             "simulated_seconds": sim_s,
             "steps": int(r.step_end_s.size),
@@ -118,6 +176,8 @@ class SimResult:
             "per_link": per_link,
             "step_latency_s": percentiles(self.step_latency_s),
             "time_breakdown_s": breakdown,
+            "op_class_s": op_classes,
+            "memory_breakdown_bytes": {d: dict(v) for d, v in self.memory_breakdown.items()},
             "timing": {k: float(v) for k, v in self.timing.items()},
         })
         return out

@@ -11,9 +11,14 @@ from typing import Any
 import numpy as np
 
 from moesim.cost.a2a import AllToAllSpec
+from moesim.parallel import Parallelism
 from moesim.sim.a2atimes import AllToAllTimer
 from moesim.sim.dispatch import Dispatch
+from moesim.sim.precost import PreCoster, PreParts, device_token_counts
+from moesim.specs.runtime import Runtime
 from moesim.vocab import AllToAll
+
+__all__ = ["ChunkCosts", "StepCoster", "device_token_counts"]
 
 
 @dataclass(frozen=True)
@@ -35,6 +40,8 @@ class ChunkCosts:
     expert_chunk: np.ndarray | None = None
     dispatch_chunk: np.ndarray | None = None
     combine_chunk: np.ndarray | None = None
+    parts: PreParts | None = None
+    """``pre`` by part (attention, dense, router, LM head, TP collectives, overhead)."""
 
 
 def unique_rows(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -56,19 +63,14 @@ def unique_rows(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return uniq.astype(rows.dtype, copy=False), np.asarray(inverse, dtype=np.int64)
 
 
-def device_token_counts(batch: np.ndarray, num_devices: int) -> np.ndarray:
-    """[S, G] tokens each device owns for attention (contiguous equal blocks of each step's batch)."""
-    g = np.arange(num_devices + 1, dtype=np.int64)
-    bounds = -(-(g[None, :] * batch[:, None]) // num_devices)  # ceil(g * b / G): first token of block g
-    return np.diff(bounds, axis=1)
-
-
 class StepCoster:
     """Turns a chunk of dispatched steps into :class:`ChunkCosts` with a few batched cost calls."""
 
     def __init__(self, cost: Any, devices: tuple[str, ...], *, phase: str, overlap_chunks: int = 1,
-                 a2a: AllToAllSpec | None = None):
+                 a2a: AllToAllSpec | None = None, parallel: Parallelism | None = None,
+                 runtime: Runtime | None = None):
         self.cost = cost
+        self.pre = PreCoster(cost, devices, phase=phase, parallel=parallel, runtime=runtime)
         self.model = cost.model
         self.devices = devices
         self.phase = phase
@@ -94,35 +96,9 @@ class StepCoster:
             [specs.setdefault(id(cost.cluster.device(d).spec), len(specs)) for d in devices], dtype=np.int64)
         self._spec_device = {i: devices[int(np.argmax(self._spec_index == i))] for i in range(len(specs))}
 
-    def _per_device(self, op: str, tokens: np.ndarray, context: np.ndarray) -> np.ndarray:
-        """[S, G] seconds of ``op`` for the owned tokens: one cost call per distinct (device spec,
-        tokens, context), scattered back (devices of one spec in lockstep cost the same)."""
-        S, G = tokens.shape
-        keys = np.stack([np.broadcast_to(self._spec_index[None, :], (S, G)), tokens,
-                         np.broadcast_to(context[:, None], (S, G))], axis=-1).reshape(-1, 3)
-        uniq, inverse = np.unique(keys, axis=0, return_inverse=True)
-        values = np.array([self._op(op, self._spec_device[int(k[0])], int(k[1]), int(k[2])) for k in uniq])
-        return values[inverse.ravel()].reshape(S, G)
-
-    def _op(self, op: str, dev: str, tokens: int, context: int) -> float:
-        if tokens == 0:
-            return 0.0
-        c = self.cost
-        if op == "attention":
-            return float(c.attention_s(dev, tokens, context, self.phase))
-        if op == "moe_pre":
-            return float(c.router_s(dev, tokens) + c.permute_combine_s(dev, tokens)
-                         + c.shared_expert_s(dev, tokens))
-        return float(c.dense_ffn_s(dev, tokens))
-
     def pre_times(self, batch: np.ndarray, context: np.ndarray) -> np.ndarray:
         """[S, num_layers, G] the per-device work before dispatch (and the whole of a dense layer)."""
-        owned = device_token_counts(batch, len(self.devices))
-        attention = self._per_device("attention", owned, context)
-        moe_pre = self._per_device("moe_pre", owned, context)
-        dense = np.zeros_like(attention) if self.is_moe.all() else self._per_device("dense", owned, context)
-        moe = self.is_moe[None, :, None]
-        return attention[:, None, :] + np.where(moe, moe_pre[:, None, :], dense[:, None, :])
+        return self.pre.parts(batch, context).total()
 
     def expert_times(self, slot_tokens: np.ndarray) -> np.ndarray:
         """[S, L, G] grouped expert calls for ``slot_tokens`` [S, L, G, slots] (GPUs).
@@ -178,15 +154,18 @@ class StepCoster:
             pos = np.searchsorted(known, keys)
         return times[pos]
 
-    def chunk(self, first: int, d: Dispatch, batch: np.ndarray, context: np.ndarray) -> ChunkCosts:
+    def chunk(self, first: int, d: Dispatch, batch: np.ndarray, context: np.ndarray,
+              outputs: np.ndarray | None = None) -> ChunkCosts:
+        """The costs of a chunk of dispatched steps; ``outputs`` [S]: tokens the LM head scores."""
+        parts = self.pre.parts(batch, context, outputs)
         if d.pair_tokens is None:
-            return self._chunk_nodes(first, d, batch, context)
+            return self._chunk_nodes(first, d, parts)
         pairs = d.pair_tokens
         diag = np.arange(pairs.shape[2])
         pairs[:, :, diag, diag] = 0
         a = self.a2a
         back = pairs.transpose(0, 1, 3, 2)
-        out = dict(first=first, pair_copies=pairs, pre=self.pre_times(batch, context),
+        out = dict(first=first, pair_copies=pairs, pre=parts.total(), parts=parts,
                    expert=self.expert_times(d.slot_tokens),
                    dispatch=self.timer.pairs(pairs, a.dispatch_bytes))
         out["combine"] = out["dispatch"] if self.mirrored else self.timer.pairs(back, a.combine_bytes)
@@ -198,13 +177,13 @@ class StepCoster:
                                     else self.timer.pairs(back, a.combine_bytes, n))
         return ChunkCosts(**out)
 
-    def _chunk_nodes(self, first: int, d: Dispatch, batch: np.ndarray, context: np.ndarray) -> ChunkCosts:
+    def _chunk_nodes(self, first: int, d: Dispatch, parts: PreParts) -> ChunkCosts:
         """:meth:`chunk` from node-level dispatch counts (the combine is the transposed matrix:
         its per-node rows are the dispatch's per-node columns, and the other way round)."""
         assert d.node_rows is not None and d.node_cols is not None
         rows, cols, a = d.node_rows, d.node_cols, self.a2a  # token copies; bytes = copies * copy bytes
         rows_t, cols_t = cols.transpose(0, 1, 3, 2), rows.transpose(0, 1, 3, 2)
-        out = dict(first=first, pair_copies=None, pre=self.pre_times(batch, context),
+        out = dict(first=first, pair_copies=None, pre=parts.total(), parts=parts,
                    expert=self.expert_times(d.slot_tokens),
                    dispatch=self.timer.nodes(rows, cols, a.dispatch_bytes))
         out["combine"] = (out["dispatch"] if self.mirrored

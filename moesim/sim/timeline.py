@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from moesim.io import atomic_write_text
+from moesim.sim.precost import COMPUTE_PARTS, PRE_PARTS
 from moesim.sim.recorder import Recorder, Span
 
 DEVICE_PID = 1
@@ -81,6 +82,41 @@ class LockstepTimeline:
     combine_bytes: np.ndarray
     overlapped: Mapping[tuple[int, int], MicroBatches] = field(default_factory=dict)
     """(step, layer column) -> its micro-batches, for layers run with overlap."""
+    parts: Mapping[int, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
+    """step -> ([layers, G, parts] the pre phase by part, [layers, TP groups] bytes per ring edge)."""
+    rings: Sequence[tuple[Sequence[tuple[str, str]], np.ndarray]] = ()
+    """Per TP group (tp > 1): its ring's link directions and how many ring edges cross each."""
+
+    def _pre_spans(self, s: int, col: int, t: float, pre_g: np.ndarray) -> list[Span]:
+        """Each GPU's pre-dispatch work of one layer: one span per part in the order it runs, and the
+        TP collectives on the link tracks of each group's ring."""
+        if s not in self.parts:
+            return [Span(dev, f"attention L{col}", t, float(pre_g[col, g]), {"step": s})
+                    for g, dev in enumerate(self.devices) if pre_g[col, g] > 0]
+        parts, edge_bytes = self.parts[s]
+        last = col == parts.shape[0] - 1 and col != 0
+        order = ["overhead", "lm_head" if col == 0 else None, "attention", "communication", "dense", "router",
+                 "lm_head" if last else None]
+        names = {"lm_head": "embedding" if col == 0 else "lm_head", "communication": "allreduce"}
+        out: list[Span] = []
+        tp = len(self.devices) // len(self.rings) if self.rings else 1
+        collective_at: dict[int, tuple[float, float]] = {}  # TP group -> (start, duration) of its first GPU
+        for g, dev in enumerate(self.devices):
+            start = t
+            for part in filter(None, order):
+                dur = float(parts[col, g, PRE_PARTS.index(part)])
+                if dur > 0:
+                    out.append(Span(dev, f"{names.get(part, part)} L{col}", start, dur, {"step": s}))
+                    if part == "communication":
+                        collective_at.setdefault(g // tp, (start, dur))
+                start += dur
+        for j, (links, edges) in enumerate(self.rings):
+            if j in collective_at and edge_bytes[col, j] > 0:
+                start, dur = collective_at[j]
+                out += [Span(f"{a}->{b}", f"allreduce L{col}", start, dur,
+                             {"step": s, "bytes": float(e * edge_bytes[col, j])})
+                        for (a, b), e in zip(links, edges, strict=True)]
+        return out
 
     def spans(self, rec: Recorder) -> list[Span]:
         """Per GPU its pre-dispatch work and its experts, per link direction each all-to-all."""
@@ -91,12 +127,12 @@ class LockstepTimeline:
             pre_g = self.pre.get(s)
             if pre_g is None:
                 continue
+            compute = (self.parts[s][0][..., [PRE_PARTS.index(p) for p in COMPUTE_PARTS]].sum(axis=2)
+                       if s in self.parts else pre_g)
             for col in range(r.layer_start_s.shape[1]):
                 t = float(r.layer_start_s[s, col])
                 pre_s, disp, exp, comb = (float(x) for x in r.phase_s[s, col])
-                for g, dev in enumerate(self.devices):
-                    if pre_g[col, g] > 0:
-                        out.append(Span(dev, f"attention L{col}", t, float(pre_g[col, g]), {"step": s}))
+                out += self._pre_spans(s, col, t, pre_g)
                 m = moe_pos.get(col)
                 if m is None:
                     continue
@@ -115,7 +151,7 @@ class LockstepTimeline:
                         out.append(Span(f"{a}->{b}", f"combine L{col}", t + pre_s + disp + exp, comb,
                                         {"step": s, "bytes": float(row[i])}))
                 for g, dev in enumerate(self.devices):
-                    busy = float(r.busy_s[s, col, g] - pre_g[col, g])
+                    busy = float(r.busy_s[s, col, g] - compute[col, g])
                     if busy > 0:
                         out.append(Span(dev, f"experts L{col}", t + pre_s + disp, busy,
                                         {"step": s, "tokens": int(r.tokens[s, col, g])}))

@@ -6,6 +6,7 @@ loaded (what a sweep worker passes by reference), so a workflow never loads a fi
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 from moesim.cost import CostModel
@@ -14,7 +15,9 @@ from moesim.cost.sources import MeasuredTables
 from moesim.errors import UserError
 from moesim.specs import load_cluster, load_model, with_weight_dtype
 from moesim.specs.hardware import Cluster
-from moesim.specs.model import MoEModel
+from moesim.specs.model import MoEModel, with_precision
+from moesim.specs.precision import parse_precision_flag
+from moesim.specs.runtime import Runtime
 from moesim.traces.counts import LoadCounts
 from moesim.traces.routing_data import load_routing_data
 from moesim.traces.trace import RoutingTrace
@@ -35,9 +38,16 @@ def cluster_of(hw: str | Path | Cluster, *, nodes: int | None = None) -> Cluster
     return load_cluster(hw, nodes=nodes)
 
 
-def model_of(model: str | Path | MoEModel, *, weight_dtype: str | None = None) -> MoEModel:
+def model_of(model: str | Path | MoEModel, *, weight_dtype: str | None = None,
+             precision: str | Mapping[str, str] | None = None) -> MoEModel:
+    """The model spec with ``--weight-dtype`` (routed experts) and ``--precision`` (per tensor,
+    ``"attention=fp8,kv_cache=fp8"`` or a mapping) applied."""
     spec = model if isinstance(model, MoEModel) else load_model(model)
-    return spec if weight_dtype is None else with_weight_dtype(spec, weight_dtype)
+    spec = spec if weight_dtype is None else with_weight_dtype(spec, weight_dtype)
+    if precision:
+        overrides = parse_precision_flag(precision) if isinstance(precision, str) else dict(precision)
+        spec = with_precision(spec, overrides)
+    return spec
 
 
 def trace_of(trace: str | Path | RoutingTrace, model: MoEModel) -> RoutingTrace:
@@ -49,7 +59,8 @@ def trace_of(trace: str | Path | RoutingTrace, model: MoEModel) -> RoutingTrace:
 
 
 def model_and_trace(model: str | Path | MoEModel | None, trace: str | Path | RoutingTrace | LoadCounts | None,
-                    *, weight_dtype: str | None = None) -> tuple[MoEModel, RoutingTrace | LoadCounts, str]:
+                    *, weight_dtype: str | None = None, precision: str | Mapping[str, str] | None = None,
+                    ) -> tuple[MoEModel, RoutingTrace | LoadCounts, str]:
     """The model and routing data of a planning run (a token-level trace, or per-step load counts), and
     the data's name: without either, the shipped DeepSeek-V2-Lite pair; without a model, the built-in
     spec the data names."""
@@ -67,7 +78,7 @@ def model_and_trace(model: str | Path | MoEModel | None, trace: str | Path | Rou
                             field="--model") from None
     else:
         spec = model_of(model)
-    spec = spec if weight_dtype is None else with_weight_dtype(spec, weight_dtype)
+    spec = model_of(spec, weight_dtype=weight_dtype, precision=precision)
     if loaded:
         data_in.check_model(spec)
         return spec, data_in, str(name)
@@ -75,7 +86,7 @@ def model_and_trace(model: str | Path | MoEModel | None, trace: str | Path | Rou
 
 
 def cost_model(cluster: Cluster, model: MoEModel, calibration: str | Path | MeasuredTables | None = None,
-               *, cpu: CpuOptions | None = None) -> CostModel:
+               *, cpu: CpuOptions | None = None, runtime: Runtime | None = None) -> CostModel:
     """The cost model of a run: tables loaded from ``calibration`` (a folder, one table, or a
     built-in name), else from the profile's ``calibration:`` folder, else the roofline alone; ``cpu``:
     the CPU expert kernel and NUMA mode."""
@@ -83,4 +94,4 @@ def cost_model(cluster: Cluster, model: MoEModel, calibration: str | Path | Meas
 
     source = calibration if calibration is not None else cluster.calibration_dir
     tables = load_calibration(source) if isinstance(source, (str, Path)) else source
-    return CostModel(cluster, model, tables, cpu=cpu)
+    return CostModel(cluster, model, tables, cpu=cpu, runtime=runtime)

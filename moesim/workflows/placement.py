@@ -51,6 +51,8 @@ class PlacementRequest:
     replicas: int | None = None
     """Physical slots per layer in all (a multiple of the GPU count); excludes ``slots_per_gpu``."""
     weight_dtype: str | None = None
+    precision: str | None = None
+    """Per-tensor dtypes, ``--precision attention=fp8,...`` (docs/models.md)."""
     train_fraction: float = 0.5
     windows: int = 1
     objective: str = "worst"
@@ -218,7 +220,8 @@ def compare_planners(req: PlacementRequest, *, show_progress: bool = False) -> P
 
     _check(req)
     cluster = cluster_of(req.hw, nodes=req.nodes)
-    model, data, trace_name = model_and_trace(req.model, req.trace, weight_dtype=req.weight_dtype)
+    model, data, trace_name = model_and_trace(req.model, req.trace, weight_dtype=req.weight_dtype,
+                                              precision=req.precision)
     counts_only = isinstance(data, LoadCounts)  # loads without tokens: no replay, no token statistics
     train, evaluation = data.split(req.train_fraction)
 

@@ -23,6 +23,7 @@ from moesim.sim.engine import simulate
 from moesim.sim.results import SimResult
 from moesim.specs.hardware import Cluster
 from moesim.specs.model import MoEModel
+from moesim.specs.runtime import Runtime, load_runtime
 from moesim.traces.trace import DECODE, RoutingTrace
 from moesim.units import parse_quantity
 from moesim.workflows.inputs import cluster_of, cost_model, model_of, trace_of
@@ -59,16 +60,22 @@ def simulate_run(*, hw: str | Path | Cluster, model: str | Path | MoEModel,
                  calibration: str | Path | MeasuredTables | None = None,
                  check_invariants: bool = False, cpu_kernel: str | None = None,
                  cpu_numa: str | None = None, a2a: str | None = None, cache_scope: str = "layer",
-                 cache_reset: str = "none") -> SimRun:
+                 cache_reset: str = "none", precision: str | Mapping[str, str] | None = None,
+                 tp: int | None = None, dp: int | None = None, ep: int | None = None,
+                 runtime: str | Path | Runtime | None = None) -> SimRun:
     """What ``moesim simulate`` runs: load the inputs, build the :class:`SimConfig`, simulate.
 
     ``expert_cache`` is the expert-cache budget per GPU; ``gpu_memory`` the whole GPU's memory, of
     which the expert cache gets what the model's other bytes leave (:mod:`moesim.memory`).
     ``cpu_kernel`` / ``cpu_numa``: how the CPU runs missed experts (docs/cost.md); ``a2a``: the
     all-to-all mode (None: the default for the phase and node count); ``cache_scope`` / ``cache_reset``:
-    per-layer or global caches, emptied at sequence starts or never."""
+    per-layer or global caches, emptied at sequence starts or never. ``precision``: per-tensor dtypes
+    (``"attention=fp8,kv_cache=fp8"`` or a mapping, docs/models.md); ``tp``/``dp``/``ep``: the parallel
+    layout (:mod:`moesim.parallel`); ``runtime``: a runtime profile's name, path or object
+    (:mod:`moesim.specs.runtime`)."""
     cluster = cluster_of(hw, nodes=nodes)
-    spec = model_of(model, weight_dtype=weight_dtype)
+    spec = model_of(model, weight_dtype=weight_dtype, precision=precision)
+    framework = load_runtime(runtime)
     routing = trace_of(trace, spec)
     loaded = plan if isinstance(plan, Plan) or plan is None else Plan.load(plan)
     if loaded is not None:
@@ -79,9 +86,10 @@ def simulate_run(*, hw: str | Path | Cluster, model: str | Path | MoEModel,
         expert_cache_bytes=byte_quantity(expert_cache, "--expert-cache"),
         gpu_memory_bytes=byte_quantity(gpu_memory, "--gpu-memory"), miss=miss, prefetch=prefetch,
         check_invariants=check_invariants, a2a=a2a, cache_scope=cache_scope, cache_reset=cache_reset,
+        tp=tp, dp=dp, ep=ep, runtime=framework,
     )
     cpu = CpuOptions.of(cpu_kernel, cpu_numa) if cpu_kernel or cpu_numa else None
-    return SimRun(cfg, simulate(cfg, cost_model(cluster, spec, calibration, cpu=cpu)))
+    return SimRun(cfg, simulate(cfg, cost_model(cluster, spec, calibration, cpu=cpu, runtime=framework)))
 
 
 def replay_setting(tokens: RoutingTrace, batch_tokens: int) -> tuple[str, int]:

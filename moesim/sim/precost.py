@@ -1,0 +1,179 @@
+"""The work of each layer before its dispatch (and the whole of a dense layer), by part, for a chunk
+of steps: attention, dense FFN / shared experts, router + permute, embedding / LM head, the
+tensor-parallel collectives and the runtime's overheads (:data:`PRE_PARTS`).
+
+Per GPU and step (:mod:`moesim.parallel`): attention on its TP group's tokens with 1/tp of the heads,
+then a ring all-reduce of its output over the group; a dense layer's FFN, or an MoE layer's shared
+experts, likewise (1/tp of the columns, then an all-reduce); router and permute on the GPU's own
+tokens. Layer 0 adds the embedding (and with TP its all-reduce) and the runtime's per-step
+overhead; the last layer the LM head of the step's output tokens (decode: every token; prefill: one
+per prompt; with TP an all-gather of the logits); every layer the per-layer overhead.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from moesim.parallel import Parallelism
+from moesim.specs.model import DTYPE_BYTES
+from moesim.specs.runtime import Runtime
+
+PRE_PARTS = ("attention", "dense", "router", "lm_head", "communication", "overhead")
+"""Parts of the pre-dispatch work: ``dense`` = dense FFN or shared experts, ``router`` = router +
+permute/combine, ``lm_head`` = embedding (layer 0) and LM head (last layer), ``communication`` = the
+tensor-parallel collectives, ``overhead`` = the runtime's step and layer overheads."""
+COMPUTE_PARTS = ("attention", "dense", "router", "lm_head")
+_IDX = {p: i for i, p in enumerate(PRE_PARTS)}
+
+
+def device_token_counts(batch: np.ndarray, num_devices: int) -> np.ndarray:
+    """[S, G] tokens each device owns for attention (contiguous equal blocks of each step's batch)."""
+    g = np.arange(num_devices + 1, dtype=np.int64)
+    bounds = -(-(g[None, :] * batch[:, None]) // num_devices)  # ceil(g * b / G): first token of block g
+    return np.diff(bounds, axis=1)
+
+
+@dataclass(frozen=True)
+class PreParts:
+    """Seconds of each part per (layer kind, step, GPU): ``kinds`` [K, S, G, P], ``layer_kind`` [L]
+    the kind of every model layer, ``edge_bytes`` [K, S, groups] the bytes each ring edge of a TP
+    group carries in that layer's collectives."""
+
+    kinds: np.ndarray
+    layer_kind: np.ndarray
+    edge_bytes: np.ndarray
+
+    def total(self) -> np.ndarray:
+        """[S, L, G] the whole pre-dispatch time."""
+        return self.kinds.sum(axis=3)[self.layer_kind].transpose(1, 0, 2)
+
+    def busy(self) -> np.ndarray:
+        """[S, L, G] compute only (no collectives, no framework overhead)."""
+        idx = [_IDX[p] for p in COMPUTE_PARTS]
+        return self.kinds[..., idx].sum(axis=3)[self.layer_kind].transpose(1, 0, 2)
+
+    def critical(self) -> np.ndarray:
+        """[S, L, P] the parts of the GPU whose pre-dispatch work is the longest, per (step, layer)."""
+        tot = self.kinds.sum(axis=3)  # [K, S, G]
+        g = np.argmax(tot, axis=2)  # [K, S]
+        k, s = np.meshgrid(np.arange(tot.shape[0]), np.arange(tot.shape[1]), indexing="ij")
+        per_kind = self.kinds[k, s, g]  # [K, S, P]
+        return per_kind[self.layer_kind].transpose(1, 0, 2)
+
+    def step(self, i: int) -> np.ndarray:
+        """[L, G, P] the parts of step ``i`` of the chunk."""
+        return self.kinds[:, i][self.layer_kind]
+
+    def step_edge_bytes(self, i: int) -> np.ndarray:
+        """[L, groups] bytes per ring edge in step ``i``'s collectives."""
+        return self.edge_bytes[:, i][self.layer_kind]
+
+
+class PreCoster:
+    """Prices the pre-dispatch parts of a chunk of steps with a few batched cost calls."""
+
+    def __init__(self, cost: Any, devices: tuple[str, ...], *, phase: str,
+                 parallel: Parallelism | None = None, runtime: Runtime | None = None):
+        self.cost, self.model, self.devices, self.phase = cost, cost.model, devices, phase
+        self.parallel = parallel or Parallelism(tp=1, dp=len(devices), ep=len(devices))
+        self.runtime = runtime or Runtime()
+        m = self.model
+        is_moe = np.zeros(m.num_layers, dtype=bool)
+        is_moe[np.asarray(m.moe_layers, dtype=np.int64)] = True
+        layers = [(bool(is_moe[i]), i == 0, i == m.num_layers - 1) for i in range(m.num_layers)]
+        self.kind_keys = sorted(set(layers))
+        self.layer_kind = np.array([self.kind_keys.index(k) for k in layers], dtype=np.int64)
+        specs: dict[int, int] = {}
+        self._spec_index = np.array(
+            [specs.setdefault(id(cost.cluster.device(d).spec), len(specs)) for d in devices], dtype=np.int64)
+        self._spec_device = {i: devices[int(np.argmax(self._spec_index == i))] for i in range(len(specs))}
+        self.groups = self.parallel.groups(devices)
+        self.act = DTYPE_BYTES[m.activation_dtype]
+
+    def _per_device(self, op: str, tokens: np.ndarray, context: np.ndarray) -> np.ndarray:
+        """[S, G] seconds of ``op``: one cost call per distinct (device spec, tokens, context),
+        scattered back (devices of one spec in lockstep cost the same)."""
+        S, G = tokens.shape
+        keys = np.stack([np.broadcast_to(self._spec_index[None, :], (S, G)), tokens,
+                         np.broadcast_to(context[:, None], (S, G))], axis=-1).reshape(-1, 3)
+        uniq, inverse = np.unique(keys, axis=0, return_inverse=True)
+        values = np.array([self._op(op, self._spec_device[int(k[0])], int(k[1]), int(k[2])) for k in uniq])
+        return values[inverse.ravel()].reshape(S, G)
+
+    def _op(self, op: str, dev: str, tokens: int, context: int) -> float:
+        if tokens == 0:
+            return 0.0
+        c, tp = self.cost, self.parallel.tp
+        kw = {"tp": tp} if tp > 1 else {}  # cost objects of tests may not take tp
+        if op == "attention":
+            return float(c.attention_s(dev, tokens, context, self.phase, **kw))
+        if op == "router":
+            return float(c.router_s(dev, tokens) + c.permute_combine_s(dev, tokens))
+        if op == "shared":
+            return float(c.shared_expert_s(dev, tokens, **kw))
+        if op == "dense":
+            return float(c.dense_ffn_s(dev, tokens, **kw))
+        if op == "embedding":
+            return float(c.embedding_s(dev, tokens)) if hasattr(c, "embedding_s") else 0.0
+        return float(c.lm_head_s(dev, tokens, **kw)) if hasattr(c, "lm_head_s") else 0.0
+
+    def _collective(self, nbytes: np.ndarray, kind: str = "all_reduce") -> np.ndarray:
+        """[S, G] seconds of one collective per TP group with ``nbytes`` [S, groups] (the whole buffer)."""
+        tp = self.parallel.tp
+        if tp == 1:
+            return np.zeros((nbytes.shape[0], len(self.devices)))
+        out = np.zeros((nbytes.shape[0], len(self.groups)))
+        for j, group in enumerate(self.groups):
+            col = nbytes[:, j]
+            uniq, inverse = np.unique(col, return_inverse=True)
+            times = np.asarray(self.cost.all_reduce_s(group, uniq, kind), dtype=float)
+            out[:, j] = np.broadcast_to(times, uniq.shape)[inverse.ravel()]
+        return np.repeat(out, tp, axis=1)
+
+    def parts(self, batch: np.ndarray, context: np.ndarray, outputs: np.ndarray | None = None) -> PreParts:
+        """The parts of a chunk: ``batch`` [S] tokens, ``context`` [S] keys per token, ``outputs`` [S]
+        tokens the LM head scores (default: every token, as in decode)."""
+        from moesim.cost.allreduce import bus_factor
+
+        G, tp, m = len(self.devices), self.parallel.tp, self.model
+        owned = device_token_counts(batch, G)
+        group = self.parallel.group_tokens(owned)
+        outs = self.parallel.group_tokens(device_token_counts(batch if outputs is None else outputs, G))
+        group_sums = group[:, ::tp].astype(float)  # [S, groups]
+        hidden = group_sums * m.hidden_size * self.act
+        ar = self._collective(hidden)
+        ar_factor = bus_factor("all_reduce", tp) if tp > 1 else 0.0
+        attention = self._per_device("attention", group, context)
+        need = {k for key in self.kind_keys for k in (("router", "shared") if key[0] else ("dense",))}
+        computed = {op: self._per_device(op, owned if op == "router" else group, context) for op in need}
+        S = len(batch)
+        kinds = np.zeros((len(self.kind_keys), S, G, len(PRE_PARTS)))
+        edges = np.zeros((len(self.kind_keys), S, len(self.groups)))
+        rt = self.runtime
+        for k, (moe, first, last) in enumerate(self.kind_keys):
+            p = kinds[k]
+            p[..., _IDX["attention"]] = attention
+            p[..., _IDX["overhead"]] = rt.layer_overhead_s + (rt.step_overhead_s if first else 0.0)
+            collectives, edge = ar.copy(), ar_factor * hidden
+            if moe:
+                p[..., _IDX["router"]] = computed["router"]
+                if m.num_shared_experts:
+                    p[..., _IDX["dense"]] = computed["shared"]
+                    collectives, edge = collectives + ar, edge + ar_factor * hidden
+            else:
+                p[..., _IDX["dense"]] = computed["dense"]
+                collectives, edge = collectives + ar, edge + ar_factor * hidden
+            if first:
+                p[..., _IDX["lm_head"]] += self._per_device("embedding", owned, context)
+                collectives, edge = collectives + ar, edge + ar_factor * hidden
+            if last:
+                p[..., _IDX["lm_head"]] += self._per_device("lm_head", outs, context)
+                logits = outs[:, ::tp].astype(float) * m.vocab_size * self.act
+                collectives = collectives + self._collective(logits, "all_gather")
+                edge = edge + (bus_factor("all_gather", tp) if tp > 1 else 0.0) * logits
+            p[..., _IDX["communication"]] = collectives
+            edges[k] = edge
+        return PreParts(kinds, self.layer_kind, edges)
