@@ -202,6 +202,7 @@ def test_inv6_one_device_equals_sum_of_op_times():
     for s in range(3):
         rows = ids[s * 8:(s + 1) * 8]
         context = max(1, round(float(np.asarray(trace.pos[s * 8:(s + 1) * 8]).mean()) + 1))
+        want += cost.embedding_s(gpu, 8) + cost.lm_head_s(gpu, 8)  # layer 0 and the last layer
         for layer in range(model.num_layers):
             want += cost.attention_s(gpu, 8, context, "decode")
             if layer not in model.moe_layers:

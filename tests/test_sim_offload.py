@@ -148,7 +148,8 @@ def _step_layers(model, trace):
 @pytest.mark.parametrize("miss", ["fetch", "cpu"])
 def test_offloaded_time_equals_hand_composed_op_times(miss, fp8_model, rtx4090):
     """One GPU, batch 1, expert 0 pinned (all-MoE Mixtral: one MoE layer per layer). Per layer:
-    attention, router, permute/combine and shared experts, then
+    attention, router, permute/combine and shared experts (per step also the embedding and the LM
+    head of its token), then
     fetch: the misses copied one after another over PCIe, then one grouped call of all the experts;
     cpu: the hits on the GPU while the host CPU runs the misses (activations in and out over PCIe).
     The simulated time is the sum of those op times, composed here by hand from the cost model."""
@@ -156,7 +157,7 @@ def test_offloaded_time_equals_hand_composed_op_times(miss, fp8_model, rtx4090):
     cost = CostModel(rtx4090, fp8_model)
     gpu, cpu = "n0.gpu0", "n0.cpu0"
     act = fp8_model.activation_bytes_per_token
-    want = 0.0
+    want = trace.num_tokens * float(cost.embedding_s(gpu, 1) + cost.lm_head_s(gpu, 1))
     for context, experts in _step_layers(fp8_model, trace):
         want += float(cost.attention_s(gpu, 1, context, "decode")) + float(
             cost.router_s(gpu, 1) + cost.permute_combine_s(gpu, 1) + cost.shared_expert_s(gpu, 1))
