@@ -28,9 +28,11 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from moesim.planners.decay import static_plan_imbalance  # noqa: E402
 from moesim.traces import RoutingTrace  # noqa: E402
-from moesim.traces.drift import drift_stats, static_plan_imbalance, window_bounds, window_counts  # noqa: E402
+from moesim.traces.drift import window_bounds, window_counts  # noqa: E402
 from moesim.traces.synth import fit_trace, generate  # noqa: E402
+from moesim.workflows.drift import drift_stats  # noqa: E402
 from tests.drift_streams import STREAMS  # noqa: E402
 
 

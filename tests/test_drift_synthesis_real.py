@@ -8,16 +8,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from moesim.planners.decay import default_slots, static_plan_imbalance
 from moesim.traces import RoutingTrace
-from moesim.traces.drift import (
-    default_slots,
-    drift_stats,
-    static_plan_imbalance,
-    window_bounds,
-    window_counts,
-)
+from moesim.traces.drift import window_bounds, window_counts
 from moesim.traces.regimes import fit_drift
 from moesim.traces.synth import fit_trace, generate
+from moesim.workflows.drift import drift_stats
 from tests import drift_streams
 
 CASES = {  # stream -> tokens (None: all)

@@ -10,17 +10,11 @@ import pytest
 from moesim.cli import main
 from moesim.errors import UserError
 from moesim.planners.base import gpu_imbalance
+from moesim.planners.decay import load_only_request, static_plan_imbalance
 from moesim.planners.greedy import plan_greedy
 from moesim.traces import LoadCounts, RoutingTrace
-from moesim.traces.drift import (
-    compare_drift,
-    drift_stats,
-    interleaved_halves,
-    load_only_request,
-    range_counts,
-    static_plan_imbalance,
-    total_variation,
-)
+from moesim.traces.drift import interleaved_halves, range_counts, total_variation
+from moesim.workflows.drift import compare_drift, drift_stats
 
 
 def iid_trace(n: int, popularity: np.ndarray, *, layers: int = 2, k: int = 2, seq_len: int = 16,

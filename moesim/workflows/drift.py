@@ -57,11 +57,11 @@ def recorded(source: Source) -> dict[str, Any]:
     return {k: d[k] for k in RECORDED}
 
 
-def synthesis_profile(trace: Any, *, drift: bool = True) -> dict[str, Any]:
+def synthesis_profile(trace: Any, *, drift: bool = True, trial_tokens: int = 4096) -> dict[str, Any]:
     """``moesim trace fit``: the statistics profile of a real trace; with ``drift``, its drift model
     and the real trace's drift statistics (``drift.fitted.real``) that ``trace synth --report``
     compares a synthetic trace with."""
-    prof = profile_from_trace(trace, drift=drift)
+    prof = profile_from_trace(trace, drift=drift, trial_tokens=trial_tokens)
     if drift:
         prof["drift"]["fitted"]["real"] = recorded(trace)
     return prof
