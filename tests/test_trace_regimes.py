@@ -156,3 +156,30 @@ def test_cli_synth_report_shows_drift_and_dials_it(tmp_path, capsys):
     prof = tmp_path / "p.json"
     assert main(["trace", "fit", str(real), "--out", str(prof), "--stationary"]) == 0
     assert "drift" not in json.loads(prof.read_text())
+
+
+@pytest.mark.parametrize(("path", "value", "field"), [
+    (("request_set",), 0, "drift.request_set"),
+    (("request_affinity",), 1.5, "drift.request_affinity"),
+    (("regimes",), [], "drift.regimes"),
+    (("regimes", 0, "popularity"), [[0.5, 0.5]], "drift.regimes[0].popularity"),
+    (("regimes", 0, "next"), [2.0, 0.0, 0.0], "drift.regimes[0].next"),
+    (("regimes", 1, "durations_rows"), [-3], "drift.regimes[1].durations_rows"),
+    (("regimes", 2, "length_log_quantiles"), [3.0, 1.0], "drift.regimes[2].length_log_quantiles"),
+    (("fitted", "real"), {"gpus": "eight"}, "drift.fitted.real"),
+])
+def test_a_bad_drift_object_is_one_line_naming_its_field(tmp_path, path, value, field):
+    import json
+
+    from moesim.errors import UserError
+
+    prof = load_profile("mixtral-8x7b")
+    node = prof["drift"]
+    for key in path[:-1]:
+        node = node[key]
+    node[path[-1]] = value
+    bad = tmp_path / "p.json"
+    bad.write_text(json.dumps(prof))
+    with pytest.raises(UserError) as err:
+        load_profile(bad)
+    assert err.value.field == field and str(bad) in str(err.value)

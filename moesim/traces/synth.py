@@ -40,7 +40,7 @@ import numpy as np
 from moesim.errors import UserError
 from moesim.limits import EXPERTS, LAYERS, SYNTH_TOKENS, TRACE_ROWS
 from moesim.safe_yaml import read_yaml_file
-from moesim.traces import drift_calibration, regime_draws, regimes
+from moesim.traces import drift_calibration, drift_profile, regime_draws, regimes
 from moesim.traces.stats import affinity_summary, cross_layer, trace_stats
 from moesim.traces.trace import UNKNOWN, RoutingTrace
 
@@ -450,7 +450,7 @@ def profile_from_trace(trace: RoutingTrace, *, drift: bool = True, seed: int = 0
 
 def _profile_drift(trace: RoutingTrace, seed: int, trial_tokens: int, num_regimes: int | None) -> dict:
     params = fit_trace(trace, seed=seed, trial_tokens=trial_tokens, num_regimes=num_regimes)
-    return regimes.to_profile(params.drift, params.popularity)
+    return drift_profile.to_profile(params.drift, params.popularity)
 
 
 def load_profile(path_or_name: str | Path) -> dict[str, Any]:
@@ -509,6 +509,8 @@ def check_profile(prof: dict[str, Any], file: str | None = None) -> None:
     TRACE_ROWS.check(mx, file=file, field="seq_len_max")
     if prof.get("phase", UNKNOWN) not in (0, 1, UNKNOWN) or isinstance(prof.get("phase"), bool):
         raise bad("phase", "0 (prefill), 1 (decode) or -1 (unknown)")
+    if prof.get("drift") is not None:
+        drift_profile.check_drift(prof["drift"], layers=len(curves), experts=len(curves[0]), file=file)
     if not isinstance(prof.get("fitted_to", {}), dict):
         raise bad("fitted_to", "a mapping")
     srp = prof.get(f"srp_{SRP_M}")
@@ -594,7 +596,7 @@ def from_profile(
 
         from dataclasses import replace
 
-        model = regimes.from_profile(profile["drift"], depth_map=m, place=place, top_k=top_k,
+        model = drift_profile.from_profile(profile["drift"], depth_map=m, place=place, top_k=top_k,
                                      source_top_k=int(profile.get("top_k", top_k)))
         params = replace(params, drift=replace(model, scale=drift_scale))
     return params
