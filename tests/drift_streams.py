@@ -70,7 +70,7 @@ def puffin_shuffled(root: Path, tokens: int | None = None) -> RoutingTrace:
     return _head(reorder_sequences(t, order), tokens)
 
 
-def deepseek_puffin_test_puffin(root: Path, tokens: int | None = 3000) -> RoutingTrace:
+def deepseek_puffin_test_puffin(root: Path, tokens: int | None = 6000) -> RoutingTrace:
     """Two DeepSeek-V2-Lite recordings concatenated (same model): Puffin, the test set, Puffin again."""
     p = RoutingTrace.load(root / DEEPSEEK)
     first = _head(p, tokens)
