@@ -36,6 +36,15 @@ def v2_trace(tmp_path_factory) -> str:
     return str(path)
 
 
+def rows_speedup(data: dict) -> float:
+    """The baseline's own speedup (1 by definition) after checking every speedup is its step ratio."""
+    rows = data["planners"]
+    base = rows[data["baseline_planner"]]["step_time_s_eval"]
+    for row in rows.values():
+        assert row["speedup_vs_baseline"] == pytest.approx(base / row["step_time_s_eval"])
+    return rows[data["baseline_planner"]]["speedup_vs_baseline"]
+
+
 def test_plan_compares_planners_as_json(capsys, v2_trace, tmp_path):
     out_file = tmp_path / "plan.yaml"
     code, out, err = run(capsys, "plan", "--hw", "h100x8", "--model", "deepseek-v2-lite", "--trace", v2_trace,
@@ -43,8 +52,10 @@ def test_plan_compares_planners_as_json(capsys, v2_trace, tmp_path):
                          "2048", "--out", str(out_file), "--json")
     assert code == 0, err
     data = json.loads(out)
-    names = {"contiguous", "round-robin", "greedy", "eplb", "eplb-hierarchical", "ilp"}
+    names = {"engine-default", "contiguous", "round-robin", "greedy", "eplb", "eplb-hierarchical", "ilp"}
     assert set(data["planners"]) == names
+    assert data["baseline_planner"] == "engine-default"
+    assert rows_speedup(data) == pytest.approx(1.0)
     for row in data["planners"].values():
         for key in ("gpu_imbalance_eval", "gpu_imbalance_train", "step_time_s_eval", "tokens_per_s_eval",
                     "gap"):

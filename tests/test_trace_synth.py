@@ -40,9 +40,12 @@ def test_same_seed_same_trace_and_different_seed_differs():
     assert not np.array_equal(a[1], c[1])
 
 
-def test_fit_matches_real_statistics():
+@pytest.mark.parametrize(("drift", "min_corr"), [(False, 0.8), (True, 0.75)])
+def test_fit_matches_real_statistics(drift, min_corr):
+    # with the drift model the synthetic stream spends its own share of time in each of the real
+    # trace's three regimes (GSM8K, HumanEval), so its overall popularity follows a little less
     real = RoutingTrace.load(shared_trace("mixtral-8x7b-instruct-vllm/mixtral_gsm8k_humaneval_decode.npz"))
-    params = fit_trace(real, seed=0)
+    params = fit_trace(real, seed=0, drift=drift)
     seq, ids = _rows(params, 4000, seed=0)
     synth = RoutingTrace.build(ids, num_experts=8, seq_id=seq)
     r, s = trace_stats(real, cache_sizes=[4]), trace_stats(synth, cache_sizes=[4])
@@ -54,7 +57,7 @@ def test_fit_matches_real_statistics():
     assert s["cache_hit_rate"]["lru"]["4"] == pytest.approx(r["cache_hit_rate"]["lru"]["4"], abs=0.08)
     # per-layer popularity follows the real one
     corr = np.corrcoef(np.asarray(r["load"]).ravel(), np.asarray(s["load"]).ravel())[0, 1]
-    assert corr > 0.8
+    assert corr > min_corr
 
 
 def test_fit_records_the_fitted_trace_by_name_not_its_path():

@@ -44,7 +44,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "simulate every requested planner's plan on the rest and print a comparison: GPU load "
         "imbalance (max/mean per layer, replicas split evenly, averaged over layers) on the "
         "training and evaluation tokens, simulated step time and tokens/s, all-to-all bytes by "
-        "link class, solve time, optimality gap and speedup over the contiguous layout.",
+        "link class, solve time, optimality gap and speedup over the engine-default layout (the "
+        "engines' initial map, moesim.planners.BASELINE_PLANNER).",
         examples=_EXAMPLES,
     )
     p.add_argument("--hw", required=True, metavar="NAME|PATH",
@@ -164,7 +165,7 @@ def _print_table(c: PlannerComparison) -> None:
               f"{_fmt(b.get('nvlink'), 1e-9, '.2f'):>11}{_fmt(b.get('ib'), 1e-9, '.2f'):>9}"
               f"{_fmt(b.get('pcie'), 1e-9, '.2f'):>9}{r.solve_s:>9.2f}"
               f"{_fmt(r.gap, 100, '.2f', '%'):>8}"
-              f"{_fmt(r.speedup_vs_contiguous, 1, '.3f', 'x'):>9}")
+              f"{_fmt(r.speedup_vs_baseline, 1, '.3f', 'x'):>9}")
     dup = {n: r.eplb_duplicate_slots for n, r in c.rows.items() if r.eplb_duplicate_slots is not None}
     if dup:
         listed = ", ".join(f"{n}: {v}" for n, v in dup.items())

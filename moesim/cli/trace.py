@@ -21,12 +21,15 @@ from moesim.cli.common import (
 )
 from moesim.errors import UserError
 from moesim.limits import EXPERTS, INT16_MAX, MAX_WINDOWS, SYNTH_TOKENS, TOP_K
+from moesim.traces.regimes import MAX_REGIMES
 from moesim.traces.synth import MIN_TRIAL_TOKENS
 
 _EXAMPLES = """\
   moesim trace info deepseek-v2-lite-synth                  a shipped trace: shape, sequences, phases
   moesim trace stats mixtral-8x7b-synth --cache-sizes 2,4,6  skew, reuse, affinity, cache hit rates
   moesim trace stats run.npz --cache-sizes 8,16 --json      the same as one JSON object
+      needs run.npz: moesim trace synth --model deepseek-v2-lite --tokens 500 --trial-tokens 512 --out run.npz
+  moesim trace stats run.npz --drift --gpus 32              how far the load moves between windows
       needs run.npz: moesim trace synth --model deepseek-v2-lite --tokens 500 --trial-tokens 512 --out run.npz
   moesim trace validate run.npz --model deepseek-v2-lite    check a file against a model spec
       needs run.npz: moesim trace synth --model deepseek-v2-lite --tokens 500 --trial-tokens 512 --out run.npz
@@ -44,6 +47,8 @@ _EXAMPLES = """\
   moesim trace record --model MixtralForCausalLM --tiny --prompts "hi there" --max-new-tokens 4 --out r.npz
   moesim trace synth --model mixtral-8x7b --tokens 4000 --fit real.npz --report --out mx.npz
       needs real.npz: moesim trace record --model MixtralForCausalLM --tiny --prompts "hi" --out real.npz
+  moesim trace synth --model mixtral-8x7b --tokens 2000 --fit real.npz --drift-scale 2 --out x.npz
+      needs real.npz: moesim trace record --model MixtralForCausalLM --tiny --prompts "hi" --out real.npz
   moesim trace fit real.npz --out profile.json              statistics-only profile for synth
       needs real.npz: moesim trace record --model MixtralForCausalLM --tiny --prompts "hi" --out real.npz
 """
@@ -55,6 +60,17 @@ def _check_cache_sizes(sizes: list[int] | None, top_k: int, num_experts: int) ->
     if bad:
         raise UserError(f"expected cache sizes from top-k ({top_k}) to the number of experts "
                         f"({num_experts}), got {bad}", field="--cache-sizes")
+
+
+def _scale(text: str) -> float:
+    """A finite number from 0 to 10 (how far regimes move: 0 stationary, 1 as fitted)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0.0 <= value <= 10.0:
+        raise argparse.ArgumentTypeError(f"expected a number from 0 to 10, got {text!r}")
+    return value
 
 
 def _model(name: str | None):
@@ -128,6 +144,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     st.add_argument("--model", help="model spec to validate against")
     st.add_argument("--key", default=None, help="one [layers, experts] count array of an aggregate .npz")
+    st.add_argument("--drift", action="store_true",
+                    help="also how far the load moves between windows: TV between consecutive windows and "
+                    "its noise floor, and the next-window imbalance of a static plan (docs/traces.md)")
+    st.add_argument("--windows", type=int_range(2, MAX_WINDOWS), default=None, metavar="W",
+                    help="--drift: cut the stream into W equal windows (default 8), e.g. --windows 16")
+    st.add_argument("--window-tokens", type=positive_int, default=None, metavar="T",
+                    help="--drift: windows of T rows instead (tokens; steps of a counts file), e.g. 4096")
+    st.add_argument("--gpus", type=int_range(1, EXPERTS), default=8, metavar="G",
+                    help="--drift: GPUs of the static plan (default 8), e.g. --gpus 32")
+    st.add_argument("--slots-per-gpu", type=int_range(1, EXPERTS), default=None, metavar="S",
+                    help="--drift: expert slots per GPU (default ceil(E/G) + 1, at most E), e.g. 3")
+    st.add_argument("--planner", default="greedy",
+                    help="--drift: planner of the static plan (default greedy), e.g. eplb, engine-default")
     add_json_flag(st)
     st.set_defaults(func=run_stats)
 
@@ -190,6 +219,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     sy.add_argument("--out", type=output_file, required=True, help="output .npz")
     sy.add_argument("--report", action="store_true", help="print fit quality: statistics side by side")
     sy.add_argument("--cache-sizes", type=int_list(1), default=None, help="cache sizes for the --report")
+    sy.add_argument("--drift-scale", type=_scale, default=1.0, metavar="X",
+                    help="how far the fitted regimes move from the overall popularity: 0 stationary, 1 as "
+                    "fitted (default), 2 twice as far, e.g. --drift-scale 0.5")
+    sy.add_argument("--regimes", type=int_range(1, MAX_REGIMES), default=None, metavar="N",
+                    help="--fit: force N regimes instead of detecting them (1: no change of subject)")
+    sy.add_argument("--stationary", action="store_true",
+                    help="no drift model at all: the stationary generator (no regimes, no request spread)")
+    sy.add_argument("--gpus", type=positive_int, default=8, metavar="G",
+                    help="GPUs of the static plan whose next-window imbalance --report compares (default 8)")
     add_json_flag(sy)
     sy.set_defaults(func=run_synth)
 
@@ -200,6 +238,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     fit.add_argument("trace", metavar="NAME|PATH", help="real trace")
     fit.add_argument("--out", type=output_file, required=True, help="output JSON profile")
+    fit.add_argument("--stationary", action="store_true",
+                     help="leave out the drift model (faster: no generator fit), e.g. an old-style profile")
     add_json_flag(fit)
     fit.set_defaults(func=run_fit)
 
@@ -315,14 +355,32 @@ def run_validate(args: argparse.Namespace) -> int:
 def run_stats(args: argparse.Namespace) -> int:
     from moesim.workflows.traces import trace_statistics
 
-    out = trace_statistics(args.trace, model=args.model, key=args.key, cache_sizes=args.cache_sizes,
-                           policies=[p.strip() for p in args.policies.split(",") if p.strip()],
-                           segment_lengths=args.segment_lengths, cache_tokens=args.cache_tokens or None)
+    drift = None
+    if args.drift:
+        if args.windows is not None and args.window_tokens is not None:
+            raise UserError("give --windows or --window-tokens, not both", field="--window-tokens")
+        drift = {"windows": args.windows, "window_rows": args.window_tokens, "gpus": args.gpus,
+                 "slots_per_gpu": args.slots_per_gpu, "planner": args.planner}
+    try:
+        out = trace_statistics(args.trace, model=args.model, key=args.key, cache_sizes=args.cache_sizes,
+                               policies=[p.strip() for p in args.policies.split(",") if p.strip()],
+                               segment_lengths=args.segment_lengths, cache_tokens=args.cache_tokens or None,
+                               drift=drift)
+    except UserError as e:  # the drift statistics' fields are these flags
+        raise UserError(e.message, file=e.file, field=_DRIFT_FLAGS.get(e.field or "", e.field)) from None
     if args.json:
         print_json(out, verb="trace-stats")
     else:
         print(format_stats(out))
+        if args.drift:
+            from moesim.workflows.drift import format_drift
+
+            print(format_drift(out["drift"]))
     return 0
+
+
+_DRIFT_FLAGS = {"windows": "--windows", "window_rows": "--window-tokens", "devices": "--gpus",
+                "slots_per_device": "--slots-per-gpu", "planner": "--planner"}
 
 
 def format_stats(st: dict[str, Any]) -> str:
@@ -428,11 +486,15 @@ def run_synth(args: argparse.Namespace) -> int:
     real = None
     if args.fit:
         real = RoutingTrace.load(args.fit)
-        params = fit_trace(real, seed=args.seed, trial_tokens=args.trial_tokens, **shape)
+        params = fit_trace(real, seed=args.seed, trial_tokens=args.trial_tokens, drift=not args.stationary,
+                           drift_scale=args.drift_scale, num_regimes=args.regimes, **shape)
         source = {"fit": Path(args.fit).name}
     else:
         prof = load_profile(args.profile)
-        params = from_profile(prof, seed=args.seed, trial_tokens=args.trial_tokens, **shape)
+        if args.stationary:
+            prof = {k: v for k, v in prof.items() if k != "drift"}
+        params = from_profile(prof, seed=args.seed, trial_tokens=args.trial_tokens,
+                              drift_scale=args.drift_scale, **shape)
         source = {"profile": args.profile}
     meta = {
         "model": model.name,
@@ -470,9 +532,9 @@ def run_synth(args: argparse.Namespace) -> int:
             f"of {model.num_experts} experts"
         )
         if args.report:
-            print(f"{'statistic':<26}{'real':>10}{'synthetic':>11}")
+            print(f"{'statistic':<42}{'real':>10}{'synthetic':>11}")
             for key, v in out["fit_quality"].items():
-                print(f"{key:<26}{v['real']:>10.4f}{v['synthetic']:>11.4f}")
+                print(f"{key:<42}{v['real']:>10.4f}{v['synthetic']:>11.4f}")
     return 0
 
 
@@ -480,13 +542,17 @@ def _report(real, args: argparse.Namespace, model) -> dict[str, dict[str, float]
     from moesim.traces import RoutingTrace
     from moesim.traces.stats import trace_stats
     from moesim.traces.synth import compare, load_profile
+    from moesim.workflows.drift import compare_drift
 
     synth = RoutingTrace.load(args.out)
     sizes = args.cache_sizes or [model.top_k, 2 * model.top_k]
     s = trace_stats(synth, cache_sizes=sizes if real is not None else [])
-    if real is not None and real.num_experts == model.num_experts and real.top_k == model.top_k:
-        return compare(trace_stats(real, cache_sizes=sizes), s)
     prof = load_profile(args.profile) if real is None else None
+    recorded = ((prof or {}).get("drift") or {}).get("fitted", {}).get("real")
+    drift = compare_drift(real if real is not None else recorded, synth, gpus=args.gpus) \
+        if real is not None or recorded else {}
+    if real is not None and real.num_experts == model.num_experts and real.top_k == model.top_k:
+        return {**compare(trace_stats(real, cache_sizes=sizes), s), **drift}
     import numpy as np
 
     target_overlap = (
@@ -498,16 +564,17 @@ def _report(real, args: argparse.Namespace, model) -> dict[str, dict[str, float]
         "consecutive_overlap": {
             "real": float(target_overlap),
             "synthetic": s["summary"]["consecutive_overlap"],
-        }
+        },
+        **drift,
     }
 
 
 def run_fit(args: argparse.Namespace) -> int:
     from moesim.io import atomic_write_text
     from moesim.traces import RoutingTrace
-    from moesim.traces.synth import profile_from_trace
+    from moesim.workflows.drift import synthesis_profile
 
-    prof = profile_from_trace(RoutingTrace.load(args.trace))
+    prof = synthesis_profile(RoutingTrace.load(args.trace), drift=not args.stationary)
     atomic_write_text(args.out, json.dumps(prof, indent=1) + "\n")
     if args.json:
         print_json({"path": args.out, "fitted_to": prof["fitted_to"], "num_experts": prof["num_experts"],

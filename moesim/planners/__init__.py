@@ -11,6 +11,7 @@ from collections.abc import Callable
 from moesim.errors import UserError
 from moesim.planners.base import PlanRequest
 from moesim.planners.contiguous import plan_contiguous
+from moesim.planners.engine_default import plan_engine_default
 from moesim.planners.eplb import plan_eplb, plan_eplb_hierarchical
 from moesim.planners.greedy import plan_greedy
 from moesim.planners.placement_ilp import plan_ilp
@@ -18,6 +19,7 @@ from moesim.planners.round_robin import plan_round_robin
 from moesim.plans.plan import Plan
 
 PLANNERS: dict[str, Callable[[PlanRequest], Plan]] = {
+    "engine-default": plan_engine_default,
     "contiguous": plan_contiguous,
     "round-robin": plan_round_robin,
     "greedy": plan_greedy,
@@ -25,6 +27,9 @@ PLANNERS: dict[str, Callable[[PlanRequest], Plan]] = {
     "eplb-hierarchical": plan_eplb_hierarchical,
     "ilp": plan_ilp,
 }
+
+BASELINE_PLANNER = "engine-default"
+"""The layout every "speedup" is measured against: what SGLang and vLLM serve before any statistics."""
 
 
 def plan(name: str, request: PlanRequest) -> Plan:
@@ -36,4 +41,4 @@ def plan(name: str, request: PlanRequest) -> Plan:
     return result
 
 
-__all__ = ["PLANNERS", "PlanRequest", "plan"]
+__all__ = ["BASELINE_PLANNER", "PLANNERS", "PlanRequest", "plan"]

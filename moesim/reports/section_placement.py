@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from moesim.planners import BASELINE_PLANNER
 from moesim.reports import grid as g
 from moesim.reports import plots
 from moesim.reports.builder import Builder, short, slug
@@ -33,7 +34,7 @@ def placement_section(b: Builder, s: PlacementStudy) -> Section:
         return Section(title, ("No planner cell could be computed.",))
     names = list(done)
     js = {p: done[p]["json"] for p in names}
-    base_step = js["contiguous"].get("step_time_s_eval") if "contiguous" in js else None
+    base_step = js[BASELINE_PLANNER].get("step_time_s_eval") if BASELINE_PLANNER in js else None
 
     def speedup(p: str) -> float | None:
         st = js[p].get("step_time_s_eval")
@@ -46,7 +47,7 @@ def placement_section(b: Builder, s: PlacementStudy) -> Section:
         j = js[p]
         row: list[Any] = [p]
         row += [b.rec(sec, item, where, p, "", "", key, j.get(key), unit) for key, _, unit in COLUMNS]
-        row.append(b.rec(sec, item, where, p, "", "", "speedup_vs_contiguous", speedup(p), "x"))
+        row.append(b.rec(sec, item, where, p, "", "", "speedup_vs_baseline", speedup(p), "x"))
         row += [b.rec(sec, item, where, p, "link_class", c, "all_to_all_bytes",
                       (j.get("a2a_bytes") or {}).get(c, 0.0), "B") for c in classes]
         row.append(b.rec(sec, item, where, p, "", "", "solve_s", j.get("solve_s"), "s"))
@@ -60,7 +61,7 @@ def placement_section(b: Builder, s: PlacementStudy) -> Section:
         "on the rest. Imbalance: max-GPU / mean-GPU load per MoE layer (replicas split evenly), "
         "averaged over layers. Predicted: the ILP's cost model; simulated: `moesim simulate` of "
         f"the evaluation tokens. Each row equals that planner's entry of `{cmd}`.",
-        ("planner", *[c[1] for c in COLUMNS], "speedup vs contiguous",
+        ("planner", *[c[1] for c in COLUMNS], f"speedup vs {BASELINE_PLANNER}",
          *[f"all-to-all bytes {c}" for c in classes], "solve s", "gap"),
         tuple(rows),
     )
@@ -106,15 +107,16 @@ def _placement_figures(b: Builder, s: PlacementStudy, done: dict[str, dict[str, 
             "Mean simulated step time on the evaluation tokens (lower is better).",
             plots.bars(names, ms, ylabel="step time (ms)", title="Step time (evaluation)"),
         ))
-    if "contiguous" in js and js["contiguous"].get("step_time_s_eval"):
+    if BASELINE_PLANNER in js and js[BASELINE_PLANNER].get("step_time_s_eval"):
         sp = [speedup(p) for p in names]
         for p, v in zip(names, sp, strict=True):
-            b.rec(sec, f"{stem}_speedup", where, p, "", "", "speedup_vs_contiguous", v, "x")
+            b.rec(sec, f"{stem}_speedup", where, p, "", "", "speedup_vs_baseline", v, "x")
         figs.append(b.figure(
-            f"{stem}_speedup", f"Speedup over contiguous on {short(s.hw)}",
-            "Contiguous step time / planner step time on the evaluation tokens (higher is better).",
-            plots.bars(names, sp, ylabel="speedup (x)", title="Speedup vs contiguous", ref_y=1.0,
-                       ref_label="contiguous", fmt="{:.3f}"),
+            f"{stem}_speedup", f"Speedup over {BASELINE_PLANNER} on {short(s.hw)}",
+            f"{BASELINE_PLANNER} step time (the engines' initial layout) / planner step time on the "
+            "evaluation tokens (higher is better).",
+            plots.bars(names, sp, ylabel="speedup (x)", title=f"Speedup vs {BASELINE_PLANNER}", ref_y=1.0,
+                       ref_label=BASELINE_PLANNER, fmt="{:.3f}"),
         ))
     if classes and any((j.get("a2a_bytes") or {}).get(c) for j in js.values() for c in classes):
         stacks = {c: [float((js[p].get("a2a_bytes") or {}).get(c, 0.0)) / 1e9 for p in names]
@@ -139,7 +141,7 @@ def placement_verdict(js: dict[str, dict[str, Any]], speedup: Callable[[str], fl
         best = min(timed, key=lambda p: timed[p])
         sp = speedup(best)
         out.append(f"Fastest simulated step: `{best}` ({timed[best] * 1e3:.3f} ms"
-                   + (f", {sp:.3f}x contiguous" if sp else "") + ").")
+                   + (f", {sp:.3f}x {BASELINE_PLANNER}" if sp else "") + ").")
     if "ilp" in js and "eplb" in js:
         a, c = js["ilp"], js["eplb"]
         why = [f"evaluation imbalance {a['gpu_imbalance_eval']:.4f} vs {c['gpu_imbalance_eval']:.4f}"]

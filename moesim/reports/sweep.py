@@ -32,7 +32,7 @@ class PlacementStudy:
     hw: str
     model: str
     trace: str
-    planners: tuple[str, ...] = ("contiguous", "round-robin", "greedy", "eplb", "ilp")
+    planners: tuple[str, ...] = ("engine-default", "contiguous", "round-robin", "greedy", "eplb", "ilp")
     slots_per_gpu: int | None = None
     """Physical expert slots per GPU (None: the planner's default, no replicas)."""
     train_fraction: float = 0.5
@@ -96,7 +96,7 @@ DEFAULT_SWEEP: dict[str, Any] = {
             "hw": "h100x8",
             "model": "deepseek-v2-lite",
             "trace": "deepseek-v2-lite-synth",
-            "planners": ["contiguous", "round-robin", "greedy", "eplb", "ilp"],
+            "planners": ["engine-default", "contiguous", "round-robin", "greedy", "eplb", "ilp"],
             "slots_per_gpu": 9,
             "train_fraction": 0.5,
             "time_limit_s": 20,

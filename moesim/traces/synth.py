@@ -20,6 +20,11 @@ the target, ``locality`` so that SRP(16) does, and ``follow`` (profile mode) or 
 sharpening (fitted mode) so that the cross-layer top-K mass does.
 A *profile* (JSON) holds only statistics: sorted popularity curves, overlap and affinity targets,
 sequence lengths; it rescales to any number of experts and layers.
+
+With a drift model (``SynthParams.drift``, fitted by ``moesim.traces.regimes``) the stream also
+changes regime (each with its own popularity and tilted transitions, for run lengths seen in the
+real trace) and each sequence leans on a request set of its own, so that a static placement decays
+on the next window as on the real trace. Without one, output is exactly the stationary generator's.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ import numpy as np
 from moesim.errors import UserError
 from moesim.limits import EXPERTS, LAYERS, SYNTH_TOKENS, TRACE_ROWS
 from moesim.safe_yaml import read_yaml_file
+from moesim.traces import drift_calibration, drift_profile, regime_draws, regimes
 from moesim.traces.stats import affinity_summary, cross_layer, trace_stats
 from moesim.traces.trace import UNKNOWN, RoutingTrace
 
@@ -72,6 +78,8 @@ class SynthParams:
     """Tokens per segment; each segment of a sequence gets a fresh working set."""
     working_set: int = 0
     """Experts per working set and layer (0 = 2 x top_k)."""
+    drift: regimes.DriftModel | None = None
+    """Regimes over time and topics per request (``moesim.traces.regimes``); None = stationary."""
 
     @property
     def num_layers(self) -> int:
@@ -89,15 +97,23 @@ def _bank(rng: np.random.Generator, probs: np.ndarray) -> np.ndarray:
     return out
 
 
-def _seq_lengths(rng: np.random.Generator, p: SynthParams, tokens: int, seq_len: int | None) -> np.ndarray:
+def _seq_lengths(rng: np.random.Generator, p: SynthParams, tokens: int, seq_len: int | None,
+                 regime: np.ndarray | None = None) -> np.ndarray:
     if seq_len is not None:  # no draws: whole sequences, then the remainder
         full, rest = divmod(tokens, seq_len)
         return np.r_[np.full(full, seq_len, np.int64), np.full(1 if rest else 0, rest, np.int64)]
     out: list[int] = []
     total = 0
+    q = p.drift.length_quantiles if p.drift is not None else None
     while total < tokens:
+        if q is not None and regime is not None:
+            # the real lengths' quantiles in the regime the sequence starts in: the long tail matters
+            qr = q[regime[total]]
+            log_n = np.interp(rng.random(), np.linspace(0, 1, len(qr)), qr)
+        else:
+            log_n = rng.normal(p.seq_len_log_mean, p.seq_len_log_std)
         # clip before rounding: the same lengths as round-then-clip, and a huge draw never meets round(inf)
-        n = round(np.clip(np.exp(rng.normal(p.seq_len_log_mean, p.seq_len_log_std)), 1, p.seq_len_max))
+        n = round(np.clip(np.exp(log_n), 1, p.seq_len_max))
         n = min(n, tokens - total)
         out.append(n)
         total += n
@@ -120,24 +136,35 @@ class Generator:
             ]
         else:
             self.partner = np.stack([self.rng.permutation(e) for _ in range(layers)]).astype(np.int16)
+        # with a drift model: per-regime banks of the popularity and the tilted transitions
+        self.regime_bank = None if params.drift is None else regime_draws.regime_banks(self.rng, params, BANK)
 
-    def _pop(self, layer: int, shape: tuple[int, ...]) -> np.ndarray:
+    def _pop(self, layer: int, shape: tuple[int, ...], regime: np.ndarray | None = None) -> np.ndarray:
+        """Popularity draws; ``regime`` (broadcast to ``shape``) selects each draw's regime bank."""
+        if regime is not None and self.regime_bank is not None:
+            return self.regime_bank[0][np.broadcast_to(regime, shape), layer,
+                                       self.rng.integers(0, BANK, size=shape)]
         return self.pop_bank[layer, self.rng.integers(0, BANK, size=shape)]
 
-    def _follow(self, layer: int, prev: np.ndarray) -> np.ndarray:
+    def _follow(self, layer: int, prev: np.ndarray, regime: np.ndarray | None = None) -> np.ndarray:
         """Layer ``layer`` candidates following ``prev`` (ids at layer - 1), popularity otherwise."""
         p, rng = self.p, self.rng
         prev = prev.astype(np.int64)
-        if p.conditional is not None:
+        if regime is not None and self.regime_bank is not None and self.regime_bank[1] is not None:
+            cand = self.regime_bank[1][np.broadcast_to(regime, prev.shape), layer, prev,
+                                       rng.integers(0, BANK, size=prev.shape)]
+        elif p.conditional is not None:
             cand = self.cond_bank[layer][prev, rng.integers(0, BANK, size=prev.shape)]
         else:
             cand = self.partner[layer][prev]
         if p.follow[layer] >= 1.0:
             return cand
-        return np.where(rng.random(prev.shape) < p.follow[layer], cand, self._pop(layer, prev.shape))
+        return np.where(rng.random(prev.shape) < p.follow[layer], cand, self._pop(layer, prev.shape, regime))
 
-    def rows(self, starts: np.ndarray, n: int, pos: np.ndarray | None = None) -> np.ndarray:
-        """int16 ``[n, L, K]`` for ``n`` rows; ``starts`` marks rows that begin a sequence."""
+    def rows(self, starts: np.ndarray, n: int, pos: np.ndarray | None = None,
+             regime: np.ndarray | None = None) -> np.ndarray:
+        """int16 ``[n, L, K]`` for ``n`` rows; ``starts`` marks rows that begin a sequence; ``regime``
+        (int ``[n]``, with a drift model) is each row's regime."""
         p, rng = self.p, self.rng
         k, layers = p.top_k, p.num_layers
         out = np.empty((n, layers, k), np.int16)
@@ -146,6 +173,15 @@ class Generator:
         seg = np.cumsum(starts | (pos % p.segment_tokens == 0)) - 1
         w = p.working_set or 2 * k
         ws = None
+        t_row = t_seg = t_req = rs = None
+        dm = p.drift
+        if regime is not None and dm is not None:
+            t_row = np.asarray(regime, np.int64)[:, None]
+            t_seg = t_row[np.r_[0, np.flatnonzero(np.diff(seg)) + 1]]  # a segment's first row's regime
+            # request sets: a fresh set every request_rows rows of a sequence (the spread between requests)
+            req = np.cumsum(starts | (pos % dm.request_rows == 0)) - 1
+            t_req = t_row[np.r_[0, np.flatnonzero(np.diff(req)) + 1]]
+            u_req, rs_slot = rng.random((n, k)), rng.integers(0, dm.request_set, size=(n, k))
         # one uniform per (token, slot) shared by all layers: a slot that copies its previous token (or
         # uses its segment's working set) at layer l tends to do so at l + 1 too, which keeps the
         # copied chains consistent with the cross-layer transitions
@@ -153,8 +189,14 @@ class Generator:
         ws_slot = rng.integers(0, w, size=(n, k))
         for layer in range(layers):
             # working sets of the segments follow the previous layer's like tokens do
-            ws = self._pop(layer, (int(seg[-1]) + 1, w)) if ws is None else self._follow(layer, ws)
-            base = self._pop(layer, (n, k)) if layer == 0 else self._follow(layer, out[:, layer - 1, :])
+            ws = (self._pop(layer, (int(seg[-1]) + 1, w), t_seg) if ws is None
+                  else self._follow(layer, ws, t_seg))
+            base = (self._pop(layer, (n, k), t_row) if layer == 0
+                    else self._follow(layer, out[:, layer - 1, :], t_row))
+            if t_req is not None and dm is not None and dm.request_affinity > 0:
+                rs = (self._pop(layer, (len(t_req), dm.request_set), t_req) if rs is None
+                      else self._follow(layer, rs, t_req))
+                base = np.where(u_req < dm.request_affinity, rs[req[:, None], rs_slot], base)
             if p.locality > 0:
                 base = np.where(u_local < p.locality, ws[seg[:, None], ws_slot], base)
             copy = (u_copy < p.reuse[layer]) & ~starts[:, None]
@@ -167,7 +209,7 @@ class Generator:
                 for _ in range(64):  # redraw only the rows that still hold a duplicate
                     if not len(rows):
                         break
-                    val[rows, j] = self._pop(layer, (len(rows),))
+                    val[rows, j] = self._pop(layer, (len(rows),), None if t_row is None else t_row[rows, 0])
                     rows = rows[(val[rows, j : j + 1] == val[rows, :j]).any(axis=1)]
                 for r in rows:  # pathological popularity: take the lowest free id
                     val[r, j] = np.setdiff1d(np.arange(p.num_experts), val[r, :j])[0]
@@ -185,7 +227,10 @@ def generate(
     if seq_len is not None and seq_len < 1:
         raise UserError(f"expected a sequence length >= 1, got {seq_len}", field="--seq-len")
     gen = Generator(params, seed)
-    lengths = _seq_lengths(gen.rng, params, tokens, seq_len)
+    regime = None
+    if params.drift is not None:  # its own stream of random numbers: the rows' draws stay aligned
+        regime = params.drift.schedule(tokens, np.random.default_rng([seed, 1]))
+    lengths = _seq_lengths(gen.rng, params, tokens, seq_len, regime)
     seq_id = np.repeat(np.arange(len(lengths), dtype=np.int32), lengths)
     starts = np.zeros(tokens, bool)
     first = np.r_[0, np.cumsum(lengths)[:-1]]
@@ -197,7 +242,7 @@ def generate(
             b = min(tokens, a + chunk_tokens)
             s = starts[a:b].copy()
             s[0] = True  # a chunk cut inside a sequence restarts the copy chains (rare; chunks are large)
-            yield gen.rows(s, b - a, pos[a:b])
+            yield gen.rows(s, b - a, pos[a:b], None if regime is None else regime[a:b])
 
     return seq_id, chunks()
 
@@ -279,20 +324,29 @@ def fit_trace(
     top_k: int | None = None,
     seed: int = 0,
     trial_tokens: int = 4096,
+    drift: bool = True,
+    drift_scale: float = 1.0,
+    num_regimes: int | None = None,
 ) -> SynthParams:
-    """Parameters fitted to ``trace``; the full conditional is used when the expert count is kept."""
+    """Parameters fitted to ``trace``; the full conditional is used when the expert count is kept.
+
+    With ``drift`` the generator also learns the trace's regimes and request spread
+    (``moesim.traces.regimes``), scaled by ``drift_scale``; ``num_regimes`` forces their number.
+    """
     _check_fit_args(trace, seed, trial_tokens)
     e_src, k_src = trace.num_experts, trace.top_k
     e, k = num_experts or e_src, top_k or k_src
     layers = num_layers or trace.num_layers
     if e != e_src or k != k_src:  # different shape: go through the statistics profile
         return from_profile(
-            profile_from_trace(trace),
+            profile_from_trace(trace, drift=drift, seed=seed, trial_tokens=trial_tokens,
+                               num_regimes=num_regimes),
             num_layers=layers,
             num_experts=e,
             top_k=k,
             seed=seed,
             trial_tokens=trial_tokens,
+            drift_scale=drift_scale,
         )
     st = trace_stats(trace, segment_lengths=(SRP_M,), cache_sizes=(), pair_tokens=200_000)
     m = _depth_map(layers, trace.num_layers)
@@ -337,6 +391,11 @@ def fit_trace(
             _, aff, _ = _measure(replace(params, conditional=_sharpen(measured, pop, g)), seed, trial_tokens)
             lo, hi = (g, hi) if np.nanmean(aff) < target else (lo, g)
         params = replace(params, conditional=_sharpen(measured, pop, (lo + hi) / 2))
+    if drift:
+        params = drift_calibration.fit_params(
+            trace, params, m, generate=generate, num_regimes=num_regimes, scale=drift_scale, seed=seed,
+            recalibrate=lambda p: _calibrate(p, overlap, None, seed, trial_tokens, srp),
+        )
     return params
 
 
@@ -354,9 +413,14 @@ def _sharpen(measured: np.ndarray, pop: np.ndarray, gain: float) -> np.ndarray:
     return out
 
 
-def profile_from_trace(trace: RoutingTrace) -> dict[str, Any]:
-    """Statistics only (no token data): the JSON profile of a real trace."""
-    _check_fit_args(trace, 0, MIN_TRIAL_TOKENS)
+def profile_from_trace(trace: RoutingTrace, *, drift: bool = True, seed: int = 0, trial_tokens: int = 4096,
+                       num_regimes: int | None = None) -> dict[str, Any]:
+    """Statistics only (no token data): the JSON profile of a real trace.
+
+    With ``drift`` the generator is fitted first (same shape) and its regimes and request spread,
+    with the real trace's drift statistics, go into ``drift`` (arrays in descending-popularity order).
+    """
+    _check_fit_args(trace, seed, max(trial_tokens, MIN_TRIAL_TOKENS))
     st = trace_stats(trace, segment_lengths=(SRP_M,), cache_sizes=(), pair_tokens=200_000)
     load = np.asarray(st["load"], np.float64)
     curves = -np.sort(-load / np.maximum(load.sum(1, keepdims=True), 1), axis=1)
@@ -380,7 +444,13 @@ def profile_from_trace(trace: RoutingTrace) -> dict[str, Any]:
         "seq_len_max": mx,
         "phase": int(phases[np.argmax(counts)]) if len(phases) else UNKNOWN,
         f"srp_{SRP_M}": round(float(st["local_consistency"]["srp"][str(SRP_M)]), 6),
+        **({"drift": _profile_drift(trace, seed, trial_tokens, num_regimes)} if drift else {}),
     }
+
+
+def _profile_drift(trace: RoutingTrace, seed: int, trial_tokens: int, num_regimes: int | None) -> dict:
+    params = fit_trace(trace, seed=seed, trial_tokens=trial_tokens, num_regimes=num_regimes)
+    return drift_profile.to_profile(params.drift, params.popularity)
 
 
 def load_profile(path_or_name: str | Path) -> dict[str, Any]:
@@ -439,6 +509,8 @@ def check_profile(prof: dict[str, Any], file: str | None = None) -> None:
     TRACE_ROWS.check(mx, file=file, field="seq_len_max")
     if prof.get("phase", UNKNOWN) not in (0, 1, UNKNOWN) or isinstance(prof.get("phase"), bool):
         raise bad("phase", "0 (prefill), 1 (decode) or -1 (unknown)")
+    if prof.get("drift") is not None:
+        drift_profile.check_drift(prof["drift"], layers=len(curves), experts=len(curves[0]), file=file)
     if not isinstance(prof.get("fitted_to", {}), dict):
         raise bad("fitted_to", "a mapping")
     srp = prof.get(f"srp_{SRP_M}")
@@ -476,8 +548,13 @@ def from_profile(
     top_k: int,
     seed: int = 0,
     trial_tokens: int = 4096,
+    drift_scale: float = 1.0,
 ) -> SynthParams:
-    """Parameters for any (layers, experts, top-k) from a statistics profile, calibrated on trials."""
+    """Parameters for any (layers, experts, top-k) from a statistics profile, calibrated on trials.
+
+    A profile's ``drift`` (regimes, request spread) is rescaled like the popularity and scaled by
+    ``drift_scale``; a profile without one gives a stationary generator.
+    """
     check_profile(profile)
     if trial_tokens < MIN_TRIAL_TOKENS:
         raise UserError(f"expected at least {MIN_TRIAL_TOKENS} tokens per trial, got {trial_tokens}",
@@ -486,9 +563,10 @@ def from_profile(
     rng = np.random.default_rng(check_seed(seed))
     curves = np.asarray(profile["popularity_sorted"], np.float64)
     m = _depth_map(num_layers, len(curves))
-    pop = np.stack(
-        [rng.permutation(_rescale_curve(curves[m[layer]], num_experts)) for layer in range(num_layers)]
-    )
+    # the same draws as permuting each rescaled curve: perm[l] places the l-th sorted curve's experts
+    perm = [rng.permutation(num_experts) for _ in range(num_layers)]
+    pop = np.stack([_rescale_curve(curves[m[layer]], num_experts)[perm[layer]]
+                    for layer in range(num_layers)])
     overlap = np.asarray(profile["consecutive_overlap"], np.float64)[m]
     aff_src = np.asarray(profile["cross_layer_topk_mass"], np.float64)
     aff = (
@@ -510,7 +588,18 @@ def from_profile(
         int(profile.get("phase", UNKNOWN)),
         {**profile.get("fitted_to", {}), "mode": "profile"},
     )
-    return _calibrate(params, overlap, aff, seed, trial_tokens, profile.get(f"srp_{SRP_M}"))
+    params = _calibrate(params, overlap, aff, seed, trial_tokens, profile.get(f"srp_{SRP_M}"))
+    if profile.get("drift"):
+        def place(arr: np.ndarray) -> np.ndarray:  # [L, E_src] in sorted order -> [L, E] like pop
+            return np.stack([_rescale_curve(arr[layer], num_experts)[perm[layer]]
+                             for layer in range(num_layers)])
+
+        from dataclasses import replace
+
+        model = drift_profile.from_profile(profile["drift"], depth_map=m, place=place, top_k=top_k,
+                                     source_top_k=int(profile.get("top_k", top_k)))
+        params = replace(params, drift=replace(model, scale=drift_scale))
+    return params
 
 
 def compare(real: dict[str, Any], synth: dict[str, Any]) -> dict[str, dict[str, float]]:
@@ -561,6 +650,7 @@ def write_synthetic(
             "reuse": np.round(params.reuse, 4).tolist(),
             "follow": np.round(params.follow, 4).tolist(),
             "locality": round(params.locality, 4),
+            **({"drift": params.drift.summary()} if params.drift is not None else {}),
         },
     }
     if compress is None:

@@ -3,7 +3,8 @@
 :func:`compare_planners` splits the trace's tokens (row order), runs each placement planner on the
 training part (and the cache planner when a GPU memory budget is given), then scores every plan on
 the evaluation part: GPU load imbalance, the ILP cost model's predicted MoE step, and a simulation
-(step time, tokens/s, all-to-all bytes by link class, speedup over the contiguous layout). Per-step
+(step time, tokens/s, all-to-all bytes by link class, speedup over ``BASELINE_PLANNER``, the
+engines' own initial layout). Per-step
 load counts (no tokens) are split by step and get the plans and imbalance, without a simulation.
 """
 
@@ -21,7 +22,7 @@ import numpy as np
 
 from moesim.cost import CostModel
 from moesim.errors import UserError
-from moesim.planners import PLANNERS, PlanRequest
+from moesim.planners import BASELINE_PLANNER, PLANNERS, PlanRequest
 from moesim.planners.base import check_request, gpu_imbalance
 from moesim.plans.plan import CachePlan, Plan
 from moesim.progress import progress
@@ -86,7 +87,8 @@ class PlannerRow:
     tokens_per_s_eval: float | None
     a2a_bytes: Mapping[str, float]
     """Simulated bytes by link class (nvlink, ib, pcie) over the evaluation steps."""
-    speedup_vs_contiguous: float | None
+    speedup_vs_baseline: float | None
+    """Step time of ``BASELINE_PLANNER``'s plan over this plan's (None when it was not compared)."""
     imbalance_per_layer_train: tuple[float, ...]
     imbalance_per_layer_eval: tuple[float, ...]
     eplb_duplicate_slots: int | None = None
@@ -107,7 +109,7 @@ class PlannerRow:
                     "a2a_bytes": dict(self.a2a_bytes)})
         if self.note is not None:
             out["note"] = self.note
-        out["speedup_vs_contiguous"] = self.speedup_vs_contiguous
+        out["speedup_vs_baseline"] = self.speedup_vs_baseline
         return out
 
 
@@ -153,7 +155,8 @@ class PlannerComparison:
     def info(self) -> dict[str, Any]:
         out = {"hw": self.hw, "model": self.model, "trace": self.trace, "gpus": self.gpus,
                "slots_per_gpu": self.slots_per_gpu, "train_tokens": self.train_tokens,
-               "eval_tokens": self.eval_tokens, "windows": self.windows, "dispatch": self.dispatch}
+               "eval_tokens": self.eval_tokens, "windows": self.windows, "dispatch": self.dispatch,
+               "baseline_planner": BASELINE_PLANNER}
         if self.train_steps is not None:
             out.update(train_steps=self.train_steps, eval_steps=self.eval_steps)
         return out
@@ -280,8 +283,8 @@ def compare_planners(req: PlacementRequest, *, show_progress: bool = False) -> P
                {"step_time_s_eval": None, "tokens_per_s_eval": None, "a2a_bytes": MappingProxyType({}),
                 "note": "load counts only: no token-level simulation"}),
         }
-    base = scored.get("contiguous", {}).get("step_time_s_eval")
-    rows = {name: PlannerRow(**r, speedup_vs_contiguous=base / r["step_time_s_eval"]
+    base = scored.get(BASELINE_PLANNER, {}).get("step_time_s_eval")
+    rows = {name: PlannerRow(**r, speedup_vs_baseline=base / r["step_time_s_eval"]
                              if base and r["step_time_s_eval"] else None) for name, r in scored.items()}
     return PlannerComparison(
         hw=cluster.name, model=model.name, trace=trace_name, gpus=len(gpus), slots_per_gpu=slots,

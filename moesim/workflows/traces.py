@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +15,7 @@ from moesim.traces.counts import LoadCounts
 from moesim.traces.routing_data import load_routing_data
 from moesim.traces.stats import entropy_bits, gini, trace_stats
 from moesim.traces.trace import RoutingTrace
+from moesim.workflows.drift import drift_stats
 
 SEGMENT_LENGTHS = (4, 16, 64)
 CACHE_TOKENS = 200_000
@@ -24,10 +25,22 @@ CACHE_TOKENS = 200_000
 def trace_statistics(trace: str | Path | RoutingTrace | LoadCounts, *, model: str | Path | None = None,
                      key: str | None = None, cache_sizes: Sequence[int] = (),
                      policies: Sequence[str] = POLICIES, segment_lengths: Sequence[int] = SEGMENT_LENGTHS,
-                     cache_tokens: int | None = CACHE_TOKENS) -> dict[str, Any]:
-    """All statistics of a trace (docs/traces.md); a counts-only file gets the load statistics only."""
+                     cache_tokens: int | None = CACHE_TOKENS,
+                     drift: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """All statistics of a trace (docs/traces.md); a counts-only file gets the load statistics only.
+
+    ``drift`` (options of ``workflows.drift.drift_stats``, ``{}`` for its defaults) adds ``drift``.
+    """
     loaded = trace if isinstance(trace, (RoutingTrace, LoadCounts)) else \
         load_routing_data(trace, model=None if model is None else load_model(model), key=key)
+    out = _statistics(loaded, cache_sizes, policies, segment_lengths, cache_tokens)
+    if drift is not None:
+        out["drift"] = drift_stats(loaded, **drift)
+    return out
+
+
+def _statistics(loaded: RoutingTrace | LoadCounts, cache_sizes: Sequence[int], policies: Sequence[str],
+                segment_lengths: Sequence[int], cache_tokens: int | None) -> dict[str, Any]:
     if isinstance(loaded, LoadCounts):
         load = loaded.load_matrix(1)[0]
         mean = load.mean(1)
