@@ -11,10 +11,12 @@ import pytest
 from moesim.errors import UserError
 from moesim.reports import plots, render
 from moesim.reports.browser import check_page, find_chromium, screenshot
-from moesim.reports.cellcache import CellCache, cell_key, file_digest
 from moesim.reports.document import Document, Figure, Record, Section, Table
 from moesim.reports.grid import Cell, run_grid
 from moesim.reports.sweep import default_sweep, load_sweep, sweep_from_dict
+from moesim.sweeps.cells import cell_key, file_digest
+from moesim.sweeps.dataset import Dataset
+from moesim.sweeps.schema import CellKind
 
 
 def test_default_sweep_compares_enough() -> None:
@@ -84,25 +86,30 @@ def test_cell_key_hashes_contents_not_paths(tmp_path: Path) -> None:
     assert cell_key("k", {"p": 1}, {"hw": file_digest(a)}, "other code") != k1
 
 
+CALLS: list[dict] = []
+
+
+def square(p: dict) -> dict:
+    CALLS.append(p)
+    if p["x"] < 0:
+        raise UserError("negative")
+    return {"y": p["x"] ** 2, "nan": float("nan")}
+
+
 def test_run_grid_computes_each_cell_once(tmp_path: Path) -> None:
-    calls: list[dict] = []
-
-    def square(p: dict) -> dict:
-        calls.append(p)
-        if p["x"] < 0:
-            raise UserError("negative")
-        return {"y": p["x"] ** 2, "nan": float("nan")}
-
+    CALLS.clear()
+    kinds = {"sq": CellKind("sq", square, "square")}
     cells = [Cell.make("sq", x=x) for x in (1, 2, -1)]
-    cache = CellCache(tmp_path / "cells")
-    first = run_grid(cells, {"sq": square}, cache, show_progress=False)
+    store = Dataset(tmp_path / "cells")
+    first = run_grid(cells, kinds, store, show_progress=False)
     assert (first.computed, first.cached) == (3, 0)
     assert first.get(cells[1]) == {"y": 4, "nan": None}
     assert first.error(cells[2]) == "negative" and first.get(cells[2]) is None
-    second = run_grid([*cells, Cell.make("sq", x=3)], {"sq": square}, cache, show_progress=False)
+    second = run_grid([*cells, Cell.make("sq", x=3)], kinds, store, show_progress=False)
     assert (second.computed, second.cached) == (1, 3)
     assert second.results[cells[1]] == first.results[cells[1]]
-    assert len(calls) == 4
+    assert second.error(cells[2]) == "negative"  # a refused cell is kept: the same inputs are refused again
+    assert len(CALLS) == 4
 
 
 def _small_document() -> Document:
@@ -190,25 +197,27 @@ def test_page_self_check_in_chromium(tmp_path: Path) -> None:
 
 
 def test_cached_results_are_plain_json(tmp_path: Path) -> None:
-    cache = CellCache(tmp_path)
-    cache.put("k", "kind", {"a": 1}, {"v": [1, 2.5]})
-    assert cache.get("k") == {"v": [1, 2.5]}
-    (tmp_path / "k.json").write_text("{broken")
-    assert cache.get("k") is None
-    cache.put("k2", "kind", {"a": 1}, {"v": 1})
-    assert json.loads((tmp_path / "k2.json").read_text())["params"] == {"a": 1}
-    assert CellCache(None).get("k2") is None
+    kinds = {"sq": CellKind("sq", square, "square")}
+    store = Dataset(tmp_path)
+    run_grid([Cell.make("sq", x=3)], kinds, store, show_progress=False)
+    (row,) = Dataset(tmp_path).frame().to_dict("records")
+    assert json.loads(row["result"]) == {"y": 9, "nan": None} and json.loads(row["params"]) == {"x": 3}
+    assert row["status"] == "ok" and row["kind"] == "sq"
 
 
-def test_a_cell_bug_is_reported_not_cached(tmp_path: Path) -> None:
-    def broken(p: dict) -> dict:
-        raise RuntimeError("boom")
+def broken(p: dict) -> dict:
+    raise RuntimeError("boom")
 
-    cache = CellCache(tmp_path)
-    res = run_grid([Cell.make("b", x=1)], {"b": broken}, cache, show_progress=False)
-    assert res.failed == 1 and res.computed == 0
+
+def test_a_cell_bug_is_reported_and_computed_again(tmp_path: Path) -> None:
+    kinds = {"b": CellKind("b", broken, "broken")}
+    store = Dataset(tmp_path)
+    res = run_grid([Cell.make("b", x=1)], kinds, store, show_progress=False)
+    assert res.failed == 1 and res.computed == 1
     assert "internal error (RuntimeError: boom)" in res.error(Cell.make("b", x=1))
-    assert list(tmp_path.glob("*.json")) == []
+    assert Dataset(tmp_path).frame()["status"].tolist() == ["failed"]
+    again = run_grid([Cell.make("b", x=1)], kinds, store, show_progress=False)
+    assert again.cached == 0 and again.failed == 1  # a crash is not a result: the next run tries again
 
 
 def test_sweep_from_flags_builds_the_grid() -> None:

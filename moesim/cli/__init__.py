@@ -18,7 +18,7 @@ _EXTRAS = {
     "pyarrow": "pip install pyarrow (or write a .csv instead)",
 }
 
-VERBS = ("hw", "model", "trace", "simulate", "plan", "calibrate", "report", "bench")
+VERBS = ("hw", "model", "trace", "simulate", "plan", "calibrate", "report", "sweep", "bench")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -24,8 +24,11 @@ EXAMPLES = """\
       --planners contiguous eplb ilp --time-limit 2 --cache-policies lru --cache-sizes 6 12 --steps 16
   moesim report --out out/offload --hw rtx4090-workstation --model mixtral-8x7b --trace mixtral-8x7b-synth \\
       --cache-policies lru belady --expert-cache 11GiB 16GiB --miss fetch cpu lowbit
-  moesim report --config reports/default.yaml --out reports/default
+  moesim report --config reports/default.yaml --out reports/default --workers 2
       needs reports/default.yaml: a sweep file (reports/README.md), here the one of a moesim checkout
+  moesim report --from out/s --out out/s-report          a report of a 'moesim sweep' dataset
+      needs spec.yaml: moesim sweep --init spec.yaml
+      needs out/s: moesim sweep spec.yaml --out out/s
 """
 
 _GRID_FLAGS = (
@@ -51,7 +54,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Run a grid of hardware x model x trace x planner / cache policy x expert cache "
         "through the same functions as 'moesim plan' and 'moesim simulate', then write "
         "DIR/index.html (self-contained), DIR/report.md, the PNG plots and DIR/results.csv. "
-        "Finished cells are cached in DIR/.cells, so a rerun only computes what changed. "
+        "Finished cells are cached in DIR/.cells (a sweep dataset, like 'moesim sweep' writes), so a rerun "
+        "only computes what changed; they run on a local process pool (--workers) or Ray (--ray) as a "
+        "sweep's do. --from DIR instead reports a 'moesim sweep' dataset. "
         "With no flags beyond --out it compares the default placement planners on h100x8 and "
         "the default cache policies on rtx4090-workstation with the shipped traces.",
         examples=EXAMPLES,
@@ -118,6 +123,14 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="decode steps simulated per offloading cell")
     p.add_argument("--seed", type=nonnegative_int, default=0, help="seed of every randomised step")
     p.add_argument("--no-cache", action="store_true", help="recompute every cell (and store nothing)")
+    p.add_argument("--from", dest="from_dir", metavar="DATASET_DIR",
+                   help="report the dataset of 'moesim sweep' in this folder (computes nothing); excludes "
+                   "--config and the grid flags, e.g. --from out/offload-sweep")
+    p.add_argument("--workers", type=positive_int, default=None, metavar="N",
+                   help="local worker processes for the cells (default: the cores; 1: this process)")
+    p.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
+                   help="run the cells on Ray (as moesim sweep --ray): alone, a local instance; 'auto' or "
+                   "HOST:PORT, a running cluster")
     add_json_flag(p)
     p.set_defaults(func=run)
 
@@ -135,15 +148,37 @@ def command_line(args: argparse.Namespace) -> str:
         parts += [flag, *map(str, value)] if isinstance(value, list) else [flag, str(value)]
     if args.seed:
         parts += ["--seed", str(args.seed)]
+    if args.from_dir:
+        parts = ["moesim", "report", "--from", args.from_dir]
     parts += ["--out", args.out]
     return shlex.join(parts)
+
+
+def _from_dataset(args: argparse.Namespace, given: list[str]) -> int:
+    from moesim.reports.dataset_report import make_dataset_report
+
+    if args.config or given:
+        other = "--config" if args.config else "--" + given[0].replace("_", "-")
+        raise UserError(f"--from excludes {other}: the dataset's spec fixed its cells", field="--from")
+    doc, written = make_dataset_report(args.from_dir, args.out, command=command_line(args))
+    if args.json:
+        print_json({"out": args.out, "files": sorted(written), "figures": len(doc.figures),
+                    "tables": len(doc.tables), "records": len(doc.records), "not_computed": list(doc.notes)},
+                   verb="report")
+    else:
+        print(f"wrote {args.out}/index.html, report.md, results.csv and {len(doc.figures)} plots from "
+              f"{args.from_dir}")
+    return 0
 
 
 def run(args: argparse.Namespace) -> int:
     from moesim.reports.build import make_report
     from moesim.reports.sweep import load_sweep, sweep_from_flags
+    from moesim.sweeps.choose import make_executor
 
     given = [n for n in _GRID_FLAGS if getattr(args, n) is not None]
+    if args.from_dir:
+        return _from_dataset(args, given)
     if args.config:
         if given:
             raise UserError(
@@ -180,6 +215,7 @@ def run(args: argparse.Namespace) -> int:
         command=command_line(args),
         cache_dir=None if args.no_cache else "auto",
         show_progress=not args.json,
+        executor=make_executor(args.workers, args.ray),
     )
     files = sorted(result.written)
     if args.json:
@@ -205,6 +241,8 @@ def run(args: argparse.Namespace) -> int:
         )
         for note in result.document.notes:
             print(f"moesim: warning: not computed: {note}", file=sys.stderr)
+    if result.warning:
+        print(f"moesim: warning: {result.warning}", file=sys.stderr)
     if result.failed:
         print(f"moesim: error: {result.failed} cell(s) failed with an internal error (see the report's "
               "'Cells not computed')", file=sys.stderr)

@@ -7,11 +7,12 @@ from pathlib import Path
 
 from moesim.errors import UserError
 from moesim.reports import grid, render
-from moesim.reports.cellcache import CellCache
 from moesim.reports.content import build_document
 from moesim.reports.document import Document
 from moesim.reports.sweep import Sweep
 from moesim.resources import resolve
+from moesim.sweeps.dataset import Dataset
+from moesim.sweeps.executors import Executor
 
 CACHE_DIRNAME = ".cells"
 
@@ -24,6 +25,8 @@ class ReportRun:
     cached: int
     cells: int
     failed: int
+    warning: str | None = None
+    """Something the reader of the command's output should know (the cells could not be kept)."""
 
 
 def check_inputs(sweep: Sweep) -> dict[tuple[str, str], tuple[int, int]]:
@@ -45,6 +48,19 @@ def check_inputs(sweep: Sweep) -> dict[tuple[str, str], tuple[int, int]]:
     return shapes
 
 
+def cell_store(out_dir: Path, cache_dir: str | Path | None = "auto") -> tuple[Dataset | None, str | None]:
+    """Where finished cells are kept (``"auto"``: ``out_dir/.cells``; None: nowhere), and why not when
+    they cannot be: the store is a sweep dataset, which needs pyarrow."""
+    import importlib.util
+
+    if cache_dir is None:
+        return None, None
+    if importlib.util.find_spec("pyarrow") is None:
+        return None, "finished cells are not kept without pyarrow (pip install 'moesim[parquet]'): every " \
+                     "cell was computed"
+    return Dataset(out_dir / CACHE_DIRNAME if cache_dir == "auto" else Path(cache_dir)), None
+
+
 def make_report(
     sweep: Sweep,
     out_dir: str | Path,
@@ -52,18 +68,20 @@ def make_report(
     command: str,
     cache_dir: str | Path | None = "auto",
     show_progress: bool = True,
+    executor: Executor | None = None,
 ) -> ReportRun:
     """Compute every cell of ``sweep`` (reusing finished ones) and write the report into ``out_dir``.
 
     ``cache_dir="auto"`` keeps finished cells in ``out_dir/.cells``; ``None`` turns the cache off.
+    ``executor``: where the cells run (:func:`moesim.sweeps.make_executor`; default this process).
     """
-    from moesim.reports.cells import COMPUTE
+    from moesim.reports.cells import REPORT_KINDS
 
     shapes = check_inputs(sweep)
     out = Path(out_dir)
-    folder = out / CACHE_DIRNAME if cache_dir == "auto" else (None if cache_dir is None else Path(cache_dir))
+    store, why = cell_store(out, cache_dir)
     cells = grid.expand(sweep, lambda m, t: shapes[(m, t)])
-    res = grid.run_grid(cells, COMPUTE, CellCache(folder), show_progress=show_progress)
+    res = grid.run_grid(cells, REPORT_KINDS, store, executor=executor, show_progress=show_progress)
     doc = build_document(sweep, res, command=command)
     written = render.write(doc, out)
-    return ReportRun(doc, written, res.computed, res.cached, len(cells), res.failed)
+    return ReportRun(doc, written, res.computed, res.cached, len(cells), res.failed, why)

@@ -14,9 +14,10 @@ from typing import Any
 
 from moesim.errors import UserError
 from moesim.jsonable import to_jsonable
-from moesim.reports.cellcache import file_digest
 from moesim.reports.summaries import hardware_summary, model_summary, provenance, scalar_stats, timeline_boxes
 from moesim.resources import resolve
+from moesim.sweeps.cells import file_digest
+from moesim.sweeps.schema import CellKind
 from moesim.workflows import (
     PlacementRequest,
     compare_planners,
@@ -195,11 +196,20 @@ def cell_calibration(p: dict[str, Any]) -> dict[str, Any]:
             "device": getattr(cost.calibration, "device", None), "validation": validation}
 
 
-COMPUTE: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
-    "setup": cell_setup,
-    "plan": cell_plan,
-    "hitrate": cell_hitrate,
-    "calibration": cell_calibration,
-    "static": cell_static,
-    "offload": cell_offload,
-}
+_FILES = {"hw": "hardware", "model": "model", "trace": "trace", "calibration": "path"}
+"""The parameters of report cells that name files (their contents enter the cell hash)."""
+
+
+def _kind(name: str, run: Callable[[dict[str, Any]], dict[str, Any]]) -> CellKind:
+    return CellKind(name=name, run=run, doc=(run.__doc__ or name).strip().splitlines()[0], files=_FILES)
+
+
+REPORT_KINDS: dict[str, CellKind] = {k.name: k for k in (
+    _kind("setup", cell_setup),
+    _kind("plan", cell_plan),
+    _kind("hitrate", cell_hitrate),
+    _kind("calibration", cell_calibration),
+    _kind("static", cell_static),
+    _kind("offload", cell_offload),
+)}
+"""The report's cell kinds: free-form parameters, whole JSON results (kept in the row's ``result``)."""

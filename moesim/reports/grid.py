@@ -1,60 +1,37 @@
-"""The experiment grid: a sweep expanded into cells, each computed once and cached on disk.
+"""The experiment grid: a report's studies expanded into cells, run by the sweep machinery.
 
 A *cell* is one call of a workflow (:mod:`moesim.workflows`, the functions behind ``moesim plan`` /
 ``moesim simulate`` / ``moesim trace stats``; see :mod:`moesim.reports.cells`), named by its kind and
-parameters. Cells
-are computed in a stable order with a progress bar; finished cells are read back from the
-:class:`~moesim.reports.cellcache.CellCache`, so a rerun only computes what changed.
+parameters. The cells run through :func:`moesim.sweeps.run_cells`, as a sweep's do: content-hashed,
+on this process, a local pool or Ray, each finished cell a row of the report's cell store (a sweep
+dataset in ``DIR/.cells``), so a rerun only computes what changed.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from moesim.errors import UserError
-from moesim.jsonable import to_jsonable
-from moesim.progress import progress
-from moesim.reports.cellcache import CellCache, cell_key, code_digest
 from moesim.reports.sweep import OffloadStudy, PlacementStudy, Sweep
-from moesim.resources import resolve
+from moesim.sweeps.cells import Cell
+from moesim.sweeps.dataset import FAILED, Dataset
+from moesim.sweeps.executors import Executor
+from moesim.sweeps.runner import result_of, run_cells
+from moesim.sweeps.schema import CellKind
 
-
-@dataclass(frozen=True)
-class Cell:
-    """One unit of work: ``kind`` (a key of :data:`moesim.reports.cells.COMPUTE`) and its parameters."""
-
-    kind: str
-    params: tuple[tuple[str, Any], ...]
-    """Sorted (name, value) pairs; values are plain JSON scalars or tuples."""
-
-    @classmethod
-    def make(cls, kind: str, **params: Any) -> Cell:
-        return cls(
-            kind, tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in params.items()))
-        )
-
-    @property
-    def p(self) -> dict[str, Any]:
-        return dict(self.params)
-
-    @property
-    def label(self) -> str:
-        return f"{self.kind}(" + ", ".join(f"{k}={v}" for k, v in self.params if v is not None) + ")"
+__all__ = ["Cell", "GridResult", "expand", "run_grid"]
 
 
 @dataclass
 class GridResult:
-    """Results by cell; a cell that raised a :class:`UserError` has ``{"error": message}``."""
+    """Results by cell; a cell the workflow refused (a :class:`UserError`) has ``{"error": message}``."""
 
     results: dict[Cell, dict[str, Any]] = field(default_factory=dict)
     computed: int = 0
     cached: int = 0
     failed: int = 0
-    """Cells that raised something other than a UserError (a bug); not cached."""
+    """Cells that crashed (a bug) or whose worker died: recorded, and computed again by the next run."""
 
     def get(self, cell: Cell) -> dict[str, Any] | None:
         r = self.results.get(cell)
@@ -178,54 +155,13 @@ def expand(sweep: Sweep, shape: Callable[[str, str], tuple[int, int]]) -> list[C
     return cells
 
 
-_FILE_KINDS = {"hw": "hardware", "model": "model", "trace": "trace"}
-
-
-def input_digests(cell: Cell, cache: CellCache) -> dict[str, str]:
-    """Content hashes of the cell's input files (hardware profile, model spec, trace)."""
-    out = {}
-    for key, kind in _FILE_KINDS.items():
-        value = cell.p.get(key)
-        if value is not None:
-            out[key] = cache.digest(resolve(kind, value))
-    folder = cell.p.get("calibration")
-    if folder is not None and Path(folder).is_dir():  # every table and the validation summary
-        for f in sorted(Path(folder).iterdir()):
-            if f.is_file() and f.suffix in (".csv", ".json", ".yaml"):
-                out[f"calibration/{f.name}"] = cache.digest(f)
-    return out
-
-
-def run_grid(
-    cells: Iterable[Cell],
-    compute: Mapping[str, Callable[[dict[str, Any]], dict[str, Any]]],
-    cache: CellCache,
-    *,
-    show_progress: bool = True,
-) -> GridResult:
-    """Compute (or read back) every cell; :class:`UserError` in a cell is recorded, not raised."""
-    cells = list(cells)
-    code = code_digest()
-    out = GridResult()
-    for cell in progress(cells, desc="report cells", total=len(cells), enabled=show_progress):
-        params = dict(cell.params)
-        key = cell_key(cell.kind, params, input_digests(cell, cache), code)
-        hit = cache.get(key)
-        if hit is not None:
-            out.results[cell] = hit
-            out.cached += 1
-            continue
-        try:
-            result = to_jsonable(compute[cell.kind](params))
-        except UserError as e:
-            result = {"error": str(e)}
-        except Exception as e:  # a bug in one cell: report it, keep the others, never cache it
-            out.results[cell] = {"error": f"internal error ({type(e).__name__}: {e})"}
-            out.failed += 1
-            continue
-        # Round-trip through JSON so a fresh result and a cached one are the same Python values.
-        result = json.loads(json.dumps(result, allow_nan=False))
-        cache.put(key, cell.kind, params, result)
-        out.results[cell] = result
-        out.computed += 1
+def run_grid(cells: Iterable[Cell], kinds: Mapping[str, CellKind], store: Dataset | None, *,
+             executor: Executor | None = None, show_progress: bool = True) -> GridResult:
+    """Compute (or read back from ``store``) every cell; a cell's error is recorded, not raised."""
+    run = run_cells(list(cells), kinds, store=store, executor=executor, show_progress=show_progress,
+                    desc="report cells")
+    out = GridResult(computed=run.computed, cached=run.skipped)
+    for cell, row in run.rows.items():
+        out.results[cell] = result_of(row)
+        out.failed += row.get("status") == FAILED
     return out

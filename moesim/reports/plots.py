@@ -45,8 +45,11 @@ def lines(
     logy: bool = False,
     ref_y: float | None = None,
     ref_label: str | None = None,
+    xticks: Sequence[str] | None = None,
+    connect: bool = True,
 ) -> bytes:
-    """One line per series over shared ``x``; ``None`` is a gap; ``emphasise`` is drawn as a ceiling."""
+    """One line per series over shared ``x``; ``None`` is a gap; ``emphasise`` is drawn as a ceiling.
+    ``xticks`` labels the x positions (categorical x); ``connect=False`` draws the points alone."""
     fig = _figure()
     ax = fig.add_subplot()
     for i, (name, ys) in enumerate(series.items()):
@@ -58,11 +61,15 @@ def lines(
             "linewidth": 1.6,
             "label": name,
         }
+        if not connect:
+            kw.update(linestyle="none", markersize=5)
         if name == emphasise:
             kw.update(color="#555555", linestyle="--", linewidth=2.4, marker=None, label=f"{name} (ceiling)")
         ax.plot(list(x), vals, **kw)
     if ref_y is not None:
         ax.axhline(ref_y, color="#888888", linewidth=1, linestyle=":", label=ref_label)
+    if xticks is not None:
+        ax.set_xticks(list(x), list(xticks), fontsize=8, rotation=20 if len(xticks) > 4 else 0)
     if logx:
         ax.set_xscale("log", base=2)
     if logy:

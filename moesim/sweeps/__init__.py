@@ -8,8 +8,8 @@ their results a Parquet dataset with one row per cell (docs/sweeps.md).
 from __future__ import annotations
 
 from moesim.sweeps.cells import Cell, Hasher
+from moesim.sweeps.choose import make_executor
 from moesim.sweeps.dataset import Dataset
-from moesim.sweeps.executors import make_executor
 from moesim.sweeps.run import SweepRun, run_sweep
 from moesim.sweeps.runner import CellsRun, run_cells
 from moesim.sweeps.schema import CellKind, Metric, Param

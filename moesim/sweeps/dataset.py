@@ -133,10 +133,11 @@ class Dataset:
         """The rows of the given cell hashes that are in the dataset, as plain dicts."""
         import pyarrow.compute as pc
 
-        t = self.table()
+        keys = sorted(set(hashes))
+        t = self.table() if keys else None
         if t is None:
             return {}
-        wanted = t.filter(pc.is_in(t.column("cell_hash"), value_set=_pa().array(sorted(set(hashes)))))
+        wanted = t.filter(pc.is_in(t.column("cell_hash"), value_set=_pa().array(keys, type=_pa().string())))
         return {r["cell_hash"]: r for r in wanted.to_pylist()}
 
     def _read(self, parts: Sequence[Path]) -> Any:

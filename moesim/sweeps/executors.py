@@ -142,21 +142,3 @@ def exit_text(code: int | None) -> str:
         except ValueError:
             return f"killed by signal {-code}"
     return f"exit code {code}"
-
-
-def make_executor(workers: int | None = None, ray: str | None = None, *,
-                  retries: int = DEFAULT_RETRIES) -> Executor:
-    """``--workers N`` (default: the cores; 1: this process) or ``--ray [ADDRESS]`` (``local``: start a
-    Ray instance here with ``workers`` CPUs; ``auto`` or an address: join that cluster)."""
-    from moesim.errors import UserError
-
-    if workers is not None and workers < 1:
-        raise UserError(f"expected at least 1 worker, got {workers}", field="--workers")
-    if retries < 0:
-        raise UserError(f"expected 0 or more retries, got {retries}", field="--retries")
-    if ray is not None:
-        from moesim.sweeps.ray_executor import RayExecutor
-
-        return RayExecutor(address=None if ray == "local" else ray, workers=workers, retries=retries)
-    n = default_workers() if workers is None else workers
-    return SerialExecutor() if n == 1 else PoolExecutor(n, retries)

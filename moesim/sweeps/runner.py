@@ -160,4 +160,6 @@ def result_of(row: Mapping[str, Any]) -> dict[str, Any]:
     """A row's outcome as the report reads it: the JSON result, or ``{"error": ...}``."""
     if row.get("status") == OK:
         return json.loads(row["result"]) if row.get("result") else {}
+    if row.get("status") == FAILED:
+        return {"error": f"internal error ({row.get('error')})"}
     return {"error": row.get("error") or "no result"}

@@ -1,0 +1,83 @@
+"""``moesim sweep``: a grid (and samples) of simulate / plan cells into a Parquet dataset folder."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+
+from moesim.cli.common import add_json_flag, add_verb, print_json
+
+EXAMPLES = """\
+  moesim sweep docs/examples/offload-sweep.yaml --out out/offload-sweep
+  moesim sweep spec.yaml --out out/s --workers 2            two local worker processes
+  moesim sweep spec.yaml --out out/s --ray                  a local Ray instance (pip install 'moesim[ray]')
+  moesim sweep spec.yaml --out out/s --ray auto             the Ray cluster this node belongs to
+  moesim sweep spec.yaml --out out/s --dry-run              the cells and their command lines, nothing run
+  moesim report --from out/s --out out/s-report             a report of the dataset
+"""
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = add_verb(
+        sub, "sweep",
+        help="run a grid of simulate / plan cells on a process pool or Ray; results as a Parquet dataset",
+        description="Expand SPEC.yaml (kind:, fixed:, grid:, sample:; docs/sweeps.md) into cells, each one "
+        "call of the workflow behind 'moesim simulate' or 'moesim plan', and append one row per cell to "
+        "the Parquet dataset in --out (every parameter and metric a column, plus the cell's command "
+        "line and content hash). Cells already in the dataset are skipped, so an interrupted sweep "
+        "resumes where it stopped. A cell the workflow refuses, or that crashes, is a row with its "
+        "error; a worker that dies is retried.",
+        examples=EXAMPLES,
+    )
+    p.add_argument("spec", metavar="SPEC.yaml", help="the sweep spec (docs/sweeps.md)")
+    p.add_argument("--out", required=True, metavar="DIR",
+                   help="dataset folder (created; an existing one of the same kind is resumed)")
+    p.add_argument("--workers", type=int, default=None, metavar="N",
+                   help="local worker processes (default: the cores this process may use; 1: run in this "
+                   "process); with --ray, the CPUs of the local Ray instance it starts")
+    p.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
+                   help="run the cells on Ray: alone, start a local instance; 'auto' or HOST:PORT, join a "
+                   "running cluster (ray start --head), e.g. --ray auto")
+    p.add_argument("--retries", type=int, default=2, metavar="N",
+                   help="times a cell whose worker died is run again before it is recorded as failed")
+    p.add_argument("--dry-run", action="store_true", help="list the cells' command lines; compute nothing")
+    add_json_flag(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from moesim.sweeps import load_spec, make_executor, run_sweep
+
+    spec = load_spec(args.spec)
+    executor = make_executor(args.workers, args.ray, retries=args.retries)
+    if args.dry_run:
+        cells = spec.cells()
+        commands = [spec.kind.command(c.p) for c in cells]
+        if args.json:
+            print_json({"kind": spec.kind.name, "cells": len(cells), "commands": commands}, verb="sweep")
+        else:
+            print(f"{len(cells)} {spec.kind.name} cells; {executor.describe()} would run them:")
+            print("\n".join(commands))
+        return 0
+    command = shlex.join(["moesim", "sweep", args.spec, "--out", args.out])
+    try:
+        done = run_sweep(spec, args.out, executor=executor, show_progress=not args.json, command=command)
+    except KeyboardInterrupt:
+        print(f"moesim: finished cells are saved in {args.out}; rerun the same command to compute the rest",
+              file=sys.stderr)
+        raise
+    r = done.run
+    if args.json:
+        print_json({"out": args.out, "kind": spec.kind.name, "cells": done.cells, "computed": r.computed,
+                    "skipped": r.skipped, "refused": r.refused, "failed": r.failed,
+                    "executor": executor.describe()}, verb="sweep")
+    else:
+        print(f"{args.out}: {done.cells} {spec.kind.name} cells: {r.computed} computed on "
+              f"{executor.describe()} ({r.refused} refused by the workflow, {r.failed} failed), {r.skipped} "
+              "already in the dataset")
+    if r.failed:
+        print(f"moesim: error: {r.failed} cell(s) failed (their rows hold the error; a rerun retries them)",
+              file=sys.stderr)
+        return 1
+    return 0
