@@ -15,8 +15,9 @@ def make_executor(workers: int | None = None, ray: str | None = None, *,
     if retries < 0:
         raise UserError(f"expected 0 or more retries, got {retries}", field="--retries")
     if ray is not None:
-        from moesim.sweeps.ray_executor import RayExecutor
+        from moesim.sweeps.ray_executor import RayExecutor, import_ray
 
+        import_ray()  # one line with the install hint now, not after the cells are hashed
         return RayExecutor(address=None if ray == "local" else ray, workers=workers, retries=retries)
     n = default_workers() if workers is None else workers
     return SerialExecutor() if n == 1 else PoolExecutor(n, retries)

@@ -106,6 +106,8 @@ class PoolExecutor:
                 yield task, self._alone(task, table, ctx)
 
     def _alone(self, task: Task, table: Mapping[InputKey, Any], ctx: Any) -> Outcome:
+        if self.retries == 0:
+            return Outcome(FAILED, error="a worker process died while this cell ran (not retried: retries 0)")
         loaded = {name: table[(name, value)] for name, value in task.inputs}
         code: int | None = None
         for attempt in range(2, self.retries + 2):
