@@ -15,7 +15,7 @@ from typing import Any
 
 from moesim.errors import UserError
 from moesim.reports import plots, render
-from moesim.reports.builder import GiB, short, slug
+from moesim.reports.builder import GiB, short, slug, spread
 from moesim.reports.document import Document, Figure, Record, Section, Table
 from moesim.sweeps.dataset import ERROR, FAILED, OK, Dataset, require_pyarrow
 from moesim.sweeps.schema import CellKind
@@ -50,6 +50,13 @@ def _label(v: Any, ptype: str) -> str:
     if v is None:
         return "default"
     return f"{v / GiB:g} GiB" if ptype == "bytes" else short(str(v))
+
+
+def _order(v: Any) -> tuple[int, Any]:
+    """Sort key of a parameter value: defaults first, then numbers by value, then text."""
+    if v is None:
+        return (0, 0)
+    return (1, v) if isinstance(v, (int, float)) and not isinstance(v, bool) else (2, str(v))
 
 
 def _varying(kind: CellKind, rows: Sequence[Mapping[str, Any]]) -> tuple[list[str], dict[str, Any]]:
@@ -107,13 +114,15 @@ def _figure(kind: CellKind, metric: str, x_name: str, vary: Sequence[str], rows:
     unit = units.get(metric, "")
     xpos = [x / GiB for x in xs] if ptype == "bytes" else (xs if numeric else list(range(len(xs))))
     xlabel = f"{x_name} (GiB)" if ptype == "bytes" else x_name
+    logy = spread(series) > 20  # as the report's own curves: a log axis when values span decades
     png = plots.lines(xpos, series, xlabel=xlabel, ylabel=f"{metric} ({unit})" if unit else metric,
-                      title=f"{metric} vs {x_name}", connect=connect,
+                      title=f"{metric} vs {x_name}", connect=connect, logy=logy,
                       xticks=None if numeric else [_label(x, ptype) for x in xs])
     caption = (f"`{metric}` of each cell against `{x_name}`" +
                (f", one line per {', '.join(f'`{n}`' for n in others)}" if others and connect else "") +
                ("; too many combinations of the other parameters to draw apart, so every cell is a point"
-                if not connect else "") + ". Cells the workflow refused are gaps.")
+                if not connect else "") + (" (log scale)" if logy else "")
+               + ". Cells the workflow refused are gaps.")
     return Figure(stem, f"{metric} vs {x_name}", caption, command, png)
 
 
@@ -124,16 +133,17 @@ def sweep_document(manifest: Mapping[str, Any], kind: CellKind, rows: Sequence[M
     units = {m.name: m.unit for m in kind.metrics or ()}
     headline = [m for m in kind.headline if any(r.get(m) is not None for r in rows)]
     counts = {s: sum(r["status"] == s for r in rows) for s in (OK, ERROR, FAILED)}
-    shown = sorted(rows, key=lambda r: [json.dumps(r.get(n), sort_keys=True) for n in vary])
+    shown = sorted(rows, key=lambda r: [_order(r.get(n)) for n in vary])
     records: list[Record] = []
-    stem = slug("sweep", folder)
+    stem = "sweep"
     table_rows = []
     for r in shown[:MAX_TABLE_ROWS]:
         table_rows.append((*(_label(r.get(n), kind.schema[n].type) for n in vary),
                            *(r.get(m) for m in headline), r["status"]))
+        cell = ", ".join(f"{n}={_label(r.get(n), kind.schema[n].type)}" for n in vary) or "cell"
         for m in headline:
-            records.append(Record(SECTION, f"{stem}_cells", *_where(r), r["status"], "cell",
-                                  r["cell_hash"][:12], m, r.get(m), units.get(m, "")))
+            records.append(Record(SECTION, f"{stem}_cells", *_where(r), cell, "", "", m, r.get(m),
+                                  units.get(m, "")))
     spec = manifest.get("spec")
     paras = [
         f"{len(rows)} `{kind.name}` cells ({kind.doc}): {counts[OK]} computed, {counts[ERROR]} refused by "

@@ -1,9 +1,11 @@
 """Regenerate the reports kept in the repository's ``reports/`` folder (run from the repository root).
 
-    python -m moesim.reports.regenerate            # both reports
+    python -m moesim.reports.regenerate            # every report
     python -m moesim.reports.regenerate default    # only the one from the shipped traces
 
-Each report is exactly ``moesim report --config reports/NAME.yaml --out reports/NAME``; the sweep
+A study report is exactly ``moesim report --config reports/NAME.yaml --out reports/NAME``; a sweep
+report (``reports/NAME.yaml`` is a ``moesim sweep`` spec) is ``moesim sweep reports/NAME.yaml --out
+reports/NAME/dataset`` then ``moesim report --from reports/NAME/dataset --out reports/NAME``. The
 files fix every seed, so regenerating gives the same numbers. The ``shared`` report reads the
 real traces from ``../shared/traces`` and is skipped, with a message, when they are absent.
 """
@@ -16,7 +18,9 @@ from pathlib import Path
 
 from moesim.errors import EXIT_BAD_INPUT, EXIT_FAILURE, UserError
 
-REPORTS = ("default", "shared")
+REPORTS = ("default", "shared", "sweep-offload")
+SWEEPS = ("sweep-offload",)
+"""Reports made from a ``moesim sweep`` dataset (kept beside them, in ``reports/NAME/dataset``)."""
 
 
 def regenerate(config: Path, out: Path) -> int:
@@ -37,6 +41,25 @@ def regenerate(config: Path, out: Path) -> int:
     return EXIT_FAILURE if run.failed else 0
 
 
+def regenerate_sweep(spec: Path, out: Path) -> int:
+    """``moesim sweep SPEC --out OUT/dataset`` then ``moesim report --from OUT/dataset --out OUT``."""
+    from moesim.reports.dataset_report import make_dataset_report
+    from moesim.sweeps import load_spec, run_sweep
+
+    dataset = out / "dataset"
+    command = shlex.join(["moesim", "report", "--from", str(dataset), "--out", str(out)])
+    try:
+        done = run_sweep(load_spec(spec), dataset, command=shlex.join(["moesim", "sweep", str(spec), "--out",
+                                                                        str(dataset)]))
+        doc, _ = make_dataset_report(dataset, out, command=command)
+    except UserError as e:
+        print(f"moesim: error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    print(f"wrote {out}/index.html, report.md, results.csv and {len(doc.figures)} plots ({done.cells} cells: "
+          f"{done.run.computed} computed, {done.run.skipped} in the dataset)")
+    return EXIT_FAILURE if done.run.failed else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     names = list(argv if argv is not None else sys.argv[1:]) or list(REPORTS)
     root = Path("reports")
@@ -55,7 +78,8 @@ def main(argv: list[str] | None = None) -> int:
         if name == "shared" and not Path("../shared/traces").is_dir():
             print("skipping reports/shared: ../shared/traces not found", file=sys.stderr)
             continue
-        worst = max(worst, regenerate(config, root / name))
+        make = regenerate_sweep if name in SWEEPS else regenerate
+        worst = max(worst, make(config, root / name))
     return worst
 
 

@@ -98,6 +98,9 @@ class PoolExecutor:
                             finished.append((task, f.result()))
                         except BrokenProcessPool:
                             suspects.append(task)
+                        except BaseException:  # KeyboardInterrupt in a cell: hand over what finished first
+                            yield from finished
+                            raise
                     yield from finished
             finally:
                 pool.shutdown(wait=True, cancel_futures=True)

@@ -1,0 +1,113 @@
+"""``moesim sweep`` and ``moesim report --from`` end to end, the plan kind, and the spec's reference page."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from moesim.sweeps import Dataset, run_sweep, spec_from_dict
+from moesim.sweeps.executors import SerialExecutor
+from moesim.sweeps.kinds import KINDS
+
+ROOT = Path(__file__).resolve().parents[1]
+SPEC = """\
+kind: simulate
+title: tokens/s vs expert cache
+fixed: {hw: rtx4090-workstation, model: mixtral-8x7b, weight_dtype: fp8, trace: mixtral-8x7b-synth, steps: 8}
+grid:
+  cache: [lru, lfu]
+  expert_cache: [11 GiB, 16 GiB]
+"""
+
+
+def _moesim(*argv: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "moesim", *argv], capture_output=True, text=True,
+                          check=False, timeout=600, cwd=cwd)
+
+
+def test_sweep_then_report_from_the_dataset(tmp_path: Path) -> None:
+    (tmp_path / "spec.yaml").write_text(SPEC)
+    out = tmp_path / "ds"
+    first = _moesim("sweep", "spec.yaml", "--out", "ds", "--workers", "2", "--json", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    summary = json.loads(first.stdout)
+    assert summary["schema"] == "moesim-sweep/1" and (summary["cells"], summary["computed"]) == (4, 4)
+    again = json.loads(_moesim("sweep", "spec.yaml", "--out", "ds", "--json", cwd=tmp_path).stdout)
+    assert (again["computed"], again["skipped"]) == (0, 4)
+    rep = _moesim("report", "--from", str(out), "--out", str(tmp_path / "rep"), "--json")
+    assert rep.returncode == 0, rep.stderr
+    assert json.loads(rep.stdout)["figures"] == 3
+    rows = list(csv.DictReader((tmp_path / "rep" / "results.csv").open()))
+    df = Dataset(out).frame()
+    shown = {(r["series"], float(r["x"])): float(r["value"]) for r in rows
+             if r["metric"] == "tokens_per_s" and r["x_name"] == "expert_cache"}
+    assert len(shown) == 4
+    for _, row in df.iterrows():
+        assert shown[(f"cache={row.cache}", row.expert_cache)] == row.tokens_per_s
+    html = (tmp_path / "rep" / "index.html").read_text()
+    assert html.count("data:image/png;base64,") == 3 and "tokens/s vs expert cache" in html
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["sweep", "absent.yaml", "--out", "d"], "absent.yaml: no such sweep spec file"),
+    (["sweep", "spec.yaml", "--out", "d", "--workers", "0"], "--workers: expected at least 1 worker"),
+    (["report", "--from", "nowhere", "--out", "r"], "nowhere: --from: no such sweep dataset folder"),
+    (["report", "--from", "d", "--hw", "h100x8", "--out", "r"], "--from excludes --hw"),
+])
+def test_bad_input_is_one_line_and_exit_2(tmp_path: Path, argv: list[str], message: str) -> None:
+    (tmp_path / "spec.yaml").write_text(SPEC)
+    proc = _moesim(*argv, cwd=tmp_path)
+    assert proc.returncode == 2
+    (line,) = proc.stderr.strip().splitlines()
+    assert line.startswith("moesim: error: ") and message in line
+
+
+def test_ray_without_ray_names_the_extra(tmp_path: Path) -> None:
+    (tmp_path / "spec.yaml").write_text(SPEC)
+    code = ("import sys; sys.modules['ray'] = None\nfrom moesim.cli import main\n"
+            "sys.exit(main(['sweep', 'spec.yaml', '--out', 'd', '--ray']))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path,
+                          timeout=120, check=False)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == ("moesim: error: --ray: --ray needs Ray, which is not installed: "
+                                   "pip install 'moesim[ray]'")
+    assert not (tmp_path / "d").exists()
+
+
+def test_dry_run_lists_the_command_lines(tmp_path: Path) -> None:
+    (tmp_path / "spec.yaml").write_text(SPEC)
+    proc = _moesim("sweep", "spec.yaml", "--out", "d", "--dry-run", "--json", cwd=tmp_path)
+    commands = json.loads(proc.stdout)["commands"]
+    assert len(commands) == 4 and commands[0].endswith("--cache lru --expert-cache 11GiB --json")
+    assert not (tmp_path / "d").exists()
+
+
+def test_plan_cells_are_moesim_plan_rows(tmp_path: Path) -> None:
+    from moesim.workflows import PlacementRequest, compare_planners
+
+    spec = spec_from_dict({"kind": "plan", "fixed": {"hw": "h100x8", "steps": 2, "batch_tokens": 512},
+                           "grid": {"planner": ["contiguous", "greedy"]}}, KINDS)
+    done = run_sweep(spec, tmp_path / "ds", executor=SerialExecutor(), show_progress=False)
+    df = Dataset(tmp_path / "ds").frame().set_index("planner")
+    assert done.run.computed == 2 and (df.status == "ok").all()
+    ref = compare_planners(PlacementRequest(hw="h100x8", planners=("greedy",), steps=2, batch_tokens=512))
+    row = ref.rows["greedy"]
+    assert df.loc["greedy", "step_time_s_eval"] == row.step_time_s_eval
+    assert df.loc["greedy", "gpu_imbalance_eval"] == row.gpu_imbalance_eval
+    assert df.loc["greedy", "a2a_bytes.nvlink"] == row.a2a_bytes["nvlink"]
+    assert df.loc["greedy", "command"].startswith("moesim plan --hw h100x8 --planner greedy")
+
+
+def test_reference_page_documents_every_parameter_and_metric() -> None:
+    page = (ROOT / "docs" / "sweeps.md").read_text()
+    for kind in KINDS.values():
+        assert f"`{kind.name}`" in page
+        for p in kind.params or ():
+            assert f"| `{p.name}` |" in page, (kind.name, p.name)
+        for m in kind.metrics or ():
+            assert f"| `{m.name}` |" in page, (kind.name, m.name)
