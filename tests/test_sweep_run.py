@@ -228,13 +228,16 @@ def test_dataset_keeps_one_row_per_cell(tmp_path: Path) -> None:
     ds = Dataset(tmp_path)
     base = {"kind": "k", "command": "", "params": "{}", "result": None, "error": None, "wall_s": 0.0,
             "attempts": 1, "worker": "w", "finished_at": "t"}
-    ds.append([{**base, "cell_hash": "a", "status": "failed", "error": "died"},
-               {**base, "cell_hash": "b", "status": "ok", "v": 1.0}])
-    ds.append([{**base, "cell_hash": "a", "status": "ok", "v": 2.0},
-               {**base, "cell_hash": "b", "status": "failed", "error": "died"}])
+    a, b = {**base, "cell_hash": "a", "params": '{"x": 1}'}, {**base, "cell_hash": "b", "params": '{"x": 2}'}
+    ds.append([{**a, "status": "failed", "error": "died"}, {**b, "status": "ok", "v": 1.0}])
+    ds.append([{**a, "status": "ok", "v": 2.0}, {**b, "status": "failed", "error": "died"}])
     assert ds.finished() == {"a": "ok", "b": "ok"}  # a finished row beats a later crash of the same cell
     df = ds.frame().set_index("cell_hash")
     assert df.loc["a", "v"] == 2.0 and df.loc["b", "v"] == 1.0
+    # The same cell computed again by changed code (a new hash): the newer row is the cell's row.
+    ds.append([{**b, "cell_hash": "b2", "status": "ok", "v": 3.0}])
+    assert ds.finished() == {"a": "ok", "b2": "ok"}
+    df = ds.frame().set_index("cell_hash")
     (tmp_path / "notes.txt").write_text("not a part")
     (tmp_path / ".part-x.parquet.tmp").write_bytes(b"half written")
     ds.compact()

@@ -2,8 +2,9 @@
 
 Rows are appended as whole part files, each written atomically (:func:`moesim.io.atomic_open`), so a
 reader, or a sweep interrupted at any moment, only ever sees complete parts: the folder *is* the
-dataset. A cell's row may appear in several parts (a crash retried by a later run, or a compaction
-half done); readers keep one row per cell hash, preferring a finished outcome, then the newest.
+dataset. A cell's row may appear in several parts (a crash retried by a later run, a cell computed
+again after a change of code or input file, a compaction half done); readers keep one row per cell
+(its kind and parameters), preferring a finished outcome, then the newest.
 ``pyarrow.dataset`` and ``pandas.read_parquet`` skip the ``_sweep.json`` manifest and the ``.``
 temporary files; :meth:`Dataset.frame` also unifies parts whose columns differ.
 """
@@ -105,22 +106,15 @@ class Dataset:
         return data
 
     def finished(self) -> dict[str, str]:
-        """``{cell hash: status}`` of the rows already written (the best status of each hash)."""
-        import pyarrow.parquet as pq
-
-        out: dict[str, str] = {}
-        for part in self.parts():
-            t = _read_part(pq, part, columns=["cell_hash", "status"])
-            for h, s in zip(t.column("cell_hash").to_pylist(), t.column("status").to_pylist(), strict=True):
-                if out.get(h) in (OK, ERROR) and s == FAILED:
-                    continue
-                out[h] = s
-        return out
+        """``{cell hash: status}`` of the rows the dataset holds (one per cell, as :meth:`table`)."""
+        t = self._read(self.parts(), columns=["cell_hash", "kind", "params", "status"])
+        if t is None:
+            return {}
+        return dict(zip(t.column("cell_hash").to_pylist(), t.column("status").to_pylist(), strict=True))
 
     def table(self) -> Any:
-        """All rows as one ``pyarrow.Table`` (one per cell hash), or None for an empty dataset."""
-        parts = self.parts()
-        return self._read(parts) if parts else None
+        """All rows as one ``pyarrow.Table`` (one per cell), or None for an empty dataset."""
+        return self._read(self.parts())
 
     def frame(self) -> Any:
         """All rows as a ``pandas.DataFrame`` (one per cell hash; empty when there are none)."""
@@ -140,19 +134,22 @@ class Dataset:
         wanted = t.filter(pc.is_in(t.column("cell_hash"), value_set=_pa().array(keys, type=_pa().string())))
         return {r["cell_hash"]: r for r in wanted.to_pylist()}
 
-    def _read(self, parts: Sequence[Path]) -> Any:
+    def _read(self, parts: Sequence[Path], columns: list[str] | None = None) -> Any:
+        """The parts' rows, one per cell: a cell is its kind and parameters, so a row computed by older
+        code (or from an edited input file: another hash) gives way to the newer one. A finished row
+        (``ok``, ``error``) beats a ``failed`` one; otherwise the later row wins."""
         import pyarrow.parquet as pq
 
-        pa = _pa()
-        tables = [_read_part(pq, p) for p in parts]
-        table = pa.concat_tables(tables, promote_options="permissive")
-        hashes = table.column("cell_hash").to_pylist()
+        if not parts:
+            return None
+        table = _pa().concat_tables([_read_part(pq, p, columns) for p in parts], promote_options="permissive")
+        kinds, params = table.column("kind").to_pylist(), table.column("params").to_pylist()
         status = table.column("status").to_pylist()
-        best: dict[str, int] = {}
-        for i, (h, s) in enumerate(zip(hashes, status, strict=True)):  # later rows win, unless they failed
-            j = best.get(h)
-            if j is None or s != FAILED or status[j] == FAILED:
-                best[h] = i
+        best: dict[tuple[str, str], int] = {}
+        for i, cell in enumerate(zip(kinds, params, strict=True)):
+            j = best.get(cell)
+            if j is None or status[i] != FAILED or status[j] == FAILED:
+                best[cell] = i
         return table.take(sorted(best.values()))
 
 
