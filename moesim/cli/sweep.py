@@ -9,7 +9,7 @@ import sys
 from moesim.cli.common import add_json_flag, add_verb, print_json
 
 EXAMPLES = """\
-  moesim sweep docs/examples/offload-sweep.yaml --out out/offload-sweep
+  moesim sweep reports/sweep-offload.yaml --out out/offload-sweep
   moesim sweep spec.yaml --out out/s --workers 2            two local worker processes
   moesim sweep spec.yaml --out out/s --ray                  a local Ray instance (pip install 'moesim[ray]')
   moesim sweep spec.yaml --out out/s --ray auto             the Ray cluster this node belongs to

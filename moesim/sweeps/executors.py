@@ -61,6 +61,9 @@ _TABLE: Mapping[InputKey, Any] = {}
 def _install(table: Mapping[InputKey, Any]) -> None:
     global _TABLE
     _TABLE = table
+    # Ctrl-C is the driver's to handle: it saves the finished rows and stops the workers itself (an idle
+    # worker interrupted in its queue read would only print a traceback).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _run_installed(task: Task) -> Outcome:
@@ -82,6 +85,7 @@ class PoolExecutor:
         queue = deque(tasks)
         while queue:
             suspects: list[Task] = []
+            before = set(multiprocessing.active_children())
             pool = ProcessPoolExecutor(self.workers, mp_context=ctx, initializer=_install, initargs=(table,))
             running: dict[Future, Task] = {}
             try:
@@ -102,6 +106,10 @@ class PoolExecutor:
                             yield from finished
                             raise
                     yield from finished
+            except BaseException:  # Ctrl-C, or the consumer stopped: do not wait for the cells in flight
+                for proc in set(multiprocessing.active_children()) - before:
+                    proc.terminate()
+                raise
             finally:
                 pool.shutdown(wait=True, cancel_futures=True)
             # Every task in flight when the pool broke fails with it: rerun each alone to find the culprit.
@@ -118,12 +126,15 @@ class PoolExecutor:
             proc = ctx.Process(target=_child, args=(send, task, loaded), daemon=True)
             proc.start()
             send.close()
+            out: Outcome | None = None
             try:
-                out: Outcome | None = recv.recv()
+                out = recv.recv()
             except EOFError:  # died before answering
-                out = None
+                pass
             finally:
                 recv.close()
+                if proc.is_alive() and out is None:  # interrupted while it ran
+                    proc.terminate()
                 proc.join()
             if out is not None:
                 return replace(out, attempts=attempt)
@@ -134,6 +145,7 @@ class PoolExecutor:
 
 
 def _child(conn: Any, task: Task, loaded: Mapping[str, Any]) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # as in the pool: the driver stops it
     conn.send(execute(task, loaded))
     conn.close()
 
