@@ -8,7 +8,9 @@ local process pool.
    ``--workers 1`` (cells in this process), ``--workers 2`` (a local pool), and ``--ray`` on a local
    Ray instance with 2 CPUs (its start-up timed apart), ``--repeat`` times, interleaved, so that load
    from other jobs on a shared machine falls on every executor alike; the best and the median wall
-   times are shown, with the load average. Speed-up = wall(1 worker) / wall(2 workers).
+   times are shown, with the load average and the CPU seconds the run used (CPU / wall = the cores it
+   kept busy: on a machine shared with other jobs, the cores the sweep actually got). Speed-up =
+   wall(1 worker) / wall(2 workers).
 2. Per-cell overhead: ``--cells-overhead`` cells of a kind that does nothing, so the wall time per cell
    is the machinery alone (hashing, shipping the task, the outcome and its row, the Parquet parts):
    this process, the pool of 2, and Ray with 2 CPUs already started.
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import statistics
 import tempfile
 import time
@@ -54,12 +57,19 @@ NOTHING = CellKind("nothing", nothing, "no work", params=(Param("x", "int", "ind
                    metrics=(Metric("y", "int", "", "the index"),))
 
 
-def _timed_sweep(executor: Executor, out: Path) -> float:
-    t0 = time.perf_counter()
+def _cpu_s() -> float:
+    """CPU seconds of this process and its finished children (a pool's workers, once shut down)."""
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def _timed_sweep(executor: Executor, out: Path) -> tuple[float, float]:
+    """(wall s, CPU s) of the sweep; Ray's workers are not our children, so its CPU is not counted."""
+    t0, c0 = time.perf_counter(), _cpu_s()
     done = run_sweep(spec_from_dict(SPEC, KINDS), out, executor=executor, show_progress=False)
-    wall = time.perf_counter() - t0
+    wall, cpu = time.perf_counter() - t0, _cpu_s() - c0
     assert done.cells == 64 and done.run.computed == 64 and done.run.failed == 0, done.run
-    return wall
+    return wall, cpu
 
 
 def _comparable(out: Path) -> pd.DataFrame:
@@ -103,17 +113,22 @@ def main() -> None:
 
             executors["Ray, 2 CPUs (started)"] = RayExecutor
         walls: dict[str, list[float]] = {name: [] for name in executors}
+        cpus: dict[str, list[float]] = {name: [] for name in executors}
         for r in range(args.repeat):
             for i, (name, make) in enumerate(executors.items()):
-                walls[name].append(_timed_sweep(make(), root / f"{r}-{i}"))
+                wall, cpu = _timed_sweep(make(), root / f"{r}-{i}")
+                walls[name].append(wall)
+                cpus[name].append(cpu)
                 if i:
                     pd.testing.assert_frame_equal(_comparable(root / f"{r}-0"),
                                                   _comparable(root / f"{r}-{i}"))
         print(f"64-cell simulate sweep, {args.repeat} interleaved runs each (datasets equal up to row order "
               f"and timing columns; load average {load0:.1f} before, {os.getloadavg()[0]:.1f} after):")
         for name, ws in walls.items():
+            c, w = statistics.median(cpus[name]), statistics.median(ws)
+            cpu = "" if name.startswith("Ray") else f"; median CPU {c:6.2f} s = {c / w:.2f} cores busy"
             print(f"  {name:28s} best {min(ws):6.2f} s  median {statistics.median(ws):6.2f} s  "
-                  f"({min(ws) / 64 * 1e3:6.1f} ms/cell best)")
+                  f"({min(ws) / 64 * 1e3:6.1f} ms/cell best{cpu})")
         w1, w2 = walls["1 worker (this process)"], walls["2 workers (local pool)"]
         print(f"  speed-up 2 workers vs 1: {min(w1) / min(w2):.2f}x best-to-best, "
               f"{statistics.median(w1) / statistics.median(w2):.2f}x median-to-median")
