@@ -55,7 +55,9 @@ def test_sweep_then_report_from_the_dataset(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(("argv", "message"), [
     (["sweep", "absent.yaml", "--out", "d"], "absent.yaml: no such sweep spec file"),
-    (["sweep", "spec.yaml", "--out", "d", "--workers", "0"], "--workers: expected at least 1 worker"),
+    (["sweep", "spec.yaml", "--out", "d", "--workers", "0"], "--workers: expected a whole number >= 1"),
+    (["sweep", "spec.yaml"], "--out: expected SPEC.yaml and --out DIR"),
+    (["sweep", "--init", "spec.yaml"], "spec.yaml: --init: exists already"),
     (["report", "--from", "nowhere", "--out", "r"], "nowhere: --from: no such sweep dataset folder"),
     (["report", "--from", "d", "--hw", "h100x8", "--out", "r"], "--from excludes --hw"),
 ])
@@ -77,6 +79,15 @@ def test_ray_without_ray_names_the_extra(tmp_path: Path) -> None:
     assert proc.stderr.strip() == ("moesim: error: --ray: --ray needs Ray, which is not installed: "
                                    "pip install 'moesim[ray]'")
     assert not (tmp_path / "d").exists()
+
+
+def test_the_init_spec_is_valid_and_small() -> None:
+    import yaml
+
+    from moesim.sweeps.spec import EXAMPLE
+
+    spec = spec_from_dict(yaml.safe_load(EXAMPLE), KINDS)
+    assert len(spec.cells()) == 8 and spec.kind.name == "simulate"
 
 
 def test_dry_run_lists_the_command_lines(tmp_path: Path) -> None:

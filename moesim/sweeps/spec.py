@@ -22,6 +22,29 @@ from moesim.sweeps.cells import Cell
 from moesim.sweeps.sampling import METHODS, Range, sample
 from moesim.sweeps.schema import CellKind, Param
 
+EXAMPLE = """\
+# A moesim sweep spec (docs/sweeps.md): run it with  moesim sweep THIS.yaml --out DIR
+kind: simulate                  # one 'moesim simulate' run per cell (or: plan)
+title: "tokens/s vs expert cache on one RTX 4090"
+fixed:                          # the same in every cell
+  hw: rtx4090-workstation       # built-in names, or paths relative to this file
+  model: mixtral-8x7b
+  weight_dtype: fp8
+  trace: mixtral-8x7b-synth
+  steps: 16
+grid:                           # every combination: 2 x 2 x 2 = 8 cells
+  cache: [lru, belady]
+  expert_cache: [11 GiB, 16 GiB]
+  miss: [fetch, cpu]
+# sample:                       # or draw points over ranges (each combined with every grid point)
+#   method: lhs                 # Latin hypercube (or random)
+#   n: 16
+#   seed: 0
+#   params:
+#     batch: {min: 1, max: 64, log: true}
+"""
+"""What ``moesim sweep --init FILE`` writes: a small spec to start from."""
+
 MAX_CELLS = 100_000
 """More cells than this is a mistake in the spec (or a study for a database, not a folder of Parquet)."""
 MAX_SPEC_BYTES = 1 << 20
