@@ -32,7 +32,7 @@ from typing import Any
 
 import pandas as pd
 
-from moesim.sweeps import Cell, CellKind, Dataset, Metric, Param, run_cells, run_sweep, spec_from_dict
+from moesim.sweeps import Cell, CellKind, Dataset, Hasher, Metric, Param, run_cells, run_sweep, spec_from_dict
 from moesim.sweeps.dataset import EXECUTION_COLUMNS
 from moesim.sweeps.executors import Executor, PoolExecutor, SerialExecutor
 from moesim.sweeps.kinds import KINDS
@@ -63,10 +63,10 @@ def _cpu_s() -> float:
     return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
 
 
-def _timed_sweep(executor: Executor, out: Path) -> tuple[float, float]:
+def _timed_sweep(executor: Executor, out: Path, hasher: Hasher) -> tuple[float, float]:
     """(wall s, CPU s) of the sweep; Ray's workers are not our children, so its CPU is not counted."""
     t0, c0 = time.perf_counter(), _cpu_s()
-    done = run_sweep(spec_from_dict(SPEC, KINDS), out, executor=executor, show_progress=False)
+    done = run_sweep(spec_from_dict(SPEC, KINDS), out, executor=executor, show_progress=False, hasher=hasher)
     wall, cpu = time.perf_counter() - t0, _cpu_s() - c0
     assert done.cells == 64 and done.run.computed == 64 and done.run.failed == 0, done.run
     return wall, cpu
@@ -112,11 +112,12 @@ def main() -> None:
             from moesim.sweeps.ray_executor import RayExecutor
 
             executors["Ray, 2 CPUs (started)"] = RayExecutor
+        hasher = Hasher()  # one code digest for every run, so that the datasets compare hash for hash
         walls: dict[str, list[float]] = {name: [] for name in executors}
         cpus: dict[str, list[float]] = {name: [] for name in executors}
         for r in range(args.repeat):
             for i, (name, make) in enumerate(executors.items()):
-                wall, cpu = _timed_sweep(make(), root / f"{r}-{i}")
+                wall, cpu = _timed_sweep(make(), root / f"{r}-{i}", hasher)
                 walls[name].append(wall)
                 cpus[name].append(cpu)
                 if i:

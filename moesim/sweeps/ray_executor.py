@@ -55,8 +55,8 @@ class RayExecutor:
             remote = ray.remote(num_cpus=1, max_retries=self.retries)(_remote_execute)
             pending = {remote.remote(t, *[refs[k] for k in t.inputs]): t for t in tasks}
             while pending:
-                ray.wait(list(pending), num_returns=1)
-                done, _ = ray.wait(list(pending), num_returns=len(pending), timeout=0)
+                # Up to 64 results a call: a sweep of many cells does not scan its pending list per cell.
+                done, _ = ray.wait(list(pending), num_returns=min(len(pending), 64), timeout=0.5)
                 for ref in done:
                     task = pending.pop(ref)
                     try:

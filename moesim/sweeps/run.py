@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from moesim.errors import UserError
+from moesim.sweeps.cells import Hasher
 from moesim.sweeps.dataset import Dataset, require_pyarrow
 from moesim.sweeps.executors import Executor
 from moesim.sweeps.runner import CellsRun, run_cells
@@ -38,12 +39,12 @@ def open_dataset(out_dir: str | Path, spec: SweepSpec) -> Dataset:
 
 
 def run_sweep(spec: SweepSpec, out_dir: str | Path, *, executor: Executor | None = None,
-              show_progress: bool = True, command: str = "") -> SweepRun:
+              show_progress: bool = True, command: str = "", hasher: Hasher | None = None) -> SweepRun:
     """Every cell of ``spec`` not yet in the dataset ``out_dir``, computed and appended there."""
     ds = open_dataset(out_dir, spec)
     cells = spec.cells()
     ds.folder.mkdir(parents=True, exist_ok=True)
     ds.write_manifest({"kind": spec.kind.name, "title": spec.title, "spec": spec.file, "command": command})
-    run = run_cells(cells, {spec.kind.name: spec.kind}, store=ds, executor=executor,
+    run = run_cells(cells, {spec.kind.name: spec.kind}, store=ds, executor=executor, hasher=hasher,
                     show_progress=show_progress, desc="sweep")
     return SweepRun(spec, ds, len(cells), run)

@@ -115,7 +115,8 @@ def run_cells(cells: Sequence[Cell], kinds: Mapping[str, CellKind], *, store: Da
         run.keys.setdefault(cell, hasher.key(cell, kinds[cell.kind].files))
     done = store.finished() if store is not None else {}
     todo = [c for c in run.keys if done.get(run.keys[c]) not in (OK, ERROR)]
-    stored = store.rows(run.keys[c] for c in run.keys if c not in set(todo)) if store is not None else {}
+    todo_set = set(todo)
+    stored = store.rows(run.keys[c] for c in run.keys if c not in todo_set) if store is not None else {}
     for c, k in run.keys.items():
         if k in stored:
             run.rows[c] = stored[k]
