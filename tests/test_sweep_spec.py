@@ -109,7 +109,7 @@ def test_paths_are_relative_to_the_spec_and_yaml_is_safe(tmp_path: Path) -> None
     (cell,) = load_spec(spec).cells()
     assert Path(cell.p["hw"]).resolve() == tmp_path / "box.yaml"
     spec.write_text("kind: !!python/object/apply:os.system ['true']\n")
-    with pytest.raises(UserError, match="not valid YAML"):
+    with pytest.raises(UserError, match="expected valid YAML"):
         load_spec(spec)
     with pytest.raises(UserError, match="no such sweep spec"):
         load_spec(tmp_path / "absent.yaml")

@@ -15,8 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from moesim.errors import UserError
 from moesim.sweeps.cells import Cell
 from moesim.sweeps.sampling import METHODS, Range, sample
@@ -47,7 +45,6 @@ grid:                           # every combination: 2 x 2 x 2 = 8 cells
 
 MAX_CELLS = 100_000
 """More cells than this is a mistake in the spec (or a study for a database, not a folder of Parquet)."""
-MAX_SPEC_BYTES = 1 << 20
 TOP_KEYS = ("kind", "title", "fixed", "grid", "sample")
 SAMPLE_KEYS = ("method", "n", "seed", "params")
 
@@ -241,22 +238,15 @@ def spec_from_dict(d: Any, kinds: Mapping[str, CellKind], *, file: str | None = 
 
 
 def load_spec(path: str | Path, kinds: Mapping[str, CellKind] | None = None) -> SweepSpec:
-    """Read a spec file (``yaml.safe_load``); relative paths inside are relative to its folder."""
+    """Read a spec file (:mod:`moesim.safe_yaml`: bounded size, depth and aliases; no code runs);
+    relative paths inside are relative to its folder."""
+    from moesim.safe_yaml import read_yaml_file
+
     if kinds is None:
         from moesim.sweeps.kinds import KINDS
 
         kinds = KINDS
     path = Path(path)
-    try:
-        if path.stat().st_size > MAX_SPEC_BYTES:
-            raise UserError(f"larger than {MAX_SPEC_BYTES} bytes: not a sweep spec", file=path)
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise UserError("no such sweep spec file", file=path) from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise UserError(f"cannot read the sweep spec: {e}", file=path) from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        raise UserError(f"not valid YAML ({str(e).splitlines()[0]})", file=path) from None
-    return spec_from_dict(data, kinds, file=str(path), base_dir=path.resolve().parent)
+    if not path.exists():
+        raise UserError("no such sweep spec file", file=path)
+    return spec_from_dict(read_yaml_file(path), kinds, file=str(path), base_dir=path.resolve().parent)
