@@ -120,6 +120,12 @@ def test_reports_never_import_the_cli(graph: dict[str, set[str]]) -> None:
     assert _importers(graph, "moesim.reports", "moesim.cli") == []
 
 
+def test_sweeps_sit_below_the_reports_and_the_cli(graph: dict[str, set[str]]) -> None:
+    """The report runs its cells through the sweep machinery, so sweeps never import reports (or cli)."""
+    assert _importers(graph, "moesim.sweeps", "moesim.cli") == []
+    assert _importers(graph, "moesim.sweeps", "moesim.reports") == []
+
+
 def test_cost_is_below_the_calibration_tools(graph: dict[str, set[str]]) -> None:
     assert _importers(graph, "moesim.cost", "moesim.calibration") == []
 
