@@ -11,6 +11,8 @@ local process pool.
    times are shown, with the load average and the CPU seconds the run used (CPU / wall = the cores it
    kept busy: on a machine shared with other jobs, the cores the sweep actually got). Speed-up =
    wall(1 worker) / wall(2 workers).
+   A control follows: 32 cells of 0.2 CPU seconds of pure Python on 1 and 2 workers, whose ratio is the
+   most a second worker can gain on this machine at that moment (1.0x when other jobs hold the cores).
 2. Per-cell overhead: ``--cells-overhead`` cells of a kind that does nothing, so the wall time per cell
    is the machinery alone (hashing, shipping the task, the outcome and its row, the Parquet parts):
    this process, the pool of 2, and Ray with 2 CPUs already started.
@@ -55,6 +57,31 @@ def nothing(p: dict[str, Any]) -> dict[str, Any]:
 
 NOTHING = CellKind("nothing", nothing, "no work", params=(Param("x", "int", "index"),),
                    metrics=(Metric("y", "int", "", "the index"),))
+
+
+def spin(p: dict[str, Any]) -> dict[str, Any]:
+    """A cell of 0.2 CPU seconds of pure Python: the control for how many cores the machine gives us."""
+    t0, n = time.process_time(), 0
+    while time.process_time() - t0 < 0.2:
+        n += 1
+    return {"y": n}
+
+
+SPIN = CellKind("spin", spin, "0.2 CPU s", params=(Param("x", "int", "index"),),
+                metrics=(Metric("y", "int", "", "loop turns"),))
+
+
+def _control(root: Path) -> tuple[float, float]:
+    """Wall seconds of 32 spin cells (6.4 CPU s) in this process and on a pool of 2: their ratio is the
+    most any 2-worker sweep could gain on this machine at this moment."""
+    walls = []
+    for i, executor in enumerate((SerialExecutor(), PoolExecutor(2))):
+        cells = [Cell.make("spin", x=x) for x in range(32)]
+        t0 = time.perf_counter()
+        run_cells(cells, {"spin": SPIN}, store=Dataset(root / f"spin{i}"), executor=executor,
+                  show_progress=False)
+        walls.append(time.perf_counter() - t0)
+    return walls[0], walls[1]
 
 
 def _cpu_s() -> float:
@@ -133,6 +160,9 @@ def main() -> None:
         w1, w2 = walls["1 worker (this process)"], walls["2 workers (local pool)"]
         print(f"  speed-up 2 workers vs 1: {min(w1) / min(w2):.2f}x best-to-best, "
               f"{statistics.median(w1) / statistics.median(w2):.2f}x median-to-median")
+        s1, s2 = _control(root)
+        print(f"  control, 32 cells of 0.2 CPU s of pure Python: {s1:.2f} s in this process, {s2:.2f} s on 2 "
+              f"workers ({s1 / s2:.2f}x: the most 2 workers could gain on this machine just now)")
         if ray_start is not None:
             print(f"  Ray start-up (ray.init, local, 2 CPUs): {ray_start:.2f} s")
         n = args.cells_overhead
