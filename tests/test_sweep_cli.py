@@ -115,13 +115,16 @@ def test_plan_cells_are_moesim_plan_rows(tmp_path: Path) -> None:
 
 
 def test_reference_page_documents_every_parameter_and_metric() -> None:
+    """Each kind's table on docs/sweeps.md lists every parameter (with its flag, type and allowed values
+    as the schema has them) and every declared metric (with its unit)."""
     page = (ROOT / "docs" / "sweeps.md").read_text()
     for kind in KINDS.values():
-        assert f"`{kind.name}`" in page
+        section = page.split(f"### `{kind.name}`", 1)[1].split("\n### ", 1)[0]
         for p in kind.params or ():
-            assert f"| `{p.name}` |" in page, (kind.name, p.name)
+            row = f"| `{p.name}` | {p.type} | `{p.flag}` | {', '.join(p.choices)}"
+            assert row in section, (kind.name, row)
         for m in kind.metrics or ():
-            assert f"| `{m.name}` |" in page, (kind.name, m.name)
+            assert f"| `{m.name}` | {m.type} | {m.unit or '—'} |" in section, (kind.name, m.name)
 
 
 def test_ctrl_c_leaves_a_dataset_the_rerun_completes(tmp_path: Path) -> None:

@@ -7,7 +7,7 @@ from typing import Any
 
 from moesim.specs.model import DTYPE_BYTES
 from moesim.sweeps.schema import CellKind, Metric, Param
-from moesim.vocab import AUTO, CachePolicy, Dispatch, MissMode, Prefetch, choices
+from moesim.vocab import Dispatch, choices
 
 
 def load_routing(value: str) -> Any:
@@ -17,10 +17,15 @@ def load_routing(value: str) -> Any:
     return load_routing_data(value)
 
 
-def _planners() -> tuple[str, ...]:
+def _choices() -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
+    """The planners and the cache planner's policies, miss modes and prefetches, as moesim plan takes them."""
     from moesim.planners import PLANNERS
+    from moesim.planners.cache_ilp import MISS_CHOICES, POLICY_CHOICES, PREFETCH_CHOICES
 
-    return tuple(PLANNERS)
+    return tuple(PLANNERS), tuple(POLICY_CHOICES), tuple(MISS_CHOICES), tuple(PREFETCH_CHOICES)
+
+
+_PLANNERS, _POLICIES, _MISSES, _PREFETCHES = _choices()
 
 
 PARAMS = (
@@ -30,7 +35,7 @@ PARAMS = (
     Param("model", "str", "model spec (default: the trace's model)", "--model", file="model"),
     Param("trace", "str", "routing trace or load-counts .npz (default: the shipped DeepSeek-V2-Lite trace)",
           "--trace", file="trace", load=load_routing),
-    Param("planner", "str", "the placement planner", "--planner", choices=_planners(), required=True),
+    Param("planner", "str", "the placement planner", "--planner", choices=_PLANNERS, required=True),
     Param("slots_per_gpu", "int", "expert slots per GPU", "--slots-per-gpu", minimum=1),
     Param("replicas", "int", "physical expert slots per layer in all", "--replicas", minimum=1),
     Param("weight_dtype", "str", "serve the routed experts in this dtype", "--weight-dtype",
@@ -50,10 +55,9 @@ PARAMS = (
     Param("seed", "int", "random seed (solver and simulator)", "--seed", minimum=0),
     Param("gpu_memory", "bytes", "whole GPU memory budget: adds the cache/offload plan", "--gpu-memory"),
     Param("cache_policy", "str", "with gpu_memory: the cache plan's policy", "--cache-policy",
-          choices=tuple(map(str, (CachePolicy.STATIC, CachePolicy.LRU, CachePolicy.LFU, AUTO)))),
-    Param("miss", "str", "with gpu_memory: what a miss does", "--miss", choices=choices(MissMode, AUTO)),
-    Param("prefetch", "str", "with gpu_memory: the prefetch assumed", "--prefetch",
-          choices=choices(Prefetch, AUTO)),
+          choices=_POLICIES),
+    Param("miss", "str", "with gpu_memory: what a miss does", "--miss", choices=_MISSES),
+    Param("prefetch", "str", "with gpu_memory: the prefetch assumed", "--prefetch", choices=_PREFETCHES),
 )
 
 METRICS = (
