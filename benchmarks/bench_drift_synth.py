@@ -34,7 +34,8 @@ sys.path.insert(0, str(REPO))
 from moesim.planners.decay import static_plan_imbalance  # noqa: E402
 from moesim.traces import RoutingTrace  # noqa: E402
 from moesim.traces.drift import window_bounds, window_counts  # noqa: E402
-from moesim.traces.synth import fit_trace, generate  # noqa: E402
+from moesim.traces.synth import generate  # noqa: E402
+from moesim.traces.synth_fit import fit_trace  # noqa: E402
 from moesim.workflows.drift import drift_stats  # noqa: E402
 from tests.drift_streams import STREAMS  # noqa: E402
 

@@ -169,7 +169,8 @@ def plan_target(data: Any, folder: Path) -> None:
 
 
 def profile_target(data: Any, folder: Path) -> None:
-    from moesim.traces.synth import from_profile, load_profile
+    from moesim.traces.synth_fit import from_profile
+    from moesim.traces.synth_profile import load_profile
 
     path = folder / "profile.json"
     path.write_text(json.dumps(data, default=str), encoding="utf-8")

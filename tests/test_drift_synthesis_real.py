@@ -12,7 +12,8 @@ from moesim.planners.decay import default_slots, static_plan_imbalance
 from moesim.traces import RoutingTrace
 from moesim.traces.drift import window_bounds, window_counts
 from moesim.traces.regimes import fit_drift
-from moesim.traces.synth import fit_trace, generate
+from moesim.traces.synth import generate
+from moesim.traces.synth_fit import fit_trace
 from moesim.workflows.drift import drift_stats
 from tests import drift_streams
 

@@ -10,7 +10,9 @@ import pytest
 from moesim.traces import RoutingTrace
 from moesim.traces.regime_draws import fast_bank, tilt_conditionals
 from moesim.traces.regimes import DriftModel, find_regimes, fit_drift
-from moesim.traces.synth import fit_trace, from_profile, generate, load_profile, profile_from_trace
+from moesim.traces.synth import generate
+from moesim.traces.synth_fit import fit_trace, from_profile, profile_from_trace
+from moesim.traces.synth_profile import load_profile
 from moesim.workflows.drift import drift_stats, synthesis_profile
 from tests.test_trace_drift import iid_trace, switching_trace
 

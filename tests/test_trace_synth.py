@@ -10,7 +10,9 @@ import pytest
 from moesim.cli import main
 from moesim.traces import RoutingTrace
 from moesim.traces.stats import trace_stats
-from moesim.traces.synth import fit_trace, from_profile, generate, load_profile, profile_from_trace
+from moesim.traces.synth import generate
+from moesim.traces.synth_fit import fit_trace, from_profile, profile_from_trace
+from moesim.traces.synth_profile import load_profile
 from tests.conftest import shared_trace
 
 

@@ -476,7 +476,9 @@ def run_synth(args: argparse.Namespace) -> int:
     import numpy as np
 
     from moesim.traces import RoutingTrace
-    from moesim.traces.synth import fit_trace, from_profile, load_profile, write_synthetic
+    from moesim.traces.synth import write_synthetic
+    from moesim.traces.synth_fit import fit_trace, from_profile
+    from moesim.traces.synth_profile import load_profile
 
     if args.tokens < 1:
         raise UserError(f"expected at least 1 token, got {args.tokens}", field="--tokens")
@@ -541,7 +543,8 @@ def run_synth(args: argparse.Namespace) -> int:
 def _report(real, args: argparse.Namespace, model) -> dict[str, dict[str, float]]:
     from moesim.traces import RoutingTrace
     from moesim.traces.stats import trace_stats
-    from moesim.traces.synth import compare, load_profile
+    from moesim.traces.synth_fit import compare
+    from moesim.traces.synth_profile import load_profile
     from moesim.workflows.drift import compare_drift
 
     synth = RoutingTrace.load(args.out)

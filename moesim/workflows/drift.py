@@ -14,7 +14,7 @@ import numpy as np
 from moesim.errors import UserError
 from moesim.planners.decay import DEFAULT_PLANNER, default_slots, static_plan_imbalance
 from moesim.traces.drift import DEFAULT_WINDOWS, Source, movement, window_bounds, window_counts
-from moesim.traces.synth import profile_from_trace
+from moesim.traces.synth_fit import profile_from_trace
 
 DEFAULT_GPUS = 8
 COMPARED = ("tv_consecutive", "tv_noise_floor", "drift_ratio", "tv_halves", "next_window_imbalance",
