@@ -111,7 +111,7 @@ DEFAULT_SWEEP: dict[str, Any] = {
             "policies": ["lru", "lfu", "belady", "static"],
             "cache_sizes": [2, 3, 4, 5, 6, 7, 8],
             "expert_cache": ["11 GiB", "16 GiB", "21.1 GiB"],
-            "miss_modes": ["fetch", "cpu", "lowbit", "pim"],
+            "miss_modes": ["fetch", "cpu", "lowbit"],  # the box has no PIM
             "memory_policy": "lru",
             "batch": 1,
             "steps": 128,
