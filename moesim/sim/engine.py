@@ -122,8 +122,8 @@ class Machine:
         """Each GPU's bytes by part (:func:`moesim.memory.fit_devices`); refuse a plan that does not fit."""
         wl, cache, p = self.workload, self.cache, self.parallel
         owned = device_token_counts(wl.tokens(), self.G)
-        group = p.group_tokens(owned)  # a GPU holds the KV of its TP group's sequences
-        kv = (group * wl.context_tokens[:, None]).max(axis=0) * kv_bytes_per_token(self.model, p.tp)
+        group = p.group_tokens(self._kv_tokens())  # a GPU holds the KV of its TP group's sequences
+        kv = group.max(axis=0) * kv_bytes_per_token(self.model, p.tp)
         scheme = COMM_BUFFERS[str(self.a2a.mode)] if self.G > 1 else "none"
         buffers = comm_buffer_bytes(self.model, scheme, ep=self.G,
                                     max_tokens_per_rank=max(1, int(owned.max(initial=1))))
@@ -135,6 +135,28 @@ class Machine:
                            staging_dtype=self.cfg.lowbit_dtype if cache.miss == "lowbit" else None,
                            cached=cache.policy != CachePolicy.NONE, parallel=p, runtime=self.runtime,
                            comm_buffer_bytes=buffers)
+
+    def _kv_tokens(self) -> np.ndarray:
+        """[S, G] tokens of KV cache each device holds in each step. Decode: each token attends its
+        own context (the step's mean). Prefill: a device holds, per prompt it computes tokens of,
+        the keys up to its last such token (``pos + 1``), so whole prompts hold the sum of their
+        lengths, not tokens x mean context."""
+        wl = self.workload
+        owned = device_token_counts(wl.tokens(), self.G)
+        if wl.phase != "prefill":
+            return owned * wl.context_tokens[:, None]
+        seq, pos = np.asarray(self.cfg.trace.seq_id), np.asarray(self.cfg.trace.pos, dtype=np.int64)
+        out = np.zeros_like(owned)
+        for s, rows in enumerate(wl.steps):
+            if len(rows):
+                _, key = np.unique(owners(len(rows), self.G) * (int(seq[rows].max()) + 1) + seq[rows],
+                                   return_inverse=True)
+                last = np.zeros(int(key.max()) + 1, dtype=np.int64)
+                np.maximum.at(last, key, pos[rows] + 1)
+                first = np.zeros(len(last), dtype=np.int64)
+                first[key] = owners(len(rows), self.G)  # the device of each (device, prompt) key
+                out[s] = np.bincount(first, weights=last, minlength=self.G).astype(np.int64)
+        return out
 
     def chunks(self) -> Iterator[tuple[int, np.ndarray, Dispatch, ChunkCosts]]:
         """(first step, ids [S, B, L, K], dispatch, costs) for consecutive chunks of steps."""
