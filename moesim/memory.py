@@ -301,3 +301,25 @@ def fit_devices(model: MoEModel, cluster: Cluster, devices: Sequence[str],
                 field="cache.capacity_experts" if cached else "placement")
         out[d] = b
     return out
+
+
+def kv_pool_bytes(model: MoEModel, cluster: Cluster, devices: Sequence[str],
+                  resident_expert_bytes: Mapping[str, float], *, step_tokens: float,
+                  utilization: float = 1.0) -> dict[str, float]:
+    """Bytes each device has left for a serving KV cache: ``utilization`` x its memory (vLLM's
+    ``gpu_memory_utilization``) minus its non-expert weights, resident experts and the activations of
+    a ``step_tokens``-token step; one :class:`UserError` naming the device when nothing is left."""
+    layout = MemoryModel(model, gpus=len(devices))
+    out: dict[str, float] = {}
+    for d in devices:
+        capacity = cluster.device(d).spec.memory_bytes * utilization
+        b = layout.device(d, capacity, kv_cache_bytes=0.0, step_tokens=step_tokens,
+                          expert_bytes=resident_expert_bytes.get(d, 0.0))
+        if b.total_bytes >= capacity:
+            raise UserError(
+                f"device {d} has no memory left for a KV cache: {b.expert_bytes / 1e9:.2f} GB of expert "
+                f"weights + {b.describe_fixed('GB')} fill {utilization:g} x "
+                f"{capacity / utilization / 1e9:.2f} GB; use more devices, a smaller --weight-dtype or a "
+                "smaller token budget", field="placement")
+        out[d] = capacity - b.total_bytes
+    return out

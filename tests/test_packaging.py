@@ -36,4 +36,5 @@ def test_wheel_holds_builtin_data_and_mapped_packages(wheel: Path) -> None:
     assert {n.rsplit("/", 1)[-1] for n in names if n.startswith("moesim/data/traces/")} >= traces
     assert "moesim/planners/__init__.py" in names
     assert "moesim/kernels/__init__.py" in names
+    assert {"moesim/serving/schedulers/__init__.py", "moesim/serving/workloads/chat.yaml"} <= names
     assert not any(n.startswith(("planners/", "kernels/", "hardware/", "traces/")) for n in names)

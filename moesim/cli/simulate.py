@@ -14,6 +14,8 @@ from moesim.cli.common import (
     print_json,
     quantity,
 )
+from moesim.cli.simulate_serving import EXAMPLES as SERVING_EXAMPLES
+from moesim.cli.simulate_serving import add_serving_flags, run_serving
 from moesim.errors import UserError
 from moesim.io import check_parquet_writable
 from moesim.limits import NODES
@@ -55,8 +57,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Replay the routing trace's steps through every layer of the model on the cluster "
         "(attention -> router -> dispatch -> experts -> combine), with the plan's placement (default: "
         "contiguous, all resident), optional expert offloading and overlap. Results: a JSON summary, "
-        "a per step x layer x device table (--out) and a Perfetto timeline (--timeline).",
-        examples=EXAMPLES,
+        "a per step x layer x device table (--out) and a Perfetto timeline (--timeline). With --workload, "
+        "requests arrive over time and are served with continuous batching and a KV cache per request "
+        "(TTFT, TPOT, goodput; --out is then the per-request table).",
+        examples=EXAMPLES + SERVING_EXAMPLES,
     )
     p.add_argument("--hw", required=True, metavar="NAME|PATH", help="hardware profile (built-in or YAML)")
     p.add_argument("--model", required=True, metavar="NAME|PATH", help="model spec (built-in name or YAML)")
@@ -140,6 +144,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "slower); a violation is a moesim bug and fails the run, e.g. "
                    "moesim simulate --hw h100x8 --model mixtral-8x7b --trace mixtral-8x7b-synth "
                    "--check-invariants --json")
+    add_serving_flags(p)
     add_json_flag(p)
     p.set_defaults(func=run)
 
@@ -149,6 +154,8 @@ def run(args: argparse.Namespace) -> int:
         if value and not str(value).endswith((".csv", ".parquet")):
             raise UserError(f"expected a .csv or .parquet file, got {value!r}", field=flag)
         check_parquet_writable(value or "", field=flag)
+    if args.workload is not None:
+        return run_serving(args)
     sim = simulate_run(
         hw=args.hw, model=args.model, trace=args.trace, plan=args.plan, weight_dtype=args.weight_dtype,
         nodes=args.nodes, batch=args.batch, steps=args.steps, phase=args.phase, cache=args.cache,

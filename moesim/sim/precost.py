@@ -136,17 +136,26 @@ class PreCoster:
     def parts(self, batch: np.ndarray, context: np.ndarray, outputs: np.ndarray | None = None) -> PreParts:
         """The parts of a chunk: ``batch`` [S] tokens, ``context`` [S] keys per token, ``outputs`` [S]
         tokens the LM head scores (default: every token, as in decode)."""
+        G = len(self.devices)
+        return self.parts_owned(device_token_counts(batch, G), context,
+                                device_token_counts(batch if outputs is None else outputs, G))
+
+    def parts_owned(self, owned: np.ndarray, context: np.ndarray, outputs: np.ndarray,
+                    attention: np.ndarray | None = None) -> PreParts:
+        """:meth:`parts` for ``owned`` [S, G] tokens each GPU owns and ``outputs`` [S, G] tokens each GPU's
+        LM head scores; ``attention`` [S, G] seconds, when given, replace the attention priced at
+        ``context`` (a serving step prices each GPU's requests at their own contexts)."""
         from moesim.cost.allreduce import bus_factor
 
         G, tp, m = len(self.devices), self.parallel.tp, self.model
-        owned = device_token_counts(batch, G)
         group = self.parallel.group_tokens(owned)
-        outs = self.parallel.group_tokens(device_token_counts(batch if outputs is None else outputs, G))
+        outs = self.parallel.group_tokens(outputs)
         group_sums = group[:, ::tp].astype(float)  # [S, groups]
         hidden = group_sums * m.hidden_size * self.act
         ar = self._collective(hidden)
         ar_factor = bus_factor("all_reduce", tp) if tp > 1 else 0.0
-        attention = self._per_device("attention", group, context)
+        if attention is None:
+            attention = self._per_device("attention", group, context)
         need = {k for key in self.kind_keys for k in (("router", "shared") if key[0] else ("dense",))}
         computed = {op: self._per_device(op, owned if op == "router" else group, context) for op in need}
         S = len(batch)

@@ -155,9 +155,11 @@ class StepCoster:
         return times[pos]
 
     def chunk(self, first: int, d: Dispatch, batch: np.ndarray, context: np.ndarray,
-              outputs: np.ndarray | None = None) -> ChunkCosts:
-        """The costs of a chunk of dispatched steps; ``outputs`` [S]: tokens the LM head scores."""
-        parts = self.pre.parts(batch, context, outputs)
+              outputs: np.ndarray | None = None, parts: PreParts | None = None) -> ChunkCosts:
+        """The costs of a chunk of dispatched steps; ``outputs`` [S]: tokens the LM head scores; ``parts``
+        replaces the pre-dispatch work priced from ``batch`` and ``context`` when given (a serving step
+        prices each GPU's own requests)."""
+        parts = self.pre.parts(batch, context, outputs) if parts is None else parts
         if d.pair_tokens is None:
             return self._chunk_nodes(first, d, parts)
         pairs = d.pair_tokens

@@ -1,0 +1,114 @@
+"""The time of one serving step, priced by the simulator's own step costing.
+
+A step is a batch of (request, positions) work items on one instance. Its trace rows are dispatched
+through the instance's plan (:func:`moesim.sim.dispatch.dispatch`, tokens owned by their request's
+GPU) and priced by :class:`moesim.sim.stepcost.StepCoster`: router, shared experts and
+permute/combine per GPU, the grouped expert call per GPU, the dispatch and combine all-to-alls. Only
+attention is priced here, per GPU from its own requests: a work item of ``n`` positions starting at
+context ``a`` attends ``n a + n (n + 1) / 2`` keys in all (causal); a GPU's prefill items and its
+decode items are two attention calls of their mean context (exact for the FLOPs and the KV bytes,
+which are linear in the keys), and a GPU with both reads the projection weights once (the time of
+one lone decode token, weights and launches, is taken off the sum). The step takes, per layer, the
+slowest GPU's attention and pre-dispatch work + dispatch + the slowest GPU's experts + combine.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from moesim.cost.transfers import host_of
+from moesim.plans.plan import Plan
+from moesim.sim.dispatch import NodeCounting, ReplicaTable, dispatch
+from moesim.sim.replica_routing import node_index
+from moesim.sim.stepcost import StepCoster
+from moesim.specs.hardware import Cluster
+
+
+@dataclass(frozen=True)
+class AttentionLoad:
+    """Per GPU [G]: prefill and decode query tokens, and the keys they attend in all."""
+
+    prefill_tokens: np.ndarray
+    prefill_keys: np.ndarray
+    decode_tokens: np.ndarray
+    decode_keys: np.ndarray
+    output_tokens: np.ndarray
+    """Tokens whose logits the LM head computes: every decode position, a prompt's last position."""
+
+
+@dataclass(frozen=True)
+class StepPrice:
+    """Seconds of one step, its critical path by phase, and each GPU's busy seconds [G]."""
+
+    seconds: float
+    pre_s: float
+    dispatch_s: float
+    experts_s: float
+    combine_s: float
+    busy_s: np.ndarray
+
+
+class StepPricer:
+    """Prices steps of one instance (its plan's GPUs) with ``cost`` (a :class:`moesim.sim.costs.SimCost`)."""
+
+    def __init__(self, cost: Any, cluster: Cluster, plan: Plan, expert_ids: np.ndarray):
+        self.cost, self.cluster, self.plan = cost, cluster, plan
+        self.devices: tuple[str, ...] = tuple(plan.devices)
+        self.expert_ids = expert_ids
+        self.table = ReplicaTable.of(plan)
+        self.coster = StepCoster(cost, self.devices, phase="decode")
+        self.nodes = (NodeCounting(node_index(cluster, self.devices)) if self.coster.node_blocks is not None
+                      else None)
+        groups: dict[int, list[int]] = {}
+        for g, d in enumerate(self.devices):
+            groups.setdefault(id(cluster.device(d).spec), []).append(g)
+        self.groups = [np.asarray(v, dtype=np.int64) for v in groups.values()]
+        self._lone = {int(idx[0]): float(cost.attention_s(self.devices[idx[0]], 1, 1, "decode"))
+                      for idx in self.groups}
+        self._hosts: dict[str, str] = {}
+
+    def attention(self, load: AttentionLoad) -> np.ndarray:
+        """[G] seconds of each GPU's attention (module docstring)."""
+        out = np.zeros(len(self.devices))
+        for idx in self.groups:
+            dev = self.devices[idx[0]]
+            parts = []
+            for tokens, keys, phase in ((load.prefill_tokens[idx], load.prefill_keys[idx], "prefill"),
+                                        (load.decode_tokens[idx], load.decode_keys[idx], "decode")):
+                ctx = np.divide(keys, tokens, out=np.ones_like(keys), where=tokens > 0)
+                parts.append(np.asarray(self.cost.attention_s(dev, tokens, ctx, phase), dtype=float))
+            both = (load.prefill_tokens[idx] > 0) & (load.decode_tokens[idx] > 0)
+            shared = np.minimum(self._lone[int(idx[0])], np.minimum(parts[0], parts[1]))
+            out[idx] = parts[0] + parts[1] - np.where(both, shared, 0.0)
+        return out
+
+    def price(self, rows: np.ndarray, owner: np.ndarray, load: AttentionLoad) -> StepPrice:
+        """The step whose tokens are trace ``rows`` on GPUs ``owner`` (indices into the plan's)."""
+        G = len(self.devices)
+        ids = np.asarray(self.expert_ids[rows])[None]
+        d = dispatch(ids, owner[None], self.table, None, self.nodes)
+        owned = np.bincount(owner, minlength=G)[None]
+        ctx = np.ones(1, dtype=np.int64)
+        parts = self.coster.pre.parts_owned(owned, ctx, load.output_tokens[None].astype(np.int64),
+                                            attention=self.attention(load)[None])
+        c = self.coster.chunk(0, d, np.array([len(rows)]), ctx, parts=parts)
+        moe = self.coster.moe_layers
+        pre_s, expert = float(c.pre[0].max(axis=1).sum()), c.expert[0]
+        experts_s, dispatch_s, combine_s = float(expert.max(axis=1).sum()), float(c.dispatch.sum()), \
+            float(c.combine.sum())
+        busy = c.pre[0].sum(axis=0)
+        busy += expert.sum(axis=0) if len(moe) else 0.0
+        return StepPrice(pre_s + dispatch_s + experts_s + combine_s, pre_s, dispatch_s, experts_s, combine_s,
+                         busy)
+
+    def swap_s(self, device: str, nbytes: float) -> float:
+        """One way of a swap: ``nbytes`` of KV between ``device`` and its host's memory."""
+        host = self._hosts.get(device) or self._hosts.setdefault(device, host_of(self.cluster, device))
+        return float(self.cost.transfer_s(device, host, nbytes))
+
+    def transfer_s(self, src: str, dst: str, nbytes: float) -> float:
+        """A KV cache moved from GPU ``src`` to GPU ``dst`` over the topology."""
+        return float(self.cost.transfer_s(src, dst, nbytes))
