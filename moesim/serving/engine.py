@@ -158,6 +158,12 @@ class ServeEngine:
         inst.seqs[victim.device] -= 1
         victim.preemptions += 1
         inst.preemptions += 1
+        if self.layout.blocks(victim.max_tokens()) > inst.pools[victim.device].capacity_blocks:
+            inst.release(victim)  # it would evict itself forever: give up on it, say why
+            victim.status = "rejected"
+            self.unfinished[victim.id] = "preempted alone: its KV cache outgrows an empty GPU pool"
+            self._close(victim)
+            return
         if self.cfg.preemption == "swap":
             nbytes = self.layout.blocks(victim.computed) * self.layout.block_bytes()
             inst.pending_s += inst.pricer.swap_s(inst.devices[victim.device], nbytes)
