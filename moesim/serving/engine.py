@@ -264,6 +264,7 @@ class ServeEngine:
         log.requests.append(len(work))
         log.kv_used_blocks.append(inst.used_blocks())
         log.in_system.append(in_system)
+        log.in_system_end.append(self.in_system())
         if len(log.start_s) <= self.cfg.timeline_steps:
             name = "mixed" if p and d else ("prefill" if p else "decode")
             for g, dev in enumerate(inst.devices):

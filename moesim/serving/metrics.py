@@ -65,14 +65,15 @@ class ServeResult:
         col["finished"] = np.array([r.status == "done" for r in reqs], dtype=bool)
         steps: dict[str, list[Any]] = {k: [] for k in ("instance", "start_s", "dur_s", "prefill_tokens",
                                                           "decode_tokens", "requests", "kv_used_blocks",
-                                                          "kv_capacity_blocks", "in_system")}
+                                                          "kv_capacity_blocks", "in_system",
+                                                          "in_system_end")}
         instances = []
         for i, inst in enumerate(engine.instances):
             log = inst.log
             n = len(log.start_s)
             steps["instance"] += [i] * n
             for key in ("start_s", "dur_s", "prefill_tokens", "decode_tokens", "requests", "kv_used_blocks",
-                        "in_system"):
+                        "in_system", "in_system_end"):
                 steps[key] += getattr(log, key)
             steps["kv_capacity_blocks"] += [inst.capacity_blocks()] * n
             instances.append({
@@ -151,15 +152,21 @@ class ServeResult:
         return ok
 
     def in_system_mean(self) -> float:
-        """Time-average of the requests in the system, from the queues sampled at each step's start
-        (held until the next sample while any instance runs; 0 while every instance is idle)."""
+        """Time-average of the requests in the system, from the engine's queues counted when each step
+        starts and ends: the trapezoid between consecutive counts while any instance runs (arrivals
+        during a step are counted at its end), 0 while every instance is idle."""
         s = self.steps
-        if not len(s["start_s"]):
+        if not len(s["start_s"]) or self.duration_s <= 0:
             return 0.0
-        start, end, n = s["start_s"], s["start_s"] + s["dur_s"], s["in_system"]
-        reach = np.maximum.accumulate(end)
-        hold = np.minimum(np.r_[start[1:], np.inf], reach) - start
-        return float(np.sum(n * np.maximum(hold, 0.0)) / self.duration_s) if self.duration_s > 0 else 0.0
+        ends = s["start_s"] + s["dur_s"]
+        t = np.r_[s["start_s"], ends]
+        n = np.r_[s["in_system"], s["in_system_end"]].astype(float)
+        order = np.argsort(t, kind="stable")
+        t, n = t[order], n[order]
+        busy_until = np.maximum.accumulate(np.r_[ends, ends][order])
+        running = t[:-1] < busy_until[:-1]
+        area = np.where(running, (n[:-1] + n[1:]) / 2 * np.diff(t), 0.0)
+        return float(area.sum() / self.duration_s)
 
     # ------------------------------------------------------------------ outputs
     def summary(self) -> dict[str, Any]:

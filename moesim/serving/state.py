@@ -72,7 +72,9 @@ class StepLog:
     requests: list[int] = field(default_factory=list)
     kv_used_blocks: list[int] = field(default_factory=list)
     in_system: list[int] = field(default_factory=list)
-    """Requests anywhere in the system (every instance's queues) when the step started."""
+    """Requests anywhere in the system (every instance's queues) when the step started ..."""
+    in_system_end: list[int] = field(default_factory=list)
+    """... and when it ended, before its finished requests left."""
 
 
 class Instance:
