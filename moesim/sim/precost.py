@@ -63,6 +63,12 @@ class PreParts:
         per_kind = self.kinds[k, s, g]  # [K, S, P]
         return per_kind[self.layer_kind].transpose(1, 0, 2)
 
+    def with_attention(self, attention: np.ndarray) -> PreParts:
+        """The same parts with the attention of every layer replaced by ``attention`` [S, G] seconds."""
+        kinds = self.kinds.copy()
+        kinds[..., _IDX["attention"]] = attention[None]
+        return PreParts(kinds, self.layer_kind, self.edge_bytes)
+
     def step(self, i: int) -> np.ndarray:
         """[L, G, P] the parts of step ``i`` of the chunk."""
         return self.kinds[:, i][self.layer_kind]
