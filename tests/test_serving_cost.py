@@ -1,0 +1,173 @@
+"""How a serving step is priced: the simulator's step costing on the batch's routed rows, attention per
+request with its own context, KV moved between GPU groups, speculative decoding and prefix hits."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from moesim.cost import CostModel
+from moesim.plans.default import default_plan
+from moesim.serving import Lengths, ServeConfig, Speculative, WorkloadSpec, serve
+from moesim.serving.requests import make_requests
+from moesim.serving.stepprice import AttentionLoad, StepPricer
+from moesim.sim import SimConfig, simulate
+from moesim.sim.dispatch import owners
+from moesim.specs import load_cluster, load_model
+from moesim.traces.trace import DECODE, PREFILL, RoutingTrace
+
+
+@pytest.fixture(scope="module")
+def lite():
+    return load_cluster("h100x8"), load_model("deepseek-v2-lite"), RoutingTrace.load("deepseek-v2-lite-synth")
+
+
+def _load(G: int, **parts: np.ndarray) -> AttentionLoad:
+    z = np.zeros(G)
+    return AttentionLoad(parts.get("pt", z), parts.get("pk", z), parts.get("dt", z), parts.get("dk", z))
+
+
+def test_decode_step_equals_the_simulators_step(lite):
+    """A decode step of 64 requests, 8 per GPU, all at context 700, costs exactly what ``moesim
+    simulate`` costs for the same 64 trace rows at position 699 (same dispatch, same ops)."""
+    cluster, model, trace = lite
+    rows = np.arange(64)
+    at = RoutingTrace.build(np.asarray(trace.expert_ids[:64]), num_experts=64, pos=np.full(64, 699),
+                            layer_ids=trace.layer_ids, phase=DECODE)
+    sim = simulate(SimConfig(cluster, model, at, batch_size=64, steps=1))
+    cost = CostModel(cluster, model)
+    pricer = StepPricer(cost, cluster, default_plan(model, cluster), at.expert_ids)
+    G = 8
+    tokens = np.full(G, 8.0)
+    price = pricer.price(rows, owners(64, G), _load(G, dt=tokens, dk=tokens * 700))
+    assert price.seconds == pytest.approx(float(sim.step_latency_s[0]), rel=1e-12)
+
+
+def test_mixed_attention_reads_the_projection_weights_once(lite):
+    """A GPU with prefill and decode tokens pays both attentions less one lone token's (its weights and
+    launches); a GPU with only one kind pays exactly that kind's."""
+    cluster, model, trace = lite
+    cost = CostModel(cluster, model)
+    pricer = StepPricer(cost, cluster, default_plan(model, cluster), trace.expert_ids)
+    G, dev = 8, "n0.gpu0"
+    pt, pk = np.zeros(G), np.zeros(G)
+    dt, dk = np.zeros(G), np.zeros(G)
+    pt[0], pk[0] = 512, 512 * 513 / 2
+    dt[[0, 1]], dk[[0, 1]] = 16, 16 * 900
+    att = pricer.attention(_load(G, pt=pt, pk=pk, dt=dt, dk=dk))
+    prefill = cost.attention_s(dev, 512, 256.5, "prefill")
+    decode = cost.attention_s(dev, 16, 900, "decode")
+    lone = cost.attention_s(dev, 1, 1, "decode")
+    assert att[0] == pytest.approx(prefill + decode - lone, rel=1e-12)
+    assert att[1] == pytest.approx(decode, rel=1e-12) and att[2] == 0.0
+    assert max(prefill, decode) < att[0] < prefill + decode
+
+
+def test_chunked_prompt_attends_causally(lite, monkeypatch):
+    """A 1000-token prompt in chunks of 400, 400, 200: chunk k of n tokens after a computed tokens
+    attends n a + n (n + 1) / 2 keys; then each decode step one key more than the last; every
+    position is routed by the request's own rows."""
+    cluster, model, trace = lite
+    seen: list[tuple[np.ndarray, AttentionLoad]] = []
+    price = StepPricer.price
+
+    def spy(self, rows, owner, load):
+        seen.append((rows.copy(), load))
+        return price(self, rows, owner, load)
+
+    monkeypatch.setattr(StepPricer, "price", spy)
+    w = WorkloadSpec(prompt_tokens=Lengths(value=1000), output_tokens=Lengths(value=4), requests=1)
+    r = serve(ServeConfig(cluster, model, trace, w, token_budget=400))
+    keys = [float(ld.prefill_keys.sum() + ld.decode_keys.sum()) for _, ld in seen]
+    assert keys == [400 * 401 / 2, 400 * 400 + 400 * 401 / 2, 200 * 800 + 200 * 201 / 2, 1001, 1002, 1003]
+    assert [float(ld.prefill_tokens.sum()) for _, ld in seen] == [400, 400, 200, 0, 0, 0]
+    routed = np.concatenate([rows for rows, _ in seen])
+    reqs = make_requests(w, trace)
+    assert np.array_equal(routed, reqs.rows(np.zeros(1003, dtype=np.int64), np.arange(1003)))
+    assert r.requests["prefill_s"][0] == pytest.approx(r.requests["first_token_s"][0], rel=1e-12)
+
+
+def test_prefix_hits_skip_prefill_compute(lite):
+    """Half of every prompt found in the prefix cache: half the prefill tokens are computed, TTFT is
+    shorter, the KV still holds whole prompts."""
+    cluster, model, trace = lite
+    w = WorkloadSpec(prompt_tokens=Lengths(value=1024), output_tokens=Lengths(value=8), requests=10)
+    cold = serve(ServeConfig(cluster, model, trace, w)).summary()
+    warm_r = serve(ServeConfig(cluster, model, trace, w.with_(prefix_hit_fraction=0.5)))
+    warm = warm_r.summary()
+    assert warm["instances"][0]["prefill_tokens"] == cold["instances"][0]["prefill_tokens"] // 2 == 5120
+    assert warm["ttft_s"]["mean"] < cold["ttft_s"]["mean"]
+    assert np.all(warm_r.requests["prefix_hit_tokens"] == 512)
+
+
+def test_speculative_decoding_takes_fewer_steps(lite):
+    """Three draft tokens accepted with probability 0.8: each decode step emits (1 - 0.8^4) / 0.2 =
+    2.95 tokens on average (Leviathan et al. 2023, eq. 1), so fewer, slightly dearer steps; the same
+    tokens come out."""
+    cluster, model, trace = lite
+    w = WorkloadSpec(prompt_tokens=Lengths(value=64), output_tokens=Lengths(value=1200), requests=1)
+    plain = serve(ServeConfig(cluster, model, trace, w))
+    spec = serve(ServeConfig(cluster, model, trace, w.with_(speculative=Speculative(3, 0.8))))
+    steps_plain = len(plain.steps["start_s"]) - 1
+    steps_spec = len(spec.steps["start_s"]) - 1
+    assert steps_plain / steps_spec == pytest.approx((1 - 0.8**4) / 0.2, rel=0.08)
+    assert spec.summary()["tpot_s"]["mean"] < plain.summary()["tpot_s"]["mean"]
+    assert np.array_equal(spec.requests["emitted_tokens"], plain.requests["emitted_tokens"])
+
+
+def test_disaggregated_moves_each_kv_cache_once(lite):
+    """Disaggregated: every request with more than one output token has its prompt's KV moved from a
+    prefill GPU (0-3) to a decode GPU (4-7) over NVLink; its first token comes from the prefill group,
+    so its TTFT holds no decode step, and the decode group never prefills."""
+    cluster, model, trace = lite
+    w = WorkloadSpec(prompt_tokens=Lengths(kind="uniform", min=100, max=900),
+                     output_tokens=Lengths(kind="uniform", min=1, max=30), requests=30)
+    w = w.with_(arrival_rate=50.0)
+    r = serve(ServeConfig(cluster, model, trace, w, scheduler="disaggregated"))
+    s = r.summary()
+    req = r.requests
+    many = req["output_tokens"] > 1
+    pre, dec = s["instances"]
+    assert pre["devices"] == [f"n0.gpu{i}" for i in range(4)]
+    assert dec["devices"] == [f"n0.gpu{i}" for i in range(4, 8)]
+    assert s["kv_transfer"]["count"] == int(many.sum())
+    assert s["kv_transfer"]["bytes"] == pytest.approx(float(req["prompt_tokens"][many].sum())
+                                                       * model.kv_cache_bytes_per_token())
+    assert pre["decode_tokens"] == 0 and dec["prefill_tokens"] == 0
+    assert pre["prefill_tokens"] == int(req["prompt_tokens"].sum())
+    spans = [sp for sp in r.spans if sp.name == "kv transfer"]
+    assert len(spans) == int(many.sum()) and all(sp.track.startswith("n0.gpu") for sp in spans)
+
+
+def test_same_seed_same_results(lite):
+    cluster, model, trace = lite
+    w = WorkloadSpec(prompt_tokens=Lengths(kind="lognormal", mean=300, sigma=0.8),
+                     output_tokens=Lengths(kind="uniform", min=1, max=40), requests=25,
+                     speculative=Speculative(2, 0.5)).with_(arrival_rate=40.0)
+    a = serve(ServeConfig(cluster, model, trace, w)).summary()
+    b = serve(ServeConfig(cluster, model, trace, w)).summary()
+    a.pop("timing"), b.pop("timing")
+    assert a == b
+    c = serve(ServeConfig(cluster, model, trace, w.with_(seed=1))).summary()
+    assert c["input_tokens"] != a["input_tokens"]
+
+
+def test_sequence_routing_uses_each_sequences_own_rows():
+    """A trace whose sequences hold prefill then decode rows: request i replays sequence i mod S,
+    prompt positions on its prefill rows, outputs on its decode rows (each cycled)."""
+    seq = np.repeat([0, 1, 2], [5, 7, 4])
+    phase = np.array([PREFILL] * 3 + [DECODE] * 2 + [PREFILL] * 4 + [DECODE] * 3 + [PREFILL] * 2
+                     + [DECODE] * 2)
+    ids = np.zeros((16, 32, 2), dtype=np.int16)
+    trace = RoutingTrace.build(ids, num_experts=8, seq_id=seq, phase=phase)
+    w = WorkloadSpec(prompt_tokens=Lengths(value=5), output_tokens=Lengths(value=3), requests=4)
+    reqs = make_requests(w, trace)
+    assert reqs.routing.mode == "sequence"
+    pos = np.arange(8)
+    assert reqs.rows(np.zeros(8, dtype=np.int64), pos).tolist() == [0, 1, 2, 0, 1, 3, 4, 3]
+    assert reqs.rows(np.ones(8, dtype=np.int64), pos).tolist() == [5, 6, 7, 8, 5, 9, 10, 11]
+    assert reqs.rows(np.full(8, 3, dtype=np.int64), pos).tolist() == [0, 1, 2, 0, 1, 3, 4, 3]
+    stream = make_requests(w, RoutingTrace.build(ids, num_experts=8, phase=PREFILL))
+    assert stream.routing.mode == "stream" and "no decode rows" in stream.routing.description
+    # request 1's prompt starts where request 0's ended (5 rows in)
+    assert stream.rows(np.ones(5, dtype=np.int64), np.arange(5)).tolist() == [5, 6, 7, 8, 9]
