@@ -171,3 +171,24 @@ def test_sequence_routing_uses_each_sequences_own_rows():
     assert stream.routing.mode == "stream" and "no decode rows" in stream.routing.description
     # request 1's prompt starts where request 0's ended (5 rows in)
     assert stream.rows(np.ones(5, dtype=np.int64), np.arange(5)).tolist() == [5, 6, 7, 8, 9]
+
+
+def test_a_big_step_is_dispatched_in_pieces_with_the_same_counts(lite, monkeypatch):
+    """Counting a step's pairs in pieces (bounded temporaries) gives the counts and the time of one
+    piece."""
+    import moesim.serving.stepprice as sp
+
+    cluster, model, trace = lite
+    cost = CostModel(cluster, model)
+    pricer = StepPricer(cost, cluster, default_plan(model, cluster), trace.expert_ids)
+    rows = np.arange(3000)
+    owner = owners(3000, 8)
+    tokens = np.full(8, 375.0)
+    load = _load(8, pt=tokens, pk=tokens * 188)
+    whole = pricer.price(rows, owner, load)
+    d_whole = pricer.dispatch(rows, owner)
+    monkeypatch.setattr(sp, "CHUNK_ROUTED", 26 * 6 * 7)  # pieces of 7 tokens
+    d = pricer.dispatch(rows, owner)
+    assert np.array_equal(d.slot_tokens, d_whole.slot_tokens)
+    assert np.array_equal(d.pair_tokens, d_whole.pair_tokens)
+    assert pricer.price(rows, owner, load).seconds == whole.seconds

@@ -21,7 +21,8 @@ import numpy as np
 
 from moesim.cost.transfers import host_of
 from moesim.plans.plan import Plan
-from moesim.sim.dispatch import NodeCounting, ReplicaTable, dispatch
+from moesim.sim.dispatch import Dispatch, NodeCounting, ReplicaTable, dispatch
+from moesim.sim.engine import CHUNK_ROUTED
 from moesim.sim.replica_routing import node_index
 from moesim.sim.stepcost import StepCoster
 from moesim.specs.hardware import Cluster
@@ -92,8 +93,7 @@ class StepPricer:
     def price(self, rows: np.ndarray, owner: np.ndarray, load: AttentionLoad) -> StepPrice:
         """The step whose tokens are trace ``rows`` on GPUs ``owner`` (indices into the plan's)."""
         G = len(self.devices)
-        ids = np.asarray(self.expert_ids[rows])[None]
-        d = dispatch(ids, owner[None], self.table, None, self.nodes)
+        d = self.dispatch(rows, owner)
         owned = np.bincount(owner, minlength=G)[None]
         outputs = load.output_tokens[None].astype(np.int64)
         ctx = np.ones(1, dtype=np.int64)
@@ -114,6 +114,25 @@ class StepPricer:
         busy += expert.sum(axis=0) if len(moe) else 0.0
         return StepPrice(pre_s + dispatch_s + experts_s + combine_s, pre_s, dispatch_s, experts_s, combine_s,
                          busy)
+
+    def dispatch(self, rows: np.ndarray, owner: np.ndarray) -> Dispatch:
+        """The step's routed pairs counted in pieces of at most :data:`CHUNK_ROUTED` (token, layer,
+        top-k) entries, summed (the counts add up over tokens; with replicas each piece starts its
+        round-robin afresh), so a 500k-token prefill step never builds GB-sized temporaries."""
+        L, K = self.expert_ids.shape[1:]
+        piece = max(1, CHUNK_ROUTED // (L * K))
+        parts = [dispatch(np.asarray(self.expert_ids[rows[a:a + piece]])[None], owner[None, a:a + piece],
+                          self.table, None, self.nodes) for a in range(0, len(rows), piece)]
+        if len(parts) == 1:
+            return parts[0]
+
+        def total(name: str) -> np.ndarray | None:
+            values = [getattr(p, name) for p in parts]
+            return None if values[0] is None else np.sum(values, axis=0)
+
+        return Dispatch(slot_tokens=total("slot_tokens"), pair_tokens=total("pair_tokens"),
+                        node_rows=total("node_rows"), node_cols=total("node_cols"),
+                        pair_total=total("pair_total"))
 
     def swap_s(self, device: str, nbytes: float) -> float:
         """One way of a swap: ``nbytes`` of KV between ``device`` and its host's memory."""
