@@ -6,7 +6,7 @@ cost of one step of the lockstep trace replay (``moesim simulate``, chunked over
 serving run's mean decode batch: the serving engine prices each step alone, because the next batch
 depends on when this one ends.
 
-    python benchmarks/bench_serving.py [--requests 10000] [--rate 100] [--trace /tmp/moesim-bench-v3.npz]
+    python benchmarks/bench_serving.py [--requests 10000] [--rate 50] [--trace /tmp/moesim-bench-v3.npz]
 
 The synthetic trace (moesim's generator, default profile, seed 1; the same file bench_sim.py uses)
 is generated into /tmp on the first run and reused. Requests draw their prompts and outputs from the
@@ -23,22 +23,32 @@ import cProfile
 import io
 import pstats
 import resource
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
 
+def make_trace(path: Path, tokens: int) -> None:
+    """The DeepSeek-V3 trace bench_sim.py uses (same generator, profile and seed), made once."""
+    if path.exists():
+        return
+    print(f"generating {tokens} DeepSeek-V3 routing rows into {path} (once) ...", flush=True)
+    subprocess.run([sys.executable, "-m", "moesim", "trace", "synth", "--model", "deepseek-v3", "--tokens",
+                    str(tokens), "--seed", "1", "--out", str(path)], check=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--requests", type=int, default=10_000)
-    ap.add_argument("--rate", type=float, default=100.0, help="Poisson arrivals, requests/s")
+    ap.add_argument("--rate", type=float, default=50.0, help="Poisson arrivals, requests/s")
     ap.add_argument("--trace", default="/tmp/moesim-bench-v3.npz")
     ap.add_argument("--tokens", type=int, default=256_000, help="trace rows to generate when it is missing")
     ap.add_argument("--profile", action="store_true", help="print the top of a cProfile of the run")
     args = ap.parse_args()
 
-    from benchmarks.bench_sim import make_trace
     from moesim.cost import CostModel
     from moesim.serving import ServeConfig, load_workload, serve
     from moesim.sim import SimConfig, simulate
