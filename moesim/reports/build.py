@@ -35,7 +35,7 @@ def check_inputs(sweep: Sweep) -> dict[tuple[str, str], tuple[int, int]]:
     from moesim.specs import load_cluster, load_model
 
     shapes: dict[tuple[str, str], tuple[int, int]] = {}
-    for i, s in enumerate((*sweep.placement, *sweep.offload)):
+    for i, s in enumerate((*sweep.placement, *sweep.offload, *sweep.serving)):
         try:
             load_cluster(s.hw)
             model = load_model(s.model)

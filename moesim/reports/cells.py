@@ -173,6 +173,41 @@ def cell_offload(p: dict[str, Any]) -> dict[str, Any]:
     return {"summary": summary, "command": command(offload_argv(p))}
 
 
+# ---- serving -------------------------------------------------------------------------------------
+
+SERVE_KEYS = ("duration_s", "requests", "throughput", "ttft_s", "tpot_s", "itl_s", "e2e_s", "goodput",
+              "kv_cache", "batch", "preemptions", "kv_transfer", "routing", "instances")
+
+
+def cell_serve(p: dict[str, Any]) -> dict[str, Any]:
+    """One point of a serving curve: ``moesim simulate --workload`` at one Poisson rate, on the trace's
+    evaluation part (placement planners plan on the rest), colocated with the series' placement or
+    disaggregated."""
+    from moesim.workflows.serving import serve_run
+
+    cluster = cluster_of(p["hw"], nodes=p.get("nodes"))
+    model = model_of(p["model"])
+    trace = trace_of(p["trace"], model)
+    evaluation = trace.split(p["train_fraction"])[1]
+    plan, scheduler, shown = None, "chunked", ["--plan", "PLAN.json"]
+    if p["series"] == "disaggregated":
+        scheduler, shown = "disaggregated", ["--scheduler", "disaggregated"]
+    else:
+        req = PlacementRequest(hw=cluster, model=model, trace=trace, planners=(p["series"],),
+                               slots_per_gpu=p.get("slots_per_gpu"), train_fraction=p["train_fraction"],
+                               seed=p["seed"])
+        plan = compare_planners(req).plans[p["series"]]
+    run = serve_run(hw=cluster, model=model, trace=evaluation, workload=p["workload"], plan=plan,
+                    scheduler=scheduler, arrival_rate=p["rate"], requests=p["requests"], seed=p["seed"],
+                    slo=p.get("slo"))
+    summary = run.summary()
+    argv = ["simulate", "--hw", p["hw"], *_opt("--nodes", p.get("nodes")), "--model", p["model"],
+            "--trace", "EVAL.npz", "--workload", p["workload"], "--arrival-rate", f"{p['rate']:g}",
+            "--requests", str(p["requests"]), *shown, *_opt("--slo", p.get("slo")),
+            "--seed", str(p["seed"]), "--json"]
+    return {"summary": {k: summary[k] for k in SERVE_KEYS}, "command": command(argv)}
+
+
 # ---- calibration -------------------------------------------------------------------------------
 
 
@@ -211,5 +246,6 @@ REPORT_KINDS: dict[str, CellKind] = {k.name: k for k in (
     _kind("calibration", cell_calibration),
     _kind("static", cell_static),
     _kind("offload", cell_offload),
+    _kind("serve", cell_serve),
 )}
 """The report's cell kinds: free-form parameters, whole JSON results (kept in the row's ``result``)."""

@@ -1,5 +1,5 @@
-"""From finished grid cells to a :class:`Document`: the setup, placement, offloading, timeline and
-calibration sections, with a caption and the producing command on every figure and table.
+"""From finished grid cells to a :class:`Document`: the setup, placement, offloading, serving, timeline
+and calibration sections, with a caption and the producing command on every figure and table.
 
 Every number a table or figure shows is also emitted as a :class:`Record`, so ``results.csv``
 holds exactly what the page shows. Numbers are taken from the cells unchanged (no rounding).
@@ -12,6 +12,7 @@ from moesim.reports.builder import Builder
 from moesim.reports.document import Document, Section
 from moesim.reports.section_offload import offload_section
 from moesim.reports.section_placement import placement_section, timeline_section
+from moesim.reports.section_serving import serving_section
 from moesim.reports.section_setup import calibration_section, setup_section
 from moesim.reports.sweep import Sweep
 
@@ -22,6 +23,7 @@ def build_document(sweep: Sweep, res: g.GridResult, *, command: str) -> Document
     sections: list[Section] = [setup_section(b)]
     sections += [placement_section(b, s) for s in sweep.placement]
     sections += [offload_section(b, o) for o in sweep.offload]
+    sections += [serving_section(b, v) for v in sweep.serving]
     tl = timeline_section(b)
     if tl is not None:
         sections.append(tl)

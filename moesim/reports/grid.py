@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from moesim.reports.serving_study import ServingStudy
 from moesim.reports.sweep import OffloadStudy, PlacementStudy, Sweep
 from moesim.sweeps.cells import Cell
 from moesim.sweeps.dataset import FAILED, Dataset
@@ -106,6 +107,13 @@ def offload_cell(s: OffloadStudy, expert_cache: str, miss: str, seed: int) -> Ce
     )
 
 
+def serving_cell(s: ServingStudy, series: str, rate: float, seed: int) -> Cell:
+    """One point of a serving curve: ``series`` (a placement planner or ``disaggregated``) at ``rate``."""
+    return Cell.make("serve", hw=s.hw, model=s.model, trace=s.trace, nodes=s.nodes, workload=s.workload,
+                     series=series, rate=rate, requests=s.requests, slots_per_gpu=s.slots_per_gpu,
+                     train_fraction=s.train_fraction, slo=s.slo, seed=seed)
+
+
 def calibration_cell(hw: str, model: str, nodes: int | None = None, calibration: str | None = None) -> Cell:
     return Cell.make("calibration", hw=hw, model=model, nodes=nodes, calibration=calibration)
 
@@ -139,6 +147,8 @@ def expand(sweep: Sweep, shape: Callable[[str, str], tuple[int, int]]) -> list[C
     for o in sweep.offload:
         add(setup_cell(o.hw, o.model, o.trace))
         add(calibration_cell(o.hw, o.model, None, o.calibration))
+    for v in sweep.serving:
+        add(setup_cell(v.hw, v.model, v.trace, v.nodes))
     for i in range(len(sweep.placement)):
         for c in study_plan_cells(sweep, i).values():
             add(c)
@@ -152,6 +162,10 @@ def expand(sweep: Sweep, shape: Callable[[str, str], tuple[int, int]]) -> list[C
         for mem in o.expert_cache:
             for miss in o.miss_modes:
                 add(offload_cell(o, mem, miss, sweep.seed))
+    for v in sweep.serving:
+        for series in v.series:
+            for rate in v.rates:
+                add(serving_cell(v, series, rate, sweep.seed))
     return cells
 
 
