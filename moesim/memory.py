@@ -312,7 +312,10 @@ def kv_pool_bytes(model: MoEModel, cluster: Cluster, devices: Sequence[str],
     layout = MemoryModel(model, gpus=len(devices))
     out: dict[str, float] = {}
     for d in devices:
-        capacity = cluster.device(d).spec.memory_bytes * utilization
+        try:
+            capacity = cluster.device(d).spec.memory_bytes * utilization
+        except KeyError:
+            raise UserError(f"no device {d!r} in cluster {cluster.name}", field="devices") from None
         b = layout.device(d, capacity, kv_cache_bytes=0.0, step_tokens=step_tokens,
                           expert_bytes=resident_expert_bytes.get(d, 0.0))
         if b.total_bytes >= capacity:

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from moesim.cost import CostModel
+from moesim.errors import UserError
 from moesim.plans.default import default_plan
 from moesim.serving import Lengths, ServeConfig, Speculative, WorkloadSpec, serve
 from moesim.serving.requests import make_requests
@@ -192,3 +193,24 @@ def test_a_big_step_is_dispatched_in_pieces_with_the_same_counts(lite, monkeypat
     assert np.array_equal(d.slot_tokens, d_whole.slot_tokens)
     assert np.array_equal(d.pair_tokens, d_whole.pair_tokens)
     assert pricer.price(rows, owner, load).seconds == whole.seconds
+
+
+def test_kv_pool_is_what_the_memory_model_leaves():
+    """Mixtral bf16 on h100x8 (contiguous, one expert per layer per GPU), 0.9 of 80 GB: the KV pool is
+    72 GB - 32 experts x 352.3 MB - 1/8 of the attention, embedding and router weights - the
+    activations of an 8192-token step, in blocks of 16 tokens x 128 KiB."""
+    from moesim.memory import kv_pool_bytes
+    from moesim.serving.kv import KvLayout, make_pools
+
+    cluster, model = load_cluster("h100x8"), load_model("mixtral-8x7b")
+    plan = default_plan(model, cluster)
+    non_expert = (32 * 4096 * 128 * 80 + 2 * 32000 * 4096 + 32 * 4096 * 8) * 2
+    act = 8192 * (2 * 4096 + 2 * (2 * 4096 + 2 * 14336)) * 2
+    expected = 0.9 * 80e9 - 32 * 352_321_536 - non_expert / 8 - act
+    free = kv_pool_bytes(model, cluster, plan.devices, plan.resident_expert_bytes(model), step_tokens=8192,
+                         utilization=0.9)
+    assert free["n0.gpu3"] == pytest.approx(expected, rel=1e-12)
+    pools = make_pools(model, cluster, plan, KvLayout(131_072, 16), step_tokens=8192, utilization=0.9)
+    assert pools[3].capacity_blocks == int(expected // (16 * 131_072))
+    with pytest.raises(UserError, match=r"no device 'n9\.gpu0'"):
+        kv_pool_bytes(model, cluster, ("n9.gpu0",), {}, step_tokens=1)
