@@ -3,7 +3,7 @@
 Prints simulated seconds per CPU second, CPU milliseconds per request and per engine step, the run's
 serving figures (TTFT/TPOT, tokens/s per GPU), peak memory, and, measured in the same run, the CPU
 cost of one step of the lockstep trace replay (``moesim simulate``, chunked over steps) at the
-serving run's mean decode batch: the serving engine prices each step alone, because the next batch
+serving run's mean step size: the serving engine prices each step alone, because the next batch
 depends on when this one ends.
 
     python benchmarks/bench_serving.py [--requests 10000] [--rate 50] [--trace /tmp/moesim-bench-v3.npz]
@@ -46,6 +46,7 @@ def main() -> None:
     ap.add_argument("--rate", type=float, default=50.0, help="Poisson arrivals, requests/s")
     ap.add_argument("--trace", default="/tmp/moesim-bench-v3.npz")
     ap.add_argument("--tokens", type=int, default=256_000, help="trace rows to generate when it is missing")
+    ap.add_argument("--scheduler", default="chunked", help="chunked, prefill-first or disaggregated")
     ap.add_argument("--profile", action="store_true", help="print the top of a cProfile of the run")
     args = ap.parse_args()
 
@@ -61,10 +62,11 @@ def main() -> None:
     model = load_model("deepseek-v3")
     trace = RoutingTrace.load(path, model=model)
     workload = load_workload("chat").with_(requests=args.requests, arrival_rate=args.rate)
-    cfg = ServeConfig(cluster, model, trace, workload)
+    cfg = ServeConfig(cluster, model, trace, workload, scheduler=args.scheduler)
     gpus = len(cluster.gpus)
     print(f"{model.name} on {cluster.name} x{cluster.nodes} nodes ({gpus} GPUs, EP{gpus}), "
-          f"{args.requests} requests, Poisson {args.rate:g} req/s, chat lengths, trace {path.name} "
+          f"{args.requests} requests, Poisson {args.rate:g} req/s, chat lengths, {args.scheduler}, "
+          f"trace {path.name} "
           f"({trace.num_tokens} rows)")
 
     cost = CostModel(cluster, model)
@@ -92,15 +94,14 @@ def main() -> None:
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"  peak RSS {rss:.0f} MiB")
 
-    # the same run's baseline: lockstep replay of decode steps at the serving run's mean decode batch
-    decode = result.steps["decode_tokens"]
-    batch = max(1, int(np.mean(decode[decode > 0]))) if (decode > 0).any() else 256
+    # the same run's baseline: lockstep replay of decode steps of the serving run's mean step size
+    batch = max(1, round(float(np.mean(result.steps["prefill_tokens"] + result.steps["decode_tokens"]))))
     base_steps = 200
     simulate(SimConfig(cluster, model, trace, batch_size=batch, steps=2), cost)  # warm the memos
     c1 = time.process_time()
     simulate(SimConfig(cluster, model, trace, batch_size=batch, steps=base_steps), cost)
     per_step = (time.process_time() - c1) / base_steps
-    print(f"baseline (same run): moesim simulate, decode batch {batch}, {base_steps} steps: "
+    print(f"baseline (same run): moesim simulate, {batch}-token decode steps, {base_steps} steps: "
           f"{per_step * 1e3:.2f} CPU ms per step; serving step / replay step = "
           f"{cpu / steps / per_step:.2f}x")
     if prof:
