@@ -57,6 +57,7 @@ def serving_section(b: Builder, s: ServingStudy) -> Section:
          "TPOT p50 (ms)", "TPOT p99 (ms)", "goodput fraction", "preemptions"),
         tuple(rows))
     figs: list[Figure] = []
+    logx = max(s.rates) / min(s.rates) > 8
     for m, name in (("ttft", "time to first token"), ("tpot", "time per output token")):
         groups = (("placements", [v for v in s.series if v != DISAGGREGATED]),
                   ("colocated vs disaggregated", [s.series[0], DISAGGREGATED] if s.disaggregated else []))
@@ -69,14 +70,16 @@ def serving_section(b: Builder, s: ServingStudy) -> Section:
                 f"{stem}_{m}_{slug(title)}", f"{name.capitalize()} vs arrival rate: {title}",
                 f"{name.capitalize()} (p50 and p99) as Poisson arrivals grow, {title}; the curves bend up "
                 "where a queue forms. Each point is one `moesim simulate --workload` run.",
-                plots.lines(list(s.rates), series, xlabel="arrival rate (requests/s)",
+                plots.lines(list(s.rates), series, xlabel="arrival rate (requests/s)"
+                            + (", log scale" if logx else ""),
                             ylabel=f"{m.upper()} (ms)" + (" (log scale)" if logy else ""), title=name,
-                            logy=logy),
+                            logx=logx, logy=logy),
             ))
     paras = (f"Hardware `{short(s.hw)}`, model `{short(s.model)}`, trace `{short(s.trace)}`, workload "
              f"`{s.workload}`. Colocated: every GPU prefills and decodes, its requests' attention on it, the "
              "experts where the placement puts them. Disaggregated: the first half of the GPUs prefill "
              "(and emit the first token), the KV cache then moves over NVLink/InfiniBand to the second "
              "half, which decodes; each half holds all experts. TTFT is then prefill-only work, TPOT "
-             "decode-only steps on half the GPUs, with twice the experts each.",)
+             "decode-only steps on half the GPUs, with twice the experts each. With a fixed number of "
+             "requests, the highest rates are bursts: every request arrives before the first ones finish.",)
     return Section(f"Serving on {short(s.hw)}", paras, (table,), tuple(figs))
