@@ -67,11 +67,12 @@ def test_help_examples_run_as_written(capsys, tmp_path, monkeypatch, example):
     (["--batch", "8"], "--batch: --batch does not apply with --workload"),
     (["--cache", "lru"], "--cache: "),
     (["--arrival-rate", "5", "--concurrency", "3"], "give one of --arrival-rate and --concurrency"),
-    (["--arrival-rate", "0"], "--arrival-rate: expected a rate > 0"),
+    (["--arrival-rate", "0"], "--arrival-rate: expected a finite number greater than 0"),
     (["--slo", "ttft"], "--slo: expected ttft=..."),
     (["--prefill-gpus", "2"], "--prefill-gpus: only the disaggregated scheduler"),
     (["--scheduler", "disaggregated", "--prefill-gpus", "8"], "--prefill-gpus: expected 1 to 7 prefill GPUs"),
-    (["--token-budget", "0"], "--token-budget: expected 1 to"),
+    (["--token-budget", "0"], "--token-budget: expected a whole number from 1 to"),
+    (["--gpu-memory-utilization", "1.5"], "--gpu-memory-utilization: expected a fraction in (0, 1]"),
     (["--gpu-memory-utilization", "0.01"], "no memory left for a KV cache"),
 ])
 def test_bad_serving_flags_exit_2_with_one_line(capsys, extra, expected):

@@ -5,10 +5,11 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from moesim.cli.common import print_json
+from moesim.cli.common import finite_positive_float, int_range, positive_int, print_json
 from moesim.errors import UserError
 from moesim.serving.kv import PREEMPTION_MODES
 from moesim.serving.schedulers import SCHEDULERS
+from moesim.serving.workload import MAX_REQUESTS
 from moesim.workflows.serving import serve_run
 
 EXAMPLES = """\
@@ -32,13 +33,13 @@ def add_serving_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--workload", default=None, metavar="NAME|PATH",
                    help="serve requests instead of replaying fixed batches: a workload YAML or a built-in "
                    "name (chat), e.g. --workload chat")
-    g.add_argument("--arrival-rate", type=float, default=None, metavar="REQ/S",
+    g.add_argument("--arrival-rate", type=finite_positive_float, default=None, metavar="REQ/S",
                    help="Poisson arrivals at this rate (overrides the workload's arrivals), e.g. 20")
-    g.add_argument("--concurrency", type=int, default=None, metavar="N",
+    g.add_argument("--concurrency", type=positive_int, default=None, metavar="N",
                    help="closed loop: N clients, each sending its next request when the last one finished")
-    g.add_argument("--requests", type=int, default=None, metavar="N",
+    g.add_argument("--requests", type=int_range(1, MAX_REQUESTS), default=None, metavar="N",
                    help="requests to send (default: the workload's)")
-    g.add_argument("--duration", type=float, default=None, metavar="S",
+    g.add_argument("--duration", type=finite_positive_float, default=None, metavar="S",
                    help="stop sending after S seconds of simulated time (sent requests still finish)")
     g.add_argument("--scheduler", default="chunked", choices=tuple(SCHEDULERS),
                    help="chunked: continuous batching with chunked prefill, decode first (vLLM v1, SGLang); "
@@ -47,18 +48,19 @@ def add_serving_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--slo", default=None, metavar="ttft=..,tpot=..",
                    help="goodput counts requests meeting all of these (ms, or s with the unit), e.g. "
                    "ttft=200ms,tpot=20ms,e2e=10s")
-    g.add_argument("--token-budget", type=int, default=None, metavar="T",
+    g.add_argument("--token-budget", type=int_range(1, 10_000_000), default=None, metavar="T",
                    help="tokens per step per GPU (default: vLLM's, 8192 on GPUs of >= 70 GiB, else 2048)")
-    g.add_argument("--max-seqs", type=int, default=None, metavar="N",
+    g.add_argument("--max-seqs", type=int_range(1, 10_000_000), default=None, metavar="N",
                    help="running requests per GPU (default: vLLM's, 1024 on GPUs of >= 70 GiB, else 256)")
-    g.add_argument("--kv-block", type=int, default=16, metavar="TOKENS", help="tokens per KV-cache block")
+    g.add_argument("--kv-block", type=int_range(1, 4096), default=16, metavar="TOKENS",
+                   help="tokens per KV-cache block")
     g.add_argument("--preemption", default="recompute", choices=PREEMPTION_MODES,
                    help="when the KV cache runs out: drop a request's KV and recompute it later, or copy it "
                    "to host memory and back")
     g.add_argument("--gpu-memory-utilization", type=float, default=0.9, metavar="F",
                    help="share of each GPU's memory the engine uses; the KV cache gets what the weights, "
                    "resident experts and activations leave of it")
-    g.add_argument("--prefill-gpus", type=int, default=None, metavar="N",
+    g.add_argument("--prefill-gpus", type=positive_int, default=None, metavar="N",
                    help="disaggregated: the first N GPUs prefill, the rest decode (default: half the "
                    "nodes, or half of one node's GPUs)")
 
