@@ -85,3 +85,14 @@ def test_bad_workload_file_exits_2(capsys, tmp_path):
     bad.write_text("arrivals: {kind: poisson, rate_per_s: fast}\n")
     code, _, err = _run(capsys, [*BASE, "--workload", str(bad)])
     assert code == 2 and err.count("\n") == 1 and f"{bad}: arrivals.rate_per_s: expected a number" in err
+
+
+def test_serve_curve_runs_each_rate_on_the_same_requests():
+    from moesim.workflows import serve_curve
+
+    runs = serve_curve([2.0, 200.0], hw="h100x8", model="deepseek-v2-lite", trace="deepseek-v2-lite-synth",
+                       workload="chat", requests=20)
+    slow, fast = (r.summary() for r in runs)
+    assert [r.config.workload.arrivals.rate_per_s for r in runs] == [2.0, 200.0]
+    assert slow["input_tokens"] == fast["input_tokens"]  # same prompts, sent faster
+    assert fast["throughput"]["requests_per_s"] > 5 * slow["throughput"]["requests_per_s"]

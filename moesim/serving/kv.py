@@ -10,7 +10,6 @@ compressed latent + rope key for MLA, in the model's KV dtype.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 from moesim.memory import kv_pool_bytes
@@ -65,7 +64,3 @@ def make_pools(model: MoEModel, cluster: Cluster, plan: Plan, layout: KvLayout, 
                          step_tokens=step_tokens, utilization=utilization)
     return [KvPool(d, math.floor(free[d] / layout.block_bytes())) for d in plan.devices]
 
-
-def pools_tokens(pools: Sequence[KvPool], layout: KvLayout) -> int:
-    """Tokens of KV the pools hold together."""
-    return sum(p.capacity_blocks for p in pools) * layout.block_tokens

@@ -48,7 +48,8 @@ class Req:
         return 1 + min(draft_tokens, max(0, self.output - self.emitted - 1))
 
     def max_tokens(self) -> int:
-        """KV positions it holds at most (prompt + outputs - 1, plus draft slack)."""
+        """A bound on the KV positions it ever holds: prompt + outputs (it holds prompt + outputs - 1,
+        and a decode step's drafts never pass its last token)."""
         return self.prompt + self.output
 
 

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -69,5 +69,5 @@ def serve_curve(rates: Sequence[float], **kwargs: Any) -> list[ServeRun]:
     trace = trace_of(kwargs.pop("trace"), spec)
     workload = kwargs.pop("workload", "chat")
     base = workload if isinstance(workload, WorkloadSpec) else load_workload(workload)
-    return [serve_run(hw=cluster, model=spec, trace=trace, workload=replace(base), arrival_rate=r, **kwargs)
+    return [serve_run(hw=cluster, model=spec, trace=trace, workload=base, arrival_rate=r, **kwargs)
             for r in rates]
