@@ -214,3 +214,27 @@ def test_kv_pool_is_what_the_memory_model_leaves():
     assert pools[3].capacity_blocks == int(expected // (16 * 131_072))
     with pytest.raises(UserError, match=r"no device 'n9\.gpu0'"):
         kv_pool_bytes(model, cluster, ("n9.gpu0",), {}, step_tokens=1)
+
+
+def test_all_to_all_mode_per_step_across_nodes(lite):
+    """Across nodes a step with prefill uses DeepEP's normal (hierarchical) kernels and a decode-only
+    step the low-latency ones, as SGLang's --deepep-mode auto; inside one node, flat; a run's --a2a
+    fixes one mode for every step."""
+    from moesim.vocab import AllToAll
+
+    _, model, trace = lite
+    two = load_cluster("h100x8x4", nodes=2)
+    cost = CostModel(two, model)
+    pricer = StepPricer(cost, two, default_plan(model, two), trace.expert_ids)
+    G = 16
+    rows, owner = np.arange(64), owners(64, G)
+    tokens = np.full(G, 4.0)
+    decode = pricer.price(rows, owner, _load(G, dt=tokens, dk=tokens * 100))
+    prefill = pricer.price(rows, owner, _load(G, pt=tokens, pk=tokens * 2.5))
+    assert set(pricer._costers) == {AllToAll.LOW_LATENCY, AllToAll.HIERARCHICAL}
+    assert decode.dispatch_s != prefill.dispatch_s
+    flat = StepPricer(cost, two, default_plan(model, two), trace.expert_ids, "flat")
+    flat.price(rows, owner, _load(G, pt=tokens, pk=tokens * 2.5))
+    assert set(flat._costers) == {AllToAll.FLAT}
+    one = StepPricer(CostModel(*lite[:2]), lite[0], default_plan(model, lite[0]), trace.expert_ids)
+    assert one.mode(prefill=True) == one.mode(prefill=False) == AllToAll.FLAT

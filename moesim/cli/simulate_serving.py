@@ -23,7 +23,7 @@ EXAMPLES = """\
 
 NOT_SERVING = {"batch": 1, "steps": None, "phase": "decode", "cache": None, "cache_size": None,
                "expert_cache": None, "gpu_memory": None, "miss": None, "prefetch": None, "overlap": "none",
-               "dispatch": "even"}
+               "dispatch": "even", "cache_scope": "layer", "cache_reset": "none"}
 """Flags of the trace replay that a serving run does not take (and their defaults)."""
 
 
@@ -81,7 +81,7 @@ def run_serving(args: argparse.Namespace) -> int:
         slo=args.slo, token_budget=args.token_budget, max_seqs=args.max_seqs, kv_block=args.kv_block,
         preemption=args.preemption, gpu_memory_utilization=args.gpu_memory_utilization,
         prefill_gpus=args.prefill_gpus, calibration=args.calibration, cpu_kernel=args.cpu_kernel,
-        cpu_numa=args.cpu_numa,
+        cpu_numa=args.cpu_numa, a2a=args.a2a,
     )
     result = run.result
     if args.out:

@@ -13,6 +13,7 @@ from moesim.serving.workload import WorkloadSpec
 from moesim.specs.hardware import Cluster
 from moesim.specs.model import MoEModel
 from moesim.traces.trace import RoutingTrace
+from moesim.vocab import AllToAll, parse
 
 GIB = float(1 << 30)
 LARGE_GPU_BYTES = 70 * GIB
@@ -87,6 +88,10 @@ class ServeConfig:
     """Disaggregated: GPUs of the prefill group (the first ones); None: half the nodes, or half the
     GPUs of a single node."""
     slo: Slo = field(default_factory=Slo)
+    a2a: str | None = None
+    """All-to-all mode (``moesim.cost.a2a``: flat, hierarchical, low-latency); None: per step, ``flat``
+    inside one node, across nodes hierarchical for steps with prefill and low-latency for decode-only
+    steps (SGLang's ``--deepep-mode auto``)."""
     timeline_steps: int = 2000
     """Steps per instance drawn in the Perfetto timeline."""
     check_invariants: bool = False
@@ -112,6 +117,8 @@ class ServeConfig:
         if self.scheduler == "disaggregated" and self.plan is not None:
             raise UserError("a plan covers one GPU group; disaggregated serving lays out each group "
                             "contiguously", field="--plan")
+        if self.a2a is not None:
+            parse(AllToAll, self.a2a, field="--a2a")
         self.workload.check()
 
     def defaults_for(self, memory_bytes: float, gpu_model: str) -> tuple[int, int]:

@@ -95,7 +95,7 @@ class ServeResult:
             "preemption_mode": cfg.preemption, "kv_block_tokens": cfg.kv_block_tokens,
             "kv_bytes_per_token": engine.layout.bytes_per_token,
             "gpu_memory_utilization": cfg.gpu_memory_utilization,
-            "plan": engine.instances[0].pricer.plan.planner,
+            "plan": engine.instances[0].pricer.plan.planner, "a2a": cfg.a2a or "auto",
             "routing": {"mode": engine.requests.routing.mode,
                         "description": engine.requests.routing.description},
             "workload": {"name": w.name, "arrivals": w.arrivals.kind, "rate_per_s": w.arrivals.rate_per_s

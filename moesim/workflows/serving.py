@@ -38,10 +38,11 @@ def serve_run(*, hw: str | Path | Cluster, model: str | Path | MoEModel, trace: 
               token_budget: int | None = None, max_seqs: int | None = None, kv_block: int = 16,
               preemption: str = "recompute", gpu_memory_utilization: float = 0.9,
               prefill_gpus: int | None = None, calibration: str | Path | MeasuredTables | None = None,
-              cpu_kernel: str | None = None, cpu_numa: str | None = None, timeline_steps: int = 2000,
-              check_invariants: bool = False) -> ServeRun:
+              cpu_kernel: str | None = None, cpu_numa: str | None = None, a2a: str | None = None,
+              timeline_steps: int = 2000, check_invariants: bool = False) -> ServeRun:
     """What ``moesim simulate --workload`` runs: load the inputs, apply the flags to the workload,
-    build the :class:`ServeConfig`, serve. Names or loaded objects, as :func:`simulate_run`."""
+    build the :class:`ServeConfig`, serve. Names or loaded objects, as :func:`simulate_run`; ``a2a``:
+    the all-to-all mode (None: per step, as SGLang's ``--deepep-mode auto``)."""
     cluster = cluster_of(hw, nodes=nodes)
     spec = model_of(model, weight_dtype=weight_dtype)
     routing = trace_of(trace, spec)
@@ -55,7 +56,7 @@ def serve_run(*, hw: str | Path | Cluster, model: str | Path | MoEModel, trace: 
                       scheduler=scheduler,
                       token_budget=token_budget, max_seqs=max_seqs, kv_block_tokens=kv_block,
                       preemption=preemption, gpu_memory_utilization=gpu_memory_utilization,
-                      prefill_gpus=prefill_gpus, slo=parse_slo(slo), timeline_steps=timeline_steps,
+                      prefill_gpus=prefill_gpus, slo=parse_slo(slo), a2a=a2a, timeline_steps=timeline_steps,
                       check_invariants=check_invariants)
     cpu = CpuOptions.of(cpu_kernel, cpu_numa) if cpu_kernel or cpu_numa else None
     return ServeRun(cfg, serve(cfg, cost_model(cluster, spec, calibration, cpu=cpu)))
