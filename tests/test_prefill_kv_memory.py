@@ -15,8 +15,8 @@ from moesim.traces.trace import PREFILL, RoutingTrace
 
 KV_PER_TOKEN_B = 131_072  # Mixtral: 2 x 8 KV heads x 128 x 2 B x 32 layers
 FP8_EXPERT_B = 176_160_768  # 3 x 4096 x 14336 x 1 B
-NON_EXPERT_B = 32 * 4096 * 128 * (2 * 32 + 2 * 8) + 2 * 32000 * 4096 + 32 * 4096 * 8
-"""Attention, embeddings + LM head and router, in fp8 like the experts (moesim.memory)."""
+NON_EXPERT_B = (32 * 4096 * 128 * (2 * 32 + 2 * 8) + 2 * 32000 * 4096 + 32 * 4096 * 8) * 2
+"""Attention, embeddings + LM head and router, in bf16 (only the routed experts are fp8; moesim.memory)."""
 
 
 def _prompts(lengths: list[int], seed: int = 0) -> RoutingTrace:
@@ -38,7 +38,7 @@ def _activations(tokens: int) -> float:
 
 
 def test_969_token_prompt_fits_a_24gb_gpu(mixtral_fp8):
-    """fp8 experts, 3 per layer in an LRU cache, CPU misses: 16.91 GB of experts + 1.6 GB of weights +
+    """fp8 experts, 3 per layer in an LRU cache, CPU misses: 16.91 GB of experts + 3.2 GB of bf16 weights +
     969 x 128 KiB = 0.127 GB of KV fit 24 GB (the old check counted 969 x 485 keys = 61.5 GB)."""
     cluster = load_cluster("rtx4090-workstation")
     cfg = SimConfig(cluster, mixtral_fp8, _prompts([969]), phase="prefill", batch_size=1,
@@ -56,7 +56,7 @@ def test_prefill_kv_is_the_sum_of_prompt_lengths(mixtral_fp8):
     # 8 GPUs: the step's 1000 tokens in blocks of 125; GPU 2 holds rows 250..374, which are
     # positions 250..299 of prompt 0 and 0..74 of prompt 1: KV of 300 + 75 keys.
     experts = 32 * FP8_EXPERT_B
-    per_gpu = NON_EXPERT_B / 8 + experts + _activations(1000)
+    per_gpu = NON_EXPERT_B + experts + _activations(1000)  # every GPU holds the whole attention (DP)
     assert plan_gpus.memory_bytes["n0.gpu2"] == pytest.approx(per_gpu + 375 * KV_PER_TOKEN_B, rel=1e-12)
     assert plan_gpus.memory_bytes["n0.gpu7"] == pytest.approx(per_gpu + 700 * KV_PER_TOKEN_B, rel=1e-12)
 

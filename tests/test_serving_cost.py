@@ -25,7 +25,8 @@ def lite():
 
 def _load(G: int, **parts: np.ndarray) -> AttentionLoad:
     z = np.zeros(G)
-    return AttentionLoad(parts.get("pt", z), parts.get("pk", z), parts.get("dt", z), parts.get("dk", z))
+    dt = parts.get("dt", z)
+    return AttentionLoad(parts.get("pt", z), parts.get("pk", z), dt, parts.get("dk", z), parts.get("ot", dt))
 
 
 def test_decode_step_equals_the_simulators_step(lite):

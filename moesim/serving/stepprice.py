@@ -29,8 +29,8 @@ from moesim.plans.plan import Plan
 from moesim.sim.dispatch import Dispatch, NodeCounting, ReplicaTable, dispatch
 from moesim.sim.engine import CHUNK_ROUTED
 from moesim.sim.forwarding import Forwarding
-from moesim.sim.replica_routing import node_index
 from moesim.sim.precost import PreParts
+from moesim.sim.replica_routing import node_index
 from moesim.sim.stepcost import StepCoster
 from moesim.specs.hardware import Cluster
 from moesim.vocab import AllToAll, Phase, parse
@@ -130,7 +130,8 @@ class StepPricer:
         if base is None:  # router, shared experts, permute/combine, dense FFN, LM head: owned counts alone
             if len(self._pre) >= PRE_MEMO:
                 self._pre.clear()
-            base = self._pre[key] = coster.pre.parts_owned(owned, ctx, outputs, attention=np.zeros((1, G)))
+            base = self._pre[key] = coster.pre.parts_owned(owned, ctx, outputs,
+                                                           attention=np.zeros((1, G)))
         parts = base.with_attention(self.attention(load)[None])
         c = coster.chunk(0, d, np.array([len(rows)]), ctx, parts=parts)
         moe = coster.moe_layers

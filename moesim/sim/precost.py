@@ -164,7 +164,7 @@ class PreCoster:
             attention = self._per_device("attention", group, context)
         need = {k for key in self.kind_keys for k in (("router", "shared") if key[0] else ("dense",))}
         computed = {op: self._per_device(op, owned if op == "router" else group, context) for op in need}
-        S = len(batch)
+        S = owned.shape[0]
         kinds = np.zeros((len(self.kind_keys), S, G, len(PRE_PARTS)))
         edges = np.zeros((len(self.kind_keys), S, len(self.groups)))
         rt = self.runtime
