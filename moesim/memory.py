@@ -305,11 +305,14 @@ def fit_devices(model: MoEModel, cluster: Cluster, devices: Sequence[str],
 
 def kv_pool_bytes(model: MoEModel, cluster: Cluster, devices: Sequence[str],
                   resident_expert_bytes: Mapping[str, float], *, step_tokens: float,
-                  utilization: float = 1.0) -> dict[str, float]:
+                  utilization: float = 1.0, runtime: Runtime | None = None) -> dict[str, float]:
     """Bytes each device has left for a serving KV cache: ``utilization`` x its memory (vLLM's
-    ``gpu_memory_utilization``) minus its non-expert weights, resident experts and the activations of
-    a ``step_tokens``-token step; one :class:`UserError` naming the device when nothing is left."""
-    layout = MemoryModel(model, gpus=len(devices))
+    ``gpu_memory_utilization``) minus its non-expert weights (whole on every GPU: each runs the
+    attention of its own requests, data-parallel), resident experts, the activations of a
+    ``step_tokens``-token step and the runtime's reserve; one :class:`UserError` naming the device when
+    nothing is left."""
+    G = len(devices)
+    layout = MemoryModel(model, gpus=G, parallel=Parallelism(tp=1, dp=G, ep=G), runtime=runtime)
     out: dict[str, float] = {}
     for d in devices:
         try:

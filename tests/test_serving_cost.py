@@ -15,6 +15,7 @@ from moesim.serving.stepprice import AttentionLoad, StepPricer
 from moesim.sim import SimConfig, simulate
 from moesim.sim.dispatch import owners
 from moesim.specs import load_cluster, load_model
+from moesim.specs.runtime import load_runtime
 from moesim.traces.trace import DECODE, PREFILL, RoutingTrace
 
 
@@ -198,8 +199,9 @@ def test_a_big_step_is_dispatched_in_pieces_with_the_same_counts(lite, monkeypat
 
 def test_kv_pool_is_what_the_memory_model_leaves():
     """Mixtral bf16 on h100x8 (contiguous, one expert per layer per GPU), 0.9 of 80 GB: the KV pool is
-    72 GB - 32 experts x 352.3 MB - 1/8 of the attention, embedding and router weights - the
-    activations of an 8192-token step, in blocks of 16 tokens x 128 KiB."""
+    72 GB - 32 experts x 352.3 MB - the whole attention, embedding and router weights (each GPU runs
+    its own requests' attention) - the activations of an 8192-token step, in blocks of 16 tokens x
+    128 KiB. The vllm runtime profile's reserve comes off too."""
     from moesim.memory import kv_pool_bytes
     from moesim.serving.kv import KvLayout, make_pools
 
@@ -207,12 +209,17 @@ def test_kv_pool_is_what_the_memory_model_leaves():
     plan = default_plan(model, cluster)
     non_expert = (32 * 4096 * 128 * 80 + 2 * 32000 * 4096 + 32 * 4096 * 8) * 2
     act = 8192 * (2 * 4096 + 2 * (2 * 4096 + 2 * 14336)) * 2
-    expected = 0.9 * 80e9 - 32 * 352_321_536 - non_expert / 8 - act
+    expected = 0.9 * 80e9 - 32 * 352_321_536 - non_expert - act
     free = kv_pool_bytes(model, cluster, plan.devices, plan.resident_expert_bytes(model), step_tokens=8192,
                          utilization=0.9)
     assert free["n0.gpu3"] == pytest.approx(expected, rel=1e-12)
     pools = make_pools(model, cluster, plan, KvLayout(131_072, 16), step_tokens=8192, utilization=0.9)
     assert pools[3].capacity_blocks == int(expected // (16 * 131_072))
+    vllm = load_runtime("vllm")
+    reserved = kv_pool_bytes(model, cluster, plan.devices, plan.resident_expert_bytes(model), step_tokens=8192,
+                             utilization=0.9, runtime=vllm)
+    assert reserved["n0.gpu3"] == pytest.approx(expected - vllm.reserve_bytes(0.9 * 80e9), rel=1e-12)
+    assert vllm.reserve_bytes(0.9 * 80e9) > 0
     with pytest.raises(UserError, match=r"no device 'n9\.gpu0'"):
         kv_pool_bytes(model, cluster, ("n9.gpu0",), {}, step_tokens=1)
 

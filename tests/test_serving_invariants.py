@@ -54,8 +54,9 @@ def test_inv8_every_request_finishes_or_is_reported(lite):
     others finish, and every KV block is given back at the end."""
     cluster, model, trace = lite
     w = _workload(prompt_tokens=Lengths(kind="uniform", min=100, max=3000), requests=40)
-    # 5% of 80 GB less the weights, experts and activations: a pool of 100 blocks (1600 tokens) per GPU
-    r = serve(ServeConfig(cluster, model, trace, w, gpu_memory_utilization=0.05, **SMALL))
+    # a share of 80 GB that leaves, beside the weights, experts and activations, 100 blocks (1600 tokens)
+    u = _utilization_for(cluster, model, 8, 1600, SMALL["token_budget"])
+    r = serve(ServeConfig(cluster, model, trace, w, gpu_memory_utilization=u, **SMALL))
     req = r.requests
     per_gpu = r.info["instances"][0]["kv_capacity_tokens"] / 8
     assert per_gpu == 1600

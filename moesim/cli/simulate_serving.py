@@ -23,7 +23,8 @@ EXAMPLES = """\
 
 NOT_SERVING = {"batch": 1, "steps": None, "phase": "decode", "cache": None, "cache_size": None,
                "expert_cache": None, "gpu_memory": None, "miss": None, "prefetch": None, "overlap": "none",
-               "dispatch": "even", "cache_scope": "layer", "cache_reset": "none"}
+               "dispatch": "even", "cache_scope": "layer", "cache_reset": "none", "tp": None, "dp": None,
+               "ep": None}
 """Flags of the trace replay that a serving run does not take (and their defaults)."""
 
 
@@ -69,8 +70,10 @@ def run_serving(args: argparse.Namespace) -> int:
     for name, default in NOT_SERVING.items():
         if getattr(args, name) != default:
             flag = "--" + name.replace("_", "-")
-            raise UserError(f"{flag} does not apply with --workload (the scheduler forms the batches; expert "
-                            "offloading is not modelled in serving runs)", field=flag)
+            why = ("serving runs attention data-parallel, one GPU per request, and experts over every GPU"
+                   if name in ("tp", "dp", "ep") else "the scheduler forms the batches; expert offloading is "
+                   "not modelled in serving runs")
+            raise UserError(f"{flag} does not apply with --workload ({why})", field=flag)
     if args.arrival_rate is not None and args.concurrency is not None:
         raise UserError("give one of --arrival-rate and --concurrency", field="--arrival-rate")
     run = serve_run(
@@ -81,7 +84,7 @@ def run_serving(args: argparse.Namespace) -> int:
         slo=args.slo, token_budget=args.token_budget, max_seqs=args.max_seqs, kv_block=args.kv_block,
         preemption=args.preemption, gpu_memory_utilization=args.gpu_memory_utilization,
         prefill_gpus=args.prefill_gpus, calibration=args.calibration, cpu_kernel=args.cpu_kernel,
-        cpu_numa=args.cpu_numa, a2a=args.a2a,
+        cpu_numa=args.cpu_numa, a2a=args.a2a, precision=args.precision, runtime=args.runtime,
     )
     result = run.result
     if args.out:

@@ -12,6 +12,7 @@ from moesim.serving.schedulers import SCHEDULERS
 from moesim.serving.workload import WorkloadSpec
 from moesim.specs.hardware import Cluster
 from moesim.specs.model import MoEModel
+from moesim.specs.runtime import Runtime
 from moesim.traces.trace import RoutingTrace
 from moesim.vocab import AllToAll, parse
 
@@ -92,6 +93,8 @@ class ServeConfig:
     """All-to-all mode (``moesim.cost.a2a``: flat, hierarchical, low-latency); None: per step, ``flat``
     inside one node, across nodes hierarchical for steps with prefill and low-latency for decode-only
     steps (SGLang's ``--deepep-mode auto``)."""
+    runtime: Runtime | None = None
+    """Framework overheads per step and layer, and the memory the runtime reserves (``--runtime``)."""
     timeline_steps: int = 2000
     """Steps per instance drawn in the Perfetto timeline."""
     check_invariants: bool = False

@@ -97,8 +97,8 @@ class ServeEngine:
         spec = cfg.cluster.device(plan.devices[0]).spec
         budget, seqs = cfg.defaults_for(spec.memory_bytes, spec.model)
         pools = make_pools(cfg.model, cfg.cluster, plan, self.layout, step_tokens=budget,
-                           utilization=cfg.gpu_memory_utilization)
-        pricer = StepPricer(self.cost, cfg.cluster, plan, cfg.trace.expert_ids, cfg.a2a)
+                           utilization=cfg.gpu_memory_utilization, runtime=cfg.runtime)
+        pricer = StepPricer(self.cost, cfg.cluster, plan, cfg.trace.expert_ids, cfg.a2a, runtime=cfg.runtime)
         return Instance(role, tuple(plan.devices), pools, self.layout, pricer, budget, seqs)
 
     # ------------------------------------------------------------------ requests in and out

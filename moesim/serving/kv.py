@@ -16,6 +16,7 @@ from moesim.memory import kv_pool_bytes
 from moesim.plans.plan import Plan
 from moesim.specs.hardware import Cluster
 from moesim.specs.model import MoEModel
+from moesim.specs.runtime import Runtime
 
 PREEMPTION_MODES = ("recompute", "swap")
 
@@ -57,10 +58,10 @@ class KvPool:
 
 
 def make_pools(model: MoEModel, cluster: Cluster, plan: Plan, layout: KvLayout, *, step_tokens: int,
-               utilization: float) -> list[KvPool]:
+               utilization: float, runtime: Runtime | None = None) -> list[KvPool]:
     """One pool per GPU of ``plan``: whole blocks of what :func:`moesim.memory.kv_pool_bytes` leaves
     beside the weights, the resident experts and a ``step_tokens``-token step's activations."""
     free = kv_pool_bytes(model, cluster, plan.devices, plan.resident_expert_bytes(model),
-                         step_tokens=step_tokens, utilization=utilization)
+                         step_tokens=step_tokens, utilization=utilization, runtime=runtime)
     return [KvPool(d, math.floor(free[d] / layout.block_bytes())) for d in plan.devices]
 

@@ -33,6 +33,7 @@ from moesim.sim.precost import PreParts
 from moesim.sim.replica_routing import node_index
 from moesim.sim.stepcost import StepCoster
 from moesim.specs.hardware import Cluster
+from moesim.specs.runtime import Runtime
 from moesim.vocab import AllToAll, Phase, parse
 
 PRE_MEMO = 50_000
@@ -67,12 +68,13 @@ class StepPricer:
     """Prices steps of one instance (its plan's GPUs) with ``cost`` (a :class:`moesim.sim.costs.SimCost`)."""
 
     def __init__(self, cost: Any, cluster: Cluster, plan: Plan, expert_ids: np.ndarray,
-                 a2a: AllToAll | str | None = None):
+                 a2a: AllToAll | str | None = None, *, runtime: Runtime | None = None):
         self.cost, self.cluster, self.plan = cost, cluster, plan
         self.devices: tuple[str, ...] = tuple(plan.devices)
         self.expert_ids = expert_ids
         self.table = ReplicaTable.of(plan)
         self.a2a = None if a2a is None else parse(AllToAll, a2a, field="a2a")
+        self.runtime = runtime
         self.num_nodes = len(set(node_index(cluster, self.devices).tolist()))
         self._costers: dict[AllToAll, tuple[StepCoster, Forwarding | None]] = {}
         self.coster = self.coster_for(self.mode(prefill=False))[0]
@@ -99,7 +101,8 @@ class StepPricer:
             spec = AllToAllSpec.for_model(self.cost.model, mode)
             fw = (Forwarding(*forwarding(self.cluster, self.devices))
                   if spec.forwards and len(self.devices) > 1 else None)
-            self._costers[mode] = (StepCoster(self.cost, self.devices, phase="decode", a2a=spec), fw)
+            self._costers[mode] = (StepCoster(self.cost, self.devices, phase="decode", a2a=spec,
+                                                      runtime=self.runtime), fw)
         return self._costers[mode]
 
     def attention(self, load: AttentionLoad) -> np.ndarray:
