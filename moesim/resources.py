@@ -1,4 +1,4 @@
-"""Built-in data by name: hardware profiles, model specs and shipped traces.
+"""Built-in data by name: hardware profiles, model specs, runtime profiles, shipped traces and workloads.
 
 ``--hw h100x8`` finds ``hardware/h100x8.yaml`` whether moesim runs from a checkout or from a
 plain (non-editable) install; anything containing a path separator or an existing file is a path.
@@ -18,6 +18,7 @@ _KINDS = {
     "model": ("moesim.specs.models", (".yaml", ".yml"), "model spec"),
     "runtime": ("moesim.specs.runtimes", (".yaml", ".yml"), "runtime profile"),
     "trace": ("moesim.data.traces", (".npz",), "trace"),
+    "workload": ("moesim.serving.workloads", (".yaml", ".yml"), "workload"),
 }
 # The device and link catalogs share the hardware folder with the cluster profiles but are not
 # profiles: they are listed as kind "catalog" only (by name they still resolve as hardware files).

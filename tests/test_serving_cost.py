@@ -216,8 +216,8 @@ def test_kv_pool_is_what_the_memory_model_leaves():
     pools = make_pools(model, cluster, plan, KvLayout(131_072, 16), step_tokens=8192, utilization=0.9)
     assert pools[3].capacity_blocks == int(expected // (16 * 131_072))
     vllm = load_runtime("vllm")
-    reserved = kv_pool_bytes(model, cluster, plan.devices, plan.resident_expert_bytes(model), step_tokens=8192,
-                             utilization=0.9, runtime=vllm)
+    reserved = kv_pool_bytes(model, cluster, plan.devices, plan.resident_expert_bytes(model),
+                             step_tokens=8192, utilization=0.9, runtime=vllm)
     assert reserved["n0.gpu3"] == pytest.approx(expected - vllm.reserve_bytes(0.9 * 80e9), rel=1e-12)
     assert vllm.reserve_bytes(0.9 * 80e9) > 0
     with pytest.raises(UserError, match=r"no device 'n9\.gpu0'"):

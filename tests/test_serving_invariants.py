@@ -150,3 +150,42 @@ def test_inv13_throughput_rises_then_saturates(lite):
     assert tput[3] > tput[2]
     assert tput[4] / tput[3] == pytest.approx(1.0, abs=0.1)  # 4x the arrivals, the same throughput
     assert tput[4] < 64.0 * 16 * 10  # well under 10x what 64 req/s offered
+
+
+def test_check_invariants_runs_the_per_run_checks_and_catches_each_break(lite):
+    """``check_invariants`` checks INV-8, INV-9, INV-11 and the KV pools after the run; a result with
+    one thing broken fails exactly that check."""
+    import copy
+
+    from moesim.serving.invariants import CHECKS, check, failures
+    from moesim.sim.invariants import InvariantViolation
+
+    cluster, model, trace = lite
+    r = serve(ServeConfig(cluster, model, trace, _workload(requests=12), check_invariants=True, **SMALL))
+    assert r.info["invariants_checked"] == list(CHECKS) and failures(r) == []
+
+    def broken(edit) -> list[str]:
+        bad = copy.deepcopy(r)
+        edit(bad)
+        return failures(bad)
+
+    def short(b):
+        b.requests["emitted_tokens"][3] -= 1
+
+    def lost(b):
+        b.requests["finished"][2] = False
+
+    def early(b):
+        b.requests["prefill_s"][1] = b.requests["first_token_s"][1] - b.requests["arrival_s"][1] + 1e-3
+
+    def leak(b):
+        b.info["instances"][0]["kv_blocks_left_in_use"] = 5
+
+    for edit, words in ((short, "emitted other than"), (lost, "neither finished nor reported"),
+                        (early, "shorter than its own prefill"), (leak, "KV blocks still in use")):
+        (msg,) = broken(edit)
+        assert words in msg
+    bad = copy.deepcopy(r)
+    leak(bad)
+    with pytest.raises(InvariantViolation, match="serving invariants broken"):
+        check(bad)

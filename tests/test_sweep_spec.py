@@ -132,8 +132,12 @@ def test_each_cell_command_parses_to_its_parameters() -> None:
     parser = build_parser()
     for kind, extra in (("simulate", {"cache": "lru", "expert_cache": "21.1 GiB", "check_invariants": True,
                                       "batch": 4}),
-                        ("plan", {"planner": "eplb", "time_limit_s": 5.0, "batch_tokens": 512})):
-        fixed = {**BASE, **extra} if kind == "simulate" else {"hw": "h100x8", **extra}
+                        ("plan", {"planner": "eplb", "time_limit_s": 5.0, "batch_tokens": 512}),
+                        ("serve", {"model": "deepseek-v2-lite", "trace": "deepseek-v2-lite-synth",
+                                   "workload": "chat", "arrival_rate": 12.5, "duration_s": 30.0,
+                                   "scheduler": "disaggregated", "slo": "ttft=200ms", "kv_block": 32,
+                                   "check_invariants": True})):
+        fixed = ({**BASE, **extra} if kind == "simulate" else {"hw": "h100x8", **extra})
         (cell,) = spec_from_dict({"kind": kind, "fixed": fixed}, KINDS).cells()
         argv = shlex.split(KINDS[kind].command(cell.p))
         assert argv[0] == "moesim" and argv[-1] == "--json"

@@ -85,6 +85,7 @@ def run_serving(args: argparse.Namespace) -> int:
         preemption=args.preemption, gpu_memory_utilization=args.gpu_memory_utilization,
         prefill_gpus=args.prefill_gpus, calibration=args.calibration, cpu_kernel=args.cpu_kernel,
         cpu_numa=args.cpu_numa, a2a=args.a2a, precision=args.precision, runtime=args.runtime,
+        check_invariants=args.check_invariants,
     )
     result = run.result
     if args.out:

@@ -340,4 +340,9 @@ def serve(cfg: ServeConfig, cost: Any | None = None) -> Any:
         cost = CostModel(cfg.cluster, cfg.model)
     engine = ServeEngine(cfg, cost)
     engine.run()
-    return ServeResult.of(engine, wall_seconds=time.perf_counter() - t0)
+    result = ServeResult.of(engine, wall_seconds=time.perf_counter() - t0)
+    if cfg.check_invariants:
+        from moesim.serving.invariants import check
+
+        result.info["invariants_checked"] = list(check(result))
+    return result

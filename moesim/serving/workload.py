@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, fields, replace
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from moesim.errors import UserError
+from moesim.resources import builtin_dir, builtin_names
 from moesim.specs.yaml_fields import Fields, read_yaml
 
 ARRIVALS = ("poisson", "closed-loop", "timestamps")
@@ -215,8 +215,7 @@ def parse_workload(data: dict[str, Any], file: str, base: Path, name: str) -> Wo
 
 def builtin_workloads() -> list[str]:
     """Names of the workloads shipped with moesim (``--workload chat``)."""
-    folder = resources.files("moesim.serving") / "workloads"
-    return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml"))
+    return builtin_names("workload")
 
 
 def load_workload(name_or_path: str | Path) -> WorkloadSpec:
@@ -224,7 +223,7 @@ def load_workload(name_or_path: str | Path) -> WorkloadSpec:
     text = str(name_or_path)
     path = Path(text)
     if not path.exists() and "/" not in text and not text.endswith((".yaml", ".yml")):
-        shipped = Path(str(resources.files("moesim.serving") / "workloads" / f"{text}.yaml"))
+        shipped = builtin_dir("workload") / f"{text}.yaml"
         if not shipped.is_file():
             raise UserError(f"unknown workload {text!r}; built-in: {', '.join(builtin_workloads())} "
                             "(or give a path to a YAML file)", field="--workload")

@@ -6,12 +6,14 @@ A new kind is one module defining a :class:`~moesim.sweeps.schema.CellKind` and 
 from __future__ import annotations
 
 from moesim.sweeps.kinds.plan import PLAN
+from moesim.sweeps.kinds.serve import SERVE
 from moesim.sweeps.kinds.simulate import SIMULATE
 from moesim.sweeps.schema import CellKind
 
 KINDS: dict[str, CellKind] = {
     "simulate": SIMULATE,
     "plan": PLAN,
+    "serve": SERVE,
 }
 
 __all__ = ["KINDS"]

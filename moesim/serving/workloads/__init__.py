@@ -1,0 +1,1 @@
+"""Workloads shipped with moesim (``--workload chat``), as YAML files (docs/serving.md)."""
