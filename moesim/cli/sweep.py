@@ -1,4 +1,4 @@
-"""``moesim sweep``: a grid (and samples) of simulate / plan cells into a Parquet dataset folder."""
+"""``moesim sweep``: a grid (and samples) of simulate / plan / serve cells into a Parquet dataset folder."""
 
 from __future__ import annotations
 
@@ -33,9 +33,11 @@ EXAMPLES = """\
 def register(sub: argparse._SubParsersAction) -> None:
     p = add_verb(
         sub, "sweep",
-        help="run a grid of simulate / plan cells on a process pool or Ray; results as a Parquet dataset",
+        help="run a grid of simulate / plan / serve cells on a process pool or Ray; results as a Parquet "
+        "dataset",
         description="Expand SPEC.yaml (kind:, fixed:, grid:, sample:; docs/sweeps.md) into cells, each one "
-        "call of the workflow behind 'moesim simulate' or 'moesim plan', and append one row per cell to "
+        "call of the workflow behind 'moesim simulate', 'moesim plan' or 'moesim simulate --workload' "
+        "(kind: simulate, plan or serve), and append one row per cell to "
         "the Parquet dataset in --out (every parameter and metric a column, plus the cell's command "
         "line and content hash). Cells already in the dataset are skipped, so an interrupted sweep "
         "resumes where it stopped. A cell the workflow refuses, or that crashes, is a row with its "
