@@ -306,26 +306,29 @@ def fit_devices(model: MoEModel, cluster: Cluster, devices: Sequence[str],
 def kv_pool_bytes(model: MoEModel, cluster: Cluster, devices: Sequence[str],
                   resident_expert_bytes: Mapping[str, float], *, step_tokens: float,
                   utilization: float = 1.0, runtime: Runtime | None = None) -> dict[str, float]:
-    """Bytes each device has left for a serving KV cache: ``utilization`` x its memory (vLLM's
-    ``gpu_memory_utilization``) minus its non-expert weights (whole on every GPU: each runs the
-    attention of its own requests, data-parallel), resident experts, the activations of a
-    ``step_tokens``-token step and the runtime's reserve; one :class:`UserError` naming the device when
-    nothing is left."""
+    """Bytes each device has left for a serving KV cache: what the engine may use, ``utilization`` x
+    its memory (vLLM's ``gpu_memory_utilization``) but no more than the runtime's reserve leaves (both
+    say what the framework keeps out, so the stricter counts, not their sum), minus its non-expert
+    weights (whole on every GPU: each runs the attention of its own requests, data-parallel), resident
+    experts and the activations of a ``step_tokens``-token step; one :class:`UserError` naming the
+    device when nothing is left."""
     G = len(devices)
-    layout = MemoryModel(model, gpus=G, parallel=Parallelism(tp=1, dp=G, ep=G), runtime=runtime)
+    layout = MemoryModel(model, gpus=G, parallel=Parallelism(tp=1, dp=G, ep=G))
+    rt = runtime or Runtime()
     out: dict[str, float] = {}
     for d in devices:
         try:
-            capacity = cluster.device(d).spec.memory_bytes * utilization
+            memory = cluster.device(d).spec.memory_bytes
         except KeyError:
             raise UserError(f"no device {d!r} in cluster {cluster.name}", field="devices") from None
+        capacity = min(memory * utilization, memory - rt.reserve_bytes(memory))
         b = layout.device(d, capacity, kv_cache_bytes=0.0, step_tokens=step_tokens,
                           expert_bytes=resident_expert_bytes.get(d, 0.0))
         if b.total_bytes >= capacity:
             raise UserError(
                 f"device {d} has no memory left for a KV cache: {b.expert_bytes / 1e9:.2f} GB of expert "
-                f"weights + {b.describe_fixed('GB')} fill {utilization:g} x "
-                f"{capacity / utilization / 1e9:.2f} GB; use more devices, a smaller --weight-dtype or a "
-                "smaller token budget", field="placement")
+                f"weights + {b.describe_fixed('GB')} fill the {capacity / 1e9:.2f} GB the engine may use "
+                f"({utilization:g} x {memory / 1e9:.2f} GB); use more devices, a smaller --weight-dtype "
+                "or a smaller token budget", field="placement")
         out[d] = capacity - b.total_bytes
     return out
