@@ -14,9 +14,10 @@ shipped ``chat`` workload (lognormal, mean 1024 and 256 tokens) and their routin
 rows in stream order.
 
 Measured 2026-12-05 (2-core VM shared with other jobs, no numba; docs/serving.md, "Speed"):
-chunked, 245.0 simulated s in 114.4 CPU s (2.14 simulated s per CPU s, 11.4 CPU ms per request,
-55.4 CPU ms per step = 1.00x the replay step of the same size); disaggregated, 223.3 s in 210.0 CPU s
-(1.06, 21.0 ms per request, 22.0 ms per step = 1.28x). Peak RSS 660-732 MiB.
+chunked, 235.4 simulated s in 132.5 CPU s (1.78 simulated s per CPU s, 13.3 CPU ms per request,
+62.8 CPU ms per step = 3.04x the replay step of the same size, 662 MiB peak RSS); disaggregated
+(before the rebase onto main's faster replay), 223.3 s in 210.0 CPU s (1.06, 21.0 ms per request,
+22.0 ms per step = 1.28x, 732 MiB).
 """
 
 from __future__ import annotations
