@@ -14,6 +14,7 @@ from moesim.cli.common import (
     print_json,
     quantity,
 )
+from moesim.cli.replan import add_simulate_flags, render_replan, simulate_options
 from moesim.errors import UserError
 from moesim.io import check_parquet_writable
 from moesim.limits import NODES
@@ -140,6 +141,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "slower); a violation is a moesim bug and fails the run, e.g. "
                    "moesim simulate --hw h100x8 --model mixtral-8x7b --trace mixtral-8x7b-synth "
                    "--check-invariants --json")
+    add_simulate_flags(p)
     add_json_flag(p)
     p.set_defaults(func=run)
 
@@ -157,7 +159,7 @@ def run(args: argparse.Namespace) -> int:
         calibration=args.calibration, check_invariants=args.check_invariants,
         cpu_kernel=args.cpu_kernel, cpu_numa=args.cpu_numa, a2a=args.a2a, cache_scope=args.cache_scope,
         cache_reset=args.cache_reset, precision=args.precision, tp=args.tp, dp=args.dp, ep=args.ep,
-        runtime=args.runtime,
+        runtime=args.runtime, replan=simulate_options(args),
     )
     result = sim.result
     if args.out:
@@ -186,6 +188,8 @@ def run(args: argparse.Namespace) -> int:
     busiest = max(summary["per_device"], key=lambda d: d["utilization"])
     print(f"busiest device {busiest['id']}: utilisation {busiest['utilization']:.3f}")
     print(render_op_classes(summary["op_class_s"]))
+    if "replan" in summary:
+        print(render_replan(summary["replan"]))
     print(render_memory(summary["memory_breakdown_bytes"]))
     return 0
 

@@ -31,8 +31,8 @@ from moesim.sim.replan_migration import MigrationCost, align_devices, migration_
 from moesim.sim.replan_policies import ReplanAsk, ReplanSettings, make_policy
 from moesim.vocab import Migration, MigrationSource, Replan, parse
 
-Replanner = Callable[[np.ndarray], Plan]
-"""``[W, L, E]`` token counts -> a plan on the run's GPUs with the run's slots per GPU."""
+Replanner = Callable[[np.ndarray, Plan], Plan]
+"""(``[W, L, E]`` token counts, the serving plan) -> a plan on the run's GPUs with its slots per GPU."""
 
 
 @dataclass(frozen=True)
@@ -191,7 +191,7 @@ class Replanning:
         if ask is None:
             return None
         assert self.cfg.planner is not None
-        new = self.cfg.planner(ask.load)
+        new = self.cfg.planner(ask.load, self.plan)
         if new.placement.shape != self.plan.placement.shape:
             raise UserError(f"the inner planner returned {new.placement.shape[1]} GPUs x "
                             f"{new.placement.shape[2]} slots; the run has {self.plan.placement.shape[1]} x "

@@ -8,7 +8,7 @@ command line's options (:class:`ReplanOptions`). docs/replan.md describes every 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from types import MappingProxyType
 from typing import Any
 
@@ -16,6 +16,7 @@ import numpy as np
 
 from moesim.errors import UserError
 from moesim.planners import PLANNERS, PlanRequest
+from moesim.planners.sticky import keep_placement
 from moesim.plans.plan import Plan
 from moesim.sim.replan import ReplanConfig, Replanner
 from moesim.sim.replan_policies import ReplanSettings
@@ -31,6 +32,8 @@ VLLM_INTERVAL_STEPS = 3000
 """vLLM's ``EPLBConfig.step_interval`` default (vllm/config/parallel.py)."""
 VLLM_WINDOW_STEPS = 1000
 """vLLM's ``EPLBConfig.window_size`` default."""
+MOVES = ("all", "min")
+"""How much of a new plan's placement is taken: all of it, or its counts with as few moves as balance allows."""
 ILP_TARGETS = ("time", "tokens")
 """What the ILP minimises: predicted step time (``units: auto``) or token imbalance (``units: tokens``)."""
 
@@ -54,6 +57,10 @@ class ReplanOptions:
     """ILP wall-clock safety net per re-plan (its search is bounded by work, docs/planners.md)."""
     batch_tokens: int = 4096
     """Tokens per step the ILP predicts times for."""
+    moves: str = "all"
+    """``all``: the planner's placement as it is (what the engines do); ``min``: its replica counts,
+    keeping every expert where the serving plan has it when that balances the window within 1% of the
+    planner's own placement (``moesim.planners.sticky``)."""
 
     def check(self) -> None:
         parse(Replan, self.policy, field="--replan")
@@ -65,6 +72,8 @@ class ReplanOptions:
         if self.ilp_target not in ILP_TARGETS:
             raise UserError(f"expected one of {', '.join(ILP_TARGETS)}, got {self.ilp_target!r}",
                             field="--ilp-target")
+        if self.moves not in MOVES:
+            raise UserError(f"expected one of {', '.join(MOVES)}, got {self.moves!r}", field="--replan-moves")
         self.settings().check()
 
     def settings(self) -> ReplanSettings:
@@ -74,20 +83,24 @@ class ReplanOptions:
 
 def inner_planner(name: str, model: MoEModel, cluster: Cluster, devices: tuple[str, ...], slots: int, *,
                   cost: Any = None, seed: int = 0, time_limit_s: float = 10.0,
-                  params: dict[str, Any] | None = None) -> Replanner:
-    """The callable the simulator re-plans with: ``[W, L, E]`` loads -> planner ``name``'s validated
-    plan on ``devices`` x ``slots`` (``params``: the planner's options, e.g. the ILP's ``units``)."""
+                  params: dict[str, Any] | None = None, moves: str = "all") -> Replanner:
+    """The callable the simulator re-plans with: (``[W, L, E]`` loads, the serving plan) -> planner
+    ``name``'s validated plan on ``devices`` x ``slots`` (``params``: the planner's options, e.g. the
+    ILP's ``units``; ``moves``: see :class:`ReplanOptions`)."""
     if name not in PLANNERS:
         raise UserError(f"expected a planner among {', '.join(PLANNERS)}, got {name!r}",
                         field="--replan-planner")
     planner = PLANNERS[name]
     frozen = MappingProxyType(dict(params or {}))
 
-    def replan(load: np.ndarray) -> Plan:
+    def replan(load: np.ndarray, serving: Plan | None = None) -> Plan:
         req = PlanRequest(model=model, cluster=cluster, devices=devices, slots_per_device=slots,
                           load=np.asarray(load, dtype=np.float64), cost=cost, time_limit_s=time_limit_s,
                           seed=seed, params=frozen)
         plan = planner(req)
+        if moves == "min" and serving is not None and serving.placement.shape == plan.placement.shape:
+            plan = replace(plan, placement=keep_placement(serving, plan, req.total_load()),
+                           params=MappingProxyType({**plan.params, "moves": "min"}))
         plan.validate(model)
         return plan
 
@@ -101,7 +114,8 @@ def replan_config(options: ReplanOptions, plan: Plan, model: MoEModel, cluster: 
     params = {"objective": "worst", "batch_tokens": options.batch_tokens,
               "units": "tokens" if options.ilp_target == "tokens" else "auto"}
     planner = inner_planner(options.planner, model, cluster, tuple(plan.devices), plan.slots_per_device,
-                            cost=cost, seed=seed, time_limit_s=options.time_limit_s, params=params)
+                            cost=cost, seed=seed, time_limit_s=options.time_limit_s, params=params,
+                            moves=options.moves)
     return ReplanConfig(policy=options.policy, planner=planner, planner_name=options.planner,
                         settings=options.settings(), migration=options.migration, source=options.source,
                         initial_load=initial_load)
