@@ -33,7 +33,8 @@ VLLM_INTERVAL_STEPS = 3000
 VLLM_WINDOW_STEPS = 1000
 """vLLM's ``EPLBConfig.window_size`` default."""
 MOVES = ("all", "min")
-"""How much of a new plan's placement is taken: all of it, or its counts with as few moves as balance allows."""
+"""How much of a new plan's placement is taken: all of it, or its counts with as few moves as balance
+allows."""
 ILP_TARGETS = ("time", "tokens")
 """What the ILP minimises: predicted step time (``units: auto``) or token imbalance (``units: tokens``)."""
 
