@@ -35,6 +35,9 @@ _EXAMPLES = """\
   moesim plan --hw h100x8x4 --nodes 2 --model mixtral-8x7b --trace mixtral-8x7b-synth --replicas 32 \\
       --planner eplb-hierarchical
   moesim plan --hw h100x8 --planner eplb --train-fraction 0.8 --json
+  moesim plan --hw h100x8 --planner ilp --ilp-target tokens --gap-limit 0.01 --time-limit 5
+  moesim plan --hw h100x8 --replan periodic,drift --batch-size 256 --replan-interval 7,14 \
+      --replan-window 14   how often to re-balance: replay candidates against static and the engines' defaults
 """
 
 

@@ -9,7 +9,13 @@ from moesim.cli.common import fraction_list, int_list, positive_int, unit_fracti
 from moesim.errors import UserError
 from moesim.vocab import Migration, MigrationSource, Replan, choices
 from moesim.workflows.placement import PLANNER_NAMES
-from moesim.workflows.replan import ILP_TARGETS, SGLANG_INTERVAL_STEPS, SGLANG_WINDOW_STEPS, ReplanOptions
+from moesim.workflows.replan import (
+    ILP_TARGETS,
+    MOVES,
+    SGLANG_INTERVAL_STEPS,
+    SGLANG_WINDOW_STEPS,
+    ReplanOptions,
+)
 from moesim.workflows.replan_search import ReplanChoice, ReplanSearch, choose_replan
 
 
@@ -38,6 +44,10 @@ def add_common(p: argparse.ArgumentParser) -> None:
                    "that or the host's pinned copy over PCIe, whichever is faster (host)")
     p.add_argument("--hedge-windows", type=positive_int, default=4, metavar="K",
                    help="--replan hedged: plan once for the window cut into K windows (worst of them)")
+    p.add_argument("--replan-moves", default="all", choices=MOVES,
+                   help="all: take each re-plan's placement as the planner returns it (the engines); min: "
+                   "take its replica counts and keep every expert where it is when that balances the window "
+                   "within 1%% of the planner's own placement (fewer bytes to move), e.g. --replan-moves min")
 
 
 def add_simulate_flags(p: argparse.ArgumentParser) -> None:
@@ -72,7 +82,7 @@ def simulate_options(args: argparse.Namespace) -> ReplanOptions | None:
     return ReplanOptions(policy=args.replan, planner=args.replan_planner, interval_steps=args.replan_interval,
                          window_steps=args.replan_window, threshold=args.replan_threshold,
                          hedge_windows=args.hedge_windows, migration=args.migration,
-                         source=args.migration_source, ilp_target=args.ilp_target)
+                         source=args.migration_source, ilp_target=args.ilp_target, moves=args.replan_moves)
 
 
 def add_plan_flags(p: argparse.ArgumentParser) -> None:
@@ -101,7 +111,7 @@ def run_plan_replan(args: argparse.Namespace) -> int:
                        windows=tuple(args.replan_window) if args.replan_window else None,
                        thresholds=tuple(args.replan_threshold) if args.replan_threshold else None,
                        migration=args.migration, source=args.migration_source,
-                       hedge_windows=args.hedge_windows,
+                       hedge_windows=args.hedge_windows, moves=args.replan_moves,
                        ilp_target=args.ilp_target, nodes=args.nodes, slots_per_gpu=args.slots_per_gpu,
                        warmup_fraction=args.train_fraction if args.train_fraction is not None else 0.2,
                        batch_tokens=args.batch_size, dispatch=args.dispatch, seed=args.seed,
@@ -128,10 +138,14 @@ def print_table(c: ReplanChoice) -> None:
               f"{_fmt(r.tokens_per_s, ',.0f'):>12}"
               f"{r.rebalances:>9}{r.migration_bytes / 1e9:>10.2f}{r.stall_s * 1e3:>10.2f}"
               f"{_fmt(r.gain_vs_static, '.3f', 'x'):>10}{_fmt(r.gain_vs_engine, '.3f', 'x'):>10}")
-    print(f"* best: {c.best}. imbalance: realised max/mean GPU tokens per step, mean over the stream; "
-          "step ms: "
-          "mean simulated step incl. migration stalls; sglang-default: every 1000 steps on the last 1000, "
-          "vllm-default: every 3000 on the last 1000")
+    b = c.candidates[c.best]
+    verdict = (f"{_fmt(b.gain_vs_static, '.3f', 'x')} static's speed, "
+               f"{_fmt(b.gain_vs_engine, '.3f', 'x')} the SGLang default's"
+               if b.gain_vs_static is None or b.gain_vs_static > 1.0
+               else "no candidate beats static here: keep the initial plan")
+    print(f"* best: {c.best} ({verdict}). imbalance: realised max/mean GPU tokens per step, mean over the "
+          "stream; step ms: mean simulated step incl. migration stalls; sglang-default: every 1000 steps on "
+          "the last 1000, vllm-default: every 3000 on the last 1000")
 
 
 def _fmt(value: Any, spec: str, suffix: str = "") -> str:

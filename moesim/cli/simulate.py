@@ -46,6 +46,10 @@ EXAMPLES = """\
       --tp 8 --runtime vllm --timeline tp8.json --step-out steps.csv
   moesim simulate --hw h100x8 --model deepseek-v2-lite --trace deepseek-v2-lite-synth --batch 64 \\
       --steps 20 --precision attention=fp8,kv_cache=fp8,dispatch=fp8
+  moesim simulate --hw h100x8 --model deepseek-v2-lite --trace deepseek-v2-lite-synth --batch 256 \
+      --replan drift --replan-interval 10 --replan-window 10 --replan-threshold 0.05 --replan-moves min
+  moesim simulate --hw h100x8 --model deepseek-v2-lite --trace deepseek-v2-lite-synth --batch 256 \
+      --replan periodic --replan-interval 20 --replan-window 20 --migration overlapped --step-out steps.csv
 """
 
 

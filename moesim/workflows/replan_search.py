@@ -65,6 +65,7 @@ class ReplanSearch:
     migration: str = "blocking"
     source: str = "gpu"
     hedge_windows: int = 4
+    moves: str = "all"
     ilp_target: str = "time"
     nodes: int | None = None
     slots_per_gpu: int | None = None
@@ -138,7 +139,7 @@ class ReplanChoice:
 def candidate_grid(req: ReplanSearch, steps: int) -> dict[str, ReplanOptions]:
     """The candidates of ``req`` for a stream of ``steps`` steps (labels -> options), baselines first."""
     base = ReplanOptions(policy="static", planner=req.planner, migration=req.migration, source=req.source,
-                         hedge_windows=req.hedge_windows, ilp_target=req.ilp_target,
+                         hedge_windows=req.hedge_windows, moves=req.moves, ilp_target=req.ilp_target,
                          time_limit_s=req.time_limit_s, batch_tokens=req.batch_tokens)
     out = {STATIC: base,
            SGLANG_DEFAULT: replace(base, policy="periodic", interval_steps=SGLANG_INTERVAL_STEPS,
@@ -197,7 +198,8 @@ def choose_replan(req: ReplanSearch, *, candidates: Mapping[str, ReplanOptions] 
         scored[label] = replace(c, gain_vs_static=static.step_time_s / c.step_time_s if static else None,
                                 gain_vs_engine=engine.step_time_s / c.step_time_s if engine else None)
     asked = [k for k in scored if k not in BASELINES] or list(scored)
-    best = min(asked, key=lambda k: (scored[k].step_time_s, k))
+    # ties (e.g. candidates that never re-plan) go to the fewest re-plans, then the label
+    best = min(asked, key=lambda k: (scored[k].step_time_s, scored[k].rebalances, k))
     return ReplanChoice(hw=cluster.name, model=model.name, trace=name, gpus=len(gpus), slots_per_gpu=slots,
                         warmup_tokens=warmup.num_tokens, stream_tokens=stream.num_tokens, stream_steps=steps,
                         phase=phase, batch=batch, planner=req.planner, migration=req.migration,
