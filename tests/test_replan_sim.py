@@ -71,6 +71,7 @@ def test_blocking_migration_bytes_are_the_moved_experts_weights_and_stall_the_ch
     assert r.rec.migration_s.sum() == pytest.approx(rp["stall_s"])
     per_step = r.summary()["op_class_s"]["mean_per_step_s"]["migration"]
     assert per_step * len(r.step_latency_s) == pytest.approx(rp["stall_s"])
+    assert r.op_class_s().sum(axis=1) == pytest.approx(r.step_latency_s, rel=1e-12)  # stalls included
     # every copy crosses at least one link; on one node each crosses exactly one NVLink direction pair
     assert sum(x["bytes"] for x in rp["migration_link_bytes"]) >= rp["migration_bytes"]
     # the plans change where the events say
