@@ -14,6 +14,7 @@ the imbalance of the tokens summed over windows of the interval's length (the is
 imbalance", as served), re-plans, bytes moved, stall time, and the step-time ratio static / candidate
 (> 1: faster than static).
 Simulated figures are deterministic; the wall time of each stream is printed for information only.
+The figures of 2026-12-05 are in docs/replan.md "Measured" (about 5 minutes on the shared 2-core machine).
 """
 
 from __future__ import annotations
