@@ -246,3 +246,19 @@ def test_replanning_beats_static_after_migration_on_a_switching_stream():
         assert rp["applied"] >= 1 and rp["stall_s"] > 0
         assert rp["imbalance_mean"] < static_imbalance - 0.05
         assert rp["step_time_mean_s"] < float(np.mean(static.step_latency_s))
+
+
+def test_min_moves_keeps_experts_in_place_with_the_new_counts():
+    from moesim.planners.sticky import keep_layer
+
+    old = np.array([[0, 1], [2, 3]])
+    new = np.array([[3, 0], [1, 0]])  # expert 0 gains a replica, 2 loses its own: reshuffled by the planner
+    w = np.array([4.0, 1.0, 0.0, 1.0])
+    out = keep_layer(old, new, w, tolerance=0.01)
+    assert np.bincount(out[out >= 0], minlength=4).tolist() == [2, 1, 0, 1]  # the planner's counts
+    assert out[0].tolist() == [0, 1]  # GPU 0 keeps both of its experts
+    assert 3 in out[1] and 0 in out[1]  # 3 stays; the new replica of 0 fills the slot 2 left
+    # a kept layout far worse than the planner's is not used
+    skew = keep_layer(np.array([[0, 1], [2, 3]]), np.array([[0, 2], [1, 3]]), np.array([5.0, 5.0, 1.0, 1.0]),
+                      tolerance=0.01)
+    assert skew.tolist() == [[0, 2], [1, 3]]
