@@ -110,6 +110,35 @@ class CpuNuma(StrEnum):
     ONE_SOCKET = "one-socket"
 
 
+class Replan(StrEnum):
+    """When the simulator re-plans expert placement while serving (``moesim.sim.replan_policies``):
+    never, every N steps, when recent load has moved far enough from the load the plan was made on,
+    or once, for several recent windows at a time (a hedged static plan)."""
+
+    STATIC = "static"
+    PERIODIC = "periodic"
+    DRIFT = "drift"
+    HEDGED = "hedged"
+
+
+class Migration(StrEnum):
+    """How a new plan's expert weights are moved: serving stops until the copies land (``blocking``),
+    or they use the links while the all-to-alls leave them idle and the plan switches when they
+    land (``overlapped``)."""
+
+    BLOCKING = "blocking"
+    OVERLAPPED = "overlapped"
+
+
+class MigrationSource(StrEnum):
+    """Where a new replica's weights come from: the nearest GPU holding the expert (``gpu``, the
+    engines' peer-to-peer copies), or that or the host's pinned copy over PCIe, whichever is faster
+    (``host``: the host keeps every expert)."""
+
+    GPU = "gpu"
+    HOST = "host"
+
+
 AUTO = "auto"
 """The cache planner may also be asked to choose a policy, miss mode or prefetch itself."""
 

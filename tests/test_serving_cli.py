@@ -67,6 +67,7 @@ def test_help_examples_run_as_written(capsys, tmp_path, monkeypatch, example):
     (["--batch", "8"], "--batch: --batch does not apply with --workload"),
     (["--cache", "lru"], "--cache: "),
     (["--tp", "2"], "--tp: --tp does not apply with --workload (serving runs attention data-parallel"),
+    (["--replan", "periodic"], "--replan: --replan does not apply with --workload (re-placement is modelled"),
     (["--arrival-rate", "5", "--concurrency", "3"], "give one of --arrival-rate and --concurrency"),
     (["--arrival-rate", "0"], "--arrival-rate: expected a finite number greater than 0"),
     (["--slo", "ttft"], "--slo: expected ttft=..."),

@@ -102,6 +102,26 @@ def open_fraction(text: str) -> float:
     return value
 
 
+def unit_fraction(text: str) -> float:
+    """A number in (0, 1] (a share or a total variation)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0.0 < value <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {text!r}")
+    return value
+
+
+def fraction_list(text: str) -> list[float]:
+    """Comma-separated numbers in (0, 1]: ``0.05,0.1,0.2``."""
+    try:
+        return [unit_fraction(x) for x in text.split(",") if x.strip()] or [unit_fraction("")]
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated numbers in (0, 1], got {text!r}") from None
+
+
 def quantity(kind: str) -> Callable[[str], str]:
     """Text such as ``20GiB`` that parses as a quantity of ``kind`` (a key of ``units.PHYSICAL``).
 

@@ -17,6 +17,7 @@ from moesim.cli.common import (
     print_json,
     quantity,
 )
+from moesim.cli.replan import add_plan_flags, run_plan_replan
 from moesim.io import write_table_csv
 from moesim.limits import MAX_WINDOWS, NODES
 from moesim.planners.cache_ilp import MISS_CHOICES, POLICY_CHOICES, PREFETCH_CHOICES
@@ -24,6 +25,7 @@ from moesim.plans.export import export_for_engines
 from moesim.vocab import Dispatch, choices
 from moesim.workflows.inputs import DEFAULT_MODEL, DEFAULT_TRACE
 from moesim.workflows.placement import PLANNER_NAMES, PlacementRequest, PlannerComparison, compare_planners
+from moesim.workflows.replan import ILP_TARGETS
 
 _EXAMPLES = """\
   moesim plan --hw h100x8 --time-limit 5   every planner on the shipped DeepSeek-V2-Lite trace
@@ -33,6 +35,9 @@ _EXAMPLES = """\
   moesim plan --hw h100x8x4 --nodes 2 --model mixtral-8x7b --trace mixtral-8x7b-synth --replicas 32 \\
       --planner eplb-hierarchical
   moesim plan --hw h100x8 --planner eplb --train-fraction 0.8 --json
+  moesim plan --hw h100x8 --planner ilp --ilp-target tokens --gap-limit 0.01 --time-limit 5
+  moesim plan --hw h100x8 --replan periodic,drift --batch-size 256 --replan-interval 7,14 \
+      --replan-window 14   how often to re-balance: replay candidates against static and the engines' defaults
 """
 
 
@@ -79,12 +84,20 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "attention=fp8,kv_cache=fp8")
     p.add_argument("--weight-dtype", default=None, metavar="DTYPE",
                    help="serve the routed experts in this dtype instead of the spec's (e.g. fp8, int4)")
-    p.add_argument("--train-fraction", type=open_fraction, default=0.5, metavar="F",
-                   help="fraction of the trace's tokens (in row order) to plan on; the rest evaluates")
+    p.add_argument("--train-fraction", type=open_fraction, default=None, metavar="F",
+                   help="fraction of the trace's tokens (in row order) to plan on; the rest evaluates "
+                   "(default 0.5; with --replan 0.2: the initial plan's traffic, the rest is the stream)")
     p.add_argument("--windows", type=int_range(1, MAX_WINDOWS), default=1, metavar="W",
                    help="plan against W consecutive windows of the training tokens at once (ilp)")
     p.add_argument("--objective", default="worst", choices=("worst", "mean"),
-                   help="ilp: minimise the worst window's or the mean window's predicted step time")
+                   help="ilp, over the --windows: minimise the worst window's or the mean window's target")
+    p.add_argument("--ilp-target", default="time", choices=ILP_TARGETS,
+                   help="ilp: what a window's score is: its predicted step time (compute + all-to-all of the "
+                   "slowest GPU) or its token imbalance (the slowest GPU's tokens, what EPLB balances), e.g. "
+                   "--ilp-target tokens")
+    p.add_argument("--gap-limit", type=finite_positive_float, default=None, metavar="FRACTION",
+                   help="ilp: stop a layer's search once within this relative gap of its bound (default "
+                   "0.001), e.g. --gap-limit 0.01")
     p.add_argument("--origin", default="even", choices=("even", "previous-layer"),
                    help="ilp: where a layer's tokens start (even: data-parallel attention on all GPUs)")
     p.add_argument("--dispatch", default="even", choices=choices(Dispatch),
@@ -108,17 +121,21 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="the EP size the engine will run with; refused unless it equals the GPU count")
     p.add_argument("--csv", type=output_file, default=None, metavar="FILE",
                    help="also write the comparison table as CSV")
+    add_plan_flags(p)
     add_json_flag(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.replan is not None:
+        return run_plan_replan(args)
     req = PlacementRequest(
         hw=args.hw, model=args.model, trace=args.trace,
         planners=PLANNER_NAMES if args.planner == "all" else (args.planner,), nodes=args.nodes,
         slots_per_gpu=args.slots_per_gpu, replicas=args.replicas, weight_dtype=args.weight_dtype,
         precision=args.precision,
-        train_fraction=args.train_fraction, windows=args.windows, objective=args.objective,
+        train_fraction=0.5 if args.train_fraction is None else args.train_fraction, windows=args.windows,
+        objective=args.objective, ilp_target=args.ilp_target, gap_limit=args.gap_limit,
         origin=args.origin, dispatch=args.dispatch, time_limit_s=args.time_limit,
         batch_tokens=args.batch_size, steps=args.steps, seed=args.seed, gpu_memory=args.gpu_memory,
         cache_policy=args.cache_policy, miss=args.miss, prefetch=args.prefetch, ep_size=args.ep_size,

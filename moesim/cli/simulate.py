@@ -14,6 +14,7 @@ from moesim.cli.common import (
     print_json,
     quantity,
 )
+from moesim.cli.replan import add_simulate_flags, render_replan, simulate_options
 from moesim.cli.simulate_serving import EXAMPLES as SERVING_EXAMPLES
 from moesim.cli.simulate_serving import add_serving_flags, run_serving
 from moesim.errors import UserError
@@ -47,6 +48,10 @@ EXAMPLES = """\
       --tp 8 --runtime vllm --timeline tp8.json --step-out steps.csv
   moesim simulate --hw h100x8 --model deepseek-v2-lite --trace deepseek-v2-lite-synth --batch 64 \\
       --steps 20 --precision attention=fp8,kv_cache=fp8,dispatch=fp8
+  moesim simulate --hw h100x8 --model deepseek-v2-lite --trace deepseek-v2-lite-synth --batch 256 \
+      --replan drift --replan-interval 10 --replan-window 10 --replan-threshold 0.05 --replan-moves min
+  moesim simulate --hw h100x8 --model deepseek-v2-lite --trace deepseek-v2-lite-synth --batch 256 \
+      --replan periodic --replan-interval 20 --replan-window 20 --migration overlapped --step-out steps.csv
 """
 
 
@@ -145,6 +150,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "moesim simulate --hw h100x8 --model mixtral-8x7b --trace mixtral-8x7b-synth "
                    "--check-invariants --json")
     add_serving_flags(p)
+    add_simulate_flags(p)
     add_json_flag(p)
     p.set_defaults(func=run)
 
@@ -164,7 +170,7 @@ def run(args: argparse.Namespace) -> int:
         calibration=args.calibration, check_invariants=args.check_invariants,
         cpu_kernel=args.cpu_kernel, cpu_numa=args.cpu_numa, a2a=args.a2a, cache_scope=args.cache_scope,
         cache_reset=args.cache_reset, precision=args.precision, tp=args.tp, dp=args.dp, ep=args.ep,
-        runtime=args.runtime,
+        runtime=args.runtime, replan=simulate_options(args),
     )
     result = sim.result
     if args.out:
@@ -193,6 +199,8 @@ def run(args: argparse.Namespace) -> int:
     busiest = max(summary["per_device"], key=lambda d: d["utilization"])
     print(f"busiest device {busiest['id']}: utilisation {busiest['utilization']:.3f}")
     print(render_op_classes(summary["op_class_s"]))
+    if "replan" in summary:
+        print(render_replan(summary["replan"]))
     print(render_memory(summary["memory_breakdown_bytes"]))
     return 0
 

@@ -24,7 +24,7 @@ EXAMPLES = """\
 NOT_SERVING = {"batch": 1, "steps": None, "phase": "decode", "cache": None, "cache_size": None,
                "expert_cache": None, "gpu_memory": None, "miss": None, "prefetch": None, "overlap": "none",
                "dispatch": "even", "cache_scope": "layer", "cache_reset": "none", "tp": None, "dp": None,
-               "ep": None}
+               "ep": None, "replan": None}
 """Flags of the trace replay that a serving run does not take (and their defaults)."""
 
 
@@ -71,7 +71,8 @@ def run_serving(args: argparse.Namespace) -> int:
         if getattr(args, name) != default:
             flag = "--" + name.replace("_", "-")
             why = ("serving runs attention data-parallel, one GPU per request, and experts over every GPU"
-                   if name in ("tp", "dp", "ep") else "the scheduler forms the batches; expert offloading is "
+                   if name in ("tp", "dp", "ep") else "re-placement is modelled in trace replays only"
+                   if name == "replan" else "the scheduler forms the batches; expert offloading is "
                    "not modelled in serving runs")
             raise UserError(f"{flag} does not apply with --workload ({why})", field=flag)
     if args.arrival_rate is not None and args.concurrency is not None:

@@ -8,6 +8,7 @@ from moesim.errors import UserError
 from moesim.memory import MemoryModel, gib, staging_experts
 from moesim.parallel import Parallelism
 from moesim.plans.plan import CachePlan, Plan
+from moesim.sim.replan import ReplanConfig
 from moesim.specs.hardware import Cluster
 from moesim.specs.model import DTYPE_BYTES, MoEModel
 from moesim.specs.runtime import Runtime
@@ -106,6 +107,9 @@ class SimConfig:
     runtime: Runtime | None = None
     """The serving framework's overheads and memory reserve (``--runtime``; None: kernels only). Give
     the cost model the same one (``CostModel(..., runtime=...)``): its kernel launches follow it."""
+    replan: ReplanConfig | None = None
+    """Online re-placement (``--replan``; :mod:`moesim.sim.replan`, docs/replan.md); None: the plan
+    serves the whole run. Lockstep runs only (every expert resident)."""
 
     def __post_init__(self) -> None:
         # The plain words are accepted (``phase="prefill"``); the fields then hold the members.

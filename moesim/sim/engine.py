@@ -32,6 +32,7 @@ from moesim.sim.invariants import check_all, expected_pairs
 from moesim.sim.misses import MissSetup, make_miss_handler
 from moesim.sim.offloaded import OffloadedRun, Step
 from moesim.sim.recorder import Recorder
+from moesim.sim.replan import Replanning
 from moesim.sim.replica_routing import LocalRouting, local_dispatch, node_index
 from moesim.sim.resources import HostLinks
 from moesim.sim.results import SimResult
@@ -112,6 +113,7 @@ class Machine:
         # a miss mode the cluster cannot run is refused before anything is costed
         self.miss = (make_miss_handler(self.cache.miss, MissSetup(self.cluster, self.devices, self.hosts,
                                                                   cfg.lowbit_dtype)) if offloading else None)
+        self.replan = self._replanning(offloading) if cfg.replan is not None else None
         # Offloaded runs cost every step up front: Belady's caches read the future.
         self.chunk_data = list(self.chunks()) if offloading else []
         self.offloaded = self._offloaded_run() if offloading else None
@@ -159,7 +161,8 @@ class Machine:
         return out
 
     def chunks(self) -> Iterator[tuple[int, np.ndarray, Dispatch, ChunkCosts]]:
-        """(first step, ids [S, B, L, K], dispatch, costs) for consecutive chunks of steps."""
+        """(first step, ids [S, B, L, K], dispatch, costs) for consecutive chunks of steps; with
+        re-placement, chunks end at the policy's checks and where an overlapped copy lands."""
         wl, trace = self.workload, self.cfg.trace
         L = self.model.num_moe_layers
         routed = L * trace.top_k * max(1, int(wl.tokens().max(initial=1)))
@@ -168,21 +171,60 @@ class Machine:
         # per step: [L, G, G] pair counts, or per node [L, G, N+1] + [L, N, G+1] (+ [L, G, 2])
         per_step = L * self.G * (self.G if nodes is None else 2 * (nodes.num_nodes + 2))
         size = max(1, min(CHUNK_ENTRIES // max(1, per_step), CHUNK_ROUTED // routed))
-        for a in range(0, wl.num_steps, size):
-            rows = wl.steps[a:a + size]
-            count = None if nodes is None else replace(nodes, head_steps=max(0, self.rec.timeline_steps - a))
-            bmax = max(len(r) for r in rows)
-            ids = np.full((len(rows), bmax, L, trace.top_k), -1, dtype=np.int16)
-            owner = np.zeros((len(rows), bmax), dtype=np.int64)
-            for i, r in enumerate(rows):
-                contiguous = len(r) and r[-1] - r[0] + 1 == len(r)
-                ids[i, :len(r)] = trace.expert_ids[r[0]:r[-1] + 1] if contiguous else trace.expert_ids[r]
-                owner[i, :len(r)] = owners(len(r), self.G)
-            d = (dispatch(ids, owner, self.table, self.rng, count, self.forward) if self.routing is None
-                 else local_dispatch(ids, owner, self.table, self.routing, self.rng, count, self.forward))
-            batch = np.array([len(r) for r in rows])
-            outputs = self._outputs(rows) if self.cfg.phase == "prefill" else None
-            yield a, ids, d, self.coster.chunk(a, d, batch, wl.context_tokens[a:a + len(rows)], outputs)
+        a, rp = 0, self.replan
+        while a < wl.num_steps:
+            b = min(a + size, wl.num_steps)
+            if rp is not None:  # a plan changes only between chunks: end this one at the next check
+                self._serve(rp.plan_for(a))
+                b = min(b, rp.boundary(a))
+            ids, d, c = self._chunk(a, b, nodes)
+            if rp is not None:
+                keep = rp.steps_before_landing(a, c)
+                if a + keep < b:  # an overlapped copy lands inside: the rest runs on the new plan
+                    b = a + keep
+                    ids, d, c = self._chunk(a, b, nodes)
+                rp.observe(a, ids)
+                self.rec.plan_index[a:b] = rp.plan_index
+            yield a, ids, d, c
+            a = b
+
+    def _chunk(self, a: int, b: int, nodes: NodeCounting | None) -> tuple[np.ndarray, Dispatch, ChunkCosts]:
+        """Ids, dispatch and costs of steps ``[a, b)`` under the serving plan's replica table."""
+        wl, trace, L = self.workload, self.cfg.trace, self.model.num_moe_layers
+        rows = wl.steps[a:b]
+        count = None if nodes is None else replace(nodes, head_steps=max(0, self.rec.timeline_steps - a))
+        bmax = max(len(r) for r in rows)
+        ids = np.full((len(rows), bmax, L, trace.top_k), -1, dtype=np.int16)
+        owner = np.zeros((len(rows), bmax), dtype=np.int64)
+        for i, r in enumerate(rows):
+            contiguous = len(r) and r[-1] - r[0] + 1 == len(r)
+            ids[i, :len(r)] = trace.expert_ids[r[0]:r[-1] + 1] if contiguous else trace.expert_ids[r]
+            owner[i, :len(r)] = owners(len(r), self.G)
+        d = (dispatch(ids, owner, self.table, self.rng, count, self.forward) if self.routing is None
+             else local_dispatch(ids, owner, self.table, self.routing, self.rng, count, self.forward))
+        batch = np.array([len(r) for r in rows])
+        outputs = self._outputs(rows) if self.cfg.phase == "prefill" else None
+        return ids, d, self.coster.chunk(a, d, batch, wl.context_tokens[a:b], outputs)
+
+    def _serve(self, plan: Plan | None) -> None:
+        """From now on dispatch to ``plan``'s replicas (None: no change)."""
+        if plan is None:
+            return
+        self.table = ReplicaTable.of(plan)
+        self.routing = (LocalRouting.of(self.table, node_index(self.cluster, self.devices))
+                        if self.cfg.dispatch == DispatchMode.LOCAL and self.table.has_replicas else None)
+
+    def _replanning(self, offloading: bool) -> Replanning:
+        """The run's re-placement (``cfg.replan``); refused for offloaded runs, whose expert
+        residency is the cache's (re-placing under a cache is not modelled)."""
+        assert self.cfg.replan is not None
+        if offloading:
+            raise UserError("--replan needs every expert resident: offloaded runs (--cache ...) keep the "
+                            "cache's placement", field="--replan")
+        return Replanning(self.cfg.replan, self.plan, cost=self.cost, devices=self.devices,
+                          node_of=node_index(self.cluster, self.devices),
+                          expert_bytes=self.model.expert_bytes(), num_steps=self.workload.num_steps,
+                          overlapped_moe=self.cfg.overlap != "none")
 
     def _outputs(self, rows: list[np.ndarray]) -> np.ndarray:
         """Tokens the LM head scores in each prefill step: the last of each prompt in it."""
@@ -246,12 +288,16 @@ class Machine:
         """All GPUs in step: one event per (step, layer); with overlap, one process per micro-batch."""
         r, overlap = self.rec, self.cfg.overlap != "none"
         n = self.coster.chunks
+        stalls = self.replan.stalls if self.replan is not None else {}
         for a, _ids, d, c in self.chunks():
             self.record(a, d, c)
             layer_s = r.phase_s[a:a + d.slot_tokens.shape[0]].sum(axis=2).tolist()
             for i, times in enumerate(layer_s):
                 s = a + i
                 r.step_start_s[s] = env.now
+                if s in stalls:  # a blocking migration: serving waits for the copies
+                    r.migration_s[s] = stalls[s]
+                    yield env.timeout(stalls[s])
                 for col, dur in enumerate(times):
                     r.layer_start_s[s, col] = env.now
                     if overlap and self.is_moe[col]:
@@ -347,6 +393,8 @@ class Machine:
         }
         if self.invariants_checked:
             out["invariants_checked"] = list(self.invariants_checked)
+        if self.replan is not None:
+            out["replan"] = self.replan.info()
         return out
 
 

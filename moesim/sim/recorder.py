@@ -14,7 +14,7 @@ from moesim.sim.precost import PRE_PARTS
 
 PHASE_NAMES = ("pre", "dispatch", "experts", "combine")
 OP_CLASSES = ("attention", "dense", "router", "lm_head", "experts_gpu", "experts_cpu", "communication",
-              "overhead")
+              "overhead", "migration")
 """What a step's time is spent on, on the critical path (docs/results.md "Time by op class")."""
 
 
@@ -51,6 +51,10 @@ class Recorder:
         self.step_start_s = np.zeros(steps)
         self.step_end_s = np.zeros(steps)
         self.step_tokens = np.zeros(steps, dtype=np.int64)
+        self.migration_s = np.zeros(steps)
+        """Seconds a step waited for a blocking expert migration before it started (docs/replan.md)."""
+        self.plan_index = np.zeros(steps, dtype=np.int64)
+        """Which plan served the step: 0 the initial one, k after the k-th re-placement took effect."""
         self.link_bytes: dict[tuple[str, str], float] = {}
         self.spans: list[Span] = []
         self.timeline_steps = timeline_steps

@@ -14,6 +14,7 @@ import numpy as np
 from moesim.io import atomic_open
 from moesim.sim.precost import PRE_PARTS
 from moesim.sim.recorder import OP_CLASSES, PHASE_NAMES, Recorder, Span
+from moesim.sim.replan_results import replan_summary, step_imbalance
 from moesim.sim.timeline import LockstepTimeline, write_timeline
 
 
@@ -109,12 +110,14 @@ class SimResult:
         out[:, col["experts_cpu"]] = cpu.sum(axis=1)
         out[:, col["communication"]] += (phase - gpu - cpu).sum(axis=1) + r.phase_s[:, :, 1].sum(axis=1) \
             + r.phase_s[:, :, 3].sum(axis=1)
+        out[:, col["migration"]] = r.migration_s
         return out
 
     @property
     def step_frame(self):  # -> pandas.DataFrame
-        """One row per step: ``step``, ``start_s``, ``latency_s``, ``tokens`` and ``<class>_s`` for every
-        op class (:meth:`op_class_s`)."""
+        """One row per step: ``step``, ``start_s``, ``latency_s``, ``tokens``, ``<class>_s`` for every op
+        class (:meth:`op_class_s`), ``imbalance`` (realised max/mean GPU token copies, mean over MoE
+        layers) and ``plan`` (which plan served it: 0 the initial one, k after the k-th re-placement)."""
         import pandas as pd
 
         r = self.rec
@@ -122,7 +125,13 @@ class SimResult:
                 "latency_s": self.step_latency_s, "tokens": r.step_tokens}
         classes = self.op_class_s()
         data.update({f"{c}_s": classes[:, i] for i, c in enumerate(OP_CLASSES)})
+        data.update(imbalance=step_imbalance(self.gpu_tokens), plan=r.plan_index)
         return pd.DataFrame(data)
+
+    @property
+    def gpu_tokens(self) -> np.ndarray:
+        """``[steps, layers, GPUs]`` token copies each GPU's experts received (CPU/PIM columns left out)."""
+        return self.rec.tokens[:, :, :int(self.info.get("devices", self.rec.tokens.shape[2]))]
 
     def write_step_frame(self, path: str | Path) -> None:
         """The per-step table as CSV, or Parquet when the name ends in ``.parquet``; atomically."""
@@ -171,6 +180,9 @@ class SimResult:
             "tokens_per_s": tokens / sim_s if sim_s > 0 else None,
         }
         out.update(self.info)
+        if "replan" in self.info:
+            out["replan"] = replan_summary(self.info["replan"], self.gpu_tokens, self.step_latency_s,
+                                           r.plan_index)
         out.update({
             "per_device": per_device,
             "per_link": per_link,

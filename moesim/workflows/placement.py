@@ -57,6 +57,12 @@ class PlacementRequest:
     train_fraction: float = 0.5
     windows: int = 1
     objective: str = "worst"
+    """ilp: the worst or the mean of the windows' targets."""
+    ilp_target: str = "time"
+    """ilp: a window's target is its predicted step time (``time``) or its slowest GPU's tokens
+    (``tokens``)."""
+    gap_limit: float | None = None
+    """ilp: stop a layer's search within this relative gap of its bound (None: the ILP's 0.001)."""
     origin: str = "even"
     dispatch: str = "even"
     time_limit_s: float = 60.0
@@ -180,10 +186,24 @@ def layer_matrix(load: Any, trace: RoutingTrace | LoadCounts, model: MoEModel) -
                     "every MoE layer", field="layer_ids")
 
 
+def _ilp_params(req: PlacementRequest) -> dict[str, Any]:
+    """The planners' options of ``req`` (the ILP reads them all; docs/planners.md)."""
+    params: dict[str, Any] = {"objective": req.objective, "origin": req.origin,
+                              "batch_tokens": req.batch_tokens, "dispatch": req.dispatch,
+                              "units": "tokens" if req.ilp_target == "tokens" else "auto"}
+    if req.gap_limit is not None:
+        params["gap_limit"] = req.gap_limit
+    return params
+
+
 def _check(req: PlacementRequest) -> None:
     if not 0.0 < req.train_fraction < 1.0:
         raise UserError(f"expected a fraction between 0 and 1 (exclusive), got {req.train_fraction}",
                         field="--train-fraction")
+    if req.ilp_target not in ("time", "tokens"):
+        raise UserError(f"expected time or tokens, got {req.ilp_target!r}", field="--ilp-target")
+    if req.gap_limit is not None and not 0.0 <= req.gap_limit < 1.0:
+        raise UserError(f"expected a gap in [0, 1), got {req.gap_limit}", field="--gap-limit")
     if req.windows < 1:
         raise UserError(f"expected at least 1 window, got {req.windows}", field="--windows")
     if req.time_limit_s <= 0:
@@ -246,8 +266,7 @@ def compare_planners(req: PlacementRequest, *, show_progress: bool = False) -> P
     cost = cost_model(cluster, model)
     request = PlanRequest(model=model, cluster=cluster, devices=gpus, slots_per_device=slots, load=load,
                           trace=None if counts_only else train, cost=cost, time_limit_s=req.time_limit_s,
-                          seed=req.seed, params={"objective": req.objective, "origin": req.origin,
-                                                 "batch_tokens": req.batch_tokens, "dispatch": req.dispatch})
+                          seed=req.seed, params=_ilp_params(req))
     try:
         check_request(request)
     except UserError as e:

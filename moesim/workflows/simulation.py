@@ -17,6 +17,7 @@ from moesim.cost import CostModel
 from moesim.cost.cpu_experts import CpuOptions
 from moesim.cost.sources import MeasuredTables
 from moesim.errors import UserError
+from moesim.plans.default import default_plan
 from moesim.plans.plan import Plan
 from moesim.sim.config import SimConfig
 from moesim.sim.engine import simulate
@@ -27,6 +28,7 @@ from moesim.specs.runtime import Runtime, load_runtime
 from moesim.traces.trace import DECODE, RoutingTrace
 from moesim.units import parse_quantity
 from moesim.workflows.inputs import cluster_of, cost_model, model_of, trace_of
+from moesim.workflows.replan import ReplanOptions, replan_config
 
 LINK_CLASSES = ("nvlink", "ib", "pcie")
 
@@ -62,7 +64,7 @@ def simulate_run(*, hw: str | Path | Cluster, model: str | Path | MoEModel,
                  cpu_numa: str | None = None, a2a: str | None = None, cache_scope: str = "layer",
                  cache_reset: str = "none", precision: str | Mapping[str, str] | None = None,
                  tp: int | None = None, dp: int | None = None, ep: int | None = None,
-                 runtime: str | Path | Runtime | None = None) -> SimRun:
+                 runtime: str | Path | Runtime | None = None, replan: ReplanOptions | None = None) -> SimRun:
     """What ``moesim simulate`` runs: load the inputs, build the :class:`SimConfig`, simulate.
 
     ``expert_cache`` is the expert-cache budget per GPU; ``gpu_memory`` the whole GPU's memory, of
@@ -72,7 +74,8 @@ def simulate_run(*, hw: str | Path | Cluster, model: str | Path | MoEModel,
     per-layer or global caches, emptied at sequence starts or never. ``precision``: per-tensor dtypes
     (``"attention=fp8,kv_cache=fp8"`` or a mapping, docs/models.md); ``tp``/``dp``/``ep``: the parallel
     layout (:mod:`moesim.parallel`); ``runtime``: a runtime profile's name, path or object
-    (:mod:`moesim.specs.runtime`)."""
+    (:mod:`moesim.specs.runtime`); ``replan``: online re-placement (docs/replan.md) from the plan
+    (default: the contiguous layout)."""
     cluster = cluster_of(hw, nodes=nodes)
     spec = model_of(model, weight_dtype=weight_dtype, precision=precision)
     framework = load_runtime(runtime)
@@ -80,16 +83,21 @@ def simulate_run(*, hw: str | Path | Cluster, model: str | Path | MoEModel,
     loaded = plan if isinstance(plan, Plan) or plan is None else Plan.load(plan)
     if loaded is not None:
         loaded.validate(spec, file=None if isinstance(plan, Plan) else str(plan))
+    cpu = CpuOptions.of(cpu_kernel, cpu_numa) if cpu_kernel or cpu_numa else None
+    cost = cost_model(cluster, spec, calibration, cpu=cpu, runtime=framework)
+    replanning = None
+    if replan is not None:
+        start = loaded or default_plan(spec, cluster)
+        replanning = replan_config(replan, start, spec, cluster, cost, seed=seed)
     cfg = SimConfig(
         cluster=cluster, model=spec, trace=routing, plan=loaded, batch_size=batch, steps=steps, phase=phase,
         overlap=overlap, seed=seed, dispatch=dispatch, cache_policy=cache, cache_size=cache_size,
         expert_cache_bytes=byte_quantity(expert_cache, "--expert-cache"),
         gpu_memory_bytes=byte_quantity(gpu_memory, "--gpu-memory"), miss=miss, prefetch=prefetch,
         check_invariants=check_invariants, a2a=a2a, cache_scope=cache_scope, cache_reset=cache_reset,
-        tp=tp, dp=dp, ep=ep, runtime=framework,
+        tp=tp, dp=dp, ep=ep, runtime=framework, replan=replanning,
     )
-    cpu = CpuOptions.of(cpu_kernel, cpu_numa) if cpu_kernel or cpu_numa else None
-    return SimRun(cfg, simulate(cfg, cost_model(cluster, spec, calibration, cpu=cpu, runtime=framework)))
+    return SimRun(cfg, simulate(cfg, cost))
 
 
 def replay_setting(tokens: RoutingTrace, batch_tokens: int) -> tuple[str, int]:
