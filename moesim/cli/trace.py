@@ -18,6 +18,7 @@ from moesim.cli.common import (
     positive_int,
     print_json,
 )
+from moesim.cli.trace_concat import add_concat_parser
 from moesim.cli.trace_synth import add_synth_parsers
 from moesim.errors import UserError
 from moesim.limits import EXPERTS, INT16_MAX, MAX_WINDOWS, TOP_K
@@ -47,6 +48,7 @@ _EXAMPLES = """\
       needs real.npz: moesim trace record --model MixtralForCausalLM --tiny --prompts "hi" --out real.npz
   moesim trace synth --model mixtral-8x7b --tokens 2000 --fit real.npz --drift-scale 2 --out x.npz
       needs real.npz: moesim trace record --model MixtralForCausalLM --tiny --prompts "hi" --out real.npz
+  moesim trace concat deepseek-v2-lite-synth deepseek-v2-lite-switch --out stream.npz   one stream, in order
   moesim trace fit real.npz --out profile.json              statistics-only profile for synth
       needs real.npz: moesim trace record --model MixtralForCausalLM --tiny --prompts "hi" --out real.npz
 """
@@ -177,6 +179,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     cv.set_defaults(func=run_convert)
 
     add_synth_parsers(actions)
+    add_concat_parser(actions)
 
     ex = actions.add_parser(
         "export",

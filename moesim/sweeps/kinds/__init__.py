@@ -6,6 +6,7 @@ A new kind is one module defining a :class:`~moesim.sweeps.schema.CellKind` and 
 from __future__ import annotations
 
 from moesim.sweeps.kinds.plan import PLAN
+from moesim.sweeps.kinds.replan import REPLAN
 from moesim.sweeps.kinds.serve import SERVE
 from moesim.sweeps.kinds.simulate import SIMULATE
 from moesim.sweeps.schema import CellKind
@@ -14,6 +15,7 @@ KINDS: dict[str, CellKind] = {
     "simulate": SIMULATE,
     "plan": PLAN,
     "serve": SERVE,
+    "replan": REPLAN,
 }
 
 __all__ = ["KINDS"]
