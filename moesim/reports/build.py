@@ -35,11 +35,12 @@ def check_inputs(sweep: Sweep) -> dict[tuple[str, str], tuple[int, int]]:
     from moesim.specs import load_cluster, load_model
 
     shapes: dict[tuple[str, str], tuple[int, int]] = {}
-    for i, s in enumerate((*sweep.placement, *sweep.offload, *sweep.serving)):
+    for i, s in enumerate((*sweep.placement, *sweep.offload, *sweep.serving, *sweep.replan)):
         try:
             load_cluster(s.hw)
             model = load_model(s.model)
-            resolve("trace", s.trace)
+            for t in s.trace if isinstance(s.trace, tuple) else (s.trace,):
+                resolve("trace", t)
         except UserError as e:
             raise e.at(
                 file=None if sweep.source in ("defaults", "flags") else sweep.source, field=f"study {i}"

@@ -208,6 +208,19 @@ def cell_serve(p: dict[str, Any]) -> dict[str, Any]:
     return {"summary": {k: summary[k] for k in SERVE_KEYS}, "command": command(argv)}
 
 
+# ---- re-placement -------------------------------------------------------------------------------
+
+
+def cell_replan(p: dict[str, Any]) -> dict[str, Any]:
+    """One re-placement setting replayed over a stream (``moesim plan --replan POLICY``'s candidate): its
+    figures, re-plans and per-step series."""
+    from moesim.workflows.replan_stream import StreamSetting, replay_stream, stream_argv
+
+    names = {"interval": "interval_steps", "window": "window_steps", "trace": "traces"}
+    setting = StreamSetting(**{names.get(k, k): v for k, v in p.items() if v is not None})
+    return {**replay_stream(setting), "command": " && ".join(command(a) for a in stream_argv(setting))}
+
+
 # ---- calibration -------------------------------------------------------------------------------
 
 
@@ -247,5 +260,6 @@ REPORT_KINDS: dict[str, CellKind] = {k.name: k for k in (
     _kind("static", cell_static),
     _kind("offload", cell_offload),
     _kind("serve", cell_serve),
+    _kind("replan", cell_replan),
 )}
 """The report's cell kinds: free-form parameters, whole JSON results (kept in the row's ``result``)."""

@@ -12,6 +12,7 @@ from moesim.reports.builder import Builder
 from moesim.reports.document import Document, Section
 from moesim.reports.section_offload import offload_section
 from moesim.reports.section_placement import placement_section, timeline_section
+from moesim.reports.section_replan import replan_section
 from moesim.reports.section_serving import serving_section
 from moesim.reports.section_setup import calibration_section, setup_section
 from moesim.reports.sweep import Sweep
@@ -24,6 +25,7 @@ def build_document(sweep: Sweep, res: g.GridResult, *, command: str) -> Document
     sections += [placement_section(b, s) for s in sweep.placement]
     sections += [offload_section(b, o) for o in sweep.offload]
     sections += [serving_section(b, v) for v in sweep.serving]
+    sections += [replan_section(b, r) for r in sweep.replan]
     tl = timeline_section(b)
     if tl is not None:
         sections.append(tl)

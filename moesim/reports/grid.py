@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from moesim.reports.replan_study import ReplanStudy
 from moesim.reports.serving_study import ServingStudy
 from moesim.reports.sweep import OffloadStudy, PlacementStudy, Sweep
 from moesim.sweeps.cells import Cell
@@ -114,6 +115,15 @@ def serving_cell(s: ServingStudy, series: str, rate: float, seed: int) -> Cell:
                      train_fraction=s.train_fraction, slo=s.slo, seed=seed)
 
 
+def replan_cell(s: ReplanStudy, policy: str, migration: str, seed: int) -> Cell:
+    """One row of a re-placement study: ``policy`` with ``migration`` copies over the study's stream."""
+    return Cell.make("replan", hw=s.hw, model=s.model, trace=s.trace, nodes=s.nodes, policy=policy,
+                     interval=s.interval, window=s.window or s.interval, threshold=s.threshold,
+                     hedge_windows=s.hedge_windows, migration=migration, planner=s.planner, moves=s.moves,
+                     batch_tokens=s.batch_tokens, train_fraction=s.train_fraction,
+                     slots_per_gpu=s.slots_per_gpu, seed=seed)
+
+
 def calibration_cell(hw: str, model: str, nodes: int | None = None, calibration: str | None = None) -> Cell:
     return Cell.make("calibration", hw=hw, model=model, nodes=nodes, calibration=calibration)
 
@@ -166,6 +176,9 @@ def expand(sweep: Sweep, shape: Callable[[str, str], tuple[int, int]]) -> list[C
         for series in v.series:
             for rate in v.rates:
                 add(serving_cell(v, series, rate, sweep.seed))
+    for r in sweep.replan:
+        for policy, migration in r.series():
+            add(replan_cell(r, policy, migration, sweep.seed))
     return cells
 
 

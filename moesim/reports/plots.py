@@ -80,6 +80,34 @@ def lines(
     return _png(fig)
 
 
+def stream(
+    x: Sequence[float],
+    panels: Sequence[tuple[str, Mapping[str, Sequence[float | None]]]],
+    marks: Mapping[str, Sequence[int]],
+    *,
+    xlabel: str,
+    title: str,
+) -> bytes:
+    """Stacked panels sharing ``x`` (one ``(ylabel, series)`` each), one line per series; ``marks`` puts a
+    triangle on a series' line at each of its listed x positions (e.g. the steps a new plan served from)."""
+    fig = _figure(height_in=2.4 * len(panels) + 0.6)
+    axes = fig.subplots(len(panels), 1, sharex=True, squeeze=False)[:, 0]
+    xs = list(x)
+    for ax, (ylabel, series) in zip(axes, panels, strict=True):
+        for i, (name, ys) in enumerate(series.items()):
+            vals = [float("nan") if y is None else float(y) for y in ys]
+            color = _PALETTE[i % len(_PALETTE)]
+            ax.plot(xs, vals, color=color, linewidth=1.4, label=name)
+            at = [j for j in marks.get(name, ()) if 0 <= j < len(vals)]
+            if at:
+                ax.plot([xs[j] for j in at], [vals[j] for j in at], linestyle="none", marker="v",
+                        markersize=7, color=color, markeredgecolor="black", markeredgewidth=0.5)
+        _style(ax, xlabel=xlabel if ax is axes[-1] else "", ylabel=ylabel,
+               title=title if ax is axes[0] else "")
+    axes[0].legend(fontsize=8, frameon=False, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    return _png(fig)
+
+
 def bars(
     labels: Sequence[str],
     values: Sequence[float | None],

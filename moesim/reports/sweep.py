@@ -16,6 +16,7 @@ from typing import Any
 
 from moesim.errors import UserError
 from moesim.planners import PLANNERS
+from moesim.reports.replan_study import ReplanStudy, parse_replan
 from moesim.reports.serving_study import ServingStudy, parse_serving
 from moesim.safe_yaml import parse_yaml
 from moesim.specs.model import DTYPE_BYTES
@@ -83,6 +84,7 @@ class Sweep:
     placement: tuple[PlacementStudy, ...] = ()
     offload: tuple[OffloadStudy, ...] = ()
     serving: tuple[ServingStudy, ...] = ()
+    replan: tuple[ReplanStudy, ...] = ()
     timeline_planner: str = "ilp"
     """Planner whose one-step timeline is drawn (first placement study; falls back to the first planner)."""
     source: str = "defaults"
@@ -264,7 +266,7 @@ def sweep_from_dict(
     base = Path(base_dir)
     if not isinstance(d, Mapping):
         raise _fail(f"expected a mapping with placement: and/or offload:, got {type(d).__name__}", file, "")
-    allowed = {"title", "seed", "placement", "offload", "serving", "timeline_planner"}
+    allowed = {"title", "seed", "placement", "offload", "serving", "replan", "timeline_planner"}
     for key in d:
         if key not in allowed:
             raise _fail(f"unknown key {key!r}; expected some of {', '.join(sorted(allowed))}", file, str(key))
@@ -278,12 +280,13 @@ def sweep_from_dict(
             d["timeline_planner"], PLACEMENT_PLANNERS, file, "timeline_planner"
         )[0]
     for key, parse in (("placement", _placement), ("offload", _offload),
-                       ("serving", lambda x, f, k, b: parse_serving(x, f, k, b, _workload, _path_or_name))):
+                       ("serving", lambda x, f, k, b: parse_serving(x, f, k, b, _workload, _path_or_name)),
+                       ("replan", lambda x, f, k, b: parse_replan(x, f, k, b, _path_or_name))):
         items = d.get(key) or []
         if not isinstance(items, list):
             raise _fail(f"expected a list of studies, got {items!r}", file, key)
         kw[key] = tuple(parse(x, file, f"{key}[{i}]", base) for i, x in enumerate(items))
-    if not kw.get("placement") and not kw.get("offload") and not kw.get("serving"):
+    if not any(kw.get(k) for k in ("placement", "offload", "serving", "replan")):
         raise _fail("nothing to compare: give at least one placement or offload study", file, "placement")
     return Sweep(**kw)
 

@@ -100,6 +100,9 @@ class Hasher:
             value = params.get(key)
             if value is None:
                 continue
+            if what != "path" and isinstance(value, (tuple, list)):  # traces played in order
+                out.update({f"{key}[{i}]": self.digest(resolve(what, v)) for i, v in enumerate(value)})
+                continue
             if what != "path":
                 out[key] = self.digest(resolve(what, value))
                 continue
