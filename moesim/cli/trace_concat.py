@@ -33,7 +33,7 @@ def run_concat(args: argparse.Namespace) -> int:
     out = {"out": str(args.out), "tokens": stream.num_tokens,
            "rows_per_trace": stream.meta["concatenated_rows"]}
     if args.json:
-        print_json(out)
+        print_json(out, verb="trace-concat")
     else:
         print(f"wrote {args.out}: {stream.num_tokens} tokens from {len(args.traces)} traces "
               f"({', '.join(map(str, out['rows_per_trace']))} rows)")
