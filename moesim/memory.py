@@ -5,16 +5,20 @@ and its memory check) and the reports all size GPU memory here. Per GPU it count
 its own dtype (:mod:`moesim.specs.precision`):
 
 - the non-expert weights it holds (attention, embedding and LM head, router, shared experts, dense
-  FFNs): with a :class:`~moesim.parallel.Parallelism` (the simulator) every GPU holds all layers,
-  1/tp of the attention heads, FFN columns and vocabulary and the whole router; without one (the
-  cache planner's layout) G GPUs split the layers in contiguous pipeline stages, ``1/G`` each;
-- the KV cache of its sequences (its share of ``batch_size`` sequences of ``context_tokens``
-  tokens; with TP the KV heads it holds, MLA's latent cache whole);
+  FFNs): one layout, the run's :class:`~moesim.parallel.Parallelism` (``tp x dp`` GPUs, experts over
+  all of them; default: data-parallel attention, ``dp = G``): every GPU holds all layers, 1/tp of the
+  attention heads, FFN columns and vocabulary and the whole router;
+- the KV cache of its sequences (its data-parallel group's share, ``batch_size / dp`` sequences of
+  ``context_tokens`` tokens; with TP the KV heads it holds, MLA's latent cache whole);
 - the activation workspace of one layer for the whole batch;
 - communication buffers (DeepEP's, :func:`comm_buffer_bytes`, when the all-to-all uses them);
 - a staging buffer for fetched misses (a static cache that fetches: K experts, 2K with prefetch);
 - the runtime's reserve (:mod:`moesim.specs.runtime`: vLLM leaves 10% of the GPU);
-- the routed experts it keeps resident (placement slots, or the expert cache).
+- the routed experts it keeps resident (placement slots, or the expert cache: one cache per MoE layer
+  on every GPU, :func:`resident_expert_bytes`).
+
+The cache planners, ``moesim simulate``'s budget sizing and its memory check all take their layout
+from :func:`run_memory`, so one budget gives the same expert slots everywhere.
 
 :class:`MemoryBreakdown` holds one device's figures in bytes, by name, so that per-tensor
 precision, tensor/data-parallel sharding or a serving KV pool can change how a field is computed
