@@ -8,17 +8,21 @@ its own dtype (:mod:`moesim.specs.precision`):
   FFNs): one layout, the run's :class:`~moesim.parallel.Parallelism` (``tp x dp`` GPUs, experts over
   all of them; default: data-parallel attention, ``dp = G``): every GPU holds all layers, 1/tp of the
   attention heads, FFN columns and vocabulary and the whole router;
-- the KV cache of its sequences (its data-parallel group's share, ``batch_size / dp`` sequences of
-  ``context_tokens`` tokens; with TP the KV heads it holds, MLA's latent cache whole);
-- the activation workspace of one layer for the whole batch;
-- communication buffers (DeepEP's, :func:`comm_buffer_bytes`, when the all-to-all uses them);
+- the KV cache of the largest step's sequences of its TP group (the batch split in contiguous blocks
+  over the GPUs, :func:`~moesim.parallel.device_token_counts`), each of ``context_tokens`` tokens,
+  its KV heads under TP (MLA's latent cache whole);
+- the activation workspace of one layer for the whole step;
+- communication buffers (DeepEP's, :func:`comm_buffer_bytes`, when the all-to-all uses them:
+  :func:`run_comm_buffer_bytes`);
 - a staging buffer for fetched misses (a static cache that fetches: K experts, 2K with prefetch);
 - the runtime's reserve (:mod:`moesim.specs.runtime`: vLLM leaves 10% of the GPU);
-- the routed experts it keeps resident (placement slots, or the expert cache: one cache per MoE layer
-  on every GPU, :func:`resident_expert_bytes`).
+- the routed experts it keeps resident (:func:`resident_expert_counts`: its placement slots, or the
+  expert cache's slots, one cache per MoE layer on every GPU).
 
-The cache planners, ``moesim simulate``'s budget sizing and its memory check all take their layout
-from :func:`run_memory`, so one budget gives the same expert slots everywhere.
+The cache planners (``moesim plan --gpu-memory``), ``moesim simulate``'s budget sizing
+(``--gpu-memory``) and its memory check all build a :class:`MemoryModel` with the run's parallelism,
+runtime, batch and all-to-all buffers, so one budget gives the same expert slots everywhere and a plan
+that fits per ``plan`` fits per ``simulate`` (for the same batch and context) and the other way round.
 
 :class:`MemoryBreakdown` holds one device's figures in bytes, by name, so that per-tensor
 precision, tensor/data-parallel sharding or a serving KV pool can change how a field is computed
@@ -29,10 +33,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
 
 from moesim.errors import UserError
-from moesim.parallel import Parallelism
+from moesim.parallel import Parallelism, device_token_counts
 from moesim.specs.hardware import Cluster
 from moesim.specs.model import DTYPE_BYTES, MoEModel
 from moesim.specs.runtime import Runtime
@@ -205,7 +212,8 @@ class MemoryBreakdown:
 
 @dataclass(frozen=True)
 class MemoryModel:
-    """How ``model``'s memory spreads over ``gpus`` GPUs serving ``batch_size`` sequences."""
+    """How ``model``'s memory spreads over ``gpus`` GPUs serving ``batch_size`` sequences: the one layout
+    of the planners, ``moesim simulate``'s budget sizing and its memory check (module docstring)."""
 
     model: MoEModel
     gpus: int = 1
@@ -213,34 +221,82 @@ class MemoryModel:
     """Sequences (decode: tokens) per step."""
     context_tokens: int = DEFAULT_CONTEXT_TOKENS
     parallel: Parallelism | None = None
-    """The simulator's layout (every GPU all layers, 1/tp shards); None: pipeline stages of layers."""
+    """The run's degrees (None: data-parallel attention, ``tp = 1, dp = gpus``)."""
     runtime: Runtime | None = None
     comm_buffer_bytes: float = 0.0
-    """All-to-all buffers per GPU (:func:`comm_buffer_bytes`)."""
+    """All-to-all buffers per GPU (:func:`comm_buffer_bytes`, :func:`run_comm_buffer_bytes`)."""
 
     def __post_init__(self) -> None:
         if self.gpus < 1:
             raise UserError(f"expected at least 1 GPU, got {self.gpus}", field="gpus")
         if self.batch_size < 1:
             raise UserError(f"expected a batch of at least 1, got {self.batch_size}", field="batch_size")
+        if self.parallel is not None and self.parallel.devices != self.gpus:
+            raise UserError(f"expected --tp x --dp = the {self.gpus} GPUs, got {self.parallel.tp} x "
+                            f"{self.parallel.dp}", field="--tp")
+
+    @classmethod
+    def for_run(cls, model: MoEModel, cluster: Cluster, devices: Sequence[str], *, batch_size: int = 1,
+                context_tokens: int = DEFAULT_CONTEXT_TOKENS, parallel: Parallelism | None = None,
+                runtime: Runtime | None = None, a2a_mode: str | None = None,
+                max_tokens_per_rank: int | None = None) -> MemoryModel:
+        """The layout of a run on ``devices``: its all-to-all buffers by ``a2a_mode`` (None: the
+        engines' default for decode on the devices' nodes, :func:`moesim.cost.a2a.default_mode`) for
+        ``max_tokens_per_rank`` tokens (None: the batch's largest block per GPU)."""
+        from moesim.cost.a2a import default_mode
+
+        gpus = len(devices)
+        if a2a_mode is None:
+            nodes = len({cluster.device(d).node for d in devices})
+            a2a_mode = str(default_mode("decode", nodes))
+        if max_tokens_per_rank is None:
+            max_tokens_per_rank = int(device_token_counts(np.array([batch_size]), gpus).max())
+        return cls(model, gpus=gpus, batch_size=batch_size, context_tokens=context_tokens,
+                   parallel=parallel, runtime=runtime,
+                   comm_buffer_bytes=run_comm_buffer_bytes(model, a2a_mode, gpus, max_tokens_per_rank))
+
+    @property
+    def layout(self) -> Parallelism:
+        return self.parallel if self.parallel is not None else Parallelism.of(self.gpus)
+
+    def kv_cache_bytes(self, kv_tokens: np.ndarray | None = None) -> np.ndarray:
+        """[G] KV bytes each GPU holds: the largest step's KV tokens of its TP group (``kv_tokens`` [S, G]:
+        the keys of the sequences each GPU owns, per step; None: one decode step of ``batch_size``
+        sequences of ``context_tokens`` each, split in contiguous blocks), its KV heads."""
+        p = self.layout
+        if kv_tokens is None:
+            kv_tokens = device_token_counts(np.array([self.batch_size]), self.gpus) * self.context_tokens
+        return p.group_tokens(np.asarray(kv_tokens)).max(axis=0) * kv_bytes_per_token(self.model, p.tp)
+
+    def devices(self, capacity_bytes: Mapping[str, float], *, kv_tokens: np.ndarray | None = None,
+                step_tokens: float | None = None,
+                staging_experts: int = 0, staging_dtype: str | None = None,
+                expert_bytes: Mapping[str, float] | None = None) -> dict[str, MemoryBreakdown]:
+        """Every GPU's breakdown, in the layout's device order (``capacity_bytes``: device -> the budget
+        it is given); ``kv_tokens`` as in :meth:`kv_cache_bytes`, ``step_tokens``
+        the largest step's tokens (None: ``batch_size``), ``expert_bytes`` the resident experts."""
+        if len(capacity_bytes) != self.gpus:
+            raise UserError(f"expected {self.gpus} devices, got {len(capacity_bytes)}", field="devices")
+        kv = self.kv_cache_bytes(kv_tokens)
+        experts = expert_bytes or {}
+        return {d: self.device(d, c, kv_cache_bytes=float(kv[g]), step_tokens=step_tokens,
+                               staging_experts=staging_experts, staging_dtype=staging_dtype,
+                               expert_bytes=float(experts.get(d, 0.0)))
+                for g, (d, c) in enumerate(capacity_bytes.items())}
 
     def device(self, device_id: str, capacity_bytes: float, *, staging_experts: int = 0,
                staging_dtype: str | None = None, kv_cache_bytes: float | None = None,
                step_tokens: float | None = None, expert_bytes: float = 0.0) -> MemoryBreakdown:
-        """One GPU's breakdown. ``kv_cache_bytes`` (this device's) and ``step_tokens`` (the largest
-        step's tokens) replace the batch-based estimates when the caller knows them."""
-        p = self.parallel
-        w = non_expert_weights(self.model, p.tp if p is not None else 1)
-        share = 1.0 / self.gpus if p is None else 1.0
-        sequences = self.batch_size / self.gpus if p is None else self.batch_size / p.dp
-        per_token = (self.model.kv_cache_bytes_per_token() if p is None
-                     else kv_bytes_per_token(self.model, p.tp))
-        kv = per_token * sequences * self.context_tokens if kv_cache_bytes is None else float(kv_cache_bytes)
+        """One GPU's breakdown. ``kv_cache_bytes`` (None: the first GPU's share of the batch, the
+        largest) and ``step_tokens`` (None: ``batch_size``) as in :meth:`devices`."""
+        p = self.layout
+        w = non_expert_weights(self.model, p.tp)
+        kv = float(self.kv_cache_bytes()[0]) if kv_cache_bytes is None else float(kv_cache_bytes)
         return MemoryBreakdown(
             device=device_id, capacity_bytes=float(capacity_bytes),
-            attention_bytes=w.attention_bytes * share, embeddings_bytes=w.embeddings_bytes * share,
-            router_bytes=w.router_bytes * share, shared_experts_bytes=w.shared_experts_bytes * share,
-            dense_ffn_bytes=w.dense_ffn_bytes * share, kv_cache_bytes=kv,
+            attention_bytes=w.attention_bytes, embeddings_bytes=w.embeddings_bytes,
+            router_bytes=w.router_bytes, shared_experts_bytes=w.shared_experts_bytes,
+            dense_ffn_bytes=w.dense_ffn_bytes, kv_cache_bytes=kv,
             activation_bytes=activation_bytes(self.model, self.batch_size if step_tokens is None
                                               else step_tokens),
             staging_bytes=staging_experts * self.model.expert_bytes(staging_dtype),
@@ -253,6 +309,24 @@ class MemoryModel:
         """Whole experts that fit in what the fixed part leaves of the budget (0 when nothing is left)."""
         free = breakdown.capacity_bytes - breakdown.fixed_bytes
         return max(0, math.floor(free / self.model.expert_bytes() + 1e-9))
+
+    def common_slots(self, capacity_bytes: Mapping[str, float], *, staging_experts: int = 0,
+                     staging_dtype: str | None = None,
+                     least_experts: int = 0) -> tuple[int, dict[str, MemoryBreakdown]]:
+        """Expert slots every GPU has (the fewest any budget leaves: a cache plan gives every GPU the same
+        per-layer caches) and each GPU's breakdown without experts; one :class:`UserError` naming the
+        device, its need by part and its budget when the fixed part and ``least_experts`` experts do not
+        fit."""
+        out = self.devices(capacity_bytes, staging_experts=staging_experts, staging_dtype=staging_dtype)
+        eb = self.model.expert_bytes()
+        for d, b in out.items():
+            need = b.fixed_bytes + least_experts * eb
+            if need > b.capacity_bytes:
+                also = f" + {least_experts} experts ({gib(least_experts * eb)})" if least_experts else ""
+                raise UserError(
+                    f"device {d} needs {gib(need)} ({b.describe_fixed()}{also}) but the budget is "
+                    f"{gib(b.capacity_bytes)}", field="gpu_memory")
+        return min(self.expert_slots(b) for b in out.values()), out
 
     def expert_budget(self, device_id: str, gpu_memory_bytes: float, *, staging_experts: int = 0,
                       staging_dtype: str | None = None) -> float:
@@ -273,37 +347,39 @@ class MemoryModel:
         """Experts of every MoE layer that an expert budget holds (one cache per layer)."""
         return int(expert_budget_bytes // (self.model.expert_bytes() * self.model.num_moe_layers))
 
+    def fit(self, capacity_bytes: Mapping[str, float], resident_expert_bytes: Mapping[str, float], *,
+            cached: bool = False, **parts: Any) -> dict[str, MemoryBreakdown]:
+        """:meth:`devices` with the resident experts, and one :class:`UserError` naming the device, its
+        need by part and its capacity when one does not fit (``parts``: :meth:`devices`'s keywords)."""
+        model = self.model
+        what = (f"{'its expert cache' if cached else 'expert weights'} "
+                f"({model.expert_bytes() / 1e6:.1f} MB per {model.weight_dtype} expert)")
+        hint = ("; cache fewer experts, use a smaller batch or a smaller --weight-dtype" if cached
+                else "; use more devices or fewer slots")
+        out = self.devices(capacity_bytes, expert_bytes=resident_expert_bytes, **parts)
+        for d, b in out.items():
+            if b.total_bytes > b.capacity_bytes:
+                raise UserError(
+                    f"device {d} needs {b.total_bytes / 1e9:.2f} GB: {b.expert_bytes / 1e9:.2f} GB for "
+                    f"{what} + {b.describe_fixed('GB')}, but has {b.capacity_bytes / 1e9:.2f} GB{hint}",
+                    field="cache.capacity_experts" if cached else "placement")
+        return out
 
-def fit_devices(model: MoEModel, cluster: Cluster, devices: Sequence[str],
-                resident_expert_bytes: Mapping[str, float], *, kv_cache_bytes: Sequence[float],
-                step_tokens: float, staging_experts: int = 0, staging_dtype: str | None = None,
-                cached: bool = False, parallel: Parallelism | None = None, runtime: Runtime | None = None,
-                comm_buffer_bytes: float = 0.0) -> dict[str, MemoryBreakdown]:
-    """Each device's breakdown for a run (``kv_cache_bytes[i]``: device i's largest KV cache;
-    ``step_tokens``: the largest step; ``parallel``/``runtime``/``comm_buffer_bytes`` as in
-    :class:`MemoryModel`); one :class:`UserError` naming the device, its need by part and its capacity
-    when one does not fit."""
-    layout = MemoryModel(model, gpus=len(devices), parallel=parallel, runtime=runtime,
-                         comm_buffer_bytes=comm_buffer_bytes)
-    what = (f"{'its expert cache' if cached else 'expert weights'} "
-            f"({model.expert_bytes() / 1e6:.1f} MB per {model.weight_dtype} expert)")
-    hint = ("; cache fewer experts, use a smaller batch or a smaller --weight-dtype" if cached
-            else "; use more devices or fewer slots")
-    out: dict[str, MemoryBreakdown] = {}
-    for d, kv in zip(devices, kv_cache_bytes, strict=True):
+
+def device_capacities(cluster: Cluster, devices: Sequence[str],
+                      budget_bytes: float | None = None) -> dict[str, float]:
+    """Each device's memory (bytes), or ``budget_bytes`` where given; one :class:`UserError` for a device
+    the cluster lacks or a budget above what a device has."""
+    out: dict[str, float] = {}
+    for d in devices:
         try:
             capacity = cluster.device(d).spec.memory_bytes
         except KeyError:
             raise UserError(f"no device {d!r} in cluster {cluster.name}", field="devices") from None
-        b = layout.device(d, capacity, kv_cache_bytes=kv, step_tokens=step_tokens,
-                          staging_experts=staging_experts, staging_dtype=staging_dtype,
-                          expert_bytes=resident_expert_bytes.get(d, 0.0))
-        if b.total_bytes > b.capacity_bytes:
-            raise UserError(
-                f"device {d} needs {b.total_bytes / 1e9:.2f} GB: {b.expert_bytes / 1e9:.2f} GB for {what} + "
-                f"{b.describe_fixed('GB')}, but has {capacity / 1e9:.2f} GB{hint}",
-                field="cache.capacity_experts" if cached else "placement")
-        out[d] = b
+        if budget_bytes is not None and budget_bytes > capacity:
+            raise UserError(f"device {d}: a budget of {gib(budget_bytes)} exceeds its memory of "
+                            f"{gib(capacity)}", field="gpu_memory")
+        out[d] = float(capacity if budget_bytes is None else budget_bytes)
     return out
 
 
@@ -336,3 +412,50 @@ def kv_pool_bytes(model: MoEModel, cluster: Cluster, devices: Sequence[str],
                 "or a smaller token budget", field="placement")
         out[d] = capacity - b.total_bytes
     return out
+
+
+COMM_BUFFER_SCHEMES = {"flat": "none", "hierarchical": "deepep-normal", "low-latency": "deepep-low-latency"}
+"""The buffers each all-to-all mode (:mod:`moesim.cost.a2a`) registers."""
+
+
+def run_comm_buffer_bytes(model: MoEModel, a2a_mode: str, gpus: int, max_tokens_per_rank: int) -> float:
+    """Bytes of all-to-all buffers per GPU for a run of ``gpus`` GPUs whose all-to-all is ``a2a_mode``
+    (none on one GPU)."""
+    scheme = COMM_BUFFER_SCHEMES[str(a2a_mode)] if gpus > 1 else "none"
+    return comm_buffer_bytes(model, scheme, ep=gpus, max_tokens_per_rank=max(1, int(max_tokens_per_rank)))
+
+
+def resident_expert_counts(placement: np.ndarray, devices: Sequence[str],
+                           cache: Any | None = None) -> dict[str, int]:
+    """Routed experts each GPU keeps resident: its used placement slots, or with a cache
+    (``moesim.plans.plan.CachePlan``) the cache's slots, which every GPU allocates for every MoE layer
+    (``capacity_experts``; ``static``: the resident set sizes) - the simulator's caches are per
+    (layer, GPU)."""
+    if cache is not None and str(cache.policy) != "none":
+        per_layer = ([len(r) for r in cache.resident] if str(cache.policy) == "static"
+                     else list(cache.capacity_experts))
+        return dict.fromkeys(devices, int(sum(per_layer)))
+    used = (np.asarray(placement) >= 0).sum(axis=(0, 2))
+    return {d: int(used[g]) for g, d in enumerate(devices)}
+
+
+def resident_expert_bytes(model: MoEModel, placement: np.ndarray, devices: Sequence[str],
+                          cache: Any | None = None) -> dict[str, float]:
+    """:func:`resident_expert_counts` in bytes (``model.expert_bytes()`` each)."""
+    per_expert = model.expert_bytes()
+    return {d: n * per_expert for d, n in resident_expert_counts(placement, devices, cache).items()}
+
+
+def memory_params(layout: MemoryModel, breakdowns: Mapping[str, MemoryBreakdown],
+                  resident_bytes: float) -> dict[str, Any]:
+    """What a cache plan's ``params`` say about memory: ``memory_bytes`` (the first GPU's fixed parts),
+    ``memory_bytes_per_device`` (every GPU's :meth:`MemoryBreakdown.as_dict` with its resident experts),
+    ``resident_expert_bytes`` per GPU and the ``memory_layout`` they were computed for."""
+    full = {d: replace(b, expert_bytes=float(resident_bytes)) for d, b in breakdowns.items()}
+    p = layout.layout
+    return {"memory_bytes": next(iter(breakdowns.values())).parts(),
+            "memory_bytes_per_device": {d: b.as_dict() for d, b in full.items()},
+            "resident_expert_bytes": {d: float(resident_bytes) for d in full},
+            "memory_layout": {**p.describe(), "runtime": (layout.runtime or Runtime()).name,
+                              "batch_size": layout.batch_size, "context_tokens": layout.context_tokens,
+                              "comm_buffer_bytes": layout.comm_buffer_bytes}}

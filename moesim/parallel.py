@@ -86,3 +86,10 @@ class Parallelism:
 
     def describe(self) -> dict[str, int]:
         return {"tp": self.tp, "dp": self.dp, "ep": self.ep}
+
+
+def device_token_counts(batch: np.ndarray, num_devices: int) -> np.ndarray:
+    """[S, G] tokens each device owns for attention (contiguous equal blocks of each step's batch)."""
+    g = np.arange(num_devices + 1, dtype=np.int64)
+    bounds = -(-(g[None, :] * np.asarray(batch)[:, None]) // num_devices)  # ceil(g b / G): block g's start
+    return np.diff(bounds, axis=1)

@@ -28,17 +28,31 @@ def test_deepseek_v2_lite_weights_add_up_to_its_published_size():
 
 
 def test_mixtral_breakdown_per_gpu():
+    """One layout on 8 GPUs: data-parallel attention (the default) holds every layer's non-expert
+    weights whole and 1/8 of the batch's KV; TP 8 holds 1/8 of them and its group's (the whole batch's)
+    sequences at 1/8 of the KV heads (Mixtral: 8 KV heads, one per GPU)."""
+    from moesim.parallel import Parallelism
+
     m = load_model("mixtral-8x7b")
     one = MemoryModel(m).device("g", 80e9)
     assert one.fixed_bytes == MIXTRAL_FIXED_BYTES
     assert one.kv_cache_bytes == 4096 * 32 * 2 * 8 * 128 * 2
     eight = MemoryModel(m, gpus=8, batch_size=16).device("g", 80e9, staging_experts=2)
-    assert eight.non_expert_weight_bytes == pytest.approx(one.non_expert_weight_bytes / 8)
-    assert eight.kv_cache_bytes == pytest.approx(16 * one.kv_cache_bytes / 8)
-    assert eight.activation_bytes == 16 * one.activation_bytes  # every stage sees the whole batch
+    assert eight.non_expert_weight_bytes == one.non_expert_weight_bytes
+    assert eight.kv_cache_bytes == 2 * one.kv_cache_bytes  # 16 sequences, 2 per GPU
+    assert eight.activation_bytes == 16 * one.activation_bytes  # a layer's workspace for the whole step
     assert eight.staging_bytes == 2 * 3 * 4096 * 14336 * 2
     parts = eight.parts()
     assert sum(parts.values()) == pytest.approx(eight.fixed_bytes)
+    tp = MemoryModel(m, gpus=8, batch_size=16, parallel=Parallelism(tp=8, dp=1, ep=8)).device("g", 80e9)
+    assert tp.attention_bytes == pytest.approx(one.attention_bytes / 8)
+    assert tp.embeddings_bytes == pytest.approx(one.embeddings_bytes / 8)
+    assert tp.router_bytes == one.router_bytes  # the router is whole on every GPU
+    assert tp.kv_cache_bytes == 16 * one.kv_cache_bytes / 8
+    uneven = MemoryModel(m, gpus=8, batch_size=17)
+    assert uneven.kv_cache_bytes().tolist() == [3 * one.kv_cache_bytes] + [2 * one.kv_cache_bytes] * 7
+    with pytest.raises(UserError, match="--tp x --dp = the 8 GPUs"):
+        MemoryModel(m, gpus=8, parallel=Parallelism(tp=2, dp=2, ep=4))
 
 
 def test_slots_and_the_two_budgets():

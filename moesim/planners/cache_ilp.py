@@ -13,11 +13,12 @@ per-layer cache sizes - minimising the expected stall per decode step the misses
   ``(1 - a_l) M_l + max(0, M_l - O_l)`` (mispredicted fetches wait in full; the rest only where the
   window is too short). ``prefetch="none"`` gives ``M_l``: the objective is then exactly "expected
   hits weighted by the per-layer miss cost".
-- Bytes (:class:`moesim.memory.MemoryModel`): each GPU holds its share of the non-expert weights
-  (attention, embeddings, router, shared experts, dense FFNs), of the KV cache of the batch, the
-  activations of a layer, a staging buffer of K experts for fetched misses (2K with prefetch: double
-  buffering) and the pinned experts of its layers (layers are split over the GPUs in contiguous
-  pipeline stages).
+- Bytes (:meth:`moesim.memory.MemoryModel.for_run`, the layout ``moesim simulate`` checks): each GPU
+  holds the non-expert weights in the run's parallelism (every layer, 1/tp shards), the KV cache of its
+  share of the batch, the activations of a layer, all-to-all buffers, the runtime's reserve, a staging
+  buffer of K experts for fetched misses (2K with prefetch: double buffering) and the pinned experts:
+  every GPU keeps the resident set of every MoE layer (the simulator's caches are per layer and GPU),
+  so the pinned experts of all layers share the slots the tightest GPU has.
 
 The result is a ``CachePlan(policy="static")`` whose ``params`` hold the objective, bound, gap,
 expected hit rate, the memory breakdown and the prefetch predictor's measured accuracy.
@@ -32,11 +33,13 @@ from typing import Any
 import numpy as np
 
 from moesim.errors import UserError
-from moesim.memory import MemoryBreakdown, MemoryModel, gib, staging_experts
+from moesim.memory import MemoryBreakdown, MemoryModel, device_capacities, memory_params, staging_experts
+from moesim.parallel import Parallelism
 from moesim.planners.cache_stats import prefetch_accuracy, prefetch_window_s, request_stats
 from moesim.plans.plan import CachePlan
 from moesim.specs.hardware import Cluster
 from moesim.specs.model import MoEModel
+from moesim.specs.runtime import Runtime
 from moesim.vocab import AUTO, CachePolicy, MissMode, Prefetch, choices
 
 MISS_CHOICES = choices(MissMode)  # auto (cheapest per expert) is a miss mode
@@ -52,19 +55,22 @@ def plan_cache(model: MoEModel, cluster: Cluster, trace_or_load: Any, gpu_memory
                cost: Any,
                *, miss: str = "fetch", prefetch: str = "none", time_limit_s: float = 60,
                batch_size: int = 1, context_tokens: int = 4096, devices: tuple[str, ...] | None = None,
-               lowbit_dtype: str = "int4", policy: str = "static") -> CachePlan:
+               lowbit_dtype: str = "int4", policy: str = "static", parallel: Parallelism | None = None,
+               runtime: Runtime | None = None) -> CachePlan:
     """Choose resident experts per MoE layer for ``gpu_memory_bytes`` per GPU (None: the device's
     memory); see the module docstring for the model. ``prefetch="auto"`` solves with and without the
     predictor and keeps the better; ``miss="auto"`` decides fetch vs CPU (PIM if the cluster has
     one and no CPU) per expert. ``policy="lru"|"lfu"`` sizes dynamic caches per layer instead
-    (:mod:`moesim.planners.cache_sizing`); ``"auto"`` solves static and LRU and keeps the lower stall."""
+    (:mod:`moesim.planners.cache_sizing`); ``"auto"`` solves static and LRU and keeps the lower stall.
+    ``parallel`` / ``runtime``: the run's degrees and serving framework (its memory reserve)."""
     if policy not in POLICY_CHOICES:
         raise UserError(f"expected one of {', '.join(POLICY_CHOICES)}, got {policy!r}", field="policy")
     if policy != "static":
         from moesim.planners.cache_sizing import choose_policy, size_dynamic_cache
 
         kw = dict(miss=miss, prefetch=prefetch, time_limit_s=time_limit_s, batch_size=batch_size,
-                  context_tokens=context_tokens, devices=devices, lowbit_dtype=lowbit_dtype)
+                  context_tokens=context_tokens, devices=devices, lowbit_dtype=lowbit_dtype,
+                  parallel=parallel, runtime=runtime)
         if policy == "auto":
             return choose_policy(plan_cache, model, cluster, trace_or_load, gpu_memory_bytes, cost, **kw)
         return size_dynamic_cache(model, cluster, trace_or_load, gpu_memory_bytes, cost, policy=policy,
@@ -80,8 +86,7 @@ def plan_cache(model: MoEModel, cluster: Cluster, trace_or_load: Any, gpu_memory
     if not gpus:
         raise UserError(f"cluster {cluster.name} has no GPU", field="hw")
     L, E, K = model.num_moe_layers, model.num_experts, model.top_k
-    G = len(gpus)
-    stage = [i * G // L for i in range(L)]  # pipeline stage (GPU index) of each MoE layer
+    stage = [0] * L  # one slot pool: every GPU keeps every layer's resident set (moesim.memory)
     eb = model.expert_bytes()
 
     token_level = getattr(trace_or_load, "expert_ids", None) is not None
@@ -90,7 +95,9 @@ def plan_cache(model: MoEModel, cluster: Cluster, trace_or_load: Any, gpu_memory
     pred_acc, freq_acc = (prefetch_accuracy(trace_or_load, model) if token_level
                           else (np.zeros(L), np.zeros(L)))
 
-    layout = MemoryModel(model, gpus=G, batch_size=batch_size, context_tokens=context_tokens)
+    layout = MemoryModel.for_run(model, cluster, gpus, batch_size=batch_size, context_tokens=context_tokens,
+                                 parallel=parallel, runtime=runtime)
+    capacities = device_capacities(cluster, gpus, gpu_memory_bytes)
     stage_dtype = lowbit_dtype if miss == "lowbit" else None
 
     def staging_of(pf: str) -> int:
@@ -99,11 +106,12 @@ def plan_cache(model: MoEModel, cluster: Cluster, trace_or_load: Any, gpu_memory
     candidates = ["none", "predictor"] if prefetch == "auto" and token_level else \
         ["none"] if prefetch == "auto" else [prefetch]
     slots_of: dict[str, list[int]] = {}
-    memory_of: dict[str, MemoryBreakdown] = {}
+    memory_of: dict[str, dict[str, MemoryBreakdown]] = {}
     for pf in candidates:
         try:
-            slots_of[pf], memory_of[pf] = _expert_slots(cluster, gpus, stage, layout, staging_of(pf),
-                                                        stage_dtype, gpu_memory_bytes)
+            slots, memory_of[pf] = layout.common_slots(capacities, staging_experts=staging_of(pf),
+                                                       staging_dtype=stage_dtype)
+            slots_of[pf] = [min(L * E, slots)]
         except UserError:
             if prefetch != "auto" or pf == "none":
                 raise  # "auto" only drops prefetch when its double buffer does not fit
@@ -163,11 +171,10 @@ def plan_cache(model: MoEModel, cluster: Cluster, trace_or_load: Any, gpu_memory
         "batch_size": batch_size,
         "context_tokens": context_tokens,
         "devices": list(gpus),
-        "layer_stage": stage,
-        "expert_slots_per_device": slots_of[chosen],
+        "expert_slots_per_device": slots_of[chosen] * len(gpus),
         "expert_bytes": eb,
         "staging_experts": staging_of(chosen),
-        "memory_bytes": memory_of[chosen].parts(),
+        **memory_params(layout, memory_of[chosen], sum(map(len, resident)) * eb),
         "miss_requested": miss,
         "miss_fetch_s": [None if not np.isfinite(v) else float(v) for v in fetch_s],
         "prefetch_window_s": window_s.tolist(),
@@ -187,7 +194,8 @@ def plan_cache(model: MoEModel, cluster: Cluster, trace_or_load: Any, gpu_memory
     # Without any fetch the staging buffer is free memory: compare with pure CPU/PIM execution.
     pure = plan_cache(model, cluster, trace_or_load, gpu_memory_bytes, cost, miss=exec_kind or "cpu",
                       prefetch="none", time_limit_s=time_limit_s, batch_size=batch_size,
-                      context_tokens=context_tokens, devices=devices, lowbit_dtype=lowbit_dtype)
+                      context_tokens=context_tokens, devices=devices, lowbit_dtype=lowbit_dtype,
+                      parallel=parallel, runtime=runtime)
     if pure.params["objective"] < params["objective"]:
         return CachePlan(policy="static", capacity_experts=pure.capacity_experts, resident=pure.resident,
                          miss=pure.miss, prefetch=pure.prefetch, params=MappingProxyType(
@@ -201,31 +209,6 @@ def plan_cache(model: MoEModel, cluster: Cluster, trace_or_load: Any, gpu_memory
 
 def _complement(resident: tuple[tuple[int, ...], ...], num_experts: int) -> list[list[int]]:
     return [[e for e in range(num_experts) if e not in set(r)] for r in resident]
-
-
-def _expert_slots(cluster: Cluster, gpus: tuple[str, ...], stage: list[int], layout: MemoryModel,
-                  staging: int, staging_dtype: str | None,
-                  gpu_memory_bytes: float | None) -> tuple[list[int], MemoryBreakdown]:
-    """Experts each GPU can pin (:meth:`MemoryModel.expert_slots` of its budget, at most all experts of
-    its layers), and the first GPU's memory breakdown."""
-    G = len(gpus)
-    slots, first = [], None
-    for g, dev in enumerate(gpus):
-        capacity = cluster.device(dev).spec.memory_bytes
-        budget = capacity if gpu_memory_bytes is None else float(gpu_memory_bytes)
-        if budget > capacity:
-            raise UserError(f"device {dev}: a budget of {gib(budget)} exceeds its memory of "
-                            f"{gib(capacity)}", field="gpu_memory")
-        b = layout.device(dev, budget, staging_experts=staging, staging_dtype=staging_dtype)
-        if b.fixed_bytes > budget:
-            raise UserError(
-                f"device {dev} needs {gib(b.fixed_bytes)} (its 1/{G} share of non-expert weights, KV cache "
-                f"and activations {gib(b.fixed_bytes - b.staging_bytes)} + staging for {staging} experts "
-                f"{gib(b.staging_bytes)}) but the budget is {gib(budget)}", field="gpu_memory")
-        slots.append(min(stage.count(g) * layout.model.num_experts, layout.expert_slots(b)))
-        first = first or b
-    assert first is not None
-    return slots, first
 
 
 def _exec_times(cluster: Cluster, cost: Any, gpus: tuple[str, ...], stage: list[int], n: np.ndarray,

@@ -3,8 +3,8 @@
 Layers differ in how much a bigger cache helps (their routing locality differs), so an even split of
 the memory is rarely best. For each MoE layer the trace is replayed through
 ``moesim.traces.cache.simulate_hits`` (the exact cache semantics the simulator uses) at a grid of
-capacities ``K..E``; a multiple-choice knapsack MIP then picks one capacity per layer, per GPU within
-its expert budget, minimising the expected fetch stall per decode step (same stall and prefetch model
+capacities ``K..E``; a multiple-choice knapsack MIP then picks one capacity per layer within the
+expert slots every GPU has (each GPU holds a cache of every layer, :mod:`moesim.memory`), minimising the expected fetch stall per decode step (same stall and prefetch model
 as :mod:`moesim.planners.cache_ilp`). Misses are fetched (``fetch`` or ``lowbit``): a dynamic cache
 fills from its fetches, so there is no staging buffer, but every layer needs at least K experts.
 """
@@ -18,11 +18,13 @@ from typing import Any
 import numpy as np
 
 from moesim.errors import UserError
-from moesim.memory import MemoryModel, gib
+from moesim.memory import MemoryModel, device_capacities, memory_params
+from moesim.parallel import Parallelism
 from moesim.planners.cache_stats import prefetch_accuracy, prefetch_window_s, trace_columns
 from moesim.plans.plan import CachePlan
 from moesim.specs.hardware import Cluster
 from moesim.specs.model import MoEModel
+from moesim.specs.runtime import Runtime
 from moesim.vocab import AUTO, CachePolicy, MissMode, Prefetch, choices
 
 SIZED_POLICIES = (CachePolicy.LRU, CachePolicy.LFU)
@@ -67,8 +69,10 @@ def size_dynamic_cache(model: MoEModel, cluster: Cluster, trace: Any, gpu_memory
                        *, policy: str = "lru", miss: str = "fetch", prefetch: str = "none",
                        time_limit_s: float = 60, batch_size: int = 1, context_tokens: int = 4096,
                        devices: tuple[str, ...] | None = None, lowbit_dtype: str = "int4",
-                       max_tokens: int = 8192) -> CachePlan:
-    """``CachePlan(policy=lru|lfu)`` with per-layer ``capacity_experts`` chosen by the MIP."""
+                       max_tokens: int = 8192, parallel: Parallelism | None = None,
+                       runtime: Runtime | None = None) -> CachePlan:
+    """``CachePlan(policy=lru|lfu)`` with per-layer ``capacity_experts`` chosen by the MIP (every GPU
+    holds a cache of each layer, :mod:`moesim.memory`)."""
     if policy not in SIZED_POLICIES:
         raise UserError(f"expected one of {', '.join(SIZED_POLICIES)}, got {policy!r}", field="policy")
     if miss not in FETCHED_MISSES:
@@ -85,26 +89,14 @@ def size_dynamic_cache(model: MoEModel, cluster: Cluster, trace: Any, gpu_memory
     if not gpus:
         raise UserError(f"cluster {cluster.name} has no GPU", field="hw")
     L, E, K = model.num_moe_layers, model.num_experts, model.top_k
-    G = len(gpus)
-    stage = [i * G // L for i in range(L)]
+    stage = [0] * L  # one slot pool: every GPU holds a cache of every MoE layer
     eb = model.expert_bytes()
-    layout = MemoryModel(model, gpus=G, batch_size=batch_size, context_tokens=context_tokens)
-    slots, first = [], None
-    for g, dev in enumerate(gpus):
-        capacity = cluster.device(dev).spec.memory_bytes
-        budget = capacity if gpu_memory_bytes is None else float(gpu_memory_bytes)
-        if budget > capacity:
-            raise UserError(f"device {dev}: a budget of {gib(budget)} exceeds its memory of "
-                            f"{gib(capacity)}", field="gpu_memory")
-        b = layout.device(dev, budget)  # a dynamic cache loads its fetches itself: no staging
-        need = b.fixed_bytes + K * stage.count(g) * eb
-        if need > budget:
-            raise UserError(
-                f"device {dev} needs {gib(need)} (its 1/{G} share of non-expert weights, KV cache and "
-                f"activations {gib(b.fixed_bytes)} + {K} experts for each of its {stage.count(g)} layers' "
-                f"{policy} caches) but the budget is {gib(budget)}", field="gpu_memory")
-        slots.append(layout.expert_slots(b))
-        first = first or b
+    layout = MemoryModel.for_run(model, cluster, gpus, batch_size=batch_size, context_tokens=context_tokens,
+                                 parallel=parallel, runtime=runtime)
+    # a dynamic cache loads its fetches itself: no staging, but every layer needs K experts
+    common, memory = layout.common_slots(device_capacities(cluster, gpus, gpu_memory_bytes),
+                                         least_experts=K * L)
+    slots = [common]
 
     caps = capacity_grid(K, E)
     hits, requests, steps = layer_hit_curves(trace, model, policy, caps, batch_size=batch_size,
@@ -136,8 +128,8 @@ def size_dynamic_cache(model: MoEModel, cluster: Cluster, trace: Any, gpu_memory
         "expected_hit_rate": hit_rate, "even_split_capacity": int(even), "even_split_hit_rate": even_rate,
         "replayed_tokens": int(min(trace.num_tokens, max_tokens)), "capacity_grid": caps,
         "batch_size": batch_size, "context_tokens": context_tokens, "devices": list(gpus),
-        "layer_stage": stage, "expert_slots_per_device": slots, "expert_bytes": eb,
-        "memory_bytes": first.parts(), "miss_fetch_s": fetch_s.tolist(),
+        "expert_slots_per_device": slots * len(gpus), "expert_bytes": eb,
+        **memory_params(layout, memory, sum(sizes) * eb), "miss_fetch_s": fetch_s.tolist(),
         "prefetch_window_s": window_s.tolist(), "prefetch_requested": prefetch,
         "prefetch_objectives": {k: v["objective"] for k, v in results.items()},
         "prefetch_accuracy": float(pred_acc[1:].mean()) if L > 1 else None,

@@ -15,6 +15,7 @@ import yaml
 from moesim.errors import UserError
 from moesim.io import atomic_write_text
 from moesim.limits import EXPERTS
+from moesim.memory import resident_expert_bytes, resident_expert_counts
 from moesim.safe_yaml import read_yaml_file
 from moesim.specs.hardware import Cluster
 from moesim.specs.model import MoEModel
@@ -172,20 +173,14 @@ class Plan:
                 f"a {cache.policy} cache must hold between top-k ({model.top_k}) and {self.num_experts} "
                 f"experts, got {small[0]}", file=file, field="cache.capacity_experts")
 
+    def resident_experts(self) -> dict[str, int]:
+        """Routed experts each device keeps resident (:func:`moesim.memory.resident_expert_counts`):
+        its used slots, or with a cache the cache's slots of every MoE layer, on every GPU."""
+        return resident_expert_counts(self.placement, self.devices, self.cache)
+
     def resident_expert_bytes(self, model: MoEModel) -> dict[str, float]:
-        """Expert weight bytes each device must hold resident (cache capacity when offloading)."""
-        _L, G, _S = self.placement.shape
-        per_expert = model.expert_bytes()
-        if self.cache is not None and self.cache.policy != "none":
-            per_layer = (
-                [len(r) for r in self.cache.resident]
-                if self.cache.policy == "static"
-                else list(self.cache.capacity_experts)
-            )
-            total = sum(per_layer) * per_expert
-            return {d: total / G for d in self.devices}
-        used = (self.placement >= 0).sum(axis=(0, 2))
-        return {d: float(used[g]) * per_expert for g, d in enumerate(self.devices)}
+        """Expert weight bytes each device keeps resident (:meth:`resident_experts` x expert bytes)."""
+        return resident_expert_bytes(model, self.placement, self.devices, self.cache)
 
     def check_memory(self, model: MoEModel, cluster: Cluster, *, reserved_bytes: float = 0.0,
                      file: str | None = None) -> None:
@@ -224,6 +219,7 @@ class Plan:
             "devices": list(self.devices),
             "num_experts": int(self.num_experts),
             "slots_per_device": self.slots_per_device,
+            "resident_experts": self.resident_experts(),
             "layers": [
                 {"layer": int(layer), "slots": self.placement[i].astype(int).tolist()}
                 for i, layer in enumerate(self.moe_layers)
@@ -300,7 +296,7 @@ class Plan:
                 prefetch=parse(Prefetch, c.get("prefetch", "none"), field="cache.prefetch", file=file),
                 params=MappingProxyType(_mapping(c.get("params"), file, "cache.params")),
             )
-        return cls(
+        plan = cls(
             planner=str(need("planner", str)),
             model=str(need("model", str)),
             devices=devices,
@@ -315,6 +311,12 @@ class Plan:
             solve_s=_number(d.get("solve_s"), file, "solve_s"),
             predicted=MappingProxyType(_mapping(d.get("predicted"), file, "predicted")),
         )
+        stated = d.get("resident_experts")
+        if stated is not None and stated != plan.resident_experts():
+            # derived from layers and cache; a file whose statement disagrees was edited by hand
+            raise UserError(f"expected {plan.resident_experts()} (what layers and cache keep resident per "
+                            f"device), got {stated!r}", file=file, field="resident_experts")
+        return plan
 
     @classmethod
     def load(cls, path: str | Path) -> Plan:

@@ -20,7 +20,12 @@ import simpy
 
 from moesim.cost.a2a import AllToAllSpec, default_mode, forwarding
 from moesim.errors import UserError
-from moesim.memory import MemoryBreakdown, comm_buffer_bytes, fit_devices, kv_bytes_per_token, staging_experts
+from moesim.memory import (
+    MemoryBreakdown,
+    MemoryModel,
+    device_capacities,
+    staging_experts,
+)
 from moesim.plans.default import default_plan
 from moesim.plans.plan import CachePlan, Plan
 from moesim.sim.config import SimConfig
@@ -50,7 +55,6 @@ CHUNK_ROUTED = 2_000_000
 """... and about this many routed (step, token, layer, top-k) entries (bounds the int64 temporaries
 of dispatch at large batches: peak memory, page faults)."""
 
-COMM_BUFFERS = {"flat": "none", "hierarchical": "deepep-normal", "low-latency": "deepep-low-latency"}
 """The all-to-all buffers each mode registers (:func:`moesim.memory.comm_buffer_bytes`): NCCL's flat
 all-to-all moves the activation workspace; DeepEP's normal and low-latency kernels their own buffers."""
 
@@ -121,22 +125,20 @@ class Machine:
 
     # ------------------------------------------------------------------ setup
     def _check_memory(self) -> dict[str, MemoryBreakdown]:
-        """Each GPU's bytes by part (:func:`moesim.memory.fit_devices`); refuse a plan that does not fit."""
-        wl, cache, p = self.workload, self.cache, self.parallel
+        """Each GPU's bytes by part (:meth:`moesim.memory.MemoryModel.fit`); refuses a plan that does not
+        fit."""
+        wl, cache = self.workload, self.cache
         owned = device_token_counts(wl.tokens(), self.G)
-        group = p.group_tokens(self._kv_tokens())  # a GPU holds the KV of its TP group's sequences
-        kv = group.max(axis=0) * kv_bytes_per_token(self.model, p.tp)
-        scheme = COMM_BUFFERS[str(self.a2a.mode)] if self.G > 1 else "none"
-        buffers = comm_buffer_bytes(self.model, scheme, ep=self.G,
-                                    max_tokens_per_rank=max(1, int(owned.max(initial=1))))
+        layout = MemoryModel.for_run(self.model, self.cluster, self.devices, parallel=self.parallel,
+                                     runtime=self.runtime, a2a_mode=str(self.a2a.mode),
+                                     max_tokens_per_rank=int(owned.max(initial=1)))
         resident = self.plan.resident_expert_bytes(self.model)
-        return fit_devices(self.model, self.cluster, self.devices, resident,
-                           kv_cache_bytes=kv.tolist(), step_tokens=float(wl.tokens().max(initial=0)),
-                           staging_experts=staging_experts(cache.policy, cache.miss, cache.prefetch,
-                                                           self.model.top_k),
-                           staging_dtype=self.cfg.lowbit_dtype if cache.miss == "lowbit" else None,
-                           cached=cache.policy != CachePolicy.NONE, parallel=p, runtime=self.runtime,
-                           comm_buffer_bytes=buffers)
+        return layout.fit(device_capacities(self.cluster, self.devices), resident,
+                          cached=cache.policy != CachePolicy.NONE, kv_tokens=self._kv_tokens(),
+                          step_tokens=float(wl.tokens().max(initial=0)),
+                          staging_experts=staging_experts(cache.policy, cache.miss, cache.prefetch,
+                                                          self.model.top_k),
+                          staging_dtype=self.cfg.lowbit_dtype if cache.miss == "lowbit" else None)
 
     def _kv_tokens(self) -> np.ndarray:
         """[S, G] tokens of KV cache each device holds in each step. Decode: each token attends its

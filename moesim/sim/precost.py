@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from moesim.parallel import Parallelism
+from moesim.parallel import Parallelism, device_token_counts
 from moesim.specs.model import DTYPE_BYTES
 from moesim.specs.runtime import Runtime
 
@@ -27,13 +27,7 @@ permute/combine, ``lm_head`` = embedding (layer 0) and LM head (last layer), ``c
 tensor-parallel collectives, ``overhead`` = the runtime's step and layer overheads."""
 COMPUTE_PARTS = ("attention", "dense", "router", "lm_head")
 _IDX = {p: i for i, p in enumerate(PRE_PARTS)}
-
-
-def device_token_counts(batch: np.ndarray, num_devices: int) -> np.ndarray:
-    """[S, G] tokens each device owns for attention (contiguous equal blocks of each step's batch)."""
-    g = np.arange(num_devices + 1, dtype=np.int64)
-    bounds = -(-(g[None, :] * batch[:, None]) // num_devices)  # ceil(g * b / G): first token of block g
-    return np.diff(bounds, axis=1)
+__all__ = ["PRE_PARTS", "PreCoster", "PreParts", "device_token_counts"]
 
 
 @dataclass(frozen=True)
