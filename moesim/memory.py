@@ -312,17 +312,19 @@ class MemoryModel:
 
     def common_slots(self, capacity_bytes: Mapping[str, float], *, staging_experts: int = 0,
                      staging_dtype: str | None = None,
-                     least_experts: int = 0) -> tuple[int, dict[str, MemoryBreakdown]]:
+                     least_per_layer: int = 0) -> tuple[int, dict[str, MemoryBreakdown]]:
         """Expert slots every GPU has (the fewest any budget leaves: a cache plan gives every GPU the same
         per-layer caches) and each GPU's breakdown without experts; one :class:`UserError` naming the
-        device, its need by part and its budget when the fixed part and ``least_experts`` experts do not
-        fit."""
+        device, its need by part and its budget when the fixed part and ``least_per_layer`` experts of
+        every MoE layer do not fit."""
         out = self.devices(capacity_bytes, staging_experts=staging_experts, staging_dtype=staging_dtype)
-        eb = self.model.expert_bytes()
+        L = self.model.num_moe_layers
+        least = least_per_layer * L * self.model.expert_bytes()
         for d, b in out.items():
-            need = b.fixed_bytes + least_experts * eb
+            need = b.fixed_bytes + least
             if need > b.capacity_bytes:
-                also = f" + {least_experts} experts ({gib(least_experts * eb)})" if least_experts else ""
+                also = (f" + {least_per_layer} experts for each of its {L} layers' caches {gib(least)}"
+                        if least else "")
                 raise UserError(
                     f"device {d} needs {gib(need)} ({b.describe_fixed()}{also}) but the budget is "
                     f"{gib(b.capacity_bytes)}", field="gpu_memory")

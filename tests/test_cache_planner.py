@@ -256,21 +256,28 @@ def test_prefetch_accuracy_detects_a_deterministic_chain():
 
 
 def test_deepseek_v3_on_duplex_scale_and_auto_executor():
-    """58 layers x 256 experts over 8 GPUs: solves to optimality; auto sends misses to the PIM beside
-    each GPU (Duplex) when that beats both fetching and the host CPU."""
+    """58 layers x 256 experts over 8 GPUs (TP-8 attention: 1/8 of the non-expert weights each):
+    solves to optimality; auto sends misses to the PIM beside each GPU (Duplex) when that beats both
+    fetching and the host CPU."""
     from moesim.cost import CostModel
+    from moesim.parallel import Parallelism
 
     model, cluster = load_model("deepseek-v3"), load_cluster("h100-duplex")
     cost = CostModel(cluster, model)
     rng = np.random.default_rng(0)
     load = np.stack([rng.permutation(1000 / np.arange(1, 257) ** 1.2) for _ in range(58)])
-    cps = {m: plan_cache(model, cluster, load, 14e9, cost, miss=m, batch_size=16, time_limit_s=60)
+    tp8 = Parallelism(tp=8, dp=1, ep=8)
+    cps = {m: plan_cache(model, cluster, load, 14e9, cost, miss=m, batch_size=16, time_limit_s=60,
+                         parallel=tp8)
            for m in ("fetch", "cpu", "pim", "auto")}
     for cp in cps.values():
         assert cp.params["status"] == "optimal" and cp.params["gap"] <= 1e-6
         assert len(cp.resident) == 58 and all(len(set(r)) == len(r) for r in cp.resident)
-        per_gpu = np.bincount(cp.params["layer_stage"], weights=cp.capacity_experts, minlength=8)
-        assert (per_gpu <= np.asarray(cp.params["expert_slots_per_device"])).all()
+        # every GPU keeps every layer's resident set: all of them within one GPU's slots
+        assert 0 < sum(cp.capacity_experts) <= min(cp.params["expert_slots_per_device"])
+        assert cp.params["memory_layout"]["tp"] == 8
+    with pytest.raises(UserError, match=r"device n0.gpu0 needs .*\(non-expert weights 17.77 GiB"):
+        plan_cache(model, cluster, load, 14e9, cost, batch_size=16)  # data-parallel attention: all of them
     assert cps["auto"].params["miss_executor"] == "pim" and cps["auto"].miss == "pim"
     best_single = min(cps[m].params["objective"] for m in ("fetch", "cpu", "pim"))
     assert cps["auto"].params["objective"] <= best_single + 1e-12

@@ -95,7 +95,7 @@ def size_dynamic_cache(model: MoEModel, cluster: Cluster, trace: Any, gpu_memory
                                  parallel=parallel, runtime=runtime)
     # a dynamic cache loads its fetches itself: no staging, but every layer needs K experts
     common, memory = layout.common_slots(device_capacities(cluster, gpus, gpu_memory_bytes),
-                                         least_experts=K * L)
+                                         least_per_layer=K)
     slots = [common]
 
     caps = capacity_grid(K, E)
