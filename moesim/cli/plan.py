@@ -38,6 +38,8 @@ _EXAMPLES = """\
   moesim plan --hw h100x8 --planner ilp --ilp-target tokens --gap-limit 0.01 --time-limit 5
   moesim plan --hw h100x8 --replan periodic,drift --batch-size 256 --replan-interval 7,14 \
       --replan-window 14   how often to re-balance: replay candidates against static and the engines' defaults
+  moesim plan --hw rtx4090-workstation --model mixtral-8x7b --trace mixtral-8x7b-synth --planner greedy \
+      --weight-dtype fp8 --gpu-memory 23GiB --runtime vllm --time-limit 5 --out offload.yaml
 """
 
 
@@ -79,6 +81,20 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="with --gpu-memory: what a cache miss does (auto: cheapest per expert)")
     p.add_argument("--prefetch", default="none", choices=PREFETCH_CHOICES,
                    help="with --gpu-memory: next-layer prefetch the cache plan assumes")
+    p.add_argument("--cache-batch", type=positive_int, default=1, metavar="SEQUENCES",
+                   help="with --gpu-memory: decode sequences per step the cache plan reserves KV cache for "
+                   "(simulate the plan with the same --batch)")
+    p.add_argument("--context-tokens", type=positive_int, default=4096, metavar="TOKENS",
+                   help="with --gpu-memory: context each of those sequences attends (KV cache bytes)")
+    p.add_argument("--tp", type=positive_int, default=None, metavar="N",
+                   help="attention tensor-parallel degree of the simulations and of the cache plan's memory "
+                   "(1/N of the non-expert weights per GPU; default 1); e.g. --tp 8 on h100x8")
+    p.add_argument("--dp", type=positive_int, default=None, metavar="N",
+                   help="attention data-parallel groups (default GPUs / --tp); --tp x --dp = the GPUs")
+    p.add_argument("--runtime", default=None, metavar="NAME|PATH",
+                   help="runtime profile the simulations and the cache plan assume: framework overheads "
+                   "and memory reserve (kernels [default], vllm, vllm-eager, or a YAML file), e.g. "
+                   "--runtime vllm")
     p.add_argument("--precision", default=None, metavar="KEY=DTYPE,...",
                    help="per-tensor dtypes over the spec's (docs/models.md), e.g. --precision "
                    "attention=fp8,kv_cache=fp8")
@@ -139,6 +155,8 @@ def run(args: argparse.Namespace) -> int:
         origin=args.origin, dispatch=args.dispatch, time_limit_s=args.time_limit,
         batch_tokens=args.batch_size, steps=args.steps, seed=args.seed, gpu_memory=args.gpu_memory,
         cache_policy=args.cache_policy, miss=args.miss, prefetch=args.prefetch, ep_size=args.ep_size,
+        runtime=args.runtime, tp=args.tp, dp=args.dp, cache_batch=args.cache_batch,
+        context_tokens=args.context_tokens,
     )
     comparison = compare_planners(req, show_progress=True)
     launches = _write_outputs(args, comparison.chosen, comparison.inputs.model)

@@ -4,8 +4,9 @@ Layers differ in how much a bigger cache helps (their routing locality differs),
 the memory is rarely best. For each MoE layer the trace is replayed through
 ``moesim.traces.cache.simulate_hits`` (the exact cache semantics the simulator uses) at a grid of
 capacities ``K..E``; a multiple-choice knapsack MIP then picks one capacity per layer within the
-expert slots every GPU has (each GPU holds a cache of every layer, :mod:`moesim.memory`), minimising the expected fetch stall per decode step (same stall and prefetch model
-as :mod:`moesim.planners.cache_ilp`). Misses are fetched (``fetch`` or ``lowbit``): a dynamic cache
+expert slots every GPU has (each GPU holds a cache of every layer, :mod:`moesim.memory`), minimising
+the expected fetch stall per decode step (same stall and prefetch model as
+:mod:`moesim.planners.cache_ilp`). Misses are fetched (``fetch`` or ``lowbit``): a dynamic cache
 fills from its fetches, so there is no staging buffer, but every layer needs at least K experts.
 """
 

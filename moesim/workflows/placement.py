@@ -22,12 +22,14 @@ import numpy as np
 
 from moesim.cost import CostModel
 from moesim.errors import UserError
+from moesim.parallel import Parallelism
 from moesim.planners import BASELINE_PLANNER, PLANNERS, PlanRequest
 from moesim.planners.base import check_request, gpu_imbalance
 from moesim.plans.plan import CachePlan, Plan
 from moesim.progress import progress
 from moesim.specs.hardware import Cluster
 from moesim.specs.model import MoEModel
+from moesim.specs.runtime import Runtime, load_runtime
 from moesim.traces.counts import LoadCounts
 from moesim.traces.trace import RoutingTrace
 from moesim.workflows.inputs import cluster_of, cost_model, model_and_trace
@@ -76,6 +78,18 @@ class PlacementRequest:
     prefetch: str = "none"
     ep_size: int | None = None
     """The EP size an engine will run the plan with: refused unless it is the GPU count."""
+    runtime: str | Path | Runtime | None = None
+    """The serving framework (``--runtime``, :mod:`moesim.specs.runtime`): its overheads in the cost
+    model and the simulations, its memory reserve in the cache plan (None: kernels only)."""
+    tp: int | None = None
+    """Attention tensor-parallel degree (``--tp``, :mod:`moesim.parallel`) of the simulations and of
+    the cache plan's memory layout; None: 1, or G / ``dp``."""
+    dp: int | None = None
+    """Attention data-parallel groups (``--dp``); None: G / ``tp``."""
+    cache_batch: int = 1
+    """Sequences per decode step the cache plan sizes its KV cache and request statistics for."""
+    context_tokens: int = 4096
+    """Context each of those sequences attends (KV cache bytes of the cache plan)."""
 
 
 @dataclass(frozen=True)
@@ -227,14 +241,15 @@ def _slots(req: PlacementRequest, gpus: int, experts: int) -> int:
 
 
 def _cache_plan(req: PlacementRequest, model: MoEModel, cluster: Cluster, train: Any,
-                cost: CostModel) -> CachePlan | None:
+                cost: CostModel, parallel: Parallelism, runtime: Runtime) -> CachePlan | None:
     budget = byte_quantity(req.gpu_memory, "--gpu-memory")
     if budget is None:
         return None
     from moesim.planners.cache_ilp import plan_cache
 
     return plan_cache(model, cluster, train, budget, cost, miss=req.miss, prefetch=req.prefetch,
-                      policy=req.cache_policy, time_limit_s=req.time_limit_s)
+                      policy=req.cache_policy, time_limit_s=req.time_limit_s, batch_size=req.cache_batch,
+                      context_tokens=req.context_tokens, parallel=parallel, runtime=runtime)
 
 
 def compare_planners(req: PlacementRequest, *, show_progress: bool = False) -> PlannerComparison:
@@ -263,7 +278,10 @@ def compare_planners(req: PlacementRequest, *, show_progress: bool = False) -> P
     slots = _slots(req, len(gpus), model.num_experts)
     load = layer_matrix(train.load_matrix(windows=req.windows), train, model)
     eval_load = layer_matrix(evaluation.load_matrix(windows=1), evaluation, model)[0]
-    cost = cost_model(cluster, model)
+    runtime = load_runtime(req.runtime)
+    parallel = Parallelism.of(len(gpus), tp=req.tp, dp=req.dp)
+    parallel.check_model(model)
+    cost = cost_model(cluster, model, runtime=runtime)
     request = PlanRequest(model=model, cluster=cluster, devices=gpus, slots_per_device=slots, load=load,
                           trace=None if counts_only else train, cost=cost, time_limit_s=req.time_limit_s,
                           seed=req.seed, params=_ilp_params(req))
@@ -272,7 +290,7 @@ def compare_planners(req: PlacementRequest, *, show_progress: bool = False) -> P
     except UserError as e:
         flag = "--replicas" if req.replicas is not None else "--slots-per-gpu"
         raise UserError(e.message, field=flag if e.field == "slots_per_device" else e.field) from None
-    cache_plan = _cache_plan(req, model, cluster, load if counts_only else train, cost)
+    cache_plan = _cache_plan(req, model, cluster, load if counts_only else train, cost, parallel, runtime)
     plans: dict[str, Plan] = {}
     solve_s: dict[str, float] = {}
     for name in progress(req.planners, desc="planning", total=len(req.planners), enabled=show_progress):
@@ -321,7 +339,8 @@ def _simulated(cluster: Cluster, model: MoEModel, evaluation: RoutingTrace, plan
                req: PlacementRequest) -> dict[str, Any]:
     """Mean step time, tokens/s and link bytes by class of ``plan`` replayed on the evaluation tokens."""
     summary = simulate_plan(cluster, model, evaluation, plan, cost, batch_tokens=req.batch_tokens,
-                            steps=req.steps, seed=req.seed, dispatch=req.dispatch).summary()
+                            steps=req.steps, seed=req.seed, dispatch=req.dispatch, tp=req.tp, dp=req.dp,
+                            runtime=cost.runtime).summary()
     latency = summary.get("step_latency_s") or {}
     return {"step_time_s_eval": latency.get("mean"), "tokens_per_s_eval": summary.get("tokens_per_s"),
             "a2a_bytes": MappingProxyType(bytes_by_link_class(summary, cluster))}

@@ -115,11 +115,13 @@ def replay_setting(tokens: RoutingTrace, batch_tokens: int) -> tuple[str, int]:
 
 def simulate_plan(cluster: Cluster, model: MoEModel, tokens: RoutingTrace, plan: Plan, cost: CostModel, *,
                   batch_tokens: int = 4096, steps: int | None = None, seed: int = 0,
-                  dispatch: str = "even") -> SimResult:
-    """Replay ``tokens`` (e.g. a trace's evaluation part) with ``plan`` by :func:`replay_setting`."""
+                  dispatch: str = "even", tp: int | None = None, dp: int | None = None,
+                  runtime: Runtime | None = None) -> SimResult:
+    """Replay ``tokens`` (e.g. a trace's evaluation part) with ``plan`` by :func:`replay_setting`
+    (``tp``/``dp``/``runtime`` as in :class:`SimConfig`; give ``cost`` the same runtime)."""
     phase, batch = replay_setting(tokens, batch_tokens)
     cfg = SimConfig(cluster=cluster, model=model, trace=tokens, plan=plan, batch_size=batch, phase=phase,
-                    seed=seed, dispatch=dispatch, steps=steps)
+                    seed=seed, dispatch=dispatch, steps=steps, tp=tp, dp=dp, runtime=runtime)
     return simulate(cfg, cost)
 
 
