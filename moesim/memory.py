@@ -238,17 +238,17 @@ class MemoryModel:
     @classmethod
     def for_run(cls, model: MoEModel, cluster: Cluster, devices: Sequence[str], *, batch_size: int = 1,
                 context_tokens: int = DEFAULT_CONTEXT_TOKENS, parallel: Parallelism | None = None,
-                runtime: Runtime | None = None, a2a_mode: str | None = None,
+                runtime: Runtime | None = None, a2a_mode: str | None = None, phase: str = "decode",
                 max_tokens_per_rank: int | None = None) -> MemoryModel:
         """The layout of a run on ``devices``: its all-to-all buffers by ``a2a_mode`` (None: the
-        engines' default for decode on the devices' nodes, :func:`moesim.cost.a2a.default_mode`) for
+        engines' default for ``phase`` on the devices' nodes, :func:`moesim.cost.a2a.default_mode`) for
         ``max_tokens_per_rank`` tokens (None: the batch's largest block per GPU)."""
         from moesim.cost.a2a import default_mode
 
         gpus = len(devices)
         if a2a_mode is None:
             nodes = len({cluster.device(d).node for d in devices})
-            a2a_mode = str(default_mode("decode", nodes))
+            a2a_mode = str(default_mode(phase, nodes))
         if max_tokens_per_rank is None:
             max_tokens_per_rank = int(device_token_counts(np.array([batch_size]), gpus).max())
         return cls(model, gpus=gpus, batch_size=batch_size, context_tokens=context_tokens,

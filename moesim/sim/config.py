@@ -178,8 +178,10 @@ class SimConfig:
         """Experts per MoE layer the expert budget holds: ``--expert-cache``, or what the model leaves of
         ``--gpu-memory`` (:class:`moesim.memory.MemoryModel`)."""
         base = plan.cache or CachePlan()
-        layout = MemoryModel(self.model, gpus=len(plan.devices), batch_size=self.batch_size,
-                             parallel=self.parallelism(len(plan.devices)), runtime=self.runtime)
+        layout = MemoryModel.for_run(self.model, self.cluster, plan.devices, batch_size=self.batch_size,
+                                     parallel=self.parallelism(len(plan.devices)), runtime=self.runtime,
+                                     a2a_mode=str(self.a2a) if self.a2a is not None else None,
+                                     phase=str(self.phase))
         flag, budget = "--expert-cache", self.expert_cache_bytes
         if budget is None:
             flag, miss = "--gpu-memory", self.miss or base.miss
