@@ -159,7 +159,7 @@ def test_deepep_low_latency_buffer_of_deepseek_v3():
     """DeepEP's LowLatencyLayout (csrc/config.hpp) by hand for 128 tokens per rank, hidden 7168, 256
     experts: dispatch message 16 + 2·7168 = 14,352 B, combine message 56·4 + 2·7168 = 14,560 B; send and
     receive buffers 256·128·14,560 B each, signaling 1,024 B, all twice (odd/even): 1.91 GB."""
-    from moesim.memory import comm_buffer_bytes
+    from moesim.comm_buffers import comm_buffer_bytes
 
     m = load_model("deepseek-v3")
     one = 256 * 128 * 14_560
