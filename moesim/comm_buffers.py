@@ -48,7 +48,8 @@ def comm_buffer_bytes(model: MoEModel, scheme: str, *, ep: int, max_tokens_per_r
 
 
 COMM_BUFFER_SCHEMES = {"flat": "none", "hierarchical": "deepep-normal", "low-latency": "deepep-low-latency"}
-"""The buffers each all-to-all mode (:mod:`moesim.cost.a2a`) registers."""
+"""The buffers each all-to-all mode (:mod:`moesim.cost.a2a`) registers: NCCL's flat all-to-all moves
+the activation workspace; DeepEP's normal and low-latency kernels their own buffers."""
 
 
 def run_comm_buffer_bytes(model: MoEModel, a2a_mode: str, gpus: int, max_tokens_per_rank: int) -> float:

@@ -55,9 +55,6 @@ CHUNK_ROUTED = 2_000_000
 """... and about this many routed (step, token, layer, top-k) entries (bounds the int64 temporaries
 of dispatch at large batches: peak memory, page faults)."""
 
-"""The all-to-all buffers each mode registers (:func:`moesim.memory.comm_buffer_bytes`): NCCL's flat
-all-to-all moves the activation workspace; DeepEP's normal and low-latency kernels their own buffers."""
-
 OVERLAP_CHUNKS = {Overlap.NONE: 1, Overlap.LAYER: 2}
 """Micro-batches per MoE layer of each overlap mode (``chunked``: ``SimConfig.chunks``)."""
 
