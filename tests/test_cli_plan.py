@@ -166,12 +166,18 @@ def test_gpu_memory_budget_adds_a_cache_plan_or_one_line_error(capsys, v2_trace,
     out_file = tmp_path / "plan.json"
     common = ("plan", "--hw", "h100x8", "--model", "deepseek-v2-lite", "--trace", v2_trace,
               "--planner", "contiguous", "--slots-per-gpu", "8", "--time-limit", "5")
-    code, out, err = run(capsys, *common, "--gpu-memory", "1GiB", "--out", str(out_file), "--json")
+    # every GPU holds all 27 layers' non-expert weights (2.44 GiB): 1 GiB is enough only with TP 8
+    code, out, err = run(capsys, *common, "--gpu-memory", "1GiB", "--batch-size", "1", "--steps", "20", "--tp", "8",
+                         "--out", str(out_file), "--json")
     assert code == 0, err
-    assert Plan.load(out_file).cache is not None
+    plan = Plan.load(out_file)
+    assert plan.cache is not None and plan.cache.params["memory_layout"]["tp"] == 8
+    assert json.loads(out_file.read_text())["resident_experts"] == plan.resident_experts()
     assert json.loads(out)["planners"]["contiguous"]["gpu_imbalance_eval"] >= 1.0
     code, _, err = run(capsys, *common, "--gpu-memory", "1MiB")
     assert code == 2 and err.count("\n") == 1 and "budget" in err
+    code, _, err = run(capsys, *common, "--gpu-memory", "1GiB", "--batch-size", "1")
+    assert code == 2 and err.count("\n") == 1 and "non-expert weights 2.443 GiB" in err
 
 
 def test_ilp_with_a_seed_gives_the_same_placement_twice(capsys, tmp_path):

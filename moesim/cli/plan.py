@@ -39,7 +39,7 @@ _EXAMPLES = """\
   moesim plan --hw h100x8 --replan periodic,drift --batch-size 256 --replan-interval 7,14 \
       --replan-window 14   how often to re-balance: replay candidates against static and the engines' defaults
   moesim plan --hw rtx4090-workstation --model mixtral-8x7b --trace mixtral-8x7b-synth --planner greedy \
-      --weight-dtype fp8 --gpu-memory 23GiB --runtime vllm --time-limit 5 --out offload.yaml
+      --weight-dtype fp8 --gpu-memory 23GiB --batch-size 1 --runtime vllm --time-limit 5 --out offload.yaml
 """
 
 
@@ -81,11 +81,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="with --gpu-memory: what a cache miss does (auto: cheapest per expert)")
     p.add_argument("--prefetch", default="none", choices=PREFETCH_CHOICES,
                    help="with --gpu-memory: next-layer prefetch the cache plan assumes")
-    p.add_argument("--cache-batch", type=positive_int, default=1, metavar="SEQUENCES",
-                   help="with --gpu-memory: decode sequences per step the cache plan reserves KV cache for "
-                   "(simulate the plan with the same --batch)")
     p.add_argument("--context-tokens", type=positive_int, default=4096, metavar="TOKENS",
-                   help="with --gpu-memory: context each of those sequences attends (KV cache bytes)")
+                   help="with --gpu-memory: context each sequence of a --batch-size step attends (the cache "
+                   "plan's KV cache bytes)")
     p.add_argument("--tp", type=positive_int, default=None, metavar="N",
                    help="attention tensor-parallel degree of the simulations and of the cache plan's memory "
                    "(1/N of the non-expert weights per GPU; default 1); e.g. --tp 8 on h100x8")
@@ -122,8 +120,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--time-limit", type=finite_positive_float, default=60.0, metavar="SECONDS",
                    help="ilp solver time limit (the best plan found by then is used)")
     p.add_argument("--batch-size", type=positive_int, default=4096, metavar="TOKENS",
-                   help="tokens per simulated step (prefill: whole prompts adding up to about this many) "
-                   "and per step the ilp predicts")
+                   help="tokens per simulated step (prefill: whole prompts adding up to about this many), "
+                   "per step the ilp predicts, and with --gpu-memory the decode sequences per step the "
+                   "cache plan reserves KV cache for (e.g. --batch-size 1 for offloading)")
     p.add_argument("--steps", type=positive_int, default=None, metavar="N",
                    help="simulated steps on the evaluation tokens (default: as many as they fill)")
     p.add_argument("--seed", type=nonnegative_int, default=0, help="random seed (solver and simulator)")
@@ -155,8 +154,7 @@ def run(args: argparse.Namespace) -> int:
         origin=args.origin, dispatch=args.dispatch, time_limit_s=args.time_limit,
         batch_tokens=args.batch_size, steps=args.steps, seed=args.seed, gpu_memory=args.gpu_memory,
         cache_policy=args.cache_policy, miss=args.miss, prefetch=args.prefetch, ep_size=args.ep_size,
-        runtime=args.runtime, tp=args.tp, dp=args.dp, cache_batch=args.cache_batch,
-        context_tokens=args.context_tokens,
+        runtime=args.runtime, tp=args.tp, dp=args.dp, context_tokens=args.context_tokens,
     )
     comparison = compare_planners(req, show_progress=True)
     launches = _write_outputs(args, comparison.chosen, comparison.inputs.model)

@@ -72,7 +72,8 @@ class PlacementRequest:
     steps: int | None = None
     seed: int = 0
     gpu_memory: str | float | None = None
-    """Whole GPU memory budget: adds the cache/offload plan (``moesim.planners.cache_ilp``)."""
+    """Whole GPU memory budget: adds the cache/offload plan (``moesim.planners.cache_ilp``) for decode
+    steps of ``batch_tokens`` sequences, the batch the plans are then simulated with."""
     cache_policy: str = "static"
     miss: str = "fetch"
     prefetch: str = "none"
@@ -86,10 +87,8 @@ class PlacementRequest:
     the cache plan's memory layout; None: 1, or G / ``dp``."""
     dp: int | None = None
     """Attention data-parallel groups (``--dp``); None: G / ``tp``."""
-    cache_batch: int = 1
-    """Sequences per decode step the cache plan sizes its KV cache and request statistics for."""
     context_tokens: int = 4096
-    """Context each of those sequences attends (KV cache bytes of the cache plan)."""
+    """Context each sequence of a ``batch_tokens`` decode step attends: the cache plan's KV cache."""
 
 
 @dataclass(frozen=True)
@@ -248,7 +247,7 @@ def _cache_plan(req: PlacementRequest, model: MoEModel, cluster: Cluster, train:
     from moesim.planners.cache_ilp import plan_cache
 
     return plan_cache(model, cluster, train, budget, cost, miss=req.miss, prefetch=req.prefetch,
-                      policy=req.cache_policy, time_limit_s=req.time_limit_s, batch_size=req.cache_batch,
+                      policy=req.cache_policy, time_limit_s=req.time_limit_s, batch_size=req.batch_tokens,
                       context_tokens=req.context_tokens, parallel=parallel, runtime=runtime)
 
 
