@@ -33,13 +33,13 @@ class StaticPin:
 
 def static_budget_bytes(model: MoEModel, size: int, num_gpus: int = 1) -> float:
     """GPU memory that holds ``size`` experts per MoE layer next to everything else the cache planner
-    counts for batch 1 with fetched misses (:class:`moesim.memory.MemoryModel`), plus half an expert
-    so that rounding cannot lose one."""
+    counts for batch 1 with fetched misses (:class:`moesim.memory.MemoryModel`; every GPU keeps every
+    layer's pinned experts), plus half an expert so that rounding cannot lose one."""
     eb = model.expert_bytes()
     fixed = MemoryModel(model, gpus=num_gpus).device("gpu", float("inf"),
                                                      staging_experts=staging_experts("static", "fetch",
                                                                                      "none", model.top_k))
-    return fixed.fixed_bytes + size * model.num_moe_layers * eb / num_gpus + 0.5 * eb
+    return fixed.fixed_bytes + size * model.num_moe_layers * eb + 0.5 * eb
 
 
 def _roomy(cluster: Cluster, budget: float) -> Cluster:
