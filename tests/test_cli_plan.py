@@ -167,8 +167,8 @@ def test_gpu_memory_budget_adds_a_cache_plan_or_one_line_error(capsys, v2_trace,
     common = ("plan", "--hw", "h100x8", "--model", "deepseek-v2-lite", "--trace", v2_trace,
               "--planner", "contiguous", "--slots-per-gpu", "8", "--time-limit", "5")
     # every GPU holds all 27 layers' non-expert weights (2.44 GiB): 1 GiB is enough only with TP 8
-    code, out, err = run(capsys, *common, "--gpu-memory", "1GiB", "--batch-size", "1", "--steps", "20", "--tp", "8",
-                         "--out", str(out_file), "--json")
+    code, out, err = run(capsys, *common, "--gpu-memory", "1GiB", "--batch-size", "1", "--steps", "20",
+                         "--tp", "8", "--out", str(out_file), "--json")
     assert code == 0, err
     plan = Plan.load(out_file)
     assert plan.cache is not None and plan.cache.params["memory_layout"]["tp"] == 8
