@@ -32,7 +32,8 @@ def test_hw_show_json_h100x8(capsys) -> None:
             "memory_bandwidth_bytes_per_s",
             "peak_flops_per_s",
         }
-        assert g["memory_bytes"] == 80e9 and g["memory_bandwidth_bytes_per_s"] == pytest.approx(3.35e12)
+        assert g["memory_bytes"] == 81559 * 2**20  # what nvidia-smi reports for an H100 80GB
+        assert g["memory_bandwidth_bytes_per_s"] == pytest.approx(3.35e12)
         assert g["peak_flops_per_s"]["bf16"] == pytest.approx(989.4e12) and g["node"] == 0
     assert [x["id"] for x in gpus] == [f"n0.gpu{i}" for i in range(8)]
     assert {x["kind"] for x in d["devices"]} == {"gpu", "cpu"}

@@ -106,7 +106,7 @@ devices:
     spec = load_cluster(str(p)).gpus[0].spec
     assert spec.model == "slow-h100"
     assert spec.memory_bandwidth_bytes_per_s == 2e12
-    assert spec.memory_bytes == 80e9  # inherited
+    assert spec.memory_bytes == 81559 * 2**20  # inherited
     assert "fp8" not in spec.peak_flops_per_s and spec.peak_flops("fp8") == pytest.approx(989.4e12)
     assert spec.sources["memory"] == "my measurement"
 
