@@ -71,7 +71,8 @@ def test_memory_check_names_device_need_and_capacity(model) -> None:
     p = np.arange(8, dtype=np.int32).reshape(1, 1, 8).repeat(huge.num_moe_layers, axis=0)
     plan = Plan(planner="t", model=huge.name, devices=("n0.gpu0",), moe_layers=huge.moe_layers,
                 num_experts=8, placement=p)
-    need = r"n0.gpu0 needs [\d.]+ GB \([\d.]+ GB for expert weights, 604\.0 MB per bf16 expert\) but has 24"
+    need = (r"n0.gpu0 needs [\d.]+ GB \([\d.]+ GB for expert weights, 604\.0 MB per bf16 expert\) "
+            r"but has 25\.76")
     with pytest.raises(UserError, match=need):
         plan.validate(huge, cluster)
 

@@ -9,7 +9,7 @@ import pytest
 
 from moesim.sim import SimConfig, simulate
 from moesim.sim.miss_lanes import assign, makespan
-from moesim.specs import load_cluster, load_model
+from moesim.specs import load_cluster, load_model, with_weight_dtype
 from moesim.traces import RoutingTrace
 from moesim.traces.cache import simulate_hits
 from tests.conftest import shared_trace
@@ -134,7 +134,8 @@ def test_auto_miss_never_slower_than_the_best_single_mode(fp8_model, rtx4090, ba
 
 
 def test_auto_runs_on_pim_where_the_cluster_has_it():
-    model = load_model("mixtral-8x7b")
+    # fp8: every GPU keeps 2 experts of each of the 32 layers (11.3 GB) beside 3.2 GB of other weights
+    model = with_weight_dtype(load_model("mixtral-8x7b"), "fp8")
     cluster = load_cluster("h100-duplex")
     trace = RoutingTrace.load("mixtral-8x7b-synth", model=model).rows(0, 64)
     s = simulate(SimConfig(cluster, model, trace, batch_size=8, cache_policy="lru", cache_size=2,

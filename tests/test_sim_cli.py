@@ -30,7 +30,7 @@ def test_done_when_hit_rate_equals_trace_stats(capsys, tmp_path):
     code, _out, err = _run(capsys, [*base, "--model", "mixtral-8x7b"])
     assert code == 2 and err.count("\n") == 1
     assert "n0.gpu0" in err and "needs 37.0" in err and "33.82 GB for its expert cache" in err
-    assert "has 24.00 GB" in err and "--weight-dtype" in err
+    assert "has 25.76 GB" in err and "--weight-dtype" in err
     code, out, _ = _run(capsys, [*base, "--model", "mixtral-8x7b", "--weight-dtype", "fp8"])
     assert code == 0
     flag = json.loads(out)
