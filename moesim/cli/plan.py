@@ -36,7 +36,7 @@ _EXAMPLES = """\
       --planner eplb-hierarchical
   moesim plan --hw h100x8 --planner eplb --train-fraction 0.8 --json
   moesim plan --hw h100x8 --planner ilp --ilp-target tokens --gap-limit 0.01 --time-limit 5
-  moesim plan --hw h100x8 --replan periodic,drift --batch-size 256 --replan-interval 7,14 \
+  moesim plan --hw h100x8 --replan periodic,drift --batch-size 256 --replan-interval 7,14 \\
       --replan-window 14   how often to re-balance: replay candidates against static and the engines' defaults
   moesim plan --hw rtx4090-workstation --model mixtral-8x7b --trace mixtral-8x7b-synth --planner greedy \\
       --weight-dtype fp8 --gpu-memory 23GiB --batch-size 1 --runtime vllm --time-limit 5 --out offload.yaml
