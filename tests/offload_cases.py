@@ -57,9 +57,9 @@ def cases() -> Iterator[Case]:
     """Every (policy, miss, prefetch, scope) on one GPU at batch 1 and 4; the same on eight GPUs
     behind two PCIe switches (L4 server); PIM and auto on the Duplex cluster; sequence resets."""
     one = ("rtx4090-workstation", "mixtral-8x7b", "fp8", "mixtral-8x7b-synth")
-    for policy, miss, prefetch, scope in itertools.product(("lru", "lfu", "belady", "static"),
-                                                           ("fetch", "cpu", "lowbit", "auto"),
-                                                           ("none", "oracle", "predictor"), ("layer", "global")):
+    grid = itertools.product(("lru", "lfu", "belady", "static"), ("fetch", "cpu", "lowbit", "auto"),
+                             ("none", "oracle", "predictor"), ("layer", "global"))
+    for policy, miss, prefetch, scope in grid:
         yield Case(*one, 24, 1, policy, miss, prefetch, 3, scope)
         yield Case(*one, 48, 4, policy, miss, prefetch, 3, scope)
     l4 = ("l4-server", "deepseek-v2-lite", None, "deepseek-v2-lite-synth")

@@ -110,7 +110,7 @@ class Machine:
         self.keep_slices: dict[tuple[int, int], MicroBatches] = {}  # overlapped layers of kept steps
         self.env = simpy.Environment()
         offloading = self.cache.policy != CachePolicy.NONE
-        self.hosts = HostLinks(self.env, self.cluster)
+        self.hosts = HostLinks(self.cluster)
         # a miss mode the cluster cannot run is refused before anything is costed
         self.miss = (make_miss_handler(self.cache.miss, MissSetup(self.cluster, self.devices, self.hosts,
                                                                   cfg.lowbit_dtype)) if offloading else None)
@@ -240,7 +240,7 @@ class Machine:
                  for a, ids, d, c in self.chunk_data for i in range(d.slot_tokens.shape[0])]
         n_train = int(trace.num_tokens * cfg.predictor_train_fraction)
         return OffloadedRun(
-            self.env, self.rec, self.cost, self.model, self.cache, self.plan.placement, self.devices, steps,
+            self.rec, self.cost, self.model, self.cache, self.plan.placement, self.devices, steps,
             hosts=self.hosts, miss=self.miss,
             warmup_load=lambda: trace.rows(0, max(1, n_train)).load_matrix()[0],
             fit_predictor=lambda: Transitions.fit(trace.expert_ids, self.model.num_experts, stop=n_train),
@@ -320,10 +320,10 @@ class Machine:
         if self.offloaded is not None:
             for a, _ids, d, c in self.chunk_data:
                 self.record(a, d, c)
-            self.env.process(self.offloaded.process())
+            self.offloaded.run()
         else:
             self.env.process(self.lockstep(self.env))
-        self.env.run()
+            self.env.run()
         if self.offloaded is not None:
             self._offloaded_expert_split()
         if self.G > 1:  # dispatch, then combine (the same copies reversed)

@@ -1,15 +1,16 @@
-"""The offloaded run: per (step, layer), attention and the all-to-alls in lockstep, then one SimPy
-process per GPU for its experts (misses fetched over its PCIe link or run beside it), with
-next-layer prefetches issued when a layer's dispatch ends."""
+"""The offloaded run: per (step, layer), attention and the all-to-alls in lockstep, then each GPU's
+expert call (misses fetched over its PCIe link or run beside it), with next-layer prefetches issued
+when a layer's dispatch ends. Time is a plain clock: copies and side runs queue on resource lanes
+(:mod:`moesim.sim.resources`) whose events are handled in time order up to each decision that
+depends on them (a store change, a call's start or end)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Generator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import simpy
 
 from moesim.plans.plan import CachePlan
 from moesim.sim.costs import OffloadCosts, SimCost
@@ -41,14 +42,14 @@ class Step:
 
 
 class OffloadedRun:
-    """Caches, fetches, miss handling and prefetch of one offloaded run, and its SimPy process."""
+    """Caches, fetches, miss handling and prefetch of one offloaded run, and the run itself."""
 
-    def __init__(self, env: simpy.Environment, rec: Recorder, cost: SimCost, model: MoEModel,
+    def __init__(self, rec: Recorder, cost: SimCost, model: MoEModel,
                  cache: CachePlan, placement: np.ndarray, devices: Sequence[str], steps: Sequence[Step], *,
                  hosts: HostLinks, miss: MissHandler, warmup_load: Callable[[], np.ndarray],
                  fit_predictor: Callable[[], Transitions], audit: bool = False,
                  scope: CacheScope = CacheScope.LAYER):
-        self.env, self.rec, self.cache, self.placement = env, rec, cache, placement
+        self.rec, self.cache, self.placement = rec, cache, placement
         self.devices, self.steps = tuple(devices), steps
         self.num_layers = model.num_layers
         self.moe_cols = np.asarray(model.moe_layers, dtype=np.int64)
@@ -60,10 +61,12 @@ class OffloadedRun:
         self.store.audit = audit
         self.hosts, self.miss = hosts, miss
         self.costs = OffloadCosts(cost, model.expert_bytes())
-        self.fetcher = WeightFetcher(env, self.hosts, self.costs, rec, self.store, self.devices,
+        self.clock = hosts.clock
+        self.fetcher = WeightFetcher(self.hosts, self.costs, rec, self.store, self.devices,
                                      self.moe_cols, bytes_of=model.expert_bytes)
-        self.experts = OffloadedExperts(env, self.store, self.fetcher, self.miss, Executors(env), self.costs,
-                                        rec, devices=self.devices, moe_cols=self.moe_cols,
+        executors = Executors(self.clock)
+        self.experts = OffloadedExperts(self.clock, self.store, self.fetcher, self.miss, executors,
+                                        self.costs, rec, devices=self.devices, moe_cols=self.moe_cols,
                                         act_bytes=float(model.activation_bytes_per_token))
         self.prefetcher = make_prefetcher(cache.prefetch, fit_predictor, model.top_k)
         self.score = PrefetchScore()
@@ -72,45 +75,52 @@ class OffloadedRun:
     def causality(self) -> list[tuple[float, float]]:
         return self.experts.causality
 
-    def process(self) -> Generator[Any, Any, None]:
-        """Every step, layer by layer."""
-        env, r, G = self.env, self.rec, len(self.devices)
+    def run(self) -> None:
+        """Every step, layer by layer; then the copies still queued when the last step ends."""
+        r, clock, G = self.rec, self.clock, len(self.devices)
+        now = 0.0
+        moe_row = {int(c): m for m, c in enumerate(self.moe_cols.tolist())}
         for st in self.steps:
             s, i, c = st.index, st.row, st.costs
             if st.new_sequence:
+                clock.run_before(now)
                 self.store.reset()
-            r.step_start_s[s] = env.now
+            r.step_start_s[s] = now
+            pre_s = r.phase_s[s, :, 0].tolist()
             for col in range(self.num_layers):
-                r.layer_start_s[s, col] = env.now
+                r.layer_start_s[s, col] = now
                 if s < r.timeline_steps:
                     for g, dev in enumerate(self.devices):
-                        r.span(s, dev, f"attention L{col}", env.now, float(c.pre[i][col, g]), layer=col)
-                yield env.timeout(r.phase_s[s, col, 0])
-                if not self.is_moe[col]:
+                        r.span(s, dev, f"attention L{col}", now, float(c.pre[i][col, g]), layer=col)
+                now += pre_s[col]
+                m = moe_row.get(col)
+                if m is None:
                     continue
-                m = int(np.searchsorted(self.moe_cols, col))
-                t0 = env.now
-                yield env.timeout(float(c.dispatch[i, m]))
-                phase_start = env.now
+                t0 = now
+                now += float(c.dispatch[i, m])
+                phase_start = now
+                clock.run_before(now)  # the copies that started before the store changes
+                slots = st.slots[m]
                 calls = []
                 for g in range(G):  # the layer's requests (an empty one still advances Belady's clock)
-                    used = np.flatnonzero(st.slots[m, g] > 0)
+                    used = np.flatnonzero(slots[g] > 0)
                     experts = self.placement[m, g, used].astype(np.int64)
-                    calls.append((g, experts, st.slots[m, g, used].astype(float),
-                                  self.store.access(m, g, experts)))
+                    calls.append((g, experts, slots[g, used].astype(float), self.store.access(m, g, experts)))
                 if m + 1 < len(self.moe_cols) and self.prefetcher is not None:
-                    self._prefetch(s, m, st.ids, st.slots)
-                procs = [env.process(self.experts.run(s, m, g, experts, tokens, phase_start, hit))
+                    self._prefetch(s, m, st.ids, st.slots, now)
+                begun = [self.experts.begin(s, m, g, experts, tokens, phase_start, hit)
                          for g, experts, tokens, hit in calls if len(experts)]
-                yield env.all_of(procs)
+                for call in begun:
+                    now = max(now, self.experts.finish(call))
                 for g in range(G):  # the layer's experts have run: its requests may be evicted again
                     self.store.release(m, g)
-                t1 = env.now
-                yield env.timeout(float(c.combine[i, m]))
-                r.phase_s[s, col, 1:] = (phase_start - t0, t1 - phase_start, env.now - t1)
-            r.step_end_s[s] = env.now
+                t1 = now
+                now += float(c.combine[i, m])
+                r.phase_s[s, col, 1:] = (phase_start - t0, t1 - phase_start, now - t1)
+            r.step_end_s[s] = now
+        clock.run_all()
 
-    def _prefetch(self, s: int, m: int, ids: np.ndarray, slots: np.ndarray) -> None:
+    def _prefetch(self, s: int, m: int, ids: np.ndarray, slots: np.ndarray, now: float) -> None:
         """Issue next-layer prefetches for each GPU and score them against its true requests."""
         assert self.prefetcher is not None
         truth = [self.placement[m + 1, g, np.flatnonzero(slots[m + 1, g] > 0)].astype(np.int64)
@@ -121,7 +131,7 @@ class OffloadedRun:
             self.score.add(predicted, requested)
             loads = self.store.prefetch(m + 1, g, predicted)
             for e in predicted[loads].tolist():
-                self.fetcher.fetch(s, m + 1, g, e, keep=True, dtype=dtype, prefetch=True)
+                self.fetcher.fetch(s, m + 1, g, e, now, keep=True, dtype=dtype, prefetch=True)
 
     def info(self) -> dict[str, Any]:
         """The summary's ``cache`` fields of an offloaded run."""
