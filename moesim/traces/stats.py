@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from moesim.traces import stats_compiled
 from moesim.traces.cache import POLICIES, hit_rates
 from moesim.traces.npz import release_pages
 from moesim.traces.trace import RoutingTrace, row_chunks
@@ -114,20 +115,29 @@ def _top_sorted(x: np.ndarray, n: int) -> np.ndarray:
     return -np.sort(-x, axis=1)
 
 
-def _reuse_and_overlap(trace: RoutingTrace) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Per layer: reuse-distance histogram ``[L, CLIP+1]``, cold misses, overlap sum, overlap pairs."""
+def _reuse_and_overlap(trace: RoutingTrace, compiled: bool | None = None
+                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Per layer: reuse-distance histogram ``[L, CLIP+1]``, cold misses, overlap sum, overlap pairs.
+    ``compiled``: the numba loop (default: when installed) or the numpy one (the same integers)."""
     e, layers, k, n = trace.num_experts, trace.num_layers, trace.top_k, trace.num_tokens
     hist = np.zeros((layers, REUSE_CLIP + 1), np.int64)
     cold = np.zeros(layers, np.int64)
-    overlap = np.zeros(layers, np.float64)
+    inter_total = np.zeros(layers, np.int64)  # selections also made by the previous row of the sequence
     pairs = 0
     last_seen = np.full((layers, e + 1), -1, np.int64)
     prev_row: np.ndarray | None = None
     prev_seq = None
     seq = np.asarray(trace.seq_id)
+    fast = stats_compiled.available() if compiled is None else compiled
     for a, b in row_chunks(n, layers * k * 2, 16 << 20):
         ids = np.array(trace.expert_ids[a:b])
         release_pages(trace.expert_ids)
+        if fast:
+            before = (ids[0], 0) if prev_row is None else (prev_row, int(prev_seq))
+            pairs += stats_compiled.reuse_chunk(ids, seq[a:b], a, *before, prev_row is not None, last_seen,
+                                                hist, cold, inter_total)
+            prev_row, prev_seq = ids[-1], seq[b - 1]
+            continue
         # consecutive-token overlap inside a sequence (temporal locality)
         both = ids if prev_row is None else np.concatenate([prev_row[None], ids])
         s = seq[a:b] if prev_seq is None else np.r_[prev_seq, seq[a:b]]
@@ -135,7 +145,7 @@ def _reuse_and_overlap(trace: RoutingTrace) -> tuple[np.ndarray, np.ndarray, np.
         if len(same):
             cur, prv = both[1:][same], both[:-1][same]
             inter = ((cur[..., :, None] == prv[..., None, :]) & (cur[..., :, None] >= 0)).any(-1).sum(-1)
-            overlap += (inter / k).sum(0)
+            inter_total += inter.sum(0)
             pairs += int(same.sum())
         prev_row, prev_seq = ids[-1], seq[b - 1]
         # reuse distance in rows, per (layer, expert), carrying the last row seen across chunks
@@ -153,7 +163,7 @@ def _reuse_and_overlap(trace: RoutingTrace) -> tuple[np.ndarray, np.ndarray, np.
             hist[layer] += np.bincount(np.minimum(d, REUSE_CLIP), minlength=REUSE_CLIP + 1)
             lasts = np.r_[first[1:], True]  # last occurrence of each expert in the chunk
             last_seen[layer, xs[lasts]] = ts[lasts]
-    return hist, cold, overlap, np.full(layers, pairs)
+    return hist, cold, inter_total / k, np.full(layers, pairs)
 
 
 def cross_layer(trace: RoutingTrace, max_tokens: int | None = None) -> dict[str, Any]:

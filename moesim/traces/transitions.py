@@ -19,6 +19,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from moesim.traces import stats_compiled
 from moesim.traces.npz import release_pages
 from moesim.traces.trace import row_chunks
 
@@ -41,10 +42,11 @@ class Transitions:
 
     @classmethod
     def fit(cls, expert_ids: np.ndarray, num_experts: int, *, start: int = 0, stop: int | None = None,
-            columns: Sequence[int | None] | None = None) -> Transitions:
+            columns: Sequence[int | None] | None = None, compiled: bool | None = None) -> Transitions:
         """Count rows ``start:stop`` of ``expert_ids`` [N, columns, K] (read in bounded chunks).
         ``columns`` picks the chain of layer columns (default: all, in order); a ``None`` entry is a
-        layer without data (no pair touching it counts)."""
+        layer without data (no pair touching it counts). ``compiled``: count with the numba loop
+        (default: when installed) or the numpy one (the same counts)."""
         E = num_experts
         n, width, k = expert_ids.shape
         chain = list(range(width)) if columns is None else list(columns)
@@ -56,7 +58,13 @@ class Transitions:
         if pairs and stop > start:
             offset = (np.arange(pairs, dtype=np.int64) * E * E)[None, :, None, None]
             # ~64 MB of int64 pair keys per chunk
+            fast = stats_compiled.available() if compiled is None else compiled
             for a, b in row_chunks(stop - start, max(1, pairs * k * k * 8), 64 << 20):
+                if fast:  # counted in place, no [rows, pairs, K, K] keys
+                    chunk = np.asarray(expert_ids[start + a:start + b])
+                    stats_compiled.pair_counts(chunk, take, present, counts.reshape(pairs, E, E))
+                    release_pages(expert_ids)
+                    continue
                 ids = np.asarray(expert_ids[start + a:start + b], np.int64)[:, take, :]
                 release_pages(expert_ids)
                 ids[:, ~present, :] = -1
