@@ -74,6 +74,11 @@ class OffloadCosts:
         return self._get(("gpu", gpu, tuple(tokens.tolist())),
                          lambda: float(self.cost.expert_compute_s(gpu, tokens)))
 
+    def gpu_call_s(self, gpu: str, tokens: tuple[float, ...]) -> float:
+        """:meth:`gpu_experts_s` of the experts' ``tokens`` given as a tuple (no array unless new)."""
+        value = self._memo.get(("gpu", gpu, tokens))
+        return value if value is not None else self.gpu_experts_s(gpu, np.array(tokens, dtype=float))
+
     def cpu_experts_s(self, cpu: str, tokens: np.ndarray) -> float:
         return self._get(("cpu", cpu, tuple(tokens.tolist())),
                          lambda: float(self.cost.cpu_expert_s(cpu, tokens)))

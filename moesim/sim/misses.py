@@ -53,6 +53,8 @@ class MissHandler(ABC):
     mode: ClassVar[MissMode]
     waits_for_fetch: ClassVar[bool]
     """True: a miss is copied to the GPU, which waits; False: it runs on :meth:`side_device`."""
+    chooses: ClassVar[bool] = False
+    """:meth:`choose` picks per expert (else it is this handler for every one, unasked)."""
 
     def choose(self, costs: OffloadCosts, gpu: str, tokens: np.ndarray, hit_tokens: np.ndarray,
                act_bytes: float, link_backlog_s: float = 0.0) -> list[MissHandler]:
@@ -168,6 +170,7 @@ class AutoMiss(MissHandler):
 
     mode = MissMode.AUTO
     waits_for_fetch = True
+    chooses = True
     """Unused: the handlers it picks decide each expert."""
 
     def __init__(self, handlers: Sequence[MissHandler]):

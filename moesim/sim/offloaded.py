@@ -87,6 +87,11 @@ class OffloadedRun:
                 self.store.reset()
             r.step_start_s[s] = now
             pre_s = r.phase_s[s, :, 0].tolist()
+            # the step's requests, per (MoE layer, GPU) one slice: experts and their tokens
+            req_m, req_g, req_s = np.nonzero(st.slots > 0)
+            req_experts = self.placement[req_m, req_g, req_s].astype(np.int64)
+            req_ids, req_tokens = req_experts.tolist(), st.slots[req_m, req_g, req_s].astype(float).tolist()
+            bounds = np.searchsorted(req_m * G + req_g, np.arange(st.slots.shape[0] * G + 1)).tolist()
             for col in range(self.num_layers):
                 r.layer_start_s[s, col] = now
                 if s < r.timeline_steps:
@@ -100,12 +105,11 @@ class OffloadedRun:
                 now += float(c.dispatch[i, m])
                 phase_start = now
                 clock.run_before(now)  # the copies that started before the store changes
-                slots = st.slots[m]
                 calls = []
                 for g in range(G):  # the layer's requests (an empty one still advances Belady's clock)
-                    used = np.flatnonzero(slots[g] > 0)
-                    experts = self.placement[m, g, used].astype(np.int64)
-                    calls.append((g, experts, slots[g, used].astype(float), self.store.access(m, g, experts)))
+                    lo, hi = bounds[m * G + g], bounds[m * G + g + 1]
+                    hit = self.store.access(m, g, req_experts[lo:hi])
+                    calls.append((g, req_ids[lo:hi], req_tokens[lo:hi], hit))
                 if m + 1 < len(self.moe_cols) and self.prefetcher is not None:
                     self._prefetch(s, m, st.ids, st.slots, now)
                 begun = [self.experts.begin(s, m, g, experts, tokens, phase_start, hit)

@@ -28,31 +28,29 @@ INF = float("inf")
 class SideCall:
     """Missed experts of one GPU call run on the device its handler names (a lane job)."""
 
-    rec: Recorder
-    costs: OffloadCosts
+    owner: OffloadedExperts
     handler: MissHandler
     step: int
     col: int
     gpu: str
     side: str
-    tokens: np.ndarray
+    tokens: tuple[float, ...]
     experts: list[int]
-    act_bytes: float
     end_s: float | None = None
     cost: SideRun | None = field(default=None)
 
     def start(self, now_s: float) -> float:
-        cost = self.cost = self.handler.side_run(self.costs, self.gpu, self.side, self.tokens, self.act_bytes)
+        cost = self.cost = self.owner.side_run(self.handler, self.gpu, self.side, self.tokens)
         for path, nbytes in cost.moved:
-            self.rec.add_link_bytes(path, nbytes)
+            self.owner.rec.add_link_bytes(path, nbytes)
         return cost.in_s + cost.run_s + cost.out_s
 
     def finish(self, start_s: float, end_s: float) -> None:
         assert self.cost is not None
-        r = self.rec
+        r = self.owner.rec
         i = r.device_index(self.side)
         r.busy_s[self.step, self.col, i] += self.cost.run_s
-        r.tokens[self.step, self.col, i] += int(self.tokens.sum())
+        r.tokens[self.step, self.col, i] += int(sum(self.tokens))
         r.span(self.step, self.side, f"experts L{self.col}", start_s, end_s - start_s,
                experts=self.experts, gpu=self.gpu)
         self.end_s = end_s
@@ -65,9 +63,10 @@ class Call:
     step: int
     m: int
     g: int
-    experts: np.ndarray
-    tokens: np.ndarray
-    on_gpu: np.ndarray
+    experts: list[int]
+    tokens: list[float]
+    on_gpu: list[bool] | None
+    """Experts run on the GPU (None: all of them)."""
     phase_start: float
     waits: list[Copy]
     sides: list[SideCall]
@@ -86,8 +85,18 @@ class OffloadedExperts:
         """Per GPU call: (its start, arrival of its experts' last weights; 0: resident from the start)."""
         self.choices: dict[str, int] = {}
         """How often each miss mode handled a missed expert (per step, layer, GPU and expert)."""
+        self._side_runs: dict[tuple, SideRun] = {}
 
-    def begin(self, step: int, m: int, g: int, experts: np.ndarray, tokens: np.ndarray,
+    def side_run(self, handler: MissHandler, gpu: str, side: str, tokens: tuple[float, ...]) -> SideRun:
+        """``handler``'s timing of experts with ``tokens`` each run on ``side`` for ``gpu`` (remembered)."""
+        key = (handler, gpu, side, tokens)
+        run = self._side_runs.get(key)
+        if run is None:
+            array = np.array(tokens, dtype=float)
+            run = self._side_runs[key] = handler.side_run(self.costs, gpu, side, array, self.act_bytes)
+        return run
+
+    def begin(self, step: int, m: int, g: int, experts: list[int], tokens: list[float],
               phase_start: float, hit: np.ndarray) -> Call:
         """Start running ``experts`` (unique ids) with ``tokens`` pairs each on GPU ``g`` at MoE
         layer row ``m`` when the layer's dispatch ends (``phase_start``), ``hit`` their mask from
@@ -95,20 +104,28 @@ class OffloadedExperts:
         fetcher, now = self.fetcher, phase_start
         gpu = self.devices[g]
         keep = self.store.keeps_misses
-        ids = experts.tolist()
         hits = hit.tolist()
-        late = [h and fetcher.pending(m, g, e, now) is not None for e, h in zip(ids, hits, strict=True)]
+        ready = fetcher.ready
         # misses, and hits whose weights are still on the wire, go where the miss mode says: a
         # waiting mode copies a miss (waits for a late hit's copy), the others run them beside
-        chosen = [i for i, (h, lt) in enumerate(zip(hits, late, strict=True)) if not h or lt]
-        on_gpu = np.ones(len(ids), dtype=bool)
-        on_gpu[chosen] = False
-        handlers = (self.miss.choose(self.costs, gpu, tokens[chosen], tokens[on_gpu], self.act_bytes,
-                                     fetcher.backlog_s(g, now)) if chosen else [])
+        chosen = [i for i, (e, h) in enumerate(zip(experts, hits, strict=True))
+                  if not h or ((c := ready.get((m, g, e))) is not None and c.pending_at(now))]
+        if not chosen:  # every expert resident: the GPU runs them all at once
+            return Call(step, m, g, experts, tokens, None, phase_start, [], [])
+        on_gpu = [True] * len(experts)
+        for i in chosen:
+            on_gpu[i] = False
+        miss = self.miss
+        if miss.chooses:
+            tok = np.array(tokens, dtype=float)
+            handlers = miss.choose(self.costs, gpu, tok[chosen], tok[np.array(on_gpu)], self.act_bytes,
+                                   fetcher.backlog_s(g, now))
+        else:
+            handlers = [miss] * len(chosen)
         waits: list[Copy] = []
         beside: dict[str, tuple[MissHandler, list[int]]] = {}
         for i, h in zip(chosen, handlers, strict=True):
-            e = ids[i]
+            e = experts[i]
             if not hits[i]:
                 mode = str(h.mode)
                 self.choices[mode] = self.choices.get(mode, 0) + 1
@@ -124,8 +141,8 @@ class OffloadedExperts:
         col = self.moe_cols[m]
         sides = []
         for side, (h, idx) in beside.items():
-            call = SideCall(self.rec, self.costs, h, step, col, gpu, side, tokens[idx], [ids[i] for i in idx],
-                            self.act_bytes)
+            call = SideCall(self, h, step, col, gpu, side, tuple(tokens[i] for i in idx),
+                            [experts[i] for i in idx])
             self.executors.of(side).request(call, now)
             sides.append(call)
         return Call(step, m, g, experts, tokens, on_gpu, phase_start, waits, sides)
@@ -133,34 +150,40 @@ class OffloadedExperts:
     def finish(self, call: Call) -> float:
         """Run the clock until ``call``'s copies have arrived and its side runs ended; record its
         GPU part; when it ends (its GPU part and its side runs)."""
-        waits, sides = call.waits, call.sides
+        waits, sides, clock = call.waits, call.sides, self.clock
         if waits:
-            self.clock.run_while(lambda: any(c.done_s is None for c in waits))
+            for c in waits:
+                while c.done_s is None:
+                    clock.step()
             start = max(c.done_s for c in waits)  # type: ignore[type-var]
         else:
             start = call.phase_start
         m, g = call.m, call.g
-        fetcher = self.fetcher
         on_gpu = call.on_gpu
-        used = call.experts[on_gpu].tolist()
+        if on_gpu is None:
+            used, run = call.experts, call.tokens
+        else:
+            used = [e for e, keep in zip(call.experts, on_gpu, strict=True) if keep]
+            run = [t for t, keep in zip(call.tokens, on_gpu, strict=True) if keep]
+        arrival = self.fetcher.arrival
         last = 0.0
         for e in used:
-            c = fetcher.arrival(m, g, e)
+            c = arrival(m, g, e)
             if c is not None:
                 last = max(last, c.done_s if c.done_s is not None and c.done_s <= start else INF)
         self.causality.append((start, last))
         gpu = self.devices[g]
         col = self.moe_cols[m]
-        run = call.tokens[on_gpu]
-        gpu_s = self.costs.gpu_experts_s(gpu, run) if run.size else 0.0
+        gpu_s = self.costs.gpu_call_s(gpu, tuple(run)) if run else 0.0
         end = start
         if gpu_s > 0:
             end = start + gpu_s
             self.rec.span(call.step, gpu, f"experts L{col}", start, gpu_s, experts=used,
                           waited_s=start - call.phase_start)
         self.rec.busy_s[call.step, col, g] += gpu_s
-        self.rec.tokens[call.step, col, g] += int(run.sum())
-        if sides:
-            self.clock.run_while(lambda: any(sc.end_s is None for sc in sides))
-            end = max(end, *(sc.end_s for sc in sides))  # type: ignore[type-var]
+        self.rec.tokens[call.step, col, g] += int(sum(run))
+        for sc in sides:
+            while sc.end_s is None:
+                clock.step()
+            end = max(end, sc.end_s)
         return end
