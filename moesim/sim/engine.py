@@ -96,7 +96,8 @@ class Machine:
         self.forward = (Forwarding(*forwarding(self.cluster, self.devices))
                         if self.a2a.forwards and self.G > 1 else None)
         self.coster = StepCoster(cost, self.devices, phase=cfg.phase, overlap_chunks=n_chunks, a2a=self.a2a,
-                                 parallel=self.parallel, runtime=self.runtime)
+                                 parallel=self.parallel, runtime=self.runtime,
+                                 expert_calls=self.cache.policy == CachePolicy.NONE)
         self.layer_ids = np.arange(cfg.model.num_layers)
         self.moe_cols = np.asarray(cfg.model.moe_layers, dtype=np.int64)
         self.is_moe = self.coster.is_moe

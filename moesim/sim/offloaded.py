@@ -92,8 +92,10 @@ class OffloadedRun:
             req_experts = self.placement[req_m, req_g, req_s].astype(np.int64)
             req_ids, req_tokens = req_experts.tolist(), st.slots[req_m, req_g, req_s].astype(float).tolist()
             bounds = np.searchsorted(req_m * G + req_g, np.arange(st.slots.shape[0] * G + 1)).tolist()
+            starts = [0.0] * self.num_layers
+            phases = [(0.0, 0.0, 0.0)] * self.num_layers
             for col in range(self.num_layers):
-                r.layer_start_s[s, col] = now
+                starts[col] = now
                 if s < r.timeline_steps:
                     for g, dev in enumerate(self.devices):
                         r.span(s, dev, f"attention L{col}", now, float(c.pre[i][col, g]), layer=col)
@@ -108,8 +110,8 @@ class OffloadedRun:
                 calls = []
                 for g in range(G):  # the layer's requests (an empty one still advances Belady's clock)
                     lo, hi = bounds[m * G + g], bounds[m * G + g + 1]
-                    hit = self.store.access(m, g, req_experts[lo:hi])
-                    calls.append((g, req_ids[lo:hi], req_tokens[lo:hi], hit))
+                    ids = req_ids[lo:hi]
+                    calls.append((g, ids, req_tokens[lo:hi], self.store.access(m, g, ids)))
                 if m + 1 < len(self.moe_cols) and self.prefetcher is not None:
                     self._prefetch(s, m, st.ids, st.slots, now)
                 begun = [self.experts.begin(s, m, g, experts, tokens, phase_start, hit)
@@ -120,7 +122,9 @@ class OffloadedRun:
                     self.store.release(m, g)
                 t1 = now
                 now += float(c.combine[i, m])
-                r.phase_s[s, col, 1:] = (phase_start - t0, t1 - phase_start, now - t1)
+                phases[col] = (phase_start - t0, t1 - phase_start, now - t1)
+            r.layer_start_s[s] = starts
+            r.phase_s[s, :, 1:] = phases
             r.step_end_s[s] = now
         clock.run_all()
 

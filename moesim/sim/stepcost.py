@@ -68,8 +68,11 @@ class StepCoster:
 
     def __init__(self, cost: Any, devices: tuple[str, ...], *, phase: str, overlap_chunks: int = 1,
                  a2a: AllToAllSpec | None = None, parallel: Parallelism | None = None,
-                 runtime: Runtime | None = None):
+                 runtime: Runtime | None = None, expert_calls: bool = True):
+        """``expert_calls``: price the lockstep grouped expert calls (an offloaded run times its
+        calls itself; its ``ChunkCosts.expert`` is then zeros)."""
         self.cost = cost
+        self.expert_calls = expert_calls
         self.pre = PreCoster(cost, devices, phase=phase, parallel=parallel, runtime=runtime)
         self.model = cost.model
         self.devices = devices
@@ -107,6 +110,8 @@ class StepCoster:
         counts, so rows are sorted and de-duplicated per spec before the cost model sees them
         (decode steps repeat the same few rows thousands of times)."""
         S, L, G, J = slot_tokens.shape
+        if not self.expert_calls:
+            return np.zeros((S, L, G))
         rows = np.sort(slot_tokens.reshape(S * L, G, J), axis=2)
         out = np.zeros((S * L, G))
         for spec in np.unique(self._spec_index):

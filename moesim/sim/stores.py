@@ -77,17 +77,17 @@ class ExpertStore(ABC):
         """The store for ``cache`` on a run shaped like ``inputs``."""
 
     @abstractmethod
-    def _lookup(self, layer: int, device: int, experts: np.ndarray) -> np.ndarray:
-        """Bool hit mask of ``experts`` (unique ids, requested together); updates the cache."""
+    def _lookup(self, layer: int, device: int, experts: list[int]) -> list[bool]:
+        """Hit of each of ``experts`` (unique ids, requested together); updates the cache."""
 
     @abstractmethod
     def resident(self, layer: int, device: int, expert: int) -> bool:
         """Whether ``expert``'s weights are (or are being copied) in ``device``'s memory."""
 
-    def access(self, layer: int, device: int, experts: np.ndarray) -> np.ndarray:
-        """Request ``experts`` (unique ids) together; bool hit mask aligned with them."""
+    def access(self, layer: int, device: int, experts: list[int]) -> list[bool]:
+        """Request ``experts`` (unique ids) together; the hit of each."""
         mask = self._lookup(layer, device, experts)
-        self.hits += int(mask.sum())
+        self.hits += sum(mask)
         self.requests += len(experts)
         if self.audit:
             self._audit(layer, device)
@@ -119,8 +119,8 @@ class AllResident(ExpertStore):
     def build(cls, cache: CachePlan, inputs: StoreInputs) -> ExpertStore:
         return cls()
 
-    def _lookup(self, layer: int, device: int, experts: np.ndarray) -> np.ndarray:
-        return np.ones(len(experts), dtype=bool)
+    def _lookup(self, layer: int, device: int, experts: list[int]) -> list[bool]:
+        return [True] * len(experts)
 
     def resident(self, layer: int, device: int, expert: int) -> bool:
         return True
@@ -160,9 +160,9 @@ class PinnedStore(ExpertStore):
                             "layers", field="cache.resident")
         return cls(resident)
 
-    def _lookup(self, layer: int, device: int, experts: np.ndarray) -> np.ndarray:
+    def _lookup(self, layer: int, device: int, experts: list[int]) -> list[bool]:
         pinned = self.pinned[layer]
-        return np.array([int(e) in pinned for e in experts], dtype=bool)
+        return [int(e) in pinned for e in experts]
 
     def resident(self, layer: int, device: int, expert: int) -> bool:
         return int(expert) in self.pinned[layer]
@@ -199,9 +199,12 @@ class EvictingStore(ExpertStore):
     def _cache(self, layer: int, device: int) -> ExpertCache:
         return self.caches[0 if self.scope == CacheScope.GLOBAL else layer][device]
 
-    def _keys(self, layer: int, experts: np.ndarray) -> list[int]:
-        offset = layer * self.num_experts if self.scope == CacheScope.GLOBAL else 0
-        return [int(e) + offset for e in np.asarray(experts).tolist()]
+    def _keys(self, layer: int, experts: np.ndarray | list[int]) -> list[int]:
+        ids = experts if isinstance(experts, list) else np.asarray(experts).tolist()
+        if self.scope != CacheScope.GLOBAL:
+            return [int(e) for e in ids]
+        offset = layer * self.num_experts
+        return [int(e) + offset for e in ids]
 
     def _protected(self, layer: int, device: int) -> set[int]:
         """Keys no eviction in ``layer``'s cache may take now."""
@@ -213,10 +216,10 @@ class EvictingStore(ExpertStore):
                 out |= keys
         return out
 
-    def _lookup(self, layer: int, device: int, experts: np.ndarray) -> np.ndarray:
+    def _lookup(self, layer: int, device: int, experts: list[int]) -> list[bool]:
         keys = self._keys(layer, experts)
         self.held.pop((layer, device), None)  # the prefetches for this request are used (or wasted)
-        mask = self._cache(layer, device).access(keys, protect=self._protected(layer, device))
+        mask = self._cache(layer, device).request(keys, protect=self._protected(layer, device))
         if keys:
             self.held[(layer, device)] = set(keys)  # in use until the layer's experts have run
         return mask
@@ -225,7 +228,8 @@ class EvictingStore(ExpertStore):
         self.held.pop((layer, device), None)
 
     def resident(self, layer: int, device: int, expert: int) -> bool:
-        return self._cache(layer, device).contains(self._keys(layer, np.array([expert]))[0])
+        offset = layer * self.num_experts if self.scope == CacheScope.GLOBAL else 0
+        return self._cache(layer, device).contains(int(expert) + offset)
 
     def prefetch(self, layer: int, device: int, experts: np.ndarray) -> np.ndarray:
         keys = self._keys(layer, experts)

@@ -43,7 +43,7 @@ def _check(policy: str, capacity: int) -> None:
 def _unique_valid(requested: np.ndarray | Sequence[int]) -> list[int]:
     """Ids >= 0 without duplicates, in order of first appearance."""
     seen: dict[int, None] = {}
-    for x in np.asarray(requested).ravel().tolist():
+    for x in requested if isinstance(requested, list) else np.asarray(requested).ravel().tolist():
         if x >= 0:
             seen.setdefault(int(x), None)
     return list(seen)
@@ -97,14 +97,20 @@ class ExpertCache:
                ) -> np.ndarray:
         """Request experts together; bool hit mask aligned with the unique ids >= 0 in first-seen order.
         ``protect``: residents not to evict either (a simulator's experts held for later use)."""
-        ids = _unique_valid(requested)
+        return np.array(self.request(_unique_valid(requested), protect), dtype=bool)
+
+    def request(self, ids: list[int], protect: frozenset[int] | set[int] = frozenset()) -> list[bool]:
+        """:meth:`access` of ``ids`` already unique and >= 0 (a list): the hit of each."""
         now = self.step
-        hits = np.array([e in self._resident for e in ids], dtype=bool)
+        resident = self._resident
+        hits = [e in resident for e in ids]
+        last, count = self._last, self._count
         for e in ids:
-            self._last[e] = now
-            self._count[e] = self._count.get(e, 0) + 1
-        self._resident.update(ids)
-        self._evict_to_capacity(set(ids) | set(protect), now)
+            last[e] = now
+            count[e] = count.get(e, 0) + 1
+        resident.update(ids)
+        if len(resident) > self.capacity:
+            self._evict_to_capacity(set(ids) | set(protect), now)
         self.step += 1
         return hits
 

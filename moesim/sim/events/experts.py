@@ -97,14 +97,13 @@ class OffloadedExperts:
         return run
 
     def begin(self, step: int, m: int, g: int, experts: list[int], tokens: list[float],
-              phase_start: float, hit: np.ndarray) -> Call:
+              phase_start: float, hits: list[bool]) -> Call:
         """Start running ``experts`` (unique ids) with ``tokens`` pairs each on GPU ``g`` at MoE
-        layer row ``m`` when the layer's dispatch ends (``phase_start``), ``hit`` their mask from
+        layer row ``m`` when the layer's dispatch ends (``phase_start``), ``hits`` theirs from
         the store's request: queue its copies and side runs."""
         fetcher, now = self.fetcher, phase_start
         gpu = self.devices[g]
         keep = self.store.keeps_misses
-        hits = hit.tolist()
         ready = fetcher.ready
         # misses, and hits whose weights are still on the wire, go where the miss mode says: a
         # waiting mode copies a miss (waits for a late hit's copy), the others run them beside
