@@ -113,7 +113,9 @@ class OffloadedRun:
                     ids = req_ids[lo:hi]
                     calls.append((g, ids, req_tokens[lo:hi], self.store.access(m, g, ids)))
                 if m + 1 < len(self.moe_cols) and self.prefetcher is not None:
-                    self._prefetch(s, m, st.ids, st.slots, now)
+                    nxt = (m + 1) * G
+                    truth = [req_ids[bounds[nxt + g]:bounds[nxt + g + 1]] for g in range(G)]
+                    self._prefetch(s, m, st.ids, truth, now)
                 begun = [self.experts.begin(s, m, g, experts, tokens, phase_start, hit)
                          for g, experts, tokens, hit in calls if len(experts)]
                 for call in begun:
@@ -128,18 +130,17 @@ class OffloadedRun:
             r.step_end_s[s] = now
         clock.run_all()
 
-    def _prefetch(self, s: int, m: int, ids: np.ndarray, slots: np.ndarray, now: float) -> None:
-        """Issue next-layer prefetches for each GPU and score them against its true requests."""
+    def _prefetch(self, s: int, m: int, ids: np.ndarray, truth: list[list[int]], now: float) -> None:
+        """Issue next-layer prefetches for each GPU and score them against its true requests ``truth``."""
         assert self.prefetcher is not None
-        truth = [self.placement[m + 1, g, np.flatnonzero(slots[m + 1, g] > 0)].astype(np.int64)
-                 for g in range(len(self.devices))]
         guesses = self.prefetcher.next_layer(m, ids[:, m, :], truth, self.placement[m + 1])
         dtype = self.miss.fetch_dtype()
         for g, (predicted, requested) in enumerate(zip(guesses, truth, strict=True)):
             self.score.add(predicted, requested)
             loads = self.store.prefetch(m + 1, g, predicted)
-            for e in predicted[loads].tolist():
-                self.fetcher.fetch(s, m + 1, g, e, now, keep=True, dtype=dtype, prefetch=True)
+            for e, load in zip(predicted, loads, strict=True):
+                if load:
+                    self.fetcher.fetch(s, m + 1, g, e, now, keep=True, dtype=dtype, prefetch=True)
 
     def info(self) -> dict[str, Any]:
         """The summary's ``cache`` fields of an offloaded run."""

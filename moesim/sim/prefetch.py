@@ -21,10 +21,10 @@ class PrefetchScore:
         self.requested = 0
         self.correct = 0
 
-    def add(self, predicted: np.ndarray, requested: np.ndarray) -> None:
+    def add(self, predicted: Sequence[int], requested: Sequence[int]) -> None:
         self.predicted += len(predicted)
         self.requested += len(requested)
-        self.correct += len(np.intersect1d(predicted, requested))
+        self.correct += len(set(predicted) & set(requested))
 
     def as_dict(self) -> dict[str, float | None]:
         return {
@@ -37,8 +37,8 @@ class Prefetcher(ABC):
     """One prefetch mode."""
 
     @abstractmethod
-    def next_layer(self, layer: int, ids: np.ndarray, requested: Sequence[np.ndarray],
-                   placement: np.ndarray) -> list[np.ndarray]:
+    def next_layer(self, layer: int, ids: np.ndarray, requested: Sequence[list[int]],
+                   placement: np.ndarray) -> list[list[int]]:
         """Per GPU, the experts to load for MoE layer ``layer + 1``: ``ids`` [B, K] the step's
         experts at ``layer``, ``requested[g]`` what GPU g will request there, ``placement`` [G, S]
         its slots there."""
@@ -47,8 +47,8 @@ class Prefetcher(ABC):
 class OraclePrefetch(Prefetcher):
     """``oracle``: exactly the experts that will be requested (an upper bound)."""
 
-    def next_layer(self, layer: int, ids: np.ndarray, requested: Sequence[np.ndarray],
-                   placement: np.ndarray) -> list[np.ndarray]:
+    def next_layer(self, layer: int, ids: np.ndarray, requested: Sequence[list[int]],
+                   placement: np.ndarray) -> list[list[int]]:
         return list(requested)
 
 
@@ -58,11 +58,24 @@ class PredictorPrefetch(Prefetcher):
 
     def __init__(self, transitions: Transitions, top_k: int):
         self.transitions, self.top_k = transitions, top_k
+        self._top: dict[tuple[int, tuple[int, ...]], list[int]] = {}
+        """A token's predicted experts per (layer, its experts sorted): the score is a sum over them."""
 
-    def next_layer(self, layer: int, ids: np.ndarray, requested: Sequence[np.ndarray],
-                   placement: np.ndarray) -> list[np.ndarray]:
-        guess = self.transitions.predict_set(layer, ids, self.top_k)
-        return [np.intersect1d(guess, placement[g]) for g in range(len(requested))]
+    def _token_top(self, layer: int, row: list[int]) -> list[int]:
+        key = (layer, tuple(sorted(row)))
+        top = self._top.get(key)
+        if top is None:
+            top = self._top[key] = [e for e in self.transitions.predict(layer, np.array([row]), self.top_k)[0]
+                                    .tolist() if e >= 0]
+        return top
+
+    def next_layer(self, layer: int, ids: np.ndarray, requested: Sequence[list[int]],
+                   placement: np.ndarray) -> list[list[int]]:
+        if layer >= self.transitions.num_pairs:
+            return [[] for _ in requested]
+        guess = sorted({e for row in ids.tolist() for e in self._token_top(layer, row)})
+        held = [set(placement[g].tolist()) for g in range(len(requested))]
+        return [[e for e in guess if e in held[g]] for g in range(len(requested))]
 
 
 Fit = Callable[[], Transitions]

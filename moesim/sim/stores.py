@@ -93,10 +93,10 @@ class ExpertStore(ABC):
             self._audit(layer, device)
         return mask
 
-    def prefetch(self, layer: int, device: int, experts: np.ndarray) -> np.ndarray:
-        """Hold ``experts`` for ``layer``'s next request and load those not resident; bool mask of
-        the ones that need a transfer (none for stores that never load ahead)."""
-        return np.zeros(len(experts), dtype=bool)
+    def prefetch(self, layer: int, device: int, experts: list[int]) -> list[bool]:
+        """Hold ``experts`` for ``layer``'s next request and load those not resident; whether each
+        needs a transfer (none for stores that never load ahead)."""
+        return [False] * len(experts)
 
     def release(self, layer: int, device: int) -> None:  # noqa: B027 (nothing held by default)
         """``device`` has run ``layer``'s requested experts: they may be evicted again."""
@@ -231,12 +231,12 @@ class EvictingStore(ExpertStore):
         offset = layer * self.num_experts if self.scope == CacheScope.GLOBAL else 0
         return self._cache(layer, device).contains(int(expert) + offset)
 
-    def prefetch(self, layer: int, device: int, experts: np.ndarray) -> np.ndarray:
+    def prefetch(self, layer: int, device: int, experts: list[int]) -> list[bool]:
         keys = self._keys(layer, experts)
         self.held.setdefault((layer, device), set()).update(keys)  # all held before any is loaded
         protect = self._protected(layer, device)
         cache = self._cache(layer, device)
-        loads = np.array([cache.insert(k, protect) for k in keys], dtype=bool)
+        loads = [cache.insert(k, protect) for k in keys]
         if self.audit:
             self._audit(layer, device)
         return loads
