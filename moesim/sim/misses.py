@@ -175,6 +175,9 @@ class AutoMiss(MissHandler):
 
     def __init__(self, handlers: Sequence[MissHandler]):
         self.handlers = tuple(handlers)
+        self._chosen: dict[tuple, list[MissHandler]] = {}
+        """Choices per (costs, GPU, tokens, hit tokens, activation bytes, backlog): a decode run asks
+        the same few thousand times."""
 
     @classmethod
     def build(cls, setup: MissSetup) -> MissHandler:
@@ -189,6 +192,15 @@ class AutoMiss(MissHandler):
                act_bytes: float, link_backlog_s: float = 0.0) -> list[MissHandler]:
         if not len(tokens):
             return []
+        key = (id(costs), gpu, tuple(tokens.tolist()), tuple(hit_tokens.tolist()), act_bytes, link_backlog_s)
+        chosen = self._chosen.get(key)
+        if chosen is None:
+            chosen = self._choose(costs, gpu, tokens, hit_tokens, act_bytes, link_backlog_s)
+            self._chosen[key] = chosen
+        return list(chosen)
+
+    def _choose(self, costs: OffloadCosts, gpu: str, tokens: np.ndarray, hit_tokens: np.ndarray,
+                act_bytes: float, link_backlog_s: float) -> list[MissHandler]:
         link = [h for h in self.handlers if h.waits_for_fetch]
         fetch_s = {h: costs.fetch_s(gpu, h.fetch_dtype()) for h in link}
         best = min(link, key=lambda h: fetch_s[h])  # ties: the first, full-precision fetch
