@@ -1,6 +1,13 @@
 """Benchmark: ``moesim trace stats`` throughput (token x layer per second) and peak memory.
 
     python benchmarks/bench_trace_stats.py [--shared PATH] [--tokens 10000000] [--skip-large]
+    python benchmarks/bench_trace_stats.py --stats-cli [--baseline REV] [--repeat 2]
+
+``--stats-cli``: the issue's target, the whole ``moesim trace stats`` command on the shared trace
+(every row, C = 6, 12, 24, all three policies) in CPU seconds of a child process, against the tree
+of a baseline commit (``git archive REV moesim`` under /tmp, first on PYTHONPATH) in the same run,
+outputs compared. Measured 2026-12-05 (speed2, numba installed, load average 3-9 from other jobs):
+see the figures at the end of this docstring.
 
 1. the largest shared real trace (DeepSeek-V2-Lite Puffin prefill, 192,023 tokens x 26 layers x 6):
    all statistics, and the three cache policies at C = 6, 12, 24 over all rows;
@@ -106,12 +113,62 @@ def bench(path: Path, label: str, cache_tokens: int, sizes: list[int]) -> None:
           f"caches vs the per-step reference: {c / r:.1f}x")
 
 
+CLI = "import sys; from moesim.cli import main; sys.argv = ['moesim', *sys.argv[1:]]; main()"
+
+
+def cli_stats(path: Path, pythonpath: str) -> tuple[float, dict]:
+    """CPU seconds (user + system, start-up included) of ``moesim trace stats PATH --cache-sizes
+    6,12,24 --json`` run from the tree on ``pythonpath``, and its output."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    out = subprocess.run([sys.executable, "-c", CLI, "trace", "stats", str(path), "--cache-sizes", "6,12,24",
+                          "--json"], check=True, capture_output=True, text=True, cwd=tempfile.gettempdir(),
+                         env={**os.environ, "PYTHONPATH": pythonpath})
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime), json.loads(out.stdout)
+
+
+def close(a: object, b: object, rel: float = 1e-12) -> bool:
+    """Equal JSON, floats within ``rel`` (the integer-count consecutive overlap)."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(close(a[k], b[k], rel) for k in a)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(close(x, y, rel) for x, y in zip(a, b, strict=True))
+    if isinstance(a, float) and isinstance(b, float):
+        return a == b or (a != a and b != b) or abs(a - b) <= rel * max(abs(a), abs(b))
+    return a == b
+
+
+def bench_cli(path: Path, baseline: str, repeat: int) -> None:
+    """The issue's target: the whole CLI command on the shared trace, this tree against ``baseline``."""
+    with tempfile.TemporaryDirectory(prefix="moesim-baseline-") as base:
+        archive = subprocess.run(["git", "archive", baseline, "moesim"], check=True, capture_output=True,
+                                 cwd=REPO).stdout
+        subprocess.run(["tar", "-x", "-C", base], input=archive, check=True)
+        old = [cli_stats(path, base) for _ in range(repeat)]
+        new = [cli_stats(path, str(REPO)) for _ in range(repeat)]
+    t_old, t_new = min(c for c, _ in old), min(c for c, _ in new)
+    same = all(close(o, old[0][1]) for _, o in old + new)
+    print(f"moesim trace stats {path.name} --cache-sizes 6,12,24 (all three policies, every row): "
+          f"{t_old:.2f} CPU s at {baseline}, {t_new:.2f} CPU s here ({t_old / t_new:.2f}x); "
+          f"same output (floats within 1e-12): {same}; load average {os.getloadavg()[0]:.1f}")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shared", type=Path, default=DEFAULT_SHARED, help="largest shared trace")
+    ap.add_argument("--stats-cli", action="store_true",
+                    help="only the CLI command on the shared trace, against --baseline in the same run")
+    ap.add_argument("--baseline", default="ddc1ff0", help="baseline commit of --stats-cli (default ddc1ff0)")
+    ap.add_argument("--repeat", type=int, default=2, help="--stats-cli runs per tree (the best is kept)")
     ap.add_argument("--tokens", type=int, default=10_000_000, help="tokens of the synthetic trace")
     ap.add_argument("--skip-large", action="store_true", help="only the shared trace")
     args = ap.parse_args()
+    if args.stats_cli:
+        if not args.shared.exists():
+            print(f"shared trace {args.shared} not found; skipped")
+            return 0
+        bench_cli(args.shared, args.baseline, args.repeat)
+        return 0
     if args.shared.exists():
         bench(args.shared, "shared real trace", 0, [6, 12, 24])
     else:
