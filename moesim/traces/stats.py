@@ -86,8 +86,10 @@ def local_consistency(
             seg = seg_of_row[a:b] - seg_of_row[a]
             nseg = int(seg[-1]) + 1
             valid = ids >= 0
+            whole = bool(valid.all())  # no -1: the keys need no mask (and the weights none either)
             # one histogram per (layer, segment) over experts, all layers at once
-            key = ((np.arange(layers)[None, :, None] * nseg + seg[:, None, None]) * e + ids)[valid]
+            key = (np.arange(layers)[None, :, None] * nseg + seg[:, None, None]) * e + ids
+            key = key.ravel() if whole else key[valid]
             counts = np.bincount(key, minlength=layers * nseg * e).reshape(layers * nseg, e)
             sc = _top_sorted(counts, top)
             for c in sizes:
@@ -97,7 +99,8 @@ def local_consistency(
                 covered_w += float(sc[:, :k].sum())
                 total_w += float(counts.sum())
             else:
-                w = np.nan_to_num(np.asarray(sub.gate_weights[a:b], np.float64))[valid]
+                w = np.nan_to_num(np.asarray(sub.gate_weights[a:b], np.float64))
+                w = w.ravel() if whole else w[valid]
                 weights = np.bincount(key, weights=w, minlength=layers * nseg * e).reshape(layers * nseg, e)
                 covered_w += float(_top_sorted(weights, k).sum())
                 total_w += float(weights.sum())

@@ -388,7 +388,8 @@ class RoutingTrace:
         for w in range(windows):
             for a, b in row_chunks(int(bounds[w + 1] - bounds[w]), row_bytes):
                 ids = np.asarray(self.expert_ids[bounds[w] + a : bounds[w] + b], dtype=np.int64)
-                flat = (ids + offsets)[ids >= 0]
+                flat = ids + offsets
+                flat = flat.ravel() if ids.min(initial=0) >= 0 else flat[ids >= 0]  # no mask unless a -1
                 out[w] += np.bincount(flat, minlength=layers * e).reshape(layers, e)
                 release_pages(self.expert_ids)
         return out
