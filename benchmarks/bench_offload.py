@@ -14,8 +14,19 @@ layer, misses on the CPU, 3,000 decode steps), the same with misses fetched over
 predictor prefetching the next layer, and DeepSeek-V2-Lite on the eight-GPU L4 server (batch 8,
 Belady, ``auto`` misses).
 
-Measured 2026-12-05 on the shared 2-core VM (load average 6-9 from other jobs; CPU seconds, best
-of 3): see docs/performance.md for the table.
+Measured 2026-12-05 on the shared 2-core VM (speed2 branch, load average 1.6-5.8 from other jobs;
+CPU seconds, best of 2-3 per tree, same summaries in every run):
+
+    case               baseline ddc1ff0   this tree   ratio
+    readme                   9.6-10.7      2.9-3.0    3.27-3.36x
+    fetch-predictor         16.1-16.7      4.6-4.8    3.37-3.65x
+    l4-belady-auto          11.1-11.7      4.6-5.9    1.97-2.44x
+
+Where the readme case's time went before: one SimPy process per weight copy, expert call and CPU
+run (SimPy's queue and event objects), numpy on 1-3 element arrays per call, and the lockstep
+expert-call costing the offloaded run never used. Now: lanes on one heap (sim/resources.py), Python
+lists per call, costs remembered per token tuple, the predictor per token's experts. The golden test
+(tests/test_offload_golden.py) holds 218 runs to the baseline's outputs bit for bit.
 """
 
 from __future__ import annotations
