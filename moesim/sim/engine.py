@@ -3,9 +3,10 @@
 One step, per layer: attention, router (and shared experts) on each GPU -> dispatch all-to-all ->
 expert compute on each device holding a chosen replica -> combine all-to-all. Durations come from
 the cost model, computed for a chunk of steps at once in numpy (:mod:`moesim.sim.stepcost`). When
-the GPUs proceed in lockstep there is one SimPy event per (step, layer); with offloading each GPU's
-experts are their own process (fetches queue on its PCIe link; :mod:`moesim.sim.offloaded`), and
-with overlap each micro-batch is one (:mod:`moesim.sim.events`). Never an event per token.
+the GPUs proceed in lockstep there is one SimPy event per (step, layer), and with overlap one process
+per micro-batch (:mod:`moesim.sim.events`); with offloading each GPU's expert call is timed on a
+plain clock, its fetches and CPU/PIM runs queued on resource lanes (:mod:`moesim.sim.offloaded`,
+:mod:`moesim.sim.resources`). Never an event per token.
 """
 
 from __future__ import annotations

@@ -1,1 +1,1 @@
-"""SimPy processes, one module per kind of event: weight fetches, offloaded experts, overlapped MoE."""
+"""One module per kind of event: offloaded expert calls (lane jobs on a clock), overlapped MoE (SimPy)."""
