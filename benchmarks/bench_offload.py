@@ -3,7 +3,8 @@ tree against a baseline commit extracted into a temporary folder, in the same ru
 
     python benchmarks/bench_offload.py [--baseline REV] [--repeat 3] [--only readme]
 
-The baseline (default ``ddc1ff0``: one SimPy process per fetch, per expert call and per side run)
+The baseline (default ``a49d8c6``, main before this change: one SimPy process per fetch, per expert
+call and per side run; the figures below were taken against ddc1ff0, the same offloaded path)
 is ``git archive REV moesim`` unpacked under /tmp and imported first on ``PYTHONPATH``. Each case
 runs in a fresh child process per repeat; the CPU seconds (user + system, from
 ``RUSAGE_CHILDREN``) include the start-up, so they are what a user waits for. The JSON summaries of
@@ -70,7 +71,7 @@ def run(args: list[str], pythonpath: str | None) -> tuple[float, dict]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--baseline", default="ddc1ff0", help="commit of the baseline tree (default ddc1ff0)")
+    ap.add_argument("--baseline", default="a49d8c6", help="commit of the baseline tree (default a49d8c6)")
     ap.add_argument("--repeat", type=int, default=3, help="runs per case and tree; the best is kept")
     ap.add_argument("--only", choices=sorted(CASES), action="append", help="run only these cases")
     args = ap.parse_args()

@@ -161,7 +161,7 @@ def main() -> int:
     ap.add_argument("--shared", type=Path, default=DEFAULT_SHARED, help="largest shared trace")
     ap.add_argument("--stats-cli", action="store_true",
                     help="only the CLI command on the shared trace, against --baseline in the same run")
-    ap.add_argument("--baseline", default="ddc1ff0", help="baseline commit of --stats-cli (default ddc1ff0)")
+    ap.add_argument("--baseline", default="a49d8c6", help="baseline commit of --stats-cli (default a49d8c6)")
     ap.add_argument("--repeat", type=int, default=2, help="--stats-cli runs per tree (the best is kept)")
     ap.add_argument("--tokens", type=int, default=10_000_000, help="tokens of the synthetic trace")
     ap.add_argument("--skip-large", action="store_true", help="only the shared trace")

@@ -134,7 +134,8 @@ def test_ctrl_c_leaves_a_dataset_the_rerun_completes(tmp_path: Path) -> None:
     import signal
     import time
 
-    (tmp_path / "spec.yaml").write_text(SPEC.replace("steps: 8", "steps: 512").replace(
+    # cells of ~2 s each, so the SIGINT below lands inside them
+    (tmp_path / "spec.yaml").write_text(SPEC.replace("steps: 8", "steps: 2048").replace(
         "[11 GiB, 16 GiB]", "[11 GiB, 13 GiB, 16 GiB]"))
     argv = [sys.executable, "-m", "moesim", "sweep", "spec.yaml", "--out", "ds", "--workers", "2"]
     proc = subprocess.Popen(argv, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
