@@ -23,6 +23,9 @@ CPU seconds, best of 2-3 per tree, same summaries in every run):
     fetch-predictor         16.1-16.7      4.6-4.8    3.37-3.65x
     l4-belady-auto          11.1-11.7      4.6-5.9    1.97-2.44x
 
+After the rebase on a49d8c6 (the default baseline), load average 1.5, best of 2: readme 10.46 ->
+3.16 CPU s (3.30x), fetch-predictor 17.04 -> 5.24 (3.25x), l4-belady-auto 11.63 -> 4.99 (2.33x).
+
 Where the readme case's time went before: one SimPy process per weight copy, expert call and CPU
 run (SimPy's queue and event objects), numpy on 1-3 element arrays per call, and the lockstep
 expert-call costing the offloaded run never used. Now: lanes on one heap (sim/resources.py), Python

@@ -8,7 +8,8 @@
 of a baseline commit (``git archive REV moesim`` under /tmp, first on PYTHONPATH) in the same run,
 outputs compared. Measured 2026-12-05 (speed2, numba installed, load average 1.5-3.5 from other
 jobs): 7.97-8.93 CPU s here against 11.75-12.03 CPU s at ddc1ff0 in the same runs (1.35-1.48x),
-outputs equal (consecutive_overlap within 1e-13 relative: now the integer count / K / pairs). Of
+outputs equal (consecutive_overlap within 1e-13 relative: now the integer count / K / pairs);
+against a49d8c6 after the rebase: 12.86 -> 8.71 CPU s (1.48x), load average 1.2. Of
 the 8 s: LFU and Belady caches ~2 s each, local consistency ~1.3 s, LRU ~0.8 s, imports and
 loading ~1 s, transition counts and reuse distances 0.2-0.3 s each (2.1 and 2.2 s in numpy).
 
