@@ -66,7 +66,7 @@ def cases() -> Iterator[Case]:
     for policy, miss, prefetch in itertools.product(("lru", "belady", "static"), ("fetch", "cpu", "auto"),
                                                     ("none", "predictor")):
         yield Case(*l4, 64, 8, policy, miss, prefetch, 6)
-    duplex = ("h100-duplex", "mixtral-8x7b", None, "mixtral-8x7b-synth")
+    duplex = ("h100-duplex", "mixtral-8x7b", "fp8", "mixtral-8x7b-synth")  # fp8: every GPU holds 2 per layer
     for policy, miss in itertools.product(("lru", "lfu"), ("pim", "auto")):
         yield Case(*duplex, 64, 8, policy, miss, "oracle", 2)
     for policy, miss in itertools.product(("lru", "belady"), ("fetch", "cpu")):
