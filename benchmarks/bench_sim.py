@@ -19,6 +19,21 @@ The figures above are the `flat` all-to-all (the default of this script). The ot
 steps at batch 256 in one process on the same VM (CPU seconds of the run): flat 0.79-0.90 s,
 low-latency 0.80-0.93 s (its fp8 dispatch and bf16 combine are evaluated apart), hierarchical
 1.40-1.42 s (per-token de-duplication in the compiled counting).
+
+Why later mains read lower (bisected 2026-12-05, batch 256, 300 steps, flat; CPU s of one run after
+the 2-step warm-up as this script times it / best of two more runs; two rounds, same VM, load ~1):
+  6065362 (figures above)       5.777 sim s   0.83-1.06 / 0.64-0.74 CPU s
+  dd9ded6 (b-workflows, e-robust) 5.777       0.81-1.04 / 0.65-0.69
+  9d70917 (comm: a2a modes)      5.645        1.16-1.30 / 0.79-0.85  FP8 dispatch, BF16 combine:
+                                              the combine is timed apart (2x node-time passes)
+  0bf96a9 (fidelity: dtypes)     4.363        1.07-1.08 / 0.82-0.91  FP8 weights: 23% less simulated
+  010c594 .. af2e50a (main)      4.555        1.16-1.42 / 0.81-0.92  (LM head; op-class pre-dispatch)
+  this commit                    4.555        1.16-1.18 / 0.72-0.84
+So the figure fell ~1.3x from CPU time and ~1.27x from the simulated time itself (fidelity's pricing),
+and 300 steps read lower than 1,000 (the first run's allocations and the timeline are per run). This
+commit times the combine on the dispatch's own node counts (no transposed copies) and sums the
+busiest GPU's copies only when a mode charges per copy: summaries bit-identical. Batch 1: 6065362
+0.46-0.48 CPU s warm (4.59 simulated s), main 0.70-0.72 (3.48 s), this commit 0.61-0.64.
 """
 
 from __future__ import annotations

@@ -68,3 +68,41 @@ def test_combine_shortcut_matches_evaluated_combine():
     b = rng.integers(0, 50, size=(20, 16, 16)) * model.activation_bytes_per_token * sparse
     forward = cost.all_to_all_s(devices, b)
     assert np.allclose(forward, cost.all_to_all_s(devices, b.transpose(0, 2, 1)), rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("mode,message_s", [("flat", 0.0), ("low-latency", 0.0), ("low-latency", 1e-7)])
+def test_combine_from_dispatch_counts_equals_transposed_counts(mode, message_s):
+    """Over mirrored routes the combine of integer node-level counts is timed on the dispatch's own
+    [G, N] / [N, G] arrays (no transposed copies) and gives exactly the floats of the transposed
+    counts, also when the dispatch (FP8) and the combine (BF16) weigh differently per copy."""
+    from dataclasses import replace
+
+    from moesim.cost import CostModel
+    from moesim.cost.a2a import AllToAllSpec
+    from moesim.sim.a2atimes import AllToAllTimer
+
+    model, cluster = load_model("deepseek-v3"), load_cluster("h100x8x4", nodes=4)
+    cost = CostModel(cluster, model)
+    devices = tuple(d.id for d in cluster.gpus)
+    spec = replace(AllToAllSpec.for_model(model, mode), message_s=message_s)  # per copy of the busiest GPU
+    assert spec.dispatch_bytes != spec.combine_bytes
+    timer = AllToAllTimer(cost, devices, spec)
+    assert timer.routes_mirrored and not timer.mirrored
+    node_of, _ = cost.forwarding(devices)
+    G, N = len(devices), int(node_of.max()) + 1
+    onehot = np.eye(N, dtype=np.int64)[node_of]  # [G, N]
+    rng = np.random.default_rng(3)
+    pairs = rng.integers(0, 40, size=(3, 5, G, G)) * (rng.random((3, 5, G, G)) < 0.2)
+    pairs[0, 0] = 0  # a call that sends nothing
+    pairs[0, 1] = 0
+    pairs[0, 1, 0, 1] = 7  # one copy inside a node
+    pairs[..., np.arange(G), np.arange(G)] = 0
+    rows = pairs @ onehot  # [S, L, G, N]: copies from each GPU to each node
+    cols = np.swapaxes(np.swapaxes(pairs, 2, 3) @ onehot, 2, 3)  # [S, L, N, G]: into each GPU
+    rows_t, cols_t = cols.transpose(0, 1, 3, 2), rows.transpose(0, 1, 3, 2)  # the combine's counts
+    got = timer.combine_nodes(rows, cols)
+    assert np.array_equal(got, timer.nodes(rows_t, cols_t, spec.combine_bytes))
+    assert np.allclose(got, timer.pairs(pairs.transpose(0, 1, 3, 2), spec.combine_bytes), rtol=1e-12, atol=0)
+    # micro-batch shares (float bytes) keep the transposed layout: still the same call times
+    chunked = timer.nodes(rows_t, cols_t, spec.combine_bytes, 4)
+    assert np.array_equal(timer.combine_nodes(rows, cols, 4), chunked)

@@ -189,16 +189,14 @@ class StepCoster:
         its per-node rows are the dispatch's per-node columns, and the other way round)."""
         assert d.node_rows is not None and d.node_cols is not None
         rows, cols, a = d.node_rows, d.node_cols, self.a2a  # token copies; bytes = copies * copy bytes
-        rows_t, cols_t = cols.transpose(0, 1, 3, 2), rows.transpose(0, 1, 3, 2)
         out = dict(first=first, pair_copies=None, pre=parts.total(), parts=parts,
                    expert=self.expert_times(d.slot_tokens),
                    dispatch=self.timer.nodes(rows, cols, a.dispatch_bytes))
-        out["combine"] = (out["dispatch"] if self.mirrored
-                          else self.timer.nodes(rows_t, cols_t, a.combine_bytes))
+        out["combine"] = out["dispatch"] if self.mirrored else self.timer.combine_nodes(rows, cols)
         if self.chunks > 1:
             n = self.chunks
             out["expert_chunk"] = self.expert_times(d.slot_tokens / n)
             out["dispatch_chunk"] = self.timer.nodes(rows, cols, a.dispatch_bytes, n)
             out["combine_chunk"] = (out["dispatch_chunk"] if self.mirrored
-                                    else self.timer.nodes(rows_t, cols_t, a.combine_bytes, n))
+                                    else self.timer.combine_nodes(rows, cols, n))
         return ChunkCosts(**out)
