@@ -67,6 +67,17 @@ def check_parquet_writable(path: str | Path, *, field: str | None = None) -> Non
                         ".csv instead", file=path, field=field)
 
 
+def write_frame(frame: Any, path: str | Path) -> None:
+    """A pandas DataFrame as CSV, or Parquet when the name ends in ``.parquet``; atomically."""
+    path = Path(path)
+    if path.suffix == ".parquet":
+        with atomic_open(path, "wb") as fh:
+            frame.to_parquet(fh, index=False)
+    else:
+        with atomic_open(path, "w", encoding="utf-8", newline="") as fh:
+            frame.to_csv(fh, index=False)
+
+
 def write_table_csv(path: str | Path, rows: dict[str, dict[str, Any]], *, key: str) -> None:
     """``{name: {column: value}}`` as CSV, one row per name (first column ``key``), atomically.
 

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from moesim.io import atomic_open
+from moesim.io import write_frame
 from moesim.serving.config import Slo
 from moesim.sim.recorder import Span
 from moesim.sim.results import percentiles
@@ -255,14 +255,7 @@ class ServeResult:
 
     def write_frame(self, path: str | Path) -> None:
         """The per-request table as CSV, or Parquet when the name ends in ``.parquet``; atomically."""
-        path = Path(path)
-        frame = self.frame
-        if path.suffix == ".parquet":
-            with atomic_open(path, "wb") as fh:
-                frame.to_parquet(fh, index=False)
-        else:
-            with atomic_open(path, "w", encoding="utf-8", newline="") as fh:
-                frame.to_csv(fh, index=False)
+        write_frame(self.frame, path)
 
     def write_timeline(self, path: str | Path) -> None:
         """Perfetto/Chrome trace: one span per step on each GPU (prefill, decode or mixed) and the KV

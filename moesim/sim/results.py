@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from moesim.io import atomic_open
+from moesim.io import write_frame
 from moesim.sim.precost import PRE_PARTS
 from moesim.sim.recorder import OP_CLASSES, PHASE_NAMES, Recorder, Span
 from moesim.sim.replan_results import replan_summary, step_imbalance
@@ -80,14 +80,7 @@ class SimResult:
 
     def write_frame(self, path: str | Path) -> None:
         """CSV, or Parquet when the name ends in ``.parquet``; written atomically."""
-        path = Path(path)
-        frame = self.frame
-        if path.suffix == ".parquet":
-            with atomic_open(path, "wb") as fh:
-                frame.to_parquet(fh, index=False)
-        else:
-            with atomic_open(path, "w", encoding="utf-8", newline="") as fh:
-                frame.to_csv(fh, index=False)
+        write_frame(self.frame, path)
 
     def op_class_s(self) -> np.ndarray:
         """[steps, classes] seconds of each step's critical path by op class (:data:`OP_CLASSES`):
@@ -135,14 +128,7 @@ class SimResult:
 
     def write_step_frame(self, path: str | Path) -> None:
         """The per-step table as CSV, or Parquet when the name ends in ``.parquet``; atomically."""
-        path = Path(path)
-        frame = self.step_frame
-        if path.suffix == ".parquet":
-            with atomic_open(path, "wb") as fh:
-                frame.to_parquet(fh, index=False)
-        else:
-            with atomic_open(path, "w", encoding="utf-8", newline="") as fh:
-                frame.to_csv(fh, index=False)
+        write_frame(self.step_frame, path)
 
     def write_timeline(self, path: str | Path) -> None:
         write_timeline(self.spans(), path, self.rec.devices)
