@@ -63,3 +63,36 @@ def _statistics(loaded: RoutingTrace | LoadCounts, cache_sizes: Sequence[int], p
                         f"({loaded.num_experts}), got {bad}", field="--cache-sizes")
     return trace_stats(loaded, cache_sizes=list(cache_sizes), policies=list(policies),
                        segment_lengths=list(segment_lengths), cache_tokens=cache_tokens or None)
+
+
+def trace_summary(trace: RoutingTrace | LoadCounts) -> dict[str, Any]:
+    """Shape, sequences and metadata of loaded routing data (``moesim trace info``)."""
+    if isinstance(trace, LoadCounts):
+        return {
+            "path": trace.source,
+            "kind": "load-counts",
+            "steps": trace.num_steps,
+            "layers": trace.num_layers,
+            "num_experts": trace.num_experts,
+            "layer_ids": trace.layer_ids.tolist(),
+            "selections": int(trace.counts.sum()),
+        }
+    phases, counts = np.unique(np.asarray(trace.phase), return_counts=True)
+    return {
+        "path": trace.source,
+        "kind": "routing-trace",
+        "model": trace.model_name,
+        "tokens": trace.num_tokens,
+        "layers": trace.num_layers,
+        "top_k": trace.top_k,
+        "num_experts": trace.num_experts,
+        "sequences": trace.num_sequences,
+        "layer_ids": trace.layer_ids.tolist(),
+        "phases": {
+            {0: "prefill", 1: "decode", -1: "unknown"}[int(p)]: int(c)
+            for p, c in zip(phases, counts, strict=True)
+        },
+        "gate_weights": trace.gate_weights is not None,
+        "memory_mapped": isinstance(trace.expert_ids, np.memmap),
+        "extra_keys": sorted(trace.extras),
+    }
