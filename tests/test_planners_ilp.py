@@ -13,8 +13,8 @@ from hypothesis import strategies as st
 from moesim.planners import PlanRequest, plan
 from moesim.planners.base import duplicate_slots, gpu_imbalance
 from moesim.planners.greedy import greedy_layer
-from moesim.planners.placement_ilp import layer_bound, replica_table
 from moesim.planners.placement_search import layer_times, polish
+from moesim.planners.placement_tables import layer_bound, replica_table
 from moesim.specs import load_cluster
 from moesim.specs.model import AttentionSpec, MoEModel
 

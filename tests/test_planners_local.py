@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 
 from moesim.planners import PlanRequest, plan
-from moesim.planners.placement_ilp import _Tables, predict_moe_step, replica_table
+from moesim.planners.placement_ilp import predict_moe_step
 from moesim.planners.placement_local import local_layer_times, local_tau
+from moesim.planners.placement_tables import ReplicaTables, replica_table
 
 
 @pytest.fixture(scope="module")
@@ -62,10 +63,10 @@ def test_even_dispatch_model_unchanged(setup):
     from moesim.planners.placement_ilp import DEFAULTS
 
     opts = {**DEFAULTS}
-    tables = _Tables(req_default, opts)
+    tables = ReplicaTables(req_default, opts)
     assert not tables.local
     origin = np.full((64, 2), 0.5)
-    from moesim.planners.placement_ilp import _comm_per_token
+    from moesim.planners.placement_tables import _comm_per_token
 
     expected = replica_table(tables.wstep[:, 0], _comm_per_token(req_default, origin, tables.units),
                              tables.compute, tables.G)

@@ -1,6 +1,6 @@
 """Heuristics around the placement ILP: warm starts, swap local search, and scoring a layout.
 
-``tau[W, E, c-1, N]`` (see ``placement_ilp.replica_table``) is the time of one replica of expert e
+``tau[W, E, c-1, N]`` (see ``placement_tables.replica_table``) is the time of one replica of expert e
 when e has c replicas, on a GPU of node n, in window w.
 """
 
