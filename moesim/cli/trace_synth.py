@@ -16,12 +16,14 @@ from moesim.cli.common import (
     output_file,
     positive_int,
     print_json,
+    unit_fraction,
 )
 from moesim.errors import UserError
 from moesim.limits import SYNTH_TOKENS
 from moesim.specs import load_model
 from moesim.traces.regimes import MAX_REGIMES
 from moesim.traces.synth import MIN_TRIAL_TOKENS
+from moesim.traces.synth_switch import DEFAULT_HOT_SHARE, MAX_SUBJECTS
 
 
 def check_cache_sizes(sizes: list[int] | None, top_k: int, num_experts: int) -> None:
@@ -74,6 +76,19 @@ def add_synth_parsers(actions: argparse._SubParsersAction) -> None:
                     help="--fit: force N regimes instead of detecting them (1: no change of subject)")
     sy.add_argument("--stationary", action="store_true",
                     help="no drift model at all: the stationary generator (no regimes, no request spread)")
+    sw = sy.add_mutually_exclusive_group()
+    sw.add_argument("--switches", type=int_range(0, MAX_SUBJECTS - 1), default=None, metavar="N",
+                    help="subject switches: cut the stream into N + 1 equal subjects, each with its own hot "
+                    "experts (0: one hot set that never moves), e.g. --switches 1 --hot-share 0.5")
+    sw.add_argument("--switch-every", type=positive_int, default=None, metavar="TOKENS",
+                    help="subject switches every TOKENS rows (at the first request starting there), e.g. "
+                    "--switch-every 8000")
+    sy.add_argument("--hot-experts", type=positive_int, default=None, metavar="K",
+                    help="with --switches/--switch-every: experts per layer in a subject's hot set "
+                    "(default: an eighth of the experts, at least 1)")
+    sy.add_argument("--hot-share", type=unit_fraction, default=None, metavar="S",
+                    help="with --switches/--switch-every: share of each layer's routed slots the hot set "
+                    f"carries, at most min(K, top-k)/top-k (default {DEFAULT_HOT_SHARE}: OLMoE's domains)")
     sy.add_argument("--gpus", type=positive_int, default=8, metavar="G",
                     help="GPUs of the static plan whose next-window imbalance --report compares (default 8)")
     add_json_flag(sy)
@@ -118,6 +133,7 @@ def run_synth(args: argparse.Namespace) -> int:
         params = from_profile(prof, seed=args.seed, trial_tokens=args.trial_tokens,
                               drift_scale=args.drift_scale, **shape)
         source = {"profile": args.profile}
+    params = _with_switch(params, args, model)
     meta = {
         "model": model.name,
         "synthesis": {
@@ -158,6 +174,25 @@ def run_synth(args: argparse.Namespace) -> int:
             for key, v in out["fit_quality"].items():
                 print(f"{key:<42}{v['real']:>10.4f}{v['synthetic']:>11.4f}")
     return 0
+
+
+def _with_switch(params, args: argparse.Namespace, model):
+    """``params`` with the subject switches asked for (``--switches``/``--switch-every``), checked."""
+    from dataclasses import replace
+
+    from moesim.traces.synth_switch import SubjectSwitch, default_hot_experts
+
+    if args.switches is None and args.switch_every is None:
+        for flag, v in (("--hot-experts", args.hot_experts), ("--hot-share", args.hot_share)):
+            if v is not None:
+                raise UserError("needs --switches or --switch-every", field=flag)
+        return params
+    switch = SubjectSwitch.for_stream(
+        args.tokens, switches=args.switches, every=args.switch_every,
+        hot_experts=args.hot_experts or default_hot_experts(model.num_experts),
+        hot_share=DEFAULT_HOT_SHARE if args.hot_share is None else args.hot_share)
+    switch.check(model.num_experts, model.top_k)
+    return replace(params, switch=switch)
 
 
 def _report(real, args: argparse.Namespace, model) -> dict[str, dict[str, float]]:

@@ -40,6 +40,7 @@ import numpy as np
 from moesim.errors import UserError
 from moesim.limits import SYNTH_TOKENS
 from moesim.traces import regime_draws, regimes
+from moesim.traces.synth_switch import HotDraws, SubjectSwitch
 
 SRP_M = 16
 """Segment length whose SRP the locality parameter is fitted to."""
@@ -76,6 +77,8 @@ class SynthParams:
     """Experts per working set and layer (0 = 2 x top_k)."""
     drift: regimes.DriftModel | None = None
     """Regimes over time and topics per request (``moesim.traces.regimes``); None = stationary."""
+    switch: SubjectSwitch | None = None
+    """A hot set of experts that moves (``moesim.traces.synth_switch``); None = no subject switches."""
 
     @property
     def num_layers(self) -> int:
@@ -158,9 +161,10 @@ class Generator:
         return np.where(rng.random(prev.shape) < p.follow[layer], cand, self._pop(layer, prev.shape, regime))
 
     def rows(self, starts: np.ndarray, n: int, pos: np.ndarray | None = None,
-             regime: np.ndarray | None = None) -> np.ndarray:
+             regime: np.ndarray | None = None, hot: tuple[HotDraws, tuple] | None = None) -> np.ndarray:
         """int16 ``[n, L, K]`` for ``n`` rows; ``starts`` marks rows that begin a sequence; ``regime``
-        (int ``[n]``, with a drift model) is each row's regime."""
+        (int ``[n]``, with a drift model) is each row's regime; ``hot`` (with subject switches) the
+        switch state and these rows' draws (``HotDraws.for_rows``)."""
         p, rng = self.p, self.rng
         k, layers = p.top_k, p.num_layers
         out = np.empty((n, layers, k), np.int16)
@@ -195,6 +199,9 @@ class Generator:
                 base = np.where(u_req < dm.request_affinity, rs[req[:, None], rs_slot], base)
             if p.locality > 0:
                 base = np.where(u_local < p.locality, ws[seg[:, None], ws_slot], base)
+            if hot is not None:  # the subject's hot experts, before copies: a copied slot stays hot
+                base = hot[0].apply(base, layer, hot[1],
+                                    lambda c, lay=layer: self._pop(lay, (c,)))
             copy = (u_copy < p.reuse[layer]) & ~starts[:, None]
             src = np.maximum.accumulate(np.where(copy, 0, idx[:, None]), axis=0)
             val = np.take_along_axis(base, src, axis=0)
@@ -233,12 +240,19 @@ def generate(
     starts[first] = True
     pos = np.arange(tokens) - np.repeat(first, lengths)
 
+    hot = None
+    if params.switch is not None:
+        params.switch.check(params.num_experts, params.top_k)
+        hot = HotDraws.make(params.switch, seed=seed, seq_id=seq_id, popularity=params.popularity,
+                            top_k=params.top_k)
+
     def chunks() -> Iterator[np.ndarray]:
         for a in range(0, tokens, chunk_tokens):
             b = min(tokens, a + chunk_tokens)
             s = starts[a:b].copy()
             s[0] = True  # a chunk cut inside a sequence restarts the copy chains (rare; chunks are large)
-            yield gen.rows(s, b - a, pos[a:b], None if regime is None else regime[a:b])
+            yield gen.rows(s, b - a, pos[a:b], None if regime is None else regime[a:b],
+                           None if hot is None else (hot, hot.for_rows(a, b, params.top_k)))
 
     return seq_id, chunks()
 
@@ -266,6 +280,11 @@ def write_synthetic(
     from moesim.traces.trace import SCHEMA
 
     seq_id, chunks = generate(params, tokens, seed=seed, seq_len=seq_len)
+    switch = {}
+    if params.switch is not None:  # the hot sets drawn for this stream (the same draws as generate's)
+        hot = HotDraws.make(params.switch, seed=seed, seq_id=seq_id, popularity=params.popularity,
+                            top_k=params.top_k)
+        switch = {"switch": params.switch.summary(hot.sets)}
     starts = np.r_[0, np.flatnonzero(np.diff(seq_id)) + 1]
     pos = (np.arange(tokens) - np.repeat(starts, np.diff(np.r_[starts, tokens]))).astype(np.int32)
     shape = (tokens, params.num_layers, params.top_k)
@@ -286,6 +305,7 @@ def write_synthetic(
             "follow": np.round(params.follow, 4).tolist(),
             "locality": round(params.locality, 4),
             **({"drift": params.drift.summary()} if params.drift is not None else {}),
+            **switch,
         },
     }
     if compress is None:
