@@ -133,6 +133,29 @@ def test_overlapped_copies_switch_the_plan_when_they_land_without_a_stall(small)
         assert e["effective_step"] is not None and e["effective_step"] <= nxt
 
 
+def test_a_copy_in_flight_at_the_end_is_counted_apart_not_as_migration(small):
+    """The stream ends two steps after a check: the overlapped copy decided there never lands."""
+    from moesim.workflows.replan_search import _candidate
+
+    cfg, cost, plan = small
+    short = replace(cfg, trace=cfg.trace.rows(0, 64 * 52))
+    r = simulate(with_replan(short, _rc(short, cost, plan, policy="periodic", migration="overlapped")), cost)
+    rp = r.summary()["replan"]
+    landed = [e for e in rp["rebalances"] if e["effective_step"] is not None]
+    late = [e for e in rp["rebalances"] if e["effective_step"] is None]
+    assert landed and len(late) == 1 and late[0]["step"] == 50 and late[0]["bytes"] > 0
+    assert rp["applied"] == len(landed)
+    assert rp["migration_bytes"] == sum(e["bytes"] for e in landed)
+    assert rp["experts_moved"] == sum(e["experts_moved"] for e in landed)
+    assert rp["in_flight_bytes"] == late[0]["bytes"] and rp["in_flight_experts"] == late[0]["experts_moved"]
+    link = sum(x["bytes"] for x in rp["migration_link_bytes"])
+    assert link >= rp["migration_bytes"]
+    c = _candidate("periodic", ReplanOptions(policy="periodic"), r).as_dict()
+    assert (c["migration_bytes"], c["in_flight_bytes"]) == (rp["migration_bytes"], rp["in_flight_bytes"])
+    blocking = simulate(with_replan(short, _rc(short, cost, plan, policy="periodic")), cost)
+    assert blocking.summary()["replan"]["in_flight_bytes"] == 0.0  # a blocking copy always lands
+
+
 def test_a_policy_never_reads_the_future(small):
     """The plans made on a trace cut at step 40 are the plans the full trace gets up to step 40."""
     cfg, cost, plan = small

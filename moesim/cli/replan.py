@@ -146,10 +146,19 @@ def print_table(c: ReplanChoice) -> None:
     print(f"* best: {c.best} ({verdict}). imbalance: realised max/mean GPU tokens per step, mean over the "
           "stream; step ms: mean simulated step incl. migration stalls; sglang-default: every 1000 steps on "
           "the last 1000, vllm-default: every 3000 on the last 1000")
+    late = {k: r.in_flight_bytes for k, r in c.candidates.items() if r.in_flight_bytes}
+    if late:  # copies that never served are not "moved": said apart
+        print("still in flight when the stream ended (not in moved GB): "
+              + ", ".join(f"{k} {b / 1e9:.2f} GB" for k, b in late.items()))
 
 
 def _fmt(value: Any, spec: str, suffix: str = "") -> str:
     return "-" if value is None else f"{value:{spec}}{suffix}"
+
+
+def _in_flight(rp: dict[str, Any]) -> str:
+    b = rp.get("in_flight_bytes") or 0.0
+    return f" ({b / 1e9:.3f} GB more still in flight at the end, never served)" if b else ""
 
 
 def render_replan(rp: dict[str, Any], limit: int = 12) -> str:
@@ -160,7 +169,8 @@ def render_replan(rp: dict[str, Any], limit: int = 12) -> str:
     lines = [f"re-placement {rp['policy']} ({rp['planner'] or '-'}, {every}, {rp['migration']}): "
              f"{rp['applied']} of {len(rp['rebalances'])} re-plans applied, "
              f"{rp['migration_bytes'] / 1e9:.3f} GB "
-             f"moved, stalls {rp['stall_s'] * 1e3:.3f} ms; realised imbalance {rp['imbalance_mean']:.4f}, "
+             f"moved{_in_flight(rp)}, stalls {rp['stall_s'] * 1e3:.3f} ms; "
+             f"realised imbalance {rp['imbalance_mean']:.4f}, "
              f"mean step {(rp['step_time_mean_s'] or 0) * 1e3:.4g} ms"]
     if rp["rebalances"]:
         lines.append(f"  {'step':>6} {'effective':>9} {'layers':>6} {'experts':>7} {'GB':>8} {'copy ms':>8} "

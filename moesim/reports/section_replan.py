@@ -32,7 +32,7 @@ def replan_section(b: Builder, s: ReplanStudy) -> Section:
     for (p, m), r in cells.items():
         name = _label(p, m)
         if r is None:
-            rows.append((name, None, None, None, None, None, None))
+            rows.append((name, None, None, None, None, None, None, None))
             continue
         shape = shape or r
         if p != STATIC and not cmd:
@@ -46,7 +46,8 @@ def replan_section(b: Builder, s: ReplanStudy) -> Section:
                      rec("step_time_ms", r["step_time_s"] * 1e3, "ms"),
                      rec("speedup_vs_static", speed), rec("rebalances", r["rebalances"]),
                      rec("migration_gb", r["migration_bytes"] / 1e9, "GB"),
-                     rec("stall_ms", r["stall_s"] * 1e3, "ms")))
+                     rec("stall_ms", r["stall_s"] * 1e3, "ms"),
+                     rec("in_flight_gb", r.get("in_flight_bytes", 0.0) / 1e9, "GB")))
         imb[name] = [b.rec(sec, f"{stem}_stream", where, name, "step", i, "imbalance", v)
                      for i, v in enumerate(r["imbalance_per_step"])]
         ms[name] = [b.rec(sec, f"{stem}_stream", where, name, "step", i, "step_time_ms", v * 1e3, "ms")
@@ -63,9 +64,11 @@ def replan_section(b: Builder, s: ReplanStudy) -> Section:
         f"{stem}_table", f"Re-placement on {stream}: {short(s.model)} on {short(s.hw)}",
         f"Realised imbalance (largest GPU's tokens / mean GPU's per step, mean over MoE layers and steps) "
         f"and mean step time with the migration paid: {what}. Blocking copies stop serving (stall); "
-        "overlapped ones use the links' idle time and the new plan serves when they land. Speedup: "
+        "overlapped ones use the links' idle time and the new plan serves when they land; a copy still in "
+        "flight when the stream ends never served: its bytes are `in flight GB`, not migration. Speedup: "
         f"static's mean step time / the row's. A row's numbers are its candidate in `{cmd}`.",
-        ("setting", "imbalance", "step ms", "speedup vs static", "re-plans", "migration GB", "stall ms"),
+        ("setting", "imbalance", "step ms", "speedup vs static", "re-plans", "migration GB", "stall ms",
+         "in flight GB"),
         tuple(rows))
     figs: list[Figure] = []
     if imb:

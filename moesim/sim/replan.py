@@ -231,19 +231,25 @@ class Replanning:
         return plan
 
     def info(self) -> dict[str, Any]:
-        """The run summary's ``replan`` block (the per-step figures are added by the results)."""
+        """The run summary's ``replan`` block (the per-step figures are added by the results). Totals
+        count the re-plans that took effect; an overlapped copy still in flight when the run ends never
+        served, so its bytes are ``in_flight_bytes`` (and its experts ``in_flight_experts``), apart."""
         done = [e for e in self.events if e.effective_step is not None]
+        late = [e for e in self.events if e.effective_step is None]
         return {**self.cfg.describe(), "checks": self.checks,
                 "rebalances": [e.as_dict() for e in self.events],
-                "migration_bytes": float(sum(e.bytes for e in self.events)),
-                "experts_moved": int(sum(e.experts_moved for e in self.events)),
+                "migration_bytes": float(sum(e.bytes for e in done)),
+                "experts_moved": int(sum(e.experts_moved for e in done)),
                 "stall_s": float(sum(e.stall_s for e in self.events)),
-                "applied": len(done), "migration_link_bytes": self._link_bytes()}
+                "applied": len(done), "migration_link_bytes": self._link_bytes(done),
+                "in_flight_bytes": float(sum(e.bytes for e in late)),
+                "in_flight_experts": int(sum(e.experts_moved for e in late))}
 
-    def _link_bytes(self) -> list[dict[str, Any]]:
-        """Bytes all copies put on each link direction, as ``per_link`` lists the all-to-alls'."""
+    @staticmethod
+    def _link_bytes(events: list[Rebalance]) -> list[dict[str, Any]]:
+        """Bytes the applied copies put on each link direction, as ``per_link`` lists the all-to-alls'."""
         total: dict[tuple[str, str], float] = {}
-        for e in self.events:
+        for e in events:
             for ln, b in e.link_bytes.items():
                 total[ln] = total.get(ln, 0.0) + b
         return [{"src": a, "dst": b, "bytes": v} for (a, b), v in sorted(total.items())]

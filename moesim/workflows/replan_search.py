@@ -91,7 +91,10 @@ class Candidate:
     rebalances: int
     """Re-plans that took effect."""
     migration_bytes: float
+    """Bytes of the re-plans that took effect."""
     stall_s: float
+    in_flight_bytes: float = 0.0
+    """Bytes of an overlapped copy still in flight when the stream ended (never served)."""
     gain_vs_static: float | None = None
     gain_vs_engine: float | None = None
     """Mean step time of ``sglang-default`` / this candidate's (> 1: faster)."""
@@ -102,7 +105,8 @@ class Candidate:
                 "threshold": o.threshold if o.policy == "drift" else None, "imbalance": self.imbalance,
                 "step_time_s": self.step_time_s, "tokens_per_s": self.tokens_per_s,
                 "rebalances": self.rebalances, "migration_bytes": self.migration_bytes,
-                "stall_s": self.stall_s, "gain_vs_static": self.gain_vs_static,
+                "in_flight_bytes": self.in_flight_bytes, "stall_s": self.stall_s,
+                "gain_vs_static": self.gain_vs_static,
                 "gain_vs_engine": self.gain_vs_engine}
 
 
@@ -219,7 +223,7 @@ def _candidate(label: str, options: ReplanOptions, result: SimResult) -> Candida
     return Candidate(label=label, options=options, imbalance=rp["imbalance_mean"],
                      step_time_s=float(np.mean(result.step_latency_s)), tokens_per_s=s["tokens_per_s"],
                      rebalances=int(rp["applied"]), migration_bytes=rp["migration_bytes"],
-                     stall_s=rp["stall_s"])
+                     stall_s=rp["stall_s"], in_flight_bytes=rp["in_flight_bytes"])
 
 
 def policy_comparison(req: ReplanSearch, settings: Sequence[tuple[str, ReplanOptions]]) -> ReplanChoice:

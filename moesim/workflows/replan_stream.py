@@ -108,7 +108,8 @@ def replay_stream(s: StreamSetting) -> dict[str, Any]:
     return {
         "label": s.label, "imbalance": c["imbalance"], "step_time_s": c["step_time_s"],
         "tokens_per_s": c["tokens_per_s"], "rebalances": c["rebalances"],
-        "migration_bytes": c["migration_bytes"], "stall_s": c["stall_s"], "checks": summary["checks"],
+        "migration_bytes": c["migration_bytes"], "in_flight_bytes": c["in_flight_bytes"],
+        "stall_s": c["stall_s"], "checks": summary["checks"],
         "stream_steps": choice.stream_steps, "stream_tokens": choice.stream_tokens,
         "warmup_tokens": choice.warmup_tokens, "phase": choice.phase, "batch": choice.batch,
         "gpus": choice.gpus, "slots_per_gpu": choice.slots_per_gpu,

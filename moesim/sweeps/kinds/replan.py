@@ -60,7 +60,9 @@ METRICS = (
     Metric("tokens_per_s", "float", "tokens/s", "stream tokens / simulated seconds"),
     Metric("rebalances", "int", "", "re-plans that took effect"),
     Metric("checks", "int", "", "times the policy was consulted"),
-    Metric("migration_bytes", "float", "B", "expert weight bytes copied by the re-plans"),
+    Metric("migration_bytes", "float", "B", "expert weight bytes copied by the re-plans that took effect"),
+    Metric("in_flight_bytes", "float", "B", "bytes of an overlapped copy still in flight when the stream "
+           "ended (never served; not in migration_bytes)"),
     Metric("stall_s", "float", "s", "time serving waited for blocking copies (0 when overlapped)"),
     Metric("stream_steps", "int", "", "steps of the stream (after the warm-up)"),
     Metric("stream_tokens", "int", "tokens", "tokens of the stream"),
@@ -87,7 +89,8 @@ def run_replan(p: dict[str, Any]) -> dict[str, Any]:
     r = replay_stream(setting)
     out: dict[str, Any] = {"label": setting.label}
     out.update({k: r[k] for k in ("imbalance", "step_time_s", "tokens_per_s", "rebalances", "checks",
-                             "migration_bytes", "stall_s", "stream_steps", "stream_tokens")})
+                             "migration_bytes", "in_flight_bytes", "stall_s", "stream_steps",
+                             "stream_tokens")})
     out["imbalance_per_step"] = json.dumps(r["imbalance_per_step"])
     out["step_time_per_step_s"] = json.dumps(r["step_time_per_step_s"])
     out["replan_steps"] = json.dumps([x["effective_step"] for x in r["replans"]
