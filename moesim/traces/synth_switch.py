@@ -3,8 +3,8 @@
 Real streams change subject, and a subject has experts of its own: on OLMoE-1B-7B's routing counts
 per pre-training domain (arXiv, books, C4, GitHub, Wikipedia; layers 0, 7 and 15, top-8 of 64), a
 domain's 8 busiest experts carry 0.22-0.42 of its load (mean 0.35) and 0.09-0.18 (mean 0.13, about
-uniform) in the other domains; in OLMoE's GSM8K stream the second half's top 8 carry 0.70 of its
-layer-0 load and 0.13 of the first half's (docs/traces.md §7, "Subject switches"). A
+uniform) in the other domains (``allenai/OLMoE`` ``scripts/routing_output``; docs/traces.md §7,
+"Subject switches"). A
 :class:`SubjectSwitch` makes the generator do that: the stream is cut into subjects of
 ``every_rows`` rows (each starting at the first sequence that starts at or after its point, so a
 request keeps one subject), and in each subject ``hot_experts`` experts per layer, drawn at random
