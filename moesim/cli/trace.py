@@ -46,8 +46,8 @@ _EXAMPLES = """\
       needs real.npz: moesim trace record --model MixtralForCausalLM --tiny --prompts "hi" --out real.npz
   moesim trace synth --model mixtral-8x7b --tokens 2000 --fit real.npz --drift-scale 2 --out x.npz
       needs real.npz: moesim trace record --model MixtralForCausalLM --tiny --prompts "hi" --out real.npz
-  moesim trace synth --model deepseek-v2-lite --tokens 4000 --stationary --switches 1 --hot-share 0.5 \
-      --trial-tokens 512 --out switch.npz       the hot eighth of the experts moves half-way (subject switch)
+  moesim trace synth --model deepseek-v2-lite --tokens 4000 --switches 1 --hot-share 0.5 --out sw.npz
+      (a subject switch: the hot eighth of the experts moves half-way; docs/traces.md section 7)
   moesim trace concat deepseek-v2-lite-synth deepseek-v2-lite-switch --out stream.npz   one stream, in order
   moesim trace fit real.npz --out profile.json              statistics-only profile for synth
       needs real.npz: moesim trace record --model MixtralForCausalLM --tiny --prompts "hi" --out real.npz

@@ -95,11 +95,23 @@ class SubjectSwitch:
         return out
 
     def slot_probability(self, popularity: np.ndarray, sets: np.ndarray, top_k: int) -> np.ndarray:
-        """``[subjects, L]``: probability that an eligible slot is hot, so that hot slots plus ordinary
-        draws landing in the set (``b``, the set's popularity) give ``hot_share`` of the slots."""
+        """``[subjects, L]``: probability that an eligible slot is hot. With ``f`` of a token's slots hot
+        (each on a distinct hot expert, so ``f k / K`` of the set is taken), an ordinary slot still lands
+        on a free hot expert with probability ``b (1 - f k / K)`` (``b``: the set's popularity; a clash
+        is redrawn), so ``f`` solves ``f + (1 - f) b (1 - f k / K) = hot_share`` (bisection)."""
         b = np.take_along_axis(popularity[None], sets.astype(np.int64), axis=2).sum(-1)
-        forced = np.clip((self.hot_share - b) / np.maximum(1.0 - b, 1e-12), 0.0, 1.0)
-        return np.minimum(forced * top_k / min(self.hot_experts, top_k), 1.0)
+        ratio = top_k / self.hot_experts
+        top = min(1.0, 1.0 / ratio)
+
+        def share(f: np.ndarray) -> np.ndarray:
+            return f + (1.0 - f) * b * (1.0 - f * ratio)
+
+        lo, hi = np.zeros_like(b), np.full_like(b, top)
+        for _ in range(50):  # share() increases on [0, top] for any b <= 1
+            mid = 0.5 * (lo + hi)
+            low = share(mid) < self.hot_share
+            lo, hi = np.where(low, mid, lo), np.where(low, hi, mid)
+        return np.minimum(hi * top_k / min(self.hot_experts, top_k), 1.0)
 
     def summary(self, sets: np.ndarray) -> dict[str, Any]:
         """The trace meta's ``generator.switch``."""
