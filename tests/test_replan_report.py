@@ -69,11 +69,27 @@ def test_replan_section_shows_the_cells_numbers(tmp_path: Path) -> None:
     out = _json_of(cell["command"])["candidates"][cell["label"]]
     assert (out["imbalance"], out["step_time_s"] * 1e3, out["rebalances"]) == (*periodic[1:3], periodic[4])
     assert out["migration_bytes"] / 1e9 == periodic[5] and out["stall_s"] * 1e3 == periodic[6]
+    assert out["in_flight_bytes"] / 1e9 == periodic[7] and table.columns[7] == "in flight GB"
     assert len(cell["imbalance_per_step"]) == cell["stream_steps"] == len(cell["step_time_per_step_s"])
     with open(tmp_path / "out" / "results.csv", newline="") as fh:
         rows = [r for r in csv.DictReader(fh) if r["section"] == "replan h100x8"]
     assert {r["metric"] for r in rows} >= {"imbalance", "step_time_ms", "speedup_vs_static", "migration_gb"}
     assert sum(r["x_name"] == "step" for r in rows) == 2 * 3 * cell["stream_steps"]
+
+
+def test_a_blocking_row_slower_than_static_is_said_with_its_stalls_against_its_savings() -> None:
+    from moesim.reports.section_replan import _verdict
+
+    base = {"step_time_s": 6e-3, "stall_s": 0.0}
+    cells = {("static", "blocking"): base,
+             ("drift", "blocking"): {"step_time_s": 7e-3, "stall_s": 20e-3},  # served 10 steps at 5 ms
+             ("drift", "overlapped"): {"step_time_s": 5.5e-3, "stall_s": 0.0},  # faster: nothing to say
+             ("hedged", "overlapped"): {"step_time_s": 6.2e-3, "stall_s": 0.0}}
+    lines = _verdict(cells, base, 10)
+    assert len(lines) == 2
+    assert lines[0].startswith("`drift, blocking` is slower") and "stalls (20.0 ms)" in lines[0]
+    assert "the 10.0 ms its steps saved over the 10 steps" in lines[0]
+    assert lines[1].startswith("`hedged, overlapped` is slower") and "2.0 ms lost" in lines[1]
 
 
 def test_a_list_of_traces_is_one_stream_and_its_command_concatenates(tmp_path: Path, monkeypatch) -> None:
@@ -84,7 +100,7 @@ def test_a_list_of_traces_is_one_stream_and_its_command_concatenates(tmp_path: P
     cell = cell_replan(replan_cell(s, "static", "overlapped", 0).p)
     concat, plan = cell["command"].split(" && ")
     assert concat.startswith("moesim trace concat deepseek-v2-lite-synth deepseek-v2-lite-switch --out ")
-    assert cell["warmup_tokens"] + cell["stream_tokens"] == 20000 + 16000
+    assert cell["warmup_tokens"] + cell["stream_tokens"] == 20000 + 32000
     with contextlib.redirect_stdout(io.StringIO()):
         assert main(shlex.split(concat)[1:]) == 0
     assert _json_of(plan)["candidates"]["static"]["imbalance"] == cell["imbalance"]
