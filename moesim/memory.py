@@ -39,11 +39,24 @@ import numpy as np
 
 from moesim.comm_buffers import run_comm_buffer_bytes
 from moesim.errors import UserError
+from moesim.memory_parts import (
+    NonExpertWeights,
+    activation_bytes,
+    kv_bytes_per_token,
+    non_expert_weights,
+    resident_expert_bytes,
+    resident_expert_counts,
+    staging_experts,
+)
 from moesim.parallel import Parallelism, device_token_counts
 from moesim.specs.hardware import Cluster
-from moesim.specs.model import DTYPE_BYTES, MoEModel
+from moesim.specs.model import MoEModel
 from moesim.specs.runtime import Runtime
-from moesim.specs.sizes import attention_shard, tensor_sizes
+
+__all__ = ["DEFAULT_CONTEXT_TOKENS", "GIB", "MemoryBreakdown", "MemoryModel", "NonExpertWeights",
+           "activation_bytes", "device_capacities", "gib", "kv_bytes_per_token", "kv_pool_bytes",
+           "memory_params", "non_expert_weights", "resident_expert_bytes", "resident_expert_counts",
+           "staging_experts"]
 
 GIB = float(1 << 30)
 DEFAULT_CONTEXT_TOKENS = 4096
@@ -52,64 +65,6 @@ DEFAULT_CONTEXT_TOKENS = 4096
 
 def gib(nbytes: float) -> str:
     return f"{nbytes / GIB:.4g} GiB"
-
-
-@dataclass(frozen=True)
-class NonExpertWeights:
-    """Bytes of a model's weights besides the routed experts, summed over all layers."""
-
-    attention_bytes: float
-    embeddings_bytes: float
-    """Input embedding and LM head, counted untied."""
-    router_bytes: float
-    shared_experts_bytes: float
-    dense_ffn_bytes: float
-
-    @property
-    def total_bytes(self) -> float:
-        return (self.attention_bytes + self.embeddings_bytes + self.router_bytes + self.shared_experts_bytes
-                + self.dense_ffn_bytes)
-
-
-def non_expert_weights(model: MoEModel, tp: int = 1) -> NonExpertWeights:
-    """Attention, embedding + LM head, router, shared-expert and dense-FFN weight bytes over all layers,
-    each in its own dtype (biases and norms ignored); ``tp`` > 1: one GPU's shard of a tensor-parallel
-    group (1/tp of heads, columns and vocabulary; the router and MLA's down-projections whole)."""
-    t = tensor_sizes(model)
-    attention = t["attention"].total_bytes if tp == 1 else (
-        attention_shard(model, tp).params * model.num_layers * DTYPE_BYTES[t["attention"].dtype])
-    return NonExpertWeights(
-        attention_bytes=float(attention),
-        embeddings_bytes=float(t["embedding"].total_bytes + t["lm_head"].total_bytes) / tp,
-        router_bytes=float(t["router"].total_bytes),
-        shared_experts_bytes=float(t["shared_experts"].total_bytes) / tp,
-        dense_ffn_bytes=float(t["dense"].total_bytes) / tp,
-    )
-
-
-def kv_bytes_per_token(model: MoEModel, tp: int = 1) -> float:
-    """KV-cache bytes one GPU holds per token of its sequences, over all layers (its KV heads under
-    ``tp``; MLA's latent cache is whole on every GPU)."""
-    shard = attention_shard(model, tp)
-    return shard.kv_elements_per_token * DTYPE_BYTES[model.kv_cache_dtype] * model.num_layers
-
-
-def activation_bytes(model: MoEModel, tokens: float) -> float:
-    """Live activations of one MoE layer for ``tokens`` tokens: the hidden state in and out, and per
-    routed copy its dispatch and combine buffers and the expert's intermediate (gate and up outputs
-    when gated), in the activation dtype."""
-    ab = DTYPE_BYTES[model.activation_dtype]
-    h, f, k = model.hidden_size, model.expert_intermediate_size, model.top_k
-    per_token = 2 * h + k * (2 * h + (2 if model.gated else 1) * f)
-    return float(tokens * per_token * ab)
-
-
-def staging_experts(policy: str, miss: str, prefetch: str, top_k: int) -> int:
-    """Experts of staging buffer a static cache needs for its fetched misses (double-buffered with
-    prefetch); dynamic caches load into the cache itself, executed misses need none."""
-    if policy != "static" or miss not in ("fetch", "lowbit", "auto"):
-        return 0
-    return top_k * (2 if prefetch != "none" else 1)
 
 
 @dataclass(frozen=True)
@@ -376,27 +331,6 @@ def kv_pool_bytes(model: MoEModel, cluster: Cluster, devices: Sequence[str],
                 "or a smaller token budget", field="placement")
         out[d] = capacity - b.total_bytes
     return out
-
-
-def resident_expert_counts(placement: np.ndarray, devices: Sequence[str],
-                           cache: Any | None = None) -> dict[str, int]:
-    """Routed experts each GPU keeps resident: its used placement slots, or with a cache
-    (``moesim.plans.plan.CachePlan``) the cache's slots, which every GPU allocates for every MoE layer
-    (``capacity_experts``; ``static``: the resident set sizes) - the simulator's caches are per
-    (layer, GPU)."""
-    if cache is not None and str(cache.policy) != "none":
-        per_layer = ([len(r) for r in cache.resident] if str(cache.policy) == "static"
-                     else list(cache.capacity_experts))
-        return dict.fromkeys(devices, int(sum(per_layer)))
-    used = (np.asarray(placement) >= 0).sum(axis=(0, 2))
-    return {d: int(used[g]) for g, d in enumerate(devices)}
-
-
-def resident_expert_bytes(model: MoEModel, placement: np.ndarray, devices: Sequence[str],
-                          cache: Any | None = None) -> dict[str, float]:
-    """:func:`resident_expert_counts` in bytes (``model.expert_bytes()`` each)."""
-    per_expert = model.expert_bytes()
-    return {d: n * per_expert for d, n in resident_expert_counts(placement, devices, cache).items()}
 
 
 def memory_params(layout: MemoryModel, breakdowns: Mapping[str, MemoryBreakdown],

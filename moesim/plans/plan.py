@@ -16,6 +16,7 @@ from moesim.errors import UserError
 from moesim.io import atomic_write_text
 from moesim.limits import EXPERTS
 from moesim.memory import resident_expert_bytes, resident_expert_counts
+from moesim.plans.ep_groups import check_groups, read_expert_tp
 from moesim.safe_yaml import read_yaml_file
 from moesim.specs.hardware import Cluster
 from moesim.specs.model import MoEModel
@@ -49,7 +50,9 @@ class Plan:
     """Placement of expert replicas on devices, per MoE layer, plus offloading and provenance.
 
     ``placement[l, g, s]`` is the logical expert in slot ``s`` of device ``devices[g]`` at MoE layer
-    row ``l`` (model layer ``moe_layers[l]``); ``-1`` marks an unused slot.
+    row ``l`` (model layer ``moe_layers[l]``); ``-1`` marks an unused slot. With ``expert_tp`` > 1 the
+    devices form EP groups of ``expert_tp`` consecutive GPUs with identical rows, each GPU holding
+    1/expert_tp of every expert of its row (:mod:`moesim.plans.ep_groups`).
     """
 
     planner: str
@@ -65,6 +68,8 @@ class Plan:
     gap: float | None = None
     solve_s: float | None = None
     predicted: Mapping[str, float] = field(default_factory=lambda: MappingProxyType({}))
+    expert_tp: int = 1
+    """GPUs each expert is sharded over (``--ep`` = GPUs / expert_tp EP groups); 1: whole experts."""
 
     @property
     def slots_per_device(self) -> int:
@@ -143,6 +148,7 @@ class Plan:
                         file=file,
                         field="placement",
                     )
+        check_groups(self, model, file)
         if self.cache is not None:
             self._validate_cache(model, file)
         if cluster is not None:
@@ -180,7 +186,7 @@ class Plan:
 
     def resident_expert_bytes(self, model: MoEModel) -> dict[str, float]:
         """Expert weight bytes each device keeps resident (:meth:`resident_experts` x expert bytes)."""
-        return resident_expert_bytes(model, self.placement, self.devices, self.cache)
+        return resident_expert_bytes(model, self.placement, self.devices, self.cache, self.expert_tp)
 
     def check_memory(self, model: MoEModel, cluster: Cluster, *, reserved_bytes: float = 0.0,
                      file: str | None = None) -> None:
@@ -231,6 +237,9 @@ class Plan:
             "solve_s": self.solve_s,
             "predicted": _plain(dict(self.predicted)),
         }
+        if self.expert_tp > 1:  # absent: whole experts (plans written before EP groups)
+            d["ep"] = len(self.devices) // self.expert_tp
+            d["expert_tp"] = self.expert_tp
         if self.cache is not None:
             d["cache"] = {
                 "policy": str(self.cache.policy),
@@ -310,6 +319,7 @@ class Plan:
             gap=_number(d.get("gap"), file, "gap"),
             solve_s=_number(d.get("solve_s"), file, "solve_s"),
             predicted=MappingProxyType(_mapping(d.get("predicted"), file, "predicted")),
+            expert_tp=read_expert_tp(d, len(devices), file),
         )
         stated = d.get("resident_experts")
         if stated is not None and stated != plan.resident_experts():
