@@ -168,10 +168,15 @@ class CostModel(LayerOps, CollectiveCosts):
         return experts.grouped_call_s(roof, coef, t)
 
     def expert_compute_batch_s(
-        self, device_ids: Sequence[str], tokens_per_expert: np.ndarray, dtype: str | None = None
+        self, device_ids: Sequence[str], tokens_per_expert: np.ndarray, dtype: str | None = None,
+        tp: int = 1,
     ) -> np.ndarray:
         """:meth:`expert_compute_s` for several GPUs at once: ``tokens_per_expert`` is [D, E_local]
-        (pad with zeros); returns [D] seconds."""
+        (pad with zeros); returns [D] seconds. ``tp`` > 1: one GPU's 1/tp shard of each expert (its
+        gate/up columns and down rows: 1/tp of the FLOPs and weight bytes, whole activations in and
+        out; :mod:`moesim.plans.ep_groups`)."""
+        model = self.model if tp == 1 else replace(
+            self.model, expert_intermediate_size=self.model.expert_intermediate_size // tp)
         t = np.asarray(tokens_per_expert, dtype=float)
         if t.ndim != 2 or t.shape[0] != len(device_ids):
             raise ValueError(f"tokens_per_expert must be [{len(device_ids)}, experts], got {t.shape}")
@@ -189,14 +194,14 @@ class CostModel(LayerOps, CollectiveCosts):
             covered = {d for d in group_of if group_of[d] is rows and self._tables.covers(d)}
             for i in (rows if covered else ()):
                 if device_ids[i] in covered:
-                    value = self._tables.grouped_experts_s(device_ids[i], self.model, t[i], coef.weight_dtype)
+                    value = self._tables.grouped_experts_s(device_ids[i], model, t[i], coef.weight_dtype)
                     if value is not None:
                         out[i] = value
                         self._note("expert", "table")
             idx = np.asarray(rows, dtype=np.int64)
             todo = idx[np.isnan(out[idx])]
             if len(todo):
-                out[todo] = experts.grouped_calls_s(roof, self.model, coef, t[todo])
+                out[todo] = experts.grouped_calls_s(roof, model, coef, t[todo])
                 self._note("expert", "roofline", len(todo))
         return out
 

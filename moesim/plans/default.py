@@ -9,6 +9,7 @@ from types import MappingProxyType
 import numpy as np
 
 from moesim.errors import UserError
+from moesim.plans.ep_groups import expand, group_devices
 from moesim.plans.plan import Plan
 from moesim.specs.hardware import Cluster
 from moesim.specs.model import MoEModel
@@ -50,14 +51,18 @@ def contiguous_placement(num_experts: int, num_devices: int, slots_per_device: i
     return fill_extra_slots(rows, slots_per_device, num_experts)
 
 
-def default_plan(model: MoEModel, cluster: Cluster) -> Plan:
-    """Contiguous placement on every GPU of ``cluster``, as few slots as hold every expert once."""
+def default_plan(model: MoEModel, cluster: Cluster, ep: int | None = None) -> Plan:
+    """Contiguous placement on every GPU of ``cluster``, as few slots as hold every expert once; with
+    ``ep`` below the GPU count, on ``ep`` EP groups of GPUs / ep GPUs (:mod:`moesim.plans.ep_groups`)."""
     gpus = tuple(d.id for d in cluster.gpus)
     if not gpus:
         raise UserError(f"cluster {cluster.name} has no GPU to place experts on", field="devices")
+    k = len(gpus) // ep if ep is not None and 0 < ep < len(gpus) and len(gpus) % ep == 0 else 1
+    owners = group_devices(gpus, k)
     E, L = model.num_experts, model.num_moe_layers
-    slots = min(E, -(-E // len(gpus)))
-    layer = contiguous_placement(E, len(gpus), slots)
-    return Plan(planner="contiguous", model=model.name, devices=gpus, moe_layers=tuple(model.moe_layers),
+    slots = min(E, -(-E // len(owners)))
+    layer = contiguous_placement(E, len(owners), slots)
+    plan = Plan(planner="contiguous", model=model.name, devices=owners, moe_layers=tuple(model.moe_layers),
                 num_experts=E, placement=np.broadcast_to(layer, (L, *layer.shape)).astype(np.int32),
                 params=MappingProxyType({"extra_slots": EXTRA_SLOTS_NOTE}))
+    return expand(plan, gpus, k)

@@ -136,9 +136,14 @@ class SimConfig:
             raise UserError(f"give one of --cache-size, --expert-cache and --gpu-memory, got "
                             f"{' and '.join(sizes)}", field=sizes[0])
 
-    def parallelism(self, devices: int) -> Parallelism:
-        """The degrees of a run on ``devices`` GPUs, checked against the model."""
-        p = Parallelism.of(devices, tp=self.tp, dp=self.dp, ep=self.ep)
+    def parallelism(self, devices: int, expert_tp: int = 1) -> Parallelism:
+        """The degrees of a run on ``devices`` GPUs, checked against the model and against the plan's
+        ``expert_tp`` (GPUs per EP group; ``--ep`` defaults to ``devices / expert_tp``)."""
+        if self.ep is not None and self.ep * expert_tp != devices:
+            raise UserError(f"the plan shards each expert over {expert_tp} GPU(s), i.e. --ep "
+                            f"{devices // expert_tp} on its {devices} GPUs; got --ep {self.ep} (plan for "
+                            f"--ep {self.ep} with moesim plan --ep {self.ep})", field="--ep")
+        p = Parallelism.of(devices, tp=self.tp, dp=self.dp, ep=devices // expert_tp)
         p.check_model(self.model)
         return p
 

@@ -33,6 +33,7 @@ from moesim.sim.config import SimConfig
 from moesim.sim.costs import SimCost
 from moesim.sim.dispatch import Dispatch, NodeCounting, ReplicaTable, dispatch, owners
 from moesim.sim.events.overlap import overlapped_moe
+from moesim.sim.expert_tp import ExpertGroups
 from moesim.sim.forwarding import Forwarding
 from moesim.sim.invariants import check_all, expected_pairs
 from moesim.sim.misses import MissSetup, make_miss_handler
@@ -67,7 +68,7 @@ def resolve_plan(cfg: SimConfig) -> tuple[Plan, CachePlan]:
     if cfg.trace.num_layers != cfg.model.num_moe_layers:
         raise UserError(f"expected a trace of the {cfg.model.num_moe_layers} MoE layers of "
                         f"{cfg.model.name}, got {cfg.trace.num_layers} layer columns", field="trace")
-    plan = cfg.plan or default_plan(cfg.model, cfg.cluster)
+    plan = cfg.plan or default_plan(cfg.model, cfg.cluster, ep=cfg.ep)
     plan.validate(cfg.model)
     return plan, cfg.cache_plan(plan)
 
@@ -81,11 +82,14 @@ class Machine:
         self.plan = replace(plan, cache=self.cache if self.cache.policy != CachePolicy.NONE else None)
         self.devices: tuple[str, ...] = tuple(plan.devices)
         self.G = len(self.devices)
-        self.parallel = cfg.parallelism(self.G)
+        self.parallel = cfg.parallelism(self.G, plan.expert_tp)
         self.runtime = cfg.runtime or getattr(cost, "runtime", None)
         self.workload: Workload = build_workload(cfg.trace, phase=cfg.phase, batch_size=cfg.batch_size,
                                                  steps=cfg.steps, batch_key=cfg.batch_key)
-        self.table = ReplicaTable.of(self.plan)
+        self.groups = ExpertGroups.of_run(self.parallel, self.model, self.devices, cached=self.cache.policy
+                                          != CachePolicy.NONE, replan=cfg.replan is not None)
+        routing_plan = self.plan if self.groups is None else self.groups.routing_plan(self.plan)
+        self.table = ReplicaTable.of(routing_plan)
         self.rng = np.random.default_rng(cfg.seed) if cfg.replica_split == ReplicaSplit.RANDOM else None
         self.routing = (LocalRouting.of(self.table, node_index(self.cluster, self.devices))
                         if cfg.dispatch == DispatchMode.LOCAL and self.table.has_replicas else None)
@@ -106,6 +110,7 @@ class Machine:
                             cfg.timeline_steps)
         self.rec.step_tokens[:] = self.workload.tokens()
         self.total_pairs = np.zeros((self.G, self.G))
+        self.group_bytes = np.zeros((self.G // self.parallel.expert_tp, 2))  # expert TP all-gather, reduce
         self.keep_pairs: dict[int, np.ndarray] = {}
         self.keep_pre: dict[int, np.ndarray] = {}
         self.keep_parts: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # step -> ([L, G, P], [L, groups])
@@ -201,8 +206,9 @@ class Machine:
             contiguous = len(r) and r[-1] - r[0] + 1 == len(r)
             ids[i, :len(r)] = trace.expert_ids[r[0]:r[-1] + 1] if contiguous else trace.expert_ids[r]
             owner[i, :len(r)] = owners(len(r), self.G)
-        d = (dispatch(ids, owner, self.table, self.rng, count, self.forward) if self.routing is None
-             else local_dispatch(ids, owner, self.table, self.routing, self.rng, count, self.forward))
+        routed = ids if self.groups is None else self.groups.route(ids, owner)
+        d = (dispatch(routed, owner, self.table, self.rng, count, self.forward) if self.routing is None
+             else local_dispatch(routed, owner, self.table, self.routing, self.rng, count, self.forward))
         batch = np.array([len(r) for r in rows])
         outputs = self._outputs(rows) if self.cfg.phase == "prefill" else None
         return ids, d, self.coster.chunk(a, d, batch, wl.context_tokens[a:b], outputs)
@@ -262,6 +268,8 @@ class Machine:
         # a device sends its dispatch copies and, in the combine, returns the copies it received
         sent = out * self.a2a.dispatch_bytes + into * self.a2a.combine_bytes
         received = into * self.a2a.dispatch_bytes + out * self.a2a.combine_bytes
+        if c.expert_group_bytes is not None:
+            self.group_bytes += c.expert_group_bytes.sum(axis=(0, 1))
         if a < r.timeline_steps:
             head = pair if pair is not None else d.pair_head
         for s in range(a, min(b, r.timeline_steps)):
@@ -280,7 +288,7 @@ class Machine:
             r.busy_s[a:b][:, m, :G] += c.expert
             r.tokens[a:b][:, m, :G] = d.device_tokens
             r.phase_s[a:b][:, m, 1] = c.dispatch
-            r.phase_s[a:b][:, m, 2] = c.expert.max(axis=2)
+            r.phase_s[a:b][:, m, 2] = c.expert_phase()
             r.phase_s[a:b][:, m, 3] = c.combine
             r.expert_gpu_s[a:b][:, m] = c.expert.max(axis=2)
 
@@ -333,6 +341,11 @@ class Machine:
             for matrix in (self.total_pairs * a2a.dispatch_bytes, self.total_pairs.T * a2a.combine_bytes):
                 for ln, v in self.cost.link_bytes(self.devices, matrix).items():
                     self.rec.add_link_bytes([ln], v)
+        if self.groups is not None:
+            for j, group in enumerate(self.groups.groups):
+                for nbytes, kind in zip(self.group_bytes[j], ("all_gather", "reduce_scatter"), strict=True):
+                    for ln, v in self.cost.ring(group).link_bytes(float(nbytes), kind).items():
+                        self.rec.add_link_bytes([ln], v)
         if self.cfg.check_invariants:
             self.invariants_checked = check_all(
                 self.rec, self.moe_cols, expected_pairs(self.cfg.trace.expert_ids, self.workload.steps),

@@ -14,6 +14,7 @@ from moesim.cost.a2a import AllToAllSpec
 from moesim.parallel import Parallelism
 from moesim.sim.a2atimes import AllToAllTimer
 from moesim.sim.dispatch import Dispatch
+from moesim.sim.expert_tp import ExpertGroups
 from moesim.sim.precost import PreCoster, PreParts, device_token_counts
 from moesim.specs.runtime import Runtime
 from moesim.vocab import AllToAll
@@ -42,6 +43,20 @@ class ChunkCosts:
     combine_chunk: np.ndarray | None = None
     parts: PreParts | None = None
     """``pre`` by part (attention, dense, router, LM head, TP collectives, overhead)."""
+    expert_gather: np.ndarray | None = None
+    """[S, L, G] the EP group's all-gather before its experts, with tensor parallelism inside experts
+    (:mod:`moesim.sim.expert_tp`); None without."""
+    expert_reduce: np.ndarray | None = None
+    """[S, L, G] the EP group's reduce-scatter of the partial expert outputs; None without."""
+    expert_group_bytes: np.ndarray | None = None
+    """[S, L, groups, 2] bytes of each group's all-gather and reduce-scatter buffers."""
+
+    def expert_phase(self) -> np.ndarray:
+        """[S, L] the experts phase: the slowest GPU's expert call (with its group's all-gather and
+        reduce-scatter around it under expert TP)."""
+        if self.expert_gather is None or self.expert_reduce is None:
+            return self.expert.max(axis=2)
+        return (self.expert_gather + self.expert + self.expert_reduce).max(axis=2)
 
 
 def unique_rows(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -74,6 +89,9 @@ class StepCoster:
         self.cost = cost
         self.expert_calls = expert_calls
         self.pre = PreCoster(cost, devices, phase=phase, parallel=parallel, runtime=runtime)
+        p = self.pre.parallel
+        self.groups = (ExpertGroups(p.expert_tp, cost.model.num_experts, tuple(p.expert_groups(devices)))
+                       if p.expert_tp > 1 else None)
         self.model = cost.model
         self.devices = devices
         self.phase = phase
@@ -135,9 +153,32 @@ class StepCoster:
         new = [i for i, k in enumerate(keys) if k not in memo]
         if new:
             dev = self._spec_device[spec]
-            fresh = np.asarray(self.cost.expert_compute_batch_s([dev] * len(new), rows[new]))
+            fresh = np.asarray(self._compute([dev] * len(new), rows[new]))
             memo.update(zip((keys[i] for i in new), fresh.tolist(), strict=True))
         return np.array([memo[k] for k in keys])
+
+    def _compute(self, devs: list[str], rows: np.ndarray) -> np.ndarray:
+        """The cost model's grouped calls (one GPU's 1/expert_tp shard of each expert under expert TP)."""
+        if self.groups is None:
+            return self.cost.expert_compute_batch_s(devs, rows)
+        return self.cost.expert_compute_batch_s(devs, rows, tp=self.groups.expert_tp)
+
+    def _expert_tp(self, slot_tokens: np.ndarray, out: dict[str, Any]) -> None:
+        """Under expert TP: the expert calls on the group's gathered copies and the group's all-gather
+        and reduce-scatter (:mod:`moesim.sim.expert_tp`) into ``out`` (the ChunkCosts fields)."""
+        g, a = self.groups, self.a2a
+        assert g is not None
+        gathered = g.gathered(slot_tokens)
+        copies = g.group_copies(slot_tokens).astype(float)
+        nbytes = np.stack([copies * a.dispatch_bytes, copies * a.combine_bytes], axis=-1)
+        out.update(expert=self.expert_times(gathered), expert_group_bytes=nbytes,
+                   expert_gather=g.collective_s(self.cost, nbytes[..., 0], "all_gather"),
+                   expert_reduce=g.collective_s(self.cost, nbytes[..., 1], "reduce_scatter"))
+        if self.chunks > 1:  # a micro-batch's collectives run with its expert call
+            n = self.chunks
+            out["expert_chunk"] = (self.expert_times(gathered / n)
+                                   + g.collective_s(self.cost, nbytes[..., 0] / n, "all_gather")
+                                   + g.collective_s(self.cost, nbytes[..., 1] / n, "reduce_scatter"))
 
     def _expert_rows_packed(self, spec: int, rows: np.ndarray, bits: int) -> np.ndarray:
         """:meth:`_expert_rows` with each row packed into one int64 (``bits`` per entry) and the
@@ -151,7 +192,7 @@ class StepCoster:
             new_keys, first = np.unique(keys[~found], return_index=True)
             new_rows = rows[~found][first]
             dev = self._spec_device[spec]
-            fresh = np.asarray(self.cost.expert_compute_batch_s([dev] * len(new_rows), new_rows), dtype=float)
+            fresh = np.asarray(self._compute([dev] * len(new_rows), new_rows), dtype=float)
             known = np.concatenate([known, new_keys])
             order = np.argsort(known, kind="stable")
             known, times = known[order], np.concatenate([times, fresh])[order]
@@ -182,6 +223,8 @@ class StepCoster:
             out["dispatch_chunk"] = self.timer.pairs(pairs, a.dispatch_bytes, n)
             out["combine_chunk"] = (out["dispatch_chunk"] if self.mirrored
                                     else self.timer.pairs(back, a.combine_bytes, n))
+        if self.groups is not None and self.expert_calls:
+            self._expert_tp(d.slot_tokens, out)
         return ChunkCosts(**out)
 
     def _chunk_nodes(self, first: int, d: Dispatch, parts: PreParts) -> ChunkCosts:
@@ -199,4 +242,6 @@ class StepCoster:
             out["dispatch_chunk"] = self.timer.nodes(rows, cols, a.dispatch_bytes, n)
             out["combine_chunk"] = (out["dispatch_chunk"] if self.mirrored
                                     else self.timer.combine_nodes(rows, cols, n))
+        if self.groups is not None and self.expert_calls:
+            self._expert_tp(d.slot_tokens, out)
         return ChunkCosts(**out)
