@@ -40,7 +40,8 @@ def test_degrees_multiply_to_the_gpu_count():
     assert Parallelism.of(8) == Parallelism(tp=1, dp=8, ep=8)
     assert Parallelism.of(8, tp=8) == Parallelism(tp=8, dp=1, ep=8)
     assert Parallelism.of(8, dp=2) == Parallelism(tp=4, dp=2, ep=8)
-    cases = (({"tp": 3}, "--tp"), ({"tp": 2, "dp": 2}, "--tp"), ({"ep": 4}, "--ep"), ({"tp": 0}, "--tp"))
+    cases = (({"tp": 3}, "--tp"), ({"tp": 2, "dp": 2}, "--tp"), ({"ep": 3}, "--ep"), ({"ep": 16}, "--ep"),
+             ({"tp": 0}, "--tp"))
     for kw, flag in cases:
         with pytest.raises(UserError) as e:
             Parallelism.of(8, **kw)

@@ -114,6 +114,7 @@ class Machine:
         self.keep_pairs: dict[int, np.ndarray] = {}
         self.keep_pre: dict[int, np.ndarray] = {}
         self.keep_parts: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # step -> ([L, G, P], [L, groups])
+        self.keep_expert_comm: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}  # expert TP
         self.keep_slices: dict[tuple[int, int], MicroBatches] = {}  # overlapped layers of kept steps
         self.env = simpy.Environment()
         offloading = self.cache.policy != CachePolicy.NONE
@@ -277,6 +278,8 @@ class Machine:
             self.keep_pre[s] = c.pre[s - a]
             if c.parts is not None:
                 self.keep_parts[s] = (c.parts.step(s - a), c.parts.step_edge_bytes(s - a))
+            if c.expert_group_bytes is not None:
+                self.keep_expert_comm[s] = c.expert_comm_step(s - a)
         G = self.G
         r.busy_s[a:b, :, :G] = c.pre if c.parts is None else c.parts.busy()
         r.phase_s[a:b, :, 0] = c.pre.max(axis=2)
@@ -379,9 +382,11 @@ class Machine:
             dispatch, combine = loads.reshape(len(kept), L, -1), back.reshape(len(kept), L, -1)
         rings = [(self.cost.ring(g).links, self.cost.ring(g).edges_per_link)
                  for g in self.parallel.groups(self.devices)] if self.parallel.tp > 1 else []
+        expert_rings = [(self.cost.ring(g).links, self.cost.ring(g).edges_per_link)
+                        for g in self.groups.groups] if self.groups is not None else []
         return LockstepTimeline(self.devices, tuple(int(c) for c in self.moe_cols), dict(self.keep_pre),
                                 names, dispatch, combine, dict(self.keep_slices), dict(self.keep_parts),
-                                rings)
+                                rings, dict(self.keep_expert_comm), expert_rings)
 
     @property
     def causality(self) -> list[tuple[float, float]]:

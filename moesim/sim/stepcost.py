@@ -51,6 +51,13 @@ class ChunkCosts:
     expert_group_bytes: np.ndarray | None = None
     """[S, L, groups, 2] bytes of each group's all-gather and reduce-scatter buffers."""
 
+    def expert_comm_step(self, i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Step ``i``'s expert-TP collectives: all-gather and reduce-scatter seconds [L, G], bytes
+        [L, groups, 2]."""
+        assert self.expert_gather is not None and self.expert_reduce is not None
+        assert self.expert_group_bytes is not None
+        return self.expert_gather[i], self.expert_reduce[i], self.expert_group_bytes[i]
+
     def expert_phase(self) -> np.ndarray:
         """[S, L] the experts phase: the slowest GPU's expert call (with its group's all-gather and
         reduce-scatter around it under expert TP)."""

@@ -86,6 +86,11 @@ class LockstepTimeline:
     """step -> ([layers, G, parts] the pre phase by part, [layers, TP groups] bytes per ring edge)."""
     rings: Sequence[tuple[Sequence[tuple[str, str]], np.ndarray]] = ()
     """Per TP group (tp > 1): its ring's link directions and how many ring edges cross each."""
+    expert_comm: Mapping[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = field(default_factory=dict)
+    """Expert TP (:mod:`moesim.sim.expert_tp`): step -> ([MoE layers, G] all-gather seconds, [MoE
+    layers, G] reduce-scatter seconds, [MoE layers, EP groups, 2] their buffers' bytes)."""
+    expert_rings: Sequence[tuple[Sequence[tuple[str, str]], np.ndarray]] = ()
+    """Per EP group (expert TP): its ring's link directions and ring edges crossing each."""
 
     def _pre_spans(self, s: int, col: int, t: float, pre_g: np.ndarray) -> list[Span]:
         """Each GPU's pre-dispatch work of one layer: one span per part in the order it runs, and the
@@ -150,11 +155,39 @@ class LockstepTimeline:
                         a, b = self.links[i]
                         out.append(Span(f"{a}->{b}", f"combine L{col}", t + pre_s + disp + exp, comb,
                                         {"step": s, "bytes": float(row[i])}))
+                comm = self.expert_comm.get(s)
+                gather = comm[0][m] if comm is not None else np.zeros(len(self.devices))
                 for g, dev in enumerate(self.devices):
                     busy = float(r.busy_s[s, col, g] - compute[col, g])
                     if busy > 0:
-                        out.append(Span(dev, f"experts L{col}", t + pre_s + disp, busy,
+                        out.append(Span(dev, f"experts L{col}", t + pre_s + disp + float(gather[g]), busy,
                                         {"step": s, "tokens": int(r.tokens[s, col, g])}))
+                if comm is not None:
+                    out += self._expert_tp_spans(s, col, m, t + pre_s + disp, r.busy_s[s, col] - compute[col])
+        return out
+
+    def _expert_tp_spans(self, s: int, col: int, m: int, t: float, busy_of: np.ndarray) -> list[Span]:
+        """Each EP group's all-gather (before its experts) and reduce-scatter (after) on its GPUs and on
+        its ring's link directions."""
+        from moesim.cost.allreduce import bus_factor
+
+        gather, reduce, nbytes = (a[m] for a in self.expert_comm[s])
+        k = len(self.devices) // max(1, len(self.expert_rings))
+        out: list[Span] = []
+        for j, (links, edges) in enumerate(self.expert_rings):
+            members = range(j * k, (j + 1) * k)
+            g0 = j * k
+            after = t + float(gather[g0]) + float(max(busy_of[g] for g in members))
+            for name, start, dur, b, kind in (("allgather", t, float(gather[g0]), nbytes[j, 0], "all_gather"),
+                                              ("reducescatter", after, float(reduce[g0]), nbytes[j, 1],
+                                               "reduce_scatter")):
+                if dur <= 0:
+                    continue
+                out += [Span(self.devices[g], f"{name} L{col}", start, dur, {"step": s}) for g in members]
+                per_edge = bus_factor(kind, k) * float(b)
+                out += [Span(f"{a}->{c}", f"{name} L{col}", start, dur,
+                             {"step": s, "bytes": float(e) * per_edge})
+                        for (a, c), e in zip(links, edges, strict=True)]
         return out
 
     def _micro_batch_spans(self, s: int, col: int, m: int, mb: MicroBatches) -> list[Span]:
