@@ -223,9 +223,10 @@ class MemoryModel:
         )
 
     def expert_slots(self, breakdown: MemoryBreakdown) -> int:
-        """Whole experts that fit in what the fixed part leaves of the budget (0 when nothing is left)."""
+        """Expert slots that fit in what the fixed part leaves of the budget (0 when nothing is left): a
+        slot holds one expert, or its 1/expert_tp shard inside an EP group (:mod:`moesim.plans.ep_groups`)."""
         free = breakdown.capacity_bytes - breakdown.fixed_bytes
-        return max(0, math.floor(free / self.model.expert_bytes() + 1e-9))
+        return max(0, math.floor(free / (self.model.expert_bytes() / self.layout.expert_tp) + 1e-9))
 
     def common_slots(self, capacity_bytes: Mapping[str, float], *, staging_experts: int = 0,
                      staging_dtype: str | None = None,

@@ -132,8 +132,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="write SGLang's --init-expert-location file for that plan")
     p.add_argument("--export-vllm-ascend", type=output_file, default=None, metavar="FILE",
                    help="write vLLM-Ascend's expert map JSON for that plan")
-    p.add_argument("--ep-size", type=positive_int, default=None, metavar="N",
-                   help="the EP size the engine will run with; refused unless it equals the GPU count")
+    p.add_argument("--ep", "--ep-size", dest="ep_size", type=positive_int, default=None, metavar="N",
+                   help="expert-parallel size: experts placed on N EP groups of GPUs/N GPUs, each GPU "
+                   "holding 1/(GPUs/N) of its group's experts (tensor parallelism inside experts; default "
+                   "every GPU, whole experts); the plan records it and the exports launch with it, e.g. "
+                   "--ep 4 on h100x8")
     p.add_argument("--csv", type=output_file, default=None, metavar="FILE",
                    help="also write the comparison table as CSV")
     add_plan_flags(p)

@@ -118,13 +118,16 @@ def check_ep_size(plan: Plan, engine: str, ep_size: int | None, path: str) -> No
 
 
 def sglang_launch(plan: Plan, model: MoEModel, path: str | Path, *,
-                  dispatch: str | None = None) -> EngineLaunch:
-    """SGLang flags for a ``physical_to_logical_map`` file of ``plan``."""
+                  dispatch: str | None = None, tp_size: int | None = None) -> EngineLaunch:
+    """SGLang flags for a ``physical_to_logical_map`` file of ``plan`` (over EP ranks); ``tp_size``:
+    the GPUs when each EP rank is a group of ``tp_size / G`` GPUs sharding its experts (SGLang's
+    ``moe_tp_size = tp_size // ep_size``, ``python/sglang/srt/distributed/parallel_state.py`` @5c69e32)."""
     G, S = plan.placement.shape[1:]
     redundant = G * S - model.num_experts
     mode = dispatch or str(plan.params.get("dispatch", "even"))
     algorithm = "static" if mode == "local" else "dynamic"
-    flags = ["--tp-size", str(G), "--ep-size", str(G), "--ep-num-redundant-experts", str(redundant),
+    flags = ["--tp-size", str(tp_size or G), "--ep-size", str(G), "--ep-num-redundant-experts",
+             str(redundant),
              "--init-expert-location", str(Path(path).resolve()), "--ep-dispatch-algorithm", algorithm]
     notes = [f"checked against {SGLANG_CHECKED}; EP rank g must run on the plan's device g "
              f"({', '.join(plan.devices[:3])}{', ...' if G > 3 else ''})",
@@ -137,6 +140,11 @@ def sglang_launch(plan: Plan, model: MoEModel, path: str | Path, *,
     else:
         notes.append("dynamic dispatch picks a replica at random per token, as moesim --dispatch even "
                      "assumes")
+    if tp_size is not None and tp_size != G:
+        k = tp_size // G
+        notes.append(f"each EP rank is a group of {k} GPUs (SGLang's moe_tp groups: ranks [j x {k}, "
+                     f"(j + 1) x {k})) holding 1/{k} of its experts; SGLang refuses a "
+                     "moe_intermediate_size that moe_tp_size does not divide")
     if (n := nodes_of(plan)) > 1:
         notes.append(f"the plan spans {n} nodes: add --nnodes {n} --node-rank <i> "
                      "--dist-init-addr <host:port>")

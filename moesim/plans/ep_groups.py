@@ -43,6 +43,29 @@ def expand(plan: Plan, devices: tuple[str, ...], expert_tp: int) -> Plan:
                    placement=np.repeat(np.asarray(plan.placement), expert_tp, axis=1))
 
 
+def collapse(plan: Plan) -> Plan:
+    """The inverse of :func:`expand`: one device (its first GPU) and one row per EP group."""
+    if plan.expert_tp == 1:
+        return plan
+    k = plan.expert_tp
+    return replace(plan, devices=group_devices(tuple(plan.devices), k),
+                   placement=group_rows(plan.placement, k), expert_tp=1)
+
+
+def refuse_export(plan: Plan, engine: str, path: str) -> None:
+    """One UserError for an engine that cannot shard experts inside EP groups (vLLM and its Ascend
+    plugin: ``FusedMoEParallelConfig.make`` in ``vllm/model_executor/layers/fused_moe/config.py``
+    @002d607 runs the experts either expert-parallel over every GPU (``tp_size = 1``) or
+    tensor-parallel over all of them (``ep_size = 1``), never both)."""
+    if plan.expert_tp == 1:
+        return
+    G = len(plan.devices)
+    raise UserError(f"{engine} export: the plan shards each expert over {plan.expert_tp} GPUs (--ep "
+                    f"{G // plan.expert_tp} on {G}); vLLM runs experts either expert-parallel over every "
+                    f"GPU or tensor-parallel over all of them, so plan with --ep {G}", file=path,
+                    field="expert_tp")
+
+
 def read_expert_tp(d: Any, num_devices: int, file: str | None) -> int:
     """``expert_tp`` of a plan file (absent: 1), checked against its device count and its ``ep``."""
     tp_e = d.get("expert_tp", 1)

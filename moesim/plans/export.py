@@ -29,7 +29,7 @@ import numpy as np
 
 from moesim.errors import UserError
 from moesim.io import atomic_write_text
-from moesim.plans import engines
+from moesim.plans import engines, ep_groups
 from moesim.plans.engines import EngineLaunch
 from moesim.plans.plan import Plan
 from moesim.specs.model import MoEModel
@@ -120,7 +120,9 @@ def sglang_map(plan: Plan, model: MoEModel, *, path: str = "<sglang>") -> list[l
 
 def write_sglang(plan: Plan, model: MoEModel, path: str | Path, *, ep_size: int | None = None) -> None:
     """Write SGLang's ``--init-expert-location`` JSON (launch with ``--ep-num-redundant-experts
-    G*S - E`` and an EP size of ``G``; ``ep_size``, when given, must be ``G``)."""
+    G*S - E`` and an EP size of ``G``; ``ep_size``, when given, must be ``G``). A plan over EP groups
+    (``expert_tp`` > 1) is written per group: EP rank j is group j (:func:`ep_groups.collapse`)."""
+    plan = ep_groups.collapse(plan)
     engines.check_ep_size(plan, "SGLang", ep_size, str(path))
     rows = sglang_map(plan, model, path=str(path))
     atomic_write_text(path, _dump_rows({SGLANG_KEY: rows}))
@@ -130,7 +132,8 @@ def export_sglang(plan: Plan, model: MoEModel, path: str | Path, *, ep_size: int
                   dispatch: str | None = None) -> EngineLaunch:
     """Write the map and ``<path>.flags.txt``; the launch flags (``dispatch``: moesim's even/local)."""
     write_sglang(plan, model, path, ep_size=ep_size)
-    launch = engines.sglang_launch(plan, model, path, dispatch=dispatch)
+    launch = engines.sglang_launch(ep_groups.collapse(plan), model, path, dispatch=dispatch,
+                                   tp_size=len(plan.devices))
     engines.write_flags(launch, path)
     return launch
 
@@ -214,7 +217,9 @@ def vllm_ascend_map(plan: Plan, model: MoEModel, *, path: str = "<vllm-ascend>")
 
 
 def write_vllm_ascend(plan: Plan, model: MoEModel, path: str | Path, *, ep_size: int | None = None) -> None:
-    """Write vLLM-Ascend's static expert map (``additional_config.eplb_config.expert_map_path``)."""
+    """Write vLLM-Ascend's static expert map (``additional_config.eplb_config.expert_map_path``); a
+    plan over EP groups is refused (:func:`ep_groups.refuse_export`)."""
+    ep_groups.refuse_export(plan, "vLLM-Ascend", str(path))
     engines.check_ep_size(plan, "vLLM-Ascend", ep_size, str(path))
     d = vllm_ascend_map(plan, model, path=str(path))
     atomic_write_text(path, json.dumps(d, separators=(",", ":")) + "\n")
@@ -235,7 +240,9 @@ def export_for_engines(plan: Plan, model: MoEModel, *, sglang: str | Path | None
     """Every requested engine file with its flags file, all checked before the first is written."""
     for target, engine in ((sglang, "SGLang"), (vllm_ascend, "vLLM-Ascend")):
         if target is not None:
-            engines.check_ep_size(plan, engine, ep_size, str(target))
+            if engine != "SGLang":
+                ep_groups.refuse_export(plan, engine, str(target))
+            engines.check_ep_size(ep_groups.collapse(plan), engine, ep_size, str(target))
             engines.check_family(model, engine, str(target))
     launches = []
     if sglang is not None:

@@ -25,6 +25,7 @@ from moesim.errors import UserError
 from moesim.parallel import Parallelism
 from moesim.planners import BASELINE_PLANNER, PLANNERS, PlanRequest
 from moesim.planners.base import check_request, gpu_imbalance
+from moesim.plans.ep_groups import expand, group_devices, group_rows
 from moesim.plans.plan import CachePlan, Plan
 from moesim.progress import progress
 from moesim.specs.hardware import Cluster
@@ -78,7 +79,9 @@ class PlacementRequest:
     miss: str = "fetch"
     prefetch: str = "none"
     ep_size: int | None = None
-    """The EP size an engine will run the plan with: refused unless it is the GPU count."""
+    """EP groups (``--ep``): below the GPU count, experts are placed on ``ep_size`` groups of GPUs / ep_size
+    GPUs, each GPU holding 1/(GPUs / ep_size) of its group's experts (:mod:`moesim.plans.ep_groups`);
+    None: every GPU."""
     runtime: str | Path | Runtime | None = None
     """The serving framework (``--runtime``, :mod:`moesim.specs.runtime`): its overheads in the cost
     model and the simulations, its memory reserve in the cache plan (None: kernels only)."""
@@ -271,15 +274,17 @@ def compare_planners(req: PlacementRequest, *, show_progress: bool = False) -> P
     gpus = tuple(d.id for d in cluster.gpus)
     if not gpus:
         raise UserError(f"cluster {cluster.name} has no GPU to place experts on", file=cluster.source_file)
-    if req.ep_size is not None and req.ep_size != len(gpus):
-        raise UserError(f"the engine's EP size must be the number of GPUs planned for ({len(gpus)} on "
-                        f"{cluster.name}); got {req.ep_size}", field="--ep-size")
+    parallel = Parallelism.of(len(gpus), tp=req.tp, dp=req.dp, ep=req.ep_size)
+    parallel.check_model(model)
+    k = parallel.expert_tp
+    if k > 1 and req.gpu_memory is not None:
+        raise UserError(f"--ep {parallel.ep} shards experts over {k} GPUs, which is planned and simulated "
+                        "with every expert resident: drop --gpu-memory (the expert cache plan)", field="--ep")
+    all_gpus, gpus = gpus, group_devices(gpus, k)  # planners place experts on the EP groups
     slots = _slots(req, len(gpus), model.num_experts)
     load = layer_matrix(train.load_matrix(windows=req.windows), train, model)
     eval_load = layer_matrix(evaluation.load_matrix(windows=1), evaluation, model)[0]
     runtime = load_runtime(req.runtime)
-    parallel = Parallelism.of(len(gpus), tp=req.tp, dp=req.dp)
-    parallel.check_model(model)
     cost = cost_model(cluster, model, runtime=runtime)
     request = PlanRequest(model=model, cluster=cluster, devices=gpus, slots_per_device=slots, load=load,
                           trace=None if counts_only else train, cost=cost, time_limit_s=req.time_limit_s,
@@ -294,7 +299,7 @@ def compare_planners(req: PlacementRequest, *, show_progress: bool = False) -> P
     solve_s: dict[str, float] = {}
     for name in progress(req.planners, desc="planning", total=len(req.planners), enabled=show_progress):
         t0 = time.perf_counter()
-        plan = PLANNERS[name](request)
+        plan = expand(PLANNERS[name](request), all_gpus, k)
         solve_s[name] = time.perf_counter() - t0
         if cache_plan is not None:
             plan = dataclasses.replace(plan, cache=cache_plan)
@@ -305,7 +310,7 @@ def compare_planners(req: PlacementRequest, *, show_progress: bool = False) -> P
     scored: dict[str, dict[str, Any]] = {}
     for name in progress(req.planners, desc="simulating", total=len(req.planners), enabled=show_progress):
         plan = plans[name]
-        predicted, units = predict_moe_step(eval_request, plan.placement)
+        predicted, units = predict_moe_step(eval_request, group_rows(plan.placement, k))
         dup = plan.params.get("eplb_duplicate_slots")
         scored[name] = {
             "gpu_imbalance_train": gpu_imbalance(plan, load),
@@ -323,7 +328,7 @@ def compare_planners(req: PlacementRequest, *, show_progress: bool = False) -> P
     rows = {name: PlannerRow(**r, speedup_vs_baseline=base / r["step_time_s_eval"]
                              if base and r["step_time_s_eval"] else None) for name, r in scored.items()}
     return PlannerComparison(
-        hw=cluster.name, model=model.name, trace=trace_name, gpus=len(gpus), slots_per_gpu=slots,
+        hw=cluster.name, model=model.name, trace=trace_name, gpus=len(all_gpus), slots_per_gpu=slots,
         train_tokens=None if counts_only else train.num_tokens,
         eval_tokens=None if counts_only else evaluation.num_tokens, windows=int(np.shape(load)[0]),
         dispatch=req.dispatch, moe_layers=tuple(int(x) for x in model.moe_layers),
