@@ -139,6 +139,8 @@ class SimConfig:
     def parallelism(self, devices: int, expert_tp: int = 1) -> Parallelism:
         """The degrees of a run on ``devices`` GPUs, checked against the model and against the plan's
         ``expert_tp`` (GPUs per EP group; ``--ep`` defaults to ``devices / expert_tp``)."""
+        if self.ep is not None:
+            Parallelism.of(devices, tp=self.tp, dp=self.dp, ep=self.ep)  # --ep must divide the GPUs
         if self.ep is not None and self.ep * expert_tp != devices:
             raise UserError(f"the plan shards each expert over {expert_tp} GPU(s), i.e. --ep "
                             f"{devices // expert_tp} on its {devices} GPUs; got --ep {self.ep} (plan for "
