@@ -193,3 +193,22 @@ def test_plan_cli_ep_and_exports(tmp_path, capsys, lite):
     with pytest.raises(UserError) as e:
         write_vllm_ascend(plan, lite, tmp_path / "va.json")
     assert e.value.field == "expert_tp" and not (tmp_path / "va.json").exists()
+
+
+def test_a_group_computes_what_its_members_received(h100x8, lite):
+    """After the all-gather both GPUs of a group run their shard on all of the group's copies, even
+    when the dispatch sent every copy to one of them; the collectives are sized by those copies."""
+    from moesim.sim.dispatch import Dispatch
+
+    devices = tuple(d.id for d in h100x8.gpus)
+    coster = StepCoster(CostModel(h100x8, lite), devices, phase="decode", parallel=Parallelism.of(8, ep=4))
+    L = lite.num_moe_layers
+    slot_tokens = np.zeros((1, L, 8, 16), dtype=np.int64)
+    slot_tokens[:, :, 0, :4] = 3  # GPU 0 received 12 copies, its group peer GPU 1 none
+    d = Dispatch(slot_tokens=slot_tokens, pair_tokens=np.zeros((1, L, 8, 8), dtype=np.int64))
+    c = coster.chunk(0, d, np.array([8]), np.array([512]))
+    assert np.array_equal(c.expert[..., 0], c.expert[..., 1]) and (c.expert[..., 1] > 0).all()
+    assert (c.expert[..., 2:] == 0).all()
+    assert c.expert_group_bytes is not None and c.expert_gather is not None
+    assert np.allclose(c.expert_group_bytes[0, :, 0, 0], 12 * coster.a2a.dispatch_bytes)
+    assert (c.expert_gather[..., :2] > 0).all() and (c.expert_gather[..., 2:] == 0).all()
