@@ -212,3 +212,16 @@ def test_a_group_computes_what_its_members_received(h100x8, lite):
     assert c.expert_group_bytes is not None and c.expert_gather is not None
     assert np.allclose(c.expert_group_bytes[0, :, 0, 0], 12 * coster.a2a.dispatch_bytes)
     assert (c.expert_gather[..., :2] > 0).all() and (c.expert_gather[..., 2:] == 0).all()
+
+
+def test_plan_replan_honours_runtime_tp_dp():
+    """``moesim plan --replan`` replays with the run's runtime profile and attention layout."""
+    from moesim.workflows.replan import ReplanOptions
+    from moesim.workflows.replan_search import ReplanSearch, choose_replan
+
+    only_static = {"static": ReplanOptions(policy="static", batch_tokens=64)}
+    times = {}
+    for key, kw in (("kernels", {}), ("vllm", {"runtime": "vllm"}), ("tp8", {"tp": 8})):
+        req = ReplanSearch(hw="h100x8", model="deepseek-v2-lite", trace=TRACE, batch_tokens=64, **kw)
+        times[key] = choose_replan(req, candidates=only_static).candidates["static"].step_time_s
+    assert times["vllm"] != times["kernels"] and times["tp8"] != times["kernels"]

@@ -115,7 +115,8 @@ def run_plan_replan(args: argparse.Namespace) -> int:
                        ilp_target=args.ilp_target, nodes=args.nodes, slots_per_gpu=args.slots_per_gpu,
                        warmup_fraction=args.train_fraction if args.train_fraction is not None else 0.2,
                        batch_tokens=args.batch_size, dispatch=args.dispatch, seed=args.seed,
-                       time_limit_s=args.time_limit, weight_dtype=args.weight_dtype)
+                       time_limit_s=args.time_limit, weight_dtype=args.weight_dtype,
+                       runtime=args.runtime, tp=args.tp, dp=args.dp)
     choice = choose_replan(req, show_progress=True)
     if args.json:
         print_json(choice.as_dict(), verb="plan")

@@ -25,6 +25,7 @@ from moesim.sim.config import SimConfig
 from moesim.sim.engine import simulate
 from moesim.sim.results import SimResult
 from moesim.specs.hardware import Cluster
+from moesim.specs.runtime import Runtime, load_runtime
 from moesim.traces.trace import RoutingTrace
 from moesim.vocab import Replan, parse
 from moesim.workflows.inputs import cluster_of, cost_model, model_and_trace
@@ -75,6 +76,11 @@ class ReplanSearch:
     seed: int = 0
     time_limit_s: float = 10.0
     weight_dtype: str | None = None
+    runtime: str | Path | Runtime | None = None
+    """``--runtime``: its overheads in the cost model and the replays (None: kernels only)."""
+    tp: int | None = None
+    """``--tp``/``--dp``: the replays' attention layout (:mod:`moesim.parallel`)."""
+    dp: int | None = None
 
 
 @dataclass(frozen=True)
@@ -182,13 +188,14 @@ def choose_replan(req: ReplanSearch, *, candidates: Mapping[str, ReplanOptions] 
     gpus = tuple(d.id for d in cluster.gpus)
     E = model.num_experts
     slots = req.slots_per_gpu or min(E, -(-E // len(gpus)) + 1)
-    cost = cost_model(cluster, model)
+    runtime = load_runtime(req.runtime)
+    cost = cost_model(cluster, model, runtime=runtime)
     warm_load = layer_matrix(warmup.load_matrix(windows=1), warmup, model)[0]
     first = inner_planner(req.planner, model, cluster, gpus, slots, cost=cost, seed=req.seed,
                           time_limit_s=req.time_limit_s)(warm_load[None])
     phase, batch = replay_setting(stream, req.batch_tokens)
     base = SimConfig(cluster=cluster, model=model, trace=stream, plan=first, batch_size=batch, phase=phase,
-                     seed=req.seed, dispatch=req.dispatch)
+                     seed=req.seed, dispatch=req.dispatch, tp=req.tp, dp=req.dp, runtime=runtime)
     steps = _steps(base)
     grid = dict(candidates) if candidates is not None else candidate_grid(req, steps)
     runs: dict[str, SimResult] = {}
