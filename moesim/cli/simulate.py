@@ -83,7 +83,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dp", type=positive_int, default=None, metavar="N",
                    help="attention data-parallel groups (default GPUs / --tp); --tp x --dp = the plan's GPUs")
     p.add_argument("--ep", type=positive_int, default=None, metavar="N",
-                   help="expert-parallel degree: must be the plan's GPU count (experts over every GPU)")
+                   help="expert-parallel size: N EP groups of GPUs/N GPUs, each GPU holding 1/(GPUs/N) of "
+                   "its group's experts (tensor parallelism inside experts; default: the plan's, every "
+                   "GPU for plans without EP groups), e.g. --ep 4 on h100x8")
     p.add_argument("--runtime", default=None, metavar="NAME|PATH",
                    help="runtime profile: framework overheads and memory reserve (kernels [default], vllm, "
                    "vllm-eager, or a YAML file; docs/cost.md), e.g. --runtime vllm")
