@@ -11,15 +11,28 @@ GPU's expert slots when memory sizes them) and :func:`expand` copies each group'
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
 from moesim.errors import UserError
+from moesim.specs.model import MoEModel
 
-if TYPE_CHECKING:
-    from moesim.plans.plan import Plan
-    from moesim.specs.model import MoEModel
+
+class Placed(Protocol):
+    """What this module reads of a :class:`moesim.plans.plan.Plan` (which imports this module)."""
+
+    @property
+    def expert_tp(self) -> int: ...
+    @property
+    def devices(self) -> tuple[str, ...]: ...
+    @property
+    def placement(self) -> np.ndarray: ...
+    @property
+    def moe_layers(self) -> tuple[int, ...]: ...
+
+
+Plan = TypeVar("Plan", bound=Placed)
 
 
 def group_devices(devices: tuple[str, ...], expert_tp: int) -> tuple[str, ...]:
@@ -52,7 +65,7 @@ def collapse(plan: Plan) -> Plan:
                    placement=group_rows(plan.placement, k), expert_tp=1)
 
 
-def refuse_export(plan: Plan, engine: str, path: str) -> None:
+def refuse_export(plan: Placed, engine: str, path: str) -> None:
     """One UserError for an engine that cannot shard experts inside EP groups (vLLM and its Ascend
     plugin: ``FusedMoEParallelConfig.make`` in ``vllm/model_executor/layers/fused_moe/config.py``
     @002d607 runs the experts either expert-parallel over every GPU (``tp_size = 1``) or
@@ -79,7 +92,7 @@ def read_expert_tp(d: Any, num_devices: int, file: str | None) -> int:
     return tp_e
 
 
-def check_groups(plan: Plan, model: MoEModel, file: str | None = None) -> None:
+def check_groups(plan: Placed, model: MoEModel, file: str | None = None) -> None:
     """One UserError unless the GPUs of each EP group hold the same experts and ``expert_tp`` divides
     the devices and the expert FFN width."""
     k, G = plan.expert_tp, len(plan.devices)
