@@ -186,8 +186,13 @@ def run(args: argparse.Namespace) -> int:
         print_json(summary, verb="simulate")
         return 0
     lat = summary["step_latency_s"]
-    print(f"{summary['model']} on {summary['cluster']} ({summary['devices']} GPUs, plan {summary['plan']}), "
-          f"{summary['phase']}, batch {summary['batch_size']}, {summary['steps']} steps")
+    par = summary.get("parallel") or {}
+    layout = "".join(f", {name} {par[key]}" for key, name in (("tp", "attention TP"), ("ep", "EP"),
+                                                              ("expert_tp", "expert TP"))
+                     if par.get(key, 1) > 1 and (key != "ep" or par.get("expert_tp", 1) > 1))
+    print(f"{summary['model']} on {summary['cluster']} ({summary['devices']} GPUs{layout}, "
+          f"plan {summary['plan']}), {summary['phase']}, batch {summary['batch_size']}, "
+          f"{summary['steps']} steps")
     wall = summary["timing"]["wall_seconds"]
     print(f"simulated {summary['simulated_seconds']:.6g} s in {wall:.3g} s wall: "
           f"{summary['tokens']} tokens, {summary['tokens_per_s'] or 0:.6g} tokens/s")
