@@ -86,10 +86,13 @@ def test_a_blocking_row_slower_than_static_is_said_with_its_stalls_against_its_s
              ("drift", "overlapped"): {"step_time_s": 5.5e-3, "stall_s": 0.0},  # faster: nothing to say
              ("hedged", "overlapped"): {"step_time_s": 6.2e-3, "stall_s": 0.0}}
     lines = _verdict(cells, base, 10)
-    assert len(lines) == 2
-    assert lines[0].startswith("`drift, blocking` is slower") and "stalls (20.0 ms)" in lines[0]
-    assert "the 10.0 ms its steps saved over the 10 steps" in lines[0]
-    assert lines[1].startswith("`hedged, overlapped` is slower") and "2.0 ms lost" in lines[1]
+    assert len(lines) == 1
+    text = lines[0]
+    assert text.startswith("Slower than `static` over the 10 steps of this stream: ")
+    assert "`drift, blocking` (stalls 20.0 ms against 10.0 ms its steps saved)" in text
+    assert "`hedged, overlapped` (no stalls; its plans served slower steps: 2.0 ms lost)" in text
+    assert "`drift, overlapped`" not in text and "blocking re-balancing pays only" in text
+    assert _verdict({("static", "blocking"): base}, base, 10) == ()
 
 
 def test_a_list_of_traces_is_one_stream_and_its_command_concatenates(tmp_path: Path, monkeypatch) -> None:

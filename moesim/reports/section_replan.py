@@ -92,23 +92,26 @@ def replan_section(b: Builder, s: ReplanStudy) -> Section:
 
 
 def _verdict(cells: dict[tuple[str, str], Any], base: Any, steps: int | None) -> tuple[str, ...]:
-    """One sentence per re-balancing row slower than static: what its stalls cost against what its
-    balance saved (the served steps' time, stalls left out), so a loss is stated, not hidden."""
+    """One paragraph naming every re-balancing row slower than static with what its stalls cost against
+    what its balance saved (the served steps' time, stalls left out), so a loss is stated, not hidden."""
     if not base or not steps:
         return ()
-    out = []
+    rows, stalled = [], False
     for (p, m), r in cells.items():
         if p == STATIC or r is None or r["step_time_s"] <= base["step_time_s"]:
             continue
         served = r["step_time_s"] - r["stall_s"] / steps
         saved_ms = (base["step_time_s"] - served) * steps * 1e3
         if r["stall_s"] == 0:
-            out.append(f"`{_label(p, m)}` is slower than `static` here: its plans served slower steps "
-                       f"({-saved_ms:.1f} ms lost over the {steps} steps of this stream).")
+            rows.append(f"`{_label(p, m)}` (no stalls; its plans served slower steps: "
+                        f"{-saved_ms:.1f} ms lost)")
             continue
-        cost = (f"outweigh the {saved_ms:.1f} ms its steps saved over the {steps} steps of this stream"
-                if saved_ms > 0 else f"come on top of steps that were no faster ({-saved_ms:.1f} ms lost)")
-        out.append(f"`{_label(p, m)}` is slower than `static` here: its stalls ({r['stall_s'] * 1e3:.1f} ms) "
-                   f"{cost}; blocking re-balancing pays only when a shift lasts long enough for the better "
-                   "balance to win the stalls back.")
-    return tuple(out)
+        stalled = True
+        won = (f"against {saved_ms:.1f} ms its steps saved" if saved_ms > 0
+               else f"on top of steps that were no faster: {-saved_ms:.1f} ms lost")
+        rows.append(f"`{_label(p, m)}` (stalls {r['stall_s'] * 1e3:.1f} ms {won})")
+    if not rows:
+        return ()
+    moral = ("; blocking re-balancing pays only when a shift lasts long enough for the better balance to win "
+             "the stalls back." if stalled else ".")
+    return (f"Slower than `static` over the {steps} steps of this stream: " + ", ".join(rows) + moral,)
