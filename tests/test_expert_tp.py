@@ -180,8 +180,9 @@ def test_plan_cli_ep_and_exports(tmp_path, capsys, lite):
     code = main(["plan", "--hw", "h100x8", "--model", "deepseek-v2-lite", "--trace", TRACE, "--planner",
                  "greedy", "--ep", "4", "--batch-size", "64", "--steps", "2", "--out", str(out),
                  "--export-sglang", str(sg), "--json"])
-    capsys.readouterr()
+    info = json.loads(capsys.readouterr().out)
     assert code == 0
+    assert (info["gpus"], info["ep"], info["expert_tp"]) == (8, 4, 2)
     plan = Plan.load(out)
     assert plan.expert_tp == 2 and len(plan.devices) == 8
     rows = json.loads(sg.read_text())["physical_to_logical_map"]

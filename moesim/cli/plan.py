@@ -186,7 +186,9 @@ def _write_outputs(args: argparse.Namespace, plan: Any, model: Any) -> list[Any]
 def _print_table(c: PlannerComparison) -> None:
     unit, train, evaluation = (("tokens", c.train_tokens, c.eval_tokens) if c.train_tokens is not None
                                else ("steps", c.train_steps, c.eval_steps))
-    print(f"{c.model} on {c.hw} ({c.gpus} GPUs x {c.slots_per_gpu} slots); trace {c.trace}: planned on "
+    where = (f"{c.gpus} GPUs x {c.slots_per_gpu} slots" if c.expert_tp == 1 else
+             f"{c.gpus} GPUs in {c.gpus // c.expert_tp} EP groups of {c.expert_tp} x {c.slots_per_gpu} slots")
+    print(f"{c.model} on {c.hw} ({where}); trace {c.trace}: planned on "
           f"{train} {unit} ({c.windows} window(s)), evaluated on {evaluation}")
     head = (f"{'planner':<18}{'imb train':>10}{'imb eval':>10}{'pred ms':>9}{'step ms':>10}{'tok/s':>12}"
             f"{'NVLink GB':>11}{'IB GB':>9}{'PCIe GB':>9}{'solve s':>9}{'gap':>8}{'speedup':>9}")

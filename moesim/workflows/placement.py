@@ -168,6 +168,8 @@ class PlannerComparison:
     train_steps: int | None = None
     """Load counts only: the steps planned on and evaluated on."""
     eval_steps: int | None = None
+    expert_tp: int = 1
+    """GPUs per EP group (``--ep``): ``slots_per_gpu`` are then each group's (every member holds a shard)."""
 
     @property
     def chosen(self) -> Plan:
@@ -181,6 +183,8 @@ class PlannerComparison:
                "baseline_planner": BASELINE_PLANNER}
         if self.train_steps is not None:
             out.update(train_steps=self.train_steps, eval_steps=self.eval_steps)
+        if self.expert_tp > 1:
+            out.update(ep=self.gpus // self.expert_tp, expert_tp=self.expert_tp)
         return out
 
     def as_dict(self) -> dict[str, Any]:
@@ -335,7 +339,7 @@ def compare_planners(req: PlacementRequest, *, show_progress: bool = False) -> P
         rows=MappingProxyType(rows), plans=MappingProxyType(plans),
         inputs=PlanningInputs(cluster, model, train, evaluation, cost, req),
         train_steps=train.num_steps if counts_only else None,
-        eval_steps=evaluation.num_steps if counts_only else None,
+        eval_steps=evaluation.num_steps if counts_only else None, expert_tp=k,
     )
 
 
