@@ -1,211 +1,156 @@
-"""Simulator speed: DeepSeek-V3 decode on 8 nodes of 8 H100 (EP64), 256 tokens per step, 1,000 steps.
+"""Lockstep simulator speed (issue 15): DeepSeek-V3 decode, simulated seconds per CPU second, this tree
+against a baseline commit in the same run.
 
-Prints simulated seconds per wall second (the issue's target is >= 10 on a 2-core machine), the
-same figure for a naive baseline measured in the same run (one cost call per (step, layer, device)
-and one all-to-all call per (step, layer), no chunking), and the top of a cProfile of the run.
+    python benchmarks/bench_sim.py [--baseline 30bbe03] [--repeat 3] [--only ep64-b256 ...] [--profile CASE]
 
-    python benchmarks/bench_sim.py [--steps 1000] [--trace /tmp/moesim-bench-v3.npz] [--a2a MODE]
+Each case runs in a child process (``PYTHONPATH`` = this tree, or ``git archive REV moesim`` unpacked
+under /tmp): one 2-step warm-up (routes, memo, numba's cache), then ``--repeat`` timed runs of the
+whole ``simulate`` call (CPU seconds: ``time.process_time``; other helpers share the machine). The
+figure is simulated seconds / CPU seconds; the ratio is baseline CPU s / this tree's (best of each);
+``same`` says whether both trees simulated the same summary. Cases (``a2a flat``, 8 nodes of 8 H100
+for EP64; EP8 is one H200 box, as DeepSeek-V3's fp8 experts do not fit 8 H100):
 
-The synthetic trace (moesim's generator with its default profile, fitted to real routing
-statistics) is generated into /tmp on the first run and reused afterwards. The same run is also
-simulated with the [G, G] pair-matrix all-to-all accounting (the engine before node-level counting)
-and the ratio printed; both give the same simulated time.
+  ep64-b256   EP64, batch 256, 1000 steps   target >= 30 simulated s per CPU s
+  ep64-b1     EP64, batch 1, 1000 steps     target >= 100
+  ep8..ep64   batch 256, 300 steps          target: CPU s monotone in EP
+  ep8-b1024   EP8, batch 1024, 200 steps    target: peak RSS <= 1 GB (the child's ru_maxrss)
 
-Measured 2026-12-05 (2-core VM, load average 4-5 from other jobs; numba installed), 1000 steps:
-batch 256: 8.5-9.9 simulated s per CPU s, pair path in the same run 4.0-4.8 (2.0-2.1x); batch 1:
-6.9-10.3, pair path 5.1-5.3 (1.4-1.9x). Commit adfe57f (before issue 15): 3.8-4.9 at batch 256,
-5.4 at batch 1. Batch 1024 on h200x8 (EP8, 200 steps): peak RSS 452 MiB (adfe57f: 3.2 GB).
-The figures above are the `flat` all-to-all (the default of this script). The other modes, 300
-steps at batch 256 in one process on the same VM (CPU seconds of the run): flat 0.79-0.90 s,
-low-latency 0.80-0.93 s (its fp8 dispatch and bf16 combine are evaluated apart), hierarchical
-1.40-1.42 s (per-token de-duplication in the compiled counting).
+The synthetic trace (moesim's generator, default profile) is written to /tmp on the first run.
+``--profile CASE`` prints the top of a cProfile of this tree's run of CASE instead.
 
-Why later mains read lower (bisected 2026-12-05, batch 256, 300 steps, flat; CPU s of one run after
-the 2-step warm-up as this script times it / best of two more runs; two rounds, same VM, load ~1):
-  6065362 (figures above)       5.777 sim s   0.83-1.06 / 0.64-0.74 CPU s
-  dd9ded6 (b-workflows, e-robust) 5.777       0.81-1.04 / 0.65-0.69
-  9d70917 (comm: a2a modes)      5.645        1.16-1.30 / 0.79-0.85  FP8 dispatch, BF16 combine:
-                                              the combine is timed apart (2x node-time passes)
-  0bf96a9 (fidelity: dtypes)     4.363        1.07-1.08 / 0.82-0.91  FP8 weights: 23% less simulated
-  010c594 .. af2e50a (main)      4.555        1.16-1.42 / 0.81-0.92  (LM head; op-class pre-dispatch)
-  this commit                    4.555        1.16-1.18 / 0.72-0.84
-So the figure fell ~1.3x from CPU time and ~1.27x from the simulated time itself (fidelity's pricing),
-and 300 steps read lower than 1,000 (the first run's allocations and the timeline are per run). This
-commit times the combine on the dispatch's own node counts (no transposed copies) and sums the
-busiest GPU's copies only when a mode charges per copy: summaries bit-identical. Batch 1: 6065362
-0.46-0.48 CPU s warm (4.59 simulated s), main 0.70-0.72 (3.48 s), this commit 0.61-0.64.
+Measured 2026-12-05 (2-core VM shared with two other helpers, load average 0.9-3), baseline 30bbe03,
+CPU s of 3 timed runs (min-max), sim/CPU from the best, summaries identical in every case:
+
+  case        sim s  baseline CPU s  sim/CPU  this tree CPU s  sim/CPU  ratio  RSS MiB
+  ep64-b256  15.186   2.86-3.39         5.31    1.08-1.53        14.09  2.66x      784
+  ep64-b1    11.614   1.84-2.50         6.30    0.36-0.79        32.25  5.12x      810
+  ep8         8.655   0.85-0.96        10.21    0.25-0.27        34.57  3.39x      457
+  ep16        8.053   1.16-1.22         6.97    0.26-0.28        31.21  4.48x      472
+  ep32        5.799   0.90-1.10         6.43    0.28-0.33        20.89  3.25x      507
+  ep64        4.555   0.91-1.31         5.00    0.36-0.53        12.79  2.56x      606
+  ep8-b1024   6.573   0.88-0.92         7.46    0.54-0.57        12.22  1.64x      449
+  EP8..EP64 CPU s (best): 0.25, 0.26, 0.28, 0.36 (monotone; baseline 0.85, 1.16, 0.90, 0.91)
+
+The first timed run of a process pays ~0.3 s of system time (first touch of the recorder's
+[steps, layers, GPUs] arrays on this VM): the max of each range. Where the EP64 batch-256 second
+goes (profile): the compiled count-and-time pass ~0.7 ms per step, of which ~0.45 ms is counting
+the step's 118,784 routed (token, layer, top-k) entries into four tables (a floor at ~4 ns per
+entry on this VM: at zero other cost the lockstep would reach ~30 simulated s per CPU s), the rest
+pre-dispatch pricing, the closed-form expert calls and the recorder's per-(step, layer, GPU) arrays.
+At batch 1 the per-(step, layer, GPU) outputs dominate (four [1000, 61, 64] arrays written).
 """
 
 from __future__ import annotations
 
 import argparse
-import cProfile
-import io
-import pstats
+import itertools
+import json
+import os
 import subprocess
 import sys
-import time
+import tempfile
 from pathlib import Path
 
-import numpy as np
-
-
-def make_trace(path: Path, tokens: int) -> None:
-    if path.exists():
-        return
-    print(f"generating {tokens} DeepSeek-V3 routing rows into {path} (once) ...", flush=True)
-    subprocess.run([sys.executable, "-m", "moesim", "trace", "synth", "--model", "deepseek-v3", "--tokens",
-                    str(tokens), "--seed", "1", "--out", str(path)], check=True)
-
-
-def naive_seconds_per_step(cfg, cost, steps: int) -> tuple[float, float]:
-    """(wall seconds, simulated seconds) of a per-(step, layer, device) loop over the same steps."""
-    from moesim.sim import default_plan
-    from moesim.sim.dispatch import ReplicaTable, dispatch, owners
-
-    model, trace = cfg.model, cfg.trace
-    plan = default_plan(model, cfg.cluster)
-    table = ReplicaTable.of(plan)
-    devices = plan.devices
-    G, B = len(devices), cfg.batch_size
-    t0 = time.perf_counter()
-    sim = 0.0
-    for s in range(steps):
-        ids = np.asarray(trace.expert_ids[s * B:(s + 1) * B])[None]
-        d = dispatch(ids, owners(B, G)[None], table)
-        per_gpu = B // G
-        context = int(np.asarray(trace.pos[s * B:(s + 1) * B]).mean()) + 1
-        for layer in range(model.num_layers):
-            pre = max(cost.attention_s(g, per_gpu, context, "decode") for g in devices)
-            if layer not in model.moe_layers:
-                sim += pre + cost.dense_ffn_s(devices[0], per_gpu)
-                continue
-            m = model.moe_layers.index(layer)
-            pre += cost.router_s(devices[0], per_gpu) + cost.permute_combine_s(devices[0], per_gpu)
-            pre += cost.shared_expert_s(devices[0], per_gpu)
-            experts = max(cost.expert_compute_s(g, d.slot_tokens[0, m, i]) for i, g in enumerate(devices))
-            pair = d.pair_tokens[0, m] * model.activation_bytes_per_token
-            np.fill_diagonal(pair, 0.0)
-            sim += pre + experts + cost.all_to_all_s(devices, pair) + cost.all_to_all_s(devices, pair.T)
-    return time.perf_counter() - t0, sim
-
-
-def pair_path_cpu_seconds(cfg, cost) -> tuple[float, float]:
-    """(CPU seconds, simulated seconds) of the same run with the [G, G] pair-matrix all-to-all
-    accounting (the engine before node-level counting), for a ratio measured in the same run."""
-    from moesim.sim.engine import Machine
-
-    m = Machine(cfg, cost)
-    m.coster.node_blocks = None
+REPO = Path(__file__).resolve().parents[1]
+TRACE = Path("/tmp/moesim-bench-v3.npz")
+CASES = {  # name: (hardware, nodes, batch, steps)
+    "ep64-b256": ("h100x8x4", 8, 256, 1000),
+    "ep64-b1": ("h100x8x4", 8, 1, 1000),
+    "ep8": ("h200x8", None, 256, 300),
+    "ep16": ("h100x8x4", 2, 256, 300),
+    "ep32": ("h100x8x4", 4, 256, 300),
+    "ep64": ("h100x8x4", 8, 256, 300),
+    "ep8-b1024": ("h200x8", None, 1024, 200),
+}
+TARGETS = {"ep64-b256": 30.0, "ep64-b1": 100.0}
+CHILD = r"""
+import json, resource, sys, time
+from moesim.cost import CostModel
+from moesim.sim import SimConfig, simulate
+from moesim.specs import load_cluster, load_model
+from moesim.traces import RoutingTrace
+hw, nodes, batch, steps, repeat, profile = json.loads(sys.argv[1])
+model = load_model("deepseek-v3")
+cluster = load_cluster(hw, nodes=nodes)
+trace = RoutingTrace.load(sys.argv[2], model=model)
+cost = CostModel(cluster, model)
+simulate(SimConfig(cluster, model, trace, batch_size=batch, steps=2, a2a="flat"), cost)
+cfg = SimConfig(cluster, model, trace, batch_size=batch, steps=steps, a2a="flat")
+if profile:
+    import cProfile, pstats
+    p = cProfile.Profile()
+    p.enable()
+    simulate(cfg, cost)
+    p.disable()
+    pstats.Stats(p).sort_stats("tottime").print_stats(25)
+    sys.exit()
+cpu, summary = [], None
+for _ in range(repeat):
     c0 = time.process_time()
-    m.run()
-    return time.process_time() - c0, float(m.rec.step_end_s[-1])
+    result = simulate(cfg, cost)
+    cpu.append(time.process_time() - c0)
+    summary = result.summary()
+summary.pop("timing", None)
+print(json.dumps({"cpu": cpu, "simulated": result.simulated_seconds,
+                  "rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                  "summary": json.dumps(summary, sort_keys=True, default=repr)}))
+"""
+
+
+def make_trace(tokens: int) -> None:
+    if TRACE.exists():
+        return
+    print(f"generating {tokens} DeepSeek-V3 routing rows into {TRACE} (once) ...", flush=True)
+    subprocess.run([sys.executable, "-m", "moesim", "trace", "synth", "--model", "deepseek-v3", "--tokens",
+                    str(tokens), "--seed", "1", "--out", str(TRACE)], check=True, cwd=REPO)
+
+
+def run(case: str, pythonpath: str, repeat: int, profile: bool = False) -> dict:
+    """The child's timings and summary for ``case`` with moesim imported from ``pythonpath``."""
+    env = {**os.environ, "PYTHONPATH": pythonpath}
+    args = json.dumps([*CASES[case], repeat, profile])
+    out = subprocess.run([sys.executable, "-c", CHILD, args, str(TRACE)], check=True,
+                         capture_output=not profile, text=True, cwd=tempfile.gettempdir(), env=env)
+    return {} if profile else json.loads(out.stdout)
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--steps", type=int, default=1000)
-    ap.add_argument("--batch", type=int, default=256)
-    ap.add_argument("--trace", default="/tmp/moesim-bench-v3.npz")
-    ap.add_argument("--baseline-steps", type=int, default=10)
-    ap.add_argument("--a2a", default="flat", help="all-to-all mode: flat, hierarchical, low-latency")
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--baseline", default="30bbe03", help="commit of the baseline tree (default 30bbe03)")
+    ap.add_argument("--repeat", type=int, default=3, help="timed runs per case and tree (after a warm-up)")
+    ap.add_argument("--only", choices=sorted(CASES), action="append", help="run only these cases")
+    ap.add_argument("--profile", choices=sorted(CASES), help="profile this tree's run of one case")
     args = ap.parse_args()
+    make_trace(1000 * 1024)
+    if args.profile:
+        run(args.profile, str(REPO), 1, profile=True)
+        return
+    with tempfile.TemporaryDirectory(prefix="moesim-baseline-") as base:
+        archive = subprocess.run(["git", "archive", args.baseline, "moesim"], check=True, capture_output=True,
+                                 cwd=REPO).stdout
+        subprocess.run(["tar", "-x", "-C", base], input=archive, check=True)
+        print(f"{'case':10s} {'sim s':>7s} {'baseline CPU s':>15s} {'sim/CPU':>8s} {'this tree CPU s':>16s} "
+              f"{'sim/CPU':>8s} {'ratio':>6s} {'RSS MiB':>8s}  same  target")
+        cost: dict[str, float] = {}
+        for name in args.only or CASES:
+            old, new = run(name, base, args.repeat), run(name, str(REPO), args.repeat)
+            sim, t_old, t_new = new["simulated"], min(old["cpu"]), min(new["cpu"])
+            cost[name] = t_new
+            target = ""
+            if name in TARGETS:
+                target = f">= {TARGETS[name]:g}: {'met' if sim / t_new >= TARGETS[name] else 'NOT met'}"
+            elif name.endswith("b1024"):
+                target = f"RSS <= 1024: {'met' if new['rss_mib'] <= 1024 else 'NOT met'}"
+            print(f"{name:10s} {sim:7.3f} {min(old['cpu']):6.2f}-{max(old['cpu']):<6.2f}   "
+                  f"{sim / t_old:8.2f} {min(new['cpu']):7.2f}-{max(new['cpu']):<7.2f}  {sim / t_new:8.2f} "
+                  f"{t_old / t_new:5.2f}x "
+                  f"{new['rss_mib']:8.0f}  {old['summary'] == new['summary']!s:5s} {target}", flush=True)
+        eps = [cost[k] for k in ("ep8", "ep16", "ep32", "ep64") if k in cost]
+        if len(eps) == 4:
+            print(f"EP8..EP64 CPU s (best): {', '.join(f'{c:.2f}' for c in eps)}; monotone: "
+                  f"{all(a <= b for a, b in itertools.pairwise(eps))}")
+    print(f"load average {os.getloadavg()[0]:.1f}")
 
-    from moesim.cost import CostModel
-    from moesim.sim import SimConfig, simulate
-    from moesim.specs import load_cluster, load_model
-    from moesim.traces import RoutingTrace
-
-    path = Path(args.trace)
-    make_trace(path, args.steps * args.batch)
-    model = load_model("deepseek-v3")
-    cluster = load_cluster("h100x8x4", nodes=8)
-    trace = RoutingTrace.load(path, model=model)
-    t0 = time.perf_counter()
-    cost = CostModel(cluster, model)
-    warm = SimConfig(cluster, model, trace, batch_size=args.batch, steps=2, a2a=args.a2a)
-    simulate(warm, cost)  # one-time setup: all-to-all routes of the 64 GPUs, memo of dense ops
-    setup_s = time.perf_counter() - t0
-    cfg = SimConfig(cluster, model, trace, batch_size=args.batch, steps=args.steps, a2a=args.a2a)
-    profiler = cProfile.Profile()
-    t0, c0 = time.perf_counter(), time.process_time()
-    result = simulate(cfg, cost)
-    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
-    s = result.summary()
-    ratio = result.simulated_seconds / wall
-    pair_cpu, pair_sim = pair_path_cpu_seconds(cfg, cost)
-    base_wall, base_sim = naive_seconds_per_step(cfg, cost, args.baseline_steps)
-    base_ratio = base_sim / base_wall
-    print(f"DeepSeek-V3 decode on {cluster.name} x {cluster.nodes} nodes ({s['devices']} GPUs, "
-          f"EP{s['devices']}), batch {args.batch}, {s['steps']} steps")
-    print(f"  one-time setup (routes, memo): {setup_s:.2f} s wall")
-    print(f"  simulated {result.simulated_seconds:.3f} s in {wall:.2f} s wall: "
-          f"{ratio:.2f} simulated s per wall s (target >= 10); {cpu:.2f} s of CPU time: "
-          f"{result.simulated_seconds / cpu:.2f} simulated s per CPU s (other load on the machine excluded)")
-    print(f"  step latency p50 {s['step_latency_s']['p50'] * 1e3:.2f} ms, tokens/s {s['tokens_per_s']:.0f}")
-    print(f"  same run with [G, G] pair matrices: {pair_cpu:.2f} s of CPU time, {pair_sim / pair_cpu:.2f} "
-          f"simulated s per CPU s (same simulated time: {pair_sim == result.simulated_seconds}); "
-          f"node-level / pair = {pair_cpu / cpu:.2f}x")
-    print(f"  baseline (per step/layer/device loop, {args.baseline_steps} steps): {base_ratio:.3f} "
-          f"simulated s per wall s; engine / baseline = {ratio / base_ratio:.1f}x")
-    profiler.enable()
-    short = min(args.steps, 200)
-    simulate(SimConfig(cluster, model, trace, batch_size=args.batch, steps=short, a2a=args.a2a), cost)
-    profiler.disable()
-    stats = pstats.Stats(profiler)
-    shares = profile_shares(stats)
-    print(f"RESULT: {ratio:.2f} simulated s per wall s ({result.simulated_seconds / cpu:.2f} per CPU s); "
-          f"target >= 10: {'met' if ratio >= 10 else 'NOT met'}")
-    print("where the time goes (200-step profile, own time by area):")
-    for area, share in shares[:8]:
-        print(f"  {share * 100:5.1f}%  {area}")
-    if ratio < 10:
-        print(f"  -> dominated by: {shares[0][0]} ({shares[0][1] * 100:.0f}%)")
-    out = io.StringIO()
-    pstats.Stats(profiler, stream=out).sort_stats("tottime").print_stats(12)
-    print("profile (200 steps, by own time):")
-    print("\n".join(line for line in out.getvalue().splitlines() if line.strip())[:4000])
-
-
-AREAS = (
-    ("moesim/cost/linkloads.py", "all-to-all link loads and latency (set products)"),
-    ("moesim/cost/collectives.py", "all-to-all link loads and latency (set products)"),
-    ("moesim/sim/dispatch.py", "dispatch (token -> slot / pair counts, bincount)"),
-    ("moesim/sim/stepcost.py", "step costs (pair bytes, expert-row de-duplication)"),
-    ("moesim/cost/", "cost model (expert GEMM / attention roofline)"),
-    ("moesim/sim/engine.py", "engine (chunk assembly, records, SimPy processes)"),
-    ("moesim/sim/results.py", "results (summary, percentiles)"),
-    ("moesim/traces/", "trace reading"),
-    ("simpy/", "SimPy event loop"),
-)
-
-
-def profile_shares(stats: pstats.Stats) -> list[tuple[str, float]]:
-    """Own time grouped by area of the code, largest first, as fractions of the total. Time in
-    numpy (its C functions and Python wrappers: bincount, take, sum, unique) counts for the moesim
-    area that called it, split by the callers' shares."""
-    table = stats.stats  # type: ignore[attr-defined]
-
-    def is_numpy(key: tuple[str, int, str]) -> bool:
-        return key[0] == "~" or "/numpy/" in key[0].replace("\\", "/")
-
-    totals: dict[str, float] = {}
-
-    def charge(key: tuple[str, int, str], t: float, depth: int) -> None:
-        callers = table.get(key, (0, 0, 0.0, 0.0, {}))[4]
-        if is_numpy(key) and callers and depth < 8:
-            spent = sum(c[2] + c[3] for c in callers.values()) or 1.0
-            for caller, c in callers.items():
-                charge(caller, t * (c[2] + c[3]) / spent, depth + 1)
-            return
-        path = key[0].replace("\\", "/")
-        area = next((name for k, name in AREAS if k in path), "other Python")
-        totals[area] = totals.get(area, 0.0) + t
-
-    for key, (_cc, _nc, tottime, _ct, _callers) in table.items():
-        charge(key, tottime, 0)
-    whole = sum(totals.values()) or 1.0
-    return sorted(((a, t / whole) for a, t in totals.items()), key=lambda x: -x[1])
 
 if __name__ == "__main__":
     main()

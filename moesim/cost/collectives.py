@@ -222,6 +222,18 @@ class CollectiveCosts:
         self._note("all_to_all", "roofline")
         return nb.times_s(rows, cols, self._link_bw, self.infinite_bandwidth, scale)
 
+    def all_to_all_node_tables(self, device_ids: Sequence[str],
+                               calls: int = 1) -> tuple[NodeBlocks, np.ndarray, bool] | None:
+        """What :meth:`all_to_all_node_s` evaluates (node blocks, bandwidth per link, infinite
+        bandwidth), for a compiled caller that evaluates ``calls`` batches itself (counted as that
+        many calls); None where the links are not node blocks."""
+        nb = self.node_blocks(device_ids)
+        if nb is None:
+            return None
+        if calls:
+            self._note("all_to_all", "roofline", calls)
+        return nb, self._link_bw, self.infinite_bandwidth
+
     def link_bytes(
         self,
         device_ids: Sequence[str],

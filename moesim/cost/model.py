@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from moesim.cost import experts
+from moesim.cost import experts, ops
 from moesim.cost.allreduce import Ring
 from moesim.cost.collectives import CollectiveCosts
 from moesim.cost.cpu_experts import CpuExperts, CpuOptions
@@ -166,6 +166,33 @@ class CostModel(LayerOps, CollectiveCosts):
                 return value
         self._note("expert", "roofline")
         return experts.grouped_call_s(roof, coef, t)
+
+    def expert_tile_rows(self, device_id: str, dtype: str | None = None) -> int:
+        """Rows each expert's GEMM pads its tokens to on ``device_id`` (the kernel's M tile; 1: none)."""
+        return int(self._coefficients(self.roofline(device_id), dtype).tile_rows)
+
+    def expert_aggregates_s(self, device_id: str, rows: np.ndarray, active: np.ndarray, tokens: np.ndarray,
+                            dtype: str | None = None) -> np.ndarray | None:
+        """:meth:`expert_compute_batch_s` of grouped calls on ``device_id`` given by aggregates (arrays
+        of one shape): ``rows`` the experts' tokens padded to :meth:`expert_tile_rows` and summed,
+        ``active`` the experts with tokens, ``tokens`` their sum. The same floats as pricing the
+        calls' token rows whenever every per-expert FLOP and byte term is a whole number (sums of
+        whole numbers below 2**53 are exact in any order), which is checked; None where it does not
+        hold or a calibration table prices the device."""
+        if self._device(device_id).kind != "gpu" or self._tables.covers(device_id):
+            return None
+        roof = self._roof[device_id]
+        coef = self._coefficients(roof, dtype)
+        terms = (coef.flops_per_row, coef.weight_bytes, coef.activation_bytes_per_token)
+        if not all(float(x).is_integer() and x >= 0 for x in terms):
+            return None
+        rows, active, tokens = (np.asarray(x, dtype=float) for x in (rows, active, tokens))
+        flops = coef.flops_per_row * rows
+        nbytes = coef.weight_bytes * active + coef.activation_bytes_per_token * tokens
+        if flops.size and max(float(flops.max()), float(nbytes.max())) >= 2.0 ** 53:
+            return None
+        self._note("expert", "roofline", int(flops.size))
+        return roof.time_s(flops, nbytes, coef.compute_dtype, launches=ops.LAUNCHES["expert"] * (tokens > 0))
 
     def expert_compute_batch_s(
         self, device_ids: Sequence[str], tokens_per_expert: np.ndarray, dtype: str | None = None,

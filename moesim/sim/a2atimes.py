@@ -66,6 +66,11 @@ class AllToAllTimer:
             link = self._node_link_s(rows_t, cols_t, self.spec.combine_bytes, chunks)
         return self.spec.seconds(link, self._busiest(rows_t, chunks))
 
+    def seconds(self, link_s: np.ndarray, copies: np.ndarray) -> np.ndarray:
+        """[S, L] call seconds from link-model seconds and the token copies each device sends
+        [S, L, G] (what :meth:`nodes` adds to its link model)."""
+        return self.spec.seconds(link_s, copies.max(axis=2) / 1 if self.spec.message_s else 0.0)
+
     def _node_link_s(self, rows: np.ndarray, cols: np.ndarray, copy_bytes: float, chunks: int) -> np.ndarray:
         """[S, L] link-model seconds of :meth:`nodes` (no per-call overheads)."""
         S, L, G, N = rows.shape

@@ -13,6 +13,7 @@ import numpy as np
 
 from moesim.plans.plan import Plan
 from moesim.sim.forwarding import Forwarding, forwarded_pairs, node_aggregates
+from moesim.sim.linktimes import NodeTiming
 
 
 @dataclass(frozen=True)
@@ -93,11 +94,23 @@ class Dispatch:
     node_cols: np.ndarray | None = None
     pair_total: np.ndarray | None = None
     pair_head: np.ndarray | None = None
+    sent: np.ndarray | None = None
+    """[S, L, G] copies each device sends to others, given instead of the node tables when they were
+    counted and timed in one compiled pass (:mod:`moesim.sim.nodetimes`); ``received`` likewise."""
+    received: np.ndarray | None = None
+    link_s: tuple[np.ndarray, np.ndarray | None] | None = None
+    """That pass's [S, L] link-model seconds of the dispatch and the combine (None: the dispatch's)."""
+    expert_keys: np.ndarray | None = None
+    """[S, L, G] each device's slot counts sorted and packed (:class:`moesim.sim.nodetimes.TimedCounts`)."""
+    tokens: np.ndarray | None = None
+    """[S, L, G] :attr:`device_tokens` when that pass counted them."""
+    expert_aggregates: tuple[np.ndarray, np.ndarray] | None = None
+    """That pass's [S, L, G] padded expert rows and active experts of each device's expert call."""
 
     @property
     def device_tokens(self) -> np.ndarray:
         """[S, L, G] (token, expert) pairs computed per device."""
-        return self.slot_tokens.sum(axis=3)
+        return self.slot_tokens.sum(axis=3) if self.tokens is None else self.tokens
 
 
 def radix_argsort(key: np.ndarray, key_max: int) -> np.ndarray:
@@ -144,6 +157,9 @@ class NodeCounting:
 
     node_of: np.ndarray
     head_steps: int = 0
+    timing: NodeTiming | None = None
+    """With it (and numba) the link-model seconds are computed in the counting pass and the node
+    tables are not kept (:mod:`moesim.sim.nodetimes`)."""
 
     @property
     def num_nodes(self) -> int:
@@ -173,8 +189,14 @@ def dispatch(ids: np.ndarray, owner: np.ndarray, table: ReplicaTable,
     if rng is None and not table.has_replicas and forward is None:
         if nodes is None:
             return _dispatch_single(ids, owner, table)
-        from moesim.sim import counting
+        from moesim.sim import counting, nodetimes
 
+        if nodes.timing is not None and nodetimes.available():
+            c = nodetimes.count_timed(ids, table.device[:, :, 0], table.slot[:, :, 0], owner, nodes.node_of,
+                                      G, J, nodes.head_steps, nodes.timing)
+            return Dispatch(slot_tokens=c.slot_tokens, pair_tokens=None, pair_total=c.total, pair_head=c.head,
+                            sent=c.sent, received=c.received, link_s=c.link_s, expert_keys=c.expert_keys,
+                            tokens=c.tokens, expert_aggregates=(c.padded, c.active))
         if counting.available():
             return _node_dispatch(counting.count_nodes_single(
                 ids, table.device[:, :, 0], table.slot[:, :, 0], owner, nodes.node_of, G, J,

@@ -32,10 +32,10 @@ from moesim.plans.plan import CachePlan, Plan
 from moesim.sim.config import SimConfig
 from moesim.sim.costs import SimCost
 from moesim.sim.dispatch import Dispatch, NodeCounting, ReplicaTable, dispatch, owners
-from moesim.sim.events.overlap import overlapped_moe
 from moesim.sim.expert_tp import ExpertGroups
 from moesim.sim.forwarding import Forwarding
 from moesim.sim.invariants import check_all, expected_pairs
+from moesim.sim.lockstep import kept_link_loads, lockstep_clock, lockstep_events
 from moesim.sim.misses import MissSetup, make_miss_handler
 from moesim.sim.offloaded import OffloadedRun, Step
 from moesim.sim.recorder import Recorder
@@ -76,7 +76,10 @@ def resolve_plan(cfg: SimConfig) -> tuple[Plan, CachePlan]:
 class Machine:
     """One run: the plan, workload, costs and recorder, the SimPy environment and its process."""
 
-    def __init__(self, cfg: SimConfig, cost: SimCost):
+    def __init__(self, cfg: SimConfig, cost: SimCost, *, events: bool = False):
+        """``events``: run the lockstep path as one SimPy event per (step, layer) even without
+        micro-batches (what :meth:`lockstep_clock` computes as arrays; tests compare the two)."""
+        self.events = events
         self.cfg, self.cost, self.model, self.cluster = cfg, cost, cfg.model, cfg.cluster
         plan, self.cache = resolve_plan(cfg)
         self.plan = replace(plan, cache=self.cache if self.cache.policy != CachePolicy.NONE else None)
@@ -105,6 +108,11 @@ class Machine:
                                  expert_calls=self.cache.policy == CachePolicy.NONE)
         self.layer_ids = np.arange(cfg.model.num_layers)
         self.moe_cols = np.asarray(cfg.model.moe_layers, dtype=np.int64)
+        # the MoE columns as a slice where they are consecutive (a view: no gather or scatter)
+        contiguous = len(self.moe_cols) and np.array_equal(
+            self.moe_cols, np.arange(self.moe_cols[0], self.moe_cols[0] + len(self.moe_cols)))
+        self.moe_index: slice | np.ndarray = (slice(int(self.moe_cols[0]), int(self.moe_cols[-1]) + 1)
+                                              if contiguous else self.moe_cols)
         self.is_moe = self.coster.is_moe
         self.rec = Recorder(self.workload.num_steps, cfg.model.num_layers, list(self.devices),
                             cfg.timeline_steps)
@@ -173,10 +181,15 @@ class Machine:
         wl, trace = self.workload, self.cfg.trace
         L = self.model.num_moe_layers
         routed = L * trace.top_k * max(1, int(wl.tokens().max(initial=1)))
-        nodes = (NodeCounting(node_index(self.cluster, self.devices))
+        nodes = (NodeCounting(node_index(self.cluster, self.devices), timing=self.coster.node_timing())
                  if self.coster.node_blocks is not None else None)
-        # per step: [L, G, G] pair counts, or per node [L, G, N+1] + [L, N, G+1] (+ [L, G, 2])
-        per_step = L * self.G * (self.G if nodes is None else 2 * (nodes.num_nodes + 2))
+        # per step: [L, G, G] pair counts, or per node [L, G, N+1] + [L, N, G+1] (+ [L, G, 2]), or
+        # counted and timed in one pass: [L, G, slots] + a few [L, G] (no per-node tables)
+        timed = (nodes is not None and nodes.timing is not None and self.replan is None and self.rng is None
+                 and self.forward is None and self.routing is None and not self.table.has_replicas)
+        width = (self.G if nodes is None else self.table.slots_per_device + 4 if timed
+                 else 2 * (nodes.num_nodes + 2))
+        per_step = L * self.G * width
         size = max(1, min(CHUNK_ENTRIES // max(1, per_step), CHUNK_ROUTED // routed))
         a, rp = 0, self.replan
         while a < wl.num_steps:
@@ -257,12 +270,16 @@ class Machine:
 
     def record(self, a: int, d: Dispatch, c: ChunkCosts) -> None:
         """Fill the recorder's arrays for a chunk (the parts that do not depend on the schedule)."""
-        r, b, m = self.rec, a + d.slot_tokens.shape[0], self.moe_cols
+        r, b, m = self.rec, a + d.slot_tokens.shape[0], self.moe_index
         pair = c.pair_copies
         if pair is None:  # node-level counts: the [G, G] totals and the timeline's steps only
-            assert d.pair_total is not None and d.node_rows is not None and d.node_cols is not None
+            assert d.pair_total is not None
             self.total_pairs += d.pair_total
-            out, into = d.node_rows.sum(axis=3), d.node_cols.sum(axis=2)
+            if d.sent is not None and d.received is not None:
+                out, into = d.sent, d.received
+            else:
+                assert d.node_rows is not None and d.node_cols is not None
+                out, into = d.node_rows.sum(axis=3), d.node_cols.sum(axis=2)
         else:
             self.total_pairs += pair.sum(axis=(0, 1))
             out, into = pair.sum(axis=3), pair.sum(axis=2)
@@ -295,48 +312,19 @@ class Machine:
             r.phase_s[a:b][:, m, 3] = c.combine
             r.expert_gpu_s[a:b][:, m] = c.expert.max(axis=2)
 
-    # ------------------------------------------------------------------ SimPy processes
-    def lockstep(self, env: simpy.Environment) -> Any:
-        """All GPUs in step: one event per (step, layer); with overlap, one process per micro-batch."""
-        r, overlap = self.rec, self.cfg.overlap != "none"
-        n = self.coster.chunks
-        stalls = self.replan.stalls if self.replan is not None else {}
-        for a, _ids, d, c in self.chunks():
-            self.record(a, d, c)
-            layer_s = r.phase_s[a:a + d.slot_tokens.shape[0]].sum(axis=2).tolist()
-            for i, times in enumerate(layer_s):
-                s = a + i
-                r.step_start_s[s] = env.now
-                if s in stalls:  # a blocking migration: serving waits for the copies
-                    r.migration_s[s] = stalls[s]
-                    yield env.timeout(stalls[s])
-                for col, dur in enumerate(times):
-                    r.layer_start_s[s, col] = env.now
-                    if overlap and self.is_moe[col]:
-                        m = int(np.searchsorted(self.moe_cols, col))
-                        yield env.timeout(r.phase_s[s, col, 0])
-                        start, slices = env.now, []
-                        if s < r.timeline_steps:
-                            self.keep_slices[s, col] = MicroBatches(slices, c.expert_chunk[i, m].copy())
-                        yield env.process(overlapped_moe(env, n, float(c.dispatch_chunk[i, m]),
-                                                         float(c.expert_chunk[i, m].max()),
-                                                         float(c.combine_chunk[i, m]), slices.append))
-                        r.phase_s[s, col, 1:] = (0.0, env.now - start, 0.0)
-                    else:
-                        yield env.timeout(dur)
-                r.step_end_s[s] = env.now
-
     # ------------------------------------------------------------------ driver
     def run(self) -> None:
-        """Run the SimPy process to the end, then add the all-to-alls' link bytes (and, in
-        lockstep, the timeline spans rebuilt from the recorded times)."""
+        """Run the lockstep clock (or the SimPy process) to the end, then add the all-to-alls' link
+        bytes."""
         if self.offloaded is not None:
             for a, _ids, d, c in self.chunk_data:
                 self.record(a, d, c)
             self.offloaded.run()
-        else:
-            self.env.process(self.lockstep(self.env))
+        elif self.events or self.cfg.overlap != "none":
+            self.env.process(lockstep_events(self, self.env))
             self.env.run()
+        else:
+            lockstep_clock(self)
         if self.offloaded is not None:
             self._offloaded_expert_split()
         if self.G > 1:  # dispatch, then combine (the same copies reversed)
@@ -370,22 +358,14 @@ class Machine:
         """Plain data to draw a lockstep run's first steps (None for an offloaded run)."""
         if self.offloaded is not None:
             return None
-        kept = sorted(self.keep_pairs)
-        L = len(self.moe_cols)
-        names: list[tuple[str, str]] = []
-        dispatch = combine = np.zeros((len(kept), L, 0))
-        if self.G > 1 and kept:
-            pairs = np.stack([self.keep_pairs[s] for s in kept]).reshape(-1, self.G, self.G)
-            a2a = self.a2a
-            names, loads = self.cost.link_loads_each(self.devices, pairs * a2a.dispatch_bytes)
-            _, back = self.cost.link_loads_each(self.devices, pairs.transpose(0, 2, 1) * a2a.combine_bytes)
-            dispatch, combine = loads.reshape(len(kept), L, -1), back.reshape(len(kept), L, -1)
+        link_loads = kept_link_loads(self.cost, self.devices, self.a2a, dict(self.keep_pairs),
+                                     len(self.moe_cols))
         rings = [(self.cost.ring(g).links, self.cost.ring(g).edges_per_link)
                  for g in self.parallel.groups(self.devices)] if self.parallel.tp > 1 else []
         expert_rings = [(self.cost.ring(g).links, self.cost.ring(g).edges_per_link)
                         for g in self.groups.groups] if self.groups is not None else []
         return LockstepTimeline(self.devices, tuple(int(c) for c in self.moe_cols), dict(self.keep_pre),
-                                names, dispatch, combine, dict(self.keep_slices), dict(self.keep_parts),
+                                link_loads, dict(self.keep_slices), dict(self.keep_parts),
                                 rings, dict(self.keep_expert_comm), expert_rings)
 
     @property

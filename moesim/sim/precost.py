@@ -97,9 +97,21 @@ class PreCoster:
         """[S, G] seconds of ``op``: one cost call per distinct (device spec, tokens, context),
         scattered back (devices of one spec in lockstep cost the same)."""
         S, G = tokens.shape
-        keys = np.stack([np.broadcast_to(self._spec_index[None, :], (S, G)), tokens,
-                         np.broadcast_to(context[:, None], (S, G))], axis=-1).reshape(-1, 3)
-        uniq, inverse = np.unique(keys, axis=0, return_inverse=True)
+        spec = np.broadcast_to(self._spec_index[None, :], (S, G))
+        ctx = np.broadcast_to(context[:, None], (S, G))
+        top_t, top_c = int(tokens.max(initial=0)), int(ctx.max(initial=0))
+        bits_t, bits_c = top_t.bit_length(), top_c.bit_length()
+        small = (int(tokens.min(initial=0)) >= 0 and int(ctx.min(initial=0)) >= 0
+                 and len(self._spec_device).bit_length() + bits_t + bits_c <= 62)
+        if not small:
+            keys = np.stack([spec, tokens, ctx], axis=-1).reshape(-1, 3)
+            uniq, inverse = np.unique(keys, axis=0, return_inverse=True)
+        else:  # one int64 per (spec, tokens, context): a 1-D unique, same distinct keys and order
+            packed = ((spec.astype(np.int64) << (bits_t + bits_c)) | (tokens.astype(np.int64) << bits_c)
+                      | ctx.astype(np.int64)).ravel()
+            ukeys, inverse = np.unique(packed, return_inverse=True)
+            uniq = np.stack([ukeys >> (bits_t + bits_c), (ukeys >> bits_c) & ((1 << bits_t) - 1),
+                             ukeys & ((1 << bits_c) - 1)], axis=-1)
         values = np.array([self._op(op, self._spec_device[int(k[0])], int(k[1]), int(k[2])) for k in uniq])
         return values[inverse.ravel()].reshape(S, G)
 

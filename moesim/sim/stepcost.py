@@ -5,6 +5,7 @@ These are the durations the engine's events take; nothing here advances simulate
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,7 +15,9 @@ from moesim.cost.a2a import AllToAllSpec
 from moesim.parallel import Parallelism
 from moesim.sim.a2atimes import AllToAllTimer
 from moesim.sim.dispatch import Dispatch
+from moesim.sim.expert_memo import KeyedTimes
 from moesim.sim.expert_tp import ExpertGroups
+from moesim.sim.linktimes import NodeTiming
 from moesim.sim.precost import PreCoster, PreParts, device_token_counts
 from moesim.specs.runtime import Runtime
 from moesim.vocab import AllToAll
@@ -85,6 +88,10 @@ def unique_rows(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return uniq.astype(rows.dtype, copy=False), np.asarray(inverse, dtype=np.int64)
 
 
+class _Declined(Exception):
+    """The cost object declined to price expert calls from aggregates."""
+
+
 class StepCoster:
     """Turns a chunk of dispatched steps into :class:`ChunkCosts` with a few batched cost calls."""
 
@@ -117,6 +124,10 @@ class StepCoster:
         self.node_blocks = (cost.node_blocks(devices) if len(devices) > 1 and hasattr(cost, "node_blocks")
                             and counting.available() else None)
         self._expert_memo: dict[int, dict[bytes, float]] = {}
+        self._keyed: dict[tuple[int, int], KeyedTimes] = {}
+        self._aggregated: dict[int, KeyedTimes] = {}
+        self._aggregates_ok: dict[int, bool] = {}
+        """Per spec: whether the closed form matched the priced rows (checked on first use)."""
         self._packed_memo: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         """Per spec: (sorted packed row keys, their times): the memo without Python loops."""
         specs: dict[int, int] = {}
@@ -146,6 +157,93 @@ class StepCoster:
             times = self._expert_rows(int(spec), uniq)
             out[:, cols] = times[inverse.ravel()].reshape(S * L, len(cols))
         return out.reshape(S, L, G)
+
+    def tile_rows(self) -> np.ndarray | None:
+        """[G] rows each device's expert GEMMs pad to, where the cost object prices expert calls from
+        aggregates (:meth:`expert_times_aggregated`)."""
+        if not (hasattr(self.cost, "expert_aggregates_s") and hasattr(self.cost, "expert_tile_rows")):
+            return None
+        return np.array([self.cost.expert_tile_rows(d) for d in self.devices], dtype=np.int64)
+
+    def expert_times_aggregated(self, d: Dispatch) -> np.ndarray | None:
+        """:meth:`expert_times` from each device's padded rows, active experts and tokens
+        (``d.expert_aggregates``, :meth:`moesim.cost.CostModel.expert_aggregates_s`), each distinct
+        triple priced once. None where the cost object declines; the first time per spec the result
+        is compared, bit for bit, with
+        the cost of the calls' sorted token rows (what :meth:`expert_times` asks) and the closed form
+        is dropped for the run if any differs."""
+        if not self.expert_calls:
+            return np.zeros(d.slot_tokens.shape[:3])
+        if d.expert_aggregates is None or d.tokens is None or self.groups is not None:
+            return None
+        padded, active = d.expert_aggregates
+        out = np.empty(padded.shape)
+        for spec in np.unique(self._spec_index):
+            spec = int(spec)
+            if self._aggregates_ok.get(spec) is False:
+                return None
+            cols = np.flatnonzero(self._spec_index == spec)
+            dev = self._spec_device[spec]
+            pick = (slice(None), slice(None), cols) if len(cols) < padded.shape[2] else (Ellipsis,)
+            times = self._aggregate_times(spec, dev, padded[pick], active[pick], d.tokens[pick])
+            if times is not None and spec not in self._aggregates_ok:
+                rows = d.slot_tokens[pick].reshape(-1, d.slot_tokens.shape[3])
+                sample = np.unique(np.r_[np.linspace(0, len(rows) - 1, 256).astype(np.int64),
+                                         np.argmax(rows.sum(axis=1)), np.argmax(rows.max(axis=1))])
+                ref = np.asarray(self.cost.expert_compute_batch_s([dev] * len(sample),
+                                                                  np.sort(rows[sample], axis=1)), dtype=float)
+                self._aggregates_ok[spec] = bool(np.array_equal(ref, times.reshape(-1)[sample]))
+            if times is None or not self._aggregates_ok[spec]:
+                self._aggregates_ok[spec] = False
+                return None
+            out[pick] = times
+        return out
+
+    def _aggregate_times(self, spec: int, dev: str, padded: np.ndarray, active: np.ndarray,
+                         tokens: np.ndarray) -> np.ndarray | None:
+        """Seconds of the calls given by aggregates, looked up by the triple packed into one int64
+        (:class:`moesim.sim.expert_memo.KeyedTimes`); None where the cost object declines."""
+        if padded.size and (int(tokens.max()) >> 21 or int(active.max()) >> 10 or int(padded.max()) >> 32):
+            return self.cost.expert_aggregates_s(dev, padded, active, tokens)  # too large to pack
+        memo = self._aggregated.get(spec)
+        if memo is None:
+            def price(keys: np.ndarray) -> np.ndarray:
+                times = self.cost.expert_aggregates_s(dev, keys >> 31, (keys >> 21) & 1023,
+                                                      keys & ((1 << 21) - 1))
+                if times is None:
+                    raise _Declined
+                return times
+            memo = self._aggregated[spec] = KeyedTimes(price)
+        try:
+            return memo((padded << 31) | (active << 21) | tokens)
+        except _Declined:
+            return None
+
+    def expert_times_keyed(self, keys: np.ndarray, slots: int) -> np.ndarray:
+        """:meth:`expert_times` from each device's sorted slot counts packed ``62 // slots`` bits each
+        (``keys`` [S, L, G]): looked up in a hash table of the priced keys
+        (:class:`moesim.sim.expert_memo.KeyedTimes`), no sort or de-duplication of rows."""
+        if not self.expert_calls:
+            return np.zeros(keys.shape)
+        out = np.empty(keys.shape)
+        for spec in np.unique(self._spec_index):
+            cols = np.flatnonzero(self._spec_index == spec)
+            memo = self._keyed.get((int(spec), slots))
+            if memo is None:
+                memo = self._keyed[int(spec), slots] = KeyedTimes(self._pricer(int(spec), slots))
+            out[:, :, cols] = memo(keys[:, :, cols] if len(cols) < keys.shape[2] else keys)
+        return out
+
+    def _pricer(self, spec: int, slots: int) -> Callable[[np.ndarray], np.ndarray]:
+        """Seconds of ascending packed keys on a device of ``spec`` (the rows unpacked)."""
+        bits = 62 // max(slots, 1)
+        shifts = np.arange(slots, dtype=np.int64) * bits
+        dev = self._spec_device[spec]
+
+        def price(keys: np.ndarray) -> np.ndarray:
+            rows = (keys[:, None] >> shifts[None, :]) & ((1 << bits) - 1)
+            return np.asarray(self._compute([dev] * len(rows), rows), dtype=float)
+        return price
 
     def _expert_rows(self, spec: int, rows: np.ndarray) -> np.ndarray:
         """Times of sorted token rows on a device of ``spec``, remembered across chunks (the cost
@@ -234,9 +332,52 @@ class StepCoster:
             self._expert_tp(d.slot_tokens, out)
         return ChunkCosts(**out)
 
+    def node_timing(self) -> NodeTiming | None:
+        """The all-to-all's link model for :mod:`moesim.sim.nodetimes` (compiled counting that times
+        each (step, layer) as it counts), where it applies: node blocks, no micro-batches, numba."""
+        from moesim.sim import nodetimes
+
+        if (self.node_blocks is None or self.chunks > 1 or not nodetimes.available()
+                or not hasattr(self.cost, "all_to_all_node_tables")):
+            return None
+        tables = self.cost.all_to_all_node_tables(self.devices, calls=0)
+        if tables is None:
+            return None
+        a, t = self.a2a, self.timer
+        combine = (nodetimes.COMBINE_SAME if self.mirrored else
+                   nodetimes.COMBINE_SCALED if t.routes_mirrored else nodetimes.COMBINE_TRANSPOSED)
+        tiles = self.tile_rows()
+        keys = tiles is None or not self._aggregates_priced()
+        return NodeTiming(*tables, dispatch_bytes=a.dispatch_bytes, combine_bytes=a.combine_bytes,
+                          combine=combine, tile_rows=tiles, keys=keys)
+
+    def _aggregates_priced(self) -> bool:
+        """Whether the cost object prices every spec's expert calls from aggregates (not the shards of
+        expert TP: those are priced from their rows)."""
+        if self.groups is not None:
+            return False
+        zero = np.zeros(1, dtype=np.int64)
+        return all(self.cost.expert_aggregates_s(self._spec_device[int(spec)], zero, zero, zero) is not None
+                   for spec in np.unique(self._spec_index))
+
     def _chunk_nodes(self, first: int, d: Dispatch, parts: PreParts) -> ChunkCosts:
         """:meth:`chunk` from node-level dispatch counts (the combine is the transposed matrix:
         its per-node rows are the dispatch's per-node columns, and the other way round)."""
+        if d.link_s is not None:  # timed as counted (:meth:`node_timing`)
+            assert d.sent is not None and d.received is not None
+            link_d, link_c = d.link_s
+            self.cost.all_to_all_node_tables(self.devices, calls=1 if link_c is None else 2)
+            dispatch = self.timer.seconds(link_d, d.sent)
+            out = dict(first=first, pair_copies=None, pre=parts.total(), parts=parts, dispatch=dispatch,
+                       combine=dispatch if link_c is None else self.timer.seconds(link_c, d.received))
+            if self.groups is not None and self.expert_calls:
+                self._expert_tp(d.slot_tokens, out)
+                return ChunkCosts(**out)
+            expert = self.expert_times_aggregated(d)
+            if expert is None:
+                expert = (self.expert_times(d.slot_tokens) if d.expert_keys is None
+                          else self.expert_times_keyed(d.expert_keys, d.slot_tokens.shape[3]))
+            return ChunkCosts(**out, expert=expert)
         assert d.node_rows is not None and d.node_cols is not None
         rows, cols, a = d.node_rows, d.node_cols, self.a2a  # token copies; bytes = copies * copy bytes
         out = dict(first=first, pair_copies=None, pre=parts.total(), parts=parts,

@@ -8,8 +8,9 @@ and chrome://tracing.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -75,11 +76,9 @@ class LockstepTimeline:
     moe_cols: tuple[int, ...]
     pre: Mapping[int, np.ndarray]
     """step -> [layers, G] seconds before dispatch."""
-    links: Sequence[tuple[str, str]]
-    """Link directions ``(from, to)`` (none on one GPU)."""
-    dispatch_bytes: np.ndarray
-    """[kept steps, MoE layers, links] bytes each dispatch puts on each link direction."""
-    combine_bytes: np.ndarray
+    link_loads: Callable[[], tuple[Sequence[tuple[str, str]], np.ndarray, np.ndarray]]
+    """Computes (:attr:`links`, :attr:`dispatch_bytes`, :attr:`combine_bytes`) when first asked: the
+    link loads of every kept all-to-all are a per-run cost only a drawn timeline needs."""
     overlapped: Mapping[tuple[int, int], MicroBatches] = field(default_factory=dict)
     """(step, layer column) -> its micro-batches, for layers run with overlap."""
     parts: Mapping[int, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
@@ -91,6 +90,24 @@ class LockstepTimeline:
     layers, G] reduce-scatter seconds, [MoE layers, EP groups, 2] their buffers' bytes)."""
     expert_rings: Sequence[tuple[Sequence[tuple[str, str]], np.ndarray]] = ()
     """Per EP group (expert TP): its ring's link directions and ring edges crossing each."""
+
+    @cached_property
+    def _loads(self) -> tuple[Sequence[tuple[str, str]], np.ndarray, np.ndarray]:
+        return self.link_loads()
+
+    @property
+    def links(self) -> Sequence[tuple[str, str]]:
+        """Link directions ``(from, to)`` (none on one GPU)."""
+        return self._loads[0]
+
+    @property
+    def dispatch_bytes(self) -> np.ndarray:
+        """[kept steps, MoE layers, links] bytes each dispatch puts on each link direction."""
+        return self._loads[1]
+
+    @property
+    def combine_bytes(self) -> np.ndarray:
+        return self._loads[2]
 
     def _pre_spans(self, s: int, col: int, t: float, pre_g: np.ndarray) -> list[Span]:
         """Each GPU's pre-dispatch work of one layer: one span per part in the order it runs, and the

@@ -1,0 +1,157 @@
+"""Link-model seconds of one node-level all-to-all from its copy counts, inside compiled loops
+(numba, the ``[fast]`` extra): :func:`moesim.cost.linkloads._node_times_py`'s arithmetic on one
+(step, layer)'s [G, N] / [N, G] tables, or on their nonzero entries only (the same floats), and the
+link model those loops read (:class:`NodeTiming`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+
+import numpy as np
+
+from moesim.cost.linkloads import NodeBlocks
+
+try:  # optional: the [fast] extra
+    import numba
+except ImportError:  # pragma: no cover - exercised where numba is absent
+    numba = None
+
+COMBINE_SAME, COMBINE_SCALED, COMBINE_TRANSPOSED = 0, 1, 2
+"""How the combine is timed: as the dispatch (mirrored routes, same copy bytes); on the dispatch's
+copy layout with the combine's copy bytes (mirrored routes); on the transposed layout."""
+
+
+@dataclass(frozen=True)
+class NodeTiming:
+    """The link model of a node-block all-to-all (:class:`moesim.cost.linkloads.NodeBlocks`, bandwidth
+    per link direction) and the bytes of a dispatch and a combine copy."""
+
+    blocks: NodeBlocks
+    bandwidth: np.ndarray
+    infinite: bool
+    dispatch_bytes: float
+    combine_bytes: float
+    combine: int
+    tile_rows: np.ndarray | None = None
+    """[G] rows each device's expert GEMMs pad to (:meth:`moesim.cost.CostModel.expert_tile_rows`),
+    for the expert-call aggregates; None: the cost object has none."""
+    keys: bool = True
+    """Whether the counting pass also packs each device's sorted slot counts (the expert-time memo's
+    keys; not needed where the calls are priced from aggregates)."""
+
+    @cached_property
+    def inverse(self) -> tuple[np.ndarray, ...]:
+        """For steps with few copies: per row entry ``i * N + n`` its row groups (CSR: pointers,
+        groups), per column entry ``n * G + j`` its column groups, and per row entry its latency
+        level's group (-1: none)."""
+        nb = self.blocks
+        g, n = len(nb.node_of), nb.num_nodes
+
+        def csr(idx: np.ndarray, starts: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+            group = np.repeat(np.arange(len(starts)), np.diff(np.r_[starts, len(idx)]))
+            order = np.argsort(idx, kind="stable")
+            ptr = np.zeros(size + 1, dtype=np.int64)
+            np.cumsum(np.bincount(idx, minlength=size), out=ptr[1:])
+            return ptr, group[order].astype(np.int64)
+
+        r_ptr, r_grp = csr(nb.row_index, nb.row_starts, g * n)
+        c_ptr, c_grp = csr(nb.col_index, nb.col_starts, n * g)
+        level = np.full(g * n, -1, dtype=np.int64)
+        lat_group = np.repeat(np.arange(len(nb.lat_starts)), np.diff(np.r_[nb.lat_starts, len(nb.lat_index)]))
+        level[nb.lat_index] = lat_group
+        return r_ptr, r_grp, c_ptr, c_grp, level
+
+
+def _link_s_py(rows: np.ndarray, cols: np.ndarray, scale: float, scale2: float, r_idx: np.ndarray,
+               r_bounds: np.ndarray, r_links: np.ndarray, c_idx: np.ndarray, c_bounds: np.ndarray,
+               c_links: np.ndarray, l_idx: np.ndarray, l_bounds: np.ndarray, l_values: np.ndarray,
+               bandwidth: np.ndarray, infinite: bool) -> tuple[float, float]:
+    """One row of :func:`moesim.cost.linkloads._node_times_py` (integer ``rows`` [G * N], ``cols``
+    [N * G]) for copies of ``scale`` and of ``scale2`` bytes (0: only the first) from one pass over
+    the groups: the same sums, products and maxima in the same order."""
+    latency = 0.0
+    for q in range(l_bounds.shape[0] - 1):
+        used = False
+        for p in range(l_bounds[q], l_bounds[q + 1]):
+            if rows[l_idx[p]] > 0:
+                used = True
+                break
+        if used:
+            latency = l_values[q]
+            break
+    if infinite:
+        return latency, latency
+    worst = -np.inf
+    worst2 = -np.inf
+    for q in range(r_bounds.shape[0] - 1):
+        total = rows[0] * 0
+        for p in range(r_bounds[q], r_bounds[q + 1]):
+            total += rows[r_idx[p]]
+        worst = max(worst, total * scale / bandwidth[r_links[q]])
+        if scale2 > 0:
+            worst2 = max(worst2, total * scale2 / bandwidth[r_links[q]])
+    for q in range(c_bounds.shape[0] - 1):
+        total = cols[0] * 0
+        for p in range(c_bounds[q], c_bounds[q + 1]):
+            total += cols[c_idx[p]]
+        worst = max(worst, total * scale / bandwidth[c_links[q]])
+        if scale2 > 0:
+            worst2 = max(worst2, total * scale2 / bandwidth[c_links[q]])
+    return max(worst, 0.0) + latency, max(worst2, 0.0) + latency
+
+
+def _link_sparse_py(r_entry: np.ndarray, r_value: np.ndarray, nr: int, c_entry: np.ndarray,
+                    c_value: np.ndarray, nc: int, scale: float, r_ptr: np.ndarray, r_grp: np.ndarray,
+                    r_links: np.ndarray, c_ptr: np.ndarray, c_grp: np.ndarray, c_links: np.ndarray,
+                    level: np.ndarray, l_values: np.ndarray, bandwidth: np.ndarray, infinite: bool,
+                    acc_r: np.ndarray, acc_c: np.ndarray, seen: np.ndarray) -> float:
+    """:func:`_link_s_py` from the nonzero entries only (``r_value[:nr]`` copies at row entries
+    ``r_entry[:nr]``, likewise the columns): the groups they touch get the same integer totals,
+    the others total 0 and can only tie the final ``max(worst, 0.0)``; the latency is the first
+    level (descending) any sending block is on. The same float."""
+    first = l_values.shape[0]
+    for t in range(nr):
+        q = level[r_entry[t]]
+        if q >= 0 and q < first:
+            first = q
+    latency = l_values[first] if first < l_values.shape[0] else 0.0
+    if infinite:
+        return latency
+    worst = -np.inf
+    m = 0
+    for t in range(nr):
+        e = r_entry[t]
+        for p in range(r_ptr[e], r_ptr[e + 1]):
+            q = r_grp[p]
+            if acc_r[q] == 0:
+                seen[m] = q
+                m += 1
+            acc_r[q] += r_value[t]
+    for u in range(m):
+        q = seen[u]
+        worst = max(worst, acc_r[q] * scale / bandwidth[r_links[q]])
+        acc_r[q] = 0
+    m = 0
+    for t in range(nc):
+        e = c_entry[t]
+        for p in range(c_ptr[e], c_ptr[e + 1]):
+            q = c_grp[p]
+            if acc_c[q] == 0:
+                seen[m] = q
+                m += 1
+            acc_c[q] += c_value[t]
+    for u in range(m):
+        q = seen[u]
+        worst = max(worst, acc_c[q] * scale / bandwidth[c_links[q]])
+        acc_c[q] = 0
+    worst = max(worst, 0.0)
+    return worst + latency
+
+
+if numba is not None:
+    _link_s = numba.njit(cache=True, nogil=True)(_link_s_py)
+    _link_sparse = numba.njit(cache=True, nogil=True)(_link_sparse_py)
+else:
+    _link_s, _link_sparse = _link_s_py, _link_sparse_py

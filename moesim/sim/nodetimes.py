@@ -1,0 +1,334 @@
+"""Node-level dispatch counting and the all-to-all's link-model seconds of every (step, layer) of a
+chunk in one compiled pass (numba, the ``[fast]`` extra).
+
+:func:`moesim.sim.counting.count_nodes_single` fills [S, L, G, N] and [S, L, N, G] copy tables that
+:class:`moesim.sim.a2atimes.AllToAllTimer` then reads twice (dispatch, combine) and the engine sums
+per device. Here each (step, layer)'s tables live in two small buffers: counted, summed per device,
+timed for the dispatch and the combine (:func:`moesim.cost.linkloads._node_times_py`'s arithmetic,
+the same floats) and cleared, so the chunk's output is [S, L, G] and [S, L]. The numpy path (and the
+compiled one without this module) is what tests compare it with.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from moesim.sim.linktimes import (
+    COMBINE_SAME,
+    COMBINE_SCALED,
+    COMBINE_TRANSPOSED,
+    NodeTiming,
+    _link_s,
+    _link_sparse,
+)
+
+try:  # optional: the [fast] extra
+    import numba
+except ImportError:  # pragma: no cover - exercised where numba is absent
+    numba = None
+
+def _device_key_py(slot_tokens: np.ndarray, s: int, layer: int, g: int, J: int, bits: int, tile: int,
+                   row: np.ndarray, keys: bool) -> tuple[int, int, int, int, int]:
+    """(packed key (0 without ``keys``), tokens, largest count, tokens padded to ``tile`` rows per
+    expert, experts with tokens) of device g's slot counts sorted ascending."""
+    for j in range(J):  # insertion sort: J is a handful of slots
+        v = slot_tokens[s, layer, g, j]
+        q = j
+        while keys and q > 0 and row[q - 1] > v:
+            row[q] = row[q - 1]
+            q -= 1
+        row[q] = v
+    key = 0
+    count = 0
+    top = 0
+    padded = 0
+    active = 0
+    for j in range(J):
+        if keys:
+            key += row[j] << (j * bits)
+        count += row[j]
+        top = max(top, row[j])
+        padded += (row[j] + tile - 1) // tile * tile
+        active += row[j] > 0
+    return key, count, top, padded, active
+
+
+def _count_sparse_py(ids: np.ndarray, dev_code: np.ndarray, slot_code: np.ndarray, E1: int, owner: np.ndarray,
+                     node_of: np.ndarray, G: int, J: int, N: int, head_steps: int, r_ptr: np.ndarray,
+                     r_grp: np.ndarray, r_links: np.ndarray, c_ptr: np.ndarray, c_grp: np.ndarray,
+                     c_links: np.ndarray, level: np.ndarray, l_values: np.ndarray, bandwidth: np.ndarray,
+                     infinite: bool, d_scale: float, c_scale: float, combine: int, slot_tokens: np.ndarray,
+                     sent: np.ndarray, received: np.ndarray, total: np.ndarray, head: np.ndarray,
+                      link_d: np.ndarray, link_c: np.ndarray, keys: np.ndarray, tokens: np.ndarray,
+                     tile: np.ndarray, padded: np.ndarray, active: np.ndarray, want_keys: bool) -> int:
+    """:func:`_count_timed_py` for steps with few routed entries: only the touched table entries,
+    devices and link groups are visited (outputs start at zero)."""
+    S, B, L, K = ids.shape
+    bits = 62 // max(J, 1)
+    top = 0
+    row = np.zeros(max(J, 1), dtype=np.int64)
+    rows = np.zeros(G * N, dtype=np.int64)
+    cols = np.zeros(N * G, dtype=np.int64)
+    cap = B * K + 1
+    r_entry = np.zeros(cap, dtype=np.int64)
+    c_entry = np.zeros(cap, dtype=np.int64)
+    r_value = np.zeros(cap, dtype=np.int64)
+    c_value = np.zeros(cap, dtype=np.int64)
+    rt_entry = np.zeros(cap, dtype=np.int64)
+    ct_entry = np.zeros(cap, dtype=np.int64)
+    touched = np.zeros(cap, dtype=np.int64)
+    on = np.zeros(G, dtype=np.bool_)
+    acc_r = np.zeros(max(r_links.shape[0], 1), dtype=np.int64)
+    acc_c = np.zeros(max(c_links.shape[0], 1), dtype=np.int64)
+    seen = np.zeros(max(r_links.shape[0], c_links.shape[0], 1), dtype=np.int64)
+    for s in range(S):
+        for layer in range(L):
+            base = layer * E1
+            nr = 0
+            nc = 0
+            nd = 0
+            for b in range(B):
+                i = owner[s, b]
+                ni = node_of[i]
+                for k in range(K):
+                    e = ids[s, b, layer, k]
+                    if e < 0:
+                        continue
+                    g = dev_code[base + e]
+                    if g >= G:
+                        continue
+                    slot_tokens[s, layer, g, slot_code[base + e]] += 1
+                    if not on[g]:
+                        on[g] = True
+                        touched[nd] = g
+                        nd += 1
+                    if g == i:
+                        continue
+                    x = i * N + node_of[g]
+                    if rows[x] == 0:
+                        r_entry[nr] = x
+                        nr += 1
+                    rows[x] += 1
+                    y = ni * G + g
+                    if cols[y] == 0:
+                        c_entry[nc] = y
+                        nc += 1
+                    cols[y] += 1
+                    sent[s, layer, i] += 1
+                    received[s, layer, g] += 1
+                    total[i, g] += 1
+                    if s < head_steps:
+                        head[s, layer, i, g] += 1
+            for t in range(nd):
+                g = touched[t]
+                on[g] = False
+                key, count, most, rows_padded, used = _device_key(slot_tokens, s, layer, g, J, bits, tile[g],
+                                                                  row, want_keys)
+                keys[s, layer, g] = key
+                tokens[s, layer, g] = count
+                padded[s, layer, g] = rows_padded
+                active[s, layer, g] = used
+                top = max(top, most)
+            for t in range(nr):
+                r_value[t] = rows[r_entry[t]]
+            for t in range(nc):
+                c_value[t] = cols[c_entry[t]]
+            link_d[s, layer] = _link_sparse(r_entry, r_value, nr, c_entry, c_value, nc, d_scale, r_ptr, r_grp,
+                                            r_links, c_ptr, c_grp, c_links, level, l_values, bandwidth,
+                                            infinite, acc_r, acc_c, seen)
+            if combine == COMBINE_SCALED:
+                link_c[s, layer] = _link_sparse(r_entry, r_value, nr, c_entry, c_value, nc, c_scale, r_ptr,
+                                                r_grp, r_links, c_ptr, c_grp, c_links, level, l_values,
+                                                bandwidth, infinite, acc_r, acc_c, seen)
+            elif combine == COMBINE_TRANSPOSED:  # rows' = cols transposed, cols' = rows transposed
+                for t in range(nc):
+                    rt_entry[t] = (c_entry[t] % G) * N + c_entry[t] // G
+                for t in range(nr):
+                    ct_entry[t] = (r_entry[t] % N) * G + r_entry[t] // N
+                link_c[s, layer] = _link_sparse(rt_entry, c_value, nc, ct_entry, r_value, nr, c_scale, r_ptr,
+                                                r_grp, r_links, c_ptr, c_grp, c_links, level, l_values,
+                                                bandwidth, infinite, acc_r, acc_c, seen)
+            for t in range(nr):
+                rows[r_entry[t]] = 0
+            for t in range(nc):
+                cols[c_entry[t]] = 0
+    return top
+
+
+def _count_timed_py(ids: np.ndarray, dev_code: np.ndarray, slot_code: np.ndarray, E1: int, owner: np.ndarray,
+                    node_of: np.ndarray, G: int, J: int, N: int, head_steps: int, r_idx: np.ndarray,
+                    r_bounds: np.ndarray, r_links: np.ndarray, c_idx: np.ndarray, c_bounds: np.ndarray,
+                    c_links: np.ndarray, l_idx: np.ndarray, l_bounds: np.ndarray, l_values: np.ndarray,
+                    bandwidth: np.ndarray, infinite: bool, d_scale: float, c_scale: float, combine: int,
+                    slot_tokens: np.ndarray, sent: np.ndarray, received: np.ndarray, total: np.ndarray,
+                    head: np.ndarray, link_d: np.ndarray, link_c: np.ndarray, keys: np.ndarray,
+                    tokens: np.ndarray, tile: np.ndarray, padded: np.ndarray, active: np.ndarray,
+                    want_keys: bool) -> int:
+    """:func:`moesim.sim.counting._count_single_py`'s counts of expert ids [S, B, L, K] (one replica
+    per expert), with each (step, layer)'s node tables kept in buffers: ``sent`` / ``received``
+    [S, L, G] the copies each device sends / receives (its own excluded), ``link_d`` / ``link_c``
+    [S, L] the dispatch's and the combine's link-model seconds, ``tokens`` [S, L, G] each device's
+    (token, expert) pairs and ``keys`` [S, L, G] its slot counts sorted and packed ``62 // J`` bits
+    each (:meth:`moesim.sim.stepcost.StepCoster.expert_times_keyed`). Returns the largest slot count
+    (the keys hold only if it fits in the bits)."""
+    S, B, L, K = ids.shape
+    bits = 62 // max(J, 1)
+    top = 0
+    row = np.zeros(max(J, 1), dtype=np.int64)
+    rows = np.zeros(G * N, dtype=np.int64)
+    cols = np.zeros(N * G, dtype=np.int64)
+    rows_t = np.zeros(G * N, dtype=np.int64)
+    cols_t = np.zeros(N * G, dtype=np.int64)
+    slot = np.zeros(G * J, dtype=np.int64)
+    code = np.empty(dev_code.shape[0], dtype=np.int64)  # device | slot bin << 16 | node << 40
+    for x in range(dev_code.shape[0]):
+        g = dev_code[x]
+        code[x] = g if g >= G else g | ((g * J + slot_code[x]) << 16) | (node_of[g] << 40)
+    flat_total = total.reshape(-1)
+    for s in range(S):
+        for layer in range(L):
+            base = layer * E1
+            rows[:] = 0
+            cols[:] = 0
+            slot[:] = 0
+            for b in range(B):
+                i = owner[s, b]
+                ri = i * N
+                ci = node_of[i] * G
+                ti = i * G
+                for k in range(K):
+                    e = ids[s, b, layer, k]
+                    if e < 0:
+                        continue
+                    c = code[base + e]
+                    g = c & 0xFFFF
+                    if g >= G:
+                        continue
+                    slot[(c >> 16) & 0xFFFFFF] += 1
+                    if g == i:
+                        continue
+                    rows[ri + (c >> 40)] += 1
+                    cols[ci + g] += 1
+                    flat_total[ti + g] += 1
+                    if s < head_steps:
+                        head[s, layer, i, g] += 1
+            for x in range(G):
+                for j in range(J):
+                    slot_tokens[s, layer, x, j] = slot[x * J + j]
+            for i in range(G):
+                out = rows[0] * 0
+                into = cols[0] * 0
+                for n in range(N):
+                    out += rows[i * N + n]
+                    into += cols[n * G + i]
+                sent[s, layer, i] = out
+                received[s, layer, i] = into
+                key, count, most, rows_padded, used = _device_key(slot_tokens, s, layer, i, J, bits, tile[i],
+                                                                  row, want_keys)
+                keys[s, layer, i] = key
+                tokens[s, layer, i] = count
+                padded[s, layer, i] = rows_padded
+                active[s, layer, i] = used
+                top = max(top, most)
+            scale2 = c_scale if combine == COMBINE_SCALED else 0.0
+            both = _link_s(rows, cols, d_scale, scale2, r_idx, r_bounds, r_links, c_idx, c_bounds, c_links,
+                           l_idx, l_bounds, l_values, bandwidth, infinite)
+            link_d[s, layer] = both[0]
+            if combine == COMBINE_SCALED:
+                link_c[s, layer] = both[1]
+            elif combine == COMBINE_TRANSPOSED:
+                for g in range(G):
+                    for n in range(N):
+                        rows_t[g * N + n] = cols[n * G + g]
+                        cols_t[n * G + g] = rows[g * N + n]
+                back = _link_s(rows_t, cols_t, c_scale, 0.0, r_idx, r_bounds, r_links, c_idx, c_bounds,
+                               c_links, l_idx, l_bounds, l_values, bandwidth, infinite)
+                link_c[s, layer] = back[0]
+    return top
+
+
+if numba is not None:  # helpers first (the link times' are in linktimes): the kernels find them compiled
+    _device_key = numba.njit(cache=True, nogil=True)(_device_key_py)
+    _count_timed = numba.njit(cache=True, nogil=True)(_count_timed_py)
+    _count_sparse = numba.njit(cache=True, nogil=True)(_count_sparse_py)
+else:
+    _device_key = _device_key_py
+    _count_timed = _count_sparse = None
+
+__all__ = ["COMBINE_SAME", "COMBINE_SCALED", "COMBINE_TRANSPOSED", "NodeTiming", "TimedCounts", "available",
+           "count_timed", "sparse"]
+
+
+def available() -> bool:
+    return _count_timed is not None
+
+
+@dataclass(frozen=True)
+class TimedCounts:
+    """What :func:`count_timed` gives for a chunk of S steps (copy counts exclude a device's own)."""
+
+    slot_tokens: np.ndarray
+    """[S, L, G, J] (token, expert) pairs per device slot."""
+    tokens: np.ndarray
+    """[S, L, G] (token, expert) pairs per device."""
+    expert_keys: np.ndarray | None
+    """[S, L, G] each device's slot counts sorted and packed (None: a count does not fit)."""
+    sent: np.ndarray
+    received: np.ndarray
+    """[S, L, G] token copies each device sends / receives."""
+    total: np.ndarray
+    """[G, G] copies from device i to j, summed over the chunk."""
+    head: np.ndarray | None
+    """[k, L, G, G] the first ``head_steps`` steps' copies per pair (the timeline's)."""
+    link_s: tuple[np.ndarray, np.ndarray | None]
+    """[S, L] link-model seconds of the dispatch and of the combine (None: the dispatch's)."""
+    padded: np.ndarray
+    """[S, L, G] each device's expert tokens padded to its tile rows per expert, summed."""
+    active: np.ndarray
+    """[S, L, G] each device's experts with tokens."""
+
+
+def sparse(entries: int, G: int, N: int) -> bool:
+    """Whether a (step, layer) of ``entries`` routed entries is counted and timed sparsely (touched
+    entries only) rather than over whole [G, N] tables: the same results, whichever is faster."""
+    return 4 * entries < G * N
+
+
+def count_timed(ids: np.ndarray, device: np.ndarray, slot: np.ndarray, owner: np.ndarray, node_of: np.ndarray,
+                G: int, J: int, head_steps: int, timing: NodeTiming) -> TimedCounts:
+    """The counts and link times of expert ids ``ids`` [S, B, L, K] with one replica per expert
+    (``device`` / ``slot`` [L, E + 1], column E the dummy of -1 ids)."""
+    assert _count_timed is not None
+    S, _B, L, _K = ids.shape
+    nb = timing.blocks
+    N = nb.num_nodes
+    k = min(S, head_steps)
+    slot_tokens = np.zeros((S, L, G, J), np.int64)
+    sent, received = np.zeros((S, L, G), np.int64), np.zeros((S, L, G), np.int64)
+    total, head = np.zeros((G, G), np.int64), np.zeros((k, L, G, G), np.int64)
+    link_d, link_c = np.empty((S, L)), np.empty((S, L))
+    keys, tokens = np.zeros((S, L, G), np.int64), np.zeros((S, L, G), np.int64)
+    padded, active = np.zeros((S, L, G), np.int64), np.zeros((S, L, G), np.int64)
+    tile = (np.ones(G, np.int64) if timing.tile_rows is None
+            else np.maximum(np.asarray(timing.tile_rows, dtype=np.int64), 1))
+    levels = nb.levels_s[nb.lat_levels] if len(nb.lat_levels) else np.zeros(0)
+    head_in = (np.ascontiguousarray(ids), np.ascontiguousarray(device, dtype=np.int64).ravel(),
+               np.ascontiguousarray(slot, dtype=np.int64).ravel(), device.shape[1],
+               np.ascontiguousarray(owner, dtype=np.int64), np.asarray(node_of, dtype=np.int64), G, J, N, k)
+    tail = (np.asarray(timing.bandwidth, dtype=np.float64), bool(timing.infinite),
+            float(timing.dispatch_bytes), float(timing.combine_bytes), int(timing.combine), slot_tokens, sent,
+            received, total, head, link_d, link_c, keys, tokens, tile, padded, active, bool(timing.keys))
+    if sparse(ids.shape[1] * ids.shape[3], G, N):
+        r_ptr, r_grp, c_ptr, c_grp, level = timing.inverse
+        top = _count_sparse(*head_in, r_ptr, r_grp, nb.row_links, c_ptr, c_grp, nb.col_links, level, levels,
+                            *tail)
+    else:
+        top = _count_timed(*head_in, nb.row_index, np.r_[nb.row_starts, len(nb.row_index)], nb.row_links,
+                           nb.col_index, np.r_[nb.col_starts, len(nb.col_index)], nb.col_links,
+                           nb.lat_index, np.r_[nb.lat_starts, len(nb.lat_index)], levels, *tail)
+    fits = timing.keys and J > 0 and top < (1 << (62 // J))
+    return TimedCounts(slot_tokens, tokens, keys if fits else None, sent, received, total,
+                       head if k else None, (link_d, None if timing.combine == COMBINE_SAME else link_c),
+                       padded, active)

@@ -1,0 +1,147 @@
+"""The lockstep fast paths equal the paths they replace on the same inputs, bit for bit: the clock
+as a running sum per chunk vs one SimPy event per (step, layer) (``Machine(events=True)``), and the
+compiled count-and-time pass (:mod:`moesim.sim.nodetimes`) vs node tables timed afterwards."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from moesim.sim import nodetimes
+from moesim.sim.engine import Machine
+from moesim.sim.results import SimResult
+from tests.lockstep_cases import Case, cases, config
+from tests.offload_cases import outputs
+
+ARRAYS = ("busy_s", "phase_s", "bytes_sent", "bytes_received", "tokens", "step_start_s", "step_end_s",
+          "layer_start_s", "migration_s", "plan_index", "pre_parts_s", "expert_gpu_s")
+PICKED = [c for i, c in enumerate(cases()) if i % 3 == 0 or c.replan or c.model == "deepseek-v3"]
+
+
+def _result(case: Case, events: bool) -> SimResult:
+    cfg, cost = config(case)
+    m = Machine(cfg, cost, events=events)
+    m.run()
+    return SimResult(rec=m.rec, layer_ids=m.layer_ids, info=m.info(), memory_bytes=m.memory,
+                     lockstep=m.lockstep_timeline())
+
+
+@pytest.mark.parametrize("case", PICKED, ids=lambda c: c.name)
+def test_fast_lockstep_equals_events_and_node_tables(case: Case, monkeypatch):
+    fast = _result(case, events=False)
+    monkeypatch.setattr(nodetimes, "_count_timed", None)  # node tables, timed by AllToAllTimer
+    slow = _result(case, events=True)
+    for name in ARRAYS:
+        assert np.array_equal(getattr(fast.rec, name), getattr(slow.rec, name)), name
+    assert fast.rec.link_bytes == slow.rec.link_bytes
+    a, b = outputs(fast), outputs(slow)
+    assert json.dumps(a, sort_keys=True, default=repr) == json.dumps(b, sort_keys=True, default=repr)
+
+
+def test_the_fast_paths_are_taken():
+    """The EP64 DeepSeek-V3 case runs without SimPy events and, with numba, counts and times in one pass."""
+    case = next(c for c in cases() if c.model == "deepseek-v3" and c.nodes == 8 and c.batch == 256)
+    cfg, cost = config(case)
+    m = Machine(cfg, cost)
+    m.run()
+    assert m.env.now == 0.0 and m.rec.step_end_s[-1] > 0  # the clock ran without the SimPy environment
+    if nodetimes.available():
+        assert m.coster.node_timing() is not None
+
+
+@pytest.mark.skipif(not nodetimes.available(), reason="numba not installed (the [fast] extra)")
+@pytest.mark.parametrize("nodes", [2, 8])
+@pytest.mark.parametrize("batch", [1, 3, 40])
+def test_sparse_and_dense_passes_agree(nodes, batch, monkeypatch):
+    """The pass over touched entries only and the one over whole tables give the same counts and the
+    same link seconds, in every way of timing the combine; and both equal the node tables timed by
+    :class:`moesim.sim.a2atimes.AllToAllTimer`."""
+    from dataclasses import replace
+
+    from moesim.sim import counting
+    from moesim.sim.dispatch import owners
+    from moesim.sim.replica_routing import node_index
+
+    case = Case("deepseek-v3", "h100x8x4", nodes, batch, 3)
+    cfg, cost = config(case)
+    m = Machine(cfg, cost)
+    timing = m.coster.node_timing()
+    assert timing is not None
+    S = 3
+    ids = np.array(cfg.trace.expert_ids[:S * batch]).reshape(S, batch, *cfg.trace.expert_ids.shape[1:])
+    ids[0, :, 0] = -1  # a (step, layer) with no copies: every link idle
+    owner = np.broadcast_to(owners(batch, m.G), (S, batch)).copy()
+    node_of = node_index(cfg.cluster, m.devices)
+    dev, slot, J = m.table.device[:, :, 0], m.table.slot[:, :, 0], m.table.slots_per_device
+    ref = counting.count_nodes_single(ids, dev, slot, owner, node_of, m.G, J, 2)
+    rows, cols = ref[1], ref[2]
+    for mode in (nodetimes.COMBINE_SAME, nodetimes.COMBINE_SCALED, nodetimes.COMBINE_TRANSPOSED):
+        t = replace(timing, combine=mode, keys=True)
+        out = {}
+        for sparse in (True, False):
+            monkeypatch.setattr(nodetimes, "sparse", lambda *_a, s=sparse: s)
+            out[sparse] = nodetimes.count_timed(ids, dev, slot, owner, node_of, m.G, J, 2, t)
+        a, b = out[True], out[False]
+        assert (a.expert_keys is None) == (a.slot_tokens.max() >= 1 << (62 // J))  # packed where they fit
+        for name in ("slot_tokens", "tokens", "expert_keys", "sent", "received", "total", "head", "padded",
+                     "active"):
+            assert np.array_equal(getattr(a, name), getattr(b, name)), (mode, name)
+        assert np.array_equal(a.link_s[0], b.link_s[0])
+        assert (a.link_s[1] is None) == (b.link_s[1] is None) == (mode == nodetimes.COMBINE_SAME)
+        if mode != nodetimes.COMBINE_SAME:
+            assert np.array_equal(a.link_s[1], b.link_s[1])
+        assert np.array_equal(a.slot_tokens, ref[0]) and np.array_equal(a.total, ref[3])
+        assert np.array_equal(a.sent, rows.sum(axis=3)) and np.array_equal(a.received, cols.sum(axis=2))
+        L = rows.shape[1]
+        flat = (rows.reshape(S * L, m.G, -1), cols.reshape(S * L, -1, m.G))
+        expect = cost.all_to_all_node_s(m.devices, *flat, t.dispatch_bytes).reshape(S, L)
+        assert np.array_equal(a.link_s[0], expect)
+        if mode == nodetimes.COMBINE_TRANSPOSED:
+            back = (flat[1].transpose(0, 2, 1), flat[0].transpose(0, 2, 1))
+            expect = cost.all_to_all_node_s(m.devices, *back, t.combine_bytes).reshape(S, L)
+            assert np.array_equal(a.link_s[1], expect)
+
+
+@pytest.mark.parametrize(("model_name", "dtype"), [("deepseek-v3", None), ("deepseek-v2-lite", None),
+                                                   ("mixtral-8x7b", "int4"), ("deepseek-v2-lite", "fp8")])
+def test_expert_aggregates_equal_the_priced_rows(model_name, dtype):
+    """A grouped expert call priced from (padded rows, active experts, tokens) is, bit for bit, the
+    call priced from its token rows, in any order of the rows' entries."""
+    from moesim.cost import CostModel
+    from moesim.specs import load_cluster, load_model
+
+    cluster = load_cluster("h100x8")
+    cost = CostModel(cluster, load_model(model_name))
+    dev = cluster.gpus[0].id
+    rng = np.random.default_rng(7)
+    rows = rng.integers(0, 300, size=(500, 16)) * (rng.random((500, 16)) < 0.6)
+    rows[:3] = 0
+    rows[3, :] = 1
+    tile = cost.expert_tile_rows(dev, dtype)
+    padded = ((rows + tile - 1) // tile * tile).sum(axis=1)
+    agg = cost.expert_aggregates_s(dev, padded, (rows > 0).sum(axis=1), rows.sum(axis=1), dtype)
+    assert agg is not None
+    assert np.array_equal(agg, cost.expert_compute_batch_s([dev] * len(rows), rows, dtype))
+    assert np.array_equal(agg, cost.expert_compute_batch_s([dev] * len(rows), np.sort(rows, axis=1)[:, ::-1],
+                                                           dtype))
+
+
+def test_a_closed_form_that_disagrees_is_dropped(monkeypatch):
+    """When the cost object's aggregates differ from its priced rows, the run keeps the memo of rows."""
+    from moesim.cost import CostModel
+
+    case = next(c for c in cases() if c.model == "deepseek-v3" and c.nodes == 2 and c.batch == 256)
+    cfg, cost = config(case)
+    want = Machine(cfg, cost, events=True)
+    monkeypatch.setattr(nodetimes, "_count_timed", None)
+    want.run()
+    monkeypatch.undo()
+    true = CostModel.expert_aggregates_s
+    monkeypatch.setattr(CostModel, "expert_aggregates_s", lambda *a, **k: true(*a, **k) * (1 + 1e-9))
+    got = Machine(cfg, cost)
+    got.run()
+    assert got.coster._aggregates_ok == {0: False}
+    for name in ARRAYS:
+        assert np.array_equal(getattr(got.rec, name), getattr(want.rec, name)), name
