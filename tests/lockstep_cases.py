@@ -4,8 +4,10 @@ a run outputs (summary, per-step and per-(step, layer, device) tables, timeline)
 implementations of the lockstep path bit for bit.
 
 ``tests/data/lockstep_golden.json`` holds the fingerprints of these cases recorded with the engine
-of commit 30bbe03 (one SimPy event per (step, layer), the timeline's link loads built at the end of
-every run): ``python -m tests.lockstep_cases --record`` rewrites it (only do that on purpose).
+before the lockstep speed-up (one SimPy event per (step, layer), the timeline's link loads built at
+the end of every run): commit 30bbe03, the re-placement and expert-TP cases on 22f1b3c (whose
+re-placement changed and which added expert TP). ``python -m tests.lockstep_cases --record``
+rewrites it (only do that on purpose, with the old engine).
 """
 
 from __future__ import annotations
@@ -84,6 +86,11 @@ def cases() -> Iterator[Case]:
         yield Case(v3, hw, nodes, 1, 4, cfg=(("a2a", "low-latency"),))
     yield Case(v3, "h100x8x4", 8, 1024, 2, cfg=(("a2a", "hierarchical"),))
     yield Case(v3, "h100x8x4", 2, 128, 3, "eplb", 18, (("a2a", "low-latency"),))
+    # tensor parallelism inside experts (EP groups of 2 or 4 GPUs)
+    yield Case(v2, "h100x8", None, 64, 5, cfg=(("ep", 4),))
+    yield Case(v2, "h100x8x4", 2, 48, 4, cfg=(("ep", 4), ("a2a", "low-latency")))
+    yield Case(v3, "h100x8x4", 4, 128, 3, cfg=(("ep", 16), ("a2a", "flat")))
+    yield Case(v3, "h100x8x4", 8, 1, 3, cfg=(("ep", 32), ("a2a", "flat")))
     yield Case(v2, "h100x8", None, 64, 40, "eplb", 9, replan={"policy": "periodic"})
     yield Case(v2, "h100x8", None, 64, 40, "eplb", 9,
                replan={"policy": "periodic", "migration": "overlapped"})

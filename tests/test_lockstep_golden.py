@@ -1,6 +1,7 @@
-"""The lockstep path gives, bit for bit, what the engine of commit 30bbe03 gave on every case of
-:mod:`tests.lockstep_cases` (one SimPy event per (step, layer), the timeline built eagerly): the
-summary, the per-step and per-(step, layer, device) tables and the timeline."""
+"""The lockstep path gives, bit for bit, what the engine before the speed-up (30bbe03; 22f1b3c for
+re-placement and expert TP) gave on every case of :mod:`tests.lockstep_cases` (one SimPy event per
+(step, layer), the timeline built eagerly): the summary, the per-step and per-(step, layer, device)
+tables and the timeline."""
 
 from __future__ import annotations
 
