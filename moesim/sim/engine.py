@@ -283,9 +283,6 @@ class Machine:
         else:
             self.total_pairs += pair.sum(axis=(0, 1))
             out, into = pair.sum(axis=3), pair.sum(axis=2)
-        # a device sends its dispatch copies and, in the combine, returns the copies it received
-        sent = out * self.a2a.dispatch_bytes + into * self.a2a.combine_bytes
-        received = into * self.a2a.dispatch_bytes + out * self.a2a.combine_bytes
         if c.expert_group_bytes is not None:
             self.group_bytes += c.expert_group_bytes.sum(axis=(0, 1))
         if a < r.timeline_steps:
@@ -302,8 +299,16 @@ class Machine:
         r.phase_s[a:b, :, 0] = c.pre.max(axis=2)
         if c.parts is not None:
             r.pre_parts_s[a:b] = c.parts.critical()
-        r.bytes_sent[a:b][:, m, :G] = sent
-        r.bytes_received[a:b][:, m, :G] = received
+        # a device sends its dispatch copies and, in the combine, returns the copies it received
+        db, cb = self.a2a.dispatch_bytes, self.a2a.combine_bytes
+        if isinstance(m, slice):  # written in place: the same products and sums, no temporaries
+            for view, first, second in ((r.bytes_sent[a:b, m, :G], out, into),
+                                        (r.bytes_received[a:b, m, :G], into, out)):
+                np.multiply(first, db, out=view)
+                view += second * cb
+        else:
+            r.bytes_sent[a:b][:, m, :G] = out * db + into * cb
+            r.bytes_received[a:b][:, m, :G] = into * db + out * cb
         if self.offloaded is None:
             r.busy_s[a:b][:, m, :G] += c.expert
             r.tokens[a:b][:, m, :G] = d.device_tokens

@@ -91,6 +91,8 @@ class PreCoster:
             [specs.setdefault(id(cost.cluster.device(d).spec), len(specs)) for d in devices], dtype=np.int64)
         self._spec_device = {i: devices[int(np.argmax(self._spec_index == i))] for i in range(len(specs))}
         self.groups = self.parallel.groups(devices)
+        self._memo: dict[tuple[str, int, int, int], float] = {}
+        """(op, spec, tokens, context) -> seconds, across chunks."""
         self.act = DTYPE_BYTES[m.activation_dtype]
 
     def _per_device(self, op: str, tokens: np.ndarray, context: np.ndarray) -> np.ndarray:
@@ -112,7 +114,14 @@ class PreCoster:
             ukeys, inverse = np.unique(packed, return_inverse=True)
             uniq = np.stack([ukeys >> (bits_t + bits_c), (ukeys >> bits_c) & ((1 << bits_t) - 1),
                              ukeys & ((1 << bits_c) - 1)], axis=-1)
-        values = np.array([self._op(op, self._spec_device[int(k[0])], int(k[1]), int(k[2])) for k in uniq])
+        memo = self._memo
+        values = np.empty(len(uniq))
+        for i, (spec_i, n, ctx_i) in enumerate(uniq.tolist()):  # each priced once per run
+            key = (op, spec_i, n, ctx_i)
+            v = memo.get(key)
+            if v is None:
+                v = memo[key] = self._op(op, self._spec_device[spec_i], n, ctx_i)
+            values[i] = v
         return values[inverse.ravel()].reshape(S, G)
 
     def _op(self, op: str, dev: str, tokens: int, context: int) -> float:
