@@ -103,12 +103,13 @@ def _link_s_py(rows: np.ndarray, cols: np.ndarray, scale: float, scale2: float, 
 
 
 def _link_sparse_py(r_entry: np.ndarray, r_value: np.ndarray, nr: int, c_entry: np.ndarray,
-                    c_value: np.ndarray, nc: int, scale: float, r_ptr: np.ndarray, r_grp: np.ndarray,
-                    r_links: np.ndarray, c_ptr: np.ndarray, c_grp: np.ndarray, c_links: np.ndarray,
-                    level: np.ndarray, l_values: np.ndarray, bandwidth: np.ndarray, infinite: bool,
-                    acc_r: np.ndarray, acc_c: np.ndarray, seen: np.ndarray) -> float:
-    """:func:`_link_s_py` from the nonzero entries only (``r_value[:nr]`` copies at row entries
-    ``r_entry[:nr]``, likewise the columns): the groups they touch get the same integer totals,
+                    c_value: np.ndarray, nc: int, scale: float, scale2: float, r_ptr: np.ndarray,
+                    r_grp: np.ndarray, r_links: np.ndarray, c_ptr: np.ndarray, c_grp: np.ndarray,
+                    c_links: np.ndarray, level: np.ndarray, l_values: np.ndarray, bandwidth: np.ndarray,
+                    infinite: bool, acc_r: np.ndarray, acc_c: np.ndarray,
+                    seen: np.ndarray) -> tuple[float, float]:
+    """:func:`_link_s_py` (both copy sizes) from the nonzero entries only (``r_value[:nr]`` copies at
+    row entries ``r_entry[:nr]``, likewise the columns): the groups they touch get the same totals,
     the others total 0 and can only tie the final ``max(worst, 0.0)``; the latency is the first
     level (descending) any sending block is on. The same float."""
     first = l_values.shape[0]
@@ -118,8 +119,9 @@ def _link_sparse_py(r_entry: np.ndarray, r_value: np.ndarray, nr: int, c_entry: 
             first = q
     latency = l_values[first] if first < l_values.shape[0] else 0.0
     if infinite:
-        return latency
+        return latency, latency
     worst = -np.inf
+    worst2 = -np.inf
     m = 0
     for t in range(nr):
         e = r_entry[t]
@@ -132,6 +134,8 @@ def _link_sparse_py(r_entry: np.ndarray, r_value: np.ndarray, nr: int, c_entry: 
     for u in range(m):
         q = seen[u]
         worst = max(worst, acc_r[q] * scale / bandwidth[r_links[q]])
+        if scale2 > 0:
+            worst2 = max(worst2, acc_r[q] * scale2 / bandwidth[r_links[q]])
         acc_r[q] = 0
     m = 0
     for t in range(nc):
@@ -145,9 +149,10 @@ def _link_sparse_py(r_entry: np.ndarray, r_value: np.ndarray, nr: int, c_entry: 
     for u in range(m):
         q = seen[u]
         worst = max(worst, acc_c[q] * scale / bandwidth[c_links[q]])
+        if scale2 > 0:
+            worst2 = max(worst2, acc_c[q] * scale2 / bandwidth[c_links[q]])
         acc_c[q] = 0
-    worst = max(worst, 0.0)
-    return worst + latency
+    return max(worst, 0.0) + latency, max(worst2, 0.0) + latency
 
 
 if numba is not None:

@@ -135,21 +135,22 @@ def _count_sparse_py(ids: np.ndarray, dev_code: np.ndarray, slot_code: np.ndarra
                 r_value[t] = rows[r_entry[t]]
             for t in range(nc):
                 c_value[t] = cols[c_entry[t]]
-            link_d[s, layer] = _link_sparse(r_entry, r_value, nr, c_entry, c_value, nc, d_scale, r_ptr, r_grp,
-                                            r_links, c_ptr, c_grp, c_links, level, l_values, bandwidth,
-                                            infinite, acc_r, acc_c, seen)
+            scale2 = c_scale if combine == COMBINE_SCALED else 0.0
+            both = _link_sparse(r_entry, r_value, nr, c_entry, c_value, nc, d_scale, scale2, r_ptr, r_grp,
+                                r_links, c_ptr, c_grp, c_links, level, l_values, bandwidth, infinite, acc_r,
+                                acc_c, seen)
+            link_d[s, layer] = both[0]
             if combine == COMBINE_SCALED:
-                link_c[s, layer] = _link_sparse(r_entry, r_value, nr, c_entry, c_value, nc, c_scale, r_ptr,
-                                                r_grp, r_links, c_ptr, c_grp, c_links, level, l_values,
-                                                bandwidth, infinite, acc_r, acc_c, seen)
+                link_c[s, layer] = both[1]
             elif combine == COMBINE_TRANSPOSED:  # rows' = cols transposed, cols' = rows transposed
                 for t in range(nc):
                     rt_entry[t] = (c_entry[t] % G) * N + c_entry[t] // G
                 for t in range(nr):
                     ct_entry[t] = (r_entry[t] % N) * G + r_entry[t] // N
-                link_c[s, layer] = _link_sparse(rt_entry, c_value, nc, ct_entry, r_value, nr, c_scale, r_ptr,
-                                                r_grp, r_links, c_ptr, c_grp, c_links, level, l_values,
-                                                bandwidth, infinite, acc_r, acc_c, seen)
+                back = _link_sparse(rt_entry, c_value, nc, ct_entry, r_value, nr, c_scale, 0.0, r_ptr, r_grp,
+                                    r_links, c_ptr, c_grp, c_links, level, l_values, bandwidth, infinite,
+                                    acc_r, acc_c, seen)
+                link_c[s, layer] = back[0]
             for t in range(nr):
                 rows[r_entry[t]] = 0
             for t in range(nc):
