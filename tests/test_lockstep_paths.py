@@ -128,6 +128,7 @@ def test_expert_aggregates_equal_the_priced_rows(model_name, dtype):
                                                            dtype))
 
 
+@pytest.mark.skipif(not nodetimes.available(), reason="numba not installed (the [fast] extra)")
 def test_a_closed_form_that_disagrees_is_dropped(monkeypatch):
     """When the cost object's aggregates differ from its priced rows, the run keeps the memo of rows."""
     from moesim.cost import CostModel
@@ -145,3 +146,26 @@ def test_a_closed_form_that_disagrees_is_dropped(monkeypatch):
     assert got.coster._aggregates_ok == {0: False}
     for name in ARRAYS:
         assert np.array_equal(getattr(got.rec, name), getattr(want.rec, name)), name
+
+
+@pytest.mark.parametrize("compiled", [True, False])
+def test_keyed_times_price_each_new_key_once_in_ascending_order(compiled, monkeypatch):
+    from moesim.sim import expert_memo
+
+    if not compiled:
+        monkeypatch.setattr(expert_memo, "_lookup", expert_memo._lookup_py)
+        monkeypatch.setattr(expert_memo, "_insert", expert_memo._insert_py)
+    asked: list[np.ndarray] = []
+
+    def price(keys: np.ndarray) -> np.ndarray:
+        asked.append(keys.copy())
+        return keys * 0.5 + 1.0
+
+    memo = expert_memo.KeyedTimes(price, capacity=4)
+    rng = np.random.default_rng(3)
+    for _ in range(6):  # the table grows past its first capacity several times
+        keys = rng.integers(0, 3000, size=(7, 5)) << rng.integers(0, 40)
+        assert np.array_equal(memo(keys), keys * 0.5 + 1.0)
+    seen = np.concatenate(asked)
+    assert len(np.unique(seen)) == len(seen)  # each key priced once
+    assert all(np.array_equal(a, np.unique(a)) for a in asked)  # new keys, ascending

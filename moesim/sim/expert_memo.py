@@ -25,7 +25,7 @@ EMPTY = -1
 def _slot(key: int, mask: int) -> int:
     """Multiplicative hashing: bits 32.. of the product (int64 wrap-around in numba, the same bits
     in Python) spread the small packed keys over the table."""
-    return ((key * 0x5851F42D4C957F2D) >> 32) & mask
+    return ((int(key) * 0x5851F42D4C957F2D) >> 32) & mask
 
 
 def _lookup_py(table_keys: np.ndarray, table_values: np.ndarray, keys: np.ndarray, out: np.ndarray) -> int:
