@@ -18,18 +18,20 @@ for EP64; EP8 is one H200 box, as DeepSeek-V3's fp8 experts do not fit 8 H100):
 The synthetic trace (moesim's generator, default profile) is written to /tmp on the first run.
 ``--profile CASE`` prints the top of a cProfile of this tree's run of CASE instead.
 
-Measured 2026-12-05 (2-core VM shared with two other helpers, load average 0.9-3), baseline 30bbe03,
+Measured 2026-12-05 (2-core VM shared with two other helpers, load average 0.7-1), baseline 30bbe03,
 CPU s of 3 timed runs (min-max), sim/CPU from the best, summaries identical in every case:
 
   case        sim s  baseline CPU s  sim/CPU  this tree CPU s  sim/CPU  ratio  RSS MiB
-  ep64-b256  15.186   2.86-3.39         5.31    1.08-1.53        14.09  2.66x      784
-  ep64-b1    11.614   1.84-2.50         6.30    0.36-0.79        32.25  5.12x      810
-  ep8         8.655   0.85-0.96        10.21    0.25-0.27        34.57  3.39x      457
-  ep16        8.053   1.16-1.22         6.97    0.26-0.28        31.21  4.48x      472
-  ep32        5.799   0.90-1.10         6.43    0.28-0.33        20.89  3.25x      507
-  ep64        4.555   0.91-1.31         5.00    0.36-0.53        12.79  2.56x      606
-  ep8-b1024   6.573   0.88-0.92         7.46    0.54-0.57        12.22  1.64x      449
-  EP8..EP64 CPU s (best): 0.25, 0.26, 0.28, 0.36 (monotone; baseline 0.85, 1.16, 0.90, 0.91)
+  ep64-b256  15.186   2.61-3.18         5.81    1.00-1.34        15.19  2.61x      781
+  ep64-b1    11.614   1.85-2.19         6.27    0.31-0.55        37.17  5.92x      807
+  ep8         8.655   0.79-0.92        10.99    0.20-0.22        43.30  3.94x      453
+  ep16        8.053   1.02-1.10         7.91    0.19-0.22        41.46  5.24x      468
+  ep32        5.799   0.82-0.93         7.05    0.25-0.30        23.05  3.27x      503
+  ep64        4.555   0.76-0.98         5.97    0.33-0.48        13.82  2.32x      603
+  ep8-b1024   6.573   0.77-0.81         8.49    0.42-0.45        15.68  1.85x      446
+  EP8..EP64 CPU s (best): 0.20, 0.19, 0.25, 0.33 (baseline 0.79, 1.02, 0.82, 0.76). EP8 and EP16
+  cost the same within the noise (five alternating runs in one process: 0.195-0.219 s and
+  0.188-0.204 s): both count the same 118,784 routed entries per step, which dominate.
 
 The first timed run of a process pays ~0.3 s of system time (first touch of the recorder's
 [steps, layers, GPUs] arrays on this VM): the max of each range. Where the EP64 batch-256 second
