@@ -6,7 +6,9 @@ implementations of the lockstep path bit for bit.
 ``tests/data/lockstep_golden.json`` holds the fingerprints of these cases recorded with the engine
 before the lockstep speed-up (one SimPy event per (step, layer), the timeline's link loads built at
 the end of every run): commit 30bbe03, the re-placement and expert-TP cases on 22f1b3c (whose
-re-placement changed and which added expert TP). ``python -m tests.lockstep_cases --record``
+re-placement changed and which added expert TP), and the overlap cases after the fix that prices a
+micro-batch's fractional token counts exactly (they were truncated to integers when de-duplicated:
+0.5 tokens became an idle expert). ``python -m tests.lockstep_cases --record``
 rewrites it (only do that on purpose, with the old engine).
 """
 

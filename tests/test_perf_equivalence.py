@@ -140,6 +140,10 @@ def test_unique_rows_inverts_and_matches_numpy() -> None:
         uniq, inverse = unique_rows(rows)
         assert np.array_equal(uniq[inverse], rows)
         assert len(uniq) == len(np.unique(rows, axis=0))
+    # a micro-batch's share of a step (tokens / micro-batches) is fractional: kept exact, not truncated
+    halves = np.array([[0.5, 1.5], [0.5, 1.5], [0.0, 1.0], [0.5, 1.0]])
+    uniq, inverse = unique_rows(halves)
+    assert np.array_equal(uniq[inverse], halves) and len(uniq) == 3
 
 
 def test_packed_expert_memo_matches_the_cost_model() -> None:

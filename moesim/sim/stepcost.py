@@ -70,10 +70,14 @@ class ChunkCosts:
 
 
 def unique_rows(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Distinct rows and the inverse (``uniq[inverse] == rows``) of small non-negative integer
-    rows. When a row fits in 62 bits it is packed into one int64 key and the keys are hashed
-    (``pandas.factorize``, first-appearance order, no sort); otherwise ``np.unique(axis=0)``."""
+    """Distinct rows and the inverse (``uniq[inverse] == rows``). Rows of small non-negative integers
+    that fit in 62 bits are packed into one int64 key and the keys hashed (``pandas.factorize``,
+    first-appearance order, no sort); other rows (e.g. a micro-batch's fractional token counts) go
+    through ``np.unique(axis=0)``."""
     j = rows.shape[1]
+    if not np.issubdtype(rows.dtype, np.integer):
+        uniq, inverse = np.unique(rows, axis=0, return_inverse=True)
+        return uniq, inverse.ravel()
     top = int(rows.max(initial=0))
     bits = max(1, top.bit_length())
     if j * bits > 62 or rows.min(initial=0) < 0:
