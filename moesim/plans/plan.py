@@ -129,25 +129,26 @@ class Plan:
                 f"expert ids must lie in [-1, {self.num_experts})", file=file, field="placement"
             )
         counts = self.replica_counts()
-        for layer in range(L):
-            missing = np.flatnonzero(counts[layer] == 0)
-            if missing.size:
-                raise UserError(
-                    f"layer {self.moe_layers[layer]}: expert {int(missing[0])} has no replica "
-                    "(every logical expert needs at least one)",
-                    file=file,
-                    field="placement",
-                )
-            for g in range(G):
-                ids = self.placement[layer, g][self.placement[layer, g] >= 0]
-                if np.unique(ids).size != ids.size:
-                    dup = int(np.argmax(np.bincount(ids)))
-                    raise UserError(
-                        f"layer {self.moe_layers[layer]}: device {self.devices[g]} holds two copies of "
-                        f"expert {dup}",
-                        file=file,
-                        field="placement",
-                    )
+        srt = np.sort(self.placement, axis=2)  # a device holding an expert twice has it in adjacent slots
+        twice = (srt[..., 1:] == srt[..., :-1]) & (srt[..., 1:] >= 0)
+        missing_layers = np.flatnonzero((counts == 0).any(axis=1))
+        twice_layers = np.flatnonzero(twice.any(axis=(1, 2)))
+        if missing_layers.size and (not twice_layers.size or missing_layers[0] <= twice_layers[0]):
+            layer = int(missing_layers[0])
+            raise UserError(
+                f"layer {self.moe_layers[layer]}: expert {int(np.flatnonzero(counts[layer] == 0)[0])} has no "
+                "replica (every logical expert needs at least one)",
+                file=file,
+                field="placement",
+            )
+        if twice_layers.size:
+            layer, g, s = (int(x) for x in np.argwhere(twice)[0])
+            raise UserError(
+                f"layer {self.moe_layers[layer]}: device {self.devices[g]} holds two copies of "
+                f"expert {int(srt[layer, g, s])}",
+                file=file,
+                field="placement",
+            )
         check_groups(self, model, file)
         if self.cache is not None:
             self._validate_cache(model, file)
