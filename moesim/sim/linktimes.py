@@ -102,6 +102,30 @@ def _link_s_py(rows: np.ndarray, cols: np.ndarray, scale: float, scale2: float, 
     return max(worst, 0.0) + latency, max(worst2, 0.0) + latency
 
 
+def _touched_max_py(entry: np.ndarray, value: np.ndarray, n: int, ptr: np.ndarray, grp: np.ndarray,
+                    links: np.ndarray, acc: np.ndarray, seen: np.ndarray, scale: float, scale2: float,
+                    bandwidth: np.ndarray, worst: float, worst2: float) -> tuple[float, float]:
+    """One direction of :func:`_link_sparse_py`: the link groups ``entry[:n]`` touch, their totals in
+    ``acc`` (zeroed again on the way out), and the slowest group's seconds at both copy sizes, folded
+    into ``worst`` / ``worst2``."""
+    m = 0
+    for t in range(n):
+        e = entry[t]
+        for p in range(ptr[e], ptr[e + 1]):
+            q = grp[p]
+            if acc[q] == 0:
+                seen[m] = q
+                m += 1
+            acc[q] += value[t]
+    for u in range(m):
+        q = seen[u]
+        worst = max(worst, acc[q] * scale / bandwidth[links[q]])
+        if scale2 > 0:
+            worst2 = max(worst2, acc[q] * scale2 / bandwidth[links[q]])
+        acc[q] = 0
+    return worst, worst2
+
+
 def _link_sparse_py(r_entry: np.ndarray, r_value: np.ndarray, nr: int, c_entry: np.ndarray,
                     c_value: np.ndarray, nc: int, scale: float, scale2: float, r_ptr: np.ndarray,
                     r_grp: np.ndarray, r_links: np.ndarray, c_ptr: np.ndarray, c_grp: np.ndarray,
@@ -120,43 +144,17 @@ def _link_sparse_py(r_entry: np.ndarray, r_value: np.ndarray, nr: int, c_entry: 
     latency = l_values[first] if first < l_values.shape[0] else 0.0
     if infinite:
         return latency, latency
-    worst = -np.inf
-    worst2 = -np.inf
-    m = 0
-    for t in range(nr):
-        e = r_entry[t]
-        for p in range(r_ptr[e], r_ptr[e + 1]):
-            q = r_grp[p]
-            if acc_r[q] == 0:
-                seen[m] = q
-                m += 1
-            acc_r[q] += r_value[t]
-    for u in range(m):
-        q = seen[u]
-        worst = max(worst, acc_r[q] * scale / bandwidth[r_links[q]])
-        if scale2 > 0:
-            worst2 = max(worst2, acc_r[q] * scale2 / bandwidth[r_links[q]])
-        acc_r[q] = 0
-    m = 0
-    for t in range(nc):
-        e = c_entry[t]
-        for p in range(c_ptr[e], c_ptr[e + 1]):
-            q = c_grp[p]
-            if acc_c[q] == 0:
-                seen[m] = q
-                m += 1
-            acc_c[q] += c_value[t]
-    for u in range(m):
-        q = seen[u]
-        worst = max(worst, acc_c[q] * scale / bandwidth[c_links[q]])
-        if scale2 > 0:
-            worst2 = max(worst2, acc_c[q] * scale2 / bandwidth[c_links[q]])
-        acc_c[q] = 0
+    worst, worst2 = _touched_max(r_entry, r_value, nr, r_ptr, r_grp, r_links, acc_r, seen, scale, scale2,
+                                 bandwidth, -np.inf, -np.inf)
+    worst, worst2 = _touched_max(c_entry, c_value, nc, c_ptr, c_grp, c_links, acc_c, seen, scale, scale2,
+                                 bandwidth, worst, worst2)
     return max(worst, 0.0) + latency, max(worst2, 0.0) + latency
 
 
 if numba is not None:
+    # compiled first: _link_sparse_py calls it by this name, which numba resolves when it compiles
+    _touched_max = numba.njit(cache=True, nogil=True)(_touched_max_py)
     _link_s = numba.njit(cache=True, nogil=True)(_link_s_py)
     _link_sparse = numba.njit(cache=True, nogil=True)(_link_sparse_py)
 else:
-    _link_s, _link_sparse = _link_s_py, _link_sparse_py
+    _touched_max, _link_s, _link_sparse = _touched_max_py, _link_s_py, _link_sparse_py
