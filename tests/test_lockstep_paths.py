@@ -54,10 +54,13 @@ def test_the_fast_paths_are_taken():
 @pytest.mark.skipif(not nodetimes.available(), reason="numba not installed (the [fast] extra)")
 @pytest.mark.parametrize("nodes", [2, 8])
 @pytest.mark.parametrize("batch", [1, 3, 40])
-def test_sparse_and_dense_passes_agree(nodes, batch, monkeypatch):
+@pytest.mark.parametrize("layout", ["blocks", "interleaved"])
+def test_sparse_and_dense_passes_agree(nodes, batch, layout, monkeypatch):
     """The pass over touched entries only and the one over whole tables give the same counts and the
-    same link seconds, in every way of timing the combine; and both equal the node tables timed by
-    :class:`moesim.sim.a2atimes.AllToAllTimer`."""
+    same link seconds, in every way of timing the combine, with and without packed keys, on tiles of
+    a power of two rows and not; and both equal the node tables timed by
+    :class:`moesim.sim.a2atimes.AllToAllTimer`. ``interleaved`` numbers the nodes round robin (the
+    dense pass's fold by contiguous node blocks does not apply)."""
     from dataclasses import replace
 
     from moesim.sim import counting
@@ -74,17 +77,26 @@ def test_sparse_and_dense_passes_agree(nodes, batch, monkeypatch):
     ids[0, :, 0] = -1  # a (step, layer) with no copies: every link idle
     owner = np.broadcast_to(owners(batch, m.G), (S, batch)).copy()
     node_of = node_index(cfg.cluster, m.devices)
+    if layout == "interleaved":
+        node_of = np.arange(m.G) % nodes
     dev, slot, J = m.table.device[:, :, 0], m.table.slot[:, :, 0], m.table.slots_per_device
     ref = counting.count_nodes_single(ids, dev, slot, owner, node_of, m.G, J, 2)
     rows, cols = ref[1], ref[2]
-    for mode in (nodetimes.COMBINE_SAME, nodetimes.COMBINE_SCALED, nodetimes.COMBINE_TRANSPOSED):
-        t = replace(timing, combine=mode, keys=True)
+    tiles = np.asarray(timing.tile_rows)
+    same, scaled, transposed = nodetimes.COMBINE_SAME, nodetimes.COMBINE_SCALED, nodetimes.COMBINE_TRANSPOSED
+    variants = [(same, True, tiles), (scaled, False, tiles), (transposed, True, tiles),
+                (scaled, False, tiles * 3 // 4), (transposed, False, np.ones_like(tiles) * 3)]
+    for mode, keys, tile in variants:
+        t = replace(timing, combine=mode, keys=keys, tile_rows=tile)
         out = {}
         for sparse in (True, False):
             monkeypatch.setattr(nodetimes, "sparse", lambda *_a, s=sparse: s)
             out[sparse] = nodetimes.count_timed(ids, dev, slot, owner, node_of, m.G, J, 2, t)
         a, b = out[True], out[False]
-        assert (a.expert_keys is None) == (a.slot_tokens.max() >= 1 << (62 // J))  # packed where they fit
+        assert (a.expert_keys is None) == (not keys or a.slot_tokens.max() >= 1 << (62 // J))
+        padded = ((a.slot_tokens + tile[None, None, :, None] - 1) // tile[None, None, :, None]
+                  * tile[None, None, :, None]).sum(axis=3)
+        assert np.array_equal(a.padded, padded) and np.array_equal(a.active, (a.slot_tokens > 0).sum(axis=3))
         for name in ("slot_tokens", "tokens", "expert_keys", "sent", "received", "total", "head", "padded",
                      "active"):
             assert np.array_equal(getattr(a, name), getattr(b, name)), (mode, name)

@@ -42,6 +42,22 @@ class NodeTiming:
     keys; not needed where the calls are priced from aggregates)."""
 
     @cached_property
+    def classes(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """For :func:`_link_s_py`: each row group's and column group's bandwidth class and each class's
+        bandwidth (groups of one bandwidth share a class; where a bandwidth is not positive every group
+        is its own class, rows first, which keeps the per-group order of the maxima)."""
+        nb = self.blocks
+        bw = np.asarray(self.bandwidth, dtype=np.float64)
+        r_bw, c_bw = bw[nb.row_links], bw[nb.col_links]
+        both = np.r_[r_bw, c_bw]
+        if not (both > 0).all():
+            ids = np.arange(len(both), dtype=np.int64)
+            return ids[:len(r_bw)], ids[len(r_bw):], both
+        values, inverse = np.unique(both, return_inverse=True)
+        inverse = inverse.astype(np.int64)
+        return inverse[:len(r_bw)], inverse[len(r_bw):], values
+
+    @cached_property
     def inverse(self) -> tuple[np.ndarray, ...]:
         """For steps with few copies: per row entry ``i * N + n`` its row groups (CSR: pointers,
         groups), per column entry ``n * G + j`` its column groups, and per row entry its latency
@@ -65,12 +81,14 @@ class NodeTiming:
 
 
 def _link_s_py(rows: np.ndarray, cols: np.ndarray, scale: float, scale2: float, r_idx: np.ndarray,
-               r_bounds: np.ndarray, r_links: np.ndarray, c_idx: np.ndarray, c_bounds: np.ndarray,
-               c_links: np.ndarray, l_idx: np.ndarray, l_bounds: np.ndarray, l_values: np.ndarray,
-               bandwidth: np.ndarray, infinite: bool) -> tuple[float, float]:
+               r_bounds: np.ndarray, r_class: np.ndarray, c_idx: np.ndarray, c_bounds: np.ndarray,
+               c_class: np.ndarray, l_idx: np.ndarray, l_bounds: np.ndarray, l_values: np.ndarray,
+               class_bw: np.ndarray, peak: np.ndarray, infinite: bool) -> tuple[float, float]:
     """One row of :func:`moesim.cost.linkloads._node_times_py` (integer ``rows`` [G * N], ``cols``
-    [N * G]) for copies of ``scale`` and of ``scale2`` bytes (0: only the first) from one pass over
-    the groups: the same sums, products and maxima in the same order."""
+    [N * G]) for copies of ``scale`` and of ``scale2`` bytes (0: only the first), with the link
+    groups in bandwidth classes (:attr:`NodeTiming.classes`; ``peak`` [classes] scratch): the most
+    copies per class, then one division per class. The same float: ``copies * scale / bandwidth``
+    never decreases as the copies grow, so the largest total of a class gives its slowest group."""
     latency = 0.0
     for q in range(l_bounds.shape[0] - 1):
         used = False
@@ -83,22 +101,24 @@ def _link_s_py(rows: np.ndarray, cols: np.ndarray, scale: float, scale2: float, 
             break
     if infinite:
         return latency, latency
-    worst = -np.inf
-    worst2 = -np.inf
+    peak[:] = -1
     for q in range(r_bounds.shape[0] - 1):
         total = rows[0] * 0
         for p in range(r_bounds[q], r_bounds[q + 1]):
             total += rows[r_idx[p]]
-        worst = max(worst, total * scale / bandwidth[r_links[q]])
-        if scale2 > 0:
-            worst2 = max(worst2, total * scale2 / bandwidth[r_links[q]])
+        peak[r_class[q]] = max(peak[r_class[q]], total)
     for q in range(c_bounds.shape[0] - 1):
         total = cols[0] * 0
         for p in range(c_bounds[q], c_bounds[q + 1]):
             total += cols[c_idx[p]]
-        worst = max(worst, total * scale / bandwidth[c_links[q]])
-        if scale2 > 0:
-            worst2 = max(worst2, total * scale2 / bandwidth[c_links[q]])
+        peak[c_class[q]] = max(peak[c_class[q]], total)
+    worst = -np.inf
+    worst2 = -np.inf
+    for c in range(class_bw.shape[0]):
+        if peak[c] >= 0:
+            worst = max(worst, peak[c] * scale / class_bw[c])
+            if scale2 > 0:
+                worst2 = max(worst2, peak[c] * scale2 / class_bw[c])
     return max(worst, 0.0) + latency, max(worst2, 0.0) + latency
 
 

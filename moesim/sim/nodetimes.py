@@ -29,10 +29,22 @@ try:  # optional: the [fast] extra
 except ImportError:  # pragma: no cover - exercised where numba is absent
     numba = None
 
+def _tile_shifts_py(tile: np.ndarray) -> np.ndarray:
+    """log2 of each power-of-two tile (-1: not one): such tiles pad by shifts, not by divisions."""
+    shift = np.full(tile.shape[0], -1, dtype=np.int64)
+    for i in range(tile.shape[0]):
+        if tile[i] & (tile[i] - 1) == 0:
+            shift[i] = 0
+            while (1 << shift[i]) < tile[i]:
+                shift[i] += 1
+    return shift
+
+
 def _device_key_py(slot_tokens: np.ndarray, s: int, layer: int, g: int, J: int, bits: int, tile: int,
-                   row: np.ndarray, keys: bool) -> tuple[int, int, int, int, int]:
+                   shift: int, row: np.ndarray, keys: bool) -> tuple[int, int, int, int, int]:
     """(packed key (0 without ``keys``), tokens, largest count, tokens padded to ``tile`` rows per
-    expert, experts with tokens) of device g's slot counts sorted ascending."""
+    expert (``shift``: its log2, or -1), experts with tokens) of device g's slot counts sorted
+    ascending."""
     for j in range(J):  # insertion sort: J is a handful of slots
         v = slot_tokens[s, layer, g, j]
         q = j
@@ -50,7 +62,8 @@ def _device_key_py(slot_tokens: np.ndarray, s: int, layer: int, g: int, J: int, 
             key += row[j] << (j * bits)
         count += row[j]
         top = max(top, row[j])
-        padded += (row[j] + tile - 1) // tile * tile
+        v = row[j] + tile - 1
+        padded += (v >> shift) << shift if shift >= 0 else v // tile * tile
         active += row[j] > 0
     return key, count, top, padded, active
 
@@ -83,6 +96,7 @@ def _count_sparse_py(ids: np.ndarray, dev_code: np.ndarray, slot_code: np.ndarra
     acc_r = np.zeros(max(r_links.shape[0], 1), dtype=np.int64)
     acc_c = np.zeros(max(c_links.shape[0], 1), dtype=np.int64)
     seen = np.zeros(max(r_links.shape[0], c_links.shape[0], 1), dtype=np.int64)
+    shift = _tile_shifts(tile)
     for s in range(S):
         for layer in range(L):
             base = layer * E1
@@ -125,7 +139,7 @@ def _count_sparse_py(ids: np.ndarray, dev_code: np.ndarray, slot_code: np.ndarra
                 g = touched[t]
                 on[g] = False
                 key, count, most, rows_padded, used = _device_key(slot_tokens, s, layer, g, J, bits, tile[g],
-                                                                  row, want_keys)
+                                                                  shift[g], row, want_keys)
                 keys[s, layer, g] = key
                 tokens[s, layer, g] = count
                 padded[s, layer, g] = rows_padded
@@ -160,9 +174,9 @@ def _count_sparse_py(ids: np.ndarray, dev_code: np.ndarray, slot_code: np.ndarra
 
 def _count_timed_py(ids: np.ndarray, dev_code: np.ndarray, slot_code: np.ndarray, E1: int, owner: np.ndarray,
                     node_of: np.ndarray, G: int, J: int, N: int, head_steps: int, r_idx: np.ndarray,
-                    r_bounds: np.ndarray, r_links: np.ndarray, c_idx: np.ndarray, c_bounds: np.ndarray,
-                    c_links: np.ndarray, l_idx: np.ndarray, l_bounds: np.ndarray, l_values: np.ndarray,
-                    bandwidth: np.ndarray, infinite: bool, d_scale: float, c_scale: float, combine: int,
+                    r_bounds: np.ndarray, r_class: np.ndarray, c_idx: np.ndarray, c_bounds: np.ndarray,
+                    c_class: np.ndarray, l_idx: np.ndarray, l_bounds: np.ndarray, l_values: np.ndarray,
+                    class_bw: np.ndarray, infinite: bool, d_scale: float, c_scale: float, combine: int,
                     slot_tokens: np.ndarray, sent: np.ndarray, received: np.ndarray, total: np.ndarray,
                     head: np.ndarray, link_d: np.ndarray, link_c: np.ndarray, keys: np.ndarray,
                     tokens: np.ndarray, tile: np.ndarray, padded: np.ndarray, active: np.ndarray,
@@ -182,77 +196,96 @@ def _count_timed_py(ids: np.ndarray, dev_code: np.ndarray, slot_code: np.ndarray
     cols = np.zeros(N * G, dtype=np.int64)
     rows_t = np.zeros(G * N, dtype=np.int64)
     cols_t = np.zeros(N * G, dtype=np.int64)
-    slot = np.zeros(G * J, dtype=np.int64)
-    code = np.empty(dev_code.shape[0], dtype=np.int64)  # device | slot bin << 16 | node << 40
+    # each entry adds one to its slot and one to its (source, destination) pair; the pairs are folded
+    # into the node tables per (step, layer): contiguous sums where nodes are equal blocks of GPUs
+    pair = np.zeros(G * G, dtype=np.int32)
+    peak = np.zeros(max(class_bw.shape[0], 1), dtype=np.int64)
+    code = np.empty(dev_code.shape[0], dtype=np.int64)  # device | slot bin << 16 (G = no device)
     for x in range(dev_code.shape[0]):
         g = dev_code[x]
-        code[x] = g if g >= G else g | ((g * J + slot_code[x]) << 16) | (node_of[g] << 40)
+        code[x] = G if g >= G else g | ((g * J + slot_code[x]) << 16)
+    per = G // max(N, 1)
+    blocks = per * N == G
+    for g in range(G):
+        blocks = blocks and node_of[g] == g // per
+    shift = _tile_shifts(tile)
     flat_total = total.reshape(-1)
-    # up to 16 GPUs: count (source, destination) pairs, folded into the node tables per (step, layer)
-    # (with one or two nodes every copy from a source would otherwise increment one counter in turn;
-    # measured slower from 32 GPUs, where the fold costs more than the increments it saves)
-    by_pair = G <= 16
-    pair = np.zeros(G * G if by_pair else 1, dtype=np.int64)
     for s in range(S):
         for layer in range(L):
             base = layer * E1
-            rows[:] = 0
-            cols[:] = 0
-            slot[:] = 0
+            st = slot_tokens[s, layer].reshape(-1)
             for b in range(B):
-                i = owner[s, b]
-                ri = i * N
-                ci = node_of[i] * G
-                ti = i * G
+                ti = owner[s, b] * G
                 for k in range(K):
                     e = ids[s, b, layer, k]
-                    if e < 0:
-                        continue
-                    c = code[base + e]
+                    c = code[base + e] if e >= 0 else G
                     g = c & 0xFFFF
                     if g >= G:
                         continue
-                    slot[(c >> 16) & 0xFFFFFF] += 1
-                    if g == i:
-                        continue
-                    if by_pair:
-                        pair[ti + g] += 1
-                    else:
-                        rows[ri + (c >> 40)] += 1
-                        cols[ci + g] += 1
-                        flat_total[ti + g] += 1
-                    if s < head_steps:
-                        head[s, layer, i, g] += 1
-            if by_pair:
+                    st[c >> 16] += 1
+                    pair[ti + g] += 1
+            for i in range(G):  # a device's own tokens are not copied
+                pair[i * G + i] = 0
+            if s < head_steps:
+                for i in range(G):
+                    for g in range(G):
+                        head[s, layer, i, g] = pair[i * G + g]
+            if blocks:
+                for i in range(G):
+                    out = 0
+                    for n in range(N):
+                        acc = 0
+                        for q in range(per):
+                            acc += pair[i * G + n * per + q]
+                        rows[i * N + n] = acc
+                        out += acc
+                    sent[s, layer, i] = out
+                cols[:] = 0
+                for n in range(N):
+                    for q in range(per):
+                        for g in range(G):
+                            cols[n * G + g] += pair[(n * per + q) * G + g]
+            else:
+                rows[:] = 0
+                cols[:] = 0
                 for i in range(G):
                     for g in range(G):
                         v = pair[i * G + g]
-                        if v:
-                            rows[i * N + node_of[g]] += v
-                            cols[node_of[i] * G + g] += v
-                            flat_total[i * G + g] += v
-                            pair[i * G + g] = 0
-            for x in range(G):
-                for j in range(J):
-                    slot_tokens[s, layer, x, j] = slot[x * J + j]
+                        rows[i * N + node_of[g]] += v
+                        cols[node_of[i] * G + g] += v
+                for i in range(G):
+                    out = 0
+                    for n in range(N):
+                        out += rows[i * N + n]
+                    sent[s, layer, i] = out
+            for x in range(G * G):
+                flat_total[x] += pair[x]
+                pair[x] = 0
             for i in range(G):
-                out = rows[0] * 0
-                into = cols[0] * 0
+                into = 0
                 for n in range(N):
-                    out += rows[i * N + n]
                     into += cols[n * G + i]
-                sent[s, layer, i] = out
                 received[s, layer, i] = into
-                key, count, most, rows_padded, used = _device_key(slot_tokens, s, layer, i, J, bits, tile[i],
-                                                                  row, want_keys)
-                keys[s, layer, i] = key
+                if want_keys:
+                    key, count, most, rows_padded, used = _device_key(slot_tokens, s, layer, i, J, bits,
+                                                                      tile[i], shift[i], row, want_keys)
+                    keys[s, layer, i] = key
+                else:  # inline (a call per device cost as much as the fold)
+                    count = most = rows_padded = used = 0
+                    tl, sh = tile[i], shift[i]
+                    for j in range(J):
+                        v = st[i * J + j]
+                        count += v
+                        most = max(most, v)
+                        rows_padded += ((v + tl - 1) >> sh) << sh if sh >= 0 else (v + tl - 1) // tl * tl
+                        used += v > 0
                 tokens[s, layer, i] = count
                 padded[s, layer, i] = rows_padded
                 active[s, layer, i] = used
                 top = max(top, most)
             scale2 = c_scale if combine == COMBINE_SCALED else 0.0
-            both = _link_s(rows, cols, d_scale, scale2, r_idx, r_bounds, r_links, c_idx, c_bounds, c_links,
-                           l_idx, l_bounds, l_values, bandwidth, infinite)
+            both = _link_s(rows, cols, d_scale, scale2, r_idx, r_bounds, r_class, c_idx, c_bounds, c_class,
+                           l_idx, l_bounds, l_values, class_bw, peak, infinite)
             link_d[s, layer] = both[0]
             if combine == COMBINE_SCALED:
                 link_c[s, layer] = both[1]
@@ -261,18 +294,19 @@ def _count_timed_py(ids: np.ndarray, dev_code: np.ndarray, slot_code: np.ndarray
                     for n in range(N):
                         rows_t[g * N + n] = cols[n * G + g]
                         cols_t[n * G + g] = rows[g * N + n]
-                back = _link_s(rows_t, cols_t, c_scale, 0.0, r_idx, r_bounds, r_links, c_idx, c_bounds,
-                               c_links, l_idx, l_bounds, l_values, bandwidth, infinite)
+                back = _link_s(rows_t, cols_t, c_scale, 0.0, r_idx, r_bounds, r_class, c_idx, c_bounds,
+                               c_class, l_idx, l_bounds, l_values, class_bw, peak, infinite)
                 link_c[s, layer] = back[0]
     return top
 
 
 if numba is not None:  # helpers first (the link times' are in linktimes): the kernels find them compiled
+    _tile_shifts = numba.njit(cache=True, nogil=True)(_tile_shifts_py)
     _device_key = numba.njit(cache=True, nogil=True)(_device_key_py)
     _count_timed = numba.njit(cache=True, nogil=True)(_count_timed_py)
     _count_sparse = numba.njit(cache=True, nogil=True)(_count_sparse_py)
 else:
-    _device_key = _device_key_py
+    _tile_shifts, _device_key = _tile_shifts_py, _device_key_py
     _count_timed = _count_sparse = None
 
 __all__ = ["COMBINE_SAME", "COMBINE_SCALED", "COMBINE_TRANSPOSED", "NodeTiming", "TimedCounts", "available",
@@ -343,9 +377,10 @@ def count_timed(ids: np.ndarray, device: np.ndarray, slot: np.ndarray, owner: np
         top = _count_sparse(*head_in, r_ptr, r_grp, nb.row_links, c_ptr, c_grp, nb.col_links, level, levels,
                             *tail)
     else:
-        top = _count_timed(*head_in, nb.row_index, np.r_[nb.row_starts, len(nb.row_index)], nb.row_links,
-                           nb.col_index, np.r_[nb.col_starts, len(nb.col_index)], nb.col_links,
-                           nb.lat_index, np.r_[nb.lat_starts, len(nb.lat_index)], levels, *tail)
+        r_class, c_class, class_bw = timing.classes
+        top = _count_timed(*head_in, nb.row_index, np.r_[nb.row_starts, len(nb.row_index)], r_class,
+                           nb.col_index, np.r_[nb.col_starts, len(nb.col_index)], c_class,
+                           nb.lat_index, np.r_[nb.lat_starts, len(nb.lat_index)], levels, class_bw, *tail[1:])
     fits = timing.keys and J > 0 and top < (1 << (62 // J))
     return TimedCounts(slot_tokens, tokens, keys if fits else None, sent, received, total,
                        head if k else None, (link_d, None if timing.combine == COMBINE_SAME else link_c),
