@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from moesim.errors import UserError
+from moesim.sim.dispatch import owners
 from moesim.traces.trace import RoutingTrace
 
 
@@ -27,6 +28,27 @@ class Workload:
     def tokens(self) -> np.ndarray:
         """[S] tokens per step."""
         return np.array([len(r) for r in self.steps], dtype=np.int64)
+
+    def step_ids(self, trace: RoutingTrace, a: int, b: int, devices: int) -> tuple[np.ndarray, np.ndarray]:
+        """Expert ids [S, B, L, K] of steps ``[a, b)`` (-1 past a step's tokens; B its most tokens)
+        and the device owning each token [S, B]: consecutive runs of B trace rows (decode) as a
+        read-only view of the trace, no copy."""
+        rows, ids = self.steps[a:b], trace.expert_ids
+        width = max(len(r) for r in rows)
+        start, n = int(rows[0][0]) if len(rows[0]) else 0, len(rows) * width
+        if (isinstance(ids, np.ndarray) and ids.dtype == np.int16 and ids.flags.c_contiguous and width
+                and all(len(r) == width for r in rows) and int(rows[-1][-1]) - start + 1 == n
+                and np.array_equal(np.concatenate(rows), np.arange(start, start + n))):
+            view = ids[start:start + n].reshape(len(rows), width, *ids.shape[1:])
+            view.flags.writeable = False
+            return view, np.tile(owners(width, devices), (len(rows), 1))
+        out = np.full((len(rows), width, *ids.shape[1:]), -1, dtype=np.int16)
+        owner = np.zeros((len(rows), width), dtype=np.int64)
+        for i, r in enumerate(rows):
+            contiguous = len(r) and r[-1] - r[0] + 1 == len(r)
+            out[i, :len(r)] = ids[r[0]:r[-1] + 1] if contiguous else ids[r]
+            owner[i, :len(r)] = owners(len(r), devices)
+        return out, owner
 
     def sequence_starts(self, trace: RoutingTrace) -> np.ndarray:
         """[S] bool: step s's first row belongs to another sequence (``seq_id``) than step s-1's
