@@ -29,6 +29,7 @@ from moesim.memory import (
 )
 from moesim.plans.default import default_plan
 from moesim.plans.plan import CachePlan, Plan
+from moesim.sim import chunkrecord
 from moesim.sim.config import SimConfig
 from moesim.sim.costs import SimCost
 from moesim.sim.dispatch import Dispatch, NodeCounting, ReplicaTable, dispatch, owners
@@ -115,6 +116,11 @@ class Machine:
         self.moe_index: slice | np.ndarray = (slice(int(self.moe_cols[0]), int(self.moe_cols[-1]) + 1)
                                               if contiguous else self.moe_cols)
         self.is_moe = self.coster.is_moe
+        # MoE index of each model layer (-1: dense), for the compiled record of timed chunks
+        self.moe_of: np.ndarray | None = None
+        if chunkrecord.available():
+            self.moe_of = np.full(cfg.model.num_layers, -1, dtype=np.int64)
+            self.moe_of[self.moe_cols] = np.arange(len(self.moe_cols))
         self.rec = Recorder(self.workload.num_steps, cfg.model.num_layers, list(self.devices),
                             cfg.timeline_steps)
         self.rec.step_tokens[:] = self.workload.tokens()
@@ -290,6 +296,16 @@ class Machine:
             if c.expert_group_bytes is not None:
                 self.keep_expert_comm[s] = c.expert_comm_step(s - a)
         G = self.G
+        if (self.moe_of is not None and c.parts is not None and d.sent is not None and d.received is not None
+                and d.tokens is not None and c.expert_gather is None and self.offloaded is None):
+            parts = c.parts
+            chunkrecord.write(r.busy_s[a:b, :, :G], r.phase_s[a:b], r.bytes_sent[a:b, :, :G],
+                              r.bytes_received[a:b, :, :G], r.tokens[a:b, :, :G], r.expert_gpu_s[a:b],
+                              parts.kind_total(), parts.kind_busy(), parts.layer_kind, self.moe_of, c.expert,
+                              d.sent, d.received, d.tokens, c.dispatch, c.combine, self.a2a.dispatch_bytes,
+                              self.a2a.combine_bytes)
+            r.pre_parts_s[a:b] = parts.critical()
+            return
         r.busy_s[a:b, :, :G] = c.pre if c.parts is None else c.parts.busy()
         r.phase_s[a:b, :, 0] = c.pre.max(axis=2)
         if c.parts is not None:

@@ -42,12 +42,19 @@ class PreParts:
 
     def total(self) -> np.ndarray:
         """[S, L, G] the whole pre-dispatch time."""
-        return self.kinds.sum(axis=3)[self.layer_kind].transpose(1, 0, 2)
+        return self.kind_total()[self.layer_kind].transpose(1, 0, 2)
 
     def busy(self) -> np.ndarray:
         """[S, L, G] compute only (no collectives, no framework overhead)."""
-        idx = [_IDX[p] for p in COMPUTE_PARTS]
-        return self.kinds[..., idx].sum(axis=3)[self.layer_kind].transpose(1, 0, 2)
+        return self.kind_busy()[self.layer_kind].transpose(1, 0, 2)
+
+    def kind_total(self) -> np.ndarray:
+        """[K, S, G] :meth:`total` per layer kind."""
+        return self.kinds.sum(axis=3)
+
+    def kind_busy(self) -> np.ndarray:
+        """[K, S, G] :meth:`busy` per layer kind."""
+        return self.kinds[..., [_IDX[p] for p in COMPUTE_PARTS]].sum(axis=3)
 
     def critical(self) -> np.ndarray:
         """[S, L, P] the parts of the GPU whose pre-dispatch work is the longest, per (step, layer)."""
@@ -99,6 +106,8 @@ class PreCoster:
         """[S, G] seconds of ``op``: one cost call per distinct (device spec, tokens, context),
         scattered back (devices of one spec in lockstep cost the same)."""
         S, G = tokens.shape
+        if op != "attention":  # only attention reads the context: one key per token count, not per step
+            context = np.zeros_like(context)
         spec = np.broadcast_to(self._spec_index[None, :], (S, G))
         ctx = np.broadcast_to(context[:, None], (S, G))
         top_t, top_c = int(tokens.max(initial=0)), int(ctx.max(initial=0))

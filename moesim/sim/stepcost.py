@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -37,7 +38,6 @@ class ChunkCosts:
     """[S, L, G, G] token copies the dispatch sends from device i to device j (zero diagonal: a
     device's own tokens; the combine sends them back); None when the dispatch was counted per node
     (``Dispatch.node_rows``)."""
-    pre: np.ndarray
     expert: np.ndarray
     dispatch: np.ndarray
     combine: np.ndarray
@@ -53,6 +53,13 @@ class ChunkCosts:
     """[S, L, G] the EP group's reduce-scatter of the partial expert outputs; None without."""
     expert_group_bytes: np.ndarray | None = None
     """[S, L, groups, 2] bytes of each group's all-gather and reduce-scatter buffers."""
+
+    @cached_property
+    def pre(self) -> np.ndarray:
+        """[S, L, G] the pre-dispatch seconds, summed from :attr:`parts` when first asked (the
+        compiled record reads the parts per layer kind and never needs them)."""
+        assert self.parts is not None
+        return self.parts.total()
 
     def expert_comm_step(self, i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Step ``i``'s expert-TP collectives: all-gather and reduce-scatter seconds [L, G], bytes
@@ -322,7 +329,7 @@ class StepCoster:
         pairs[:, :, diag, diag] = 0
         a = self.a2a
         back = pairs.transpose(0, 1, 3, 2)
-        out = dict(first=first, pair_copies=pairs, pre=parts.total(), parts=parts,
+        out = dict(first=first, pair_copies=pairs, parts=parts,
                    expert=self.expert_times(d.slot_tokens),
                    dispatch=self.timer.pairs(pairs, a.dispatch_bytes))
         out["combine"] = out["dispatch"] if self.mirrored else self.timer.pairs(back, a.combine_bytes)
@@ -372,7 +379,7 @@ class StepCoster:
             link_d, link_c = d.link_s
             self.cost.all_to_all_node_tables(self.devices, calls=1 if link_c is None else 2)
             dispatch = self.timer.seconds(link_d, d.sent)
-            out = dict(first=first, pair_copies=None, pre=parts.total(), parts=parts, dispatch=dispatch,
+            out = dict(first=first, pair_copies=None, parts=parts, dispatch=dispatch,
                        combine=dispatch if link_c is None else self.timer.seconds(link_c, d.received))
             if self.groups is not None and self.expert_calls:
                 self._expert_tp(d.slot_tokens, out)
@@ -384,7 +391,7 @@ class StepCoster:
             return ChunkCosts(**out, expert=expert)
         assert d.node_rows is not None and d.node_cols is not None
         rows, cols, a = d.node_rows, d.node_cols, self.a2a  # token copies; bytes = copies * copy bytes
-        out = dict(first=first, pair_copies=None, pre=parts.total(), parts=parts,
+        out = dict(first=first, pair_copies=None, parts=parts,
                    expert=self.expert_times(d.slot_tokens),
                    dispatch=self.timer.nodes(rows, cols, a.dispatch_bytes))
         out["combine"] = out["dispatch"] if self.mirrored else self.timer.combine_nodes(rows, cols)
