@@ -96,9 +96,14 @@ def test_sparse_and_dense_passes_agree(nodes, batch, layout, monkeypatch):
         assert (a.expert_keys is None) == (not keys or a.slot_tokens.max() >= 1 << (62 // J))
         padded = ((a.slot_tokens + tile[None, None, :, None] - 1) // tile[None, None, :, None]
                   * tile[None, None, :, None]).sum(axis=3)
-        assert np.array_equal(a.padded, padded) and np.array_equal(a.active, (a.slot_tokens > 0).sum(axis=3))
-        for name in ("slot_tokens", "tokens", "expert_keys", "sent", "received", "total", "head", "padded",
-                     "active"):
+        active = (a.slot_tokens > 0).sum(axis=3)
+        assert np.array_equal(a.tokens, a.slot_tokens.sum(axis=3))
+        if keys:  # packed slot counts asked for: no aggregates
+            assert a.aggregate_keys is None
+        else:
+            assert np.array_equal(a.aggregate_keys, (padded << 31) | (active << 21) | a.tokens)
+        for name in ("slot_tokens", "tokens", "expert_keys", "sent", "received", "total", "head",
+                     "aggregate_keys"):
             assert np.array_equal(getattr(a, name), getattr(b, name)), (mode, name)
         assert np.array_equal(a.link_s[0], b.link_s[0])
         assert (a.link_s[1] is None) == (b.link_s[1] is None) == (mode == nodetimes.COMBINE_SAME)

@@ -184,3 +184,52 @@ def test_group_ranks_match_the_argsort_reference(seed: int, n: int, bits: int) -
     want = np.empty_like(idx)
     want[order] = idx - np.maximum.accumulate(np.where(start, idx, 0))
     assert group_ranks(key, key_max).tolist() == want.tolist()
+
+
+def _replica_table_reference(placement: np.ndarray, E: int) -> tuple[np.ndarray, np.ndarray]:
+    """Device and slot of each replica by the definition: walk devices, then slots, in order."""
+    L, G, S = placement.shape
+    R = max(1, max(int((placement[layer] == e).sum()) for layer in range(L) for e in range(E)))
+    device, slot = np.full((L, E + 1, R), G), np.zeros((L, E + 1, R), dtype=np.int64)
+    for layer in range(L):
+        seen = np.zeros(E, dtype=np.int64)
+        for g in range(G):
+            for s in range(S):
+                e = int(placement[layer, g, s])
+                if e >= 0:
+                    device[layer, e, seen[e]], slot[layer, e, seen[e]] = g, s
+                    seen[e] += 1
+    return device, slot
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_replica_table_ranks_copies_in_device_order(seed: int) -> None:
+    """The vectorised table equals the walk over devices and slots, with replicas and empty slots."""
+    rng = np.random.default_rng(seed)
+    L, G, S, E = 3, 5, 4, 9
+    placement = np.full((L, G, S), -1, dtype=np.int64)
+    for layer in range(L):
+        experts = np.r_[np.arange(E), rng.integers(0, E, G * S - E - 3)]  # every expert, some twice
+        flat = np.r_[rng.permutation(experts), [-1, -1, -1]]
+        placement[layer] = rng.permutation(flat).reshape(G, S)
+    plan = Plan(planner="test", model="test", devices=tuple(f"n0.gpu{i}" for i in range(G)),
+                moe_layers=tuple(range(L)), num_experts=E, placement=placement)
+    table = ReplicaTable.of(plan)
+    device, slot = _replica_table_reference(placement, E)
+    assert np.array_equal(table.device, device) and np.array_equal(table.slot, slot)
+
+
+@pytest.mark.parametrize("batch", [1, 3, 8])
+def test_decode_contexts_equal_the_rounded_mean_position(batch: int) -> None:
+    """Decode steps' contexts from one reduceat equal round(mean position + 1) per step, ties too."""
+    from moesim.sim.workload import build_workload
+    from moesim.traces import RoutingTrace
+
+    rng = np.random.default_rng(batch)
+    n = 200
+    pos = rng.integers(0, 5_000_000, n)
+    pos[:2] = (0, 1)  # a step of mean 0.5: round half to even
+    trace = RoutingTrace.build(np.zeros((n, 2, 2), dtype=np.int16), num_experts=4, pos=pos)
+    wl = build_workload(trace, phase="decode", batch_size=batch, steps=None)
+    expect = [max(1, round(float(pos[r].mean()) + 1)) for r in wl.steps]
+    assert wl.context_tokens.tolist() == expect

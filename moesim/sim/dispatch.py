@@ -38,15 +38,17 @@ class ReplicaTable:
         R = int(max(1, counts.max()))
         device = np.full((L, E + 1, R), G, dtype=np.int64)
         slot = np.zeros((L, E + 1, R), dtype=np.int64)
-        for layer in range(L):
-            seen = np.zeros(E, dtype=np.int64)
-            for g in range(G):  # replicas in device order: replica 0 is on the lowest device index
-                for s in range(S):
-                    e = int(plan.placement[layer, g, s])
-                    if e >= 0:
-                        device[layer, e, seen[e]] = g
-                        slot[layer, e, seen[e]] = s
-                        seen[e] += 1
+        # replicas in device order (replica 0 on the lowest device index): a stable sort of the
+        # (layer, device, slot) entries by (layer, expert) ranks each copy among its expert's
+        layer, g, s = np.nonzero(plan.placement >= 0)
+        e = plan.placement[layer, g, s].astype(np.int64)
+        key = layer * E + e
+        order = np.argsort(key, kind="stable")
+        first = np.searchsorted(key[order], key[order], side="left")
+        rank = np.empty_like(order)
+        rank[order] = np.arange(len(order)) - first
+        device[layer, e, rank] = g
+        slot[layer, e, rank] = s
         return cls(device=device, slot=slot, counts=counts, num_devices=G, slots_per_device=S)
 
     @property
@@ -104,8 +106,9 @@ class Dispatch:
     """[S, L, G] each device's slot counts sorted and packed (:class:`moesim.sim.nodetimes.TimedCounts`)."""
     tokens: np.ndarray | None = None
     """[S, L, G] :attr:`device_tokens` when that pass counted them."""
-    expert_aggregates: tuple[np.ndarray, np.ndarray] | None = None
-    """That pass's [S, L, G] padded expert rows and active experts of each device's expert call."""
+    aggregate_keys: np.ndarray | None = None
+    """That pass's [S, L, G] packed aggregates of each device's expert call
+    (:attr:`moesim.sim.nodetimes.TimedCounts.aggregate_keys`)."""
 
     @property
     def device_tokens(self) -> np.ndarray:
@@ -196,7 +199,7 @@ def dispatch(ids: np.ndarray, owner: np.ndarray, table: ReplicaTable,
                                       G, J, nodes.head_steps, nodes.timing)
             return Dispatch(slot_tokens=c.slot_tokens, pair_tokens=None, pair_total=c.total, pair_head=c.head,
                             sent=c.sent, received=c.received, link_s=c.link_s, expert_keys=c.expert_keys,
-                            tokens=c.tokens, expert_aggregates=(c.padded, c.active))
+                            tokens=c.tokens, aggregate_keys=c.aggregate_keys)
         if counting.available():
             return _node_dispatch(counting.count_nodes_single(
                 ids, table.device[:, :, 0], table.slot[:, :, 0], owner, nodes.node_of, G, J,

@@ -75,7 +75,7 @@ def _count_sparse_py(ids: np.ndarray, dev_code: np.ndarray, slot_code: np.ndarra
                      infinite: bool, d_scale: float, c_scale: float, combine: int, slot_tokens: np.ndarray,
                      sent: np.ndarray, received: np.ndarray, total: np.ndarray, head: np.ndarray,
                       link_d: np.ndarray, link_c: np.ndarray, keys: np.ndarray, tokens: np.ndarray,
-                     tile: np.ndarray, padded: np.ndarray, active: np.ndarray, want_keys: bool) -> int:
+                     tile: np.ndarray, want_keys: bool) -> int:
     """:func:`_count_timed_py` for steps with few routed entries: only the touched table entries,
     devices and link groups are visited (outputs start at zero)."""
     S, B, L, K = ids.shape
@@ -140,10 +140,8 @@ def _count_sparse_py(ids: np.ndarray, dev_code: np.ndarray, slot_code: np.ndarra
                 on[g] = False
                 key, count, most, rows_padded, used = _device_key(slot_tokens, s, layer, g, J, bits, tile[g],
                                                                   shift[g], row, want_keys)
-                keys[s, layer, g] = key
+                keys[s, layer, g] = key if want_keys else (rows_padded << 31) | (used << 21) | count
                 tokens[s, layer, g] = count
-                padded[s, layer, g] = rows_padded
-                active[s, layer, g] = used
                 top = max(top, most)
             for t in range(nr):
                 r_value[t] = rows[r_entry[t]]
@@ -179,15 +177,15 @@ def _count_timed_py(ids: np.ndarray, dev_code: np.ndarray, slot_code: np.ndarray
                     class_bw: np.ndarray, infinite: bool, d_scale: float, c_scale: float, combine: int,
                     slot_tokens: np.ndarray, sent: np.ndarray, received: np.ndarray, total: np.ndarray,
                     head: np.ndarray, link_d: np.ndarray, link_c: np.ndarray, keys: np.ndarray,
-                    tokens: np.ndarray, tile: np.ndarray, padded: np.ndarray, active: np.ndarray,
-                    want_keys: bool) -> int:
+                    tokens: np.ndarray, tile: np.ndarray, want_keys: bool) -> int:
     """:func:`moesim.sim.counting._count_single_py`'s counts of expert ids [S, B, L, K] (one replica
     per expert), with each (step, layer)'s node tables kept in buffers: ``sent`` / ``received``
     [S, L, G] the copies each device sends / receives (its own excluded), ``link_d`` / ``link_c``
     [S, L] the dispatch's and the combine's link-model seconds, ``tokens`` [S, L, G] each device's
     (token, expert) pairs and ``keys`` [S, L, G] its slot counts sorted and packed ``62 // J`` bits
-    each (:meth:`moesim.sim.stepcost.StepCoster.expert_times_keyed`). Returns the largest slot count
-    (the keys hold only if it fits in the bits)."""
+    each (:meth:`moesim.sim.stepcost.StepCoster.expert_times_keyed`), or without ``want_keys`` its
+    expert call's aggregates packed (:attr:`TimedCounts.aggregate_keys`). Returns the largest slot
+    count (the keys hold only if it fits in the bits)."""
     S, B, L, K = ids.shape
     bits = 62 // max(J, 1)
     top = 0
@@ -279,9 +277,8 @@ def _count_timed_py(ids: np.ndarray, dev_code: np.ndarray, slot_code: np.ndarray
                         most = max(most, v)
                         rows_padded += ((v + tl - 1) >> sh) << sh if sh >= 0 else (v + tl - 1) // tl * tl
                         used += v > 0
+                    keys[s, layer, i] = (rows_padded << 31) | (used << 21) | count
                 tokens[s, layer, i] = count
-                padded[s, layer, i] = rows_padded
-                active[s, layer, i] = used
                 top = max(top, most)
             scale2 = c_scale if combine == COMBINE_SCALED else 0.0
             both = _link_s(rows, cols, d_scale, scale2, r_idx, r_bounds, r_class, c_idx, c_bounds, c_class,
@@ -336,10 +333,10 @@ class TimedCounts:
     """[k, L, G, G] the first ``head_steps`` steps' copies per pair (the timeline's)."""
     link_s: tuple[np.ndarray, np.ndarray | None]
     """[S, L] link-model seconds of the dispatch and of the combine (None: the dispatch's)."""
-    padded: np.ndarray
-    """[S, L, G] each device's expert tokens padded to its tile rows per expert, summed."""
-    active: np.ndarray
-    """[S, L, G] each device's experts with tokens."""
+    aggregate_keys: np.ndarray | None = None
+    """[S, L, G] each device's expert call as ``padded << 31 | active << 21 | tokens``: its expert
+    tokens padded to its tile rows per expert and summed, its experts with tokens, its tokens (None:
+    packed slot counts were asked for instead, or an aggregate does not fit its bits)."""
 
 
 def sparse(entries: int, G: int, N: int) -> bool:
@@ -362,7 +359,6 @@ def count_timed(ids: np.ndarray, device: np.ndarray, slot: np.ndarray, owner: np
     total, head = np.zeros((G, G), np.int64), np.zeros((k, L, G, G), np.int64)
     link_d, link_c = np.empty((S, L)), np.empty((S, L))
     keys, tokens = np.zeros((S, L, G), np.int64), np.zeros((S, L, G), np.int64)
-    padded, active = np.zeros((S, L, G), np.int64), np.zeros((S, L, G), np.int64)
     tile = (np.ones(G, np.int64) if timing.tile_rows is None
             else np.maximum(np.asarray(timing.tile_rows, dtype=np.int64), 1))
     levels = nb.levels_s[nb.lat_levels] if len(nb.lat_levels) else np.zeros(0)
@@ -371,7 +367,7 @@ def count_timed(ids: np.ndarray, device: np.ndarray, slot: np.ndarray, owner: np
                np.ascontiguousarray(owner, dtype=np.int64), np.asarray(node_of, dtype=np.int64), G, J, N, k)
     tail = (np.asarray(timing.bandwidth, dtype=np.float64), bool(timing.infinite),
             float(timing.dispatch_bytes), float(timing.combine_bytes), int(timing.combine), slot_tokens, sent,
-            received, total, head, link_d, link_c, keys, tokens, tile, padded, active, bool(timing.keys))
+            received, total, head, link_d, link_c, keys, tokens, tile, bool(timing.keys))
     if sparse(ids.shape[1] * ids.shape[3], G, N):
         r_ptr, r_grp, c_ptr, c_grp, level = timing.inverse
         top = _count_sparse(*head_in, r_ptr, r_grp, nb.row_links, c_ptr, c_grp, nb.col_links, level, levels,
@@ -382,6 +378,9 @@ def count_timed(ids: np.ndarray, device: np.ndarray, slot: np.ndarray, owner: np
                            nb.col_index, np.r_[nb.col_starts, len(nb.col_index)], c_class,
                            nb.lat_index, np.r_[nb.lat_starts, len(nb.lat_index)], levels, class_bw, *tail[1:])
     fits = timing.keys and J > 0 and top < (1 << (62 // J))
+    # a device's tokens <= J * top, its padded rows <= J * (top + tile - 1), its active experts <= J
+    packed = (not timing.keys and J * top < 1 << 21 and J < 1 << 10
+              and J * (top + int(tile.max(initial=1)) - 1) < 1 << 32)
     return TimedCounts(slot_tokens, tokens, keys if fits else None, sent, received, total,
                        head if k else None, (link_d, None if timing.combine == COMBINE_SAME else link_c),
-                       padded, active)
+                       keys if packed else None)

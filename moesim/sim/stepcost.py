@@ -177,26 +177,26 @@ class StepCoster:
         return np.array([self.cost.expert_tile_rows(d) for d in self.devices], dtype=np.int64)
 
     def expert_times_aggregated(self, d: Dispatch) -> np.ndarray | None:
-        """:meth:`expert_times` from each device's padded rows, active experts and tokens
-        (``d.expert_aggregates``, :meth:`moesim.cost.CostModel.expert_aggregates_s`), each distinct
-        triple priced once. None where the cost object declines; the first time per spec the result
-        is compared, bit for bit, with
-        the cost of the calls' sorted token rows (what :meth:`expert_times` asks) and the closed form
-        is dropped for the run if any differs."""
+        """:meth:`expert_times` from each device's padded rows, active experts and tokens packed in
+        one int64 (``d.aggregate_keys``, :meth:`moesim.cost.CostModel.expert_aggregates_s`), each
+        distinct triple priced once. None where the cost object declines or the pass packed none;
+        the first time per spec the result is compared, bit for bit, with the cost of the calls'
+        sorted token rows (what :meth:`expert_times` asks) and the closed form is dropped for the run
+        if any differs."""
         if not self.expert_calls:
             return np.zeros(d.slot_tokens.shape[:3])
-        if d.expert_aggregates is None or d.tokens is None or self.groups is not None:
+        keys = d.aggregate_keys
+        if keys is None or self.groups is not None:
             return None
-        padded, active = d.expert_aggregates
-        out = np.empty(padded.shape)
+        out = np.empty(keys.shape)
         for spec in np.unique(self._spec_index):
             spec = int(spec)
             if self._aggregates_ok.get(spec) is False:
                 return None
             cols = np.flatnonzero(self._spec_index == spec)
             dev = self._spec_device[spec]
-            pick = (slice(None), slice(None), cols) if len(cols) < padded.shape[2] else (Ellipsis,)
-            times = self._aggregate_times(spec, dev, padded[pick], active[pick], d.tokens[pick])
+            pick = (slice(None), slice(None), cols) if len(cols) < keys.shape[2] else (Ellipsis,)
+            times = self._aggregate_times(spec, dev, keys[pick])
             if times is not None and spec not in self._aggregates_ok:
                 rows = d.slot_tokens[pick].reshape(-1, d.slot_tokens.shape[3])
                 sample = np.unique(np.r_[np.linspace(0, len(rows) - 1, 256).astype(np.int64),
@@ -210,23 +210,21 @@ class StepCoster:
             out[pick] = times
         return out
 
-    def _aggregate_times(self, spec: int, dev: str, padded: np.ndarray, active: np.ndarray,
-                         tokens: np.ndarray) -> np.ndarray | None:
-        """Seconds of the calls given by aggregates, looked up by the triple packed into one int64
-        (:class:`moesim.sim.expert_memo.KeyedTimes`); None where the cost object declines."""
-        if padded.size and (int(tokens.max()) >> 21 or int(active.max()) >> 10 or int(padded.max()) >> 32):
-            return self.cost.expert_aggregates_s(dev, padded, active, tokens)  # too large to pack
+    def _aggregate_times(self, spec: int, dev: str, keys: np.ndarray) -> np.ndarray | None:
+        """Seconds of the calls given by packed aggregates ``keys`` (``padded << 31 | active << 21 |
+        tokens``), looked up in :class:`moesim.sim.expert_memo.KeyedTimes`; None where the cost
+        object declines."""
         memo = self._aggregated.get(spec)
         if memo is None:
-            def price(keys: np.ndarray) -> np.ndarray:
-                times = self.cost.expert_aggregates_s(dev, keys >> 31, (keys >> 21) & 1023,
-                                                      keys & ((1 << 21) - 1))
+            def price(new: np.ndarray) -> np.ndarray:
+                times = self.cost.expert_aggregates_s(dev, new >> 31, (new >> 21) & 1023,
+                                                      new & ((1 << 21) - 1))
                 if times is None:
                     raise _Declined
                 return times
             memo = self._aggregated[spec] = KeyedTimes(price)
         try:
-            return memo((padded << 31) | (active << 21) | tokens)
+            return memo(keys)
         except _Declined:
             return None
 

@@ -113,11 +113,18 @@ def build_workload(trace: RoutingTrace, *, phase: str, batch_size: int, steps: i
     pos = np.asarray(trace.pos, dtype=np.int64)
     seq = np.asarray(trace.seq_id)
     context = np.empty(len(groups), dtype=np.int64)
-    for s, rows in enumerate(groups):
-        if phase == "prefill":
-            # each prompt's tokens attend on average half of the prompt (causal), at least one key
-            lengths = np.bincount(np.unique(seq[rows], return_inverse=True)[1])
-            context[s] = max(1, round(float((lengths**2).sum()) / (2 * max(1, int(lengths.sum())))))
-        else:
-            context[s] = max(1, round(float(pos[rows].mean()) + 1))
+    sizes = np.array([len(g) for g in groups], dtype=np.int64)
+    if phase != "prefill" and len(groups) and sizes.min() > 0:
+        # decode: the mean position + 1, rounded half to even as round() does (the integer sums are
+        # exact in float, so the means are the same floats)
+        sums = np.add.reduceat(pos[np.concatenate(groups)], np.r_[0, np.cumsum(sizes)[:-1]])
+        context[:] = np.maximum(1, np.round(sums / sizes + 1))
+    else:
+        for s, rows in enumerate(groups):
+            if phase == "prefill":
+                # each prompt's tokens attend on average half of the prompt (causal), at least one key
+                lengths = np.bincount(np.unique(seq[rows], return_inverse=True)[1])
+                context[s] = max(1, round(float((lengths**2).sum()) / (2 * max(1, int(lengths.sum())))))
+            else:
+                context[s] = max(1, round(float(pos[rows].mean()) + 1))
     return Workload(phase=phase, steps=tuple(g.astype(np.int64) for g in groups), context_tokens=context)
