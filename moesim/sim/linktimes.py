@@ -123,11 +123,9 @@ def _link_s_py(rows: np.ndarray, cols: np.ndarray, scale: float, scale2: float, 
 
 
 def _touched_max_py(entry: np.ndarray, value: np.ndarray, n: int, ptr: np.ndarray, grp: np.ndarray,
-                    links: np.ndarray, acc: np.ndarray, seen: np.ndarray, scale: float, scale2: float,
-                    bandwidth: np.ndarray, worst: float, worst2: float) -> tuple[float, float]:
+                    cls: np.ndarray, acc: np.ndarray, seen: np.ndarray, peak: np.ndarray) -> None:
     """One direction of :func:`_link_sparse_py`: the link groups ``entry[:n]`` touch, their totals in
-    ``acc`` (zeroed again on the way out), and the slowest group's seconds at both copy sizes, folded
-    into ``worst`` / ``worst2``."""
+    ``acc`` (zeroed again on the way out), each folded into its bandwidth class's ``peak``."""
     m = 0
     for t in range(n):
         e = entry[t]
@@ -139,23 +137,21 @@ def _touched_max_py(entry: np.ndarray, value: np.ndarray, n: int, ptr: np.ndarra
             acc[q] += value[t]
     for u in range(m):
         q = seen[u]
-        worst = max(worst, acc[q] * scale / bandwidth[links[q]])
-        if scale2 > 0:
-            worst2 = max(worst2, acc[q] * scale2 / bandwidth[links[q]])
+        peak[cls[q]] = max(peak[cls[q]], acc[q])
         acc[q] = 0
-    return worst, worst2
 
 
 def _link_sparse_py(r_entry: np.ndarray, r_value: np.ndarray, nr: int, c_entry: np.ndarray,
                     c_value: np.ndarray, nc: int, scale: float, scale2: float, r_ptr: np.ndarray,
-                    r_grp: np.ndarray, r_links: np.ndarray, c_ptr: np.ndarray, c_grp: np.ndarray,
-                    c_links: np.ndarray, level: np.ndarray, l_values: np.ndarray, bandwidth: np.ndarray,
-                    infinite: bool, acc_r: np.ndarray, acc_c: np.ndarray,
-                    seen: np.ndarray) -> tuple[float, float]:
+                    r_grp: np.ndarray, r_cls: np.ndarray, c_ptr: np.ndarray, c_grp: np.ndarray,
+                    c_cls: np.ndarray, level: np.ndarray, l_values: np.ndarray, class_bw: np.ndarray,
+                    infinite: bool, acc_r: np.ndarray, acc_c: np.ndarray, seen: np.ndarray,
+                    peak: np.ndarray) -> tuple[float, float]:
     """:func:`_link_s_py` (both copy sizes) from the nonzero entries only (``r_value[:nr]`` copies at
     row entries ``r_entry[:nr]``, likewise the columns): the groups they touch get the same totals,
     the others total 0 and can only tie the final ``max(worst, 0.0)``; the latency is the first
-    level (descending) any sending block is on. The same float."""
+    level (descending) any sending block is on. The same float (a class's largest total gives its
+    slowest group, as there)."""
     first = l_values.shape[0]
     for t in range(nr):
         q = level[r_entry[t]]
@@ -164,10 +160,16 @@ def _link_sparse_py(r_entry: np.ndarray, r_value: np.ndarray, nr: int, c_entry: 
     latency = l_values[first] if first < l_values.shape[0] else 0.0
     if infinite:
         return latency, latency
-    worst, worst2 = _touched_max(r_entry, r_value, nr, r_ptr, r_grp, r_links, acc_r, seen, scale, scale2,
-                                 bandwidth, -np.inf, -np.inf)
-    worst, worst2 = _touched_max(c_entry, c_value, nc, c_ptr, c_grp, c_links, acc_c, seen, scale, scale2,
-                                 bandwidth, worst, worst2)
+    peak[:] = -1
+    _touched_max(r_entry, r_value, nr, r_ptr, r_grp, r_cls, acc_r, seen, peak)
+    _touched_max(c_entry, c_value, nc, c_ptr, c_grp, c_cls, acc_c, seen, peak)
+    worst = -np.inf
+    worst2 = -np.inf
+    for c in range(class_bw.shape[0]):
+        if peak[c] >= 0:
+            worst = max(worst, peak[c] * scale / class_bw[c])
+            if scale2 > 0:
+                worst2 = max(worst2, peak[c] * scale2 / class_bw[c])
     return max(worst, 0.0) + latency, max(worst2, 0.0) + latency
 
 

@@ -70,8 +70,8 @@ def _device_key_py(slot_tokens: np.ndarray, s: int, layer: int, g: int, J: int, 
 
 def _count_sparse_py(ids: np.ndarray, dev_code: np.ndarray, slot_code: np.ndarray, E1: int, owner: np.ndarray,
                      node_of: np.ndarray, G: int, J: int, N: int, head_steps: int, r_ptr: np.ndarray,
-                     r_grp: np.ndarray, r_links: np.ndarray, c_ptr: np.ndarray, c_grp: np.ndarray,
-                     c_links: np.ndarray, level: np.ndarray, l_values: np.ndarray, bandwidth: np.ndarray,
+                     r_grp: np.ndarray, r_cls: np.ndarray, c_ptr: np.ndarray, c_grp: np.ndarray,
+                     c_cls: np.ndarray, level: np.ndarray, l_values: np.ndarray, class_bw: np.ndarray,
                      infinite: bool, d_scale: float, c_scale: float, combine: int, slot_tokens: np.ndarray,
                      sent: np.ndarray, received: np.ndarray, total: np.ndarray, head: np.ndarray,
                       link_d: np.ndarray, link_c: np.ndarray, keys: np.ndarray, tokens: np.ndarray,
@@ -93,9 +93,10 @@ def _count_sparse_py(ids: np.ndarray, dev_code: np.ndarray, slot_code: np.ndarra
     ct_entry = np.zeros(cap, dtype=np.int64)
     touched = np.zeros(cap, dtype=np.int64)
     on = np.zeros(G, dtype=np.bool_)
-    acc_r = np.zeros(max(r_links.shape[0], 1), dtype=np.int64)
-    acc_c = np.zeros(max(c_links.shape[0], 1), dtype=np.int64)
-    seen = np.zeros(max(r_links.shape[0], c_links.shape[0], 1), dtype=np.int64)
+    acc_r = np.zeros(max(r_cls.shape[0], 1), dtype=np.int64)
+    acc_c = np.zeros(max(c_cls.shape[0], 1), dtype=np.int64)
+    seen = np.zeros(max(r_cls.shape[0], c_cls.shape[0], 1), dtype=np.int64)
+    peak = np.zeros(max(class_bw.shape[0], 1), dtype=np.int64)
     shift = _tile_shifts(tile)
     for s in range(S):
         for layer in range(L):
@@ -138,9 +139,20 @@ def _count_sparse_py(ids: np.ndarray, dev_code: np.ndarray, slot_code: np.ndarra
             for t in range(nd):
                 g = touched[t]
                 on[g] = False
-                key, count, most, rows_padded, used = _device_key(slot_tokens, s, layer, g, J, bits, tile[g],
-                                                                  shift[g], row, want_keys)
-                keys[s, layer, g] = key if want_keys else (rows_padded << 31) | (used << 21) | count
+                if want_keys:
+                    key, count, most, rows_padded, used = _device_key(slot_tokens, s, layer, g, J, bits,
+                                                                      tile[g], shift[g], row, want_keys)
+                    keys[s, layer, g] = key
+                else:  # inline (as in the dense pass)
+                    count = most = rows_padded = used = 0
+                    tl, sh = tile[g], shift[g]
+                    for j in range(J):
+                        v = slot_tokens[s, layer, g, j]
+                        count += v
+                        most = max(most, v)
+                        rows_padded += ((v + tl - 1) >> sh) << sh if sh >= 0 else (v + tl - 1) // tl * tl
+                        used += v > 0
+                    keys[s, layer, g] = (rows_padded << 31) | (used << 21) | count
                 tokens[s, layer, g] = count
                 top = max(top, most)
             for t in range(nr):
@@ -149,8 +161,8 @@ def _count_sparse_py(ids: np.ndarray, dev_code: np.ndarray, slot_code: np.ndarra
                 c_value[t] = cols[c_entry[t]]
             scale2 = c_scale if combine == COMBINE_SCALED else 0.0
             both = _link_sparse(r_entry, r_value, nr, c_entry, c_value, nc, d_scale, scale2, r_ptr, r_grp,
-                                r_links, c_ptr, c_grp, c_links, level, l_values, bandwidth, infinite, acc_r,
-                                acc_c, seen)
+                                r_cls, c_ptr, c_grp, c_cls, level, l_values, class_bw, infinite, acc_r, acc_c,
+                                seen, peak)
             link_d[s, layer] = both[0]
             if combine == COMBINE_SCALED:
                 link_c[s, layer] = both[1]
@@ -160,8 +172,8 @@ def _count_sparse_py(ids: np.ndarray, dev_code: np.ndarray, slot_code: np.ndarra
                 for t in range(nr):
                     ct_entry[t] = (r_entry[t] % N) * G + r_entry[t] // N
                 back = _link_sparse(rt_entry, c_value, nc, ct_entry, r_value, nr, c_scale, 0.0, r_ptr, r_grp,
-                                    r_links, c_ptr, c_grp, c_links, level, l_values, bandwidth, infinite,
-                                    acc_r, acc_c, seen)
+                                    r_cls, c_ptr, c_grp, c_cls, level, l_values, class_bw, infinite, acc_r,
+                                    acc_c, seen, peak)
                 link_c[s, layer] = back[0]
             for t in range(nr):
                 rows[r_entry[t]] = 0
@@ -370,8 +382,9 @@ def count_timed(ids: np.ndarray, device: np.ndarray, slot: np.ndarray, owner: np
             received, total, head, link_d, link_c, keys, tokens, tile, bool(timing.keys))
     if sparse(ids.shape[1] * ids.shape[3], G, N):
         r_ptr, r_grp, c_ptr, c_grp, level = timing.inverse
-        top = _count_sparse(*head_in, r_ptr, r_grp, nb.row_links, c_ptr, c_grp, nb.col_links, level, levels,
-                            *tail)
+        r_class, c_class, class_bw = timing.classes
+        top = _count_sparse(*head_in, r_ptr, r_grp, r_class, c_ptr, c_grp, c_class, level, levels, class_bw,
+                            *tail[1:])
     else:
         r_class, c_class, class_bw = timing.classes
         top = _count_timed(*head_in, nb.row_index, np.r_[nb.row_starts, len(nb.row_index)], r_class,
