@@ -68,6 +68,11 @@ else:
     _lookup, _insert = _lookup_py, _insert_py
 
 
+def compiled() -> bool:
+    """Whether lookups run compiled (else one Python step per key: slower than a sort)."""
+    return numba is not None
+
+
 class KeyedTimes:
     """Seconds by packed key, filled on demand by ``price`` (ascending new keys -> their seconds)."""
 
