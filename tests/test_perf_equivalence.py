@@ -233,3 +233,33 @@ def test_decode_contexts_equal_the_rounded_mean_position(batch: int) -> None:
     wl = build_workload(trace, phase="decode", batch_size=batch, steps=None)
     expect = [max(1, round(float(pos[r].mean()) + 1)) for r in wl.steps]
     assert wl.context_tokens.tolist() == expect
+
+
+@pytest.mark.parametrize("hw", ["h100x8", "h100x8x4", "mi300x8", "l4-server"])
+def test_mirrored_routes_from_hop_arrays_equal_the_pair_walk(hw: str) -> None:
+    """The vectorised check on the routes' hop arrays says what comparing every pair's path does."""
+    from moesim.sim.a2atimes import mirrored_routes
+
+    cost = CollectiveCosts(load_cluster(hw, nodes=2) if hw == "h100x8x4" else load_cluster(hw))
+    devices = tuple(d.id for d in cost.cluster.devices if d.kind == "gpu")
+
+    class PairWalk:  # the same cost without the vectorised method
+        directed_links, path_links = cost.directed_links, cost.path_links
+
+    assert mirrored_routes(cost, devices) == mirrored_routes(PairWalk(), devices)
+    assert mirrored_routes(cost, devices[::-1]) == mirrored_routes(PairWalk(), devices[::-1])
+
+
+@pytest.mark.parametrize(("back", "expect"), [([3, 1], True), ([1, 3], False), ([5, 1], False), ([3], False)])
+def test_routes_mirrored_compares_hops_reversed(back: list[int], expect: bool) -> None:
+    """Routes 0 -> 1 over directed links [0, 2] and 1 -> 0 over ``back``: mirrored only when the way
+    back is the way there reversed, link for link (directed link d reversed is d ^ 1)."""
+    from moesim.cost.collectives import AllToAllRoutes
+
+    cost = CollectiveCosts(load_cluster("h100x8"))
+    pairs = np.array([1, 1] + [2] * len(back), dtype=np.int64)
+    links = np.array([0, 2, *back], dtype=np.int64)
+    routes = AllToAllRoutes(device_ids=("a", "b"), pair_of_hop=pairs, link_of_hop=links,
+                            pair_latency_s=np.zeros(4), num_links=6)
+    cost._routes[("a", "b")] = routes
+    assert cost.routes_mirrored(("a", "b")) is expect

@@ -263,6 +263,20 @@ class CollectiveCosts:
             (n, float(bw), float(la)) for n, bw, la in zip(self._link_names, self._link_bw, lat, strict=True)
         ]
 
+    def routes_mirrored(self, device_ids: Sequence[str]) -> bool:
+        """Whether every route ``j -> i`` among ``device_ids`` is route ``i -> j`` reversed, link for
+        link (directed link ``d`` reversed is ``d ^ 1``), from the memoised routes' hop arrays."""
+        r, g = self.routes(device_ids), len(device_ids)
+        pair, link = r.pair_of_hop, r.link_of_hop
+        length = np.bincount(pair, minlength=g * g)
+        start = np.r_[0, np.cumsum(length)[:-1]]
+        back = (np.arange(g * g) % g) * g + np.arange(g * g) // g  # the pair j -> i of pair i -> j
+        if not np.array_equal(length, length[back]):
+            return False
+        pos = np.arange(len(pair)) - start[pair]  # each hop's place on its route
+        partner = start[back[pair]] + length[pair] - 1 - pos
+        return bool(np.array_equal(link[partner], link ^ 1))
+
     def path_links(self, src: str, dst: str) -> list[tuple[str, str]]:
         """The link directions a transfer ``src -> dst`` crosses, in order."""
         return [self._link_names[h] for h in directed_hops(self.cluster, src, dst, self._link_index)]

@@ -19,6 +19,8 @@ def mirrored_routes(cost: Any, devices: tuple[str, ...]) -> bool:
     links = {name: (bw, lat) for name, bw, lat in cost.directed_links()}
     if any(links.get((b, a)) != spec for (a, b), spec in links.items()):
         return False
+    if hasattr(cost, "routes_mirrored"):  # the same check on the routes' hop arrays, vectorised
+        return bool(cost.routes_mirrored(devices))
     for i, src in enumerate(devices):
         for dst in devices[i + 1:]:
             forward = cost.path_links(src, dst)
