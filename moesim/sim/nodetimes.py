@@ -103,6 +103,13 @@ def _count_sparse_py(ids: np.ndarray, dev_code: np.ndarray, slot_code: np.ndarra
             base = layer * E1
             nr = 0
             nc = 0
+            for g in range(G):  # the outputs come uninitialised: zero this (step, layer)'s, once
+                sent[s, layer, g] = 0
+                received[s, layer, g] = 0
+                keys[s, layer, g] = 0
+                tokens[s, layer, g] = 0
+                for j in range(J):
+                    slot_tokens[s, layer, g, j] = 0
             nd = 0
             for b in range(B):
                 i = owner[s, b]
@@ -224,6 +231,7 @@ def _count_timed_py(ids: np.ndarray, dev_code: np.ndarray, slot_code: np.ndarray
         for layer in range(L):
             base = layer * E1
             st = slot_tokens[s, layer].reshape(-1)
+            st[:] = 0  # the outputs come uninitialised (the rest is written whole below)
             for b in range(B):
                 ti = owner[s, b] * G
                 for k in range(K):
@@ -366,11 +374,12 @@ def count_timed(ids: np.ndarray, device: np.ndarray, slot: np.ndarray, owner: np
     nb = timing.blocks
     N = nb.num_nodes
     k = min(S, head_steps)
-    slot_tokens = np.zeros((S, L, G, J), np.int64)
-    sent, received = np.zeros((S, L, G), np.int64), np.zeros((S, L, G), np.int64)
+    # the passes zero or write every (step, layer)'s outputs as they go: memory touched once
+    slot_tokens = np.empty((S, L, G, J), np.int64)
+    sent, received = np.empty((S, L, G), np.int64), np.empty((S, L, G), np.int64)
     total, head = np.zeros((G, G), np.int64), np.zeros((k, L, G, G), np.int64)
     link_d, link_c = np.empty((S, L)), np.empty((S, L))
-    keys, tokens = np.zeros((S, L, G), np.int64), np.zeros((S, L, G), np.int64)
+    keys, tokens = np.empty((S, L, G), np.int64), np.empty((S, L, G), np.int64)
     tile = (np.ones(G, np.int64) if timing.tile_rows is None
             else np.maximum(np.asarray(timing.tile_rows, dtype=np.int64), 1))
     levels = nb.levels_s[nb.lat_levels] if len(nb.lat_levels) else np.zeros(0)
