@@ -13,6 +13,7 @@ per prompt; with TP an all-gather of the logits); every layer the per-layer over
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -50,7 +51,11 @@ class PreParts:
         return self.kind_busy()[self.layer_kind].transpose(1, 0, 2)
 
     def kind_total(self) -> np.ndarray:
-        """[K, S, G] :meth:`total` per layer kind."""
+        """[K, S, G] :meth:`total` per layer kind (summed once)."""
+        return self._kind_total
+
+    @cached_property
+    def _kind_total(self) -> np.ndarray:
         return self.kinds.sum(axis=3)
 
     def kind_busy(self) -> np.ndarray:
@@ -59,7 +64,7 @@ class PreParts:
 
     def critical(self) -> np.ndarray:
         """[S, L, P] the parts of the GPU whose pre-dispatch work is the longest, per (step, layer)."""
-        tot = self.kinds.sum(axis=3)  # [K, S, G]
+        tot = self.kind_total()
         g = np.argmax(tot, axis=2)  # [K, S]
         k, s = np.meshgrid(np.arange(tot.shape[0]), np.arange(tot.shape[1]), indexing="ij")
         per_kind = self.kinds[k, s, g]  # [K, S, P]

@@ -188,8 +188,9 @@ class StepCoster:
         keys = d.aggregate_keys
         if keys is None or self.groups is not None:
             return None
-        out = np.empty(keys.shape)
-        for spec in np.unique(self._spec_index):
+        specs = np.unique(self._spec_index)
+        out = np.empty(keys.shape) if len(specs) > 1 else None  # one spec: its times are the whole
+        for spec in specs:
             spec = int(spec)
             if self._aggregates_ok.get(spec) is False:
                 return None
@@ -199,14 +200,17 @@ class StepCoster:
             times = self._aggregate_times(spec, dev, keys[pick])
             if times is not None and spec not in self._aggregates_ok:
                 rows = d.slot_tokens[pick].reshape(-1, d.slot_tokens.shape[3])
+                # 256 rows spread over the chunk, its busiest device and its largest expert call
                 sample = np.unique(np.r_[np.linspace(0, len(rows) - 1, 256).astype(np.int64),
-                                         np.argmax(rows.sum(axis=1)), np.argmax(rows.max(axis=1))])
+                                         np.argmax(d.tokens[pick]), np.argmax(rows) // rows.shape[1]])
                 ref = np.asarray(self.cost.expert_compute_batch_s([dev] * len(sample),
                                                                   np.sort(rows[sample], axis=1)), dtype=float)
                 self._aggregates_ok[spec] = bool(np.array_equal(ref, times.reshape(-1)[sample]))
             if times is None or not self._aggregates_ok[spec]:
                 self._aggregates_ok[spec] = False
                 return None
+            if out is None:
+                return times
             out[pick] = times
         return out
 
