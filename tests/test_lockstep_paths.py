@@ -186,3 +186,63 @@ def test_keyed_times_price_each_new_key_once_in_ascending_order(compiled, monkey
     seen = np.concatenate(asked)
     assert len(np.unique(seen)) == len(seen)  # each key priced once
     assert all(np.array_equal(a, np.unique(a)) for a in asked)  # new keys, ascending
+
+
+@pytest.mark.skipif(not nodetimes.available(), reason="numba not installed (the [fast] extra)")
+@pytest.mark.parametrize("batch", [1, 40])
+def test_passes_without_slot_counts_give_the_same_rest(batch: int):
+    """Asked to keep no per-slot counts, both passes give None for them and the same everything else."""
+    from dataclasses import replace
+
+    from moesim.sim.dispatch import owners
+    from moesim.sim.replica_routing import node_index
+
+    cfg, cost = config(Case("deepseek-v3", "h100x8x4", 2, batch, 3))
+    m = Machine(cfg, cost)
+    timing = m.coster.node_timing()
+    assert timing is not None and not timing.keys
+    S = 3
+    ids = np.array(cfg.trace.expert_ids[:S * batch]).reshape(S, batch, *cfg.trace.expert_ids.shape[1:])
+    owner = np.broadcast_to(owners(batch, m.G), (S, batch)).copy()
+    node_of = node_index(cfg.cluster, m.devices)
+    args = (ids, m.table.device[:, :, 0], m.table.slot[:, :, 0], owner, node_of, m.G,
+            m.table.slots_per_device, 2, replace(timing, combine=nodetimes.COMBINE_TRANSPOSED))
+    kept, lean = nodetimes.count_timed(*args), nodetimes.count_timed(*args, keep_slots=False)
+    assert kept.slot_tokens is not None and lean.slot_tokens is None
+    for name in ("tokens", "sent", "received", "total", "head", "aggregate_keys"):
+        assert np.array_equal(getattr(kept, name), getattr(lean, name)), name
+    assert all(np.array_equal(a, b) for a, b in zip(kept.link_s, lean.link_s, strict=True))
+
+
+@pytest.mark.skipif(not nodetimes.available(), reason="numba not installed (the [fast] extra)")
+@pytest.mark.parametrize("overflow", [False, True])
+def test_slot_counts_dropped_once_the_closed_form_is_checked(overflow: bool, monkeypatch):
+    """The first chunk keeps its slot counts (the closed form is checked on them), later chunks do not,
+    and the run equals one that keeps them throughout; a chunk whose aggregates do not fit their bits
+    is counted again with its slots."""
+    from dataclasses import replace
+
+    from moesim.sim import engine, stepcost
+
+    case = Case("deepseek-v3", "h100x8x4", 2, 4, 40)
+    monkeypatch.setattr(engine, "CHUNK_ENTRIES", 40_000)  # several chunks
+    kept: list[bool] = []
+    count_timed = nodetimes.count_timed
+
+    def spy(*a):
+        keep = a[9] if len(a) > 9 else True
+        kept.append(keep)
+        out = count_timed(*a)
+        return replace(out, aggregate_keys=None) if overflow and not keep else out
+
+    monkeypatch.setattr(nodetimes, "count_timed", spy)
+    lean = _result(case, events=False)
+    assert kept[0] and not all(kept) and len(kept) > 3
+    if overflow:  # every slotless count was followed by a count with slots
+        assert all(kept[i + 1] for i, k in enumerate(kept) if not k)
+    monkeypatch.setattr(stepcost.StepCoster, "aggregates_settled", lambda self: False)
+    kept.clear()
+    full = _result(case, events=False)
+    assert all(kept)
+    for name in ARRAYS:
+        assert np.array_equal(getattr(lean.rec, name), getattr(full.rec, name)), name

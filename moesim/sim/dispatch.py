@@ -90,7 +90,8 @@ class Dispatch:
     chunk's pairs summed over steps and layers, and ``pair_head`` [k, L, G, G] the full pairs of
     the chunk's first k steps (the timeline's)."""
 
-    slot_tokens: np.ndarray
+    slot_tokens: np.ndarray | None
+    """None only from the compiled pass when not asked to keep them (:attr:`NodeCounting.keep_slots`)."""
     pair_tokens: np.ndarray | None
     node_rows: np.ndarray | None = None
     node_cols: np.ndarray | None = None
@@ -113,7 +114,14 @@ class Dispatch:
     @property
     def device_tokens(self) -> np.ndarray:
         """[S, L, G] (token, expert) pairs computed per device."""
-        return self.slot_tokens.sum(axis=3) if self.tokens is None else self.tokens
+        if self.tokens is not None:
+            return self.tokens
+        assert self.slot_tokens is not None
+        return self.slot_tokens.sum(axis=3)
+
+    @property
+    def num_steps(self) -> int:
+        return len(self.device_tokens)
 
 
 def radix_argsort(key: np.ndarray, key_max: int) -> np.ndarray:
@@ -163,6 +171,9 @@ class NodeCounting:
     timing: NodeTiming | None = None
     """With it (and numba) the link-model seconds are computed in the counting pass and the node
     tables are not kept (:mod:`moesim.sim.nodetimes`)."""
+    keep_slots: bool = True
+    """False: that pass keeps no per-slot counts (``Dispatch.slot_tokens`` None), for callers that
+    price expert calls from its aggregates only."""
 
     @property
     def num_nodes(self) -> int:
@@ -196,7 +207,7 @@ def dispatch(ids: np.ndarray, owner: np.ndarray, table: ReplicaTable,
 
         if nodes.timing is not None and nodetimes.available():
             c = nodetimes.count_timed(ids, table.device[:, :, 0], table.slot[:, :, 0], owner, nodes.node_of,
-                                      G, J, nodes.head_steps, nodes.timing)
+                                      G, J, nodes.head_steps, nodes.timing, nodes.keep_slots)
             return Dispatch(slot_tokens=c.slot_tokens, pair_tokens=None, pair_total=c.total, pair_head=c.head,
                             sent=c.sent, received=c.received, link_s=c.link_s, expert_keys=c.expert_keys,
                             tokens=c.tokens, aggregate_keys=c.aggregate_keys)

@@ -219,11 +219,15 @@ class Machine:
         """Ids, dispatch and costs of steps ``[a, b)`` under the serving plan's replica table."""
         wl, trace = self.workload, self.cfg.trace
         rows = wl.steps[a:b]
-        count = None if nodes is None else replace(nodes, head_steps=max(0, self.rec.timeline_steps - a))
+        count = None if nodes is None else replace(nodes, head_steps=max(0, self.rec.timeline_steps - a),
+                                                    keep_slots=not self.coster.aggregates_settled())
         ids, owner = wl.step_ids(trace, a, b, self.G)
         routed = ids if self.groups is None else self.groups.route(ids, owner)
         d = (dispatch(routed, owner, self.table, self.rng, count, self.forward) if self.routing is None
              else local_dispatch(routed, owner, self.table, self.routing, self.rng, count, self.forward))
+        if d.slot_tokens is None and d.aggregate_keys is None:  # an aggregate outgrew its bits: the rows
+            assert count is not None
+            d = dispatch(routed, owner, self.table, self.rng, replace(count, keep_slots=True), self.forward)
         batch = np.array([len(r) for r in rows])
         outputs = self._outputs(rows) if self.cfg.phase == "prefill" else None
         return ids, d, self.coster.chunk(a, d, batch, wl.context_tokens[a:b], outputs)
@@ -271,7 +275,7 @@ class Machine:
 
     def record(self, a: int, d: Dispatch, c: ChunkCosts) -> None:
         """Fill the recorder's arrays for a chunk (the parts that do not depend on the schedule)."""
-        r, b, m = self.rec, a + d.slot_tokens.shape[0], self.moe_index
+        r, b, m = self.rec, a + d.num_steps, self.moe_index
         pair = c.pair_copies
         if pair is None:  # node-level counts: the [G, G] totals and the timeline's steps only
             assert d.pair_total is not None
@@ -364,7 +368,7 @@ class Machine:
         the pre-dispatch compute recorded before) and the longest CPU/PIM run beside it."""
         r, m, G = self.rec, self.moe_cols, self.G
         for a, _ids, d, c in self.chunk_data:
-            b = a + d.slot_tokens.shape[0]
+            b = a + d.num_steps
             pre = c.pre if c.parts is None else c.parts.busy()
             r.expert_gpu_s[a:b][:, m] = (r.busy_s[a:b, :, :G] - pre)[:, m, :].max(axis=2)
         if r.busy_s.shape[2] > G:

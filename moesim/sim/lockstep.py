@@ -25,7 +25,7 @@ def lockstep_events(machine: Any, env: simpy.Environment) -> Iterator[Any]:
     stalls = machine.replan.stalls if machine.replan is not None else {}
     for a, _ids, d, c in machine.chunks():
         machine.record(a, d, c)
-        layer_s = r.phase_s[a:a + d.slot_tokens.shape[0]].sum(axis=2).tolist()
+        layer_s = r.phase_s[a:a + d.num_steps].sum(axis=2).tolist()
         for i, times in enumerate(layer_s):
             s = a + i
             r.step_start_s[s] = env.now
@@ -58,7 +58,7 @@ def lockstep_clock(machine: Any) -> None:
     stalls = machine.replan.stalls if machine.replan is not None else {}
     for a, _ids, d, c in machine.chunks():
         machine.record(a, d, c)
-        b = a + d.slot_tokens.shape[0]
+        b = a + d.num_steps
         S, L = b - a, r.phase_s.shape[1]
         durations = np.empty((S, 1 + L))  # per step: its stall (0.0 if none: x + 0.0 == x), its layers
         durations[:, 0] = [stalls.get(s, 0.0) for s in range(a, b)] if stalls else 0.0

@@ -75,7 +75,7 @@ def _count_sparse_py(ids: np.ndarray, dev_code: np.ndarray, slot_code: np.ndarra
                      infinite: bool, d_scale: float, c_scale: float, combine: int, slot_tokens: np.ndarray,
                      sent: np.ndarray, received: np.ndarray, total: np.ndarray, head: np.ndarray,
                       link_d: np.ndarray, link_c: np.ndarray, keys: np.ndarray, tokens: np.ndarray,
-                     tile: np.ndarray, want_keys: bool) -> int:
+                     tile: np.ndarray, want_keys: bool, keep_slots: bool) -> int:
     """:func:`_count_timed_py` for steps with few routed entries: only the touched table entries,
     devices and link groups are visited (outputs start at zero)."""
     S, B, L, K = ids.shape
@@ -103,13 +103,14 @@ def _count_sparse_py(ids: np.ndarray, dev_code: np.ndarray, slot_code: np.ndarra
             base = layer * E1
             nr = 0
             nc = 0
+            ss, sl = (s, layer) if keep_slots else (0, 0)  # else one (step, layer)'s slots, reused
             for g in range(G):  # the outputs come uninitialised: zero this (step, layer)'s, once
                 sent[s, layer, g] = 0
                 received[s, layer, g] = 0
                 keys[s, layer, g] = 0
                 tokens[s, layer, g] = 0
                 for j in range(J):
-                    slot_tokens[s, layer, g, j] = 0
+                    slot_tokens[ss, sl, g, j] = 0
             nd = 0
             for b in range(B):
                 i = owner[s, b]
@@ -121,7 +122,7 @@ def _count_sparse_py(ids: np.ndarray, dev_code: np.ndarray, slot_code: np.ndarra
                     g = dev_code[base + e]
                     if g >= G:
                         continue
-                    slot_tokens[s, layer, g, slot_code[base + e]] += 1
+                    slot_tokens[ss, sl, g, slot_code[base + e]] += 1
                     if not on[g]:
                         on[g] = True
                         touched[nd] = g
@@ -147,14 +148,14 @@ def _count_sparse_py(ids: np.ndarray, dev_code: np.ndarray, slot_code: np.ndarra
                 g = touched[t]
                 on[g] = False
                 if want_keys:
-                    key, count, most, rows_padded, used = _device_key(slot_tokens, s, layer, g, J, bits,
+                    key, count, most, rows_padded, used = _device_key(slot_tokens, ss, sl, g, J, bits,
                                                                       tile[g], shift[g], row, want_keys)
                     keys[s, layer, g] = key
                 else:  # inline (as in the dense pass)
                     count = most = rows_padded = used = 0
                     tl, sh = tile[g], shift[g]
                     for j in range(J):
-                        v = slot_tokens[s, layer, g, j]
+                        v = slot_tokens[ss, sl, g, j]
                         count += v
                         most = max(most, v)
                         rows_padded += ((v + tl - 1) >> sh) << sh if sh >= 0 else (v + tl - 1) // tl * tl
@@ -196,7 +197,7 @@ def _count_timed_py(ids: np.ndarray, dev_code: np.ndarray, slot_code: np.ndarray
                     class_bw: np.ndarray, infinite: bool, d_scale: float, c_scale: float, combine: int,
                     slot_tokens: np.ndarray, sent: np.ndarray, received: np.ndarray, total: np.ndarray,
                     head: np.ndarray, link_d: np.ndarray, link_c: np.ndarray, keys: np.ndarray,
-                    tokens: np.ndarray, tile: np.ndarray, want_keys: bool) -> int:
+                    tokens: np.ndarray, tile: np.ndarray, want_keys: bool, keep_slots: bool) -> int:
     """:func:`moesim.sim.counting._count_single_py`'s counts of expert ids [S, B, L, K] (one replica
     per expert), with each (step, layer)'s node tables kept in buffers: ``sent`` / ``received``
     [S, L, G] the copies each device sends / receives (its own excluded), ``link_d`` / ``link_c``
@@ -230,7 +231,8 @@ def _count_timed_py(ids: np.ndarray, dev_code: np.ndarray, slot_code: np.ndarray
     for s in range(S):
         for layer in range(L):
             base = layer * E1
-            st = slot_tokens[s, layer].reshape(-1)
+            ss, sl = (s, layer) if keep_slots else (0, 0)  # else one (step, layer)'s slots, reused
+            st = slot_tokens[ss, sl].reshape(-1)
             st[:] = 0  # the outputs come uninitialised (the rest is written whole below)
             for b in range(B):
                 ti = owner[s, b] * G
@@ -285,7 +287,7 @@ def _count_timed_py(ids: np.ndarray, dev_code: np.ndarray, slot_code: np.ndarray
                     into += cols[n * G + i]
                 received[s, layer, i] = into
                 if want_keys:
-                    key, count, most, rows_padded, used = _device_key(slot_tokens, s, layer, i, J, bits,
+                    key, count, most, rows_padded, used = _device_key(slot_tokens, ss, sl, i, J, bits,
                                                                       tile[i], shift[i], row, want_keys)
                     keys[s, layer, i] = key
                 else:  # inline (a call per device cost as much as the fold)
@@ -338,8 +340,8 @@ def available() -> bool:
 class TimedCounts:
     """What :func:`count_timed` gives for a chunk of S steps (copy counts exclude a device's own)."""
 
-    slot_tokens: np.ndarray
-    """[S, L, G, J] (token, expert) pairs per device slot."""
+    slot_tokens: np.ndarray | None
+    """[S, L, G, J] (token, expert) pairs per device slot (None: not kept)."""
     tokens: np.ndarray
     """[S, L, G] (token, expert) pairs per device."""
     expert_keys: np.ndarray | None
@@ -366,7 +368,7 @@ def sparse(entries: int, G: int, N: int) -> bool:
 
 
 def count_timed(ids: np.ndarray, device: np.ndarray, slot: np.ndarray, owner: np.ndarray, node_of: np.ndarray,
-                G: int, J: int, head_steps: int, timing: NodeTiming) -> TimedCounts:
+                G: int, J: int, head_steps: int, timing: NodeTiming, keep_slots: bool = True) -> TimedCounts:
     """The counts and link times of expert ids ``ids`` [S, B, L, K] with one replica per expert
     (``device`` / ``slot`` [L, E + 1], column E the dummy of -1 ids)."""
     assert _count_timed is not None
@@ -375,7 +377,7 @@ def count_timed(ids: np.ndarray, device: np.ndarray, slot: np.ndarray, owner: np
     N = nb.num_nodes
     k = min(S, head_steps)
     # the passes zero or write every (step, layer)'s outputs as they go: memory touched once
-    slot_tokens = np.empty((S, L, G, J), np.int64)
+    slot_tokens = np.empty((S, L, G, J) if keep_slots else (1, 1, G, J), np.int64)
     sent, received = np.empty((S, L, G), np.int64), np.empty((S, L, G), np.int64)
     total, head = np.zeros((G, G), np.int64), np.zeros((k, L, G, G), np.int64)
     link_d, link_c = np.empty((S, L)), np.empty((S, L))
@@ -388,7 +390,7 @@ def count_timed(ids: np.ndarray, device: np.ndarray, slot: np.ndarray, owner: np
                np.ascontiguousarray(owner, dtype=np.int64), np.asarray(node_of, dtype=np.int64), G, J, N, k)
     tail = (np.asarray(timing.bandwidth, dtype=np.float64), bool(timing.infinite),
             float(timing.dispatch_bytes), float(timing.combine_bytes), int(timing.combine), slot_tokens, sent,
-            received, total, head, link_d, link_c, keys, tokens, tile, bool(timing.keys))
+            received, total, head, link_d, link_c, keys, tokens, tile, bool(timing.keys), keep_slots)
     if sparse(ids.shape[1] * ids.shape[3], G, N):
         r_ptr, r_grp, c_ptr, c_grp, level = timing.inverse
         r_class, c_class, class_bw = timing.classes
@@ -403,6 +405,6 @@ def count_timed(ids: np.ndarray, device: np.ndarray, slot: np.ndarray, owner: np
     # a device's tokens <= J * top, its padded rows <= J * (top + tile - 1), its active experts <= J
     packed = (not timing.keys and J * top < 1 << 21 and J < 1 << 10
               and J * (top + int(tile.max(initial=1)) - 1) < 1 << 32)
-    return TimedCounts(slot_tokens, tokens, keys if fits else None, sent, received, total,
-                       head if k else None, (link_d, None if timing.combine == COMBINE_SAME else link_c),
-                       keys if packed else None)
+    link = (link_d, None if timing.combine == COMBINE_SAME else link_c)
+    return TimedCounts(slot_tokens if keep_slots else None, tokens, keys if fits else None, sent, received,
+                       total, head if k else None, link, keys if packed else None)

@@ -184,7 +184,7 @@ class StepCoster:
         sorted token rows (what :meth:`expert_times` asks) and the closed form is dropped for the run
         if any differs."""
         if not self.expert_calls:
-            return np.zeros(d.slot_tokens.shape[:3])
+            return np.zeros(d.device_tokens.shape)
         keys = d.aggregate_keys
         if keys is None or self.groups is not None:
             return None
@@ -199,6 +199,7 @@ class StepCoster:
             pick = (slice(None), slice(None), cols) if len(cols) < keys.shape[2] else (Ellipsis,)
             times = self._aggregate_times(spec, dev, keys[pick])
             if times is not None and spec not in self._aggregates_ok:
+                assert d.slot_tokens is not None, "slot counts are kept until the closed form is checked"
                 rows = d.slot_tokens[pick].reshape(-1, d.slot_tokens.shape[3])
                 # 256 rows spread over the chunk, its busiest device and its largest expert call
                 sample = np.unique(np.r_[np.linspace(0, len(rows) - 1, 256).astype(np.int64),
@@ -363,6 +364,13 @@ class StepCoster:
         keys = tiles is None or not self._aggregates_priced()
         return NodeTiming(*tables, dispatch_bytes=a.dispatch_bytes, combine_bytes=a.combine_bytes,
                           combine=combine, tile_rows=tiles, keys=keys)
+
+    def aggregates_settled(self) -> bool:
+        """Whether every expert call is now priced from the counting pass's aggregates alone (each
+        spec's closed form checked once against its rows): then the per-slot counts are not needed."""
+        return (self.expert_calls and self.groups is None and self.chunks == 1
+                and set(self._aggregates_ok) == {int(x) for x in np.unique(self._spec_index)}
+                and all(self._aggregates_ok.values()))
 
     def _aggregates_priced(self) -> bool:
         """Whether the cost object prices every spec's expert calls from aggregates (not the shards of
