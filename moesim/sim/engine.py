@@ -52,9 +52,10 @@ from moesim.traces.transitions import Transitions
 from moesim.vocab import CachePolicy, CacheReset, Overlap, ReplicaSplit
 from moesim.vocab import Dispatch as DispatchMode
 
-CHUNK_ENTRIES = 1_000_000
+CHUNK_ENTRIES = 1_500_000
 """Steps are costed in chunks of about this many (step, layer, device, device) entries (a chunk's
-[steps, layers, GPUs] arrays then stay in a core's cache: 2M measured 1.2x slower at batch 1) ..."""
+[steps, layers, GPUs] arrays then mostly stay in a core's cache: at batch 1, 2.5M measured 1.2x slower
+and 0.8M a little slower, from fixed costs per chunk) ..."""
 CHUNK_ROUTED = 2_000_000
 """... and about this many routed (step, token, layer, top-k) entries (bounds the int64 temporaries
 of dispatch at large batches: peak memory, page faults)."""
