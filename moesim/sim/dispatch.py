@@ -6,7 +6,7 @@ recorded) go to a dummy device column that is dropped, so no compaction pass is 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 
 import numpy as np
@@ -174,6 +174,9 @@ class NodeCounting:
     keep_slots: bool = True
     """False: that pass keeps no per-slot counts (``Dispatch.slot_tokens`` None), for callers that
     price expert calls from its aggregates only."""
+    scratch: dict[str, np.ndarray] | None = field(default=None, compare=False)
+    """Buffers that pass reuses from chunk to chunk (its per-(step, layer) outputs are overwritten
+    by the next chunk's): for callers done with a chunk before they count the next."""
 
     @property
     def num_nodes(self) -> int:
@@ -207,7 +210,8 @@ def dispatch(ids: np.ndarray, owner: np.ndarray, table: ReplicaTable,
 
         if nodes.timing is not None and nodetimes.available():
             c = nodetimes.count_timed(ids, table.device[:, :, 0], table.slot[:, :, 0], owner, nodes.node_of,
-                                      G, J, nodes.head_steps, nodes.timing, nodes.keep_slots)
+                                      G, J, nodes.head_steps, nodes.timing, nodes.keep_slots,
+                                      nodes.scratch)
             return Dispatch(slot_tokens=c.slot_tokens, pair_tokens=None, pair_total=c.total, pair_head=c.head,
                             sent=c.sent, received=c.received, link_s=c.link_s, expert_keys=c.expert_keys,
                             tokens=c.tokens, aggregate_keys=c.aggregate_keys)

@@ -189,8 +189,11 @@ class Machine:
         wl, trace = self.workload, self.cfg.trace
         L = self.model.num_moe_layers
         routed = L * trace.top_k * max(1, int(wl.tokens().max(initial=1)))
-        nodes = (NodeCounting(node_index(self.cluster, self.devices), timing=self.coster.node_timing())
-                 if self.coster.node_blocks is not None else None)
+        # a lockstep run is done with a chunk's counts before it counts the next (an offloaded run
+        # keeps them all: fresh arrays)
+        scratch = None if self.cache.policy != CachePolicy.NONE else {}
+        nodes = (NodeCounting(node_index(self.cluster, self.devices), timing=self.coster.node_timing(),
+                              scratch=scratch) if self.coster.node_blocks is not None else None)
         # per step: [L, G, G] pair counts, or per node [L, G, N+1] + [L, N, G+1] (+ [L, G, 2]), or
         # counted and timed in one pass: [L, G, slots] + a few [L, G] (no per-node tables)
         timed = (nodes is not None and nodes.timing is not None and self.replan is None and self.rng is None

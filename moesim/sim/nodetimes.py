@@ -367,8 +367,22 @@ def sparse(entries: int, G: int, N: int) -> bool:
     return 4 * entries < G * N
 
 
+def _empty(scratch: dict[str, np.ndarray] | None, name: str, shape: tuple[int, ...],
+           dtype: type = np.int64) -> np.ndarray:
+    """An uninitialised array of ``shape``: in ``scratch``'s buffer ``name`` (grown as needed) when
+    given, so that each chunk writes memory already mapped rather than fresh pages."""
+    if scratch is None:
+        return np.empty(shape, dtype)
+    size = int(np.prod(shape))
+    buf = scratch.get(name)
+    if buf is None or buf.size < size:
+        buf = scratch[name] = np.empty(size, dtype)
+    return buf[:size].reshape(shape)
+
+
 def count_timed(ids: np.ndarray, device: np.ndarray, slot: np.ndarray, owner: np.ndarray, node_of: np.ndarray,
-                G: int, J: int, head_steps: int, timing: NodeTiming, keep_slots: bool = True) -> TimedCounts:
+                G: int, J: int, head_steps: int, timing: NodeTiming, keep_slots: bool = True,
+                scratch: dict[str, np.ndarray] | None = None) -> TimedCounts:
     """The counts and link times of expert ids ``ids`` [S, B, L, K] with one replica per expert
     (``device`` / ``slot`` [L, E + 1], column E the dummy of -1 ids)."""
     assert _count_timed is not None
@@ -377,11 +391,11 @@ def count_timed(ids: np.ndarray, device: np.ndarray, slot: np.ndarray, owner: np
     N = nb.num_nodes
     k = min(S, head_steps)
     # the passes zero or write every (step, layer)'s outputs as they go: memory touched once
-    slot_tokens = np.empty((S, L, G, J) if keep_slots else (1, 1, G, J), np.int64)
-    sent, received = np.empty((S, L, G), np.int64), np.empty((S, L, G), np.int64)
+    slot_tokens = np.empty((S, L, G, J), np.int64) if keep_slots else _empty(scratch, "slots", (1, 1, G, J))
+    sent, received = _empty(scratch, "sent", (S, L, G)), _empty(scratch, "received", (S, L, G))
     total, head = np.zeros((G, G), np.int64), np.zeros((k, L, G, G), np.int64)
-    link_d, link_c = np.empty((S, L)), np.empty((S, L))
-    keys, tokens = np.empty((S, L, G), np.int64), np.empty((S, L, G), np.int64)
+    link_d, link_c = (_empty(scratch, name, (S, L), np.float64) for name in ("link_d", "link_c"))
+    keys, tokens = _empty(scratch, "keys", (S, L, G)), _empty(scratch, "tokens", (S, L, G))
     tile = (np.ones(G, np.int64) if timing.tile_rows is None
             else np.maximum(np.asarray(timing.tile_rows, dtype=np.int64), 1))
     levels = nb.levels_s[nb.lat_levels] if len(nb.lat_levels) else np.zeros(0)
