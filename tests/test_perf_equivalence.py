@@ -132,7 +132,7 @@ def test_single_replica_dispatch_matches_general_path(missing: bool) -> None:
 
 
 def test_unique_rows_inverts_and_matches_numpy() -> None:
-    from moesim.sim.stepcost import unique_rows
+    from moesim.sim.expert_memo import unique_rows
 
     rng = np.random.default_rng(5)
     for top, j in ((3, 4), (40, 4), (2**20, 4)):  # the last does not pack into 62 bits

@@ -279,62 +279,7 @@ class Machine:
 
     def record(self, a: int, d: Dispatch, c: ChunkCosts) -> None:
         """Fill the recorder's arrays for a chunk (the parts that do not depend on the schedule)."""
-        r, b, m = self.rec, a + d.num_steps, self.moe_index
-        pair = c.pair_copies
-        if pair is None:  # node-level counts: the [G, G] totals and the timeline's steps only
-            assert d.pair_total is not None
-            self.total_pairs += d.pair_total
-            if d.sent is not None and d.received is not None:
-                out, into = d.sent, d.received
-            else:
-                assert d.node_rows is not None and d.node_cols is not None
-                out, into = d.node_rows.sum(axis=3), d.node_cols.sum(axis=2)
-        else:
-            self.total_pairs += pair.sum(axis=(0, 1))
-            out, into = pair.sum(axis=3), pair.sum(axis=2)
-        if c.expert_group_bytes is not None:
-            self.group_bytes += c.expert_group_bytes.sum(axis=(0, 1))
-        if a < r.timeline_steps:
-            head = pair if pair is not None else d.pair_head
-        for s in range(a, min(b, r.timeline_steps)):
-            self.keep_pairs[s] = head[s - a]
-            self.keep_pre[s] = c.pre[s - a]
-            if c.parts is not None:
-                self.keep_parts[s] = (c.parts.step(s - a), c.parts.step_edge_bytes(s - a))
-            if c.expert_group_bytes is not None:
-                self.keep_expert_comm[s] = c.expert_comm_step(s - a)
-        G = self.G
-        if (self.moe_of is not None and c.parts is not None and d.sent is not None and d.received is not None
-                and d.tokens is not None and c.expert_gather is None and self.offloaded is None):
-            parts = c.parts
-            chunkrecord.write(r.busy_s[a:b, :, :G], r.phase_s[a:b], r.bytes_sent[a:b, :, :G],
-                              r.bytes_received[a:b, :, :G], r.tokens[a:b, :, :G], r.expert_gpu_s[a:b],
-                              parts.kind_total(), parts.kind_busy(), parts.layer_kind, self.moe_of, c.expert,
-                              d.sent, d.received, d.tokens, c.dispatch, c.combine, self.a2a.dispatch_bytes,
-                              self.a2a.combine_bytes)
-            r.pre_parts_s[a:b] = parts.critical()
-            return
-        r.busy_s[a:b, :, :G] = c.pre if c.parts is None else c.parts.busy()
-        r.phase_s[a:b, :, 0] = c.pre.max(axis=2)
-        if c.parts is not None:
-            r.pre_parts_s[a:b] = c.parts.critical()
-        # a device sends its dispatch copies and, in the combine, returns the copies it received
-        db, cb = self.a2a.dispatch_bytes, self.a2a.combine_bytes
-        if isinstance(m, slice):  # written in place: the same products and sums, no temporaries
-            for view, first, second in ((r.bytes_sent[a:b, m, :G], out, into),
-                                        (r.bytes_received[a:b, m, :G], into, out)):
-                np.multiply(first, db, out=view)
-                view += second * cb
-        else:
-            r.bytes_sent[a:b][:, m, :G] = out * db + into * cb
-            r.bytes_received[a:b][:, m, :G] = into * db + out * cb
-        if self.offloaded is None:
-            r.busy_s[a:b][:, m, :G] += c.expert
-            r.tokens[a:b][:, m, :G] = d.device_tokens
-            r.phase_s[a:b][:, m, 1] = c.dispatch
-            r.phase_s[a:b][:, m, 2] = c.expert_phase()
-            r.phase_s[a:b][:, m, 3] = c.combine
-            r.expert_gpu_s[a:b][:, m] = c.expert.max(axis=2)
+        chunkrecord.record(self, a, d, c)
 
     # ------------------------------------------------------------------ driver
     def run(self) -> None:

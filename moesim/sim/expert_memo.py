@@ -4,7 +4,7 @@ one int64, :mod:`moesim.sim.nodetimes`): an open-addressing hash table looked up
 
 The cost model is asked only about keys it has not priced, all of a chunk's at once in ascending
 order (as :meth:`moesim.sim.stepcost.StepCoster._expert_rows_packed` asks): the same rows in the same
-calls, the same floats.
+calls, the same floats. :func:`unique_rows` de-duplicates rows of slot counts for the uncompiled path.
 """
 
 from __future__ import annotations
@@ -66,6 +66,29 @@ if numba is not None:
     _insert = numba.njit(cache=True, nogil=True)(_insert_py)
 else:
     _lookup, _insert = _lookup_py, _insert_py
+
+
+def unique_rows(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Distinct rows and the inverse (``uniq[inverse] == rows``). Rows of small non-negative integers
+    that fit in 62 bits are packed into one int64 key and the keys hashed (``pandas.factorize``,
+    first-appearance order, no sort); other rows (e.g. a micro-batch's fractional token counts) go
+    through ``np.unique(axis=0)``."""
+    j = rows.shape[1]
+    if not np.issubdtype(rows.dtype, np.integer):
+        uniq, inverse = np.unique(rows, axis=0, return_inverse=True)
+        return uniq, inverse.ravel()
+    top = int(rows.max(initial=0))
+    bits = max(1, top.bit_length())
+    if j * bits > 62 or rows.min(initial=0) < 0:
+        uniq, inverse = np.unique(rows, axis=0, return_inverse=True)
+        return uniq, inverse.ravel()
+    import pandas as pd
+
+    shifts = (np.arange(j, dtype=np.int64) * bits)[None, :]
+    keys = (rows.astype(np.int64) << shifts).sum(axis=1)
+    inverse, uniq_keys = pd.factorize(keys, sort=False)
+    uniq = (np.asarray(uniq_keys, dtype=np.int64)[:, None] >> shifts) & ((1 << bits) - 1)
+    return uniq.astype(rows.dtype, copy=False), np.asarray(inverse, dtype=np.int64)
 
 
 def compiled() -> bool:

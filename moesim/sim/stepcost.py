@@ -16,7 +16,7 @@ from moesim.cost.a2a import AllToAllSpec
 from moesim.parallel import Parallelism
 from moesim.sim.a2atimes import AllToAllTimer
 from moesim.sim.dispatch import Dispatch
-from moesim.sim.expert_memo import KeyedTimes
+from moesim.sim.expert_memo import KeyedTimes, unique_rows
 from moesim.sim.expert_tp import ExpertGroups
 from moesim.sim.linktimes import NodeTiming
 from moesim.sim.precost import PreCoster, PreParts, device_token_counts
@@ -74,29 +74,6 @@ class ChunkCosts:
         if self.expert_gather is None or self.expert_reduce is None:
             return self.expert.max(axis=2)
         return (self.expert_gather + self.expert + self.expert_reduce).max(axis=2)
-
-
-def unique_rows(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Distinct rows and the inverse (``uniq[inverse] == rows``). Rows of small non-negative integers
-    that fit in 62 bits are packed into one int64 key and the keys hashed (``pandas.factorize``,
-    first-appearance order, no sort); other rows (e.g. a micro-batch's fractional token counts) go
-    through ``np.unique(axis=0)``."""
-    j = rows.shape[1]
-    if not np.issubdtype(rows.dtype, np.integer):
-        uniq, inverse = np.unique(rows, axis=0, return_inverse=True)
-        return uniq, inverse.ravel()
-    top = int(rows.max(initial=0))
-    bits = max(1, top.bit_length())
-    if j * bits > 62 or rows.min(initial=0) < 0:
-        uniq, inverse = np.unique(rows, axis=0, return_inverse=True)
-        return uniq, inverse.ravel()
-    import pandas as pd
-
-    shifts = (np.arange(j, dtype=np.int64) * bits)[None, :]
-    keys = (rows.astype(np.int64) << shifts).sum(axis=1)
-    inverse, uniq_keys = pd.factorize(keys, sort=False)
-    uniq = (np.asarray(uniq_keys, dtype=np.int64)[:, None] >> shifts) & ((1 << bits) - 1)
-    return uniq.astype(rows.dtype, copy=False), np.asarray(inverse, dtype=np.int64)
 
 
 class _Declined(Exception):
