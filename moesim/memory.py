@@ -33,6 +33,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -185,6 +186,11 @@ class MemoryModel:
             kv_tokens = device_token_counts(np.array([self.batch_size]), self.gpus) * self.context_tokens
         return p.group_tokens(np.asarray(kv_tokens)).max(axis=0) * kv_bytes_per_token(self.model, p.tp)
 
+    @cached_property
+    def _weights(self) -> NonExpertWeights:
+        """One GPU's non-expert weights (the same on every GPU of the layout)."""
+        return non_expert_weights(self.model, self.layout.tp)
+
     def devices(self, capacity_bytes: Mapping[str, float], *, kv_tokens: np.ndarray | None = None,
                 step_tokens: float | None = None,
                 staging_experts: int = 0, staging_dtype: str | None = None,
@@ -206,8 +212,7 @@ class MemoryModel:
                step_tokens: float | None = None, expert_bytes: float = 0.0) -> MemoryBreakdown:
         """One GPU's breakdown. ``kv_cache_bytes`` (None: the first GPU's share of the batch, the
         largest) and ``step_tokens`` (None: ``batch_size``) as in :meth:`devices`."""
-        p = self.layout
-        w = non_expert_weights(self.model, p.tp)
+        w = self._weights
         kv = float(self.kv_cache_bytes()[0]) if kv_cache_bytes is None else float(kv_cache_bytes)
         return MemoryBreakdown(
             device=device_id, capacity_bytes=float(capacity_bytes),
