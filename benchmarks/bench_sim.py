@@ -18,28 +18,30 @@ for EP64; EP8 is one H200 box, as DeepSeek-V3's fp8 experts do not fit 8 H100):
 The synthetic trace (moesim's generator, default profile) is written to /tmp on the first run.
 ``--profile CASE`` prints the top of a cProfile of this tree's run of CASE instead.
 
-Measured 2026-12-05 (2-core VM shared with two other helpers, load average 0.7-1), baseline 30bbe03,
-CPU s of 3 timed runs (min-max), sim/CPU from the best, summaries identical in every case:
+Measured 2026-12-05, fourth session (2-core VM, nothing else running, load average 0.9), baseline
+30bbe03, CPU s of 3 timed runs (min-max), sim/CPU from the best, summaries identical in every case:
 
   case        sim s  baseline CPU s  sim/CPU  this tree CPU s  sim/CPU  ratio  RSS MiB
-  ep64-b256  15.186   2.61-3.18         5.81    1.00-1.34        15.19  2.61x      781
-  ep64-b1    11.614   1.85-2.19         6.27    0.31-0.55        37.17  5.92x      807
-  ep8         8.655   0.79-0.92        10.99    0.20-0.22        43.30  3.94x      453
-  ep16        8.053   1.02-1.10         7.91    0.19-0.22        41.46  5.24x      468
-  ep32        5.799   0.82-0.93         7.05    0.25-0.30        23.05  3.27x      503
-  ep64        4.555   0.76-0.98         5.97    0.33-0.48        13.82  2.32x      603
-  ep8-b1024   6.573   0.77-0.81         8.49    0.42-0.45        15.68  1.85x      446
-  EP8..EP64 CPU s (best): 0.20, 0.19, 0.25, 0.33 (baseline 0.79, 1.02, 0.82, 0.76). EP8 and EP16
-  cost the same within the noise (five alternating runs in one process: 0.195-0.219 s and
-  0.188-0.204 s): both count the same 118,784 routed entries per step, which dominate.
+  ep64-b256  15.186   2.43-2.77         6.26    0.67-0.80        22.74  3.63x      731
+  ep64-b1    11.614   1.67-2.09         6.94    0.13-0.51        91.70 13.21x      739
+  ep8         8.655   0.77-0.87        11.17    0.11-0.12        79.84  7.15x      410
+  ep16        8.053   1.04-1.10         7.76    0.12-0.13        67.11  8.64x      422
+  ep32        5.799   0.80-0.87         7.25    0.14-0.19        41.84  5.77x      458
+  ep64        4.555   0.77-1.11         5.91    0.22-0.37        20.54  3.48x      554
+  ep8-b1024   6.573   0.76-0.78         8.71    0.26-0.27        24.88  2.86x      405
+  EP8..EP64 CPU s (best): 0.11, 0.12, 0.14, 0.22 (monotone). Against 38efd5b (the start of that
+  session) in the same kind of run: batch 256 1.37-1.40x, batch 1 2.0-2.15x.
 
-The first timed run of a process pays ~0.3 s of system time (first touch of the recorder's
-[steps, layers, GPUs] arrays on this VM): the max of each range. Where the EP64 batch-256 second
-goes (profile): the compiled count-and-time pass ~0.7 ms per step, of which ~0.45 ms is counting
-the step's 118,784 routed (token, layer, top-k) entries into four tables (a floor at ~4 ns per
-entry on this VM: at zero other cost the lockstep would reach ~30 simulated s per CPU s), the rest
-pre-dispatch pricing, the closed-form expert calls and the recorder's per-(step, layer, GPU) arrays.
-At batch 1 the per-(step, layer, GPU) outputs dominate (four [1000, 61, 64] arrays written).
+Batch 1 sits at the target's edge: in one process, four runs in a row, the best took 0.113-0.116
+CPU s (100-103 simulated s per CPU s); the children above, 0.12-0.13 (92-97). The first timed run of a process
+pays ~0.4 s of first-touch page faults (the recorder's and the passes' arrays; transparent huge
+pages on this VM): the max of each range. Batch 256 is short of 30: the compiled count-and-time
+pass is ~0.55 of its 0.67 s, per (step, layer) ~3.6 us counting the 2,048 routed entries into slot
+and (source, destination) counters (~1.8 ns each: a scalar histogram; int16/int32 tables and
+smaller counters measured no faster), ~1.9 us folding the pairs into the node tables, ~2.4 us the
+link groups' totals (gathers) and ~1.5 us the per-device aggregates. Reaching 30 needs that pass
+near 0.3 ms per step: a vectorised histogram (AVX-512 conflict detection, outside numba), or
+counting per step what is new rather than every routed entry.
 """
 
 from __future__ import annotations
