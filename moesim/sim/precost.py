@@ -89,7 +89,10 @@ class PreCoster:
     """Prices the pre-dispatch parts of a chunk of steps with a few batched cost calls."""
 
     def __init__(self, cost: Any, devices: tuple[str, ...], *, phase: str,
-                 parallel: Parallelism | None = None, runtime: Runtime | None = None):
+                 parallel: Parallelism | None = None, runtime: Runtime | None = None,
+                 compiled_lookups: bool = False):
+        """``compiled_lookups``: look the ops' seconds up in a compiled hash table (numba) rather than
+        de-duplicating each chunk's keys by a sort (the same seconds)."""
         self.cost, self.model, self.devices, self.phase = cost, cost.model, devices, phase
         self.parallel = parallel or Parallelism(tp=1, dp=len(devices), ep=len(devices))
         self.runtime = runtime or Runtime()
@@ -106,6 +109,7 @@ class PreCoster:
         self.groups = self.parallel.groups(devices)
         self._memo: dict[tuple[str, int, int, int], float] = {}
         """(op, spec, tokens, context) -> seconds, across chunks."""
+        self.compiled_lookups = compiled_lookups and compiled()
         self._keyed: dict[str, KeyedTimes] = {}
         """op -> the same seconds by packed key, looked up in one compiled pass (numba)."""
         self.act = DTYPE_BYTES[m.activation_dtype]
@@ -118,7 +122,7 @@ class PreCoster:
             context = np.zeros_like(context)
         spec = np.broadcast_to(self._spec_index[None, :], (S, G))
         ctx = np.broadcast_to(context[:, None], (S, G))
-        if compiled() and tokens.dtype.kind in "iu" and context.dtype.kind in "iu" and S * G:
+        if self.compiled_lookups and tokens.dtype.kind in "iu" and context.dtype.kind in "iu" and S * G:
             t_lo, t_hi = int(tokens.min()), int(tokens.max())
             c_lo, c_hi = int(context.min()), int(context.max())
             if t_lo >= 0 and c_lo >= 0 and t_hi < 1 << 28 and c_hi < 1 << 27 and len(self._spec_device) < 256:

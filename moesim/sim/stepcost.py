@@ -90,7 +90,17 @@ class StepCoster:
         calls itself; its ``ChunkCosts.expert`` is then zeros)."""
         self.cost = cost
         self.expert_calls = expert_calls
-        self.pre = PreCoster(cost, devices, phase=phase, parallel=parallel, runtime=runtime)
+        # node-level all-to-all (per device and node, not per pair) where every link carries whole
+        # node blocks, when the compiled counting is installed (its numpy form measured no faster
+        # than the pair path at batch 256); other topologies keep the [G, G] pair matrices
+        from moesim.sim import counting
+
+        self.node_blocks = (cost.node_blocks(devices) if len(devices) > 1 and hasattr(cost, "node_blocks")
+                            and counting.available() else None)
+        # such runs compile their counting anyway: the pre-dispatch lookups may be compiled too (a
+        # run that compiles nothing else would pay ~0.2 s loading numba for them)
+        self.pre = PreCoster(cost, devices, phase=phase, parallel=parallel, runtime=runtime,
+                             compiled_lookups=self.node_blocks is not None)
         p = self.pre.parallel
         self.groups = (ExpertGroups(p.expert_tp, cost.model.num_experts, tuple(p.expert_groups(devices)))
                        if p.expert_tp > 1 else None)
@@ -104,13 +114,6 @@ class StepCoster:
         self.a2a = a2a or AllToAllSpec.for_model(self.model, AllToAll.FLAT)
         self.timer = AllToAllTimer(cost, devices, self.a2a)
         self.mirrored = self.timer.mirrored
-        # node-level all-to-all (per device and node, not per pair) where every link carries whole
-        # node blocks, when the compiled counting is installed (its numpy form measured no faster
-        # than the pair path at batch 256); other topologies keep the [G, G] pair matrices
-        from moesim.sim import counting
-
-        self.node_blocks = (cost.node_blocks(devices) if len(devices) > 1 and hasattr(cost, "node_blocks")
-                            and counting.available() else None)
         self._expert_memo: dict[int, dict[bytes, float]] = {}
         self._keyed: dict[tuple[int, int], KeyedTimes] = {}
         self._aggregated: dict[int, KeyedTimes] = {}
