@@ -80,6 +80,22 @@ class NodeTiming:
         return r_ptr, r_grp, c_ptr, c_grp, level
 
 
+def _slowest_py(peak: np.ndarray, class_bw: np.ndarray, scale: float, scale2: float,
+                latency: float) -> tuple[float, float]:
+    """The slowest link group's seconds at copies of ``scale`` and of ``scale2`` bytes (0: only the
+    first) plus ``latency``, from each bandwidth class's most copies ``peak`` (-1: no group): one
+    division per class. The same float as per group: ``copies * scale / bandwidth`` never decreases
+    as the copies grow."""
+    worst = -np.inf
+    worst2 = -np.inf
+    for c in range(class_bw.shape[0]):
+        if peak[c] >= 0:
+            worst = max(worst, peak[c] * scale / class_bw[c])
+            if scale2 > 0:
+                worst2 = max(worst2, peak[c] * scale2 / class_bw[c])
+    return max(worst, 0.0) + latency, max(worst2, 0.0) + latency
+
+
 def _link_s_py(rows: np.ndarray, cols: np.ndarray, scale: float, scale2: float, r_idx: np.ndarray,
                r_bounds: np.ndarray, r_class: np.ndarray, c_idx: np.ndarray, c_bounds: np.ndarray,
                c_class: np.ndarray, l_idx: np.ndarray, l_bounds: np.ndarray, l_values: np.ndarray,
@@ -112,14 +128,7 @@ def _link_s_py(rows: np.ndarray, cols: np.ndarray, scale: float, scale2: float, 
         for p in range(c_bounds[q], c_bounds[q + 1]):
             total += cols[c_idx[p]]
         peak[c_class[q]] = max(peak[c_class[q]], total)
-    worst = -np.inf
-    worst2 = -np.inf
-    for c in range(class_bw.shape[0]):
-        if peak[c] >= 0:
-            worst = max(worst, peak[c] * scale / class_bw[c])
-            if scale2 > 0:
-                worst2 = max(worst2, peak[c] * scale2 / class_bw[c])
-    return max(worst, 0.0) + latency, max(worst2, 0.0) + latency
+    return _slowest(peak, class_bw, scale, scale2, latency)
 
 
 def _touched_max_py(entry: np.ndarray, value: np.ndarray, n: int, ptr: np.ndarray, grp: np.ndarray,
@@ -163,20 +172,14 @@ def _link_sparse_py(r_entry: np.ndarray, r_value: np.ndarray, nr: int, c_entry: 
     peak[:] = -1
     _touched_max(r_entry, r_value, nr, r_ptr, r_grp, r_cls, acc_r, seen, peak)
     _touched_max(c_entry, c_value, nc, c_ptr, c_grp, c_cls, acc_c, seen, peak)
-    worst = -np.inf
-    worst2 = -np.inf
-    for c in range(class_bw.shape[0]):
-        if peak[c] >= 0:
-            worst = max(worst, peak[c] * scale / class_bw[c])
-            if scale2 > 0:
-                worst2 = max(worst2, peak[c] * scale2 / class_bw[c])
-    return max(worst, 0.0) + latency, max(worst2, 0.0) + latency
+    return _slowest(peak, class_bw, scale, scale2, latency)
 
 
 if numba is not None:
-    # compiled first: _link_sparse_py calls it by this name, which numba resolves when it compiles
+    # compiled first: the kernels call them by these names, which numba resolves when it compiles
+    _slowest = numba.njit(cache=True, nogil=True)(_slowest_py)
     _touched_max = numba.njit(cache=True, nogil=True)(_touched_max_py)
     _link_s = numba.njit(cache=True, nogil=True)(_link_s_py)
     _link_sparse = numba.njit(cache=True, nogil=True)(_link_sparse_py)
 else:
-    _touched_max, _link_s, _link_sparse = _touched_max_py, _link_s_py, _link_sparse_py
+    _slowest, _touched_max, _link_s, _link_sparse = _slowest_py, _touched_max_py, _link_s_py, _link_sparse_py
